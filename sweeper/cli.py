@@ -1,0 +1,180 @@
+"""The command line: parses arguments and calls the modules that do the work.
+
+Heavy libraries (TensorFlow, ART, Ray) are imported only by the commands that run
+trials, so ``sweeper --help``, ``validate`` and ``expand`` start quickly. Every user
+error is printed as one line and exits with code 2; ``--debug`` (or SWEEPER_DEBUG=1)
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from sweeper.errors import UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Sweep quantized tiny networks x adversarial attacks on Ray Tune.")
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
+                         help="Override a grid field, e.g. --set train.epochs=2 --set folds.k=3")
+
+
+def _debug() -> bool:
+    return os.environ.get("SWEEPER_DEBUG", "") not in ("", "0")
+
+
+def user_errors(command):
+    """Turn UserError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            if _debug():
+                raise
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")):
+    if debug:
+        os.environ["SWEEPER_DEBUG"] = "1"
+
+
+def _plan(grid_path: Path, overrides: Optional[List[str]]):
+    from sweeper import expand, grid
+
+    return expand.expand(grid.load(grid_path, overrides or []))
+
+
+def _results_path(plan, results: Optional[str]) -> str:
+    return results or str(Path("results") / plan.grid.name)
+
+
+@app.command()
+@user_errors
+def validate(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[List[str]] = SetOption):
+    """Check a grid file without running anything (imports no TensorFlow or Ray)."""
+    plan = _plan(grid_path, set)
+    out.print(f"{grid_path}: ok ({len(plan.cells)} cells in {len(plan.jobs)} training jobs)",
+              highlight=False)
+
+
+@app.command()
+@user_errors
+def expand(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[List[str]] = SetOption,
+           results: Optional[str] = typer.Option(None, help="Result store to compare with "
+                                                  "[default: results/<grid name>]")):
+    """Show what a grid would run: cells, trainings, per-axis counts, and what is done."""
+    from sweeper import store
+
+    plan = _plan(grid_path, set)
+    out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} trainings "
+              f"(each model trained once, attacked at {len(plan.cells) // max(1, len(plan.jobs))} cells)",
+              highlight=False)
+    for axis, count in plan.axis_counts().items():
+        out.print(f"  {axis:<24} {count}", highlight=False)
+    location = store.locate(_results_path(plan, results))
+    if store.fragments(location):
+        done = store.done_cell_ids(location) & {cell.cell_id for cell in plan.cells}
+        out.print(f"already in {location.text}: {len(done)}/{len(plan.cells)} cells", highlight=False)
+
+
+@app.command()
+@user_errors
+def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[List[str]] = SetOption,
+           results: Optional[str] = typer.Option(None, help="Result store path or URI "
+                                                  "[default: results/<grid name>]"),
+           address: Optional[str] = typer.Option(None, help="Ray cluster to use (auto, HOST:PORT, "
+                                                 "ray://HOST:10001) [default: start a local one]"),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and TensorFlow logs.")):
+    """Run every cell of a grid not yet in the result store."""
+    plan = _plan(grid_path, set)
+    path = _results_path(plan, results)
+    from sweeper import sweep  # imports Ray: only now that the grid is known good
+
+    out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells in {len(plan.jobs)} training jobs "
+              f"-> {path}", highlight=False)
+    try:
+        report = sweep.launch(plan, path, address=address, verbose=verbose, console=err)
+    except KeyboardInterrupt:
+        err.print("interrupted; cells already stored are kept: rerun the same command to resume")
+        raise typer.Exit(130)
+    raise typer.Exit(_summarise(report, path))
+
+
+def _summarise(report, path: str) -> int:
+    for fragment in report.damaged_fragments:
+        err.print(f"[yellow]warning:[/yellow] unreadable result fragment skipped: {fragment}")
+    done = report.already_done + report.computed
+    if report.computed == 0 and report.complete:
+        out.print(f"{done}/{report.total_cells} cells already done; nothing to compute ({path})",
+                  highlight=False)
+        return 0
+    out.print(f"computed {report.computed} cells with {report.trainings} trainings; "
+              f"{done}/{report.total_cells} cells done ({path})", highlight=False)
+    for line in report.failed_jobs:
+        err.print(f"[red]failed:[/red] {line}", highlight=False)
+    if report.failed_jobs:
+        return 1
+    if not report.complete:
+        err.print(f"interrupted: {done}/{report.total_cells} cells done; "
+                  "rerun the same command to resume")
+        return 130
+    return 0
+
+
+@app.command()
+@user_errors
+def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = typer.Argument(..., metavar="SQL"),
+          format: str = typer.Option("table", "--format", "-f", help="table, csv or json")):
+    """Run read-only SQL over a result store; the rows are table `results`."""
+    from sweeper import query as q
+
+    if format not in q.FORMATS:
+        raise UserError(f"--format: unknown format {format!r}; available: {', '.join(q.FORMATS)}")
+    table = q.run(results, sql)
+    if format == "table":
+        # Off a terminal (pipes, files) print whole cells rather than wrap at 80 columns.
+        console = out if out.is_terminal else Console(width=100_000)
+        console.print(q.rich_table(table))
+    else:
+        sys.stdout.write(q.render(table, format))
+
+
+@app.command()
+def mcu():
+    """List the MCU profiles grids can target."""
+    from rich.table import Table
+
+    from sweeper.footprint import MCUS
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("name", "flash KB", "RAM KB", "description", "source"):
+        table.add_column(column)
+    for name in MCUS:
+        profile = MCUS.get(name)
+        table.add_row(name, f"{profile.flash_kb:g}", f"{profile.ram_kb:g}", profile.description,
+                      profile.source)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Expansion: a validated grid -> training jobs and result cells, with stable ids.
+
+Pure functions, no Ray and no TensorFlow. A *training job* is one model to train
+(dataset x model x quantizer x fold, with the seed and training settings); a *cell* is
+one result row: a job's model evaluated under one (attack, epsilon), the clean
+evaluation (attack ``none``) included. Each model is trained once and attacked at every
+cell of its job. Ids hash everything that determines a result, so they are the same
+across runs and machines, and change when anything that matters changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeper.errors import UserError
+from sweeper.grid import Epsilon, Grid
+
+# Bump when a change to sweeper alters what a job or cell computes: old results then
+# stop matching and are recomputed instead of silently mixed with new ones.
+ID_VERSION = 1
+CLEAN = "none"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    dataset: str
+    dataset_options: tuple[tuple[str, Any], ...]
+    model: str
+    quantizer: str
+    fold: int
+    k: int
+    seed: int
+    train: tuple[tuple[str, Any], ...]  # the grid's training settings, sorted
+    job_id: str = field(default="", compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        return {"v": ID_VERSION, "dataset": self.dataset, "dataset_options": dict(self.dataset_options),
+                "model": self.model, "quantizer": self.quantizer, "fold": self.fold, "k": self.k,
+                "seed": self.seed, "train": dict(self.train)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    job_id: str
+    attack: str  # registry name, or "none" for the clean evaluation
+    attack_label: str  # unique per grid: the label, or the name
+    norm: str
+    eps: float
+    eps_label: str
+    params: tuple[tuple[str, Any], ...]  # every parameter passed to the attack, sorted
+    samples: int
+    cell_id: str = field(default="", compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        return {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
+                "params": dict(self.params), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class Plan:
+    grid: Grid
+    jobs: tuple[TrainingJob, ...]
+    cells: tuple[Cell, ...]
+
+    def cells_of(self, job_id: str) -> list[Cell]:
+        return [cell for cell in self.cells if cell.job_id == job_id]
+
+    def axis_counts(self) -> dict[str, int]:
+        """Distinct values per axis, in the order a reader scans a grid."""
+        attack_points = Counter((c.attack_label, c.eps_label) for c in self.cells)
+        return {
+            "datasets": len(self.grid.datasets),
+            "models": len(self.grid.models),
+            "quantizers": len(self.grid.quantizers),
+            "folds": len(self.grid.folds.indices()),
+            "attacks (with none)": len({c.attack_label for c in self.cells}),
+            "attack x epsilon points": len(attack_points),
+        }
+
+
+def stable_id(identity: dict[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def expand(grid: Grid) -> Plan:
+    jobs = tuple(_jobs(grid))
+    cells = tuple(cell for job in jobs for cell in _cells(grid, job.job_id))
+    _reject_duplicates(cells)
+    return Plan(grid, jobs, cells)
+
+
+def _reject_duplicates(cells: tuple[Cell, ...]) -> None:
+    first_label: dict[str, str] = {}
+    for cell in cells:
+        seen = first_label.setdefault(cell.cell_id, cell.attack_label)
+        if seen != cell.attack_label:
+            raise UserError(f"attacks: {seen!r} and {cell.attack_label!r} define the same "
+                            f"cells (same attack, norm, parameters and epsilon)")
+
+
+def _jobs(grid: Grid):
+    train = tuple(sorted(grid.train.model_dump().items()))
+    for dataset in grid.datasets:
+        options = tuple(sorted(dataset.resolved_options().items()))
+        for model in grid.models:
+            for quantizer in grid.quantizers:
+                for fold in grid.folds.indices():
+                    job = TrainingJob(dataset.name, options, model, quantizer, fold,
+                                      grid.folds.k, grid.seed, train)
+                    yield _with_id(job, "job_id")
+
+
+def _cells(grid: Grid, job_id: str):
+    clean = Cell(job_id, CLEAN, CLEAN, "none", 0.0, "0", (), grid.samples)
+    yield _with_id(clean, "cell_id")
+    for entry in grid.attacks:
+        params = tuple(sorted(entry.resolved_params().items()))
+        for eps in entry.eps:
+            yield _with_id(_attack_cell(job_id, entry, eps, params, grid.samples), "cell_id")
+
+
+def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int) -> Cell:
+    return Cell(job_id, entry.name, entry.key, entry.resolved_norm(), eps.value, eps.label,
+                params, samples)
+
+
+def _with_id(item, id_field: str):
+    from dataclasses import replace
+
+    return replace(item, **{id_field: stable_id(item.identity())})

@@ -1,0 +1,374 @@
+"""Grid files: the YAML schema, loading with ``--set`` overrides, and validation.
+
+This is the one place user input is checked. A grid file is parsed with YAML's safe
+loader, overrides are applied to the raw mapping, and pydantic validates the result
+into a frozen ``Grid``; every later stage trusts it. Nothing here imports TensorFlow,
+ART or Ray. Expansion into cells lives in ``expand.py``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from sweeper.errors import UserError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Epsilon(_Frozen):
+    """An attack budget: its value, and its label as written (``8/255`` stays ``8/255``)."""
+
+    value: float
+    label: str
+
+
+def parse_epsilon(raw: Any) -> Epsilon:
+    if isinstance(raw, Epsilon):
+        return raw
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(f"epsilon must be a number or a fraction like 8/255, got {raw!r}")
+    try:
+        value = float(Fraction(raw.strip()) if isinstance(raw, str) else raw)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"epsilon must be a number or a fraction like 8/255, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {raw!r}")
+    return Epsilon(value=value, label=raw.strip() if isinstance(raw, str) else str(raw))
+
+
+def _is_fraction(value: Any) -> bool:
+    if not isinstance(value, str) or value.count("/") != 1:
+        return False
+    try:
+        Fraction(value.strip())
+        return True
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+class DatasetChoice(_Frozen):
+    """A dataset and its options; ``digits`` in a grid is short for ``{name: digits}``."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_form(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            return {"name": raw}
+        if isinstance(raw, dict) and "name" in raw and "options" not in raw:
+            return {"name": raw["name"], "options": {k: v for k, v in raw.items() if k != "name"}}
+        return raw
+
+    @model_validator(mode="after")
+    def _known(self) -> "DatasetChoice":
+        from sweeper.datasets import DATASETS
+
+        if self.name not in DATASETS:
+            raise ValueError(DATASETS.unknown_message(self.name))
+        accepted = DATASETS.get(self.name).options
+        for key in self.options:
+            if key not in accepted:
+                raise ValueError(f"dataset {self.name!r}: unknown option {key!r}; "
+                                 f"accepted: {', '.join(accepted) or 'none'}")
+        return self
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option with defaults filled in: part of a training job's identity."""
+        from sweeper.datasets import DATASETS
+
+        return {**DATASETS.get(self.name).options, **self.options}
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+class AttackEntry(_Frozen):
+    name: str
+    label: str | None = None  # defaults to name; needed when one attack appears twice
+    norm: str | None = None  # "inf", "1" or "2"; defaults to the attack's first norm
+    eps: tuple[Epsilon, ...]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm_text(cls, raw: Any) -> Any:
+        return str(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, raw: Any) -> Any:
+        values = raw if isinstance(raw, (list, tuple)) else [raw]
+        if not values:
+            raise ValueError("needs at least one epsilon")
+        parsed = tuple(parse_epsilon(v) for v in values)
+        if len({eps.value for eps in parsed}) != len(parsed):
+            raise ValueError("an epsilon is listed twice")
+        return parsed
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _fraction_params(cls, raw: Any) -> Any:
+        # Lets step sizes be written like budgets: eps_step: 2/255.
+        if not isinstance(raw, dict):
+            return raw
+        return {key: parse_epsilon(value).value if _is_fraction(value) else value
+                for key, value in raw.items()}
+
+    @model_validator(mode="after")
+    def _known(self) -> "AttackEntry":
+        from sweeper.attacks import ATTACKS, validate
+
+        if self.name not in ATTACKS:
+            raise ValueError(ATTACKS.unknown_message(self.name))
+        try:
+            validate(self.name, self.norm, self.params)
+        except UserError as error:  # re-raised as ValueError so the message names the field
+            raise ValueError(str(error)) from None
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def resolved_norm(self) -> str:
+        from sweeper.attacks import ATTACKS
+
+        return self.norm or ATTACKS.get(self.name).norms[0]
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every parameter passed to ART, sweeper's defaults filled in."""
+        from sweeper.attacks import ATTACKS
+
+        return {**ATTACKS.get(self.name).defaults, **self.params}
+
+
+class Folds(_Frozen):
+    k: int = Field(5, ge=2, description="K of K-fold cross-validation")
+    only: tuple[int, ...] | None = None  # fold indices to run; all K when absent
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "Folds":
+        for index in self.only or ():
+            if not 0 <= index < self.k:
+                raise ValueError(f"only: fold index {index} out of range; accepted: 0..{self.k - 1}")
+        if self.only is not None and len(set(self.only)) != len(self.only):
+            raise ValueError("fold indices repeat")
+        return self
+
+    def indices(self) -> tuple[int, ...]:
+        return self.only if self.only is not None else tuple(range(self.k))
+
+
+class Train(_Frozen):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamax", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_learning_rate: float = Field(1e-6, ge=0)  # floor of the cosine schedule
+
+
+class Resources(_Frozen):
+    cpus: float = Field(1, gt=0)
+    gpus: float = Field(0, ge=0)
+
+
+class Grid(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    datasets: tuple[DatasetChoice, ...] = Field(min_length=1)
+    models: tuple[str, ...] = Field(min_length=1)
+    quantizers: tuple[str, ...] = Field(min_length=1)
+    attacks: tuple[AttackEntry, ...] = ()
+    folds: Folds = Folds()
+    train: Train = Train()
+    samples: int = Field(100, ge=1, description="attacked samples per training job")
+    resources: Resources = Resources()
+    mcus: tuple[str, ...] = ("stm32h7",)
+    data_dir: str | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from sweeper.models import MODELS
+
+        return _known_names(MODELS, names)
+
+    @field_validator("quantizers")
+    @classmethod
+    def _quantizers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from sweeper.quantizers import QUANTIZERS
+
+        return _known_names(QUANTIZERS, names)
+
+    @field_validator("mcus")
+    @classmethod
+    def _mcus(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from sweeper.footprint import MCUS
+
+        return _known_names(MCUS, names)
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_attack_labels(cls, entries: tuple[AttackEntry, ...]) -> tuple[AttackEntry, ...]:
+        keys = [entry.key for entry in entries]
+        for key in keys:
+            if key == "none":
+                raise ValueError("'none' (the clean evaluation) is always included; do not list it")
+            if keys.count(key) > 1:
+                raise ValueError(f"attack {key!r} appears twice; give each a distinct 'label'")
+        return entries
+
+
+def _known_names(registry, names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name not in registry:
+            raise ValueError(registry.unknown_message(name))
+    if len(set(names)) != len(names):
+        raise ValueError(f"a {registry.kind} is listed twice")
+    return names
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+    """Read, override and validate a grid file; every failure is one UserError line."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for override in overrides:
+        apply_override(raw, override)
+    raw.setdefault("name", path.stem)
+    return validate(raw, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: grid file not found") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read grid file ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a grid file must be a YAML mapping (key: value lines)")
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "grid") -> Grid:
+    try:
+        return Grid.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(f"{source}: {_first_problem(error)}") from None
+    except UserError as error:  # raised by a registry's own validator
+        raise UserError(f"{source}: {error}") from None
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        message = "unknown key"
+        where = where or "grid"
+        parent = _parent_model(problem["loc"])
+        if parent is not None:
+            message += f"; accepted: {', '.join(parent.model_fields)}"
+    elif problem["type"] == "missing":
+        message = "required field is missing"
+    return f"{where}: {message}" if where else message
+
+
+def _parent_model(loc: tuple) -> type[BaseModel] | None:
+    """The schema class that owns the field at ``loc`` (to list its accepted keys)."""
+    model: Any = Grid
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply ``key.path=value`` (value in YAML syntax) to a raw grid mapping in place.
+
+    A path step into a list is an index (``attacks.0.eps``) or the label/name of an entry
+    (``attacks.pgd.eps``)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override!r}: expected key=value, e.g. train.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {override!r}: value is not valid YAML") from None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = _step(node, part, ".".join(parts[: depth + 1]), create=True)
+    _assign(node, parts[-1], value, key.strip())
+
+
+def _step(node: Any, part: str, path: str, create: bool) -> Any:
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            if not create:
+                raise UserError(f"--set {path}: no such field")
+            node[part] = {}
+        return node[part]
+    if isinstance(node, list):
+        return node[_list_index(node, part, path)]
+    raise UserError(f"--set {path}: cannot descend into a {type(node).__name__}")
+
+
+def _assign(node: Any, part: str, value: Any, path: str) -> None:
+    if isinstance(node, dict):
+        node[part] = value
+    elif isinstance(node, list):
+        node[_list_index(node, part, path)] = value
+    else:
+        raise UserError(f"--set {path}: cannot set a field inside a {type(node).__name__}")
+
+
+def _list_index(items: list, part: str, path: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            raise UserError(f"--set {path}: index {index} out of range (list has {len(items)})")
+        return index
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and part in (item.get("label"), item.get("name")):
+            return index
+        if item == part:
+            return index
+    raise UserError(f"--set {path}: no entry named {part!r}")

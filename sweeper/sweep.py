@@ -1,0 +1,172 @@
+"""The sweep: run a plan's pending training jobs as Ray Tune trials, storing rows as they come.
+
+One Tune trial per training job, with actor reuse (a reused actor keeps TensorFlow
+imported). Datasets are loaded once on the driver and shared through Ray's object
+store. Every row a trial reports reaches the driver; a finished trial's rows are
+written to the result store at once, so a crash loses at most the trials in flight.
+Cells already in the store are never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import tune
+from rich.console import Console
+
+from sweeper import WORKER_ENV, store
+from sweeper.datasets import Dataset, load
+from sweeper.expand import Cell, Plan, TrainingJob
+from sweeper.progress import CellProgress
+from sweeper.trial import JobContext, run_job
+
+
+@dataclass
+class LaunchReport:
+    total_cells: int
+    already_done: int
+    computed: int = 0
+    trainings: int = 0  # models trained (not loaded from the cache) in this launch
+    failed_jobs: list[str] = field(default_factory=list)  # one line per failed job
+    damaged_fragments: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.already_done + self.computed == self.total_cells
+
+
+def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cell]]]:
+    """Training jobs with at least one cell not yet in the store, with those cells."""
+    work = []
+    for job in plan.jobs:
+        cells = [cell for cell in plan.cells_of(job.job_id) if cell.cell_id not in done]
+        if cells:
+            work.append((job, cells))
+    return work
+
+
+def launch(plan: Plan, results: str, *, address: str | None = None, verbose: bool = False,
+           console: Console | None = None) -> LaunchReport:
+    console = console or Console(stderr=True)
+    location = store.locate(results)
+    existing = store.read(location, ["cell_id"])
+    done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
+    report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged)
+    work = pending_work(plan, done)
+    if not work:
+        return report
+    data = _load_datasets(plan, {job.dataset for job, _ in work})
+    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=f"{location.text.rstrip('/')}/models")
+    _init_ray(address, verbose)
+    with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
+        rows = _StoreRows(location, progress)
+        results = _tuner(plan, work, data, context, location, rows, verbose).fit()
+    report.computed, report.trainings = rows.written, rows.trainings
+    report.failed_jobs = [_failure_line(result, work) for result in results if result.error]
+    return report
+
+
+def _load_datasets(plan: Plan, names: set[str]) -> dict[str, Dataset]:
+    choices = {choice.name: choice for choice in plan.grid.datasets if choice.name in names}
+    return {name: load(name, plan.grid.data_dir, **choice.options) for name, choice in choices.items()}
+
+
+def _init_ray(address: str | None, verbose: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet only
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)},
+             log_to_driver=verbose, include_dashboard=False,
+             logging_level=logging.INFO if verbose else logging.ERROR)
+
+
+def _tuner(plan, work, data, context, location, rows, verbose):
+    trainable = tune.with_parameters(_trainable, work=work, data=data, context=context)
+    resources = plan.grid.resources
+    trainable = tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus})
+    return tune.Tuner(
+        trainable,
+        param_space={"job_index": tune.grid_search(list(range(len(work))))},
+        tune_config=tune.TuneConfig(reuse_actors=True,
+                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(
+            name=f"{plan.grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=f"{location.path}/_tune", storage_filesystem=location.fs,
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[rows], verbose=2 if verbose else 0),
+    )
+
+
+def _trainable(config: dict[str, Any], work, data, context) -> None:
+    """One Tune trial: a training job. Runs on a Ray worker."""
+    _limit_threads()
+    job, cells = work[config["job_index"]]
+    run_job(job, cells, data[job.dataset], context,
+            report=lambda row: tune.report({"row": json.dumps(row)}))
+
+
+def _limit_threads() -> None:
+    # Trials share the node's cores: one TensorFlow thread pool per CPU the trial holds.
+    import ray
+    import tensorflow as tf
+
+    cpus = int(max(1, ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # a reused actor already initialised TensorFlow with these settings
+
+
+def _failure_line(result, work) -> str:
+    job, _ = work[result.config["job_index"]]
+    message = str(result.error).strip().splitlines()
+    return (f"{job.dataset}/{job.model}/{job.quantizer}/fold {job.fold}: "
+            f"{message[-1] if message else type(result.error).__name__}")
+
+
+class _StoreRows(tune.Callback):
+    """Driver side: collect each trial's rows, write them when the trial ends."""
+
+    def __init__(self, location: store.Location, progress: CellProgress):
+        self.location, self.progress = location, progress
+        self.pending: dict[str, dict[str, dict]] = defaultdict(dict)  # trial -> cell -> row
+        self.stored: set[str] = set()  # cell ids written in this launch
+        self.written = self.trainings = 0
+
+    def __getstate__(self):
+        # Tune pickles its callbacks into the experiment state; a live progress display
+        # (locks, a terminal) cannot and need not travel.
+        return {**self.__dict__, "progress": None}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = json.loads(result["row"])
+        if row["cell_id"] in self.stored or row["cell_id"] in self.pending[trial.trial_id]:
+            return  # a retried trial reports its cells again
+        self.pending[trial.trial_id][row["cell_id"]] = row
+        self.progress.advance(f"{row['dataset']}/{row['model']}/{row['quantizer']} "
+                              f"fold {row['fold']}: {row['attack_label']} eps {row['eps_label']}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._flush(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._flush(trial)  # the rows it finished are real results: keep them
+
+    def _flush(self, trial) -> None:
+        rows = list(self.pending.pop(trial.trial_id, {}).values())
+        if not rows:
+            return
+        store.write_rows(self.location, rows, tag=rows[0]["job_id"])
+        self.stored.update(row["cell_id"] for row in rows)
+        self.written += len(rows)
+        self.trainings += int(not rows[0]["model_cached"])
