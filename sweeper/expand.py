@@ -89,6 +89,8 @@ def stable_id(identity: dict[str, Any]) -> str:
 
 def expand(grid: Grid) -> Plan:
     jobs = tuple(_jobs(grid))
+    if len({job.job_id for job in jobs}) != len(jobs):
+        raise UserError("datasets: a dataset is listed twice with the same options")
     cells = tuple(cell for job in jobs for cell in _cells(grid, job.job_id))
     _reject_duplicates(cells)
     return Plan(grid, jobs, cells)

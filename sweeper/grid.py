@@ -348,7 +348,7 @@ def _step(node: Any, part: str, path: str, create: bool) -> Any:
         return node[part]
     if isinstance(node, list):
         return node[_list_index(node, part, path)]
-    raise UserError(f"--set {path}: cannot descend into a {type(node).__name__}")
+    raise UserError(f"--set {path}: cannot set a field inside a value of type {type(node).__name__}")
 
 
 def _assign(node: Any, part: str, value: Any, path: str) -> None:
@@ -357,7 +357,7 @@ def _assign(node: Any, part: str, value: Any, path: str) -> None:
     elif isinstance(node, list):
         node[_list_index(node, part, path)] = value
     else:
-        raise UserError(f"--set {path}: cannot set a field inside a {type(node).__name__}")
+        raise UserError(f"--set {path}: cannot set a field inside a value of type {type(node).__name__}")
 
 
 def _list_index(items: list, part: str, path: str) -> int:

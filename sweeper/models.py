@@ -31,8 +31,14 @@ def qmodel_class():
     """
     global _QMODEL_CLASS
     if _QMODEL_CLASS is None:
+        import warnings
+
         import tensorflow as tf
         from tf_keras.src import backend as keras_backend
+
+        # learning_phase_scope is deprecated for Keras layers, but it is exactly the
+        # global QKeras reads; keep its warning out of every forward pass.
+        warnings.filterwarnings("ignore", message=".*learning_phase_scope.*deprecated")
 
         class QModel(tf.keras.Model):
             def call(self, inputs, training=None, mask=None):

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny grids written to tmp_path, and the repository root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_GRID = {
+    "name": "tiny",
+    "seed": 0,
+    "datasets": ["digits"],
+    "models": ["small_cnn"],
+    "quantizers": ["fp", "int4"],
+    "attacks": [
+        {"name": "fgsm", "norm": "inf", "eps": [0.1, 0.2]},
+        {"name": "pgd", "norm": "inf", "eps": ["8/255"], "params": {"max_iter": 3, "eps_step": "2/255"}},
+    ],
+    "folds": {"k": 3, "only": [0]},
+    "train": {"epochs": 1, "batch_size": 64},
+    "samples": 20,
+    "mcus": ["stm32h7"],
+}
+
+
+def write_grid(directory: Path, grid: dict, name: str = "grid.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_grid() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY_GRID)

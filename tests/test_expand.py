@@ -1,0 +1,101 @@
+"""Expansion: counts per grid shape, one training per job, stable ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sweeper import expand, grid
+from sweeper.errors import UserError
+from tests.conftest import write_grid
+
+# (overrides, expected cells, expected training jobs)
+SHAPES = [
+    ([], 2 * 1 * (1 + 2 + 1), 2),  # 2 quantizers x 1 fold; none + 2 fgsm + 1 pgd
+    (["folds.only=null"], 2 * 3 * 4, 6),
+    (["folds.k=5", "folds.only=[0,2,4]"], 2 * 3 * 4, 6),
+    (["attacks=[]"], 2 * 1 * 1, 2),  # the clean evaluation is always there
+    (["quantizers=[fp,int8,int4,int2,ternary,stq,binary,sbinary]"], 8 * 4, 8),
+    (["attacks.fgsm.eps=[0.1,0.2,0.3]"], 2 * 5, 2),
+]
+
+
+@pytest.mark.parametrize("overrides, cells, jobs", SHAPES)
+def test_cell_and_job_counts(tmp_path, tiny_grid, overrides, cells, jobs):
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid), overrides))
+    assert len(plan.cells) == cells
+    assert len(plan.jobs) == jobs
+    assert len({c.cell_id for c in plan.cells}) == cells
+    assert len({j.job_id for j in plan.jobs}) == jobs
+    # every cell belongs to exactly one job, and every job has its clean cell
+    assert {c.job_id for c in plan.cells} == {j.job_id for j in plan.jobs}
+    for job in plan.jobs:
+        assert sum(c.attack == "none" for c in plan.cells_of(job.job_id)) == 1
+
+
+def test_axis_counts(tmp_path, tiny_grid):
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid), ["folds.only=null"]))
+    assert plan.axis_counts() == {"datasets": 1, "models": 1, "quantizers": 2, "folds": 3,
+                                  "attacks (with none)": 3, "attack x epsilon points": 4}
+
+
+def test_cells_carry_resolved_parameters_and_labels(tmp_path, tiny_grid):
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    pgd = [c for c in plan.cells if c.attack == "pgd"][0]
+    params = dict(pgd.params)
+    assert params["max_iter"] == 3
+    assert params["eps_step"] == pytest.approx(2 / 255)
+    assert "num_random_init" in params  # sweeper's default made explicit
+    assert pgd.eps_label == "8/255" and pgd.eps == pytest.approx(8 / 255)
+
+
+def test_ids_change_with_what_determines_the_result(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    base = expand.expand(grid.load(path))
+    same = expand.expand(grid.load(path))
+    assert [c.cell_id for c in base.cells] == [c.cell_id for c in same.cells]
+    for override in ["seed=1", "train.epochs=2", "samples=21", "attacks.pgd.params.max_iter=4"]:
+        changed = expand.expand(grid.load(path, [override]))
+        assert not set(c.cell_id for c in changed.cells) >= set(c.cell_id for c in base.cells), override
+
+
+def test_ids_ignore_what_does_not_matter(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    base = {c.cell_id for c in expand.expand(grid.load(path)).cells}
+    # a new name, a relabelled epsilon of equal value, other MCU targets, more quantizers
+    renamed = expand.expand(grid.load(path, ["name=other", "attacks.pgd.eps=[0.03137254901960784]",
+                                             "mcus=[stm32h7,stm32f4]",
+                                             "quantizers=[fp,int4,int8]"]))
+    assert base <= {c.cell_id for c in renamed.cells}
+
+
+def test_ids_are_stable_across_processes(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    script = ("import sys; from sweeper import grid, expand; "
+              f"print(','.join(c.cell_id for c in expand.expand(grid.load({str(path)!r})).cells))")
+    outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={"PYTHONHASHSEED": seed, "PATH": ""}, check=True).stdout
+               for seed in ("1", "2")}
+    assert len(outputs) == 1
+    assert outputs.pop().strip() == ",".join(c.cell_id for c in expand.expand(grid.load(path)).cells)
+
+
+def test_identical_attack_entries_are_rejected(tmp_path, tiny_grid):
+    tiny_grid["attacks"].append({"name": "fgsm", "label": "fgsm_again", "norm": "inf", "eps": [0.1]})
+    with pytest.raises(UserError, match="'fgsm' and 'fgsm_again' define the same cells"):
+        expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+
+
+def test_same_attack_twice_with_labels_and_other_norms(tmp_path, tiny_grid):
+    tiny_grid["attacks"].append({"name": "fgsm", "label": "fgsm_l2", "norm": 2, "eps": [0.1]})
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    labels = {c.attack_label for c in plan.cells if c.attack == "fgsm"}
+    assert labels == {"fgsm", "fgsm_l2"}
+    assert {c.norm for c in plan.cells if c.attack_label == "fgsm_l2"} == {"2"}
+
+
+def test_a_dataset_listed_twice_is_rejected(tmp_path, tiny_grid):
+    with pytest.raises(UserError, match="dataset is listed twice"):
+        expand.expand(grid.load(write_grid(tmp_path, tiny_grid), ["datasets=[digits, {name: digits}]"]))
