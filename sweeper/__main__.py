@@ -1,0 +1,5 @@
+"""``python -m sweeper`` runs the CLI."""
+
+from sweeper.cli import main
+
+main()

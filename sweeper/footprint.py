@@ -1,0 +1,275 @@
+"""Memory footprint of a trained QKeras model, and the MCU profiles it is checked against.
+
+This module owns three things:
+
+* ``measure(model) -> Footprint``: parameter count, flash (weights stored at their
+  quantizer's bit width) and RAM (peak of live activation tensors during one
+  batch-1 inference, each at the bit width of the quantizer that produced it);
+* ``MCUS``: a registry of microcontroller profiles (on-chip flash and SRAM);
+* ``fits`` / ``fitting``: whether a footprint fits those profiles.
+
+Units: KB means 1024 bytes throughout (the unit of MCU datasheets). Sub-byte values
+are assumed densely packed (two 4-bit weights per byte), with no per-tensor padding.
+
+TensorFlow and QKeras are imported inside functions only, so the CLI can list MCUs
+without paying for a TensorFlow import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from sweeper.registry import Registry
+
+FLOAT_BITS = 32  # what an unquantized weight or activation costs (float32)
+BITS_PER_KB = 8 * 1024
+
+# Weight variable name -> the QKeras layer attribute holding its quantizer. Anything
+# not listed here (or a layer without that attribute) is stored as float32.
+WEIGHT_QUANTIZER_ATTR = {
+    "kernel": "kernel_quantizer_internal",
+    "bias": "bias_quantizer_internal",
+    "depthwise_kernel": "depthwise_quantizer_internal",
+    "pointwise_kernel": "pointwise_quantizer_internal",
+    # QBatchNormalization: QKeras uses the quantized gamma/beta/mean/variance at
+    # inference, so that is how they would be stored on the device.
+    "gamma": "gamma_quantizer_internal",
+    "beta": "beta_quantizer_internal",
+    "moving_mean": "mean_quantizer_internal",
+    "moving_variance": "variance_quantizer_internal",
+}
+
+# Layers that only move, select or drop values: their output holds values of the
+# input's type, so a 4-bit tensor max-pooled or flattened is still 4-bit.
+VALUE_PRESERVING_LAYERS = {
+    "Flatten", "Reshape", "Permute", "RepeatVector",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "Cropping1D", "Cropping2D", "Cropping3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a model needs on the device: parameter count, flash KB, peak RAM KB."""
+
+    params: int
+    flash_kb: float
+    ram_kb: float
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One weight variable of one layer, as it would be stored in flash."""
+
+    layer: str
+    weight: str  # short variable name: kernel, bias, gamma, ...
+    count: int
+    bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return self.count * self.bits
+
+
+def quantizer_bits(quantizer) -> int:
+    """Bit width of a QKeras quantizer; None or a plain function means float32."""
+    bits = getattr(quantizer, "bits", None)
+    return FLOAT_BITS if bits is None else int(bits)
+
+
+def short_weight_name(variable) -> str:
+    # "block1/q_conv2d/kernel:0" -> "kernel"
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def weight_bits(layer, variable) -> int:
+    """Storage bits of one weight variable: its QKeras quantizer's, else float32."""
+    attr = WEIGHT_QUANTIZER_ATTR.get(short_weight_name(variable))
+    return quantizer_bits(getattr(layer, attr, None)) if attr else FLOAT_BITS
+
+
+def leaf_layers(model) -> list:
+    """All non-model layers, descending into nested models (weights live in leaves)."""
+    leaves = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            leaves.extend(leaf_layers(layer))
+        else:
+            leaves.append(layer)
+    return leaves
+
+
+def weight_profile(model) -> list[WeightEntry]:
+    """Every weight variable (trainable and not) with its element count and bits."""
+    return [
+        WeightEntry(layer.name, short_weight_name(v), int(prod(v.shape)), weight_bits(layer, v))
+        for layer in leaf_layers(model)
+        for v in layer.weights
+    ]
+
+
+def flash_kb(model) -> float:
+    return sum(entry.total_bits for entry in weight_profile(model)) / BITS_PER_KB
+
+
+def output_bits(layer, input_bits: list[int]) -> int:
+    """Bits per element of a layer's output: set by the quantizer that produced it."""
+    kind = type(layer).__name__
+    if kind == "QActivation":
+        return quantizer_bits(layer.quantizer)
+    if kind in VALUE_PRESERVING_LAYERS and input_bits:
+        return max(input_bits)
+    # Q-layers with an activation quantizer (QDense(..., activation=quantized_relu(4)));
+    # a plain activation function has no .bits and leaves the float32 default.
+    return quantizer_bits(getattr(layer, "activation", None))
+
+
+def tensor_bits(tensor, bits_per_element: int) -> int:
+    # Batch size 1: the unknown batch dimension counts as one.
+    return prod(d or 1 for d in tensor.shape) * bits_per_element
+
+
+def execution_order(model) -> list:
+    """Nodes in the order Keras itself runs them (Functional._run_internal_graph)."""
+    nodes_by_depth = getattr(model, "_nodes_by_depth", None)
+    if nodes_by_depth is None:
+        raise TypeError(
+            f"{type(model).__name__} is not a functional/sequential Keras model; "
+            "RAM needs its layer graph"
+        )
+    return [
+        node
+        for depth in sorted(nodes_by_depth, reverse=True)
+        for node in nodes_by_depth[depth]
+        if not node.is_input
+    ]
+
+
+def peak_activation_bits(model) -> int:
+    """Peak over layers of the bits held by live tensors, by liveness analysis.
+
+    A tensor is live from the layer that produces it until its last consumer has run;
+    model outputs stay live to the end. While a layer runs, the live set is every
+    earlier tensor still needed (its own inputs included) plus its outputs.
+    """
+    import tensorflow as tf
+
+    nodes = execution_order(model)
+    last_use: dict[int, int] = {}
+    for step, node in enumerate(nodes):
+        for t in node.keras_inputs:
+            last_use[id(t)] = step
+    for t in model.outputs:
+        last_use[id(t)] = len(nodes)
+
+    # The model input is the float32 sample handed to the network.
+    bits_of: dict[int, int] = {id(t): FLOAT_BITS for t in model.inputs}
+    live = {id(t): tensor_bits(t, FLOAT_BITS) for t in model.inputs}
+    peak = sum(live.values())
+    for step, node in enumerate(nodes):
+        in_bits = [bits_of[id(t)] for t in node.keras_inputs]
+        out_bits = output_bits(node.layer, in_bits)
+        for t in tf.nest.flatten(node.outputs):
+            bits_of[id(t)] = out_bits
+            live[id(t)] = tensor_bits(t, out_bits)
+        peak = max(peak, sum(live.values()))
+        # Free what no later layer reads (an unread output is freed at once).
+        for tensor_id in [k for k in live if last_use.get(k, -1) <= step]:
+            del live[tensor_id]
+    return peak
+
+
+def measure(model) -> Footprint:
+    """Params, flash KB and peak activation RAM KB of a tf.keras (QKeras) model."""
+    return Footprint(
+        params=int(model.count_params()),
+        flash_kb=flash_kb(model),
+        ram_kb=peak_activation_bits(model) / BITS_PER_KB,
+    )
+
+
+@dataclass(frozen=True)
+class MCUProfile:
+    """A microcontroller's on-chip flash and total on-chip SRAM, in KB (1024 bytes)."""
+
+    name: str
+    flash_kb: float
+    ram_kb: float
+    description: str
+    source: str
+
+
+MCUS = Registry[MCUProfile]("mcu")
+
+for _profile in [
+    MCUProfile(
+        "stm32h7", 2048, 1024,
+        "STM32H743/753 (Cortex-M7, 480 MHz), the paper's target: 2 MB flash, "
+        "1 MB RAM as ST quotes it (128 KB DTCM + 64 KB ITCM + 864 KB user SRAM: "
+        "AXI SRAM 512 KB and SRAM1-4), split over several non-contiguous regions",
+        "ST DS12110 STM32H743xI datasheet",
+    ),
+    MCUProfile(
+        "stm32f4", 512, 128,
+        "STM32F446RE (Cortex-M4F, 180 MHz, Nucleo-F446RE): 512 KB flash, "
+        "128 KB total SRAM (SRAM1 112 KB + SRAM2 16 KB)",
+        "ST DS10693 STM32F446xC/E datasheet",
+    ),
+    MCUProfile(
+        "stm32f7", 1024, 320,
+        "STM32F746NG (Cortex-M7, 216 MHz, STM32F746G-DISCO): 1 MB flash, "
+        "320 KB total SRAM (DTCM 64 KB + SRAM1 240 KB + SRAM2 16 KB; ITCM not counted)",
+        "ST DS10916 STM32F745xx/STM32F746xx datasheet",
+    ),
+    MCUProfile(
+        "stm32l4", 1024, 128,
+        "STM32L476RG (Cortex-M4F, 80 MHz, Nucleo-L476RG): 1 MB flash, "
+        "128 KB total SRAM (SRAM1 96 KB + SRAM2 32 KB)",
+        "ST DS10198 STM32L476xx datasheet",
+    ),
+    MCUProfile(
+        "nrf52840", 1024, 256,
+        "Nordic nRF52840 (Cortex-M4F, 64 MHz): 1 MB flash, 256 KB total SRAM",
+        "Nordic nRF52840 Product Specification v1.7",
+    ),
+    MCUProfile(
+        "arduino_nano33_ble_sense", 1024, 256,
+        "Arduino Nano 33 BLE Sense: nRF52840 SoC, 1 MB flash, 256 KB total SRAM "
+        "(the Mbed OS core and bootloader use part of both)",
+        "Arduino ABX00031 Nano 33 BLE Sense product reference manual (datasheet)",
+    ),
+    MCUProfile(
+        "rp2040", 2048, 264,
+        "Raspberry Pi RP2040 (dual Cortex-M0+, 133 MHz): 264 KB total on-chip SRAM; "
+        "no on-chip flash, the 2048 KB is the external QSPI flash of the Raspberry Pi Pico",
+        "Raspberry Pi RP2040 Datasheet; Raspberry Pi Pico Datasheet",
+    ),
+    MCUProfile(
+        "esp32s3", 8192, 512,
+        "Espressif ESP32-S3 (dual Xtensa LX7, 240 MHz): 512 KB total on-chip SRAM "
+        "(optional PSRAM not counted); flash is external or in-package, the 8192 KB is "
+        "the 8 MB flash of the ESP32-S3-DevKitC-1 N8",
+        "Espressif ESP32-S3 Series Datasheet; ESP32-S3-DevKitC-1 User Guide",
+    ),
+]:
+    MCUS.add(_profile.name, _profile)
+
+
+def fits(footprint: Footprint, mcu: MCUProfile) -> bool:
+    """True if weights fit the flash and peak activations fit the RAM.
+
+    A necessary, not sufficient, check: it ignores the inference runtime's own code,
+    RAM (stack, arena overhead, scratch buffers), the application around it, and that
+    on-chip SRAM is split into regions while a tensor arena usually needs one.
+    """
+    return footprint.flash_kb <= mcu.flash_kb and footprint.ram_kb <= mcu.ram_kb
+
+
+def fitting(footprint: Footprint, mcu_names: list[str]) -> list[str]:
+    """The names among ``mcu_names`` whose MCU the footprint fits, in the given order."""
+    return [name for name in mcu_names if fits(footprint, MCUS.get(name))]

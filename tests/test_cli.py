@@ -1,0 +1,72 @@
+"""The CLI as a user runs it: exit codes, one-line errors, nothing written on bad input,
+and no heavy imports for --help, validate and expand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, write_grid
+
+
+def sweeper(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "sweeper", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_validate_and_expand_the_demo_grid():
+    validated = sweeper("validate", str(ROOT / "grids" / "demo.yaml"))
+    assert validated.returncode == 0
+    assert "ok (216 cells in 24 training jobs)" in validated.stdout
+    expanded = sweeper("expand", str(ROOT / "grids" / "demo.yaml"), "--set", "folds.k=5")
+    assert expanded.returncode == 0
+    assert "grid demo: 360 cells, 40 trainings" in expanded.stdout
+    assert "quantizers               8" in expanded.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "expand", "launch"])
+def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_grid, command):
+    tiny_grid["attacks"][0]["eps"] = [-0.5]
+    path = write_grid(tmp_path, tiny_grid)
+    result = sweeper(command, str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "attacks.0.eps" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = sweeper("--debug", "validate", str(tmp_path / "absent.yaml"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "grid file not found" in result.stderr
+
+
+def test_missing_results_and_bad_format(tmp_path):
+    missing = sweeper("query", str(tmp_path), "SELECT 1")
+    assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
+    bad = sweeper("query", str(tmp_path), "SELECT 1", "--format", "xml")
+    assert bad.returncode == 2 and "unknown format 'xml'; available: table, csv, json" in bad.stderr
+
+
+def test_mcu_lists_profiles():
+    result = sweeper("mcu")
+    assert result.returncode == 0
+    assert "stm32h7" in result.stdout and "2048" in result.stdout
+
+
+HEAVY = ("tensorflow", "ray", "art", "qkeras", "duckdb")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["validate", "grids/demo.yaml"],
+                                  ["expand", "grids/demo.yaml"], ["mcu"]])
+def test_light_commands_import_no_heavy_library(args):
+    script = ("import sys\nfrom typer.testing import CliRunner\nfrom sweeper.cli import app\n"
+              f"result = CliRunner().invoke(app, {args!r})\n"
+              "assert result.exit_code == 0, result.output\n"
+              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -1,0 +1,58 @@
+"""End to end, as a user runs it: a tiny grid through `sweeper launch` (real Ray Tune
+trials, real QKeras training, real ART attacks, real Parquet), then a relaunch that
+computes nothing, then an extended grid that computes only its new cells."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sweeper import expand, grid, store
+from tests.conftest import write_grid
+from tests.test_cli import sweeper
+
+pytestmark = pytest.mark.slow
+
+
+def test_launch_relaunch_and_extend(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    results = str(tmp_path / "results")
+    plan = expand.expand(grid.load(path))
+
+    first = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"computed {len(plan.cells)} cells with {len(plan.jobs)} trainings" in first.stdout
+    table = store.read(store.locate(results)).table
+    assert sorted(table.column("cell_id").to_pylist()) == sorted(c.cell_id for c in plan.cells)
+    rows = table.to_pylist()
+    for row in rows:
+        assert 0.0 <= row["adv_acc"] <= 1.0 and 0.0 <= row["clean_acc"] <= 1.0
+        assert row["n_samples"] == 20 and row["params"] > 0 and row["flash_kb"] > 0
+        assert row["model_cached"] is False and row["tensorflow_version"]
+    clean = [r for r in rows if r["attack"] == "none"]
+    assert all(r["adv_acc"] == r["clean_acc"] for r in clean)
+    assert any(r["adv_acc"] < r["clean_acc"] for r in rows if r["attack"] == "fgsm")
+    # int4 stores weights in 4 bits: about an eighth of fp's flash
+    flash = {r["quantizer"]: r["flash_kb"] for r in rows}
+    assert flash["int4"] < flash["fp"] / 4
+    fragments = store.fragments(store.locate(results))
+    assert len(fragments) == len(plan.jobs)  # one fragment per finished training job
+
+    again = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(plan.cells)}/{len(plan.cells)} cells already done" in again.stdout
+    assert store.fragments(store.locate(results)) == fragments
+
+    extended = sweeper("launch", str(path), "--results", results, "--set",
+                       "attacks.fgsm.eps=[0.1, 0.2, 0.3]", cwd=tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    # one new epsilon x two models; the models come from the cache, so no training
+    assert re.search(r"computed 2 cells with 0 trainings; 10/10 cells done", extended.stdout)
+    table = store.read(store.locate(results)).table
+    assert table.num_rows == 10 == len(set(table.column("cell_id").to_pylist()))
+    new = [r for r in table.to_pylist() if r["eps_label"] == "0.3"]
+    assert len(new) == 2 and all(r["model_cached"] for r in new)
+    # the cached model is the same model: same clean accuracy on the same samples
+    old_clean = {r["job_id"]: r["clean_acc"] for r in rows}
+    assert all(r["clean_acc"] == old_clean[r["job_id"]] for r in new)
