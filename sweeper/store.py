@@ -58,11 +58,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("attack_s", pa.float64(), "seconds spent generating this row's adversarial examples"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was computed"),
     ("host", pa.string(), "hostname of the machine that computed the row"),
-    ("sweeper_version", pa.string(), "library versions that computed the row"),
-    ("tensorflow_version", pa.string(), ""),
-    ("qkeras_version", pa.string(), ""),
-    ("art_version", pa.string(), ""),
-    ("ray_version", pa.string(), ""),
+    ("sweeper_version", pa.string(), "sweeper version that computed the row"),
+    ("tensorflow_version", pa.string(), "TensorFlow version"),
+    ("qkeras_version", pa.string(), "QKeras version"),
+    ("art_version", pa.string(), "adversarial-robustness-toolbox version"),
+    ("ray_version", pa.string(), "Ray version"),
 ]
 SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in COLUMNS],
                    metadata={"sweeper_schema_version": str(SCHEMA_VERSION)})

@@ -1,0 +1,78 @@
+"""Benchmark: what Ray Tune costs and gains over a plain loop, on the same cells.
+
+(a) a sequential Python loop calling the trial code directly (one process, no Ray, no
+    store, no cache), and (b) ``sweeper launch`` on the same grid into a fresh store.
+Prints both wall times, the speedup (a)/(b) (on 2 cores the limit is about 2.0), and
+the count of trainings against cells (trainings must equal distinct training jobs).
+
+    python bench/overhead.py [GRID] [--set key=value ...]     (default grid: grids/demo.yaml)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sweeper import datasets, expand, grid  # noqa: E402
+from sweeper.trial import JobContext, run_job  # noqa: E402
+
+
+def sequential(plan) -> tuple[float, int, int]:
+    """Every job of the plan in this process; returns (seconds, trainings, rows)."""
+    started = time.perf_counter()
+    data = {c.name: datasets.load(c.name, plan.grid.data_dir, **c.options) for c in plan.grid.datasets}
+    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=None)
+    rows: list[dict] = []
+    trainings = 0
+    for job in plan.jobs:
+        outcome = run_job(job, plan.cells_of(job.job_id), data[job.dataset], context, rows.append)
+        trainings += outcome.trained
+    return time.perf_counter() - started, trainings, len(rows)
+
+
+def through_sweeper(grid_path: str, overrides: list[str]) -> tuple[float, int, int, str]:
+    """``sweeper launch`` into a fresh store; returns (seconds, trainings, cells, output)."""
+    with tempfile.TemporaryDirectory() as results:
+        command = [sys.executable, "-m", "sweeper", "launch", grid_path, "--results", results]
+        for override in overrides:
+            command += ["--set", override]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"sweeper launch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    found = re.search(r"computed (\d+) cells with (\d+) trainings", done.stdout)
+    return seconds, int(found.group(2)), int(found.group(1)), done.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", nargs="?", default=str(ROOT / "grids" / "demo.yaml"))
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    plan = expand.expand(grid.load(args.grid, args.overrides))
+    print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} training jobs, "
+          f"{os.cpu_count()} cores")
+
+    seq_s, seq_trainings, seq_rows = sequential(plan)
+    print(f"(a) sequential loop, no Ray : {seq_s:7.1f} s  {seq_rows} rows, {seq_trainings} trainings")
+    ray_s, ray_trainings, ray_cells, _ = through_sweeper(args.grid, args.overrides)
+    print(f"(b) sweeper launch          : {ray_s:7.1f} s  {ray_cells} rows, {ray_trainings} trainings")
+    print(f"speedup (a)/(b)             : {seq_s / ray_s:7.2f}x  (target >= 1.6 on 2 cores)")
+    print(f"trainings / training jobs   : {ray_trainings}/{len(plan.jobs)}; "
+          f"rows / cells: {ray_cells}/{len(plan.cells)}")
+    if ray_trainings != len(plan.jobs) or ray_cells != len(plan.cells):
+        sys.exit("FAIL: trainings must equal training jobs and rows must equal cells")
+
+
+if __name__ == "__main__":
+    main()

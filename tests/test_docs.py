@@ -1,0 +1,32 @@
+"""The README matches the code: schema columns, registries, and the CI command."""
+
+from __future__ import annotations
+
+import re
+
+from sweeper.attacks import ATTACKS
+from sweeper.footprint import MCUS
+from sweeper.quantizers import QUANTIZERS
+from sweeper.store import COLUMNS
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_result_column_is_documented():
+    documented = re.findall(r"^\| `(\w+)` \| ", README.split("## Results", 1)[1], flags=re.M)
+    assert documented == [name for name, _, _ in COLUMNS]
+
+
+def test_every_registered_part_is_documented():
+    for registry in (QUANTIZERS, ATTACKS, MCUS):
+        for name in registry:
+            assert f"| `{name}` |" in README, f"{registry.kind} {name} missing from README"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    blocks = re.findall(r"```\n(python -m pip install[^\n]*)\n```", README)
+    assert len(blocks) == 2
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert blocks[1] in ci.splitlines()
+    assert blocks[0].endswith("sweeper launch grids/demo.yaml")
