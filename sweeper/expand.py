@@ -57,7 +57,15 @@ class Cell:
 
     def identity(self) -> dict[str, Any]:
         return {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
-                "params": dict(self.params), "samples": self.samples}
+                "params": self.art_params(), "samples": self.samples}
+
+    def art_params(self) -> dict[str, Any]:
+        """Everything passed to ART: the grid's parameters and the ones sweeper pins."""
+        if self.attack == CLEAN:
+            return {}
+        from sweeper.attacks import art_params
+
+        return art_params(self.attack, dict(self.params))
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def _attack_columns(cell: Cell, model, classifier, data, subset: np.ndarray,
     return {
         "cell_id": cell.cell_id, "attack": cell.attack, "attack_label": cell.attack_label,
         "norm": cell.norm, "eps": cell.eps, "eps_label": cell.eps_label,
-        "attack_params": json.dumps(dict(cell.params), sort_keys=True),
+        "attack_params": json.dumps(cell.art_params(), sort_keys=True, default=str),
         "n_samples": int(len(subset)), "clean_acc": float(clean_ok.mean()),
         "adv_acc": float(adv_ok.mean()),
         "attack_success_rate": float(broken / clean_ok.sum()) if clean_ok.any() else float("nan"),

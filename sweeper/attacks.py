@@ -1,0 +1,472 @@
+"""Adversarial attacks: the attacks sweeper runs through ART, and the fast ART estimator.
+
+Each attack is an ``AttackSpec`` in ``ATTACKS``: its accepted norms, the parameters a grid
+may set (``defaults``) and the ones sweeper pins (``fixed``: ``targeted=False``,
+``verbose=False``, batch sizes); every one of them is passed to ART explicitly, because
+ART's defaults differ from the papers (BoundaryAttack is targeted by default, PGD runs
+100 steps). Specs and ``validate`` import neither TensorFlow nor ART, so the CLI checks a
+grid cheaply; ``run`` and ``make_classifier`` import them when called.
+
+What ``eps`` means per attack (``run`` enforces it, whatever ART returned):
+
+- fgsm, pgd, square (``uses_eps``): ART's perturbation budget under ``norm``. The result
+  is projected onto the ball again if it lies outside beyond float32 rounding
+  (``BUDGET_RTOL``). ``eps == 0`` returns the clean inputs without calling ART.
+- cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
+  with no budget parameter. ``eps`` is a post-hoc budget: an adversarial example whose
+  ``||x_adv - x||`` under ``norm`` exceeds ``eps`` is replaced by the clean input, i.e.
+  counts as a failed attack. ``eps`` 0 or None means unbounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from sweeper.errors import UserError
+from sweeper.registry import Registry
+
+# predict() runs at most this many samples per compiled call, to bound memory.
+PREDICT_CHUNK = 4096
+# Budgets are checked with this relative slack: x + delta rounded to float32 can land a
+# hair outside the ball (e.g. ||delta||_inf = 0.10000002 for eps = 0.1).
+BUDGET_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: what a grid may set for it and how to build and run it through ART."""
+
+    name: str
+    norms: tuple[str, ...]  # as written in grid files: "inf", "1", "2"; the first is the default
+    defaults: Mapping[str, Any]  # what a grid may set, with sweeper's defaults
+    uses_eps: bool  # False: eps is a post-hoc budget, not an ART parameter (see module doc)
+    black_box: bool
+    build: Callable[..., Any]  # (classifier, eps, norm, params, seed) -> ART attack
+    description: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # passed to ART, not settable
+    # (attack, classifier, x, y, params, seed) -> x_adv; None means attack.generate(x, y)
+    generate: Callable[..., np.ndarray] | None = None
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def _add(spec: AttackSpec) -> None:
+    ATTACKS.add(spec.name, spec)
+
+
+def _art_norm(norm: str) -> float | int:
+    return np.inf if norm == "inf" else int(norm)
+
+
+def _build_fgsm(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import FastGradientMethod
+
+    # eps_step only matters with minimal=True, which sweeper does not use.
+    return FastGradientMethod(classifier, norm=_art_norm(norm), eps=eps, eps_step=eps, **params)
+
+
+def _build_pgd(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import ProjectedGradientDescentNumpy
+
+    return ProjectedGradientDescentNumpy(classifier, norm=_art_norm(norm), eps=eps, **params)
+
+
+def _build_square(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import SquareAttack
+
+    return SquareAttack(classifier, norm=_art_norm(norm), eps=eps, **params)
+
+
+def _build_cw_l2(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import CarliniL2Method
+
+    return CarliniL2Method(classifier, **params)
+
+
+def _build_boundary(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import BoundaryAttack
+
+    return BoundaryAttack(classifier, **params)
+
+
+def _build_zoo(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import ZooAttack
+
+    # ZOO samples nb_parallel distinct coordinates per step: more than the input has fails.
+    n_features = int(np.prod(classifier.input_shape))
+    params = {**params, "nb_parallel": min(params["nb_parallel"], n_features)}
+    return ZooAttack(classifier, **params)
+
+
+def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
+    """Boundary attack with a seeded start, on the samples still classified correctly.
+
+    ART draws its random starting points from an unseeded ``np.random.RandomState()``, so
+    we draw them here (same recipe: uniform noise that the model classifies differently).
+    Untargeted Boundary in ART moves away from the *predicted* label, so a sample already
+    misclassified could be pushed back to its true class: it is left as is (already
+    adversarial). Samples with no start found in ``init_size`` draws stay clean, as in ART.
+    """
+    rng = np.random.default_rng(seed)
+    lo, hi = classifier.clip_values
+    preds = classifier.predict(x).argmax(axis=1)
+    labels = preds if y is None else _label_indices(y)
+    x_adv = x.astype(np.float32, copy=True)
+    starts = {}
+    for i in np.flatnonzero(preds == labels):
+        noise = rng.uniform(lo, hi, size=(params["init_size"], *x.shape[1:])).astype(np.float32)
+        found = np.flatnonzero(classifier.predict(noise).argmax(axis=1) != preds[i])
+        if found.size:
+            starts[i] = noise[found[0]]
+    if starts:
+        rows = np.array(sorted(starts))
+        init = np.stack([starts[i] for i in rows])
+        x_adv[rows] = attack.generate(x=x_adv[rows], x_adv_init=init)
+    return x_adv
+
+
+_add(AttackSpec(
+    name="fgsm",
+    norms=("inf", "1", "2"),
+    defaults={"num_random_init": 0},
+    fixed={"targeted": False, "minimal": False, "batch_size": 128, "summary_writer": False},
+    uses_eps=True,
+    black_box=False,
+    build=_build_fgsm,
+    description="Fast Gradient (Sign) Method, one step of size eps (Goodfellow et al. 2015)",
+))
+_add(AttackSpec(
+    name="pgd",
+    norms=("inf", "1", "2"),
+    # One random start, as in Madry et al.; num_random_init=0 gives BIM (start at x).
+    defaults={"max_iter": 7, "eps_step": 2 / 255, "num_random_init": 1},
+    fixed={"targeted": False, "decay": None, "random_eps": False, "batch_size": 128,
+           "summary_writer": False, "verbose": False},
+    uses_eps=True,
+    black_box=False,
+    build=_build_pgd,
+    description="Projected Gradient Descent, numpy variant (Madry et al. 2018)",
+))
+_add(AttackSpec(
+    name="square",
+    norms=("inf", "2"),
+    defaults={"max_iter": 1000, "p_init": 0.8, "nb_restarts": 1},
+    fixed={"adv_criterion": None, "loss": None, "batch_size": 128, "verbose": False},
+    uses_eps=True,
+    black_box=True,
+    build=_build_square,
+    description="Square Attack, score-based random search (Andriushchenko et al. 2020)",
+))
+_add(AttackSpec(
+    name="cw_l2",
+    norms=("2",),
+    defaults={"confidence": 0.0, "max_iter": 10, "binary_search_steps": 10,
+              "learning_rate": 0.01, "initial_const": 0.01},
+    # ART's C&W keeps its constants and line search per sample, so batch_size only changes
+    # speed: 128 gave the same examples as ART's default of 1, about 8x faster.
+    fixed={"targeted": False, "max_halving": 5, "max_doubling": 5, "batch_size": 128,
+           "verbose": False},
+    uses_eps=False,
+    black_box=False,
+    build=_build_cw_l2,
+    description="Carlini & Wagner L2, minimal perturbation; eps is a post-hoc L2 budget",
+))
+_add(AttackSpec(
+    name="boundary",
+    norms=("inf", "2"),
+    # epsilon is ART's step size towards the original, not a budget.
+    defaults={"delta": 0.01, "epsilon": 0.01, "max_iter": 1000, "num_trial": 25,
+              "init_size": 100},
+    fixed={"targeted": False, "step_adapt": 0.667, "sample_size": 20, "min_epsilon": 0.0,
+           "batch_size": 64, "verbose": False},
+    uses_eps=False,
+    black_box=True,
+    build=_build_boundary,
+    generate=_generate_boundary,
+    description="Boundary Attack, decision-based (Brendel et al. 2018); eps is a post-hoc budget",
+))
+_add(AttackSpec(
+    name="zoo",
+    norms=("2",),
+    # nb_parallel is capped at the number of input features.
+    defaults={"confidence": 0.0, "max_iter": 10, "binary_search_steps": 10,
+              "learning_rate": 0.01, "initial_const": 0.001, "nb_parallel": 128,
+              "use_resize": False, "use_importance": False},
+    fixed={"targeted": False, "abort_early": True, "batch_size": 1, "variable_h": 1e-4,
+           "verbose": False},
+    uses_eps=False,
+    black_box=True,
+    build=_build_zoo,
+    description="ZOO, zeroth-order C&W L2 (Chen et al. 2017); eps is a post-hoc L2 budget",
+))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def normalize_norm(norm: Any) -> str | None:
+    """Grid files may say 2, 2.0, "2", "inf" or .inf: map them all to "2" / "inf"."""
+    if norm is None:
+        return None
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        if norm == float("inf"):
+            return "inf"
+        return str(int(norm)) if float(norm).is_integer() else str(norm)
+    return str(norm).strip().lower()
+
+
+def _type_error(value: Any, default: Any) -> str | None:
+    """Why value cannot replace default, judged by the default's type; None if it can."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(value, bool):
+        return "must be a number"
+    if isinstance(default, int):
+        return None if isinstance(value, numbers.Integral) else "must be an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, numbers.Real) else "must be a number"
+    return None
+
+
+def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | None = None) -> None:
+    """Check an attack cell without importing ART; raise a one-line UserError if bad."""
+    spec = ATTACKS.get(name)
+    key = normalize_norm(norm)
+    if key is not None and key not in spec.norms:
+        accepted = ", ".join(spec.norms)
+        raise UserError(f"attack {name!r}: unsupported norm {norm!r}; accepted: {accepted}")
+    for param, value in params.items():
+        if param not in spec.defaults:
+            accepted = ", ".join(sorted(spec.defaults))
+            raise UserError(f"attack {name!r}: unknown parameter {param!r}; accepted: {accepted}")
+        problem = _type_error(value, spec.defaults[param])
+        if problem:
+            raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {value!r}")
+    real = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
+    if eps is not None and not (real and 0 <= eps < float("inf")):
+        raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {eps!r}")
+
+
+def art_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every keyword sweeper passes to ART for this attack besides eps and norm."""
+    spec = ATTACKS.get(name)
+    return {**spec.defaults, **params, **spec.fixed}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: float | None,
+        norm: Any, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    """Adversarial examples for x (labels y: indices or one-hot; None: model predictions).
+
+    The result always lies within the classifier's clip_values and, for every attack,
+    within eps under norm, up to BUDGET_RTOL (see the module docstring for eps per attack).
+    """
+    validate(name, norm, params, eps=eps)
+    spec = ATTACKS.get(name)
+    norm = normalize_norm(norm) or spec.norms[0]
+    x = np.asarray(x, dtype=np.float32)
+    if spec.uses_eps and eps is None:
+        raise UserError(f"attack {name!r} needs an eps budget")
+    if spec.uses_eps and eps == 0:
+        return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
+    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params), seed)
+    return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
+                          classifier=classifier)
+
+
+def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed) -> np.ndarray:
+    _seed_everything(seed)
+    try:
+        attack = spec.build(classifier, float(eps or 0.0), norm, params, seed)
+    except ValueError as error:  # ART's own parameter checks (e.g. max_iter <= 0)
+        raise UserError(f"attack {spec.name!r}: {error}") from None
+    if spec.generate is not None:
+        x_adv = spec.generate(attack, classifier, x, y, params, seed)
+    else:
+        x_adv = attack.generate(x=x, y=y)
+    # ART's Square L2 divides by zero on 1-pixel tiles: a non-finite example is a failure.
+    finite = np.isfinite(x_adv).reshape(len(x), -1).all(axis=1)
+    return np.where(_per_sample(finite, x.ndim), x_adv, x)
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed the RNGs the registered attacks draw from: numpy's and Python's (Square).
+
+    Not tf.random: none of these attacks uses TF random ops, and tf.random.set_seed clears
+    TensorFlow's kernel cache, which made the next compiled calls several times slower.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _clip(x: np.ndarray, classifier: Any) -> np.ndarray:
+    if classifier.clip_values is None:
+        return np.array(x, dtype=np.float32)
+    lo, hi = classifier.clip_values
+    return np.clip(x, lo, hi).astype(np.float32)
+
+
+def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarray:
+    """||x_adv - x|| per sample under norm ("inf", "1", "2"), in float64."""
+    delta = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
+    return np.linalg.norm(delta, ord=_art_norm(norm), axis=1)
+
+
+def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndarray:
+    """Project onto the eps ball (budgeted attacks) or reject what lies outside it."""
+    if not eps:
+        return x_adv
+    sizes = perturbation_norms(x, x_adv, norm)
+    outside = sizes > eps * (1 + BUDGET_RTOL)
+    if not outside.any():
+        return x_adv
+    x_adv = x_adv.copy()
+    if not project:
+        x_adv[outside] = _clip(x[outside], classifier)
+        return x_adv
+    delta = x_adv[outside] - x[outside]
+    if norm == "inf":
+        delta = np.clip(delta, -eps, eps)
+    else:  # shrinking towards x keeps the example inside the clip box
+        delta *= _per_sample(eps / sizes[outside], delta.ndim).astype(np.float32)
+    x_adv[outside] = _clip(x[outside] + delta, classifier)
+    return x_adv
+
+
+def _per_sample(values: np.ndarray, ndim: int) -> np.ndarray:
+    """Shape one value per sample to broadcast against a batch of ndim dimensions."""
+    return np.asarray(values).reshape(-1, *[1] * (ndim - 1))
+
+
+def _label_indices(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y.astype(int)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def make_stock_classifier(model: Any, nb_classes: int, input_shape: tuple,
+                          clip_values: tuple[float, float]) -> Any:
+    """ART's plain TensorFlowV2Classifier for a logits model (eager gradients: slow)."""
+    import tensorflow as tf
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(
+        model=model, nb_classes=nb_classes, input_shape=tuple(input_shape),
+        loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=tuple(clip_values),
+    )
+
+
+def make_classifier(model: Any, nb_classes: int, input_shape: tuple,
+                    clip_values: tuple[float, float]) -> Any:
+    """A TensorFlowV2Classifier for a logits model whose forward and gradients are compiled.
+
+    Same results as ``make_stock_classifier`` (same loss: categorical cross-entropy from
+    logits, averaged over the batch), much faster on tiny models where ART's eager
+    per-call overhead dominates.
+    """
+    return _fast_classifier_class()(model, nb_classes, tuple(input_shape), tuple(clip_values))
+
+
+def __getattr__(name: str) -> Any:
+    # The ART subclass is created on first use so that importing this module stays light.
+    if name == "FastTensorFlowV2Classifier":
+        return _fast_classifier_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _fast_classifier_class() -> type:
+    import tensorflow as tf
+    from art.estimators.classification import TensorFlowV2Classifier
+    from art.utils import check_and_transform_label_format
+
+    class FastTensorFlowV2Classifier(TensorFlowV2Classifier):
+        """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.
+
+        Each compiled function has a None batch dimension in its input signature, so it is
+        traced once per classifier, not per batch size. Anything the compiled path does not
+        cover (training_mode=True, preprocessing) falls back to ART's eager code.
+        """
+
+        def __init__(self, model, nb_classes, input_shape, clip_values):
+            super().__init__(
+                model=model, nb_classes=nb_classes, input_shape=input_shape,
+                loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+                clip_values=clip_values,
+                preprocessing=None,  # ART's default is an identity StandardisationMeanStd op
+            )
+            x_spec = tf.TensorSpec([None, *input_shape], tf.float32)
+            y_spec = tf.TensorSpec([None, nb_classes], tf.float32)
+            label_spec = tf.TensorSpec([None], tf.int32)
+            self._logits_fn = tf.function(self._logits, input_signature=[x_spec])
+            self._loss_grad_fn = tf.function(self._loss_grad, input_signature=[x_spec, y_spec])
+            self._label_grad_fn = tf.function(self._label_grad, input_signature=[x_spec, label_spec])
+            self._jacobian_fn = tf.function(self._jacobian, input_signature=[x_spec])
+
+        # The plain functions below are what gets compiled.
+        def _logits(self, x):
+            return self._model(x, training=False)
+
+        def _loss_grad(self, x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                losses = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=self._logits(x))
+                loss = tf.reduce_mean(losses)  # Keras' default SUM_OVER_BATCH_SIZE, as in ART
+            return tape.gradient(loss, x)
+
+        def _label_grad(self, x, labels):
+            # Samples are independent at inference, so one backward pass of the summed
+            # picked logits gives every sample's own gradient.
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = self._logits(x)
+                picked = tf.reduce_sum(logits * tf.one_hot(labels, tf.shape(logits)[1]))
+            return tape.gradient(picked, x)
+
+        def _jacobian(self, x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = self._logits(x)
+            return tape.batch_jacobian(logits, x)
+
+        def _compiled_ok(self, training_mode: bool) -> bool:
+            return not training_mode and not self.preprocessing_operations
+
+        def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode):
+                return super().predict(x, batch_size=batch_size, training_mode=training_mode, **kwargs)
+            x = np.asarray(x, dtype=np.float32)
+            chunks = [self._logits_fn(x[i:i + PREDICT_CHUNK]).numpy()
+                      for i in range(0, len(x), PREDICT_CHUNK)]
+            logits = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
+            return self._apply_postprocessing(preds=logits, fit=False)
+
+        def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode) or not isinstance(x, np.ndarray):
+                return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+            y = check_and_transform_label_format(y, nb_classes=self.nb_classes)
+            grads = self._loss_grad_fn(x.astype(np.float32), np.asarray(y, dtype=np.float32))
+            return grads.numpy()
+
+        def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode):
+                return super().class_gradient(x, label=label, training_mode=training_mode, **kwargs)
+            x = np.asarray(x, dtype=np.float32)
+            if label is None:
+                return self._jacobian_fn(x).numpy()
+            labels = np.broadcast_to(np.asarray(label, dtype=np.int32), (len(x),))
+            return self._label_grad_fn(x, labels).numpy()[:, None]
+
+    return FastTensorFlowV2Classifier
