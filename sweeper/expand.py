@@ -81,9 +81,9 @@ class Plan:
         """Distinct values per axis, in the order a reader scans a grid."""
         attack_points = Counter((c.attack_label, c.eps_label) for c in self.cells)
         return {
-            "datasets": len(self.grid.datasets),
-            "models": len(self.grid.models),
-            "quantizers": len(self.grid.quantizers),
+            "datasets": len({job.dataset for job in self.jobs}),
+            "models": len({job.model for job in self.jobs}),
+            "quantizers": len({job.quantizer for job in self.jobs}),
             "folds": len(self.grid.folds.indices()),
             "attacks (with none)": len({c.attack_label for c in self.cells}),
             "attack x epsilon points": len(attack_points),
@@ -99,7 +99,7 @@ def expand(grid: Grid) -> Plan:
     jobs = tuple(_jobs(grid))
     if len({job.job_id for job in jobs}) != len(jobs):
         raise UserError("datasets: a dataset is listed twice with the same options")
-    cells = tuple(cell for job in jobs for cell in _cells(grid, job.job_id))
+    cells = tuple(cell for job in jobs for cell in _cells(grid, job))
     _reject_duplicates(cells)
     return Plan(grid, jobs, cells)
 
@@ -118,20 +118,24 @@ def _jobs(grid: Grid):
     for dataset in grid.datasets:
         options = tuple(sorted(dataset.resolved_options().items()))
         for model in grid.models:
-            for quantizer in grid.quantizers:
+            if model.datasets is not None and dataset.name not in model.datasets:
+                continue
+            for quantizer in model.quantizers or grid.quantizers:
                 for fold in grid.folds.indices():
-                    job = TrainingJob(dataset.name, options, model, quantizer, fold,
+                    job = TrainingJob(dataset.name, options, model.name, quantizer, fold,
                                       grid.folds.k, grid.seed, train)
                     yield _with_id(job, "job_id")
 
 
-def _cells(grid: Grid, job_id: str):
-    clean = Cell(job_id, CLEAN, CLEAN, "none", 0.0, "0", (), grid.samples)
-    yield _with_id(clean, "cell_id")
+def _cells(grid: Grid, job: TrainingJob):
+    samples = grid.samples_for(job.dataset)
+    yield _with_id(Cell(job.job_id, CLEAN, CLEAN, "none", 0.0, "0", (), samples), "cell_id")
     for entry in grid.attacks:
+        if entry.datasets is not None and job.dataset not in entry.datasets:
+            continue
         params = tuple(sorted(entry.resolved_params().items()))
         for eps in entry.eps:
-            yield _with_id(_attack_cell(job_id, entry, eps, params, grid.samples), "cell_id")
+            yield _with_id(_attack_cell(job.job_id, entry, eps, params, samples), "cell_id")
 
 
 def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int) -> Cell:

@@ -99,6 +99,7 @@ class AttackEntry(_Frozen):
     norm: str | None = None  # "inf", "1" or "2"; defaults to the attack's first norm
     eps: tuple[Epsilon, ...]
     params: dict[str, Any] = Field(default_factory=dict)
+    datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
 
     @field_validator("norm", mode="before")
     @classmethod
@@ -129,8 +130,11 @@ class AttackEntry(_Frozen):
     def _known(self) -> "AttackEntry":
         from sweeper.attacks import ATTACKS, validate
 
+        from sweeper.datasets import DATASETS
+
         if self.name not in ATTACKS:
             raise ValueError(ATTACKS.unknown_message(self.name))
+        _known_names(DATASETS, self.datasets or ())
         try:
             validate(self.name, self.norm, self.params)
         except UserError as error:  # re-raised as ValueError so the message names the field
@@ -151,6 +155,31 @@ class AttackEntry(_Frozen):
         from sweeper.attacks import ATTACKS
 
         return {**ATTACKS.get(self.name).defaults, **self.params}
+
+
+class ModelChoice(_Frozen):
+    """A model, optionally limited to some quantizers and datasets (e.g. a baseline run
+    only at full precision); ``small_cnn`` in a grid is short for ``{name: small_cnn}``."""
+
+    name: str
+    quantizers: tuple[str, ...] | None = None  # default: the grid's quantizers
+    datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_form(cls, raw: Any) -> Any:
+        return {"name": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelChoice":
+        from sweeper.datasets import DATASETS
+        from sweeper.models import MODELS
+        from sweeper.quantizers import QUANTIZERS
+
+        _known_names(MODELS, (self.name,))
+        _known_names(QUANTIZERS, self.quantizers or ())
+        _known_names(DATASETS, self.datasets or ())
+        return self
 
 
 class Folds(_Frozen):
@@ -188,22 +217,51 @@ class Grid(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     datasets: tuple[DatasetChoice, ...] = Field(min_length=1)
-    models: tuple[str, ...] = Field(min_length=1)
+    models: tuple[ModelChoice, ...] = Field(min_length=1)
     quantizers: tuple[str, ...] = Field(min_length=1)
     attacks: tuple[AttackEntry, ...] = ()
     folds: Folds = Folds()
     train: Train = Train()
-    samples: int = Field(100, ge=1, description="attacked samples per training job")
+    # attacked samples per training job: one count, or per dataset with an optional default
+    samples: int | dict[str, int] = 100
     resources: Resources = Resources()
     mcus: tuple[str, ...] = ("stm32h7",)
     data_dir: str | None = None
 
     @field_validator("models")
     @classmethod
-    def _models(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        from sweeper.models import MODELS
+    def _unique_models(cls, models: tuple[ModelChoice, ...]) -> tuple[ModelChoice, ...]:
+        names = [model.name for model in models]
+        if len(set(names)) != len(names):
+            raise ValueError("a model is listed twice")
+        return models
 
-        return _known_names(MODELS, names)
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, samples: int | dict[str, int]) -> int | dict[str, int]:
+        from sweeper.datasets import DATASETS
+
+        counts = samples.values() if isinstance(samples, dict) else [samples]
+        if any(count < 1 for count in counts):
+            raise ValueError("attacked sample counts must be >= 1")
+        if isinstance(samples, dict):
+            _known_names(DATASETS, tuple(key for key in samples if key != "default"))
+        return samples
+
+    @model_validator(mode="after")
+    def _samples_cover_datasets(self) -> "Grid":
+        for choice in self.datasets:
+            self.samples_for(choice.name)
+        return self
+
+    def samples_for(self, dataset: str) -> int:
+        if isinstance(self.samples, int):
+            return self.samples
+        if dataset in self.samples:
+            return self.samples[dataset]
+        if "default" in self.samples:
+            return self.samples["default"]
+        raise ValueError(f"samples: no count for dataset {dataset!r} and no 'default'")
 
     @field_validator("quantizers")
     @classmethod

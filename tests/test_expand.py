@@ -99,3 +99,39 @@ def test_same_attack_twice_with_labels_and_other_norms(tmp_path, tiny_grid):
 def test_a_dataset_listed_twice_is_rejected(tmp_path, tiny_grid):
     with pytest.raises(UserError, match="dataset is listed twice"):
         expand.expand(grid.load(write_grid(tmp_path, tiny_grid), ["datasets=[digits, {name: digits}]"]))
+
+
+def test_models_limited_to_some_quantizers_and_datasets(tmp_path, tiny_grid):
+    tiny_grid["models"] = ["small_cnn", {"name": "small_cnn_fp_only", "quantizers": ["fp"]}]
+    with pytest.raises(UserError, match="unknown model 'small_cnn_fp_only'"):
+        grid.load(write_grid(tmp_path, tiny_grid))
+    tiny_grid["models"] = [{"name": "small_cnn", "quantizers": ["fp"], "datasets": ["digits"]}]
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    assert {job.quantizer for job in plan.jobs} == {"fp"}  # not the grid's [fp, int4]
+    tiny_grid["models"] = [{"name": "small_cnn", "datasets": ["digits"]}]
+    assert len(expand.expand(grid.load(write_grid(tmp_path, tiny_grid))).jobs) == 2
+
+
+@pytest.mark.parametrize("samples, expected", [(7, 7), ({"digits": 9}, 9), ({"default": 11}, 11),
+                                               ({"default": 11, "digits": 5}, 5)])
+def test_samples_per_dataset(tmp_path, tiny_grid, samples, expected):
+    tiny_grid["samples"] = samples
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    assert {cell.samples for cell in plan.cells} == {expected}
+
+
+@pytest.mark.parametrize("samples, message", [
+    ({"cifar": 3}, "unknown dataset 'cifar'"),
+    ({"default": 0}, "must be >= 1"),
+])
+def test_bad_sample_counts(tmp_path, tiny_grid, samples, message):
+    tiny_grid["samples"] = samples
+    with pytest.raises(UserError, match=message):
+        grid.load(write_grid(tmp_path, tiny_grid))
+
+
+def test_attacks_limited_to_some_datasets(tmp_path, tiny_grid):
+    tiny_grid["attacks"][1]["datasets"] = ["svhn"]  # pgd only where the grid has no svhn
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    assert not [cell for cell in plan.cells if cell.attack == "pgd"]
+    assert len([cell for cell in plan.cells if cell.attack == "fgsm"]) == 4

@@ -50,7 +50,7 @@ BAD_GRIDS = [
     ("attacks.pgd.params.max_iters=3", "unknown parameter 'max_iters'"),
     ("attacks.fgsm.norm=7", "unsupported norm '7'"),
     ("train.optimizer=rmsprop", "train.optimizer"),
-    ("samples=0", "samples: Input should be greater than or equal to 1"),
+    ("samples=0", "samples: attacked sample counts must be >= 1"),
     ("attacks.1.label=fgsm", "attack 'fgsm' appears twice"),
     ("attacks.fgsm.eps=[0.1,0.1]", "an epsilon is listed twice"),
 ]
