@@ -82,9 +82,10 @@ def expand(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
     from sweeper import store
 
     plan = _plan(grid_path, set)
+    per_job = sorted({len(plan.cells_of(job.job_id)) for job in plan.jobs}) or [0]
+    span = f"{per_job[0]}" if len(per_job) == 1 else f"{per_job[0]} to {per_job[-1]}"
     out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} trainings "
-              f"(each model trained once, attacked at {len(plan.cells) // max(1, len(plan.jobs))} cells)",
-              highlight=False)
+              f"(each model trained once, then evaluated at {span} cells)", highlight=False)
     for axis, count in plan.axis_counts().items():
         out.print(f"  {axis:<24} {count}", highlight=False)
     location = store.locate(_results_path(plan, results))

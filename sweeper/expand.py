@@ -75,7 +75,16 @@ class Plan:
     cells: tuple[Cell, ...]
 
     def cells_of(self, job_id: str) -> list[Cell]:
-        return [cell for cell in self.cells if cell.job_id == job_id]
+        return self._cells_by_job().get(job_id, [])
+
+    def _cells_by_job(self) -> dict[str, list[Cell]]:
+        # Built once: a 100k-cell plan would otherwise rescan every cell per job.
+        if "_by_job" not in self.__dict__:
+            by_job: dict[str, list[Cell]] = {}
+            for cell in self.cells:
+                by_job.setdefault(cell.job_id, []).append(cell)
+            object.__setattr__(self, "_by_job", by_job)
+        return self.__dict__["_by_job"]
 
     def axis_counts(self) -> dict[str, int]:
         """Distinct values per axis, in the order a reader scans a grid."""

@@ -58,6 +58,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("attack_s", pa.float64(), "seconds spent generating this row's adversarial examples"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was computed"),
     ("host", pa.string(), "hostname of the machine that computed the row"),
+    ("node", pa.string(), "Ray node id that computed the row (empty outside Ray)"),
     ("sweeper_version", pa.string(), "sweeper version that computed the row"),
     ("tensorflow_version", pa.string(), "TensorFlow version"),
     ("qkeras_version", pa.string(), "QKeras version"),

@@ -108,10 +108,13 @@ def _tuner(plan, work, data, context, location, rows, verbose):
 
 def _trainable(config: dict[str, Any], work, data, context) -> None:
     """One Tune trial: a training job. Runs on a Ray worker."""
+    import ray
+
     _limit_threads()
     job, cells = work[config["job_index"]]
+    node = ray.get_runtime_context().get_node_id()
     run_job(job, cells, data[job.dataset], context,
-            report=lambda row: tune.report({"row": json.dumps(row)}))
+            report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}))
 
 
 def _limit_threads() -> None:

@@ -154,7 +154,7 @@ def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> d
         "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
         "params": fp.params, "flash_kb": fp.flash_kb, "ram_kb": fp.ram_kb,
         "mcu_targets": list(context.mcus), "fits_mcus": footprint.fitting(fp, list(context.mcus)),
-        "model_cached": not trained, "train_s": train_s, "host": socket.gethostname(),
+        "model_cached": not trained, "train_s": train_s, "host": socket.gethostname(), "node": "",
         **library_versions(),
     }
 

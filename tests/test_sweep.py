@@ -30,6 +30,7 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid):
         assert 0.0 <= row["adv_acc"] <= 1.0 and 0.0 <= row["clean_acc"] <= 1.0
         assert row["n_samples"] == 20 and row["params"] > 0 and row["flash_kb"] > 0
         assert row["model_cached"] is False and row["tensorflow_version"]
+        assert len(row["node"]) == 56  # a Ray node id: the trial ran on a Ray worker
     clean = [r for r in rows if r["attack"] == "none"]
     assert all(r["adv_acc"] == r["clean_acc"] for r in clean)
     assert any(r["adv_acc"] < r["clean_acc"] for r in rows if r["attack"] == "fgsm")
