@@ -1,18 +1,47 @@
 """Datasets: loaders that return every sample of a dataset as arrays, and K-fold splits.
 
-A loader returns the *pooled* dataset (all samples) scaled to its ``clip_values``;
-``fold_split`` then makes the stratified K-fold train/test split that a training job
-uses, reproducibly from the seed. Loaders run once per sweep on the driver; trials get
-the arrays through Ray's object store.
+A loader returns the *pooled* dataset (all samples, official train and test splits
+together) scaled to its ``clip_values``; ``fold_split`` then makes the stratified K-fold
+train/test split that a training job uses, reproducibly from the seed. Loaders run once
+per sweep on the driver; trials get the arrays through Ray's object store.
+
+Datasets and their options (``DatasetSpec.options`` holds the defaults):
+
+- ``digits``: scikit-learn's bundled 8x8 digits, offline, (N, 8, 8, 1) in [0, 1].
+- ``cifar10``: the CIFAR-10 python batches, (N, 32, 32, 3) in [0, 1];
+  ``grayscale=True`` gives (N, 32, 32, 1) with the ITU-R BT.601 luma weights.
+- ``svhn``: SVHN cropped digits (``train_32x32.mat`` + ``test_32x32.mat``), like
+  ``cifar10``; SVHN's label 10 is digit 0.
+- ``gsc``: Google Speech Commands v0.02 as MLPerf Tiny keyword-spotting MFCCs,
+  (N, 49, 10, 1); ``labels="paper"`` (yes, no, zero..nine) or ``"mlperf"`` (ten words,
+  silence, unknown). MFCCs are not in [0, 1]: ``clip_values`` is the (min, max) of the
+  loaded features.
+
+Files live under a data directory (``resolve_data_dir``: the grid's ``data_dir``, else
+``$SWEEPER_DATA_DIR``, else a per-user cache). Missing files are downloaded from the
+official source (``URLS``) unless ``SWEEPER_OFFLINE=1``; a download streams into a
+temporary file and is moved into place only when complete. When that is impossible the
+loader raises ``NotAvailableError`` with one line saying which files to put where.
+
+TensorFlow and SciPy are imported inside the loaders that need them, so the CLI can
+validate grids without them.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
+import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from sweeper.errors import NotAvailableError, UserError
 from sweeper.registry import Registry
 
 
@@ -38,15 +67,109 @@ class DatasetSpec:
     """A registered dataset: its loader and the options a grid may set for it."""
 
     name: str
-    load: Callable[..., Dataset]  # load(data_dir, **options) -> Dataset
+    load: Callable[..., Dataset]  # load(data_dir: Path, **options) -> Dataset
     options: Mapping[str, Any] = field(default_factory=dict)  # option -> default
     description: str = ""
+    choices: Mapping[str, tuple] = field(default_factory=dict)  # option -> accepted values
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
+# Official sources. A module-level dict so tests can point them at a dead or local address.
+URLS: dict[str, str] = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "svhn": "http://ufldl.stanford.edu/housenumbers/",  # + train_32x32.mat, test_32x32.mat
+    "gsc": "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
+}
+# Short, so that a machine without network fails in seconds instead of hanging.
+DOWNLOAD_TIMEOUT_S = 15.0
 
-def _load_digits(data_dir: str | None = None) -> Dataset:
+
+# --- data directory and downloads ---------------------------------------------------
+
+def resolve_data_dir(configured: str | os.PathLike | None) -> Path:
+    """The data directory: the grid's ``data_dir``, else ``$SWEEPER_DATA_DIR``, else the
+    per-user cache (``$XDG_CACHE_HOME/sweeper/data`` or ``~/.cache/sweeper/data``)."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("SWEEPER_DATA_DIR"):
+        return Path(os.environ["SWEEPER_DATA_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "sweeper" / "data"
+
+
+def _offline() -> bool:
+    return os.environ.get("SWEEPER_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _ensure(dataset: str, folder: Path, required: Sequence[str], expected: str,
+            fetch: Callable[[], None], source: str, what: str) -> None:
+    """Make sure ``folder/<each required>`` exists, downloading with ``fetch`` if not;
+    otherwise raise one line naming the dataset, the files and where to put them."""
+    if all((folder / name).exists() for name in required):
+        return
+    missing = f"dataset {dataset!r}: files not found in {folder} (expected {expected})"
+    if _offline():
+        raise NotAvailableError(f"{missing} and downloads are off (SWEEPER_OFFLINE=1); "
+                                f"download {source} and put {what} there")
+    try:
+        fetch()
+    # URLError, refused connections and timeouts are OSErrors; the rest is a broken archive.
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise NotAvailableError(f"{missing} and download from {source} failed ({reason}; "
+                                f"no network?); put {what} there") from None
+    if not all((folder / name).exists() for name in required):
+        raise NotAvailableError(f"{missing}, not even after downloading {source}; put {what} there")
+
+
+def _download(url: str, target: Path) -> None:
+    """Stream ``url`` into a temporary file next to ``target``, renamed when complete."""
+    import shutil
+    import urllib.request
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, \
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            shutil.copyfileobj(response, out, 1 << 20)
+            size, announced = out.tell(), response.headers.get("Content-Length")
+        # http.client ends a cut-off body silently: a short file must not pass as complete.
+        if announced is not None and size != int(announced):
+            raise OSError(f"incomplete download: {size} of {announced} bytes")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _fetch_archive(url: str, data_dir: Path, into: str = "") -> None:
+    """Download a .tar.gz and unpack it into ``data_dir/into``, adding only what is missing."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Scratch space inside the data dir, so the final renames stay on one filesystem.
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".sweeper-download-") as scratch:
+        archive, unpacked = Path(scratch) / "archive.tar.gz", Path(scratch) / "unpacked"
+        _download(url, archive)
+        with tarfile.open(archive) as tar:
+            # The "data" filter refuses absolute paths and links out of the folder.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(unpacked, **safe)
+        _merge(unpacked, data_dir / into)
+
+
+def _merge(source: Path, dest: Path) -> None:
+    # Whole folders move with one rename, so a half-unpacked folder never appears in place.
+    if not dest.exists():
+        os.replace(source, dest)
+    elif source.is_dir() and dest.is_dir():
+        for child in source.iterdir():
+            _merge(child, dest / child.name)
+
+
+# --- digits ---------------------------------------------------------------------------
+
+def _load_digits(data_dir: Path | None = None) -> Dataset:
     # Bundled with scikit-learn: offline, 1,797 real 8x8 images with values 0..16.
     from sklearn.datasets import load_digits
 
@@ -60,14 +183,226 @@ def _load_digits(data_dir: str | None = None) -> Dataset:
     )
 
 
+# --- images: CIFAR-10 and SVHN ---------------------------------------------------------
+
+BT601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights for R, G, B
+
+
+def _scale_images(images: np.ndarray, grayscale: bool) -> np.ndarray:
+    """uint8 NHWC RGB -> float32 in [0, 1], optionally one BT.601 luma channel."""
+    if not isinstance(grayscale, bool):
+        raise UserError(f"option 'grayscale' must be true or false, not {grayscale!r}")
+    if not grayscale:
+        x = images.astype(np.float32, order="C")  # C order: the source is often a transposed view
+        x /= 255.0
+        return x
+    x = np.zeros(images.shape[:-1], np.float32)
+    for channel, weight in enumerate(BT601):  # per channel: no float copy of all three planes
+        x += np.float32(weight / 255.0) * images[..., channel]
+    np.clip(x, 0.0, 1.0, out=x)  # float32 rounding can put white a hair above 1
+    return x[..., np.newaxis]
+
+
+CIFAR10_DIR = "cifar-10-batches-py"
+_CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _unpickle(path: Path) -> dict:
+    # The python version of CIFAR-10 is a set of pickles written by Python 2: bytes keys.
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="bytes")
+
+
+def _load_cifar10(data_dir: Path, grayscale: bool = False) -> Dataset:
+    folder = data_dir / CIFAR10_DIR
+    _ensure("cifar10", folder, _CIFAR10_BATCHES + ("batches.meta",),
+            "data_batch_1..5, test_batch, batches.meta",
+            lambda: _fetch_archive(URLS["cifar10"], data_dir), URLS["cifar10"],
+            "the CIFAR-10 python version (the cifar-10-batches-py folder)")
+    batches = [_unpickle(folder / name) for name in _CIFAR10_BATCHES]
+    pixels = np.concatenate([batch[b"data"] for batch in batches])
+    labels = np.concatenate([np.asarray(batch[b"labels"], np.int64) for batch in batches])
+    names = tuple(name.decode() for name in _unpickle(folder / "batches.meta")[b"label_names"])
+    # Each row holds the 32x32 R plane, then G, then B, each row-major: -> NHWC.
+    images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return Dataset("cifar10", _scale_images(images, grayscale), labels, names)
+
+
+SVHN_DIR = "svhn"
+_SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")  # extra_32x32.mat is left out
+
+
+def _fetch_svhn(folder: Path) -> None:
+    for name in _SVHN_FILES:
+        if not (folder / name).exists():
+            _download(URLS["svhn"] + name, folder / name)
+
+
+def _load_svhn(data_dir: Path, grayscale: bool = False) -> Dataset:
+    from scipy.io import loadmat
+
+    folder = data_dir / SVHN_DIR
+    _ensure("svhn", folder, _SVHN_FILES, ", ".join(_SVHN_FILES), lambda: _fetch_svhn(folder),
+            f"{URLS['svhn']}{{{','.join(_SVHN_FILES)}}}",
+            "the SVHN cropped-digit files (format 2)")
+    parts = [loadmat(folder / name, variable_names=["X", "y"]) for name in _SVHN_FILES]
+    images = np.concatenate([np.moveaxis(part["X"], -1, 0) for part in parts])  # HWCN -> NHWC
+    labels = np.concatenate([part["y"].ravel() for part in parts]).astype(np.int64)
+    labels[labels == 10] = 0  # SVHN stores digit 0 as label 10
+    names = tuple(str(digit) for digit in range(10))
+    return Dataset("svhn", _scale_images(images, grayscale), labels, names)
+
+
+# --- Google Speech Commands as MLPerf Tiny keyword-spotting MFCCs ----------------------
+
+GSC_DIR = "speech_commands_v0.02"
+GSC_NOISE_DIR = "_background_noise_"
+GSC_WORDS = {
+    "paper": ("yes", "no", "zero", "one", "two", "three", "four", "five", "six", "seven",
+              "eight", "nine"),
+    # MLPerf Tiny's order; it adds "silence" and "unknown" after the ten words.
+    "mlperf": ("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes"),
+}
+# Fixed, not the sweep's seed: which clips form silence/unknown is part of the data, the
+# same for every trial and sweep, like the word clips themselves.
+GSC_SEED = 20_200_602
+SAMPLE_RATE = 16_000  # 1 s clips
+# MLPerf Tiny KWS front end: 30 ms Hann windows every 20 ms (49 frames of 1 s), FFT of
+# 512, 40 mel bins over 20-4000 Hz (the values MLPerf took from TF's contrib_audio.mfcc
+# defaults), log(mel + 1e-6), and the first 10 MFCCs.
+_WINDOW, _STRIDE, _FFT, _MEL_BINS, _MEL_HZ, _MFCCS = 480, 320, 512, 40, (20.0, 4000.0), 10
+_GSC_BATCH = 512  # clips per TF call: about 50 MB of STFT, few ms of overhead per clip
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    """The samples of a 16 kHz 16-bit PCM WAV file as float32 in [-1, 1), first channel."""
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, rate, channels = wav.getsampwidth(), wav.getframerate(), wav.getnchannels()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as error:
+        raise UserError(f"dataset 'gsc': cannot read {path}: {error}") from None
+    if width != 2 or rate != SAMPLE_RATE:
+        raise UserError(f"dataset 'gsc': {path} is not 16 kHz 16-bit PCM")
+    return np.frombuffer(frames, "<i2")[::channels].astype(np.float32) / 32768.0
+
+
+@functools.lru_cache(maxsize=1)  # one trace per process, reused by every batch
+def _mfcc_function():
+    """A compiled batch front end: (B, 16000) float32 waves -> (B, 49, 10, 1) MFCCs."""
+    import tensorflow as tf
+
+    mel = tf.signal.linear_to_mel_weight_matrix(_MEL_BINS, _FFT // 2 + 1, SAMPLE_RATE, *_MEL_HZ)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SAMPLE_RATE], tf.float32)])
+    def mfcc(waves):
+        # MLPerf divides each clip by its peak; |peak| here, so silence gives 0, not NaN.
+        peak = tf.reduce_max(tf.abs(waves), axis=1, keepdims=True)
+        waves = tf.math.divide_no_nan(waves, peak)
+        stft = tf.signal.stft(waves, _WINDOW, _STRIDE, _FFT, window_fn=tf.signal.hann_window)
+        log_mel = tf.math.log(tf.tensordot(tf.abs(stft), mel, 1) + 1e-6)
+        return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[..., :_MFCCS, tf.newaxis]
+
+    return mfcc
+
+
+def _gsc_features(clips: Sequence[tuple[Path, int]],
+                  noise: Mapping[Path, np.ndarray]) -> np.ndarray:
+    """MFCCs of 1 s from each (file, start sample), zero-padded; ``noise`` holds files
+    already read (the long background recordings that silence is cut from)."""
+    mfcc = _mfcc_function()
+    chunks = []
+    for begin in range(0, len(clips), _GSC_BATCH):
+        block = clips[begin:begin + _GSC_BATCH]
+        waves = np.zeros((len(block), SAMPLE_RATE), np.float32)
+        for row, (path, start) in enumerate(block):
+            samples = noise[path] if path in noise else _read_wav(path)
+            clip = samples[start:start + SAMPLE_RATE]  # trims clips longer than 1 s
+            waves[row, :len(clip)] = clip
+        chunks.append(mfcc(waves).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 49, _MFCCS, 1), np.float32)
+
+
+def _silence(noise: Mapping[Path, np.ndarray], count: int,
+             rng: np.random.Generator) -> list[tuple[Path, int]]:
+    """``count`` 1 s segments at seeded positions, uniform over every possible start in
+    the noise files (segments may overlap: the files hold only ~400 disjoint seconds)."""
+    paths = [path for path, samples in noise.items() if len(samples) >= SAMPLE_RATE]
+    if not paths:
+        raise NotAvailableError(f"dataset 'gsc': no WAV of at least 1 s in {GSC_NOISE_DIR}")
+    starts = np.array([len(noise[path]) - SAMPLE_RATE + 1 for path in paths])  # per file
+    ends = np.cumsum(starts)
+    positions = np.sort(rng.integers(0, ends[-1], count))
+    files = np.searchsorted(ends, positions, side="right")
+    offsets = positions - (ends - starts)[files]
+    return [(paths[file], int(offset)) for file, offset in zip(files, offsets)]
+
+
+def _unknown(folder: Path, words: Sequence[str], count: int,
+             rng: np.random.Generator) -> list[tuple[Path, int]]:
+    """A seeded sample of ``count`` clips of all the other words (uniform over clips)."""
+    others = sorted(path for sub in folder.iterdir()
+                    if sub.is_dir() and not sub.name.startswith("_") and sub.name not in words
+                    for path in sub.glob("*.wav"))
+    chosen = np.sort(rng.choice(len(others), min(count, len(others)), replace=False))
+    return [(others[index], 0) for index in chosen]
+
+
+def _load_gsc(data_dir: Path, labels: str = "paper") -> Dataset:
+    if labels not in GSC_WORDS:
+        raise UserError(f"dataset 'gsc': option 'labels' must be one of "
+                        f"{', '.join(GSC_WORDS)}, not {labels!r}")
+    folder, words = data_dir / GSC_DIR, GSC_WORDS[labels]
+    required = words + ((GSC_NOISE_DIR,) if labels == "mlperf" else ())
+    _ensure("gsc", folder, required, f"folders {', '.join(required)} of 16 kHz WAV files",
+            lambda: _fetch_archive(URLS["gsc"], data_dir, GSC_DIR), URLS["gsc"],
+            "the unpacked Speech Commands v0.02 archive")
+    clips = [[(path, 0) for path in sorted((folder / word).glob("*.wav"))] for word in words]
+    noise: dict[Path, np.ndarray] = {}
+    if labels == "mlperf":
+        # Silence and unknown would otherwise be tiny (~400 s of noise) or huge (~60k
+        # clips); each gets the size of an average word class, drawn with a fixed seed.
+        rng, size = np.random.default_rng(GSC_SEED), round(np.mean([len(c) for c in clips]))
+        noise = {path: _read_wav(path) for path in sorted((folder / GSC_NOISE_DIR).glob("*.wav"))}
+        clips += [_silence(noise, size, rng), _unknown(folder, words, size, rng)]
+    x = _gsc_features([clip for group in clips for clip in group], noise)
+    y = np.repeat(np.arange(len(clips), dtype=np.int64), [len(group) for group in clips])
+    names = words + (("silence", "unknown") if labels == "mlperf" else ())
+    # MFCCs are unbounded: attacks clip to the range the data actually spans.
+    clip_values = (float(x.min()), float(x.max())) if len(x) else (0.0, 0.0)
+    return Dataset("gsc", x, y, names, clip_values)
+
+
+# --- registry and public entry points ---------------------------------------------------
+
 DATASETS.add("digits", DatasetSpec(
-    "digits", _load_digits, {}, "scikit-learn's bundled 8x8 handwritten digits (embedded, offline)"))
+    "digits", _load_digits, {},
+    "scikit-learn's bundled 8x8 handwritten digits (embedded, offline)"))
+DATASETS.add("cifar10", DatasetSpec(
+    "cifar10", _load_cifar10, {"grayscale": False},
+    "CIFAR-10 python batches, train+test pooled, 32x32 RGB (or BT.601 grayscale) in [0, 1]",
+    {"grayscale": (False, True)}))
+DATASETS.add("svhn", DatasetSpec(
+    "svhn", _load_svhn, {"grayscale": False},
+    "SVHN cropped digits (train+test .mat, no extra), 32x32 RGB (or grayscale) in [0, 1]",
+    {"grayscale": (False, True)}))
+DATASETS.add("gsc", DatasetSpec(
+    "gsc", _load_gsc, {"labels": "paper"},
+    "Google Speech Commands v0.02 as MLPerf Tiny 49x10 MFCCs; labels: paper (yes, no, "
+    "zero..nine) or mlperf (10 words, silence, unknown)",
+    {"labels": ("paper", "mlperf")}))
 
 
-def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
-    """Load a registered dataset with its options (already validated by the grid)."""
+def load(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Dataset:
+    """Load a registered dataset with its options; defaults fill the options not given."""
     spec = DATASETS.get(name)
-    return spec.load(data_dir, **options)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise UserError(f"dataset {name!r}: unknown option {unknown[0]!r}; "
+                        f"accepted: {', '.join(spec.options) or 'none'}")
+    return spec.load(resolve_data_dir(data_dir), **{**spec.options, **options})
 
 
 def fold_split(y: np.ndarray, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -75,11 +75,16 @@ class DatasetChoice(_Frozen):
 
         if self.name not in DATASETS:
             raise ValueError(DATASETS.unknown_message(self.name))
-        accepted = DATASETS.get(self.name).options
-        for key in self.options:
-            if key not in accepted:
+        spec = DATASETS.get(self.name)
+        for key, value in self.options.items():
+            if key not in spec.options:
                 raise ValueError(f"dataset {self.name!r}: unknown option {key!r}; "
-                                 f"accepted: {', '.join(accepted) or 'none'}")
+                                 f"accepted: {', '.join(spec.options) or 'none'}")
+            accepted = spec.choices.get(key)
+            if accepted is not None and not any(value is a or (value == a and type(value) is type(a))
+                                                for a in accepted):
+                raise ValueError(f"dataset {self.name!r}: option {key!r} is {value!r}; "
+                                 f"accepted: {', '.join(map(str, accepted))}")
         return self
 
     def resolved_options(self) -> dict[str, Any]:

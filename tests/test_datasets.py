@@ -1,11 +1,18 @@
-"""Datasets: the embedded digits set and reproducible stratified K-fold splits."""
+"""Datasets: the embedded digits set, reproducible stratified K-fold splits, and the real
+datasets (CIFAR-10, SVHN, Speech Commands) loaded from small files in their real formats."""
 
 from __future__ import annotations
+
+import tarfile
+import wave
 
 import numpy as np
 import pytest
 
 from sweeper import datasets
+from sweeper.errors import NotAvailableError, UserError
+from tests.data_formats import (BLUE_PIXEL, CIFAR10_NAMES, GSC_MLPERF, GSC_PAPER, RED_PIXEL,
+                                write_cifar10, write_gsc, write_svhn)
 
 
 def test_digits_is_scaled_nhwc_with_ten_classes():
@@ -40,3 +47,269 @@ def test_attack_subset_is_seeded_and_bounded():
     assert len(first) == 20 and set(first) <= set(test)
     np.testing.assert_array_equal(first, datasets.attack_subset(test, 20, seed=1))
     assert len(datasets.attack_subset(test, 500, seed=1)) == 60
+
+
+# --- real on-disk formats (small files written by tests/data_formats.py) ---------------
+
+BT601 = np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture(autouse=True)
+def _no_real_downloads(monkeypatch):
+    # A test must never reach the internet: point every source at a dead local port.
+    for name in datasets.URLS:
+        monkeypatch.setitem(datasets.URLS, name, "http://127.0.0.1:9/" + name)
+
+
+def test_cifar10_keeps_file_order_labels_and_pixel_layout(tmp_path):
+    images, labels = write_cifar10(tmp_path, per_batch=40)
+    data = datasets.load("cifar10", tmp_path)
+    assert data.x.shape == (240, 32, 32, 3) and data.x.dtype == np.float32
+    assert data.x.min() >= 0.0 and data.x.max() <= 1.0 and data.clip_values == (0.0, 1.0)
+    assert data.class_names == tuple(name.decode() for name in CIFAR10_NAMES)
+    np.testing.assert_array_equal(data.y, labels)  # data_batch_1..5, then test_batch
+    assert data.y.dtype == np.int64
+    np.testing.assert_array_equal(data.x[0][RED_PIXEL], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(data.x[0][BLUE_PIXEL], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(data.x, images / 255.0, atol=1e-7)  # every pixel, every image
+
+
+def test_cifar10_label_names_come_from_the_meta_file(tmp_path):
+    names = tuple(f"class{i}".encode() for i in range(9, -1, -1))
+    write_cifar10(tmp_path, per_batch=10, names=names)
+    assert datasets.load("cifar10", tmp_path).class_names == tuple(n.decode() for n in names)
+
+
+def test_cifar10_grayscale_is_bt601_luma(tmp_path):
+    images, _ = write_cifar10(tmp_path, per_batch=20)
+    gray = datasets.load("cifar10", tmp_path, grayscale=True)
+    assert gray.x.shape == (120, 32, 32, 1) and gray.x.dtype == np.float32
+    np.testing.assert_allclose(gray.x[..., 0], images @ BT601 / 255.0, atol=1e-6)
+    assert gray.x[0][RED_PIXEL][0] == pytest.approx(0.299, abs=1e-6)
+    assert gray.x[0][BLUE_PIXEL][0] == pytest.approx(0.114, abs=1e-6)
+    assert 0.0 <= gray.x.min() and gray.x.max() <= 1.0
+
+
+def test_svhn_pools_train_and_test_and_maps_10_to_0(tmp_path):
+    images, raw = write_svhn(tmp_path, train=60, test=40)
+    data = datasets.load("svhn", tmp_path)
+    assert data.x.shape == (100, 32, 32, 3) and data.x.dtype == np.float32
+    assert data.class_names == tuple(str(d) for d in range(10))
+    np.testing.assert_array_equal(data.y, np.where(raw == 10, 0, raw))
+    assert data.y[0] == 0 and data.y[1] == 1 and data.y.max() == 9
+    np.testing.assert_array_equal(data.x[0][RED_PIXEL], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(data.x, images / 255.0, atol=1e-7)
+    gray = datasets.load("svhn", tmp_path, grayscale=True)
+    assert gray.x.shape == (100, 32, 32, 1)
+    np.testing.assert_allclose(gray.x[..., 0], images @ BT601 / 255.0, atol=1e-6)
+
+
+def test_bad_options_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown option 'colour'"):
+        datasets.load("cifar10", tmp_path, colour=True)
+    write_cifar10(tmp_path, per_batch=2)
+    with pytest.raises(UserError, match="'grayscale' must be true or false"):
+        datasets.load("cifar10", tmp_path, grayscale="yes")
+    with pytest.raises(UserError, match="'labels' must be one of paper, mlperf"):
+        datasets.load("gsc", tmp_path, labels="all")
+
+
+def test_every_dataset_registers_its_options_with_defaults():
+    options = {name: dict(datasets.DATASETS.get(name).options) for name in datasets.DATASETS}
+    assert options == {"digits": {}, "cifar10": {"grayscale": False}, "svhn": {"grayscale": False},
+                       "gsc": {"labels": "paper"}}
+
+
+# --- Google Speech Commands -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gsc_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gsc")
+    return directory, write_gsc(directory, clips_per_word=6)
+
+
+def _reference_mfcc(path) -> np.ndarray:
+    """The MLPerf Tiny KWS front end rewritten with numpy/scipy, for one WAV file."""
+    import tensorflow as tf
+    from scipy.fft import dct
+    from scipy.signal import get_window
+
+    with wave.open(str(path)) as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float64)
+    pcm = pcm / np.abs(pcm).max()  # MLPerf divides by max(x); sweeper by max|x| (no NaN)
+    audio = np.zeros(16000)
+    audio[:min(16000, len(pcm))] = pcm[:16000]
+    frames = np.stack([audio[320 * k:320 * k + 480] for k in range(49)]) * get_window("hann", 480)
+    spectrum = np.abs(np.fft.rfft(frames, n=512))
+    mel = tf.signal.linear_to_mel_weight_matrix(40, 257, 16000, 20.0, 4000.0).numpy()
+    log_mel = np.log(spectrum @ mel + 1e-6)
+    return dct(log_mel, type=2, axis=-1)[:, :10] / np.sqrt(2 * 40)
+
+
+def _class_means(data):
+    # The mean MFCCs over frames 0..28, which every clip (0.6 s or longer) fills with sound.
+    flat = data.x[:, :29, :, 0].mean(axis=1)
+    return flat, np.stack([flat[data.y == c].mean(axis=0) for c in range(data.nb_classes)])
+
+
+def test_gsc_paper_labels_give_mlperf_mfccs(gsc_dir):
+    directory, clips = gsc_dir
+    data = datasets.load("gsc", directory)
+    assert data.class_names == GSC_PAPER
+    assert data.x.shape == (72, 49, 10, 1) and data.x.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(data.y), [6] * 12)
+    assert data.clip_values == (float(data.x.min()), float(data.x.max()))
+    assert data.clip_values[0] < -1 and data.clip_values[1] > 1  # MFCCs, not [0, 1]
+    # Clips load word by word in file-name order: compare two with an independent rewrite.
+    for word, position in (("yes", 0), ("nine", 1)):  # a 1 s clip and a 1.25 s one (trimmed)
+        path = sorted(c.path for c in clips if c.word == word)[position]
+        index = np.flatnonzero(data.y == GSC_PAPER.index(word))[position]
+        np.testing.assert_allclose(data.x[index, :, :, 0], _reference_mfcc(path), atol=2e-3)
+
+
+def test_gsc_short_clips_are_zero_padded_and_words_differ(gsc_dir):
+    directory, clips = gsc_dir
+    data = datasets.load("gsc", directory)
+    # A 0.6 s clip ends after frame 29: later frames see only padding, a flat spectrum
+    # whose MFCCs are all zero but the first.
+    padded = np.all(np.abs(data.x[:, 30:, 1:, 0]) < 1e-3, axis=(1, 2))
+    short = sum(c.samples < 16000 for c in clips if c.word in GSC_PAPER)
+    assert padded.sum() == short == 24
+    # Each word is a tone of its own pitch: the nearest class mean recovers every label.
+    flat, means = _class_means(data)
+    nearest = np.argmin(((flat[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(nearest, data.y)
+    within = max(np.linalg.norm(flat[data.y == c] - means[c], axis=1).max() for c in range(12))
+    between = np.linalg.norm(means[:, None] - means[None], axis=-1)[~np.eye(12, dtype=bool)]
+    assert between.min() > 3 * within  # clearly apart, not just barely
+
+
+def test_gsc_mlperf_labels_add_sized_silence_and_unknown(gsc_dir):
+    directory, clips = gsc_dir
+    data = datasets.load("gsc", directory, labels="mlperf")
+    assert data.class_names == GSC_MLPERF + ("silence", "unknown")
+    counts = np.bincount(data.y, minlength=12)
+    np.testing.assert_array_equal(counts, [6] * 12)  # silence/unknown: an average word class
+    flat, means = _class_means(data)
+    words = means[:10]
+    spread = max(np.linalg.norm(flat[data.y == c] - means[c], axis=1).max() for c in range(10))
+    # Unknown clips are tones of other words and silence is noise: far from every word.
+    for label in (10, 11):
+        distance = np.linalg.norm(flat[data.y == label][:, None] - words[None], axis=-1)
+        assert distance.min() > spread
+    assert len(np.unique(flat[data.y == 11], axis=0)) == 6  # six different clips
+    # Silence segments are whole seconds of noise: no zero-padded frames.
+    assert not np.any(np.all(np.abs(data.x[data.y == 10][:, 30:, 1:, 0]) < 1e-3, axis=(1, 2)))
+    again = datasets.load("gsc", directory, labels="mlperf")
+    np.testing.assert_array_equal(again.x, data.x)  # silence/unknown drawn reproducibly
+
+
+# --- data directory and missing data ----------------------------------------------------
+
+def test_resolve_data_dir_prefers_grid_then_env_then_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPER_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.resolve_data_dir(str(tmp_path / "grid")) == tmp_path / "grid"
+    assert datasets.resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("SWEEPER_DATA_DIR")
+    assert datasets.resolve_data_dir(None) == tmp_path / "xdg" / "sweeper" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert datasets.resolve_data_dir(None) == tmp_path / "home" / ".cache" / "sweeper" / "data"
+
+
+def test_load_reads_from_the_resolved_data_dir(tmp_path, monkeypatch):
+    write_svhn(tmp_path / "env", train=5, test=5)
+    monkeypatch.setenv("SWEEPER_DATA_DIR", str(tmp_path / "env"))
+    assert len(datasets.load("svhn").y) == 10
+
+
+MISSING = {
+    "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch"),
+    "svhn": ("svhn", "train_32x32.mat, test_32x32.mat"),
+    "gsc": ("speech_commands_v0.02", "yes, no, zero"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_missing_data_offline_says_what_to_put_where(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPER_OFFLINE", "1")
+    with pytest.raises(NotAvailableError) as error:
+        datasets.load(name, tmp_path)
+    message = str(error.value)
+    folder, expected = MISSING[name]
+    assert "\n" not in message and f"dataset {name!r}" in message
+    assert str(tmp_path / folder) in message and expected in message
+    assert "downloads are off (SWEEPER_OFFLINE=1)" in message
+    assert not any(tmp_path.iterdir())  # offline: nothing created
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_missing_data_with_failing_download_leaves_no_files(name, tmp_path, monkeypatch):
+    monkeypatch.delenv("SWEEPER_OFFLINE", raising=False)
+    with pytest.raises(NotAvailableError) as error:
+        datasets.load(name, tmp_path)
+    message = str(error.value)
+    folder, expected = MISSING[name]
+    assert "\n" not in message and f"dataset {name!r}" in message
+    assert str(tmp_path / folder) in message and expected in message
+    assert "download from http://127.0.0.1:9/" in message and "no network?" in message
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
+
+
+# --- downloads from a local server ------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server of tmp_path/'served'; ``cut`` sends half of each file only."""
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    settings = {"cut": False}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (served / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if settings["cut"] else body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}/", settings
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_unpacks_the_archive_into_place(tmp_path, server, monkeypatch):
+    served, url, _ = server
+    monkeypatch.delenv("SWEEPER_OFFLINE", raising=False)
+    _, labels = write_cifar10(tmp_path / "source", per_batch=5)
+    with tarfile.open(served / "cifar.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "source" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setitem(datasets.URLS, "cifar10", url + "cifar.tar.gz")
+    data = datasets.load("cifar10", tmp_path / "data")
+    np.testing.assert_array_equal(data.y, labels)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cifar-10-batches-py"]
+
+
+def test_download_of_single_files_and_cut_transfers(tmp_path, server, monkeypatch):
+    served, url, settings = server
+    monkeypatch.delenv("SWEEPER_OFFLINE", raising=False)
+    write_svhn(tmp_path / "source", train=5, test=4)
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        (served / name).write_bytes((tmp_path / "source" / "svhn" / name).read_bytes())
+    monkeypatch.setitem(datasets.URLS, "svhn", url)
+    settings["cut"] = True  # a cut .mat file must not be kept as if it were complete
+    with pytest.raises(NotAvailableError, match="incomplete download"):
+        datasets.load("svhn", tmp_path / "data")
+    assert not [path for path in (tmp_path / "data").rglob("*") if path.is_file()]
+    settings["cut"] = False
+    assert len(datasets.load("svhn", tmp_path / "data").y) == 9

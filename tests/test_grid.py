@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sweeper import grid
@@ -118,3 +120,21 @@ def test_grid_objects_are_frozen(tmp_path, tiny_grid):
     loaded = grid.load(write_grid(tmp_path, tiny_grid))
     with pytest.raises(Exception):
         loaded.seed = 3
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ({"name": "gsc", "labels": "both"}, "option 'labels' is 'both'; accepted: paper, mlperf"),
+    ({"name": "cifar10", "grayscale": "yes"}, "option 'grayscale' is 'yes'; accepted: False, True"),
+    ({"name": "svhn", "colour": True}, "unknown option 'colour'; accepted: grayscale"),
+])
+def test_dataset_options_are_checked_before_anything_runs(tmp_path, tiny_grid, dataset, expected):
+    tiny_grid["datasets"] = [dataset]
+    with pytest.raises(UserError, match=re.escape(expected)):
+        grid.load(write_grid(tmp_path, tiny_grid))
+
+
+def test_dataset_options_with_accepted_values(tmp_path, tiny_grid):
+    tiny_grid["datasets"] = [{"name": "gsc", "labels": "mlperf"}, {"name": "cifar10", "grayscale": True}]
+    loaded = grid.load(write_grid(tmp_path, tiny_grid))
+    assert loaded.datasets[0].resolved_options() == {"labels": "mlperf"}
+    assert loaded.datasets[1].resolved_options() == {"grayscale": True}
