@@ -276,6 +276,8 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
     x = np.asarray(x, dtype=np.float32)
     if spec.uses_eps and eps is None:
         raise UserError(f"attack {name!r} needs an eps budget")
+    if len(x) == 0:
+        return x
     if spec.uses_eps and eps == 0:
         return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
     x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params), seed)

@@ -161,14 +161,11 @@ def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> d
 
 def _attack_columns(cell: Cell, model, classifier, data, subset: np.ndarray,
                     seed: int) -> dict[str, Any]:
-    from sweeper import attacks
-
     x, y = data.x[subset], data.y[subset]
-    started = time.perf_counter()
-    x_adv = x if cell.attack == CLEAN else attacks.run(
-        cell.attack, classifier, x, y, cell.eps, cell.norm, dict(cell.params), seed)
-    attack_s = time.perf_counter() - started
     clean_ok = _predict(model, x) == y
+    started = time.perf_counter()
+    x_adv = _adversarial(cell, classifier, x, y, clean_ok, seed)
+    attack_s = time.perf_counter() - started
     adv_ok = _predict(model, x_adv) == y
     broken = np.sum(clean_ok & ~adv_ok)
     return {
@@ -180,6 +177,20 @@ def _attack_columns(cell: Cell, model, classifier, data, subset: np.ndarray,
         "attack_success_rate": float(broken / clean_ok.sum()) if clean_ok.any() else float("nan"),
         "attack_s": attack_s, "finished_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def _adversarial(cell: Cell, classifier, x, y, clean_ok: np.ndarray, seed: int) -> np.ndarray:
+    """Adversarial versions of the samples. Only the samples the model gets right are
+    attacked: a misclassified one is already adversarial, and the query-hungry attacks
+    (ZOO, Boundary, Square) would spend most of their budget on it for nothing."""
+    from sweeper import attacks
+
+    if cell.attack == CLEAN or not clean_ok.any():
+        return x
+    x_adv = x.copy()
+    x_adv[clean_ok] = attacks.run(cell.attack, classifier, x[clean_ok], y[clean_ok], cell.eps,
+                                  cell.norm, dict(cell.params), seed)
+    return x_adv
 
 
 def _classifier(model, data):

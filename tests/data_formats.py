@@ -30,15 +30,20 @@ def _images(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def write_cifar10(data_dir: Path, per_batch: int = 40, names: tuple[bytes, ...] = CIFAR10_NAMES,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, learnable: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta) in
     ``data_dir/cifar-10-batches-py``; returns the pooled NHWC uint8 images and labels in
-    file order (data_batch_1..5 then test_batch)."""
+    file order (data_batch_1..5 then test_batch). ``learnable``: each image's brightness
+    encodes its label, so a model can learn something in a few steps."""
     folder = Path(data_dir) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     images = _images(rng, 6 * per_batch)
     labels = rng.integers(0, len(names), 6 * per_batch)
+    if learnable:
+        level = (labels * 255 // max(1, len(names) - 1)).astype(np.int16)
+        noise = rng.integers(-10, 11, images.shape)
+        images = np.clip(level[:, None, None, None] + noise, 0, 255).astype(np.uint8)
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for index, name in enumerate(files):
         part = slice(index * per_batch, (index + 1) * per_batch)

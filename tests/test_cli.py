@@ -11,9 +11,9 @@ import pytest
 from tests.conftest import ROOT, write_grid
 
 
-def sweeper(*args, cwd=None, env=None):
+def sweeper(*args, cwd=None, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sweeper", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
+                          text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def test_validate_and_expand_the_demo_grid():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sweeper import models
-from sweeper.quantizers import QUANTIZERS
+from sweeper.footprint import WEIGHT_QUANTIZER_ATTR, leaf_layers, short_weight_name
+from sweeper.quantizers import QUANTIZERS, make
 
 tf = pytest.importorskip("tensorflow")
 
@@ -89,3 +90,96 @@ def test_plain_keras_model_hides_the_stochastic_quantizers():
     np.testing.assert_array_equal(model(x, training=True).numpy(), model(x, training=True).numpy())
     losses = _losses_with_frozen_weights(model, epochs=4)
     assert np.allclose(losses[1:], losses[1])  # (the first traced step differs, then never again)
+
+
+# --- the registered architectures: MLPerf Tiny references and the paper's network ---
+
+NEW_MODELS = ["resnet8", "dscnn", "stq_net"]
+# (input shape, classes): embedded digits, CIFAR-10, grayscale 32x32, Speech Commands MFCCs
+SHAPES = [((8, 8, 1), 10), ((32, 32, 3), 10), ((32, 32, 1), 10), ((49, 10, 1), 12)]
+PAPER_STQ_PARAMS = 998_824
+
+
+def _model(name, input_shape, nb_classes, preset="fp"):
+    tf.keras.utils.set_random_seed(0)
+    return models.build(name, input_shape, nb_classes, QUANTIZERS.get(preset))
+
+
+@pytest.mark.parametrize("name, input_shape, nb_classes, params", [
+    ("resnet8", (32, 32, 3), 10, 78_666),  # MLPerf Tiny image classification (CIFAR-10)
+    ("dscnn", (49, 10, 1), 12, 24_908),  # MLPerf Tiny keyword spotting (49x10 MFCCs)
+])
+def test_mlperf_tiny_references_have_their_exact_parameter_counts(name, input_shape, nb_classes,
+                                                                  params):
+    assert _model(name, input_shape, nb_classes).count_params() == params
+
+
+def test_stq_net_has_about_the_papers_parameter_count():
+    params = _model("stq_net", (32, 32, 1), 10).count_params()
+    print(f"stq_net on 32x32x1, 10 classes: {params:,} parameters (paper: {PAPER_STQ_PARAMS:,})")
+    assert 0.9 * PAPER_STQ_PARAMS <= params <= 1.1 * PAPER_STQ_PARAMS
+
+
+def test_quantization_adds_no_weights():
+    counts = {preset: _model("dscnn", (49, 10, 1), 12, preset).count_params()
+              for preset in QUANTIZERS.names()}
+    assert set(counts.values()) == {24_908}, counts
+
+
+@pytest.mark.parametrize("name", models.MODELS.names())
+def test_every_model_adapts_to_every_input_shape(name):
+    for input_shape, nb_classes in SHAPES:
+        model = _model(name, input_shape, nb_classes)
+        x = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32)
+        logits = model(x, training=False).numpy()
+        assert logits.shape == (2, nb_classes), (input_shape, logits.shape)
+        assert np.isfinite(logits).all()
+        assert not np.allclose(logits.sum(axis=1), 1.0)  # logits, not probabilities
+
+
+def _expected_weight_quantizer(preset, weight: str) -> str:
+    expression = preset.bias if weight == "bias" else preset.kernel  # kernel/depthwise/pointwise
+    return str(make(expression))
+
+
+@pytest.mark.parametrize("preset", QUANTIZERS.names())
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_every_weight_layer_carries_the_presets_quantizers(name, preset):
+    """Every weight of every layer but batch norm is quantized by the preset (a plain
+    Conv2D/Dense, or a QKeras layer built without its quantizer, fails here), and every
+    activation but the sigmoid gate is the preset's."""
+    p = QUANTIZERS.get(preset)
+    model = _model(name, (8, 8, 1), 10, preset)
+    quantized = 0
+    for layer in leaf_layers(model):
+        if isinstance(layer, tf.keras.layers.BatchNormalization) or not layer.weights:
+            continue
+        for variable in layer.weights:
+            weight = short_weight_name(variable)
+            attr = WEIGHT_QUANTIZER_ATTR[weight]
+            assert hasattr(layer, attr), f"{layer.name} ({type(layer).__name__}) is not quantized"
+            quantizer = getattr(layer, attr)
+            assert str(quantizer) == _expected_weight_quantizer(p, weight), (layer.name, weight)
+            if preset.startswith("int"):
+                assert quantizer.__class__.__name__ == "quantized_bits"
+                assert quantizer.bits == int(preset[3:])
+            quantized += 1
+    assert quantized >= 8  # kernels and biases of at least four layers
+
+    if p.activation == "relu":
+        return
+    expected = make(p.activation)
+    for layer in leaf_layers(model):
+        if type(layer).__name__ != "QActivation":
+            continue
+        if str(layer.quantizer).startswith("quantized_sigmoid("):  # stq_net's gate
+            assert name == "stq_net" and layer.quantizer.bits == expected.bits
+        else:
+            assert str(layer.quantizer) == str(expected), layer.name
+
+
+def test_stq_net_samples_while_training_only():
+    model = _model("stq_net", (8, 8, 1), 10, "stq")
+    x, _ = _batch(8)
+    assert not np.allclose(model(x, training=True).numpy(), model(x, training=True).numpy())
+    np.testing.assert_array_equal(model(x, training=False).numpy(), model(x, training=False).numpy())

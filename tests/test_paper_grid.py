@@ -1,0 +1,60 @@
+"""The paper's grid: its full size, and a shrunken version run end to end through the
+real CIFAR-10 loader (on generated files in the real format), all three model families'
+image members and all six attacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeper import expand, grid, store
+from tests.conftest import ROOT
+from tests.data_formats import write_cifar10
+from tests.test_cli import sweeper
+
+PAPER = ROOT / "grids" / "paper.yaml"
+
+
+def test_paper_grid_size():
+    plan = expand.expand(grid.load(PAPER))
+    # 3 datasets x 10 folds x (stq_net x 8 presets + one fp baseline)
+    assert len(plan.jobs) == 3 * 10 * 9
+    by_dataset = {name: [c for c in plan.cells if c.job_id in
+                         {j.job_id for j in plan.jobs if j.dataset == name}]
+                  for name in ("cifar10", "svhn", "gsc")}
+    # C&W-L2 and ZOO run on CIFAR-10 only
+    assert {c.attack for c in by_dataset["cifar10"]} >= {"cw_l2", "zoo"}
+    assert not {c.attack for c in by_dataset["svhn"] + by_dataset["gsc"]} & {"cw_l2", "zoo"}
+    assert {c.samples for c in by_dataset["gsc"]} == {2400}
+    assert {j.model for j in plan.jobs if j.dataset == "gsc"} == {"stq_net", "dscnn"}
+    assert {j.quantizer for j in plan.jobs if j.model != "stq_net"} == {"fp"}
+    assert len(plan.cells) == 90 * 18 + 90 * 16 + 90 * 16
+
+
+# Fewer iterations for the paper's 10,000-query Square and 1,000-step Boundary settings:
+# the shape of the grid is under test here, not the strength of the attacks.
+SHRINK = ["train.epochs=4", "folds.only=[0]", "quantizers=[fp,int4]", "samples=4",
+          "datasets=[{name: cifar10, grayscale: true}]", "attacks.square.params.max_iter=100",
+          "attacks.square_l2.params.max_iter=100", "attacks.boundary.params.max_iter=50"]
+
+
+@pytest.mark.slow
+def test_shrunken_paper_grid_end_to_end(tmp_path):
+    write_cifar10(tmp_path / "data", per_batch=40, learnable=True)
+    results = tmp_path / "results"
+    args = ["launch", str(PAPER), "--results", str(results), "--set", f"data_dir={tmp_path / 'data'}"]
+    for override in SHRINK:
+        args += ["--set", override]
+    plan = expand.expand(grid.load(PAPER, SHRINK + [f"data_dir={tmp_path / 'data'}"]))
+    run = sweeper(*args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = store.read(store.locate(str(results))).table.to_pylist()
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in plan.cells)
+    assert {r["attack"] for r in rows} == {"none", "fgsm", "pgd", "square", "boundary", "cw_l2", "zoo"}
+    assert {(r["model"], r["quantizer"]) for r in rows} == {("stq_net", "fp"), ("stq_net", "int4"),
+                                                           ("resnet8", "fp")}
+    flash = {(r["model"], r["quantizer"]): r["flash_kb"] for r in rows}
+    assert flash[("stq_net", "int4")] < flash[("stq_net", "fp")] / 7
+    assert all(r["n_samples"] == 4 and r["dataset_options"] == '{"grayscale": true}' for r in rows)
+    # the models learned something, so the attacks really ran on correctly classified samples
+    assert any(r["attack"] == "zoo" and r["clean_acc"] > 0 for r in rows)
+    assert any(r["attack_success_rate"] > 0 for r in rows)
