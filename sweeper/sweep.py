@@ -87,6 +87,8 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)},
              log_to_driver=verbose, include_dashboard=False,
              logging_level=logging.INFO if verbose else logging.ERROR)
+    if not verbose:  # failed trials are summarised in one line each by the CLI
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
 def _tuner(plan, work, data, context, location, rows, verbose):
