@@ -118,8 +118,11 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
 
 
 def _summarise(report, path: str) -> int:
+    from sweeper.store import DAMAGED_PREFIX
+
     for fragment in report.damaged_fragments:
-        err.print(f"[yellow]warning:[/yellow] unreadable result fragment skipped: {fragment}")
+        err.print(f"[yellow]warning:[/yellow] unreadable result fragment set aside "
+                  f"(renamed {DAMAGED_PREFIX}*), its cells recomputed: {fragment}")
     done = report.already_done + report.computed
     if report.computed == 0 and report.complete:
         out.print(f"{done}/{report.total_cells} cells already done; nothing to compute ({path})",
@@ -154,6 +157,30 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
         console.print(q.rich_table(table))
     else:
         sys.stdout.write(q.render(table, format))
+
+
+@app.command()
+@user_errors
+def check(results: str = typer.Argument(..., metavar="RESULTS")):
+    """Check a result store: unreadable fragments, cells stored twice, leftovers."""
+    from sweeper import store
+
+    location = store.locate(results)
+    store.require_results(location)
+    report = store.check(location)
+    out.print(f"{results}: {report.fragments} fragments, {report.rows} rows, "
+              f"{report.rows - sum(len(w) - 1 for w in report.duplicates.values())} cells", highlight=False)
+    for path in report.damaged:
+        out.print(f"damaged: {path} (unreadable; the next launch sets it aside and recomputes its cells)",
+                  highlight=False)
+    for cell, where in report.duplicates.items():
+        out.print(f"duplicate: cell {cell} in {', '.join(where)} (queries use the first)", highlight=False)
+    for path in report.temporaries:
+        out.print(f"leftover of an unfinished write (never read, safe to delete): {path}", highlight=False)
+    for path in report.set_aside:
+        out.print(f"set aside by an earlier launch: {path}", highlight=False)
+    out.print("ok" if report.healthy else "problems found", highlight=False)
+    raise typer.Exit(0 if report.healthy else 1)
 
 
 @app.command()

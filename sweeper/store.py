@@ -22,6 +22,7 @@ from sweeper.errors import UserError
 
 SCHEMA_VERSION = 1
 FRAGMENT_PREFIX = "part-"
+DAMAGED_PREFIX = "damaged-"  # a fragment that could not be read, set aside by a launch
 
 # (name, type, description): the README's schema table is generated from this list.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -119,7 +120,7 @@ def write_rows(location: Location, rows: list[dict[str, Any]], tag: str = "") ->
 
 
 def _now_tag() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
 
 
 def fragments(location: Location) -> list[str]:
@@ -134,19 +135,89 @@ def fragments(location: Location) -> list[str]:
 class ReadResult:
     table: pa.Table
     damaged: tuple[str, ...]  # fragments that could not be read
+    duplicates: int = 0  # rows dropped: their cell was already in an earlier fragment
+
+
+def _read_fragment(location: Location, path: str, columns: list[str] | None) -> pa.Table:
+    with location.fs.open_input_file(path) as handle:
+        return pq.read_table(handle, columns=columns, schema=SCHEMA)
 
 
 def read(location: Location, columns: list[str] | None = None) -> ReadResult:
+    """Every readable row, one per cell (the earliest fragment wins)."""
+    wanted = None if columns is None else list(dict.fromkeys(["cell_id", *columns]))
     tables, damaged = [], []
     for path in fragments(location):
         try:
-            with location.fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle, columns=columns, schema=SCHEMA))
+            tables.append(_read_fragment(location, path, wanted))
         except (pa.ArrowException, OSError):
             damaged.append(path)
-    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+    schema = SCHEMA if wanted is None else pa.schema([SCHEMA.field(c) for c in wanted])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return ReadResult(table, tuple(damaged))
+    table, dropped = _first_row_per_cell(table)
+    if columns is not None:
+        table = table.select(columns)
+    return ReadResult(table, tuple(damaged), dropped)
+
+
+def _first_row_per_cell(table: pa.Table) -> tuple[pa.Table, int]:
+    seen: set[str] = set()
+    keep = []
+    for index, cell in enumerate(table.column("cell_id").to_pylist()):
+        if cell not in seen:
+            seen.add(cell)
+            keep.append(index)
+    return (table, 0) if len(keep) == table.num_rows else (table.take(keep), table.num_rows - len(keep))
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    fragments: int
+    rows: int
+    damaged: tuple[str, ...]
+    duplicates: dict[str, tuple[str, ...]]  # cell id -> the fragments holding it
+    temporaries: tuple[str, ...]  # leftovers of writes that never finished (harmless)
+    set_aside: tuple[str, ...]  # damaged fragments an earlier launch moved out of the way
+
+    @property
+    def healthy(self) -> bool:
+        return not self.damaged and not self.duplicates
+
+
+def check(location: Location) -> CheckReport:
+    """Look at every fragment: which cannot be read, which cells are stored twice."""
+    holders: dict[str, list[str]] = {}
+    damaged, rows = [], 0
+    paths = fragments(location)
+    for path in paths:
+        try:
+            cells = _read_fragment(location, path, ["cell_id"]).column("cell_id").to_pylist()
+        except (pa.ArrowException, OSError):
+            damaged.append(path)
+            continue
+        rows += len(cells)
+        for cell in cells:
+            holders.setdefault(cell, []).append(path)
+    duplicates = {cell: tuple(where) for cell, where in holders.items() if len(where) > 1}
+    return CheckReport(len(paths), rows, tuple(damaged), duplicates,
+                       tuple(_files_named(location, ".tmp-")), tuple(_files_named(location, DAMAGED_PREFIX)))
+
+
+def _files_named(location: Location, prefix: str) -> list[str]:
+    infos = location.fs.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(prefix))
+
+
+def set_aside(location: Location, damaged: Iterable[str]) -> list[str]:
+    """Rename damaged fragments so they are no longer read (their cells get recomputed);
+    the bytes are kept for inspection, never deleted."""
+    moved = []
+    for path in damaged:
+        folder, _, name = path.rpartition("/")
+        target = f"{folder}/{DAMAGED_PREFIX}{name}"
+        location.fs.move(path, target)
+        moved.append(target)
+    return moved
 
 
 def done_cell_ids(location: Location) -> set[str]:

@@ -67,6 +67,8 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
     done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
+    # Damaged fragments are set aside so their cells are recomputed, and reported.
+    store.set_aside(location, existing.damaged)
     report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged)
     work = pending_work(plan, done)
     if not work:

@@ -77,3 +77,33 @@ def test_uri_locations(tmp_path):
     location = store.locate(f"file://{tmp_path}/r")
     store.write_rows(location, [make_row("a")])
     assert store.done_cell_ids(store.locate(str(tmp_path / "r"))) == {"a"}
+
+
+def test_a_cell_stored_twice_is_read_once_and_reported(tmp_path):
+    location = store.locate(str(tmp_path))
+    first = store.write_rows(location, [make_row("a", adv_acc=0.1), make_row("b")])
+    second = store.write_rows(location, [make_row("a", adv_acc=0.9)])
+    result = store.read(location)
+    assert sorted(result.table.column("cell_id").to_pylist()) == ["a", "b"]
+    assert result.duplicates == 1
+    assert store.read(location, ["cell_id", "adv_acc"]).table.to_pylist()[0] == {"cell_id": "a", "adv_acc": 0.1}
+    report = store.check(location)
+    assert report.duplicates == {"a": tuple(sorted([first, second]))}
+    assert not report.healthy and report.rows == 3 and report.fragments == 2
+
+
+def test_check_and_set_aside_damaged_fragments(tmp_path):
+    location = store.locate(str(tmp_path))
+    good = store.write_rows(location, [make_row("a")])
+    torn = tmp_path / "part-99999999T999999-torn-00000000.parquet"
+    torn.write_bytes(open(good, "rb").read()[:200])
+    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"half")
+    report = store.check(location)
+    assert report.damaged == (str(torn),) and not report.healthy
+    assert report.temporaries == (str(tmp_path / ".tmp-part-x.parquet"),)
+    moved = store.set_aside(location, report.damaged)
+    assert moved == [str(tmp_path / f"damaged-{torn.name}")]
+    assert (tmp_path / f"damaged-{torn.name}").read_bytes() == open(good, "rb").read()[:200]
+    after = store.check(location)
+    assert after.healthy and after.set_aside == (moved[0],)
+    assert store.done_cell_ids(location) == {"a"}
