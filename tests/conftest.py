@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,16 @@ def tiny_grid() -> dict:
     import copy
 
     return copy.deepcopy(TINY_GRID)
+
+
+def launch_until_first_fragment(grid_path: Path, results: Path) -> subprocess.Popen:
+    """Start `sweeper launch` in the background and return once it has stored a fragment
+    (so a test can then hurt it mid-sweep)."""
+    process = subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(grid_path),
+                                "--results", str(results)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(results.glob("part-*.parquet")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    return process

@@ -9,13 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sweeper import expand, grid, store
-from tests.conftest import write_grid
-from tests.test_cli import sweeper
+from tests.conftest import launch_until_first_fragment, write_grid
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +69,7 @@ def _trial_actor_pids() -> list[int]:
 def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid):
     path, plan = _six_job_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
-    process = subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(path), "--results",
-                                str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.monotonic() + 300
-    while not list(results.glob("part-*.parquet")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.2)
+    process = launch_until_first_fragment(path, results)
     victims = _trial_actor_pids()
     assert victims, "no trial actor process found"
     os.kill(victims[0], signal.SIGKILL)  # a worker dies mid-trial

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sweeper import expand, grid, store
-from tests.conftest import write_grid
+from tests.conftest import launch_until_first_fragment, write_grid
 from tests.test_cli import sweeper
 
 pytestmark = pytest.mark.slow
@@ -31,13 +29,7 @@ def _rows(results: Path) -> list[str]:
 
 def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.CompletedProcess:
     """Start a launch, wait for its first stored fragment, then send it a signal."""
-    process = subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(path), "--results",
-                                str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.monotonic() + 300
-    while not list(results.glob("part-*.parquet")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.2)
+    process = launch_until_first_fragment(path, results)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
