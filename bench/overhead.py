@@ -29,12 +29,13 @@ from sweeper.trial import JobContext, run_job  # noqa: E402
 def sequential(plan) -> tuple[float, int, int]:
     """Every job of the plan in this process; returns (seconds, trainings, rows)."""
     started = time.perf_counter()
-    data = {c.name: datasets.load(c.name, plan.grid.data_dir, **c.options) for c in plan.grid.datasets}
+    data = datasets.load_all(plan.grid.data_dir, [job.dataset_key for job in plan.jobs])
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=None)
     rows: list[dict] = []
     trainings = 0
     for job in plan.jobs:
-        outcome = run_job(job, plan.cells_of(job.job_id), data[job.dataset], context, rows.append)
+        outcome = run_job(job, plan.cells_of(job.job_id), data[job.dataset_key], context,
+                          rows.append)
         trainings += outcome.trained
     return time.perf_counter() - started, trainings, len(rows)
 

@@ -405,6 +405,13 @@ def load(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -
     return spec.load(resolve_data_dir(data_dir), **{**spec.options, **options})
 
 
+def load_all(data_dir: str | os.PathLike | None,
+             keys: Sequence[tuple[str, tuple]]) -> dict[tuple, Dataset]:
+    """Each distinct (name, options) once: a grid may list one dataset twice, e.g. in
+    colour and in grayscale, and many jobs share each."""
+    return {key: load(key[0], data_dir, **dict(key[1])) for key in dict.fromkeys(keys)}
+
+
 def fold_split(y: np.ndarray, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices of fold ``fold`` of a stratified, shuffled K-fold split."""
     from sklearn.model_selection import StratifiedKFold

@@ -37,6 +37,11 @@ class TrainingJob:
     train: tuple[tuple[str, Any], ...]  # the grid's training settings, sorted
     job_id: str = field(default="", compare=False)
 
+    @property
+    def dataset_key(self) -> tuple[str, tuple]:
+        """Which loaded dataset this job needs: its name and options."""
+        return self.dataset, self.dataset_options
+
     def identity(self) -> dict[str, Any]:
         return {"v": ID_VERSION, "dataset": self.dataset, "dataset_options": dict(self.dataset_options),
                 "model": self.model, "quantizer": self.quantizer, "fold": self.fold, "k": self.k,

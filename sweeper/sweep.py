@@ -21,7 +21,7 @@ from ray import tune
 from rich.console import Console
 
 from sweeper import WORKER_ENV, store
-from sweeper.datasets import Dataset, load
+from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.progress import CellProgress
 from sweeper.trial import JobContext, run_job
@@ -73,7 +73,7 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
     work = pending_work(plan, done)
     if not work:
         return report
-    data = _load_datasets(plan, {job.dataset for job, _ in work})
+    data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in work])
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=f"{location.text.rstrip('/')}/models")
     _init_ray(address, verbose)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
@@ -83,10 +83,6 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
     report.failed_jobs = [_failure_line(result, work) for result in results if result.error]
     return report
 
-
-def _load_datasets(plan: Plan, names: set[str]) -> dict[str, Dataset]:
-    choices = {choice.name: choice for choice in plan.grid.datasets if choice.name in names}
-    return {name: load(name, plan.grid.data_dir, **choice.options) for name, choice in choices.items()}
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
@@ -127,7 +123,7 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
     _limit_threads()
     job, cells = work[config["job_index"]]
     node = ray.get_runtime_context().get_node_id()
-    run_job(job, cells, data[job.dataset], context,
+    run_job(job, cells, data[job.dataset_key], context,
             report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}))
 
 

@@ -313,3 +313,11 @@ def test_download_of_single_files_and_cut_transfers(tmp_path, server, monkeypatc
     assert not [path for path in (tmp_path / "data").rglob("*") if path.is_file()]
     settings["cut"] = False
     assert len(datasets.load("svhn", tmp_path / "data").y) == 9
+
+
+def test_load_all_loads_each_distinct_dataset_once(monkeypatch):
+    calls = []
+    real = datasets.load
+    monkeypatch.setattr(datasets, "load", lambda name, data_dir=None, **o: calls.append((name, o)) or real(name, data_dir, **o))
+    loaded = datasets.load_all(None, [("digits", ()), ("digits", ()), ("digits", ())])
+    assert list(loaded) == [("digits", ())] and calls == [("digits", {})]
