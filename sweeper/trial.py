@@ -50,9 +50,11 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     fp = footprint.measure(model)
     base = _job_columns(job, context, data, model, test_idx, fp, trained, train_s)
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
+    x, y = data.x[subset], data.y[subset]
+    clean_ok = _predict(model, x) == y  # the same model and samples for every cell
     classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
     for cell in cells:
-        report({**base, **_attack_columns(cell, model, classifier, data, subset, _job_seed(job))})
+        report({**base, **_attack_columns(cell, model, classifier, x, y, clean_ok, _job_seed(job))})
     return JobOutcome(trained=trained, rows=len(cells))
 
 
@@ -159,20 +161,18 @@ def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> d
     }
 
 
-def _attack_columns(cell: Cell, model, classifier, data, subset: np.ndarray,
-                    seed: int) -> dict[str, Any]:
-    x, y = data.x[subset], data.y[subset]
-    clean_ok = _predict(model, x) == y
+def _attack_columns(cell: Cell, model, classifier, x: np.ndarray, y: np.ndarray,
+                    clean_ok: np.ndarray, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     x_adv = _adversarial(cell, classifier, x, y, clean_ok, seed)
     attack_s = time.perf_counter() - started
-    adv_ok = _predict(model, x_adv) == y
+    adv_ok = clean_ok if cell.attack == CLEAN else _predict(model, x_adv) == y
     broken = np.sum(clean_ok & ~adv_ok)
     return {
         "cell_id": cell.cell_id, "attack": cell.attack, "attack_label": cell.attack_label,
         "norm": cell.norm, "eps": cell.eps, "eps_label": cell.eps_label,
         "attack_params": json.dumps(cell.art_params(), sort_keys=True, default=str),
-        "n_samples": int(len(subset)), "clean_acc": float(clean_ok.mean()),
+        "n_samples": int(len(x)), "clean_acc": float(clean_ok.mean()),
         "adv_acc": float(adv_ok.mean()),
         "attack_success_rate": float(broken / clean_ok.sum()) if clean_ok.any() else float("nan"),
         "attack_s": attack_s, "finished_at": datetime.now(timezone.utc).isoformat(),

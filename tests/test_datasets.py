@@ -231,15 +231,20 @@ MISSING = {
 }
 
 
+def _one_line_naming_dataset_files_and_folder(error, name: str, data_dir) -> str:
+    message = str(error.value)
+    folder, expected = MISSING[name]
+    assert "\n" not in message and f"dataset {name!r}" in message
+    assert str(data_dir / folder) in message and expected in message
+    return message
+
+
 @pytest.mark.parametrize("name", sorted(MISSING))
 def test_missing_data_offline_says_what_to_put_where(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPER_OFFLINE", "1")
     with pytest.raises(NotAvailableError) as error:
         datasets.load(name, tmp_path)
-    message = str(error.value)
-    folder, expected = MISSING[name]
-    assert "\n" not in message and f"dataset {name!r}" in message
-    assert str(tmp_path / folder) in message and expected in message
+    message = _one_line_naming_dataset_files_and_folder(error, name, tmp_path)
     assert "downloads are off (SWEEPER_OFFLINE=1)" in message
     assert not any(tmp_path.iterdir())  # offline: nothing created
 
@@ -249,10 +254,7 @@ def test_missing_data_with_failing_download_leaves_no_files(name, tmp_path, monk
     monkeypatch.delenv("SWEEPER_OFFLINE", raising=False)
     with pytest.raises(NotAvailableError) as error:
         datasets.load(name, tmp_path)
-    message = str(error.value)
-    folder, expected = MISSING[name]
-    assert "\n" not in message and f"dataset {name!r}" in message
-    assert str(tmp_path / folder) in message and expected in message
+    message = _one_line_naming_dataset_files_and_folder(error, name, tmp_path)
     assert "download from http://127.0.0.1:9/" in message and "no network?" in message
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
