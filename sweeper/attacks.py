@@ -46,12 +46,13 @@ class AttackSpec:
     norms: tuple[str, ...]  # as written in grid files: "inf", "1", "2"; the first is the default
     defaults: Mapping[str, Any]  # what a grid may set, with sweeper's defaults
     uses_eps: bool  # False: eps is a post-hoc budget, not an ART parameter (see module doc)
-    black_box: bool
+    black_box: bool  # uses only the model's outputs, never its gradients
     build: Callable[..., Any]  # (classifier, eps, norm, params, seed) -> ART attack
     description: str
     fixed: Mapping[str, Any] = field(default_factory=dict)  # passed to ART, not settable
     # (attack, classifier, x, y, params, seed) -> x_adv; None means attack.generate(x, y)
     generate: Callable[..., np.ndarray] | None = None
+    single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
@@ -143,6 +144,7 @@ _add(AttackSpec(
     fixed={"targeted": False, "minimal": False, "batch_size": 128, "summary_writer": False},
     uses_eps=True,
     black_box=False,
+    single_step=True,
     build=_build_fgsm,
     description="Fast Gradient (Sign) Method, one step of size eps (Goodfellow et al. 2015)",
 ))

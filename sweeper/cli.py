@@ -109,8 +109,12 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
 
     out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells in {len(plan.jobs)} training jobs "
               f"-> {path}", highlight=False)
+    from sweeper.store import new_launch
+
+    provenance = new_launch(plan.grid, str(grid_path), grid_path.read_bytes(), set or [])
     try:
-        report = sweep.launch(plan, path, address=address, verbose=verbose, console=err)
+        report = sweep.launch(plan, path, address=address, verbose=verbose, console=err,
+                              provenance=provenance)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
@@ -118,11 +122,11 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
 
 
 def _summarise(report, path: str) -> int:
-    from sweeper.store import DAMAGED_PREFIX
+    from sweeper.store import DAMAGED_DIR
 
     for fragment in report.damaged_fragments:
         err.print(f"[yellow]warning:[/yellow] unreadable result fragment set aside "
-                  f"(renamed {DAMAGED_PREFIX}*), its cells recomputed: {fragment}")
+                  f"(moved to {DAMAGED_DIR}/), its cells recomputed: {fragment}")
     done = report.already_done + report.computed
     if report.computed == 0 and report.complete:
         out.print(f"{done}/{report.total_cells} cells already done; nothing to compute ({path})",
@@ -144,19 +148,47 @@ def _summarise(report, path: str) -> int:
 @app.command()
 @user_errors
 def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = typer.Argument(..., metavar="SQL"),
-          format: str = typer.Option("table", "--format", "-f", help="table, csv or json")):
-    """Run read-only SQL over a result store; the rows are table `results`."""
+          format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                help="Write to this file (required for parquet)"),
+          memory_limit: str = typer.Option("2GB", help="DuckDB memory limit, e.g. 512MB")):
+    """Run read-only SQL over a result store. Tables: results (the rows), robust (mean and
+    std across folds), fits (configurations fitting each MCU), diagnostics, launches, mcus."""
     from sweeper import query as q
 
     if format not in q.FORMATS:
         raise UserError(f"--format: unknown format {format!r}; available: {', '.join(q.FORMATS)}")
-    table = q.run(results, sql)
-    if format == "table":
+    if format == "parquet" and output is None:
+        raise UserError("--output: required with --format parquet (Parquet is written to a file)")
+    if format == "table" and output is not None:
+        raise UserError("--output: not with --format table; use csv, json or parquet")
+    table = q.run(results, sql, memory_limit)
+    if format == "parquet":
+        q.write_parquet(table, str(output))
+        err.print(f"wrote {table.num_rows} rows to {output}", highlight=False)
+    elif output is not None:
+        q.write_text(q.render(table, format), str(output))
+        err.print(f"wrote {table.num_rows} rows to {output}", highlight=False)
+    elif format == "table":
         # Off a terminal (pipes, files) print whole cells rather than wrap at 80 columns.
         console = out if out.is_terminal else Console(width=100_000)
         console.print(q.rich_table(table))
     else:
         sys.stdout.write(q.render(table, format))
+
+
+@app.command()
+@user_errors
+def report(results: str = typer.Argument(..., metavar="RESULTS"),
+           out_dir: Path = typer.Option(..., "--out", help="Folder for report.md and figures/")):
+    """Write a Markdown report with PNG figures (the paper's tables, epsilon curves, the
+    Pareto view against MCU budgets, gradient-masking flags) from the store alone."""
+    from sweeper import report as r
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out: {out_dir} exists and is not a folder")
+    path = r.write(results, out_dir)
+    out.print(f"wrote {path} and {len(list((out_dir / 'figures').glob('*.png')))} figures", highlight=False)
 
 
 @app.command()
@@ -181,6 +213,22 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
         out.print(f"set aside by an earlier launch: {path}", highlight=False)
     out.print("ok" if report.healthy else "problems found", highlight=False)
     raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+@user_errors
+def compact(results: str = typer.Argument(..., metavar="RESULTS")):
+    """Merge a store's fragments into one sorted file (launch does this when it ends)."""
+    from sweeper import diagnostics, store
+
+    location = store.locate(results)
+    store.require_results(location)
+    done = store.compact(location)
+    diagnostics.write(location)
+    out.print(f"{results}: {done.before} fragments -> {done.after} file(s), {done.rows} rows"
+              + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""), highlight=False)
+    for path in done.damaged:
+        err.print(f"[yellow]warning:[/yellow] unreadable fragment set aside, not compacted: {path}")
 
 
 @app.command()

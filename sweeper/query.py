@@ -1,9 +1,17 @@
-"""Query: read-only SQL over a result store, with the rows exposed as table ``results``.
+"""Query: read-only SQL over a result store.
 
 The store is read with pyarrow (so any filesystem the store supports works, and damaged
-fragments are skipped) and handed to an in-memory DuckDB. External access is switched
-off before the user's SQL runs, so a query can read the results and nothing else, and
-write nowhere.
+fragments are skipped) and handed to an in-memory DuckDB, with these names:
+
+- ``results``: the rows, one per cell (the store's schema);
+- ``robust``: mean, standard deviation and variance across folds of every cell;
+- ``fits``: each configuration that fits each MCU target, with its flash, RAM and accuracy;
+- ``diagnostics``: the gradient-masking checks (sweeper.diagnostics), one row per judgement;
+- ``launches``: the provenance of every launch (grid file and hash, versions, start time);
+- ``mcus``: the MCU profiles sweeper knows.
+
+External access is switched off and the configuration locked before the user's SQL runs,
+so a query reads these and nothing else, writes nowhere, and stays under its memory limit.
 """
 
 from __future__ import annotations
@@ -17,32 +25,129 @@ from typing import Any
 from sweeper import store
 from sweeper.errors import UserError
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "parquet")
+DEFAULT_MEMORY_LIMIT = "2GB"
+
+# The fold axis is averaged away; everything else that determines a result stays a key.
+_CONFIG = "dataset, dataset_options, model, quantizer, train, k, seed"
+VIEWS = {
+    "robust": f"""
+        SELECT {_CONFIG}, attack, attack_label, norm, eps, eps_label,
+               count(*) AS folds, sum(n_samples) AS samples,
+               avg(clean_acc) AS clean_acc_mean, stddev_samp(clean_acc) AS clean_acc_std,
+               avg(adv_acc) AS adv_acc_mean, stddev_samp(adv_acc) AS adv_acc_std,
+               var_samp(adv_acc) AS adv_acc_var,
+               avg(attack_success_rate) AS success_rate_mean,
+               stddev_samp(attack_success_rate) AS success_rate_std,
+               avg(test_acc) AS test_acc_mean, stddev_samp(test_acc) AS test_acc_std,
+               max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb
+        FROM results GROUP BY ALL""",
+    "fits": f"""
+        SELECT r.mcu, {', '.join('r.' + c.strip() for c in _CONFIG.split(','))},
+               max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
+               any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_kb) AS mcu_ram_kb,
+               count(*) AS folds, avg(r.test_acc) AS test_acc_mean, stddev_samp(r.test_acc) AS test_acc_std
+        FROM (SELECT *, unnest(fits_mcus) AS mcu FROM results WHERE attack = 'none') AS r
+        LEFT JOIN mcus AS m ON m.name = r.mcu
+        GROUP BY ALL""",
+}
 
 
-def run(results: str, sql: str, memory_limit: str = "2GB"):
-    """Run ``sql`` against the store at ``results``; returns a pyarrow Table."""
+def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT):
+    """An in-memory DuckDB holding ``rows`` and every derived view, locked read-only."""
+    import duckdb
+    import pyarrow as pa
+
+    from sweeper import diagnostics
+    from sweeper.footprint import MCUS
+
+    connection = duckdb.connect(":memory:")
+    connection.register("results", rows)
+    connection.register("diagnostics", diagnostics.diagnose(rows))
+    connection.register("launches", _launch_table(launches or []))
+    mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
+             "description": MCUS.get(name).description} for name in MCUS.names()]
+    connection.register("mcus", pa.Table.from_pylist(mcus))
+    for name, sql in VIEWS.items():
+        connection.execute(f"CREATE VIEW {name} AS {sql}")
+    try:
+        connection.execute(f"SET memory_limit = '{memory_limit}'")
+    except duckdb.Error as error:
+        connection.close()
+        raise UserError(f"--memory-limit: {str(error).splitlines()[0]}") from None
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    return connection
+
+
+def _launch_table(launches: list[dict]):
+    import pyarrow as pa
+
+    records = [{**record, "overrides": list(record.get("overrides", [])),
+                "versions": json.dumps(record.get("versions", {}), sort_keys=True)} for record in launches]
+    schema = pa.schema([("launch_id", pa.string()), ("started_at", pa.string()), ("grid_name", pa.string()),
+                        ("grid_file", pa.string()), ("grid_sha256", pa.string()), ("grid_text", pa.string()),
+                        ("overrides", pa.list_(pa.string())), ("grid_resolved", pa.string()),
+                        ("versions", pa.string())])
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def fetch(connection, sql: str):
+    """Run one statement; its result as a pyarrow Table, or a one-line UserError."""
     import duckdb
 
-    location = store.locate(results)
-    store.require_results(location)
-    rows = store.read(location).table
-    connection = duckdb.connect(":memory:")
     try:
-        connection.register("results", rows)
-        connection.execute(f"SET memory_limit = '{memory_limit}'")
-        connection.execute("SET enable_external_access = false")
-        connection.execute("SET lock_configuration = true")
         relation = connection.sql(sql)
         if relation is None:  # a statement that returns nothing (e.g. SET)
             raise UserError("query returned no result set; write a SELECT")
         # DuckDB 2 renamed arrow() to to_arrow_table().
-        fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-        return fetch()
+        return (getattr(relation, "to_arrow_table", None) or relation.arrow)()
     except duckdb.Error as error:
         raise UserError(f"query failed: {str(error).splitlines()[0]}") from None
+
+
+def open_store(results: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
+    location = store.locate(results)
+    store.require_results(location)
+    return connect(store.read(location).table, store.launches(location), memory_limit)
+
+
+def run(results: str, sql: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
+    """Run ``sql`` against the store at ``results``; returns a pyarrow Table."""
+    connection = open_store(results, memory_limit)
+    try:
+        return fetch(connection, sql)
     finally:
         connection.close()
+
+
+def write_parquet(table, path: str) -> None:
+    """Write a query result as one Parquet file, atomically."""
+    import pyarrow.parquet as pq
+
+    _write_atomically(path, lambda temporary: pq.write_table(table, temporary))
+
+
+def write_text(text: str, path: str) -> None:
+    from pathlib import Path
+
+    _write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def _write_atomically(path: str, write) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--output: folder {folder} does not exist")
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def render(table, fmt: str) -> str:

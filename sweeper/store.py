@@ -1,17 +1,29 @@
-"""The result store: a folder (local path or any URI pyarrow understands) of Parquet
-fragments with one fixed schema, one row per cell.
+"""The result store: a folder (local path or any URI pyarrow understands) holding a
+Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps beside it::
+
+    RESULTS/rows/part-*.parquet     the rows: point pandas, polars, DuckDB or Spark here
+    RESULTS/diagnostics.parquet     gradient-masking flags (sweeper.diagnostics), derived
+    RESULTS/models/                 trained weights, so new cells of a model train nothing
+    RESULTS/damaged/                fragments that could not be read, set aside, never deleted
+    RESULTS/.staging/, _tune/       in-progress writes; Ray Tune's own state
 
 Each finished training job's rows are written as one new fragment: written under a
-temporary name, then renamed, so readers never see half a file and a crash loses at most
-the jobs in flight. Existing fragments are never modified. Reading skips (and reports)
-fragments that cannot be read, so one damaged file never hides the others.
+staging name, then renamed, so readers never see half a file and a crash loses at most
+the jobs in flight. Every file records its provenance (the grid file's text and hash, the
+library versions, the launch's start time) in its Parquet metadata. At the end of a sweep
+the fragments are compacted into one file (``compact``); until then reading skips (and
+reports) fragments that cannot be read and keeps the first row of a cell stored twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -20,17 +32,26 @@ import pyarrow.parquet as pq
 
 from sweeper.errors import UserError
 
-SCHEMA_VERSION = 1
+# 2: rows/ folder, launch_id, n_classes and n_features, provenance metadata.
+SCHEMA_VERSION = 2
+ROWS_DIR = "rows"
+STAGING_DIR = ".staging"
+DAMAGED_DIR = "damaged"
+DIAGNOSTICS_FILE = "diagnostics.parquet"
 FRAGMENT_PREFIX = "part-"
-DAMAGED_PREFIX = "damaged-"  # a fragment that could not be read, set aside by a launch
+META_VERSION = b"sweeper_schema_version"
+META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
 
 # (name, type, description): the README's schema table is generated from this list.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cell_id", pa.string(), "stable hash of everything that determines this row"),
     ("job_id", pa.string(), "stable hash of the training job (the trained model)"),
+    ("launch_id", pa.string(), "the launch that computed the row (its provenance is in the file metadata)"),
     ("grid", pa.string(), "grid name"),
     ("dataset", pa.string(), "dataset name"),
     ("dataset_options", pa.string(), "dataset options as JSON"),
+    ("n_classes", pa.int32(), "number of classes of the dataset"),
+    ("n_features", pa.int64(), "input values per sample (e.g. 64 for 8x8 digits)"),
     ("model", pa.string(), "model name"),
     ("quantizer", pa.string(), "quantizer preset"),
     ("fold", pa.int32(), "held-out fold index"),
@@ -67,8 +88,62 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("ray_version", pa.string(), "Ray version"),
 ]
 SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in COLUMNS],
-                   metadata={"sweeper_schema_version": str(SCHEMA_VERSION)})
+                   metadata={META_VERSION: str(SCHEMA_VERSION)})
 
+
+# ---------------------------------------------------------------- provenance
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine a result, keyed by their row column."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {"sweeper_version": "sweeper", "tensorflow_version": "tensorflow",
+                "qkeras_version": "qkeras", "art_version": "adversarial-robustness-toolbox",
+                "ray_version": "ray"}
+    found = {}
+    for column, package in packages.items():
+        try:
+            found[column] = version(package)
+        except PackageNotFoundError:
+            found[column] = "not installed"
+    return found
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a launch's rows came from; kept in the metadata of every file holding them."""
+
+    launch_id: str
+    started_at: str  # ISO 8601, UTC
+    grid_name: str
+    grid_file: str  # as given on the command line ("" when the plan was built in code)
+    grid_sha256: str  # of the file's bytes ("" without a file)
+    grid_text: str  # the file as it was when the launch started
+    overrides: tuple[str, ...]  # --set KEY=VALUE, in order
+    grid_resolved: str  # the validated grid after overrides, as JSON: what actually ran
+    versions: dict[str, str] = field(default_factory=dict)  # library -> version, plus python
+
+
+def new_launch(grid, grid_file: str = "", grid_bytes: bytes | None = None,
+               overrides: Iterable[str] = ()) -> Launch:
+    versions = {column.removesuffix("_version"): v for column, v in library_versions().items()}
+    versions.update(python=platform.python_version(), pyarrow=pa.__version__)
+    return Launch(launch_id=uuid.uuid4().hex[:16],
+                  started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  grid_name=grid.name, grid_file=grid_file,
+                  grid_sha256=hashlib.sha256(grid_bytes).hexdigest() if grid_bytes is not None else "",
+                  grid_text=grid_bytes.decode("utf-8", "replace") if grid_bytes is not None else "",
+                  overrides=tuple(overrides), grid_resolved=grid.model_dump_json(), versions=versions)
+
+
+def _schema_with(launches: Iterable[Launch | dict]) -> pa.Schema:
+    records = [asdict(launch) if isinstance(launch, Launch) else launch for launch in launches]
+    return SCHEMA.with_metadata({META_VERSION: str(SCHEMA_VERSION).encode(),
+                                 META_LAUNCHES: json.dumps(records, sort_keys=True).encode()})
+
+
+# ---------------------------------------------------------------- location
 
 @dataclass(frozen=True)
 class Location:
@@ -77,6 +152,9 @@ class Location:
     fs: pafs.FileSystem
     path: str
     text: str  # as the user wrote it, for messages
+
+    def sub(self, *names: str) -> str:
+        return "/".join([self.path, *names])
 
 
 def locate(results: str) -> Location:
@@ -89,12 +167,14 @@ def locate(results: str) -> Location:
     return Location(fs, path.rstrip("/"), results)
 
 
-def to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+# ---------------------------------------------------------------- writing
+
+def to_table(rows: Iterable[dict[str, Any]], launches: Iterable[Launch | dict] = ()) -> pa.Table:
     rows = [_coerce(row) for row in rows]
     missing = [name for name, _, _ in COLUMNS if rows and name not in rows[0]]
     if missing:
         raise ValueError(f"result rows lack columns: {', '.join(missing)}")
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist(rows, schema=_schema_with(launches))
 
 
 def _coerce(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,18 +184,22 @@ def _coerce(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_rows(location: Location, rows: list[dict[str, Any]], tag: str = "") -> str | None:
+def write_rows(location: Location, rows: list[dict[str, Any]], tag: str = "",
+               launch: Launch | None = None) -> str | None:
     """Write rows as one new fragment (atomically); returns its path, or None if no rows."""
     if not rows:
         return None
-    table = to_table(rows)
-    location.fs.create_dir(location.path, recursive=True)
-    name = f"{FRAGMENT_PREFIX}{_now_tag()}-{tag or 'rows'}-{uuid.uuid4().hex[:8]}.parquet"
-    final = f"{location.path}/{name}"
-    temporary = f"{location.path}/.tmp-{name}"
-    with location.fs.open_output_stream(temporary) as stream:
+    return _write_table(location, to_table(rows, [launch] if launch else []), tag or "rows")
+
+
+def _write_table(location: Location, table: pa.Table, tag: str) -> str:
+    name = f"{FRAGMENT_PREFIX}{_now_tag()}-{tag}-{uuid.uuid4().hex[:8]}.parquet"
+    final, staging = location.sub(ROWS_DIR, name), location.sub(STAGING_DIR, name)
+    location.fs.create_dir(location.sub(ROWS_DIR), recursive=True)
+    location.fs.create_dir(location.sub(STAGING_DIR), recursive=True)
+    with location.fs.open_output_stream(staging) as stream:
         pq.write_table(table, stream)
-    location.fs.move(temporary, final)
+    location.fs.move(staging, final)
     return final
 
 
@@ -123,12 +207,22 @@ def _now_tag() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
 
 
+# ---------------------------------------------------------------- reading
+
+def _list(location: Location, folder: str | None, prefix: str, suffix: str = "") -> list[str]:
+    where = location.sub(folder) if folder else location.path
+    infos = location.fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
+    return sorted(info.path for info in infos if info.type == pafs.FileType.File
+                  and info.base_name.startswith(prefix) and info.base_name.endswith(suffix))
+
+
 def fragments(location: Location) -> list[str]:
-    selector = pafs.FileSelector(location.path, allow_not_found=True)
-    infos = location.fs.get_file_info(selector)
-    return sorted(info.path for info in infos
-                  if info.type == pafs.FileType.File
-                  and info.base_name.startswith(FRAGMENT_PREFIX) and info.base_name.endswith(".parquet"))
+    """The row files, oldest first (their names start with the UTC time of writing).
+    Schema-1 stores kept them at the top level; they are read too, and compaction moves
+    them into rows/."""
+    found = _list(location, ROWS_DIR, FRAGMENT_PREFIX, ".parquet")
+    legacy = _list(location, None, FRAGMENT_PREFIX, ".parquet")
+    return sorted(found + legacy, key=lambda path: path.rpartition("/")[2])
 
 
 @dataclass(frozen=True)
@@ -139,15 +233,20 @@ class ReadResult:
 
 
 def _read_fragment(location: Location, path: str, columns: list[str] | None) -> pa.Table:
+    # Reading with the current schema fills columns an older fragment lacks with nulls.
     with location.fs.open_input_file(path) as handle:
         return pq.read_table(handle, columns=columns, schema=SCHEMA)
 
 
 def read(location: Location, columns: list[str] | None = None) -> ReadResult:
     """Every readable row, one per cell (the earliest fragment wins)."""
+    return read_fragments(location, fragments(location), columns)
+
+
+def read_fragments(location: Location, paths: list[str], columns: list[str] | None = None) -> ReadResult:
     wanted = None if columns is None else list(dict.fromkeys(["cell_id", *columns]))
     tables, damaged = [], []
-    for path in fragments(location):
+    for path in paths:
         try:
             tables.append(_read_fragment(location, path, wanted))
         except (pa.ArrowException, OSError):
@@ -169,6 +268,39 @@ def _first_row_per_cell(table: pa.Table) -> tuple[pa.Table, int]:
             keep.append(index)
     return (table, 0) if len(keep) == table.num_rows else (table.take(keep), table.num_rows - len(keep))
 
+
+def launches(location: Location) -> list[dict[str, Any]]:
+    """The provenance records of every readable fragment, oldest launch first."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in fragments(location):
+        for record in _fragment_launches(location, path):
+            found.setdefault(record["launch_id"], record)
+    return sorted(found.values(), key=lambda record: record["started_at"])
+
+
+def _fragment_launches(location: Location, path: str) -> list[dict[str, Any]]:
+    try:
+        with location.fs.open_input_file(path) as handle:
+            metadata = pq.read_schema(handle).metadata or {}
+    except (pa.ArrowException, OSError):
+        return []
+    return json.loads(metadata.get(META_LAUNCHES, b"[]"))
+
+
+def done_cell_ids(location: Location) -> set[str]:
+    return set(read(location, ["cell_id"]).table.column("cell_id").to_pylist())
+
+
+def require_results(location: Location) -> list[str]:
+    """Fragments of an existing store, or a clear error when there is none."""
+    found = fragments(location)
+    if not found:
+        raise UserError(f"{location.text}: no sweeper results here "
+                        f"(no {ROWS_DIR}/{FRAGMENT_PREFIX}*.parquet files)")
+    return found
+
+
+# ---------------------------------------------------------------- health
 
 @dataclass(frozen=True)
 class CheckReport:
@@ -200,33 +332,62 @@ def check(location: Location) -> CheckReport:
             holders.setdefault(cell, []).append(path)
     duplicates = {cell: tuple(where) for cell, where in holders.items() if len(where) > 1}
     return CheckReport(len(paths), rows, tuple(damaged), duplicates,
-                       tuple(_files_named(location, ".tmp-")), tuple(_files_named(location, DAMAGED_PREFIX)))
-
-
-def _files_named(location: Location, prefix: str) -> list[str]:
-    infos = location.fs.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(prefix))
+                       tuple(_list(location, STAGING_DIR, "")),
+                       tuple(_list(location, DAMAGED_DIR, "")))
 
 
 def set_aside(location: Location, damaged: Iterable[str]) -> list[str]:
-    """Rename damaged fragments so they are no longer read (their cells get recomputed);
-    the bytes are kept for inspection, never deleted."""
+    """Move damaged fragments out of rows/ so they are no longer read (their cells get
+    recomputed); the bytes are kept for inspection, never deleted."""
     moved = []
     for path in damaged:
-        folder, _, name = path.rpartition("/")
-        target = f"{folder}/{DAMAGED_PREFIX}{name}"
+        location.fs.create_dir(location.sub(DAMAGED_DIR), recursive=True)
+        target = location.sub(DAMAGED_DIR, path.rpartition("/")[2])
         location.fs.move(path, target)
         moved.append(target)
     return moved
 
 
-def done_cell_ids(location: Location) -> set[str]:
-    return set(read(location, ["cell_id"]).table.column("cell_id").to_pylist())
+# ---------------------------------------------------------------- compaction
+
+@dataclass(frozen=True)
+class CompactReport:
+    before: int  # fragments read
+    after: int  # files written
+    rows: int
+    duplicates: int  # rows dropped: their cell was stored twice
+    damaged: tuple[str, ...]  # set aside, as a launch would
 
 
-def require_results(location: Location) -> list[str]:
-    """Fragments of an existing store, or a clear error when there is none."""
-    found = fragments(location)
-    if not found:
-        raise UserError(f"{location.text}: no sweeper results here (no {FRAGMENT_PREFIX}*.parquet files)")
-    return found
+SORT_KEYS = [("dataset", "ascending"), ("model", "ascending"), ("quantizer", "ascending"),
+             ("fold", "ascending"), ("attack_label", "ascending"), ("eps", "ascending")]
+
+
+def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactReport:
+    """Rewrite every fragment as one sorted file per ``max_rows_per_file`` rows, one row
+    per cell, with the union of the fragments' provenance.
+
+    Safe at any moment: the new files are complete before the old ones are deleted, so a
+    crash in between leaves duplicates (which readers drop), never a lost row; fragments
+    that a running launch writes meanwhile are not touched.
+    """
+    paths = fragments(location)
+    merged = read_fragments(location, paths)
+    if not paths or (len(paths) == 1 and not merged.damaged and _is_compacted(location, paths[0])):
+        return CompactReport(len(paths), len(paths), merged.table.num_rows, 0, ())
+    set_aside(location, merged.damaged)
+    table = merged.table.sort_by(SORT_KEYS)
+    records = [record for path in paths if path not in merged.damaged
+               for record in _fragment_launches(location, path)]
+    launches_by_id = {record["launch_id"]: record for record in records}
+    table = table.replace_schema_metadata(_schema_with(launches_by_id.values()).metadata)
+    written = [_write_table(location, table.slice(start, max_rows_per_file), "compacted")
+               for start in range(0, table.num_rows, max_rows_per_file)]
+    for path in paths:
+        if path not in merged.damaged:
+            location.fs.delete_file(path)
+    return CompactReport(len(paths), len(written), table.num_rows, merged.duplicates, merged.damaged)
+
+
+def _is_compacted(location: Location, path: str) -> bool:
+    return path.startswith(location.sub(ROWS_DIR) + "/") and "-compacted-" in path.rpartition("/")[2]

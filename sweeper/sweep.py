@@ -62,8 +62,11 @@ def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> tuple[bool, int]:
 
 
 def launch(plan: Plan, results: str, *, address: str | None = None, verbose: bool = False,
-           console: Console | None = None) -> LaunchReport:
+           console: Console | None = None, provenance: store.Launch | None = None) -> LaunchReport:
+    """Run the plan's pending cells; ``provenance`` (the grid file and overrides) is kept in
+    the metadata of every file written. Ends by compacting the store."""
     console = console or Console(stderr=True)
+    provenance = provenance or store.new_launch(plan.grid)
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
     done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
@@ -72,16 +75,29 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
     report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged)
     work = pending_work(plan, done)
     if not work:
+        if done:
+            finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
     data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in work])
-    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=f"{location.text.rstrip('/')}/models")
+    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=f"{location.text.rstrip('/')}/models",
+                         launch_id=provenance.launch_id)
     _init_ray(address, verbose)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
-        rows = _StoreRows(location, progress)
+        rows = _StoreRows(location, progress, provenance)
         results = _tuner(plan, work, data, context, location, rows, verbose).fit()
     report.computed, report.trainings = rows.written, rows.trainings
     report.failed_jobs = [_failure_line(result, work) for result in results if result.error]
+    finish(location)
     return report
+
+
+def finish(location: store.Location) -> store.CompactReport:
+    """End of a sweep: one compacted file of rows, and the diagnostics derived from them."""
+    from sweeper import diagnostics
+
+    compacted = store.compact(location)
+    diagnostics.write(location)
+    return compacted
 
 
 
@@ -150,8 +166,8 @@ def _failure_line(result, work) -> str:
 class _StoreRows(tune.Callback):
     """Driver side: collect each trial's rows, write them when the trial ends."""
 
-    def __init__(self, location: store.Location, progress: CellProgress):
-        self.location, self.progress = location, progress
+    def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch):
+        self.location, self.progress, self.provenance = location, progress, provenance
         self.pending: dict[str, dict[str, dict]] = defaultdict(dict)  # trial -> cell -> row
         self.stored: set[str] = set()  # cell ids written in this launch
         self.written = self.trainings = 0
@@ -179,7 +195,7 @@ class _StoreRows(tune.Callback):
         rows = list(self.pending.pop(trial.trial_id, {}).values())
         if not rows:
             return
-        store.write_rows(self.location, rows, tag=rows[0]["job_id"])
+        store.write_rows(self.location, rows, tag=rows[0]["job_id"], launch=self.provenance)
         self.stored.update(row["cell_id"] for row in rows)
         self.written += len(rows)
         self.trainings += int(not rows[0]["model_cached"])

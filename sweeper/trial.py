@@ -13,7 +13,6 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from sweeper import datasets
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
+from sweeper.store import library_versions
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class JobContext:
     grid_name: str
     mcus: tuple[str, ...]
     model_cache: str | None = None  # folder (path or URI) for trained weights; None: no cache
+    launch_id: str = ""  # the launch whose provenance the rows point to
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> d
         "params": fp.params, "flash_kb": fp.flash_kb, "ram_kb": fp.ram_kb,
         "mcu_targets": list(context.mcus), "fits_mcus": footprint.fitting(fp, list(context.mcus)),
         "model_cached": not trained, "train_s": train_s, "host": socket.gethostname(), "node": "",
-        **library_versions(),
+        "n_classes": data.nb_classes, "n_features": int(np.prod(data.input_shape)),
+        "launch_id": context.launch_id, **library_versions(),
     }
 
 
@@ -197,19 +199,3 @@ def _classifier(model, data):
     from sweeper import attacks
 
     return attacks.make_classifier(model, data.nb_classes, data.input_shape, data.clip_values)
-
-
-@lru_cache(maxsize=1)
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    packages = {"sweeper_version": "sweeper", "tensorflow_version": "tensorflow",
-                "qkeras_version": "qkeras", "art_version": "adversarial-robustness-toolbox",
-                "ray_version": "ray"}
-    found = {}
-    for column, package in packages.items():
-        try:
-            found[column] = version(package)
-        except PackageNotFoundError:
-            found[column] = "not installed"
-    return found

@@ -51,7 +51,7 @@ def launch_until_first_fragment(grid_path: Path, results: Path) -> subprocess.Po
                                 "--results", str(results)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list(results.glob("part-*.parquet")) and time.monotonic() < deadline:
+    while not list(results.glob("rows/part-*.parquet")) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
     return process

@@ -14,7 +14,8 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_result_column_is_documented():
-    documented = re.findall(r"^\| `(\w+)` \| ", README.split("## Results", 1)[1], flags=re.M)
+    documented = re.findall(r"^\| `(\w+)` \| ", README.split("## Results", 1)[1].split("### Querying")[0],
+                            flags=re.M)
     assert documented == [name for name, _, _ in COLUMNS]
 
 
@@ -30,3 +31,13 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert blocks[1] in ci.splitlines()
     assert blocks[0].endswith("sweeper launch grids/demo.yaml")
+
+
+def test_every_query_view_and_diagnostic_flag_is_documented():
+    from sweeper.diagnostics import CHECKS
+    from sweeper.query import VIEWS
+
+    for name in [*VIEWS, "diagnostics", "launches", "mcus"]:
+        assert f"| `{name}` |" in README, f"view {name} missing from README"
+    for flag in CHECKS:
+        assert f"| `{flag}` |" in README, f"diagnostic {flag} missing from README"

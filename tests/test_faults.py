@@ -39,7 +39,7 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid)
     path = write_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
     assert sweeper("launch", str(path), "--results", str(results)).returncode == 0
-    victim = sorted(results.glob("part-*.parquet"))[0]
+    victim = sorted(results.glob("rows/part-*.parquet"))[0]
     lost = len(store._read_fragment(store.locate(str(results)), str(victim), ["cell_id"]))
     victim.write_bytes(victim.read_bytes()[:300])  # a crash mid-write
 

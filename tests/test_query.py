@@ -1,4 +1,4 @@
-"""Query: SQL over the store as table `results`, read-only, three output formats."""
+"""Query: SQL over the store (table `results` and its views), read-only, four output formats."""
 
 from __future__ import annotations
 
@@ -61,3 +61,55 @@ def test_sql_errors_are_one_line(results):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no sweeper results here"):
         query.run(str(tmp_path), "SELECT 1")
+
+
+def test_robust_view_averages_folds(tmp_path):
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [make_row(f"f{fold}", fold=fold, adv_acc=acc, test_acc=acc)
+                                for fold, acc in enumerate([0.2, 0.4, 0.9])])
+    [row] = query.run(str(tmp_path), "SELECT folds, adv_acc_mean, adv_acc_std, adv_acc_var, samples "
+                                     "FROM robust").to_pylist()
+    assert row["folds"] == 3 and row["samples"] == 60
+    assert row["adv_acc_mean"] == pytest.approx(0.5)
+    assert row["adv_acc_var"] == pytest.approx(((0.3**2) + (0.1**2) + (0.4**2)) / 2)
+    assert row["adv_acc_std"] == pytest.approx(row["adv_acc_var"] ** 0.5)
+
+
+def test_fits_view_lists_each_mcu_a_configuration_fits(tmp_path):
+    location = store.locate(str(tmp_path))
+    clean = dict(attack="none", attack_label="none", norm="none", eps=0.0, mcu_targets=["stm32h7", "nrf52840"])
+    store.write_rows(location, [
+        make_row("a", quantizer="fp", flash_kb=1500.0, fits_mcus=["stm32h7"], **clean),
+        make_row("b", quantizer="int4", flash_kb=200.0, fits_mcus=["stm32h7", "nrf52840"], **clean),
+        make_row("c", quantizer="int4", fits_mcus=["stm32h7"]),  # an attack row: not counted twice
+    ])
+    rows = query.run(str(tmp_path), "SELECT mcu, quantizer, flash_kb, mcu_flash_kb, folds FROM fits "
+                                    "ORDER BY mcu, quantizer").to_pylist()
+    assert rows == [
+        {"mcu": "nrf52840", "quantizer": "int4", "flash_kb": 200.0, "mcu_flash_kb": 1024.0, "folds": 1},
+        {"mcu": "stm32h7", "quantizer": "fp", "flash_kb": 1500.0, "mcu_flash_kb": 2048.0, "folds": 1},
+        {"mcu": "stm32h7", "quantizer": "int4", "flash_kb": 200.0, "mcu_flash_kb": 2048.0, "folds": 1},
+    ]
+
+
+def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.test_cli import sweeper
+
+    out = tmp_path / "q.parquet"
+    done = sweeper("query", results, "SELECT cell_id, adv_acc FROM results ORDER BY cell_id",
+                   "--format", "parquet", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(out).to_pylist() == [{"cell_id": "a", "adv_acc": 0.25}, {"cell_id": "b", "adv_acc": 0.75},
+                                              {"cell_id": "c", "adv_acc": 0.5}]
+    no_file = sweeper("query", results, "SELECT 1", "--format", "parquet")
+    assert no_file.returncode == 2 and "--output: required" in no_file.stderr
+    failed = sweeper("query", results, "SELECT nope", "--format", "parquet", "--output", str(tmp_path / "x.parquet"))
+    assert failed.returncode == 2 and not (tmp_path / "x.parquet").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    tiny = sweeper("query", results, "SELECT count(*) FROM range(100000000) t(i) GROUP BY i % 50000000",
+                   "--memory-limit", "20MB", "--format", "csv")
+    assert tiny.returncode == 2 and "memory" in tiny.stderr.lower()
+    bad = sweeper("query", results, "SELECT 1", "--memory-limit", "lots")
+    assert bad.returncode == 2 and "--memory-limit" in bad.stderr

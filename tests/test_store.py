@@ -1,9 +1,11 @@
-"""Result store: schema, atomic fragments, reading around damage, done cells."""
+"""Result store: schema, atomic fragments, reading around damage, done cells, provenance,
+compaction, and other tools reading the same rows."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,7 +14,8 @@ from sweeper import store
 
 def make_row(cell_id: str, **overrides) -> dict:
     row = {name: None for name, _, _ in store.COLUMNS}
-    row.update(cell_id=cell_id, job_id="j1", grid="g", dataset="digits", model="small_cnn",
+    row.update(cell_id=cell_id, job_id="j1", launch_id="", grid="g", dataset="digits", n_classes=10,
+               n_features=64, model="small_cnn",
                quantizer="int4", fold=0, k=3, seed=0, attack="fgsm", attack_label="fgsm",
                norm="inf", eps=0.1, eps_label="0.1", attack_params="{}", n_samples=20,
                clean_acc=0.9, adv_acc=0.5, attack_success_rate=0.44, test_acc=0.91, params=100,
@@ -26,7 +29,7 @@ def make_row(cell_id: str, **overrides) -> dict:
 def test_rows_round_trip_with_the_fixed_schema(tmp_path):
     location = store.locate(str(tmp_path / "r"))
     path = store.write_rows(location, [make_row("a"), make_row("b", eps_label="8/255")], tag="j1")
-    assert path.endswith(".parquet") and "/part-" in path
+    assert path.endswith(".parquet") and path.startswith(f"{tmp_path}/r/rows/part-")
     table = store.read(location).table
     assert table.schema.equals(store.SCHEMA, check_metadata=False)
     assert table.column("cell_id").to_pylist() == ["a", "b"]
@@ -51,14 +54,14 @@ def test_each_write_adds_a_fragment_and_leaves_no_temporary_file(tmp_path):
     store.write_rows(location, [make_row("b"), make_row("c")])
     assert store.write_rows(location, []) is None
     assert len(store.fragments(location)) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not list((tmp_path / ".staging").iterdir())
     assert store.done_cell_ids(location) == {"a", "b", "c"}
 
 
 def test_a_damaged_fragment_is_reported_and_the_rest_still_read(tmp_path):
     location = store.locate(str(tmp_path))
     good = store.write_rows(location, [make_row("a")])
-    torn = tmp_path / "part-99999999T999999-torn-00000000.parquet"
+    torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
     torn.write_bytes(open(good, "rb").read()[:100])  # a write cut short
     result = store.read(location)
     assert result.table.column("cell_id").to_pylist() == ["a"]
@@ -95,15 +98,108 @@ def test_a_cell_stored_twice_is_read_once_and_reported(tmp_path):
 def test_check_and_set_aside_damaged_fragments(tmp_path):
     location = store.locate(str(tmp_path))
     good = store.write_rows(location, [make_row("a")])
-    torn = tmp_path / "part-99999999T999999-torn-00000000.parquet"
+    torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
     torn.write_bytes(open(good, "rb").read()[:200])
-    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"half")
+    (tmp_path / ".staging" / "part-x.parquet").write_bytes(b"half")
     report = store.check(location)
     assert report.damaged == (str(torn),) and not report.healthy
-    assert report.temporaries == (str(tmp_path / ".tmp-part-x.parquet"),)
+    assert report.temporaries == (str(tmp_path / ".staging" / "part-x.parquet"),)
     moved = store.set_aside(location, report.damaged)
-    assert moved == [str(tmp_path / f"damaged-{torn.name}")]
-    assert (tmp_path / f"damaged-{torn.name}").read_bytes() == open(good, "rb").read()[:200]
+    assert moved == [str(tmp_path / "damaged" / torn.name)]
+    assert (tmp_path / "damaged" / torn.name).read_bytes() == open(good, "rb").read()[:200]
     after = store.check(location)
     assert after.healthy and after.set_aside == (moved[0],)
     assert store.done_cell_ids(location) == {"a"}
+
+
+# ---------------------------------------------------------------- provenance and compaction
+
+def _launch(text: str = "name: g\n", overrides=("train.epochs=1",)):
+    from sweeper import grid
+
+    spec = grid.Grid.model_validate({"name": "g", "datasets": ["digits"], "models": ["small_cnn"],
+                                     "quantizers": ["fp"], "attacks": [{"name": "fgsm", "eps": [0.1]}]})
+    return store.new_launch(spec, "grids/g.yaml", text.encode(), overrides)
+
+
+def test_every_fragment_records_its_launch(tmp_path):
+    import hashlib
+
+    location = store.locate(str(tmp_path))
+    launch = _launch("name: g  # the grid file\n")
+    path = store.write_rows(location, [make_row("a", launch_id=launch.launch_id)], launch=launch)
+    [record] = store.launches(location)
+    assert record["launch_id"] == launch.launch_id
+    assert record["grid_text"] == "name: g  # the grid file\n"
+    assert record["grid_sha256"] == hashlib.sha256(b"name: g  # the grid file\n").hexdigest()
+    assert record["overrides"] == ["train.epochs=1"] and record["grid_file"] == "grids/g.yaml"
+    assert '"name":"g"' in record["grid_resolved"]
+    assert set(record["versions"]) >= {"sweeper", "tensorflow", "qkeras", "art", "ray", "python"}
+    assert record["started_at"].endswith("+00:00")
+    assert pq.read_schema(path).metadata[b"sweeper_schema_version"] == b"2"
+
+
+def test_compaction_merges_dedupes_sorts_and_keeps_every_launch(tmp_path):
+    location = store.locate(str(tmp_path))
+    first, second = _launch("a"), _launch("b")
+    store.write_rows(location, [make_row("b", quantizer="int4"), make_row("a", quantizer="fp")], launch=first)
+    store.write_rows(location, [make_row("a", quantizer="fp", adv_acc=0.9), make_row("c", quantizer="int8")],
+                     launch=second)
+    before = store.read(location).table
+
+    report = store.compact(location)
+    assert (report.before, report.after, report.rows, report.duplicates) == (2, 1, 3, 1)
+    [path] = store.fragments(location)
+    assert "-compacted-" in path and path.startswith(f"{tmp_path}/rows/")
+    after = store.read(location).table
+    assert after.column("quantizer").to_pylist() == ["fp", "int4", "int8"]  # sorted
+    assert sorted(after.to_pylist(), key=lambda r: r["cell_id"]) == \
+        sorted(before.to_pylist(), key=lambda r: r["cell_id"])  # the first stored row of "a" kept
+    assert {r["launch_id"] for r in store.launches(location)} == {first.launch_id, second.launch_id}
+    assert store.check(location).healthy
+
+    again = store.compact(location)  # nothing left to do
+    assert (again.before, again.after, again.rows) == (1, 1, 3) and store.fragments(location) == [path]
+
+
+def test_compaction_sets_damaged_fragments_aside_and_moves_legacy_ones(tmp_path):
+    location = store.locate(str(tmp_path))
+    good = store.write_rows(location, [make_row("a")])
+    torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
+    torn.write_bytes(open(good, "rb").read()[:200])
+    legacy = tmp_path / "part-00000000T000000-old-00000000.parquet"  # schema 1 layout
+    old = make_row("z")
+    for column in ("launch_id", "n_classes", "n_features"):
+        del old[column]
+    pq.write_table(pa.Table.from_pylist([store._coerce(old)]), legacy)
+
+    report = store.compact(location)
+    assert report.damaged == (str(torn),) and report.rows == 2
+    assert (tmp_path / "damaged" / torn.name).exists() and not legacy.exists()
+    rows = {r["cell_id"]: r for r in store.read(location).table.to_pylist()}
+    assert set(rows) == {"a", "z"} and rows["z"]["n_classes"] is None
+
+
+def test_pyarrow_pandas_polars_and_duckdb_read_the_same_rows(tmp_path):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [make_row(c, adv_acc=i / 10, eps_label=f"{i}/255") for i, c in enumerate("abc")])
+    store.write_rows(location, [make_row("d", fits_mcus=[], adv_acc=float("nan"))])
+    store.compact(location)
+    rows = tmp_path / "rows"
+
+    def key(records):
+        return sorted((r["cell_id"], r["eps_label"], None if r["adv_acc"] != r["adv_acc"] else r["adv_acc"],
+                       tuple(r["fits_mcus"]), r["n_classes"]) for r in records)
+
+    expected = key(store.read(location).table.to_pylist())
+    assert len(expected) == 4
+    assert key(ds.dataset(rows, format="parquet").to_table().to_pylist()) == expected
+    assert key(pd.read_parquet(rows).to_dict("records")) == expected
+    assert key(pl.read_parquet(f"{rows}/*.parquet").to_dicts()) == expected
+    assert key(duckdb.sql(f"SELECT * FROM read_parquet('{rows}/*.parquet')").fetch_arrow_table()
+               .to_pylist()) == expected

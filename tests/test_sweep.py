@@ -37,8 +37,15 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid):
     # int4 stores weights in 4 bits: about an eighth of fp's flash
     flash = {r["quantizer"]: r["flash_kb"] for r in rows}
     assert flash["int4"] < flash["fp"] / 4
-    fragments = store.fragments(store.locate(results))
-    assert len(fragments) == len(plan.jobs)  # one fragment per finished training job
+    assert {(r["n_classes"], r["n_features"]) for r in rows} == {(10, 64)}
+    # One fragment per finished training job, compacted into one file when the launch ends,
+    # which records the launch's grid file; the diagnostics sit beside the rows.
+    location = store.locate(results)
+    fragments = store.fragments(location)
+    assert len(fragments) == 1 and "-compacted-" in fragments[0]
+    [launch] = store.launches(location)
+    assert launch["grid_text"] == path.read_text() and {r["launch_id"] for r in rows} == {launch["launch_id"]}
+    assert (tmp_path / "results" / store.DIAGNOSTICS_FILE).exists()
 
     again = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
     assert again.returncode == 0, again.stderr

@@ -1,0 +1,296 @@
+"""Report: a Markdown file with PNG figures, regenerated from a result store alone.
+
+Sections mirror the tables and figures of the paper this tool was built for (Pau, Ayaz,
+Zakariyya et al., 2025), for whatever grid the store holds:
+
+- Table III analogue: flash, RAM and clean accuracy per dataset, model and quantizer;
+- Table IV analogue: clean and per-attack accuracy, with the gradient-masking flags
+  beside the numbers they qualify;
+- Table V analogue: variance across folds of every accuracy;
+- accuracy against epsilon per attack, one line per quantizer, with the fold spread;
+- accuracy against flash (the Pareto view) with each MCU target's flash budget drawn in,
+  and the configurations that fit each target;
+- the gradient-masking diagnostics, and the provenance of every launch.
+
+Every number comes from the query views (``sweeper.query``), so a table can be checked
+against a direct SQL query. Means are over folds; ``±`` is the sample standard deviation
+across folds (absent when the store has one fold).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from functools import cached_property
+from pathlib import Path
+
+from sweeper import diagnostics, query
+from sweeper.quantizers import QUANTIZERS
+
+MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
+           "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L"}
+CONFIG = diagnostics.CONFIG_COLUMNS
+
+
+def write(results: str, out: str | Path) -> Path:
+    """Render the report for the store at ``results`` into ``out``; returns report.md."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    connection = query.open_store(results)
+    try:
+        sections = _Report(connection, out, results).sections()
+    finally:
+        connection.close()
+    path = out / "report.md"
+    query.write_text("\n\n".join(sections) + "\n", str(path))
+    return path
+
+
+def fmt(mean: float | None, std: float | None = None) -> str:
+    """``0.953 ± 0.012`` (three decimals; no ± without a spread)."""
+    if mean is None or mean != mean:
+        return "n/a"
+    return f"{mean:.3f}" if std is None or std != std else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class _Report:
+    def __init__(self, connection, out: Path, results: str):
+        self.db, self.out, self.results = connection, out, results
+        self.robust = self._records("SELECT * FROM robust")
+        self.flags = self._records("SELECT * FROM diagnostics")
+        self.setups = _setup_names(self.robust)
+
+    def _records(self, sql: str) -> list[dict]:
+        return query.fetch(self.db, sql).to_pylist()
+
+    def sections(self) -> list[str]:
+        return [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._eps_curves(),
+                self._pareto(), self._diagnostics(), self._provenance()]
+
+    # ------------------------------------------------------------ helpers
+
+    def _label(self, record: dict) -> str:
+        """Model and quantizer, plus the training setup when the store holds several."""
+        setup = self.setups.get(_config_key(record), "")
+        return f"{record['model']} / {record['quantizer']}" + (f" ({setup})" if setup else "")
+
+    def _datasets(self) -> list[str]:
+        return sorted({_dataset_name(r) for r in self.robust})
+
+    def _configs(self, dataset: str) -> list[dict]:
+        """The clean rows of one dataset, in model then quantizer-registry order."""
+        order = {name: i for i, name in enumerate(QUANTIZERS.names())}
+        clean = [r for r in self.robust if r["attack"] == "none" and _dataset_name(r) == dataset]
+        return sorted(clean, key=lambda r: (r["model"], order.get(r["quantizer"], 99), r["train"], r["seed"]))
+
+    def _attack_points(self, dataset: str) -> list[tuple[str, str, float]]:
+        points = {(r["attack_label"], r["eps_label"], r["eps"]) for r in self.robust
+                  if r["attack"] != "none" and _dataset_name(r) == dataset}
+        return sorted(points, key=lambda p: (p[0], p[2]))
+
+    def _cell(self, config: dict, attack_label: str, eps_label: str) -> dict | None:
+        for r in self.robust:
+            if (_config_key(r) == _config_key(config) and r["attack_label"] == attack_label
+                    and r["eps_label"] == eps_label):
+                return r
+        return None
+
+    def _markers(self, config: dict, attack_label: str, eps_label: str) -> str:
+        fired = sorted({MARKERS[f["flag"]] for f in self.flags if f["fired"]
+                        and _config_key(f) == _config_key(config)
+                        and f["attack_label"] == attack_label and f["eps_label"] == eps_label})
+        return f" [{''.join(fired)}]" if fired else ""
+
+    # ------------------------------------------------------------ sections
+
+    def _header(self) -> str:
+        rows = self._records("SELECT count(*) AS n, count(DISTINCT job_id) AS jobs, "
+                             "string_agg(DISTINCT grid, ', ') AS grids FROM results")[0]
+        return "\n".join([
+            f"# sweeper report: {rows['grids']}", "",
+            f"Regenerated from the result store alone (`sweeper report {self.results}`): "
+            f"{rows['n']} result rows from {rows['jobs']} trained models.",
+            "Accuracies are means over the folds; `±` is the sample standard deviation across folds.",
+            "Adversarial accuracy is measured on the same attacked test samples as the clean accuracy "
+            "of that table; only the samples the model classifies correctly are attacked.",
+            "Flags in brackets qualify the number they follow; see "
+            "[Gradient-masking diagnostics](#gradient-masking-diagnostics)."])
+
+    def _table_iii(self) -> str:
+        parts = ["## Table III analogue: memory and clean accuracy",
+                 "Flash counts every weight at its quantized bit width; RAM is the peak of live "
+                 "activations in one inference. Clean accuracy is on the whole held-out fold."]
+        for dataset in self._datasets():
+            rows = [[self._label(c), f"{c['params']:,}", f"{c['flash_kb']:.1f}", f"{c['ram_kb']:.1f}",
+                     fmt(c["test_acc_mean"], c["test_acc_std"]), str(c["folds"]),
+                     ", ".join(self._fitting(c)) or "none"] for c in self._configs(dataset)]
+            parts += [f"### {dataset}", markdown_table(
+                ["model / quantizer", "params", "flash KB", "RAM KB", "clean accuracy", "folds", "fits"], rows)]
+        return "\n\n".join(parts)
+
+    def _fitting(self, config: dict) -> list[str]:
+        return sorted(r["mcu"] for r in self._fits if _config_key(r) == _config_key(config))
+
+    @cached_property
+    def _fits(self) -> list[dict]:
+        return self._records("SELECT * FROM fits ORDER BY mcu")
+
+    def _table_iv(self) -> str:
+        parts = ["## Table IV analogue: accuracy under attack",
+                 "Columns are attack@epsilon; `none` is the clean accuracy of the attacked samples."]
+        for dataset in self._datasets():
+            points = self._attack_points(dataset)
+            rows = []
+            for config in self._configs(dataset):
+                row = [self._label(config), fmt(config["clean_acc_mean"], config["clean_acc_std"])]
+                for label, eps_label, _ in points:
+                    cell = self._cell(config, label, eps_label)
+                    row.append("" if cell is None else
+                               fmt(cell["adv_acc_mean"], cell["adv_acc_std"]) + self._markers(config, label, eps_label))
+                rows.append(row)
+            header = ["model / quantizer", "none"] + [f"{label}@{eps}" for label, eps, _ in points]
+            parts += [f"### {dataset}", markdown_table(header, rows)]
+        return "\n\n".join(parts)
+
+    def _table_v(self) -> str:
+        parts = ["## Table V analogue: variance across folds",
+                 "Sample variance of the accuracy across folds (clean: the whole held-out fold)."]
+        for dataset in self._datasets():
+            points = self._attack_points(dataset)
+            rows = []
+            for config in self._configs(dataset):
+                std = config["test_acc_std"]
+                row = [self._label(config), _variance(None if std is None else std ** 2)]
+                for label, eps_label, _ in points:
+                    cell = self._cell(config, label, eps_label)
+                    row.append("" if cell is None else _variance(cell["adv_acc_var"]))
+                rows.append(row)
+            header = ["model / quantizer", "clean"] + [f"{label}@{eps}" for label, eps, _ in points]
+            parts += [f"### {dataset}", markdown_table(header, rows)]
+        return "\n\n".join(parts)
+
+    def _eps_curves(self) -> str:
+        from sweeper import figures
+
+        parts = ["## Accuracy against epsilon",
+                 "One line per quantizer (mean over folds), the band is ± one standard deviation; "
+                 "the dotted line is chance. Attacks with a single epsilon are in Table IV only."]
+        curves: dict[tuple, list[dict]] = defaultdict(list)
+        for r in self.robust:
+            if r["attack"] != "none" and r["eps"] > 0:
+                curves[_dataset_name(r), r["model"], r["attack_label"]].append(r)
+        for (dataset, model, label), points in sorted(curves.items()):
+            if len({p["eps"] for p in points}) < 2:
+                continue
+            name = _file_name(f"eps-{dataset}-{model}-{label}.png")
+            classes = self._classes(dataset)
+            chance = 1 / classes if classes else None
+            figures.eps_curve(points, self.out / "figures" / name, f"{label} on {dataset}, {model}", chance)
+            parts.append(f"![{label} on {dataset}, {model}](figures/{name})")
+        return "\n\n".join(parts)
+
+    def _classes(self, dataset: str) -> int:
+        """The dataset's class count (0 if unknown: rows from a schema-1 store)."""
+        rows = self._records("SELECT max(n_classes) AS n, dataset, dataset_options FROM results GROUP BY ALL")
+        return next((r["n"] for r in rows if _dataset_name(r) == dataset and r["n"]), 0)
+
+    def _pareto(self) -> str:
+        from sweeper import figures
+
+        mcus = {r["name"]: r for r in self._records("SELECT * FROM mcus")}
+        targets = sorted({m for r in self._records("SELECT DISTINCT unnest(mcu_targets) AS m FROM results")
+                          for m in [r["m"]] if m in mcus})
+        parts = ["## Accuracy against flash: what fits where",
+                 "Clean accuracy against flash size; dashed lines are the flash budgets of the grid's MCU "
+                 "targets, and the step line joins the Pareto-optimal configurations (no other is both "
+                 "smaller and more accurate)."]
+        for dataset in self._datasets():
+            configs = self._configs(dataset)
+            name = _file_name(f"pareto-{dataset}.png")
+            front = figures.pareto(configs, [mcus[t] for t in targets], self.out / "figures" / name,
+                                   f"clean accuracy against flash, {dataset}", self._label)
+            parts += [f"### {dataset}", f"![accuracy against flash, {dataset}](figures/{name})",
+                      "Pareto-optimal: " + ", ".join(f"{self._label(c)} ({c['flash_kb']:.1f} KB, "
+                                                     f"{fmt(c['test_acc_mean'])})" for c in front) + "."]
+            rows = []
+            for target in targets:
+                fitting = [c for c in configs if target in self._fitting(c)]
+                best = max(fitting, key=lambda c: c["test_acc_mean"], default=None)
+                rows.append([target, f"{mcus[target]['flash_kb']:g}", f"{mcus[target]['ram_kb']:g}",
+                             f"{len(fitting)} of {len(configs)}",
+                             ", ".join(self._label(c) for c in fitting) or "none",
+                             "" if best is None else f"{self._label(best)} ({fmt(best['test_acc_mean'])})"])
+            parts.append(markdown_table(["MCU", "flash KB", "RAM KB", "fit", "configurations that fit",
+                                         "most accurate that fits"], rows))
+        return "\n\n".join(parts)
+
+    def _diagnostics(self) -> str:
+        parts = ["## Gradient-masking diagnostics",
+                 "Warning signs that a model only looks robust because its gradients are useless "
+                 "(Athalye, Carlini and Wagner, 2018). Each check compares numbers the grid has; "
+                 "a difference counts only beyond twice its sampling standard error "
+                 f"(and at least {diagnostics.MIN_MARGIN}). Cells read fired/judged; `-` means the grid "
+                 "has no numbers to judge that check.",
+                 "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in diagnostics.CHECKS.items())]
+        counts = {(*[s[c] for c in CONFIG], s["flag"]): s for s in diagnostics.summary(self.flags)}
+        rows = []
+        for dataset in self._datasets():
+            for config in self._configs(dataset):
+                cells = []
+                for check in diagnostics.CHECKS:
+                    s = counts.get((*[config[c] for c in CONFIG], check))
+                    cells.append("-" if s is None else f"{s['fired']}/{s['judged']}")
+                rows.append([dataset, self._label(config), *cells])
+        parts.append(markdown_table(["dataset", "model / quantizer", *MARKERS.values()], rows))
+        fired = [f for f in self.flags if f["fired"]]
+        parts.append("### Flags that fired" if fired else "No flag fired.")
+        if fired:
+            parts.append("\n".join(f"- {_dataset_name(f)}, {self._label(f)}: **{MARKERS[f['flag']]}** "
+                                   f"{f['detail']} (margin {f['margin']:.3f})" for f in fired))
+        return "\n\n".join(parts)
+
+    def _provenance(self) -> str:
+        launches = self._records("SELECT * FROM launches ORDER BY started_at")
+        rows = [[l["started_at"], l["grid_name"], l["grid_file"] or "(in code)", l["grid_sha256"][:12] or "-",
+                 " ".join(l["overrides"]) or "-",
+                 ", ".join(f"{k} {v}" for k, v in sorted(json.loads(l["versions"]).items()))]
+                for l in launches]
+        return "\n\n".join(["## Provenance", "Every launch whose rows are in the store (from the Parquet "
+                            "metadata; `sweeper query RESULTS \"SELECT grid_text FROM launches\"` shows the "
+                            "grid files).",
+                            markdown_table(["started (UTC)", "grid", "file", "sha256", "overrides", "versions"],
+                                           rows)])
+
+
+def _config_key(record: dict) -> tuple:
+    return tuple(record[c] for c in CONFIG)
+
+
+def _dataset_name(record: dict) -> str:
+    options = json.loads(record["dataset_options"] or "{}")
+    return record["dataset"] + "".join(f" {k}={v}" for k, v in sorted(options.items()))
+
+
+def _setup_names(robust: list[dict]) -> dict[tuple, str]:
+    """'setup 1', 'setup 2'... for configurations that differ only in training setup."""
+    setups = sorted({(r["train"], r["k"], r["seed"]) for r in robust})
+    if len(setups) <= 1:
+        return {}
+    index = {setup: f"setup {i + 1}" for i, setup in enumerate(setups)}
+    return {_config_key(r): index[(r["train"], r["k"], r["seed"])] for r in robust}
+
+
+def _variance(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2e}"
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+

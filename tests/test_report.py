@@ -1,0 +1,108 @@
+"""Report: rendered for a small store, its tables checked against direct SQL queries."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sweeper import query, report, store
+from tests.test_cli import sweeper
+from tests.test_store import make_row
+
+# (quantizer, flash KB, MCUs it fits); per fold: (clean test acc, fgsm 0.1, fgsm 0.2, pgd 0.1)
+CONFIGS = {
+    "fp": (40.0, ["stm32h7"], [(0.95, 0.50, 0.30, 0.20), (0.97, 0.55, 0.35, 0.25), (0.96, 0.45, 0.25, 0.15)]),
+    # int4: FGSM beats PGD by far (0.10 against 0.70) -> the single-step flag on pgd@0.1
+    "int4": (5.0, ["stm32h7", "nrf52840"], [(0.90, 0.10, 0.05, 0.70), (0.88, 0.12, 0.06, 0.72),
+                                            (0.91, 0.08, 0.04, 0.68)]),
+}
+
+
+def _rows():
+    rows = []
+    for quantizer, (flash, fits, folds) in CONFIGS.items():
+        for fold, (clean, fgsm1, fgsm2, pgd) in enumerate(folds):
+            common = dict(quantizer=quantizer, fold=fold, flash_kb=flash, ram_kb=1.0, test_acc=clean,
+                          clean_acc=clean, n_samples=100, mcu_targets=["stm32h7", "nrf52840"], fits_mcus=fits,
+                          job_id=f"{quantizer}{fold}", train="{}")
+            rows.append(make_row(f"{quantizer}{fold}-none", attack="none", attack_label="none", norm="none",
+                                 eps=0.0, eps_label="0", adv_acc=clean, **common))
+            for attack, eps, adv in (("fgsm", 0.1, fgsm1), ("fgsm", 0.2, fgsm2), ("pgd", 0.1, pgd)):
+                rows.append(make_row(f"{quantizer}{fold}-{attack}{eps}", attack=attack, attack_label=attack,
+                                     eps=eps, eps_label=str(eps), adv_acc=adv, **common))
+    return rows
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _rows())
+    path = report.write(location.text, tmp_path / "report")
+    return location.text, path, path.read_text()
+
+
+def _table(text: str, section: str, dataset: str = "digits") -> dict[str, dict[str, str]]:
+    """The Markdown table under `### dataset` in the section whose heading starts with `section`."""
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    block = body.split(f"### {dataset}\n", 1)[1].strip().split("\n\n", 1)[0]
+    lines = [line.strip().strip("|").split(" | ") for line in block.splitlines()]
+    header, rows = [cell.strip() for cell in lines[0]], lines[2:]
+    return {row[0].strip(): dict(zip(header, (cell.strip() for cell in row))) for row in rows}
+
+
+def _direct(results: str, sql: str) -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in (tuple(r.values()) for r in query.run(results, sql).to_pylist())}
+
+
+def test_table_iii_matches_a_direct_query(rendered):
+    results, _, text = rendered
+    table = _table(text, "Table III")
+    direct = _direct(results, "SELECT quantizer, avg(test_acc), stddev_samp(test_acc), max(flash_kb) "
+                              "FROM results WHERE attack = 'none' GROUP BY quantizer")
+    assert set(table) == {"small_cnn / fp", "small_cnn / int4"}
+    for quantizer, (mean, std, flash) in direct.items():
+        row = table[f"small_cnn / {quantizer}"]
+        assert row["clean accuracy"] == f"{mean:.3f} ± {std:.3f}"
+        assert row["flash KB"] == f"{flash:.1f}" and row["folds"] == "3"
+    assert table["small_cnn / int4"]["fits"] == "nrf52840, stm32h7"
+    assert table["small_cnn / fp"]["fits"] == "stm32h7"
+
+
+def test_table_iv_and_v_match_direct_queries_and_carry_the_flags(rendered):
+    results, _, text = rendered
+    accuracy, variance = _table(text, "Table IV"), _table(text, "Table V")
+    direct = query.run(results, "SELECT quantizer, attack_label || '@' || eps_label AS point, avg(adv_acc) AS m, "
+                                "stddev_samp(adv_acc) AS s, var_samp(adv_acc) AS v FROM results "
+                                "WHERE attack <> 'none' GROUP BY ALL").to_pylist()
+    assert len(direct) == 6
+    for d in direct:
+        cell = accuracy[f"small_cnn / {d['quantizer']}"][d["point"]]
+        assert re.sub(r" \[\w+\]$", "", cell) == f"{d['m']:.3f} ± {d['s']:.3f}"
+        assert variance[f"small_cnn / {d['quantizer']}"][d["point"]] == f"{d['v']:.2e}"
+    assert accuracy["small_cnn / int4"]["pgd@0.1"].endswith("[S]")  # FGSM beat PGD on int4
+    assert not accuracy["small_cnn / fp"]["pgd@0.1"].endswith("]")
+    assert "**S** fgsm@0.1 leaves 0.100 accuracy, pgd@0.1 0.700" in text
+
+
+def test_figures_and_fits(rendered):
+    _, path, text = rendered
+    figures = sorted(p.name for p in (path.parent / "figures").iterdir())
+    assert figures == ["eps-digits-small_cnn-fgsm.png", "pareto-digits.png"]  # pgd has one eps: no curve
+    for name in figures:
+        assert (path.parent / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(figures/{name})" in text
+    fits = [line for line in text.splitlines() if line.startswith("| nrf52840 |")]
+    assert fits == ["| nrf52840 | 1024 | 256 | 1 of 2 | small_cnn / int4 | small_cnn / int4 (0.897) |"]
+    assert "Pareto-optimal: small_cnn / int4 (5.0 KB, 0.897), small_cnn / fp (40.0 KB, 0.960)." in text
+
+
+def test_report_command(rendered, tmp_path):
+    results, _, text = rendered
+    done = sweeper("report", results, "--out", str(tmp_path / "again"))
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and "2 figures" in done.stdout
+    assert (tmp_path / "again" / "report.md").read_text() == text  # regenerated: the same report
+    missing = sweeper("report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2"))
+    assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
