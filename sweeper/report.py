@@ -66,6 +66,11 @@ class _Report:
         self.robust = self._records("SELECT * FROM robust")
         self.flags = self._records("SELECT * FROM diagnostics")
         self.setups = _setup_names(self.robust)
+        self.cells = {(_config_key(r), r["attack_label"], r["eps_label"]): r for r in self.robust}
+        self.fired: dict[tuple, set[str]] = defaultdict(set)
+        for f in self.flags:
+            if f["fired"]:
+                self.fired[_config_key(f), f["attack_label"], f["eps_label"]].add(MARKERS[f["flag"]])
 
     def _records(self, sql: str) -> list[dict]:
         return query.fetch(self.db, sql).to_pylist()
@@ -96,16 +101,10 @@ class _Report:
         return sorted(points, key=lambda p: (p[0], p[2]))
 
     def _cell(self, config: dict, attack_label: str, eps_label: str) -> dict | None:
-        for r in self.robust:
-            if (_config_key(r) == _config_key(config) and r["attack_label"] == attack_label
-                    and r["eps_label"] == eps_label):
-                return r
-        return None
+        return self.cells.get((_config_key(config), attack_label, eps_label))
 
     def _markers(self, config: dict, attack_label: str, eps_label: str) -> str:
-        fired = sorted({MARKERS[f["flag"]] for f in self.flags if f["fired"]
-                        and _config_key(f) == _config_key(config)
-                        and f["attack_label"] == attack_label and f["eps_label"] == eps_label})
+        fired = sorted(self.fired.get((_config_key(config), attack_label, eps_label), ()))
         return f" [{''.join(fired)}]" if fired else ""
 
     # ------------------------------------------------------------ sections
@@ -136,11 +135,14 @@ class _Report:
         return "\n\n".join(parts)
 
     def _fitting(self, config: dict) -> list[str]:
-        return sorted(r["mcu"] for r in self._fits if _config_key(r) == _config_key(config))
+        return self._fits.get(_config_key(config), [])
 
     @cached_property
-    def _fits(self) -> list[dict]:
-        return self._records("SELECT * FROM fits ORDER BY mcu")
+    def _fits(self) -> dict[tuple, list[str]]:
+        fitting = defaultdict(list)
+        for r in self._records("SELECT * FROM fits ORDER BY mcu"):
+            fitting[_config_key(r)].append(r["mcu"])
+        return fitting
 
     def _table_iv(self) -> str:
         parts = ["## Table IV analogue: accuracy under attack",

@@ -70,3 +70,19 @@ def test_light_commands_import_no_heavy_library(args):
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_compact_merges_fragments_and_writes_the_diagnostics(tmp_path):
+    from sweeper import store
+    from tests.test_store import make_row
+
+    location = store.locate(str(tmp_path / "r"))
+    store.write_rows(location, [make_row("a"), make_row("b")])
+    store.write_rows(location, [make_row("b"), make_row("c")])  # b twice, as after a crash
+    done = sweeper("compact", location.text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{location.text}: 2 fragments -> 1 file(s), 3 rows, 1 duplicate rows dropped"
+    assert len(store.fragments(location)) == 1 and (tmp_path / "r" / "diagnostics.parquet").exists()
+    assert sweeper("check", location.text).returncode == 0
+    missing = sweeper("compact", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
