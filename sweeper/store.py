@@ -154,7 +154,16 @@ class Location:
     text: str  # as the user wrote it, for messages
 
     def sub(self, *names: str) -> str:
+        """A path inside the folder, for this location's ``fs``."""
         return "/".join([self.path, *names])
+
+    def uri(self, *names: str) -> str:
+        """A path inside the folder that ``locate`` resolves the same way from any process:
+        absolute on local disk (Ray Tune runs trials in their own working directories),
+        the URI as given elsewhere."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.sub(*names)
+        return "/".join([self.text.rstrip("/"), *names])
 
 
 def locate(results: str) -> Location:

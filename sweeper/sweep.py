@@ -79,7 +79,7 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
             finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
     data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in work])
-    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=f"{location.text.rstrip('/')}/models",
+    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
                          launch_id=provenance.launch_id)
     _init_ray(address, verbose)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:

@@ -15,9 +15,10 @@ from tests.test_cli import sweeper
 pytestmark = pytest.mark.slow
 
 
-def test_launch_relaunch_and_extend(tmp_path, tiny_grid):
+def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = write_grid(tmp_path, tiny_grid)
-    results = str(tmp_path / "results")
+    results = "results"  # relative, as the default results/<grid> is: trials run elsewhere
     plan = expand.expand(grid.load(path))
 
     first = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
@@ -46,6 +47,13 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid):
     [launch] = store.launches(location)
     assert launch["grid_text"] == path.read_text() and {r["launch_id"] for r in rows} == {launch["launch_id"]}
     assert (tmp_path / "results" / store.DIAGNOSTICS_FILE).exists()
+    # the trained models are cached in the store, not in the trials' working directories
+    assert len(list((tmp_path / "results" / "models").glob("*.weights.h5"))) == len(plan.jobs)
+    rendered = sweeper("report", results, "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert rendered.returncode == 0, rendered.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| small_cnn / fp |" in text and "| small_cnn / int4 |" in text
+    assert f"| {launch['started_at']} | tiny | {path} |" in text  # provenance of the launch
 
     again = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
