@@ -21,7 +21,8 @@ from sweeper.grid import Epsilon, Grid
 
 # Bump when a change to sweeper alters what a job or cell computes: old results then
 # stop matching and are recomputed instead of silently mixed with new ones.
-ID_VERSION = 1
+# 2: the stq and sbinary activations became batch-independent (sweeper.quantizers).
+ID_VERSION = 2
 CLEAN = "none"
 
 

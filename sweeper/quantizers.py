@@ -47,13 +47,18 @@ for _bits in (8, 4, 2):
 # ternary/binary activations: the weights *and* the activations are deeply quantized.
 _add(Preset("ternary", "ternary(alpha=1)", "quantized_bits(8,0,alpha=1)",
             "ternary(alpha=1)", False, "ternary {-1,0,1} weights and activations"))
+# The stochastic presets' activations use a fixed scale (alpha=1). With alpha='auto_po2'
+# an activation's scale is computed over the whole batch tensor, so a sample's prediction
+# depends on which other samples share its batch: unlike inference on an MCU (batch 1),
+# and it lets decision-based attacks such as Boundary "succeed" in ART's candidate batches
+# but not in evaluation. Weights keep 'auto_po2': their scale depends only on the weights.
 _add(Preset("stq", "stochastic_ternary(alpha='auto_po2')", "quantized_bits(8,0,alpha=1)",
-            "stochastic_ternary(alpha='auto_po2')", True,
+            "stochastic_ternary(alpha=1)", True,
             "stochastic ternary weights and activations (sampled while training)"))
 _add(Preset("binary", "binary(alpha=1)", "quantized_bits(8,0,alpha=1)",
             "binary(alpha=1)", False, "binary {-1,1} weights and activations"))
 _add(Preset("sbinary", "stochastic_binary(alpha='auto_po2')", "quantized_bits(8,0,alpha=1)",
-            "stochastic_binary(alpha='auto_po2')", True,
+            "stochastic_binary(alpha=1)", True,
             "stochastic binary weights and activations (sampled while training)"))
 
 

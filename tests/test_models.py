@@ -43,6 +43,18 @@ def test_every_preset_builds_with_its_quantizers(preset):
         assert all(k.split("(")[0] == expected.split("(")[0] for k in kernels)
 
 
+@pytest.mark.parametrize("preset", QUANTIZERS.names())
+def test_a_samples_prediction_does_not_depend_on_its_batch(preset):
+    # An MCU classifies one sample at a time; a quantizer whose scale is computed over the
+    # batch (alpha='auto_po2' on activations) would make accuracy depend on batch size and
+    # let decision-based attacks "succeed" in one batch and fail in another.
+    model = _build(preset)
+    x, _ = _batch(32)
+    together = model(x, training=False).numpy()
+    alone = np.concatenate([model(x[i:i + 1], training=False).numpy() for i in range(4)])
+    np.testing.assert_allclose(alone, together[:4], rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_model_lists_available():
     with pytest.raises(Exception, match="unknown model 'vgg'; available: small_cnn"):
         models.build("vgg", (8, 8, 1), 10, QUANTIZERS.get("fp"))
