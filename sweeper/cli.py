@@ -203,7 +203,7 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
     out.print(f"{results}: {report.fragments} fragments, {report.rows} rows, "
               f"{report.rows - sum(len(w) - 1 for w in report.duplicates.values())} cells", highlight=False)
     for path in report.damaged:
-        out.print(f"damaged: {path} (unreadable; the next launch sets it aside and recomputes its cells)",
+        out.print(f"damaged: {path} (unreadable; the next launch or compact moves it to damaged/, and launch recomputes its cells)",
                   highlight=False)
     for cell, where in report.duplicates.items():
         out.print(f"duplicate: cell {cell} in {', '.join(where)} (queries use the first)", highlight=False)

@@ -205,12 +205,8 @@ def _rising(points: list[Point]) -> list[dict]:
             continue
         curve.sort(key=lambda p: p.eps)
         # The largest rise from any smaller epsilon to a larger one.
-        low, rise = curve[0], None
-        for point in curve[1:]:
-            if rise is None or point.adv_acc - low.adv_acc > rise[0].adv_acc - rise[1].adv_acc:
-                rise = (point, low)
-            low = min(low, point, key=lambda p: p.adv_acc)
-        high, low = rise
+        pairs = [(high, low) for j, high in enumerate(curve) for low in curve[:j]]
+        high, low = max(pairs, key=lambda pair: pair[0].adv_acc - pair[1].adv_acc)
         needed = margin(high.adv_acc, high.samples, low.adv_acc, low.samples)
         fired = high.adv_acc - low.adv_acc > needed
         flags.append(_flag("accuracy_rises_with_eps", high, low.adv_acc, low.name, needed, fired,
