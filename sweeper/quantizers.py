@@ -52,9 +52,11 @@ _add(Preset("ternary", "ternary(alpha=1)", "quantized_bits(8,0,alpha=1)",
 # depends on which other samples share its batch: unlike inference on an MCU (batch 1),
 # and it lets decision-based attacks such as Boundary "succeed" in ART's candidate batches
 # but not in evaluation. Weights keep 'auto_po2': their scale depends only on the weights.
+# QKeras's stochastic_ternary samples only with alpha 'auto'/'auto_po2' (it asserts so),
+# so stq's activations are plain ternary; its weights carry the stochastic quantization.
 _add(Preset("stq", "stochastic_ternary(alpha='auto_po2')", "quantized_bits(8,0,alpha=1)",
-            "stochastic_ternary(alpha=1)", True,
-            "stochastic ternary weights and activations (sampled while training)"))
+            "ternary(alpha=1)", True,
+            "stochastic ternary weights (sampled while training), ternary activations"))
 _add(Preset("binary", "binary(alpha=1)", "quantized_bits(8,0,alpha=1)",
             "binary(alpha=1)", False, "binary {-1,1} weights and activations"))
 _add(Preset("sbinary", "stochastic_binary(alpha='auto_po2')", "quantized_bits(8,0,alpha=1)",

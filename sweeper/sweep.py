@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -158,9 +159,18 @@ def _limit_threads() -> None:
 
 def _failure_line(result, work) -> str:
     job, _ = work[result.config["job_index"]]
-    message = str(result.error).strip().splitlines()
-    return (f"{job.dataset}/{job.model}/{job.quantizer}/fold {job.fold}: "
-            f"{message[-1] if message else type(result.error).__name__}")
+    return f"{job.dataset}/{job.model}/{job.quantizer}/fold {job.fold}: {error_summary(result.error)}"
+
+
+def error_summary(error: BaseException) -> str:
+    """The most telling line of a (possibly nested, TensorFlow-wrapped) error message: the
+    last 'SomeError: text' line that has text, else the last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b:", line)]
+    with_text = [line for line in raised if line.split(":", 1)[1].strip()]
+    if with_text or raised:
+        return (with_text or raised)[-1]
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
 
 
 class _StoreRows(tune.Callback):

@@ -72,3 +72,15 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     # the cached model is the same model: same clean accuracy on the same samples
     old_clean = {r["job_id"]: r["clean_acc"] for r in rows}
     assert all(r["clean_acc"] == old_clean[r["job_id"]] for r in new)
+
+
+def test_a_failed_job_is_summarised_by_its_telling_line():
+    from sweeper.sweep import error_summary
+
+    wrapped = ("Failure # 1\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+               "AssertionError: Exception encountered when calling layer 'q_activation'.\n"
+               "    AssertionError: \n  Call arguments received:\n  \u2022 mask=None")
+    assert error_summary(RuntimeError(wrapped)) == \
+        "AssertionError: Exception encountered when calling layer 'q_activation'."
+    assert error_summary(ValueError("boom")) == "ValueError: boom"
+    assert error_summary(KeyError()) == "KeyError"
