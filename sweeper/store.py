@@ -128,13 +128,35 @@ class Launch:
 def new_launch(grid, grid_file: str = "", grid_bytes: bytes | None = None,
                overrides: Iterable[str] = ()) -> Launch:
     versions = {column.removesuffix("_version"): v for column, v in library_versions().items()}
-    versions.update(python=platform.python_version(), pyarrow=pa.__version__)
+    versions.update(python=platform.python_version(), pyarrow=pa.__version__, sweeper_commit=_source_commit())
     return Launch(launch_id=uuid.uuid4().hex[:16],
                   started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   grid_name=grid.name, grid_file=grid_file,
                   grid_sha256=hashlib.sha256(grid_bytes).hexdigest() if grid_bytes is not None else "",
                   grid_text=grid_bytes.decode("utf-8", "replace") if grid_bytes is not None else "",
                   overrides=tuple(overrides), grid_resolved=grid.model_dump_json(), versions=versions)
+
+
+def _source_commit() -> str:
+    """The git commit of the sweeper checkout that runs ("+dirty" with local edits), or ""
+    when sweeper is not run from a git checkout: the version number alone cannot tell two
+    development launches apart."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        edits = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if head.returncode != 0:
+        return ""
+    return head.stdout.strip() + ("+dirty" if edits.stdout.strip() else "")
 
 
 def _schema_with(launches: Iterable[Launch | dict]) -> pa.Schema:

@@ -134,7 +134,7 @@ def test_every_fragment_records_its_launch(tmp_path):
     assert record["grid_sha256"] == hashlib.sha256(b"name: g  # the grid file\n").hexdigest()
     assert record["overrides"] == ["train.epochs=1"] and record["grid_file"] == "grids/g.yaml"
     assert '"name":"g"' in record["grid_resolved"]
-    assert set(record["versions"]) >= {"sweeper", "tensorflow", "qkeras", "art", "ray", "python"}
+    assert set(record["versions"]) >= {"sweeper", "tensorflow", "qkeras", "art", "ray", "python", "sweeper_commit"}
     assert record["started_at"].endswith("+00:00")
     assert pq.read_schema(path).metadata[b"sweeper_schema_version"] == b"2"
 
