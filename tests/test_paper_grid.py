@@ -31,15 +31,16 @@ def test_paper_grid_size():
 
 
 # Fewer iterations for the paper's 10,000-query Square and 1,000-step Boundary settings:
-# the shape of the grid is under test here, not the strength of the attacks.
-SHRINK = ["train.epochs=4", "folds.only=[0]", "quantizers=[fp,int4]", "samples=4",
+# the shape of the grid is under test here, not the strength of the attacks. Ten epochs
+# at a high rate, so that the models classify some attacked samples correctly.
+SHRINK = ["train.epochs=10", "train.learning_rate=0.01", "folds.only=[0]", "quantizers=[fp,int4]", "samples=4",
           "datasets=[{name: cifar10, grayscale: true}]", "attacks.square.params.max_iter=100",
           "attacks.square_l2.params.max_iter=100", "attacks.boundary.params.max_iter=50"]
 
 
 @pytest.mark.slow
 def test_shrunken_paper_grid_end_to_end(tmp_path):
-    write_cifar10(tmp_path / "data", per_batch=40, learnable=True)
+    write_cifar10(tmp_path / "data", per_batch=80, learnable=True)
     results = tmp_path / "results"
     args = ["launch", str(PAPER), "--results", str(results), "--set", f"data_dir={tmp_path / 'data'}"]
     for override in SHRINK:
