@@ -122,7 +122,9 @@ def diagnose(rows: pa.Table) -> pa.Table:
 
 def _points_by_config(rows: pa.Table) -> dict[tuple, list[Point]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows.to_pylist():
+    needed = [*CONFIG_COLUMNS, "attack", "attack_label", "norm", "eps", "eps_label", "adv_acc", "clean_acc",
+              "n_samples", "n_classes", "n_features"]
+    for row in rows.select(needed).to_pylist():
         if row["attack"] != CLEAN and row["attack"] in ATTACKS.names():
             groups[tuple(row[c] for c in CONFIG_COLUMNS), row["attack_label"], row["eps"]].append(row)
     by_config: dict[tuple, list[Point]] = defaultdict(list)

@@ -53,8 +53,10 @@ VIEWS = {
 }
 
 
-def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT):
-    """An in-memory DuckDB holding ``rows`` and every derived view, locked read-only."""
+def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+            with_diagnostics: bool = True):
+    """An in-memory DuckDB holding ``rows`` and every derived view, locked read-only.
+    ``with_diagnostics`` False leaves out the one table that costs time to build."""
     import duckdb
     import pyarrow as pa
 
@@ -63,7 +65,8 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
 
     connection = duckdb.connect(":memory:")
     connection.register("results", rows)
-    connection.register("diagnostics", diagnostics.diagnose(rows))
+    if with_diagnostics:
+        connection.register("diagnostics", diagnostics.diagnose(rows))
     connection.register("launches", _launch_table(launches or []))
     mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
              "description": MCUS.get(name).description} for name in MCUS.names()]
@@ -106,15 +109,16 @@ def fetch(connection, sql: str):
         raise UserError(f"query failed: {str(error).splitlines()[0]}") from None
 
 
-def open_store(results: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
+def open_store(results: str, memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
     location = store.locate(results)
     store.require_results(location)
-    return connect(store.read(location).table, store.launches(location), memory_limit)
+    return connect(store.read(location).table, store.launches(location), memory_limit, with_diagnostics)
 
 
 def run(results: str, sql: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
-    """Run ``sql`` against the store at ``results``; returns a pyarrow Table."""
-    connection = open_store(results, memory_limit)
+    """Run ``sql`` against the store at ``results``; returns a pyarrow Table. The
+    diagnostics are computed only for a query that names them."""
+    connection = open_store(results, memory_limit, with_diagnostics="diagnostics" in sql.lower())
     try:
         return fetch(connection, sql)
     finally:
