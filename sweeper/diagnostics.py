@@ -244,15 +244,8 @@ def _large_eps(points: list[Point]) -> list[dict]:
 
 def write(location: store.Location) -> pa.Table:
     """(Re)write RESULTS/diagnostics.parquet from the rows now in the store."""
-    import pyarrow.parquet as pq
-
     flags = diagnose(store.read(location).table)
-    final = location.sub(store.DIAGNOSTICS_FILE)
-    staging = location.sub(store.STAGING_DIR, store.DIAGNOSTICS_FILE)
-    location.fs.create_dir(location.sub(store.STAGING_DIR), recursive=True)
-    with location.fs.open_output_stream(staging) as stream:
-        pq.write_table(flags, stream)
-    location.fs.move(staging, final)
+    store.write_file(location, store.DIAGNOSTICS_FILE, flags)
     return flags
 
 

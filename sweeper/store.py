@@ -225,8 +225,15 @@ def write_rows(location: Location, rows: list[dict[str, Any]], tag: str = "",
 
 def _write_table(location: Location, table: pa.Table, tag: str) -> str:
     name = f"{FRAGMENT_PREFIX}{_now_tag()}-{tag}-{uuid.uuid4().hex[:8]}.parquet"
-    final, staging = location.sub(ROWS_DIR, name), location.sub(STAGING_DIR, name)
-    location.fs.create_dir(location.sub(ROWS_DIR), recursive=True)
+    return write_file(location, f"{ROWS_DIR}/{name}", table)
+
+
+def write_file(location: Location, relative: str, table: pa.Table) -> str:
+    """Write ``table`` to ``RESULTS/relative`` atomically: under .staging/, then renamed,
+    so a reader sees the old file or the new one, never half of one."""
+    final = location.sub(relative)
+    staging = location.sub(STAGING_DIR, f"{uuid.uuid4().hex[:8]}-{relative.rpartition('/')[2]}")
+    location.fs.create_dir(final.rpartition("/")[0], recursive=True)
     location.fs.create_dir(location.sub(STAGING_DIR), recursive=True)
     with location.fs.open_output_stream(staging) as stream:
         pq.write_table(table, stream)
