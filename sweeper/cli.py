@@ -224,7 +224,7 @@ def compact(results: str = typer.Argument(..., metavar="RESULTS")):
     location = store.locate(results)
     store.require_results(location)
     done = store.compact(location)
-    diagnostics.write(location)
+    diagnostics.write(location, done.table)
     out.print(f"{results}: {done.before} fragments -> {done.after} file(s), {done.rows} rows"
               + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""), highlight=False)
     for path in done.damaged:

@@ -242,9 +242,10 @@ def _large_eps(points: list[Point]) -> list[dict]:
 
 # ---------------------------------------------------------------- in the store
 
-def write(location: store.Location) -> pa.Table:
-    """(Re)write RESULTS/diagnostics.parquet from the rows now in the store."""
-    flags = diagnose(store.read(location).table)
+def write(location: store.Location, rows: pa.Table | None = None) -> pa.Table:
+    """(Re)write RESULTS/diagnostics.parquet from the rows now in the store (``rows``, when
+    the caller has just read them all)."""
+    flags = diagnose(store.read(location).table if rows is None else rows)
     store.write_file(location, store.DIAGNOSTICS_FILE, flags)
     return flags
 

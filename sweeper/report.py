@@ -145,36 +145,31 @@ class _Report:
         return fitting
 
     def _table_iv(self) -> str:
-        parts = ["## Table IV analogue: accuracy under attack",
-                 "Columns are attack@epsilon; `none` is the clean accuracy of the attacked samples."]
-        for dataset in self._datasets():
-            points = self._attack_points(dataset)
-            rows = []
-            for config in self._configs(dataset):
-                row = [self._label(config), fmt(config["clean_acc_mean"], config["clean_acc_std"])]
-                for label, eps_label, _ in points:
-                    cell = self._cell(config, label, eps_label)
-                    row.append("" if cell is None else
-                               fmt(cell["adv_acc_mean"], cell["adv_acc_std"]) + self._markers(config, label, eps_label))
-                rows.append(row)
-            header = ["model / quantizer", "none"] + [f"{label}@{eps}" for label, eps, _ in points]
-            parts += [f"### {dataset}", markdown_table(header, rows)]
-        return "\n\n".join(parts)
+        return self._per_point_table(
+            "## Table IV analogue: accuracy under attack",
+            "Columns are attack@epsilon; `none` is the clean accuracy of the attacked samples.", "none",
+            clean=lambda c: fmt(c["clean_acc_mean"], c["clean_acc_std"]),
+            attacked=lambda c, r: fmt(r["adv_acc_mean"], r["adv_acc_std"])
+            + self._markers(c, r["attack_label"], r["eps_label"]))
 
     def _table_v(self) -> str:
-        parts = ["## Table V analogue: variance across folds",
-                 "Sample variance of the accuracy across folds (clean: the whole held-out fold)."]
+        return self._per_point_table(
+            "## Table V analogue: variance across folds",
+            "Sample variance of the accuracy across folds (clean: the whole held-out fold).", "clean",
+            clean=lambda c: _variance(None if c["test_acc_std"] is None else c["test_acc_std"] ** 2),
+            attacked=lambda c, r: _variance(r["adv_acc_var"]))
+
+    def _per_point_table(self, heading: str, note: str, clean_header: str, clean, attacked) -> str:
+        """One table per dataset: a row per configuration, a column per attack@epsilon."""
+        parts = [heading, note]
         for dataset in self._datasets():
             points = self._attack_points(dataset)
             rows = []
             for config in self._configs(dataset):
-                std = config["test_acc_std"]
-                row = [self._label(config), _variance(None if std is None else std ** 2)]
-                for label, eps_label, _ in points:
-                    cell = self._cell(config, label, eps_label)
-                    row.append("" if cell is None else _variance(cell["adv_acc_var"]))
-                rows.append(row)
-            header = ["model / quantizer", "clean"] + [f"{label}@{eps}" for label, eps, _ in points]
+                cells = [self._cell(config, label, eps_label) for label, eps_label, _ in points]
+                rows.append([self._label(config), clean(config),
+                             *["" if cell is None else attacked(config, cell) for cell in cells]])
+            header = ["model / quantizer", clean_header] + [f"{label}@{eps}" for label, eps, _ in points]
             parts += [f"### {dataset}", markdown_table(header, rows)]
         return "\n\n".join(parts)
 
@@ -200,8 +195,12 @@ class _Report:
 
     def _classes(self, dataset: str) -> int:
         """The dataset's class count (0 if unknown: rows from a schema-1 store)."""
+        return self._class_counts.get(dataset, 0)
+
+    @cached_property
+    def _class_counts(self) -> dict[str, int]:
         rows = self._records("SELECT max(n_classes) AS n, dataset, dataset_options FROM results GROUP BY ALL")
-        return next((r["n"] for r in rows if _dataset_name(r) == dataset and r["n"]), 0)
+        return {_dataset_name(r): r["n"] for r in rows if r["n"]}
 
     def _pareto(self) -> str:
         from sweeper import figures

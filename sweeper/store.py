@@ -392,9 +392,13 @@ def set_aside(location: Location, damaged: Iterable[str]) -> list[str]:
 class CompactReport:
     before: int  # fragments read
     after: int  # files written
-    rows: int
-    duplicates: int  # rows dropped: their cell was stored twice
-    damaged: tuple[str, ...]  # set aside, as a launch would
+    table: pa.Table = field(repr=False)  # every row now in the store, one per cell
+    duplicates: int = 0  # rows dropped: their cell was stored twice
+    damaged: tuple[str, ...] = ()  # set aside, as a launch would
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
 
 
 SORT_KEYS = [("dataset", "ascending"), ("model", "ascending"), ("quantizer", "ascending"),
@@ -412,7 +416,7 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
     paths = fragments(location)
     merged = read_fragments(location, paths)
     if not paths or (len(paths) == 1 and not merged.damaged and _is_compacted(location, paths[0])):
-        return CompactReport(len(paths), len(paths), merged.table.num_rows, 0, ())
+        return CompactReport(len(paths), len(paths), merged.table)
     set_aside(location, merged.damaged)
     table = merged.table.sort_by(SORT_KEYS)
     records = [record for path in paths if path not in merged.damaged
@@ -424,7 +428,7 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
     for path in paths:
         if path not in merged.damaged:
             location.fs.delete_file(path)
-    return CompactReport(len(paths), len(written), table.num_rows, merged.duplicates, merged.damaged)
+    return CompactReport(len(paths), len(written), table, merged.duplicates, merged.damaged)
 
 
 def _is_compacted(location: Location, path: str) -> bool:

@@ -97,7 +97,7 @@ def finish(location: store.Location) -> store.CompactReport:
     from sweeper import diagnostics
 
     compacted = store.compact(location)
-    diagnostics.write(location)
+    diagnostics.write(location, compacted.table)
     return compacted
 
 
