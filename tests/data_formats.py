@@ -94,21 +94,31 @@ class GscClip:
     path: Path
     samples: int
     frequency: float
+    speaker: str
 
 
 def write_gsc(data_dir: Path, clips_per_word: int = 6,
-              noise_seconds: tuple[float, ...] = (4.0, 3.0), seed: int = 0) -> list[GscClip]:
+              noise_seconds: tuple[float, ...] = (4.0, 3.0), seed: int = 0,
+              speakers: int = 0) -> list[GscClip]:
     """A Speech Commands v0.02 folder in ``data_dir/speech_commands_v0.02``: one folder per
     word of 16 kHz mono 16-bit WAVs named ``<speaker>_nohash_<n>.wav``, each word a tone of
-    its own frequency (plus a faint hiss) at a random loudness. Clips n = 2, 5, 8, ... last
-    0.6 s, clip 1 lasts 1.25 s, the others 1 s. Also ``_background_noise_`` with noise
-    recordings of ``noise_seconds`` (and a README, as in the real set)."""
+    its own frequency (plus a faint hiss) at a random loudness. Clips number 2, 5, 8, ...
+    of a word last 0.6 s, number 1 lasts 1.25 s, the others 1 s. Also
+    ``_background_noise_`` with noise recordings of ``noise_seconds`` (and a README, as in
+    the real set).
+
+    ``speakers=0``: every clip has a speaker of its own (n is then the clip's number).
+    ``speakers=S``: as in the real set, S speakers say every word in turn (clip i of word
+    w is speaker (i + w) mod S), some more than once, n counting their repetitions of
+    the word. The sound is the same either way; only the file names differ."""
     root = Path(data_dir) / "speech_commands_v0.02"
     rng = np.random.default_rng(seed)
+    pool = [f"{v:08x}" for v in np.random.default_rng(seed + 1).integers(16 ** 8, size=speakers)]
     words = sorted(set(GSC_PAPER) | set(GSC_MLPERF) | set(GSC_EXTRA))
     clips = []
     for index, word in enumerate(words):
         frequency = 200.0 + 150.0 * index  # 200..3650 Hz: inside the 20-4000 Hz mel range
+        said: dict[str, int] = {}  # speaker -> clips of this word so far
         for n in range(clips_per_word):
             seconds = 0.6 if n % 3 == 2 else 1.25 if n == 1 else 1.0
             t = np.arange(int(seconds * 16000)) / 16000
@@ -116,9 +126,13 @@ def write_gsc(data_dir: Path, clips_per_word: int = 6,
             # only int16 rounding noise, whose level would vary with the loudness.
             tone = np.sin(2 * np.pi * frequency * t + rng.uniform(0, 6))
             wave_ = rng.uniform(0.2, 0.9) * (tone + rng.normal(0, 0.01, len(t)))
-            path = root / word / f"{rng.integers(16 ** 8):08x}_nohash_{n}.wav"
+            speaker, number = f"{rng.integers(16 ** 8):08x}", n  # drawn either way: same sounds
+            if speakers:
+                speaker = pool[(n + index) % speakers]
+                number = said[speaker] = said.get(speaker, -1) + 1
+            path = root / word / f"{speaker}_nohash_{number}.wav"
             write_wav(path, wave_)
-            clips.append(GscClip(word, path, len(t), frequency))
+            clips.append(GscClip(word, path, len(t), frequency, speaker))
     for index, seconds in enumerate(noise_seconds):
         noise = rng.normal(0, 0.3, int(seconds * 16000)).clip(-1, 1)
         write_wav(root / "_background_noise_" / f"noise_{index}.wav", noise)
