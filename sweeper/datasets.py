@@ -1,9 +1,10 @@
 """Datasets: loaders that return every sample of a dataset as arrays, and K-fold splits.
 
 A loader returns the *pooled* dataset (all samples, official train and test splits
-together) scaled to its ``clip_values``; ``fold_split`` then makes the stratified K-fold
-train/test split that a training job uses, reproducibly from the seed. Loaders run once
-per sweep on the driver; trials get the arrays through Ray's object store.
+together); ``fold_split`` then makes the stratified K-fold train/test split that a
+training job uses, reproducibly from the seed, and ``prepare_fold`` turns the pooled
+dataset into what that job trains and attacks on. Loaders run once per sweep on the
+driver; trials get the arrays through Ray's object store.
 
 Datasets and their options (``DatasetSpec.options`` holds the defaults):
 
@@ -14,8 +15,24 @@ Datasets and their options (``DatasetSpec.options`` holds the defaults):
   ``cifar10``; SVHN's label 10 is digit 0.
 - ``gsc``: Google Speech Commands v0.02 as MLPerf Tiny keyword-spotting MFCCs,
   (N, 49, 10, 1); ``labels="paper"`` (yes, no, zero..nine) or ``"mlperf"`` (ten words,
-  silence, unknown). MFCCs are not in [0, 1]: ``clip_values`` is the (min, max) of the
-  loaded features.
+  silence, unknown).
+
+Scale. Attack budgets (eps 0.05, 8/255) are shares of the feature range, so every
+dataset a job sees lies in [0, 1]: images as pixels/255 at load time. Raw MFCCs span
+about [-124, 25], one coefficient far wider than another, so the loader returns them raw
+(``clip_values`` their min and max) and ``prepare_fold`` min-max scales each of the 10
+coefficients with statistics of the *training fold only* (a test sample must not shape
+its own scaling), clipping test samples into [0, 1]. ``Dataset.scaling`` records the
+rule; ``shape`` gives input shape and class count without loading anything.
+
+Groups. Samples that share a source must not straddle a split, or a model is tested on
+what it has already heard. ``gsc`` clips are named ``<speaker>_nohash_<n>.wav``, so its
+``groups`` are speakers (a file without ``_nohash_`` is its own speaker); silence
+segments are cut from a few long background recordings, so each recording is a group
+too. ``fold_split`` keeps a group on one side (StratifiedGroupKFold). What cannot be
+grouped: SVHN's ``.mat`` files carry no source-image or house ids, so near-duplicate
+crops of one house number can straddle folds; CIFAR-10 and scikit-learn's digits carry
+no source or writer ids either. Those get ``groups=None`` and a plain stratified split.
 
 Files live under a data directory (``resolve_data_dir``: the grid's ``data_dir``, else
 ``$SWEEPER_DATA_DIR``, else a per-user cache). Missing files are downloaded from the
@@ -35,9 +52,9 @@ import pickle
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +69,14 @@ class Dataset:
     y: np.ndarray  # int64 class indices
     class_names: tuple[str, ...]
     clip_values: tuple[float, float] = (0.0, 1.0)
+    groups: np.ndarray | None = None  # int64 source id per sample (speaker...); None: no ids
+    grouping: str = "none"  # what a group is, in words, as results store it
+    scaling: str = "as loaded"  # how x was scaled, in words, as results store it
+
+    def __post_init__(self):
+        if self.groups is not None and len(self.groups) != len(self.y):
+            raise ValueError(f"dataset {self.name!r}: {len(self.groups)} groups "
+                             f"for {len(self.y)} samples")
 
     @property
     def nb_classes(self) -> int:
@@ -62,15 +87,24 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
 
+def _unchanged(data: Dataset, train_idx: np.ndarray) -> Dataset:
+    return data
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: its loader and the options a grid may set for it."""
+    """A registered dataset: its loader, the options a grid may set for it, how a fold
+    is prepared for training, and its shape without loading it."""
 
     name: str
     load: Callable[..., Dataset]  # load(data_dir: Path, **options) -> Dataset
     options: Mapping[str, Any] = field(default_factory=dict)  # option -> default
     description: str = ""
     choices: Mapping[str, tuple] = field(default_factory=dict)  # option -> accepted values
+    # prepare(data, train_idx) -> the dataset a job trains and attacks on (see prepare_fold)
+    prepare: Callable[[Dataset, np.ndarray], Dataset] = _unchanged
+    # shape(**options) -> (input_shape, nb_classes), without loading; None: not declared
+    shape: Callable[..., tuple[tuple[int, ...], int]] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -180,6 +214,7 @@ def _load_digits(data_dir: Path | None = None) -> Dataset:
         x=x,
         y=digits.target.astype(np.int64),
         class_names=tuple(str(c) for c in range(10)),
+        scaling="digits/16",
     )
 
 
@@ -188,10 +223,23 @@ def _load_digits(data_dir: Path | None = None) -> Dataset:
 BT601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights for R, G, B
 
 
-def _scale_images(images: np.ndarray, grayscale: bool) -> np.ndarray:
-    """uint8 NHWC RGB -> float32 in [0, 1], optionally one BT.601 luma channel."""
+def _check_grayscale(grayscale: Any) -> None:
     if not isinstance(grayscale, bool):
         raise UserError(f"option 'grayscale' must be true or false, not {grayscale!r}")
+
+
+def _image_shape(grayscale: bool = False) -> tuple[tuple[int, ...], int]:
+    _check_grayscale(grayscale)
+    return (32, 32, 1 if grayscale else 3), 10
+
+
+def _image_scaling(grayscale: bool) -> str:
+    return "pixels/255, BT.601 luma" if grayscale else "pixels/255"
+
+
+def _scale_images(images: np.ndarray, grayscale: bool) -> np.ndarray:
+    """uint8 NHWC RGB -> float32 in [0, 1], optionally one BT.601 luma channel."""
+    _check_grayscale(grayscale)
     if not grayscale:
         x = images.astype(np.float32, order="C")  # C order: the source is often a transposed view
         x /= 255.0
@@ -225,7 +273,8 @@ def _load_cifar10(data_dir: Path, grayscale: bool = False) -> Dataset:
     names = tuple(name.decode() for name in _unpickle(folder / "batches.meta")[b"label_names"])
     # Each row holds the 32x32 R plane, then G, then B, each row-major: -> NHWC.
     images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return Dataset("cifar10", _scale_images(images, grayscale), labels, names)
+    return Dataset("cifar10", _scale_images(images, grayscale), labels, names,
+                   scaling=_image_scaling(grayscale))
 
 
 SVHN_DIR = "svhn"
@@ -250,7 +299,9 @@ def _load_svhn(data_dir: Path, grayscale: bool = False) -> Dataset:
     labels = np.concatenate([part["y"].ravel() for part in parts]).astype(np.int64)
     labels[labels == 10] = 0  # SVHN stores digit 0 as label 10
     names = tuple(str(digit) for digit in range(10))
-    return Dataset("svhn", _scale_images(images, grayscale), labels, names)
+    # No grouping: the .mat files hold no source-image or house ids (module docstring).
+    return Dataset("svhn", _scale_images(images, grayscale), labels, names,
+                   scaling=_image_scaling(grayscale))
 
 
 # --- Google Speech Commands as MLPerf Tiny keyword-spotting MFCCs ----------------------
@@ -350,10 +401,35 @@ def _unknown(folder: Path, words: Sequence[str], count: int,
     return [(others[index], 0) for index in chosen]
 
 
-def _load_gsc(data_dir: Path, labels: str = "paper") -> Dataset:
+def _speaker(path: Path) -> str:
+    """The speaker of a clip named ``<speaker>_nohash_<n>.wav``; a file named otherwise
+    is its own speaker (its full path: the same name may be in two word folders)."""
+    head, separator, _ = path.name.partition("_nohash_")
+    return head if separator else str(path)
+
+
+def _gsc_groups(clips: Sequence[tuple[Path, int]], noise: Mapping[Path, np.ndarray]) -> np.ndarray:
+    """One int64 id per clip: its speaker, or for a silence segment its noise file (every
+    file a group of its own, apart from every speaker). Ids follow sorted names."""
+    keys = [("noise", str(path)) if path in noise else ("speaker", _speaker(path))
+            for path, _ in clips]
+    ids = {key: index for index, key in enumerate(sorted(set(keys)))}
+    return np.array([ids[key] for key in keys], np.int64)
+
+
+def _check_labels(labels: Any) -> None:
     if labels not in GSC_WORDS:
         raise UserError(f"dataset 'gsc': option 'labels' must be one of "
                         f"{', '.join(GSC_WORDS)}, not {labels!r}")
+
+
+def _gsc_shape(labels: str = "paper") -> tuple[tuple[int, ...], int]:
+    _check_labels(labels)  # both sets have 12 classes: 12 words, or 10 + silence + unknown
+    return (49, _MFCCS, 1), len(GSC_WORDS[labels]) + (2 if labels == "mlperf" else 0)
+
+
+def _load_gsc(data_dir: Path, labels: str = "paper") -> Dataset:
+    _check_labels(labels)
     folder, words = data_dir / GSC_DIR, GSC_WORDS[labels]
     required = words + ((GSC_NOISE_DIR,) if labels == "mlperf" else ())
     _ensure("gsc", folder, required, f"folders {', '.join(required)} of 16 kHz WAV files",
@@ -367,42 +443,90 @@ def _load_gsc(data_dir: Path, labels: str = "paper") -> Dataset:
         rng, size = np.random.default_rng(GSC_SEED), round(np.mean([len(c) for c in clips]))
         noise = {path: _read_wav(path) for path in sorted((folder / GSC_NOISE_DIR).glob("*.wav"))}
         clips += [_silence(noise, size, rng), _unknown(folder, words, size, rng)]
-    x = _gsc_features([clip for group in clips for clip in group], noise)
+    pooled = [clip for group in clips for clip in group]
+    x = _gsc_features(pooled, noise)
     y = np.repeat(np.arange(len(clips), dtype=np.int64), [len(group) for group in clips])
     names = words + (("silence", "unknown") if labels == "mlperf" else ())
-    # MFCCs are unbounded: attacks clip to the range the data actually spans.
+    # Raw MFCCs are unbounded: their range until prepare_fold scales them to [0, 1].
     clip_values = (float(x.min()), float(x.max())) if len(x) else (0.0, 0.0)
-    return Dataset("gsc", x, y, names, clip_values)
+    grouping = "speaker" + (" (silence: background-noise file)" if labels == "mlperf" else "")
+    return Dataset("gsc", x, y, names, clip_values, groups=_gsc_groups(pooled, noise),
+                   grouping=grouping, scaling="raw MFCC")
+
+
+GSC_SCALING = "per-MFCC-coefficient min-max of the training fold, clipped to [0, 1]"
+
+
+def _scale_mfccs(data: Dataset, train_idx: np.ndarray) -> Dataset:
+    """Each MFCC coefficient (axis -2) min-max scaled over the training fold's samples and
+    frames, then clipped to [0, 1]: an eps is then the same share of every coefficient's
+    range (raw, c0 spans ~100 and c9 a few units). Test samples take no part in the
+    statistics. A constant coefficient maps to 0 instead of dividing by zero."""
+    if not len(train_idx):
+        raise ValueError(f"dataset {data.name!r}: an empty training fold cannot be scaled")
+    train = data.x[train_idx]
+    axes = tuple(axis for axis in range(train.ndim) if axis != train.ndim - 2)
+    low = train.min(axis=axes, keepdims=True)
+    span = train.max(axis=axes, keepdims=True) - low
+    span[span == 0] = 1
+    x = (data.x - low) / span  # float32; a division, so the training max maps to exactly 1
+    np.clip(x, 0.0, 1.0, out=x)
+    return replace(data, x=x, clip_values=(0.0, 1.0), scaling=GSC_SCALING)
 
 
 # --- registry and public entry points ---------------------------------------------------
 
 DATASETS.add("digits", DatasetSpec(
     "digits", _load_digits, {},
-    "scikit-learn's bundled 8x8 handwritten digits (embedded, offline)"))
+    "scikit-learn's bundled 8x8 handwritten digits (embedded, offline)",
+    shape=lambda: ((8, 8, 1), 10)))
 DATASETS.add("cifar10", DatasetSpec(
     "cifar10", _load_cifar10, {"grayscale": False},
     "CIFAR-10 python batches, train+test pooled, 32x32 RGB (or BT.601 grayscale) in [0, 1]",
-    {"grayscale": (False, True)}))
+    {"grayscale": (False, True)}, shape=_image_shape))
 DATASETS.add("svhn", DatasetSpec(
     "svhn", _load_svhn, {"grayscale": False},
     "SVHN cropped digits (train+test .mat, no extra), 32x32 RGB (or grayscale) in [0, 1]",
-    {"grayscale": (False, True)}))
+    {"grayscale": (False, True)}, shape=_image_shape))
 DATASETS.add("gsc", DatasetSpec(
     "gsc", _load_gsc, {"labels": "paper"},
-    "Google Speech Commands v0.02 as MLPerf Tiny 49x10 MFCCs; labels: paper (yes, no, "
-    "zero..nine) or mlperf (10 words, silence, unknown)",
-    {"labels": ("paper", "mlperf")}))
+    "Google Speech Commands v0.02 as MLPerf Tiny 49x10 MFCCs, speaker-grouped, scaled to "
+    "[0, 1] per coefficient on each training fold; labels: paper (yes, no, zero..nine) or "
+    "mlperf (10 words, silence, unknown)",
+    {"labels": ("paper", "mlperf")}, prepare=_scale_mfccs, shape=_gsc_shape))
+
+
+def _with_defaults(spec: DatasetSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise UserError(f"dataset {spec.name!r}: unknown option {unknown[0]!r}; "
+                        f"accepted: {', '.join(spec.options) or 'none'}")
+    return {**spec.options, **options}
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Dataset:
     """Load a registered dataset with its options; defaults fill the options not given."""
     spec = DATASETS.get(name)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise UserError(f"dataset {name!r}: unknown option {unknown[0]!r}; "
-                        f"accepted: {', '.join(spec.options) or 'none'}")
-    return spec.load(resolve_data_dir(data_dir), **{**spec.options, **options})
+    return spec.load(resolve_data_dir(data_dir), **_with_defaults(spec, options))
+
+
+def shape(name: str, options: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()
+          ) -> tuple[tuple[int, ...], int]:
+    """(input_shape, nb_classes) of a dataset with its options (a mapping or the pairs of
+    a dataset key), without loading it: models can be fingerprinted before the data is
+    there. The same shape ``load`` and ``prepare_fold`` give."""
+    spec = DATASETS.get(name)
+    options = _with_defaults(spec, dict(options))
+    if spec.shape is None:
+        raise UserError(f"dataset {name!r} does not declare its shape; load it instead")
+    return spec.shape(**options)
+
+
+def prepare_fold(data: Dataset, train_idx: np.ndarray) -> Dataset:
+    """The dataset as a training job with training indices ``train_idx`` must see it: its
+    spec's ``prepare`` (gsc: MFCCs scaled with statistics of ``data.x[train_idx]`` only);
+    the same object for datasets that need nothing (the images, already in [0, 1])."""
+    return DATASETS.get(data.name).prepare(data, np.asarray(train_idx))
 
 
 def load_all(data_dir: str | os.PathLike | None,
@@ -412,14 +536,27 @@ def load_all(data_dir: str | os.PathLike | None,
     return {key: load(key[0], data_dir, **dict(key[1])) for key in dict.fromkeys(keys)}
 
 
-def fold_split(y: np.ndarray, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices of fold ``fold`` of a stratified, shuffled K-fold split."""
-    from sklearn.model_selection import StratifiedKFold
+def fold_split(y: np.ndarray, k: int, fold: int, seed: int,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of fold ``fold`` of a stratified, shuffled K-fold split.
+    With ``groups`` (``Dataset.groups``) no group straddles the split: scikit-learn's
+    StratifiedGroupKFold, stratified as far as whole groups allow. Without, the plain
+    StratifiedKFold, whose folds for a seed must not change between versions."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if not 0 <= fold < k:
         raise ValueError(f"fold {fold} out of range for k={k}")
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for index, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        if len(groups) != len(y):
+            raise ValueError(f"{len(groups)} groups for {len(y)} samples")
+        count = len(np.unique(groups))
+        if count < k:
+            raise UserError(f"k={k} folds need at least {k} groups of samples (speakers, "
+                            f"for gsc) to keep each group on one side, but there are {count}")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for index, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
         if index == fold:
             return train, test
     raise AssertionError("unreachable")

@@ -1,16 +1,20 @@
 """Datasets: the embedded digits set, reproducible stratified K-fold splits, and the real
-datasets (CIFAR-10, SVHN, Speech Commands) loaded from small files in their real formats."""
+datasets (CIFAR-10, SVHN, Speech Commands) loaded from small files in their real formats;
+Speech Commands folds that keep each speaker (and each noise recording) on one side, and
+MFCCs scaled to [0, 1] from the training fold alone."""
 
 from __future__ import annotations
 
 import tarfile
 import wave
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from sweeper import datasets
 from sweeper.errors import NotAvailableError, UserError
+from sweeper.registry import Registry
 from tests.data_formats import (BLUE_PIXEL, CIFAR10_NAMES, GSC_MLPERF, GSC_PAPER, RED_PIXEL,
                                 write_cifar10, write_gsc, write_svhn)
 
@@ -34,6 +38,28 @@ def test_folds_partition_the_data_stratified_and_reproducibly():
         assert np.allclose(share, np.bincount(y, minlength=10) / len(y), atol=0.01)
     other_seed = datasets.fold_split(y, 3, 0, seed=8)[1]
     assert not np.array_equal(np.sort(other_seed), np.sort(tests[0]))
+
+
+def test_plain_split_is_still_sklearns_stratified_kfold():
+    # Datasets without groups keep exactly the folds earlier versions made for a seed.
+    from sklearn.model_selection import StratifiedKFold
+
+    y = datasets.load("digits").y
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=3).split(np.zeros(len(y)), y))
+    for fold, (train, test) in enumerate(folds):
+        for split in (datasets.fold_split(y, 5, fold, 3),
+                      datasets.fold_split(y, 5, fold, 3, groups=None)):
+            np.testing.assert_array_equal(split[0], train)
+            np.testing.assert_array_equal(split[1], test)
+
+
+def test_grouped_split_needs_a_group_per_fold():
+    y, groups = np.arange(30) % 3, np.arange(30) % 4
+    assert len(datasets.fold_split(y, 4, 0, 0, groups)[1])  # four groups: four folds
+    with pytest.raises(UserError, match="k=5 folds need at least 5 groups.*there are 4$"):
+        datasets.fold_split(y, 5, 0, 0, groups)
+    with pytest.raises(ValueError, match="29 groups for 30 samples"):
+        datasets.fold_split(y, 3, 0, 0, groups[1:])
 
 
 def test_fold_out_of_range():
@@ -104,6 +130,67 @@ def test_svhn_pools_train_and_test_and_maps_10_to_0(tmp_path):
     np.testing.assert_allclose(gray.x[..., 0], images @ BT601 / 255.0, atol=1e-6)
 
 
+def test_images_have_no_groups_and_say_how_they_were_scaled(tmp_path):
+    write_cifar10(tmp_path, per_batch=4)
+    write_svhn(tmp_path, train=5, test=5)
+    loaded = {("digits", False): datasets.load("digits")}
+    for name in ("cifar10", "svhn"):
+        for gray in (False, True):
+            loaded[name, gray] = datasets.load(name, tmp_path, grayscale=gray)
+    for (name, gray), data in loaded.items():
+        assert data.groups is None and data.grouping == "none", name
+        assert data.clip_values == (0.0, 1.0)
+        expected = "digits/16" if name == "digits" else \
+            "pixels/255, BT.601 luma" if gray else "pixels/255"
+        assert data.scaling == expected
+        # Already in [0, 1]: a training fold sees them as loaded, the very same object.
+        assert datasets.prepare_fold(data, np.arange(3)) is data
+
+
+def test_shape_without_loading_matches_the_loaders(tmp_path, gsc_data):
+    write_cifar10(tmp_path, per_batch=4)
+    write_svhn(tmp_path, train=5, test=5)
+    loaded = {("digits", ()): datasets.load("digits"),
+              **{("gsc", (("labels", labels),)): data for labels, data in gsc_data.items()}}
+    for name in ("cifar10", "svhn"):
+        for gray in (False, True):
+            loaded[name, (("grayscale", gray),)] = datasets.load(name, tmp_path, grayscale=gray)
+    assert len(loaded) == 7
+    for (name, options), data in loaded.items():
+        assert datasets.shape(name, options) == (data.input_shape, data.nb_classes), name
+        assert datasets.shape(name, dict(options)) == datasets.shape(name, options)
+    assert datasets.shape("cifar10") == ((32, 32, 3), 10)  # defaults fill what is not given
+    assert datasets.shape("gsc") == datasets.shape("gsc", {"labels": "mlperf"}) == ((49, 10, 1), 12)
+    prepared = datasets.prepare_fold(gsc_data["paper"], np.arange(40))
+    assert datasets.shape("gsc") == (prepared.input_shape, prepared.nb_classes)
+
+
+def test_shape_checks_options_as_load_does(monkeypatch):
+    with pytest.raises(UserError, match="dataset 'cifar10': unknown option 'colour'"):
+        datasets.shape("cifar10", {"colour": True})
+    with pytest.raises(UserError, match="'grayscale' must be true or false, not 'yes'"):
+        datasets.shape("svhn", {"grayscale": "yes"})
+    with pytest.raises(UserError, match="dataset 'gsc': option 'labels' must be one of"):
+        datasets.shape("gsc", {"labels": "all"})
+    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
+        datasets.shape("mnist")
+    registry = Registry("dataset")  # a plug-in that declares no shape
+    registry.add("mine", datasets.DatasetSpec("mine", lambda data_dir: None))
+    monkeypatch.setattr(datasets, "DATASETS", registry)
+    with pytest.raises(UserError, match="dataset 'mine' does not declare its shape"):
+        datasets.shape("mine")
+
+
+def test_prepare_fold_runs_the_registered_preparation(monkeypatch):
+    registry = Registry("dataset")
+    calls = []
+    prepare = lambda data, train: calls.append(train.tolist()) or data  # noqa: E731
+    registry.add("mine", datasets.DatasetSpec("mine", lambda data_dir: None, prepare=prepare))
+    monkeypatch.setattr(datasets, "DATASETS", registry)
+    data = datasets.Dataset("mine", np.zeros((4, 2, 1), np.float32), np.arange(4), ("a",) * 4)
+    assert datasets.prepare_fold(data, [0, 2]) is data and calls == [[0, 2]]
+
+
 def test_bad_options_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown option 'colour'"):
         datasets.load("cifar10", tmp_path, colour=True)
@@ -124,8 +211,16 @@ def test_every_dataset_registers_its_options_with_defaults():
 
 @pytest.fixture(scope="module")
 def gsc_dir(tmp_path_factory):
+    # Five speakers say every word in turn, one of them twice per word, as in the real set.
     directory = tmp_path_factory.mktemp("gsc")
-    return directory, write_gsc(directory, clips_per_word=6)
+    return directory, write_gsc(directory, clips_per_word=6, speakers=5)
+
+
+@pytest.fixture(scope="module")
+def gsc_data(gsc_dir):
+    directory, _ = gsc_dir
+    return {labels: datasets.load("gsc", directory, labels=labels)
+            for labels in ("paper", "mlperf")}
 
 
 def _reference_mfcc(path) -> np.ndarray:
@@ -202,6 +297,124 @@ def test_gsc_mlperf_labels_add_sized_silence_and_unknown(gsc_dir):
     assert not np.any(np.all(np.abs(data.x[data.y == 10][:, 30:, 1:, 0]) < 1e-3, axis=(1, 2)))
     again = datasets.load("gsc", directory, labels="mlperf")
     np.testing.assert_array_equal(again.x, data.x)  # silence/unknown drawn reproducibly
+
+
+# --- Speech Commands: speaker groups -------------------------------------------------
+
+def _straddling(groups: np.ndarray, train: np.ndarray, test: np.ndarray) -> set[int]:
+    """The groups with samples on both sides of a split."""
+    return set(groups[train].tolist()) & set(groups[test].tolist())
+
+
+def test_gsc_groups_are_speakers_then_noise_files(gsc_dir, gsc_data):
+    _, clips = gsc_dir
+    paper, mlperf = gsc_data["paper"], gsc_data["mlperf"]
+    assert paper.grouping == "speaker"
+    assert mlperf.grouping == "speaker (silence: background-noise file)"
+    # Clips load word by word in file-name order: the fixture's speakers, in that order.
+    speakers = [c.speaker for word in GSC_PAPER
+                for c in sorted((c for c in clips if c.word == word), key=lambda c: c.path)]
+    assert paper.groups.dtype == np.int64 and len(paper.groups) == len(paper.y) == 72
+    ids = dict(zip(speakers, paper.groups.tolist()))
+    assert len(ids) == len(set(ids.values())) == 5  # one id per speaker and back
+    assert [ids[speaker] for speaker in speakers] == paper.groups.tolist()
+    # mlperf: silence gets the two noise files' groups, apart from the five speakers (of
+    # the words and of the unknown clips, which are other words by the same speakers).
+    silence = set(mlperf.groups[mlperf.y == 10].tolist())
+    spoken = set(mlperf.groups[mlperf.y != 10].tolist())
+    assert len(silence) == 2 and len(spoken) == 5 and not silence & spoken
+    assert set(mlperf.groups[mlperf.y == 11].tolist()) <= set(mlperf.groups[mlperf.y < 10].tolist())
+
+
+@pytest.mark.parametrize("labels", ["paper", "mlperf"])
+@pytest.mark.parametrize("k, seed", [(3, 0), (3, 11), (5, 4)])
+def test_gsc_folds_keep_each_speaker_and_noise_file_on_one_side(gsc_data, labels, k, seed):
+    data = gsc_data[labels]
+    tests = []
+    for fold in range(k):
+        train, test = datasets.fold_split(data.y, k, fold, seed, data.groups)
+        assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(data.y)))
+        assert not _straddling(data.groups, train, test)
+        silence = data.groups[data.y == 10] if labels == "mlperf" else []
+        for group in set(silence):  # each recording's segments all train, or all test
+            assert len({index in set(test) for index in np.flatnonzero(data.groups == group)}) == 1
+        tests.append(test)
+    assert sorted(np.concatenate(tests).tolist()) == list(range(len(data.y)))  # a partition
+    again = datasets.fold_split(data.y, k, 1, seed, data.groups)[1]
+    np.testing.assert_array_equal(again, tests[1])
+
+
+@pytest.mark.parametrize("labels", ["paper", "mlperf"])
+def test_plain_stratified_split_leaks_speakers_on_the_same_data(gsc_data, labels):
+    # What the grouped split prevents: without groups, every fold of this data tests on
+    # speakers (and in mlperf noise recordings) that it also trains on.
+    data = gsc_data[labels]
+    for fold in range(3):
+        train, test = datasets.fold_split(data.y, 3, fold, 0)
+        assert _straddling(data.groups, train, test)
+        if labels == "mlperf":
+            assert _straddling(data.groups, train[data.y[train] == 10], test[data.y[test] == 10])
+
+
+def test_gsc_needs_more_speakers_than_folds(gsc_data):
+    data = gsc_data["paper"]  # five speakers
+    with pytest.raises(UserError, match="k=6 folds need at least 6 groups .* there are 5"):
+        datasets.fold_split(data.y, 6, 0, 0, data.groups)
+
+
+# --- Speech Commands: MFCCs scaled on the training fold --------------------------------
+
+def _coefficient_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per MFCC coefficient (axis -2): min and max over samples, frames and channel."""
+    return x.min(axis=(0, 1, 3)), x.max(axis=(0, 1, 3))
+
+
+def test_gsc_prepare_fold_scales_each_coefficient_to_the_training_range(gsc_data):
+    raw = gsc_data["mlperf"]
+    assert raw.scaling == "raw MFCC" and raw.clip_values[0] < -1  # as loaded
+    train, test = datasets.fold_split(raw.y, 3, 0, 0, raw.groups)
+    data = datasets.prepare_fold(raw, train)
+    assert data.clip_values == (0.0, 1.0) and data.x.dtype == np.float32
+    assert data.scaling == "per-MFCC-coefficient min-max of the training fold, clipped to [0, 1]"
+    low, high = _coefficient_range(data.x[train])
+    np.testing.assert_array_equal(low, np.zeros(10))  # exactly: eps is a share of [0, 1]
+    np.testing.assert_array_equal(high, np.ones(10))
+    assert data.x.min() >= 0.0 and data.x.max() <= 1.0  # test samples clipped in
+    # Per coefficient, an affine map of the raw values: (raw - min) / (max - min).
+    raw_low, raw_high = _coefficient_range(raw.x[train])
+    expected = (raw.x[train] - raw_low[:, None]) / (raw_high - raw_low)[:, None]
+    np.testing.assert_allclose(data.x[train], expected, atol=1e-6)
+    assert np.all((raw_high - raw_low)[0] > 10 * (raw_high - raw_low)[9])  # why per coefficient
+    for field in ("y", "groups"):
+        np.testing.assert_array_equal(getattr(data, field), getattr(raw, field))
+    assert (data.name, data.class_names, data.grouping) == (raw.name, raw.class_names, raw.grouping)
+    assert raw.scaling == "raw MFCC" and raw.clip_values[0] < -1  # the loaded copy untouched
+
+
+def test_gsc_scaling_ignores_test_samples_and_clips_them(gsc_data):
+    raw = gsc_data["paper"]
+    train, test = datasets.fold_split(raw.y, 3, 1, 5, raw.groups)
+    wild = raw.x.copy()
+    wild[test[0]] = 1e4  # far above and below anything in the training fold
+    wild[test[1]] = -1e4
+    changed = datasets.prepare_fold(replace(raw, x=wild), train)
+    plain = datasets.prepare_fold(raw, train)
+    np.testing.assert_array_equal(changed.x[train], plain.x[train])  # statistics: train only
+    np.testing.assert_array_equal(changed.x[test[2:]], plain.x[test[2:]])
+    assert np.all(changed.x[test[0]] == 1.0) and np.all(changed.x[test[1]] == 0.0)
+    # Other test samples outside the training range are clipped to it, not scaled past it.
+    outside = (raw.x[test] < _coefficient_range(raw.x[train])[0][:, None]).any()
+    assert 0.0 <= plain.x[test].min() and plain.x[test].max() <= 1.0 and outside
+
+
+def test_gsc_scaling_maps_a_constant_coefficient_to_zero():
+    x = np.random.default_rng(0).normal(size=(6, 49, 10, 1)).astype(np.float32)
+    x[:, :, 3] = 7.0  # constant over the training fold
+    x[5, :, 3] = 9.0  # a test sample above it
+    data = datasets.Dataset("gsc", x, np.arange(6) % 2, ("a", "b"), (-5.0, 9.0))
+    scaled = datasets.prepare_fold(data, np.arange(5)).x
+    assert np.all(np.isfinite(scaled)) and np.all(scaled[:5, :, 3] == 0.0)
+    assert np.all(scaled[5, :, 3] == 1.0)  # clipped
 
 
 # --- data directory and missing data ----------------------------------------------------
