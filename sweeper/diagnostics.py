@@ -3,113 +3,220 @@
 Quantized networks often resist gradient attacks because their gradients are useless
 (step functions, saturated activations), not because they are robust (Athalye, Carlini
 and Wagner, 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019). For each
-trained configuration (dataset, model, quantizer and training setup), averaged across
-folds, five checks compare numbers the grid already has:
+trained configuration (``store.CONFIG_COLUMNS``: every fold of one trained setup), five
+checks compare numbers the grid already has:
 
-- ``single_step_beats_iterative``: FGSM leaves lower accuracy than an iterative white-box
-  attack (PGD, C&W) at the same norm and budget. Iterating should only help.
-- ``black_box_beats_white_box``: a black-box attack (Square, Boundary, ZOO) leaves lower
+- ``single_step_beats_iterative``: an iterative white-box attack (PGD, C&W) with at least
+  FGSM's budget (same norm, eps' >= eps; unbounded is above every budget) leaves more
+  accuracy than FGSM at eps. Iterating with at least the budget should never help the model.
+- ``black_box_beats_white_box``: a black-box attack (Square, Boundary, ZOO) leaves less
   accuracy than the best white-box attack at the same norm and budget.
-- ``accuracy_rises_with_eps``: an attack's accuracy at a larger epsilon is higher than at
-  a smaller one. A bigger ball contains the smaller one.
+- ``accuracy_rises_with_eps``: one attack (same label and parameters) leaves more accuracy
+  at a larger epsilon than at a smaller one. A bigger ball contains the smaller one.
 - ``adversarial_above_clean``: accuracy after the attack is above the clean accuracy of the
-  same samples. (sweeper attacks only the samples the model gets right, so with a
-  deterministic model this cannot fire; it guards against randomized inference.)
+  same samples.
 - ``large_eps_above_chance``: at a large budget (an L-inf-equivalent radius of at least
-  ``LARGE_EPS`` of the [0, 1] range per input value, or an unbounded minimal-perturbation
-  attack) accuracy stays far above chance. Every input can be changed at such a budget;
-  a correct, strong enough attack should get near chance or below.
+  ``LARGE_EPS`` of the row's own input range ``clip_max - clip_min`` per input value, or an
+  unbounded minimal-perturbation attack) accuracy stays more than ``FAR_ABOVE_CHANCE``
+  above chance. Every input can be changed at such a budget; a correct, strong enough
+  attack should get near chance or below.
+
+A *point* is one configuration at one ``store.POINT_COLUMNS`` value (attack, label, norm,
+eps, parameters, sample count): points that differ in any of them are never merged. A
+point pools the per-sample outcomes of all its folds, each sample keyed by
+``(fold, sample_index)``. Points at eps 0 are clean evaluations and are not judged.
+
+Statistics. Two accuracies measured on the same samples are not independent, so a
+comparison of points A and B is *paired*: their samples are aligned on
+``(fold, sample_index)`` (only samples both have), and the exact one-sided McNemar test
+asks whether B is correct more often than A: with b = #(A right, B wrong) and
+c = #(A wrong, B right), p = P(X >= c) for X ~ Binomial(b + c, 1/2). Clean against
+adversarial (``C``) pairs each sample's ``clean_correct`` with its ``adv_correct``; ``L`` is
+an exact one-sided binomial test of the pooled ``adv_correct`` against
+p0 = 1/n_classes + FAR_ABOVE_CHANCE. Within each configuration and check, the p-values of
+all judged comparisons are adjusted with Holm's step-down method, so each check has a
+family-wise false-alarm rate of at most ``ALPHA`` per configuration. A comparison fires
+when its Holm-adjusted p is below ``ALPHA`` and its effect (the accuracy difference on the
+aligned samples) is at least ``MIN_MARGIN`` (for ``L``: at least ``FAR_ABOVE_CHANCE`` above
+chance, which the test itself already demands).
 
 A check is *judged* only where the grid has the numbers it compares; each judged
 comparison is one row, with ``fired`` true or false, so a flag's absence can be told from
-a check that could not run. A difference counts only when it exceeds the sampling noise:
-twice its binomial standard error over all attacked samples, and at least ``MIN_MARGIN``.
-Flags are warning signs to investigate, not verdicts.
+a check that could not run. Rows without per-sample outcomes (schema-2 stores) cannot be
+judged at all, and ``L`` needs the row's clip range. Flags are warning signs to
+investigate, not verdicts.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sweeper import store
 from sweeper.attacks import ATTACKS
-from sweeper.expand import CLEAN
 
+ALPHA = 0.05  # family-wise error rate per configuration and check (Holm)
 MIN_MARGIN = 0.02  # an accuracy difference smaller than this is never a flag
-LARGE_EPS = 0.3  # L-inf-equivalent radius, share of the [0, 1] range, that counts as large
+LARGE_EPS = 0.3  # L-inf-equivalent radius, share of the row's input range, that counts as large
 FAR_ABOVE_CHANCE = 0.10  # "far above chance" at a large budget: at least this much
 
 CHECKS = {
-    "single_step_beats_iterative": "FGSM beats an iterative white-box attack at the same budget",
+    "single_step_beats_iterative": "an iterative white-box attack with at least FGSM's budget leaves more "
+                                   "accuracy than FGSM",
     "black_box_beats_white_box": "a black-box attack beats the best white-box attack at the same budget",
     "accuracy_rises_with_eps": "accuracy rises as epsilon grows",
     "adversarial_above_clean": "accuracy under attack is above clean accuracy",
     "large_eps_above_chance": "accuracy stays far above chance at a large budget",
 }
 
-# One trained configuration: folds of it are averaged together.
-CONFIG_COLUMNS = ["dataset", "dataset_options", "model", "quantizer", "train", "k", "seed"]
+# One trained configuration: the folds of it are pooled together. Kept under this name
+# for importers (the report); the store owns the definition.
+CONFIG_COLUMNS = store.CONFIG_COLUMNS
 
 SCHEMA = pa.schema([
     *[store.SCHEMA.field(name) for name in CONFIG_COLUMNS],
     pa.field("flag", pa.string()),  # which check (a column named "check" would need quoting in SQL)
     pa.field("attack_label", pa.string()),  # the attack whose number the flag qualifies
     pa.field("norm", pa.string()),
-    pa.field("eps", pa.float64()),
+    pa.field("eps", pa.float64()),  # +inf: unbounded
     pa.field("eps_label", pa.string()),
-    pa.field("value", pa.float64()),  # that number: its accuracy, mean over folds
-    pa.field("reference", pa.float64()),  # what it is compared with
+    # With the columns above these tell apart points that differ only in parameters or size.
+    pa.field("attack_params", pa.string()),
+    pa.field("n_samples", pa.int32()),
+    pa.field("value", pa.float64()),  # that attack's accuracy on the n_pairs samples compared
+    pa.field("reference", pa.float64()),  # what it is compared with, on the same samples
     pa.field("reference_label", pa.string()),  # where the reference comes from
-    pa.field("margin", pa.float64()),  # the difference needed to fire
+    pa.field("p_value", pa.float64()),  # exact one-sided test, before adjustment
+    pa.field("p_adjusted", pa.float64()),  # Holm-adjusted within the configuration and check
+    pa.field("n_pairs", pa.int64()),  # samples compared (aligned pairs; for L, samples tested)
     pa.field("fired", pa.bool_()),
     pa.field("detail", pa.string()),  # one sentence, for people
 ])
 
+# fold and sample_index packed into one sortable int64 key: sample_index < 2**40.
+_FOLD_SHIFT = 40
+_SCALARS = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max"]
+_OUTCOMES = ["sample_index", "clean_correct", "adv_correct"]
 
-@dataclass(frozen=True)
+
+@dataclass(eq=False)
 class Point:
-    """One attack at one epsilon on one configuration, averaged across folds."""
+    """One configuration at one POINT_COLUMNS value, its folds' samples pooled."""
 
+    config: tuple
     attack: str
     attack_label: str
     norm: str
     eps: float
     eps_label: str
-    adv_acc: float
-    clean_acc: float
-    samples: int  # attacked samples, all folds together
-    n_classes: int
-    n_features: int
+    attack_params: str
+    n_samples: int | None
+    n_classes: int | None
+    n_features: int | None
+    input_range: float | None  # the widest clip_max - clip_min of its rows; None if unknown
+    keys: np.ndarray  # sorted, unique (fold, sample_index) keys
+    clean: np.ndarray  # clean_correct, aligned with keys
+    adv: np.ndarray  # adv_correct, aligned with keys
+    name: str = field(default="")  # label@eps, plus what tells it apart from a namesake
 
     @property
-    def name(self) -> str:
-        return f"{self.attack_label}@{self.eps_label}"
+    def spec(self):
+        return ATTACKS.get(self.attack)
 
     @property
-    def unbounded(self) -> bool:  # a minimal-perturbation attack with no post-hoc budget
-        return self.eps == 0 and not ATTACKS.get(self.attack).uses_eps
+    def unbounded(self) -> bool:
+        return math.isinf(self.eps)
 
     @property
-    def budget(self) -> tuple | None:
-        """What makes two points comparable; None for an eps-0 budgeted attack (clean)."""
+    def radius(self) -> float | None:
+        """L-inf-equivalent radius per input value, as a share of the input range."""
         if self.unbounded:
-            return (self.norm, "unbounded")
-        return (self.norm, self.eps) if self.eps > 0 else None
+            return math.inf
+        if not self.input_range or self.input_range <= 0:
+            return None  # no scale to judge the budget on
+        if self.norm == "inf":
+            return self.eps / self.input_range
+        if self.norm in ("1", "2") and self.n_features:
+            return self.eps / (self.input_range * self.n_features ** (1 / int(self.norm)))
+        return None
 
     @property
     def large(self) -> bool:
-        if self.unbounded:
-            return True
-        if self.eps <= 0:
-            return False
-        per_value = self.eps if self.norm == "inf" else self.eps / self.n_features ** (1 / int(self.norm))
-        return per_value >= LARGE_EPS - 1e-12
+        radius = self.radius
+        return radius is not None and radius >= LARGE_EPS - 1e-12
 
+
+# ---------------------------------------------------------------- statistics
+
+def binomial_p(successes: int, trials: int, p0: float) -> float:
+    """Exact one-sided P(X >= successes) for X ~ Binomial(trials, p0)."""
+    if trials <= 0 or successes <= 0:
+        return 1.0
+    from scipy.stats import binom  # imported here: scipy.stats costs a second at CLI start
+
+    return float(min(1.0, binom.sf(successes - 1, trials, p0)))
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact one-sided McNemar: evidence that the second of two paired classifiers is right
+    more often. b = #(first right, second wrong), c = #(first wrong, second right); under
+    the null each of the b + c discordant pairs goes either way with probability 1/2."""
+    return binomial_p(c, b + c, 0.5)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values: rejecting where adjusted < alpha keeps the
+    family-wise error rate at most alpha under any dependence between the tests."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)  # monotone: a smaller p never adjusts higher
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two outcome vectors on the same samples: does ``second`` beat ``first``?"""
+
+    first: np.ndarray
+    second: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.first)
+
+    @property
+    def effect(self) -> float:  # accuracy(second) - accuracy(first)
+        return float(self.second.mean() - self.first.mean())
+
+    @property
+    def p_value(self) -> float:
+        b = int(np.count_nonzero(self.first & ~self.second))
+        c = int(np.count_nonzero(~self.first & self.second))
+        return mcnemar_p(b, c)
+
+
+def aligned(a: Point, b: Point) -> Paired | None:
+    """a's and b's adversarial outcomes on the samples both attacked; None if none."""
+    if len(a.keys) == len(b.keys) and np.array_equal(a.keys, b.keys):  # the usual case
+        return Paired(a.adv, b.adv)
+    where = np.minimum(np.searchsorted(b.keys, a.keys), max(len(b.keys) - 1, 0))
+    shared = (b.keys[where] == a.keys) if len(b.keys) else np.zeros(len(a.keys), bool)
+    if not shared.any():
+        return None
+    return Paired(a.adv[shared], b.adv[where[shared]])
+
+
+# ---------------------------------------------------------------- points
 
 def diagnose(rows: pa.Table) -> pa.Table:
     """Every judged check of every configuration in ``rows`` (the store's schema)."""
@@ -120,110 +227,195 @@ def diagnose(rows: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(flags, schema=SCHEMA)
 
 
+def _usable(rows: pa.Table) -> pa.Table:
+    """The attack rows that can be judged: a known attack at eps > 0 (eps 0 is clean) with
+    per-sample outcomes of equal length. Missing columns read as null, so tables of older
+    schemas give no points rather than an error."""
+    columns = {name: rows.column(name) if name in rows.column_names
+               else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
+               for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
+    table = pa.table(columns)
+    lengths = [pc.list_value_length(table.column(name)) for name in _OUTCOMES]
+    keep = pc.and_(pc.is_in(table.column("attack"), pa.array(ATTACKS.names())),
+                   pc.fill_null(pc.greater(table.column("eps"), 0.0), False))
+    keep = pc.and_(keep, pc.fill_null(pc.and_(pc.equal(lengths[0], lengths[1]),
+                                              pc.equal(lengths[0], lengths[2])), False))
+    return table.filter(keep).combine_chunks()
+
+
 def _points_by_config(rows: pa.Table) -> dict[tuple, list[Point]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    needed = [*CONFIG_COLUMNS, "attack", "attack_label", "norm", "eps", "eps_label", "adv_acc", "clean_acc",
-              "n_samples", "n_classes", "n_features"]
-    for row in rows.select(needed).to_pylist():
-        if row["attack"] != CLEAN and row["attack"] in ATTACKS.names():
-            groups[tuple(row[c] for c in CONFIG_COLUMNS), row["attack_label"], row["eps"]].append(row)
+    table = _usable(rows)
+    if not table.num_rows:
+        return {}
+    samples = _flat_samples(table)
+    scalars = {name: table.column(name).to_pylist() for name in _SCALARS}
+    point_of = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
+    row_groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, key in enumerate(zip(*(scalars[name] for name in point_of))):
+        row_groups[key].append(index)
     by_config: dict[tuple, list[Point]] = defaultdict(list)
-    for (config, _, _), folds in groups.items():
-        by_config[config].append(_average(folds))
+    for key, indices in row_groups.items():
+        point = _pool(key[:len(CONFIG_COLUMNS)], key[len(CONFIG_COLUMNS):], indices, scalars, samples)
+        if len(point.keys):
+            by_config[point.config].append(point)
+    for points in by_config.values():
+        _name(points)
     return by_config
 
 
-def _average(folds: list[dict]) -> Point:
-    first = folds[0]
-    return Point(first["attack"], first["attack_label"], first["norm"], first["eps"], first["eps_label"],
-                 adv_acc=_mean(f["adv_acc"] for f in folds), clean_acc=_mean(f["clean_acc"] for f in folds),
-                 samples=sum(f["n_samples"] or 0 for f in folds),
-                 n_classes=first["n_classes"] or 0, n_features=first["n_features"] or 0)
+def _flat_samples(table: pa.Table) -> dict[str, np.ndarray]:
+    """The outcome lists flattened to numpy once (no per-row Python lists), with each
+    row's slice given by ``offsets`` and each sample's (fold, sample_index) key."""
+    flat = {name: pc.list_flatten(table.column(name)) for name in _OUTCOMES}
+    valid = np.ones(len(flat["sample_index"]), dtype=bool)
+    for values in flat.values():  # a null inside a list is an unknown outcome: left out
+        valid &= pc.is_valid(values).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(table.column("sample_index")).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    folds = pc.fill_null(table.column("fold"), -1).to_numpy().astype(np.int64)
+    index = pc.fill_null(flat["sample_index"], -1).to_numpy().astype(np.int64)
+    keys = (np.repeat(folds, lengths) << _FOLD_SHIFT) + index
+    return {"offsets": offsets, "valid": valid, "keys": keys,
+            **{name: pc.fill_null(flat[name], False).to_numpy(zero_copy_only=False).astype(bool)
+               for name in ("clean_correct", "adv_correct")}}
 
 
-def _mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values)
+def _pool(config: tuple, point: tuple, rows: list[int], scalars: dict, samples: dict) -> Point:
+    """One point from its rows (its folds): samples concatenated, sorted by key, each
+    (fold, sample_index) once (a cell stored twice would otherwise count double)."""
+    parts = np.concatenate([np.arange(samples["offsets"][r], samples["offsets"][r + 1]) for r in rows])
+    parts = parts[samples["valid"][parts]]
+    keys, first = np.unique(samples["keys"][parts], return_index=True)
+    chosen = parts[first]
+    first_row = rows[0]
+    ranges = [hi - lo for lo, hi in ((scalars["clip_min"][r], scalars["clip_max"][r]) for r in rows)
+              if lo is not None and hi is not None]
+    # The widest range of its folds: a budget counts as large only if it is large on every fold.
+    return Point(config, *point, n_classes=scalars["n_classes"][first_row],
+                 n_features=scalars["n_features"][first_row],
+                 input_range=max(ranges) if len(ranges) == len(rows) else None,
+                 keys=keys, clean=samples["clean_correct"][chosen], adv=samples["adv_correct"][chosen])
 
 
-def margin(a: float, n_a: int, b: float | None = None, n_b: int = 0) -> float:
-    """The difference ``a - b`` must exceed to count: twice its standard error (binomial,
-    over all attacked samples), and at least MIN_MARGIN. ``b`` None: a constant."""
-    variance = a * (1 - a) / max(n_a, 1)
-    if b is not None:
-        variance += b * (1 - b) / max(n_b, 1)
-    return max(MIN_MARGIN, 2 * math.sqrt(variance))
+def _name(points: list[Point]) -> None:
+    """label@eps, and where two points of a configuration share that, what differs."""
+    namesakes: dict[tuple, list[Point]] = defaultdict(list)
+    for point in points:
+        namesakes[point.attack_label, point.eps_label].append(point)
+    for same in namesakes.values():
+        for point in same:
+            point.name = f"{point.attack_label}@{point.eps_label}" + (_difference(point, same) if len(same) > 1
+                                                                       else "")
 
+
+def _difference(point: Point, same: list[Point]) -> str:
+    def params(p: Point) -> dict:
+        try:
+            return {**json.loads(p.attack_params or "{}"), "attack": p.attack, "n_samples": p.n_samples}
+        except (ValueError, TypeError):
+            return {"attack_params": p.attack_params, "attack": p.attack, "n_samples": p.n_samples}
+
+    mine, all_params = params(point), [params(p) for p in same]
+    differing = [k for k in mine if any(other.get(k) != mine[k] for other in all_params)]
+    return " [" + ", ".join(f"{k}={mine[k]}" for k in differing) + "]"
+
+
+# ---------------------------------------------------------------- checks
 
 def _checks(points: list[Point]) -> list[dict]:
-    return [*_single_step(points), *_black_box(points), *_rising(points), *_above_clean(points),
-            *_large_eps(points)]
+    # Each check is its own family: its p-values are Holm-adjusted together.
+    families = [_single_step(points), _black_box(points), _rising(points), _above_clean(points),
+                _large_eps(points)]
+    return [flag for family in families for flag in _decide(family)]
 
 
-def _flag(check: str, point: Point, reference: float, reference_label: str, needed: float,
-          fired: bool, detail: str) -> dict:
+def _decide(family: list[dict]) -> list[dict]:
+    if not family:
+        return []
+    adjusted = holm([flag["p_value"] for flag in family])
+    out = []
+    for flag, p_adjusted in zip(family, adjusted):
+        effect, minimum = flag.pop("effect"), flag.pop("minimum")
+        fired = bool(p_adjusted < ALPHA and effect >= minimum - 1e-12)
+        out.append({**flag, "p_adjusted": float(p_adjusted), "fired": fired,
+                    "detail": f"{flag['detail']} (p = {flag['p_value']:.2g}, Holm {p_adjusted:.2g})"})
+    return out
+
+
+def _flag(check: str, point: Point, value: float, reference: float, reference_label: str, p_value: float,
+          n: int, effect: float, detail: str, minimum: float = MIN_MARGIN) -> dict:
     return {"flag": check, "attack_label": point.attack_label, "norm": point.norm, "eps": point.eps,
-            "eps_label": point.eps_label, "value": point.adv_acc, "reference": reference,
-            "reference_label": reference_label, "margin": needed, "fired": fired, "detail": detail}
+            "eps_label": point.eps_label, "attack_params": point.attack_params, "n_samples": point.n_samples,
+            "value": value, "reference": reference, "reference_label": reference_label, "p_value": p_value,
+            "n_pairs": n, "effect": effect, "minimum": minimum, "detail": detail}
+
+
+def _compare(check: str, reference: Point, point: Point, detail: str) -> dict | None:
+    """Paired: does ``point`` leave more accuracy than ``reference`` on their shared samples?"""
+    pair = aligned(reference, point)
+    if pair is None:
+        return None
+    value, ref = float(pair.second.mean()), float(pair.first.mean())
+    return _flag(check, point, value, ref, reference.name, pair.p_value, pair.n, pair.effect,
+                 f"{detail.format(point=point.name, reference=reference.name, value=value, ref=ref)} "
+                 f"on {pair.n} shared samples")
+
+
+def _white(point: Point) -> bool:
+    return not point.spec.black_box
 
 
 def _single_step(points: list[Point]) -> list[dict]:
     flags = []
-    for one in (p for p in points if ATTACKS.get(p.attack).single_step and p.budget):
+    for one in (p for p in points if p.spec.single_step and _white(p) and not p.unbounded):
         for many in points:
-            spec = ATTACKS.get(many.attack)
-            if spec.black_box or spec.single_step or many.budget != one.budget:
+            if not (_white(many) and not many.spec.single_step and many.norm == one.norm and many.eps >= one.eps):
                 continue
-            needed = margin(many.adv_acc, many.samples, one.adv_acc, one.samples)
-            fired = many.adv_acc - one.adv_acc > needed
-            flags.append(_flag("single_step_beats_iterative", many, one.adv_acc, one.name, needed, fired,
-                               f"{one.name} leaves {one.adv_acc:.3f} accuracy, {many.name} {many.adv_acc:.3f}"))
-    return flags
+            flags.append(_compare("single_step_beats_iterative", one, many,
+                                  "iterative {point} leaves {value:.3f} accuracy, "
+                                  "single-step {reference} with no more budget {ref:.3f},"))
+    return [f for f in flags if f]
 
 
 def _black_box(points: list[Point]) -> list[dict]:
     flags = []
-    for black in (p for p in points if ATTACKS.get(p.attack).black_box and p.budget):
-        white = [p for p in points if not ATTACKS.get(p.attack).black_box and p.budget == black.budget]
-        if not white:
+    for black in (p for p in points if p.spec.black_box):
+        white = [p for p in points if _white(p) and p.norm == black.norm and p.eps == black.eps]
+        pairs = [(aligned(black, p), p) for p in white]
+        pairs = [(pair, p) for pair, p in pairs if pair is not None]
+        if not pairs:
             continue
-        best = min(white, key=lambda p: p.adv_acc)
-        needed = margin(best.adv_acc, best.samples, black.adv_acc, black.samples)
-        fired = best.adv_acc - black.adv_acc > needed
-        flags.append(_flag("black_box_beats_white_box", best, black.adv_acc, black.name, needed, fired,
-                           f"black-box {black.name} leaves {black.adv_acc:.3f} accuracy, "
-                           f"the best white-box {best.name} {best.adv_acc:.3f}"))
+        # The best white-box attack on these samples: the one leaving the least accuracy.
+        _, best = min(pairs, key=lambda pair_point: pair_point[0].second.mean())
+        flags.append(_compare("black_box_beats_white_box", black, best,
+                              "black-box {reference} leaves {ref:.3f} accuracy, "
+                              "the best white-box {point} {value:.3f},"))
     return flags
 
 
 def _rising(points: list[Point]) -> list[dict]:
-    by_attack: dict[str, list[Point]] = defaultdict(list)
+    # A curve: one attack with one set of parameters, at several budgets.
+    curves: dict[tuple, list[Point]] = defaultdict(list)
     for point in points:
-        if point.eps > 0:
-            by_attack[point.attack_label].append(point)
+        curves[point.attack, point.attack_label, point.norm, point.attack_params].append(point)
     flags = []
-    for curve in by_attack.values():
-        if len(curve) < 2:
-            continue
-        curve.sort(key=lambda p: p.eps)
-        # The largest rise from any smaller epsilon to a larger one.
-        pairs = [(high, low) for j, high in enumerate(curve) for low in curve[:j]]
-        high, low = max(pairs, key=lambda pair: pair[0].adv_acc - pair[1].adv_acc)
-        needed = margin(high.adv_acc, high.samples, low.adv_acc, low.samples)
-        fired = high.adv_acc - low.adv_acc > needed
-        flags.append(_flag("accuracy_rises_with_eps", high, low.adv_acc, low.name, needed, fired,
-                           f"accuracy {high.adv_acc:.3f} at eps {high.eps_label}, "
-                           f"{low.adv_acc:.3f} at the smaller eps {low.eps_label}"))
-    return flags
+    for curve in curves.values():
+        for high in curve:
+            for low in (p for p in curve if p.eps < high.eps):
+                flags.append(_compare("accuracy_rises_with_eps", low, high,
+                                      "{point} leaves {value:.3f} accuracy, "
+                                      "the smaller budget {reference} {ref:.3f},"))
+    return [f for f in flags if f]
 
 
 def _above_clean(points: list[Point]) -> list[dict]:
     flags = []
     for point in points:
-        needed = margin(point.adv_acc, point.samples, point.clean_acc, point.samples)
-        fired = point.adv_acc - point.clean_acc > needed
-        flags.append(_flag("adversarial_above_clean", point, point.clean_acc, "clean", needed, fired,
-                           f"{point.name} leaves {point.adv_acc:.3f} accuracy, clean {point.clean_acc:.3f}"))
+        pair = Paired(point.clean, point.adv)
+        clean, adv = float(point.clean.mean()), float(point.adv.mean())
+        flags.append(_flag("adversarial_above_clean", point, adv, clean, "clean", pair.p_value, pair.n,
+                           pair.effect, f"{point.name} leaves {adv:.3f} accuracy, clean {clean:.3f}, "
+                                        f"on {pair.n} samples"))
     return flags
 
 
@@ -231,12 +423,15 @@ def _large_eps(points: list[Point]) -> list[dict]:
     flags = []
     for point in (p for p in points if p.large and p.n_classes):
         chance = 1 / point.n_classes
-        needed = max(FAR_ABOVE_CHANCE, margin(point.adv_acc, point.samples))
-        fired = point.adv_acc - chance > needed
-        budget = "unbounded" if point.unbounded else f"eps {point.eps_label}"
-        flags.append(_flag("large_eps_above_chance", point, chance, "chance", needed, fired,
-                           f"{point.name} ({budget}) leaves {point.adv_acc:.3f} accuracy; "
-                           f"chance is {chance:.3f}"))
+        null = min(1.0, chance + FAR_ABOVE_CHANCE)
+        correct, n = int(np.count_nonzero(point.adv)), len(point.adv)
+        accuracy = correct / n
+        budget = "unbounded" if point.unbounded else f"radius {point.radius:.2f} of the input range"
+        flags.append(_flag("large_eps_above_chance", point, accuracy, chance, "chance",
+                           binomial_p(correct, n, null), n, accuracy - chance,
+                           f"{point.name} ({budget}) leaves {accuracy:.3f} accuracy on {n} samples; "
+                           f"chance is {chance:.3f}, tested against {null:.3f}",
+                           minimum=FAR_ABOVE_CHANCE))
     return flags
 
 
@@ -250,13 +445,12 @@ def write(location: store.Location, rows: pa.Table | None = None) -> pa.Table:
     return flags
 
 
-def summary(flags: list[dict]) -> list[dict]:
+def summary(flags: Iterable[dict]) -> list[dict]:
     """Per configuration and check: how many comparisons were judged and how many fired."""
     counts: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for flag in flags:
-        key = (*[flag[c] for c in CONFIG_COLUMNS], flag["flag"])
+        key = (*[flag.get(c) for c in CONFIG_COLUMNS], flag["flag"])
         counts[key][0] += 1
         counts[key][1] += int(flag["fired"])
     return [{**dict(zip([*CONFIG_COLUMNS, "flag"], key)), "judged": judged, "fired": fired}
             for key, (judged, fired) in counts.items()]
-

@@ -1,127 +1,291 @@
 """Gradient-masking diagnostics: each check fires where it must, stays quiet where it
-must, and is absent where the grid has no numbers to judge it."""
+must, and is absent where the grid has no numbers to judge it; the statistics (paired
+exact tests, Holm per configuration and check) keep false alarms at the stated rate."""
 
 from __future__ import annotations
 
+import math
+import time
+
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from sweeper import diagnostics, query, store
-from tests.test_store import make_row
 
 FOLDS = 3
+N = 100  # attacked samples per fold
 
 
-def rows(*points, quantizer="int4", samples=100, clean=0.9):
-    """Store rows for one configuration: (attack, label, norm, eps, adv_acc) per point,
-    the same on every fold, plus the clean rows."""
+def hits(correct: int, n: int = N, offset: int = 0) -> list[bool]:
+    """n outcomes, ``correct`` of them True, starting at ``offset`` (wrapping): with offset 0
+    the correct samples of a smaller count are a subset of those of a larger one."""
+    return [(i - offset) % n < correct for i in range(n)]
+
+
+def point(attack, eps, adv, *, label=None, norm="inf", clean=None, params="{}", config="cfg", quantizer="int4",
+          clip=(0.0, 1.0), n_classes=10, n_features=64, folds=FOLDS, eps_label=None, outcomes=True):
+    """The rows (one per fold) of one point: ``adv`` (and ``clean``, default all correct) are
+    per-sample outcome lists, the same on every fold; sample_index counts from fold * 1000."""
+    clean = [True] * len(adv) if clean is None else clean
     out = []
-    for fold in range(FOLDS):
-        common = dict(quantizer=quantizer, fold=fold, n_samples=samples, clean_acc=clean, train="{}")
-        out.append(make_row(f"{quantizer}-clean-{fold}", attack="none", attack_label="none", norm="none",
-                            eps=0.0, eps_label="0", adv_acc=clean, **common))
-        for attack, label, norm, eps, adv in points:
-            out.append(make_row(f"{quantizer}-{label}-{eps}-{fold}", attack=attack, attack_label=label,
-                                norm=norm, eps=eps, eps_label=str(eps), adv_acc=adv, **common))
+    for fold in range(folds):
+        row = {name: None for name in store.SCHEMA.names}
+        label_ = label or attack
+        row.update(cell_id=f"{config}-{label_}-{eps}-{params}-{len(adv)}-{fold}", job_id=f"{config}-{fold}",
+                   config_id=config, dataset="digits", dataset_options="{}", n_classes=n_classes,
+                   n_features=n_features, clip_min=clip[0] if clip else None, clip_max=clip[1] if clip else None,
+                   model="small_cnn", quantizer=quantizer, fold=fold, k=folds, seed=0, train="{}",
+                   attack=attack, attack_label=label_, norm=norm, eps=eps,
+                   eps_label=eps_label or ("unbounded" if math.isinf(eps) else str(eps)), attack_params=params,
+                   n_samples=len(adv), clean_acc=float(np.mean(clean)), adv_acc=float(np.mean(adv)))
+        if outcomes:
+            row.update(sample_index=[fold * 1000 + i for i in range(len(adv))], clean_correct=list(clean),
+                       adv_correct=list(adv), adv_pred=[0] * len(adv))
+        out.append(row)
     return out
 
 
-def judged(table_rows, check):
-    table = store.to_table(table_rows)
-    return [f for f in diagnostics.diagnose(table).to_pylist() if f["flag"] == check]
+def table(*points) -> pa.Table:
+    return pa.Table.from_pylist([row for rows in points for row in rows], schema=store.SCHEMA)
 
 
-def numbers(flag, *keys):
-    return tuple(round(flag[key], 9) if isinstance(flag[key], float) else flag[key] for key in keys)
+def judged(check, *points):
+    return [f for f in diagnostics.diagnose(table(*points)).to_pylist() if f["flag"] == check]
 
 
-def fired(table_rows, check):
-    return [f for f in judged(table_rows, check) if f["fired"]]
+def fired(check, *points):
+    return [f for f in judged(check, *points) if f["fired"]]
 
+
+def old_rule_fires(high: float, low: float, n_high: int, n_low: int) -> bool:
+    """The rule this module used before: a difference counts beyond twice its standard
+    error, the two accuracies taken as independent, and at least MIN_MARGIN."""
+    se = math.sqrt(high * (1 - high) / n_high + low * (1 - low) / n_low)
+    return high - low > max(diagnostics.MIN_MARGIN, 2 * se)
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_holm_and_the_exact_tests_on_known_numbers():
+    assert diagnostics.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert diagnostics.holm([0.5]) == pytest.approx([0.5]) and len(diagnostics.holm([])) == 0
+    assert diagnostics.mcnemar_p(0, 5) == pytest.approx(1 / 32)  # 5 discordant pairs, all one way
+    assert diagnostics.mcnemar_p(5, 0) == 1.0 and diagnostics.mcnemar_p(0, 0) == 1.0
+    assert diagnostics.binomial_p(3, 3, 0.5) == pytest.approx(1 / 8)
+
+
+# ---------------------------------------------------------------- each check
 
 def test_single_step_beating_iterative_fires_on_the_iterative_number():
-    [flag] = fired(rows(("fgsm", "fgsm", "inf", 0.1, 0.2), ("pgd", "pgd", "inf", 0.1, 0.6)),
-                   "single_step_beats_iterative")
-    assert numbers(flag, "attack_label", "value", "reference") == ("pgd", 0.6, 0.2)
-    assert flag["reference_label"] == "fgsm@0.1"
-    assert not fired(rows(("fgsm", "fgsm", "inf", 0.1, 0.5), ("pgd", "pgd", "inf", 0.1, 0.3)),
-                     "single_step_beats_iterative")
-    # Different budgets (or norms) are not comparable: nothing is judged.
-    assert not judged(rows(("fgsm", "fgsm", "inf", 0.2, 0.2), ("pgd", "pgd", "inf", 0.1, 0.6)),
-                      "single_step_beats_iterative")
-    assert not judged(rows(("fgsm", "fgsm", "2", 0.1, 0.2), ("pgd", "pgd", "inf", 0.1, 0.6)),
-                      "single_step_beats_iterative")
+    fgsm = point("fgsm", 0.1, hits(20))
+    [flag] = fired("single_step_beats_iterative", fgsm, point("pgd", 0.1, hits(60)))
+    assert (flag["attack_label"], flag["value"], flag["reference"]) == ("pgd", 0.6, 0.2)
+    assert flag["reference_label"] == "fgsm@0.1" and flag["n_pairs"] == FOLDS * N
+    assert flag["p_adjusted"] == flag["p_value"] < 1e-9  # one comparison: Holm changes nothing
+    [quiet] = judged("single_step_beats_iterative", point("fgsm", 0.1, hits(50)), point("pgd", 0.1, hits(30)))
+    assert not quiet["fired"] and quiet["p_value"] == 1.0
+    # Widened: PGD with more budget leaving more accuracy is as suspicious; with less, it is not judged.
+    assert fired("single_step_beats_iterative", fgsm, point("pgd", 0.2, hits(60)))
+    assert not judged("single_step_beats_iterative", fgsm, point("pgd", 0.05, hits(60)))
+    assert not judged("single_step_beats_iterative", point("fgsm", 0.1, hits(20), norm="2"), point("pgd", 0.1, hits(60)))
+    # Unbounded C&W has at least every budget of its norm.
+    [flag] = fired("single_step_beats_iterative", point("fgsm", 1.0, hits(20), norm="2"),
+                   point("cw_l2", math.inf, hits(60), norm="2"))
+    assert flag["attack_label"] == "cw_l2" and flag["eps_label"] == "unbounded"
 
 
 def test_black_box_beating_white_box_compares_with_the_best_white_box():
-    points = [("square", "square", "inf", 0.1, 0.1), ("pgd", "pgd", "inf", 0.1, 0.6),
-              ("fgsm", "fgsm", "inf", 0.1, 0.7)]
-    [flag] = fired(rows(*points), "black_box_beats_white_box")
-    assert numbers(flag, "attack_label", "value", "reference_label") == ("pgd", 0.6, "square@0.1")
-    strong_white = [("square", "square", "inf", 0.1, 0.5), ("pgd", "pgd", "inf", 0.1, 0.1),
-                    ("fgsm", "fgsm", "inf", 0.1, 0.7)]
-    assert len(judged(rows(*strong_white), "black_box_beats_white_box")) == 1
-    assert not fired(rows(*strong_white), "black_box_beats_white_box")
+    square, pgd, fgsm = point("square", 0.1, hits(10)), point("pgd", 0.1, hits(60)), point("fgsm", 0.1, hits(70))
+    [flag] = fired("black_box_beats_white_box", square, pgd, fgsm)
+    assert (flag["attack_label"], flag["value"], flag["reference_label"]) == ("pgd", 0.6, "square@0.1")
+    strong_white = [point("square", 0.1, hits(50)), point("pgd", 0.1, hits(10)), fgsm]
+    assert len(judged("black_box_beats_white_box", *strong_white)) == 1
+    assert not fired("black_box_beats_white_box", *strong_white)
     # Unbounded minimal-perturbation attacks under the same norm are comparable.
-    [flag] = fired(rows(("zoo", "zoo", "2", 0.0, 0.1), ("cw_l2", "cw_l2", "2", 0.0, 0.5)),
-                   "black_box_beats_white_box")
+    [flag] = fired("black_box_beats_white_box", point("zoo", math.inf, hits(10), norm="2"),
+                   point("cw_l2", math.inf, hits(50), norm="2"))
     assert flag["attack_label"] == "cw_l2"
-    assert not judged(rows(("square", "square", "inf", 0.1, 0.1)), "black_box_beats_white_box")
+    assert not judged("black_box_beats_white_box", point("square", 0.1, hits(10)))
+    assert not judged("black_box_beats_white_box", point("square", 0.1, hits(10)), point("pgd", 0.2, hits(60)))
 
 
-def test_accuracy_rising_with_eps():
-    rising = rows(("fgsm", "fgsm", "inf", 0.1, 0.3), ("fgsm", "fgsm", "inf", 0.2, 0.25),
-                  ("fgsm", "fgsm", "inf", 0.3, 0.6))
-    [flag] = fired(rising, "accuracy_rises_with_eps")
-    assert numbers(flag, "eps", "value", "reference", "reference_label") == (0.3, 0.6, 0.25, "fgsm@0.2")
-    falling = rows(("fgsm", "fgsm", "inf", 0.1, 0.6), ("fgsm", "fgsm", "inf", 0.2, 0.3))
-    assert len(judged(falling, "accuracy_rises_with_eps")) == 1 and not fired(falling, "accuracy_rises_with_eps")
-    within_noise = rows(("fgsm", "fgsm", "inf", 0.1, 0.50), ("fgsm", "fgsm", "inf", 0.2, 0.53))
-    assert not fired(within_noise, "accuracy_rises_with_eps")
-    assert not judged(rows(("fgsm", "fgsm", "inf", 0.1, 0.6)), "accuracy_rises_with_eps")
+def test_accuracy_rising_with_eps_judges_every_pair_of_budgets_as_one_family():
+    rising = [point("fgsm", 0.1, hits(30)), point("fgsm", 0.2, hits(25)), point("fgsm", 0.3, hits(60))]
+    flags = judged("accuracy_rises_with_eps", *rising)
+    assert len(flags) == 3  # (0.1, 0.2), (0.1, 0.3), (0.2, 0.3)
+    assert all(f["p_adjusted"] >= f["p_value"] for f in flags)
+    assert {(f["eps"], f["reference_label"]) for f in flags if f["fired"]} == {(0.3, "fgsm@0.1"), (0.3, "fgsm@0.2")}
+    falling = [point("fgsm", 0.1, hits(60)), point("fgsm", 0.2, hits(30))]
+    assert len(judged("accuracy_rises_with_eps", *falling)) == 1 and not fired("accuracy_rises_with_eps", *falling)
+    # 3 more correct of 100 on every fold: 9 discordant pairs of 300, all one way, p = 0.002,
+    # yet 0.03 is a small effect; 1 more of 100 (0.01) is below MIN_MARGIN however sure.
+    assert fired("accuracy_rises_with_eps", point("fgsm", 0.1, hits(50)), point("fgsm", 0.2, hits(53)))
+    assert not fired("accuracy_rises_with_eps", point("fgsm", 0.1, hits(50)), point("fgsm", 0.2, hits(51)))
+    assert not judged("accuracy_rises_with_eps", point("fgsm", 0.1, hits(60)))
+    # An unbounded point is the largest budget of its curve.
+    assert fired("accuracy_rises_with_eps", point("cw_l2", 1.0, hits(10), norm="2"),
+                 point("cw_l2", math.inf, hits(60), norm="2"))
 
 
-def test_adversarial_above_clean():
-    [flag] = fired(rows(("pgd", "pgd", "inf", 0.1, 0.95), clean=0.5), "adversarial_above_clean")
-    assert numbers(flag, "value", "reference") == (0.95, 0.5)
-    assert not fired(rows(("pgd", "pgd", "inf", 0.1, 0.4), clean=0.5), "adversarial_above_clean")
+def test_adversarial_above_clean_pairs_each_samples_outcomes():
+    [flag] = fired("adversarial_above_clean", point("pgd", 0.1, hits(95), clean=hits(50)))
+    assert (flag["value"], flag["reference"], flag["reference_label"]) == (0.95, 0.5, "clean")
+    assert not fired("adversarial_above_clean", point("pgd", 0.1, hits(40), clean=hits(50)))
+    # Same accuracy, different samples right: 10 gained and 10 lost is no evidence.
+    assert not fired("adversarial_above_clean", point("pgd", 0.1, hits(50, offset=10), clean=hits(50)))
 
 
 def test_large_eps_staying_above_chance():
-    [flag] = fired(rows(("fgsm", "fgsm", "inf", 0.3, 0.8)), "large_eps_above_chance")
-    assert flag["reference"] == pytest.approx(0.1)  # chance with 10 classes
-    assert not fired(rows(("fgsm", "fgsm", "inf", 0.3, 0.12)), "large_eps_above_chance")
-    assert not judged(rows(("fgsm", "fgsm", "inf", 0.1, 0.8)), "large_eps_above_chance")  # not large
-    # L2 2.4 over 64 values is 0.3 a value; an unbounded C&W counts as large; eps 0 FGSM is clean.
-    assert fired(rows(("pgd", "pgd", "2", 2.4, 0.8)), "large_eps_above_chance")
-    assert not judged(rows(("pgd", "pgd", "2", 1.0, 0.8)), "large_eps_above_chance")
-    assert fired(rows(("cw_l2", "cw_l2", "2", 0.0, 0.8)), "large_eps_above_chance")
-    assert not judged(rows(("fgsm", "fgsm", "inf", 0.0, 0.9)), "large_eps_above_chance")
+    [flag] = fired("large_eps_above_chance", point("fgsm", 0.3, hits(80)))
+    assert flag["reference"] == pytest.approx(0.1) and flag["n_pairs"] == FOLDS * N  # chance with 10 classes
+    assert not fired("large_eps_above_chance", point("fgsm", 0.3, hits(12)))
+    # 0.25 with chance 0.1 is above 0.2 but not surely so: p(X >= 75 | 300, 0.2) = 0.02, and a
+    # family of three such points adjusts it past 0.05.
+    three = [point("fgsm", eps, hits(25)) for eps in (0.3, 0.4, 0.5)]
+    assert len(judged("large_eps_above_chance", *three)) == 3 and not fired("large_eps_above_chance", *three)
+    assert fired("large_eps_above_chance", three[0])
+    assert not judged("large_eps_above_chance", point("fgsm", 0.1, hits(80)))  # not large
+    # L2 2.4 over 64 values is 0.3 a value; an unbounded C&W counts as large.
+    assert fired("large_eps_above_chance", point("pgd", 2.4, hits(80), norm="2"))
+    assert not judged("large_eps_above_chance", point("pgd", 1.0, hits(80), norm="2"))
+    assert fired("large_eps_above_chance", point("cw_l2", math.inf, hits(80), norm="2"))
+    assert not judged("large_eps_above_chance", point("fgsm", 0.0, hits(90)))  # eps 0 is clean
+    assert not judged("large_eps_above_chance", point("fgsm", 0.3, hits(80), clip=None))  # no scale
 
 
-def test_few_samples_need_a_bigger_difference():
-    points = (("fgsm", "fgsm", "inf", 0.1, 0.4), ("pgd", "pgd", "inf", 0.1, 0.6))
-    assert fired(rows(*points, samples=100), "single_step_beats_iterative")
-    assert not fired(rows(*points, samples=5), "single_step_beats_iterative")  # 15 samples: noise
-    assert diagnostics.margin(0.0, 10, 1.0, 10) == diagnostics.MIN_MARGIN
+def test_large_eps_is_judged_on_the_rows_own_scale():
+    assert fired("large_eps_above_chance", point("fgsm", 0.3, hits(80), clip=(0.0, 1.0)))
+    # A standardized input spans 149 units: eps 0.3 is 0.2 % of it.
+    assert not judged("large_eps_above_chance", point("fgsm", 0.3, hits(80), clip=(-124.0, 25.0)))
+    assert fired("large_eps_above_chance", point("fgsm", 0.3 * 149, hits(80), clip=(-124.0, 25.0)))
+    # L2 on a [0, 255] range: 0.3 * 255 * sqrt(64) is large, a tenth of it is not.
+    assert judged("large_eps_above_chance", point("pgd", 0.3 * 255 * 8, hits(80), norm="2", clip=(0.0, 255.0)))
+    assert not judged("large_eps_above_chance", point("pgd", 2.4, hits(80), norm="2", clip=(0.0, 255.0)))
 
 
-def test_folds_are_averaged_and_configurations_kept_apart():
-    both = rows(("fgsm", "fgsm", "inf", 0.1, 0.2), ("pgd", "pgd", "inf", 0.1, 0.6), quantizer="ternary") + \
-        rows(("fgsm", "fgsm", "inf", 0.1, 0.5), ("pgd", "pgd", "inf", 0.1, 0.3), quantizer="fp")
-    both[1]["adv_acc"] = 0.5  # ternary fgsm on fold 0: the mean is (0.5 + 0.2 + 0.2) / 3
-    flags = judged(both, "single_step_beats_iterative")
+# ---------------------------------------------------------------- points, pooling, pairing
+
+def test_points_differing_in_attack_params_or_sample_count_are_never_merged():
+    # The old code grouped by label and eps alone, averaged these two FGSM points to 0.5
+    # and judged one comparison that could not fire.
+    weak = point("fgsm", 0.1, hits(20), params='{"num_random_init": 0}')
+    other = point("fgsm", 0.1, hits(80), params='{"num_random_init": 5}')
+    flags = judged("single_step_beats_iterative", weak, other, point("pgd", 0.1, hits(50)))
+    assert sorted((f["reference"], f["fired"]) for f in flags) == [(0.2, True), (0.8, False)]
+    assert {f["reference_label"] for f in flags} == {"fgsm@0.1 [num_random_init=0]", "fgsm@0.1 [num_random_init=5]"}
+    few = point("fgsm", 0.1, hits(20, n=40))
+    flags = judged("large_eps_above_chance", point("fgsm", 0.3, hits(80)), point("fgsm", 0.3, hits(10, n=40)))
+    assert sorted((f["n_samples"], f["n_pairs"]) for f in flags) == [(40, 120), (100, 300)]
+    # Different sample counts still compare, on the samples both have.
+    [flag] = judged("single_step_beats_iterative", few, point("pgd", 0.1, hits(60)))
+    assert (flag["n_pairs"], flag["value"], flag["reference"]) == (FOLDS * 40, 1.0, 0.5)
+
+
+def test_pairing_finds_a_consistent_difference_the_independent_rule_misses():
+    # PGD is right on every sample FGSM is right on, and on 5 more of each 100: 15 pairs,
+    # all one way, are overwhelming evidence (p = 2**-15). Taken as independent, 0.50
+    # against 0.55 on 300 samples is within twice the standard error (0.081).
+    fgsm, pgd = point("fgsm", 0.1, hits(50)), point("pgd", 0.1, hits(55))
+    [flag] = judged("single_step_beats_iterative", fgsm, pgd)
+    assert flag["fired"] and flag["p_value"] == pytest.approx(2 ** -15)
+    assert not old_rule_fires(0.55, 0.50, FOLDS * N, FOLDS * N)
+    # The same accuracies on samples that disagree 45 to 30 are no evidence either way.
+    [flag] = judged("single_step_beats_iterative", fgsm, point("pgd", 0.1, hits(55, offset=40)))
+    assert not flag["fired"] and flag["p_value"] > 0.05
+
+
+def test_folds_are_pooled_and_configurations_kept_apart():
+    ternary_fgsm = point("fgsm", 0.1, hits(20), quantizer="ternary", config="t")
+    ternary_fgsm[0]["adv_correct"] = hits(50)  # fold 0: 50 right; pooled (50 + 20 + 20) / 300
+    flags = judged("single_step_beats_iterative", ternary_fgsm, point("pgd", 0.1, hits(60), quantizer="ternary", config="t"),
+                   point("fgsm", 0.1, hits(50), quantizer="fp", config="f"),
+                   point("pgd", 0.1, hits(30), quantizer="fp", config="f"))
     by_quantizer = {f["quantizer"]: f for f in flags}
-    assert set(by_quantizer) == {"ternary", "fp"}
+    assert set(by_quantizer) == {"ternary", "fp"} and by_quantizer["ternary"]["config_id"] == "t"
     assert by_quantizer["ternary"]["fired"] and not by_quantizer["fp"]["fired"]
     assert by_quantizer["ternary"]["reference"] == pytest.approx(0.3)
 
 
+def test_only_samples_both_points_attacked_are_compared():
+    fgsm, pgd = point("fgsm", 0.1, hits(20)), point("pgd", 0.1, hits(60))
+    for row in pgd:  # PGD's samples are shifted by 50: half of them are FGSM's
+        row["sample_index"] = [i + 50 for i in row["sample_index"]]
+    [flag] = judged("single_step_beats_iterative", fgsm, pgd)
+    # FGSM's samples 50..99 (all wrong) against PGD's first 50 (all right).
+    assert (flag["n_pairs"], flag["reference"], flag["value"]) == (FOLDS * 50, 0.0, 1.0)
+
+
+def test_a_schema_2_table_gives_no_flags_and_no_error():
+    old = dict(config_id=None, clip_min=None, clip_max=None)
+    rows = [*point("fgsm", 0.1, hits(20), outcomes=False), *point("pgd", 0.1, hits(60), outcomes=False),
+            *point("square", 0.3, hits(90), outcomes=False), *point("cw_l2", 0.0, hits(90), norm="2", outcomes=False)]
+    legacy = pa.Table.from_pylist([{**row, **old} for row in rows], schema=store.SCHEMA)
+    assert diagnostics.diagnose(legacy).num_rows == 0
+    assert diagnostics.diagnose(legacy).schema.equals(diagnostics.SCHEMA)
+    # Without the new columns at all (an older reader's table), too.
+    assert diagnostics.diagnose(legacy.drop_columns([*store.OUTCOME_COLUMNS, "clip_min", "clip_max"])).num_rows == 0
+    assert diagnostics.diagnose(store.SCHEMA.empty_table()).num_rows == 0
+    # Mixed with new rows: the new ones are judged, the old ones skipped.
+    mixed = pa.concat_tables([legacy, table(point("fgsm", 0.1, hits(20)), point("pgd", 0.1, hits(60)))])
+    assert {f["flag"] for f in diagnostics.diagnose(mixed).to_pylist()} >= {"single_step_beats_iterative"}
+
+
 def test_flags_are_in_the_store_and_queryable(tmp_path):
     location = store.locate(str(tmp_path))
-    store.write_rows(location, rows(("fgsm", "fgsm", "inf", 0.1, 0.2), ("pgd", "pgd", "inf", 0.1, 0.6)))
+    store.write_rows(location, [*point("fgsm", 0.1, hits(20)), *point("pgd", 0.1, hits(60))])
     written = diagnostics.write(location)
     on_disk = pq.read_table(tmp_path / store.DIAGNOSTICS_FILE)
     assert on_disk.equals(written) and on_disk.num_rows > 0
     queried = query.run(str(tmp_path), "SELECT flag, attack_label FROM diagnostics WHERE fired ORDER BY ALL")
     assert queried.to_pylist() == [{"flag": "single_step_beats_iterative", "attack_label": "pgd"}]
+
+
+# ---------------------------------------------------------------- false alarms under the null
+
+def flat_curves(configs: int, rng: np.random.Generator, p: float = 0.5, eps=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3)):
+    """One FGSM curve per configuration, accuracy p at every eps: each sample is right with
+    probability p, independently per point and fold. Built column-wise (fast)."""
+    rows = configs * len(eps) * FOLDS
+    correct = rng.random((rows, N)) < p
+    config = np.repeat(np.arange(configs), len(eps) * FOLDS)
+    eps_of = np.tile(np.repeat(eps, FOLDS), configs)
+    fold = np.tile(np.arange(FOLDS), configs * len(eps))
+    offsets = pa.array(np.arange(rows + 1) * N, pa.int32())
+    lists = {"sample_index": pa.ListArray.from_arrays(offsets, pa.array((fold[:, None] * 1000 + np.arange(N)).ravel())),
+             "adv_correct": pa.ListArray.from_arrays(offsets, pa.array(correct.ravel())),
+             "clean_correct": pa.ListArray.from_arrays(offsets, pa.array(np.ones(rows * N, bool)))}
+    given = {"config_id": pa.array([f"c{c}" for c in config]), "fold": pa.array(fold, pa.int32()),
+             "attack": pa.array(["fgsm"] * rows), "attack_label": pa.array(["fgsm"] * rows),
+             "norm": pa.array(["inf"] * rows), "eps": pa.array(eps_of), "eps_label": pa.array([str(e) for e in eps_of]),
+             "attack_params": pa.array(["{}"] * rows), "n_samples": pa.array(np.full(rows, N), pa.int32()),
+             "n_classes": pa.array(np.full(rows, 10), pa.int32()), **lists}
+    columns = [given.get(f.name, pa.nulls(rows, f.type)) for f in store.SCHEMA]
+    return pa.Table.from_arrays(columns, schema=store.SCHEMA), correct.reshape(configs, len(eps), FOLDS * N)
+
+
+def old_rule_rate(correct: np.ndarray) -> float:
+    """The old rule on the same data: the largest rise over any smaller eps, against twice
+    its independent standard error."""
+    fired = 0
+    for curve in correct.mean(axis=2):  # accuracy per eps, pooled over folds
+        rise, j, i = max((curve[j] - curve[i], j, i) for j in range(len(curve)) for i in range(j))
+        fired += old_rule_fires(curve[j], curve[i], correct.shape[2], correct.shape[2])
+    return fired / len(correct)
+
+
+def test_accuracy_rises_with_eps_false_alarm_rate_on_flat_curves():
+    configs = 1000
+    started = time.perf_counter()
+    rows, correct = flat_curves(configs, np.random.default_rng(20260101))
+    flags = diagnostics.diagnose(rows).to_pylist()
+    rising = [f for f in flags if f["flag"] == "accuracy_rises_with_eps"]
+    assert len(rising) == configs * 15  # every pair of the 6 budgets judged
+    rate = len({f["config_id"] for f in rising if f["fired"]}) / configs
+    old = old_rule_rate(correct)
+    print(f"\nflat curves, {configs} configurations of 6 eps x {FOLDS} folds x {N} samples: E fired in "
+          f"{rate:.3f} of them (old rule: {old:.3f}); {time.perf_counter() - started:.1f} s")
+    # Holm keeps the family-wise rate at most ALPHA; slack: three binomial standard errors.
+    assert rate <= diagnostics.ALPHA + 3 * math.sqrt(diagnostics.ALPHA * (1 - diagnostics.ALPHA) / configs)
+    assert old > 0.1  # the rule it replaces, on the same data
