@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import binomtest
 
 from sweeper import diagnostics, query, store
 
@@ -74,6 +75,9 @@ def test_holm_and_the_exact_tests_on_known_numbers():
     assert diagnostics.mcnemar_p(0, 5) == pytest.approx(1 / 32)  # 5 discordant pairs, all one way
     assert diagnostics.mcnemar_p(5, 0) == 1.0 and diagnostics.mcnemar_p(0, 0) == 1.0
     assert diagnostics.binomial_p(3, 3, 0.5) == pytest.approx(1 / 8)
+    for k, n, p0 in [(164, 300, 0.5), (75, 300, 0.2), (1, 1, 0.5), (2000, 2400, 0.2)]:
+        assert diagnostics.binomial_p(k, n, p0) == pytest.approx(
+            binomtest(k, n, p0, alternative="greater").pvalue, rel=1e-9, abs=1e-300)
 
 
 # ---------------------------------------------------------------- each check
@@ -89,7 +93,8 @@ def test_single_step_beating_iterative_fires_on_the_iterative_number():
     # Widened: PGD with more budget leaving more accuracy is as suspicious; with less, it is not judged.
     assert fired("single_step_beats_iterative", fgsm, point("pgd", 0.2, hits(60)))
     assert not judged("single_step_beats_iterative", fgsm, point("pgd", 0.05, hits(60)))
-    assert not judged("single_step_beats_iterative", point("fgsm", 0.1, hits(20), norm="2"), point("pgd", 0.1, hits(60)))
+    assert not judged("single_step_beats_iterative", point("fgsm", 0.1, hits(20), norm="2"),
+                      point("pgd", 0.1, hits(60)))
     # Unbounded C&W has at least every budget of its norm.
     [flag] = fired("single_step_beats_iterative", point("fgsm", 1.0, hits(20), norm="2"),
                    point("cw_l2", math.inf, hits(60), norm="2"))
@@ -116,7 +121,8 @@ def test_accuracy_rising_with_eps_judges_every_pair_of_budgets_as_one_family():
     flags = judged("accuracy_rises_with_eps", *rising)
     assert len(flags) == 3  # (0.1, 0.2), (0.1, 0.3), (0.2, 0.3)
     assert all(f["p_adjusted"] >= f["p_value"] for f in flags)
-    assert {(f["eps"], f["reference_label"]) for f in flags if f["fired"]} == {(0.3, "fgsm@0.1"), (0.3, "fgsm@0.2")}
+    assert {(f["eps"], f["reference_label"]) for f in flags if f["fired"]} == {(0.3, "fgsm@0.1"),
+                                                                              (0.3, "fgsm@0.2")}
     falling = [point("fgsm", 0.1, hits(60)), point("fgsm", 0.2, hits(30))]
     assert len(judged("accuracy_rises_with_eps", *falling)) == 1 and not fired("accuracy_rises_with_eps", *falling)
     # 3 more correct of 100 on every fold: 9 discordant pairs of 300, all one way, p = 0.002,
@@ -135,6 +141,7 @@ def test_adversarial_above_clean_pairs_each_samples_outcomes():
     assert not fired("adversarial_above_clean", point("pgd", 0.1, hits(40), clean=hits(50)))
     # Same accuracy, different samples right: 10 gained and 10 lost is no evidence.
     assert not fired("adversarial_above_clean", point("pgd", 0.1, hits(50, offset=10), clean=hits(50)))
+    assert not judged("adversarial_above_clean", point("pgd", 0.1, hits(95), clean=hits(50), outcomes=False))
 
 
 def test_large_eps_staying_above_chance():
@@ -174,7 +181,8 @@ def test_points_differing_in_attack_params_or_sample_count_are_never_merged():
     other = point("fgsm", 0.1, hits(80), params='{"num_random_init": 5}')
     flags = judged("single_step_beats_iterative", weak, other, point("pgd", 0.1, hits(50)))
     assert sorted((f["reference"], f["fired"]) for f in flags) == [(0.2, True), (0.8, False)]
-    assert {f["reference_label"] for f in flags} == {"fgsm@0.1 [num_random_init=0]", "fgsm@0.1 [num_random_init=5]"}
+    assert {f["reference_label"] for f in flags} == {"fgsm@0.1 [num_random_init=0]",
+                                                     "fgsm@0.1 [num_random_init=5]"}
     few = point("fgsm", 0.1, hits(20, n=40))
     flags = judged("large_eps_above_chance", point("fgsm", 0.3, hits(80)), point("fgsm", 0.3, hits(10, n=40)))
     assert sorted((f["n_samples"], f["n_pairs"]) for f in flags) == [(40, 120), (100, 300)]
@@ -199,7 +207,8 @@ def test_pairing_finds_a_consistent_difference_the_independent_rule_misses():
 def test_folds_are_pooled_and_configurations_kept_apart():
     ternary_fgsm = point("fgsm", 0.1, hits(20), quantizer="ternary", config="t")
     ternary_fgsm[0]["adv_correct"] = hits(50)  # fold 0: 50 right; pooled (50 + 20 + 20) / 300
-    flags = judged("single_step_beats_iterative", ternary_fgsm, point("pgd", 0.1, hits(60), quantizer="ternary", config="t"),
+    flags = judged("single_step_beats_iterative", ternary_fgsm,
+                   point("pgd", 0.1, hits(60), quantizer="ternary", config="t"),
                    point("fgsm", 0.1, hits(50), quantizer="fp", config="f"),
                    point("pgd", 0.1, hits(30), quantizer="fp", config="f"))
     by_quantizer = {f["quantizer"]: f for f in flags}
@@ -220,7 +229,8 @@ def test_only_samples_both_points_attacked_are_compared():
 def test_a_schema_2_table_gives_no_flags_and_no_error():
     old = dict(config_id=None, clip_min=None, clip_max=None)
     rows = [*point("fgsm", 0.1, hits(20), outcomes=False), *point("pgd", 0.1, hits(60), outcomes=False),
-            *point("square", 0.3, hits(90), outcomes=False), *point("cw_l2", 0.0, hits(90), norm="2", outcomes=False)]
+            *point("square", 0.3, hits(90), outcomes=False),
+            *point("cw_l2", 0.0, hits(90), norm="2", outcomes=False)]  # schema 2: eps 0 was unbounded
     legacy = pa.Table.from_pylist([{**row, **old} for row in rows], schema=store.SCHEMA)
     assert diagnostics.diagnose(legacy).num_rows == 0
     assert diagnostics.diagnose(legacy).schema.equals(diagnostics.SCHEMA)
@@ -253,12 +263,14 @@ def flat_curves(configs: int, rng: np.random.Generator, p: float = 0.5, eps=(0.0
     eps_of = np.tile(np.repeat(eps, FOLDS), configs)
     fold = np.tile(np.arange(FOLDS), configs * len(eps))
     offsets = pa.array(np.arange(rows + 1) * N, pa.int32())
-    lists = {"sample_index": pa.ListArray.from_arrays(offsets, pa.array((fold[:, None] * 1000 + np.arange(N)).ravel())),
+    index = (fold[:, None] * 1000 + np.arange(N)).ravel()
+    lists = {"sample_index": pa.ListArray.from_arrays(offsets, pa.array(index)),
              "adv_correct": pa.ListArray.from_arrays(offsets, pa.array(correct.ravel())),
              "clean_correct": pa.ListArray.from_arrays(offsets, pa.array(np.ones(rows * N, bool)))}
     given = {"config_id": pa.array([f"c{c}" for c in config]), "fold": pa.array(fold, pa.int32()),
              "attack": pa.array(["fgsm"] * rows), "attack_label": pa.array(["fgsm"] * rows),
-             "norm": pa.array(["inf"] * rows), "eps": pa.array(eps_of), "eps_label": pa.array([str(e) for e in eps_of]),
+             "norm": pa.array(["inf"] * rows), "eps": pa.array(eps_of),
+             "eps_label": pa.array([str(e) for e in eps_of]),
              "attack_params": pa.array(["{}"] * rows), "n_samples": pa.array(np.full(rows, N), pa.int32()),
              "n_classes": pa.array(np.full(rows, 10), pa.int32()), **lists}
     columns = [given.get(f.name, pa.nulls(rows, f.type)) for f in store.SCHEMA]
