@@ -428,10 +428,10 @@ def _large_eps(points: list[Point]) -> list[dict]:
         null = min(1.0, chance + FAR_ABOVE_CHANCE)
         correct, n = int(np.count_nonzero(point.adv)), len(point.adv)
         accuracy = correct / n
-        budget = "unbounded" if point.unbounded else f"radius {point.radius:.2f} of the input range"
+        budget = "" if point.unbounded else f" (radius {point.radius:.2f} of the input range)"
         flags.append(_flag("large_eps_above_chance", point, accuracy, chance, "chance",
                            binomial_p(correct, n, null), n, accuracy - chance,
-                           f"{point.name} ({budget}) leaves {accuracy:.3f} accuracy on {n} samples; "
+                           f"{point.name}{budget} leaves {accuracy:.3f} accuracy on {n} samples; "
                            f"chance is {chance:.3f}, tested against {null:.3f}",
                            minimum=FAR_ABOVE_CHANCE))
     return flags

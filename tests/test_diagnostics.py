@@ -199,6 +199,8 @@ def test_pairing_finds_a_consistent_difference_the_independent_rule_misses():
     [flag] = judged("single_step_beats_iterative", fgsm, pgd)
     assert flag["fired"] and flag["p_value"] == pytest.approx(2 ** -15)
     assert not old_rule_fires(0.55, 0.50, FOLDS * N, FOLDS * N)
+    # Few samples: 3 pairs all one way (p = 1/8) are not enough, whatever the 0.2 effect.
+    assert not fired("single_step_beats_iterative", point("fgsm", 0.1, hits(2, n=5)), point("pgd", 0.1, hits(3, n=5)))
     # The same accuracies on samples that disagree 45 to 30 are no evidence either way.
     [flag] = judged("single_step_beats_iterative", fgsm, point("pgd", 0.1, hits(55, offset=40)))
     assert not flag["fired"] and flag["p_value"] > 0.05
