@@ -54,10 +54,10 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
         os.environ["SWEEPER_DEBUG"] = "1"
 
 
-def _plan(grid_path: Path, overrides: Optional[List[str]]):
+def _plan(grid_path: Path, overrides: Optional[List[str]], fingerprints: bool = True):
     from sweeper import expand, grid
 
-    return expand.expand(grid.load(grid_path, overrides or []))
+    return expand.expand(grid.load(grid_path, overrides or []), fingerprints=fingerprints)
 
 
 def _results_path(plan, results: Optional[str]) -> str:
@@ -68,7 +68,7 @@ def _results_path(plan, results: Optional[str]) -> str:
 @user_errors
 def validate(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[List[str]] = SetOption):
     """Check a grid file without running anything (imports no TensorFlow or Ray)."""
-    plan = _plan(grid_path, set)
+    plan = _plan(grid_path, set, fingerprints=False)
     out.print(f"{grid_path}: ok ({len(plan.cells)} cells in {len(plan.jobs)} training jobs)",
               highlight=False)
 
@@ -211,6 +211,13 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
         out.print(f"leftover of an unfinished write (never read, safe to delete): {path}", highlight=False)
     for path in report.set_aside:
         out.print(f"set aside by an earlier launch: {path}", highlight=False)
+    for path in report.foreign:
+        out.print(f"not a sweeper file (no sweeper schema version in its footer; never read or deleted): "
+                  f"{path}", highlight=False)
+    for line in report.overfull:
+        out.print(f"more rows than folds: {line}", highlight=False)
+    for line in report.mixed_models:
+        out.print(f"mixed models: {line}", highlight=False)
     out.print("ok" if report.healthy else "problems found", highlight=False)
     raise typer.Exit(0 if report.healthy else 1)
 

@@ -1,19 +1,27 @@
 """Expansion: a validated grid -> training jobs and result cells, with stable ids.
 
-Pure functions, no Ray and no TensorFlow. A *training job* is one model to train
-(dataset x model x quantizer x fold, with the seed and training settings); a *cell* is
-one result row: a job's model evaluated under one (attack, epsilon), the clean
-evaluation (attack ``none``) included. Each model is trained once and attacked at every
-cell of its job. Ids hash everything that determines a result, so they are the same
-across runs and machines, and change when anything that matters changes.
+No Ray. A *training job* is one model to train (dataset x model x quantizer x fold,
+with the seed and training settings); a *cell* is one result row: a job's model
+evaluated under one (attack, epsilon), the clean evaluation (attack ``none``) included.
+Each model is trained once and attacked at every cell of its job.
+
+Ids hash everything that determines a result, so they are the same across runs and
+machines, and change when anything that matters changes: the names and settings, the
+preset's quantizer expressions, a fingerprint of the built model (its layer
+configuration, ``models.fingerprint``), the major.minor versions of the libraries that
+train and attack it and make the folds, and ``ID_VERSION`` for deliberate changes to
+sweeper's own procedure. Fingerprinting builds each distinct model once, so it imports
+TensorFlow; ``expand(grid, fingerprints=False)`` skips it for a quick count (``sweeper
+validate``), and such a plan cannot be launched.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sweeper.errors import UserError
@@ -22,7 +30,12 @@ from sweeper.grid import Epsilon, Grid
 # Bump when a change to sweeper alters what a job or cell computes: old results then
 # stop matching and are recomputed instead of silently mixed with new ones.
 # 2: the stq and sbinary activations became batch-independent (sweeper.quantizers).
-ID_VERSION = 2
+# 3: model fingerprints and library versions in job ids; GSC grouped folds and scaled
+#    features; minimal-perturbation attacks run once, budgets derived from their norms.
+ID_VERSION = 3
+# Libraries whose major.minor version is part of a job's identity: they train the model
+# (TensorFlow, QKeras), attack it (ART), and decide the folds (scikit-learn).
+ID_LIBRARIES = ("tensorflow", "qkeras", "adversarial-robustness-toolbox", "scikit-learn")
 CLEAN = "none"
 
 
@@ -36,7 +49,9 @@ class TrainingJob:
     k: int
     seed: int
     train: tuple[tuple[str, Any], ...]  # the grid's training settings, sorted
+    model_fingerprint: str = ""  # models.fingerprint of the built model ("" when not computed)
     job_id: str = field(default="", compare=False)
+    config_id: str = field(default="", compare=False)  # the job's id without its fold
 
     @property
     def dataset_key(self) -> tuple[str, tuple]:
@@ -44,9 +59,19 @@ class TrainingJob:
         return self.dataset, self.dataset_options
 
     def identity(self) -> dict[str, Any]:
+        return {**self.config_identity(), "fold": self.fold}
+
+    def config_identity(self) -> dict[str, Any]:
+        """Everything that determines the trained model except the fold."""
+        from dataclasses import asdict
+
+        from sweeper.quantizers import QUANTIZERS
+
+        preset = {k: v for k, v in asdict(QUANTIZERS.get(self.quantizer)).items() if k != "description"}
         return {"v": ID_VERSION, "dataset": self.dataset, "dataset_options": dict(self.dataset_options),
-                "model": self.model, "quantizer": self.quantizer, "fold": self.fold, "k": self.k,
-                "seed": self.seed, "train": dict(self.train)}
+                "model": self.model, "quantizer": self.quantizer, "preset": preset,
+                "model_fingerprint": self.model_fingerprint, "k": self.k, "seed": self.seed,
+                "train": dict(self.train), "libraries": library_minor_versions()}
 
 
 @dataclass(frozen=True)
@@ -66,12 +91,13 @@ class Cell:
                 "params": self.art_params(), "samples": self.samples}
 
     def art_params(self) -> dict[str, Any]:
-        """Everything passed to ART: the grid's parameters and the ones sweeper pins."""
+        """Everything passed to ART at this cell's eps: the grid's parameters (relative
+        ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins."""
         if self.attack == CLEAN:
             return {}
         from sweeper.attacks import art_params
 
-        return art_params(self.attack, dict(self.params))
+        return art_params(self.attack, dict(self.params), self.eps)
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,7 @@ class Plan:
     grid: Grid
     jobs: tuple[TrainingJob, ...]
     cells: tuple[Cell, ...]
+    fingerprinted: bool = True  # False: ids lack the model fingerprints (a count, not a plan to run)
 
     def cells_of(self, job_id: str) -> list[Cell]:
         return self._cells_by_job().get(job_id, [])
@@ -110,13 +137,29 @@ def stable_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def expand(grid: Grid) -> Plan:
-    jobs = tuple(_jobs(grid))
+@functools.lru_cache(maxsize=1)
+def library_minor_versions() -> dict[str, str]:
+    """major.minor of each of ID_LIBRARIES (a patch release does not change results)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ID_LIBRARIES:
+        try:
+            found[package] = ".".join(version(package).split(".")[:2])
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def expand(grid: Grid, fingerprints: bool = True) -> Plan:
+    """The plan of a grid. ``fingerprints`` False leaves the model fingerprints out of the
+    ids (no TensorFlow import): enough to count and validate, not to run or compare."""
+    jobs = tuple(_jobs(grid, fingerprints))
     if len({job.job_id for job in jobs}) != len(jobs):
         raise UserError("datasets: a dataset is listed twice with the same options")
     cells = tuple(cell for job in jobs for cell in _cells(grid, job))
     _reject_duplicates(cells)
-    return Plan(grid, jobs, cells)
+    return Plan(grid, jobs, cells, fingerprinted=fingerprints)
 
 
 def _reject_duplicates(cells: tuple[Cell, ...]) -> None:
@@ -128,7 +171,7 @@ def _reject_duplicates(cells: tuple[Cell, ...]) -> None:
                             f"cells (same attack, norm, parameters and epsilon)")
 
 
-def _jobs(grid: Grid):
+def _jobs(grid: Grid, fingerprints: bool):
     train = tuple(sorted(grid.train.model_dump().items()))
     for dataset in grid.datasets:
         options = tuple(sorted(dataset.resolved_options().items()))
@@ -136,10 +179,20 @@ def _jobs(grid: Grid):
             if model.datasets is not None and dataset.name not in model.datasets:
                 continue
             for quantizer in model.quantizers or grid.quantizers:
+                fingerprint = _fingerprint(dataset.name, options, model.name, quantizer) if fingerprints else ""
                 for fold in grid.folds.indices():
                     job = TrainingJob(dataset.name, options, model.name, quantizer, fold,
-                                      grid.folds.k, grid.seed, train)
-                    yield _with_id(job, "job_id")
+                                      grid.folds.k, grid.seed, train, fingerprint)
+                    job = _with_id(job, "job_id")
+                    yield replace(job, config_id=stable_id(job.config_identity()))
+
+
+def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> str:
+    from sweeper import datasets, models
+    from sweeper.quantizers import QUANTIZERS
+
+    input_shape, nb_classes = datasets.shape(dataset, dict(options))
+    return models.fingerprint(model, input_shape, nb_classes, QUANTIZERS.get(quantizer))
 
 
 def _cells(grid: Grid, job: TrainingJob):
@@ -159,6 +212,4 @@ def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int) -> Cell
 
 
 def _with_id(item, id_field: str):
-    from dataclasses import replace
-
     return replace(item, **{id_field: stable_id(item.identity())})

@@ -8,6 +8,8 @@ ART or Ray. Expansion into cells lives in ``expand.py``.
 
 from __future__ import annotations
 
+import math
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -23,22 +25,33 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+UNBOUNDED = "unbounded"
+
+
 class Epsilon(_Frozen):
-    """An attack budget: its value, and its label as written (``8/255`` stays ``8/255``)."""
+    """An attack budget: its value, and its label as written (``8/255`` stays ``8/255``).
+    ``unbounded`` (value +inf) is for minimal-perturbation attacks; 0 is always clean."""
 
     value: float
     label: str
+
+    @property
+    def unbounded(self) -> bool:
+        return math.isinf(self.value)
 
 
 def parse_epsilon(raw: Any) -> Epsilon:
     if isinstance(raw, Epsilon):
         return raw
+    if isinstance(raw, str) and raw.strip().lower() == UNBOUNDED:
+        return Epsilon(value=math.inf, label=UNBOUNDED)
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise ValueError(f"epsilon must be a number or a fraction like 8/255, got {raw!r}")
+        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {raw!r}")
     try:
         value = float(Fraction(raw.strip()) if isinstance(raw, str) else raw)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"epsilon must be a number or a fraction like 8/255, got {raw!r}") from None
+        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', "
+                         f"got {raw!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"epsilon must be a finite number >= 0, got {raw!r}")
     return Epsilon(value=value, label=raw.strip() if isinstance(raw, str) else str(raw))
@@ -140,6 +153,10 @@ class AttackEntry(_Frozen):
         if self.name not in ATTACKS:
             raise ValueError(ATTACKS.unknown_message(self.name))
         _known_names(DATASETS, self.datasets or ())
+        if ATTACKS.get(self.name).uses_eps and any(eps.unbounded for eps in self.eps):
+            minimal = ", ".join(n for n in ATTACKS.names() if not ATTACKS.get(n).uses_eps)
+            raise ValueError(f"attack {self.name!r} needs finite budgets; 'unbounded' is only for "
+                             f"minimal-perturbation attacks: {minimal}")
         try:
             validate(self.name, self.norm, self.params)
         except UserError as error:  # re-raised as ValueError so the message names the field
@@ -219,7 +236,7 @@ class Resources(_Frozen):
 
 
 class Grid(_Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     seed: int = 0
     datasets: tuple[DatasetChoice, ...] = Field(min_length=1)
     models: tuple[ModelChoice, ...] = Field(min_length=1)
@@ -232,6 +249,16 @@ class Grid(_Frozen):
     resources: Resources = Resources()
     mcus: tuple[str, ...] = ("stm32h7",)
     data_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # The name is a folder under results/: '.', '..' or a hidden name would put the
+        # default store in the working directory, its parent, or out of sight.
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"{name!r} is not usable as a folder name: use letters, digits, "
+                             f"'_', '-' and '.', not starting with '.'")
+        return name
 
     @field_validator("models")
     @classmethod

@@ -7,6 +7,7 @@ gradients for white-box attacks.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from sweeper.quantizers import Preset, activation, make
@@ -230,3 +231,44 @@ def stq_net(input_shape: tuple, nb_classes: int, preset: Preset):
         x = activation(preset)(_qdense(preset, units)(x))
     logits = _qdense(preset, nb_classes)(x)
     return qmodel_class()(inputs, logits, name=f"stq_net_{preset.name}")
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def fingerprint(name: str, input_shape: tuple, nb_classes: int, preset: Preset) -> str:
+    """A hash of the model a builder makes: every layer's class and configuration (the
+    quantizers included) and how the layers connect, without Keras's auto-generated
+    names. Part of a training job's id, so a changed architecture or preset never reuses
+    old rows or cached weights; the trial recomputes it on the built model and refuses
+    to run when it differs (a worker running other code than the driver)."""
+    return _fingerprint_cached(name, tuple(input_shape), int(nb_classes), preset)
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint_cached(name: str, input_shape: tuple, nb_classes: int, preset: Preset) -> str:
+    return model_fingerprint(build(name, input_shape, nb_classes, preset))
+
+
+def model_fingerprint(model) -> str:
+    """The fingerprint of a built model (see ``fingerprint``)."""
+    import hashlib
+    import json
+    import re
+    import warnings
+
+    index = {id(layer): i for i, layer in enumerate(model.layers)}
+    described = []
+    with warnings.catch_warnings():  # QKeras quantizers serialise through Keras's constraint API
+        warnings.simplefilter("ignore")
+        for layer in model.layers:
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            inbound = [[index[id(parent)] for parent in _as_list(node.inbound_layers)]
+                       for node in layer._inbound_nodes]
+            described.append([type(layer).__name__, config, inbound])
+    text = json.dumps(described, sort_keys=True, default=str)
+    text = re.sub(r" at 0x[0-9a-f]+", "", text)  # object addresses, should any slip through
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _as_list(layers) -> list:
+    return list(layers) if isinstance(layers, (list, tuple)) else [layers]

@@ -135,3 +135,77 @@ def test_attacks_limited_to_some_datasets(tmp_path, tiny_grid):
     plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
     assert not [cell for cell in plan.cells if cell.attack == "pgd"]
     assert len([cell for cell in plan.cells if cell.attack == "fgsm"]) == 4
+
+
+def test_ids_carry_the_model_fingerprint_and_library_versions(tmp_path, tiny_grid, monkeypatch):
+    """A changed architecture or library reuses no old row and no cached weights."""
+    from sweeper import models
+
+    path = write_grid(tmp_path, tiny_grid)
+    base = expand.expand(grid.load(path))
+    assert all(job.model_fingerprint for job in base.jobs)
+    # Folds of one configuration share config_id; configurations do not.
+    plan = expand.expand(grid.load(path, ["folds.only=null"]))
+    by_config = {}
+    for job in plan.jobs:
+        by_config.setdefault(job.config_id, set()).add(job.fold)
+    assert sorted(map(len, by_config.values())) == [3, 3]
+
+    monkeypatch.setattr(expand, "library_minor_versions", lambda: {"tensorflow": "9.9"})
+    other_libraries = expand.expand(grid.load(path))
+    assert not {j.job_id for j in other_libraries.jobs} & {j.job_id for j in base.jobs}
+    monkeypatch.undo()
+
+    # Another architecture under the same name: one more filter in the first conv.
+    original = models.MODELS.get("small_cnn")
+    monkeypatch.setitem(models.MODELS._entries, "small_cnn", _wider(original))
+    models._fingerprint_cached.cache_clear()
+    try:
+        wider = expand.expand(grid.load(path))
+    finally:
+        monkeypatch.undo()
+        models._fingerprint_cached.cache_clear()
+    assert not {j.job_id for j in wider.jobs} & {j.job_id for j in base.jobs}
+    assert {c.cell_id for c in expand.expand(grid.load(path)).cells} == {c.cell_id for c in base.cells}
+
+
+def _wider(builder):
+    def build(input_shape, nb_classes, preset):
+        import tensorflow as tf
+
+        from sweeper.models import _qconv, _qdense, qmodel_class
+        from sweeper.quantizers import activation
+
+        inputs = tf.keras.Input(shape=input_shape)
+        x = activation(preset)(_qconv(preset, 17, 3)(inputs))
+        logits = _qdense(preset, nb_classes)(tf.keras.layers.Flatten()(x))
+        return qmodel_class()(inputs, logits)
+    return build
+
+
+def test_fingerprint_ignores_keras_layer_names():
+    from sweeper import models
+    from sweeper.quantizers import QUANTIZERS
+
+    preset = QUANTIZERS.get("int4")
+    first = models.model_fingerprint(models.build("small_cnn", (8, 8, 1), 10, preset))
+    second = models.model_fingerprint(models.build("small_cnn", (8, 8, 1), 10, preset))  # q_conv2d_2...
+    assert first == second
+    assert first != models.model_fingerprint(models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get("int8")))
+    assert first != models.model_fingerprint(models.build("small_cnn", (8, 8, 1), 7, preset))
+
+
+def test_validate_counts_without_fingerprints(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    quick = expand.expand(grid.load(path), fingerprints=False)
+    full = expand.expand(grid.load(path))
+    assert (len(quick.cells), len(quick.jobs)) == (len(full.cells), len(full.jobs))
+    assert not quick.fingerprinted and full.fingerprinted
+
+
+def test_unbounded_and_zero_are_distinct_cells(tmp_path, tiny_grid):
+    tiny_grid["attacks"] = [{"name": "boundary", "eps": [0, "unbounded"]}]
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    boundary = [c for c in plan.cells if c.attack == "boundary"]
+    assert sorted(c.eps_label for c in boundary) == ["0", "0", "unbounded", "unbounded"]  # 2 jobs
+    assert {c.eps for c in boundary} == {0.0, float("inf")}

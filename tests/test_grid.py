@@ -24,6 +24,7 @@ def test_demo_grid_is_valid():
     ("8/255", 8 / 255, "8/255"),
     (" 16/255 ", 16 / 255, "16/255"),
     ("1e-3", 0.001, "1e-3"),
+    ("unbounded", float("inf"), "unbounded"),
 ])
 def test_epsilon_parsing_keeps_the_label_as_written(raw, value, label):
     eps = grid.parse_epsilon(raw)
@@ -55,6 +56,13 @@ BAD_GRIDS = [
     ("samples=0", "samples: attacked sample counts must be >= 1"),
     ("attacks.1.label=fgsm", "attack 'fgsm' appears twice"),
     ("attacks.fgsm.eps=[0.1,0.1]", "an epsilon is listed twice"),
+    # 'unbounded' is a budget only minimal-perturbation attacks can have
+    ("attacks.fgsm.eps=[unbounded]", "attack 'fgsm' needs finite budgets; 'unbounded' is only for"),
+    # the name is the default store's folder: results/. or results/.. is the wrong place
+    ("name=.", "name: '.' is not usable as a folder name"),
+    ("name=..", "name: '..' is not usable as a folder name"),
+    ("name=.hidden", "not usable as a folder name"),
+    ("name=a/b", "not usable as a folder name"),
 ]
 
 
@@ -138,3 +146,19 @@ def test_dataset_options_with_accepted_values(tmp_path, tiny_grid):
     loaded = grid.load(write_grid(tmp_path, tiny_grid))
     assert loaded.datasets[0].resolved_options() == {"labels": "mlperf"}
     assert loaded.datasets[1].resolved_options() == {"grayscale": True}
+
+
+def test_a_grid_file_named_dot_dot_is_rejected(tmp_path, tiny_grid):
+    del tiny_grid["name"]
+    path = write_grid(tmp_path, tiny_grid, name="..yaml")  # the name defaults to the stem, "."
+    with pytest.raises(UserError, match="not usable as a folder name"):
+        grid.load(path)
+
+
+def test_minimal_attacks_take_unbounded_and_relative_steps(tmp_path, tiny_grid):
+    tiny_grid["attacks"] = [{"name": "cw_l2", "eps": [0, 0.5, "unbounded"]},
+                            {"name": "pgd", "eps": ["8/255"], "params": {"eps_step": "eps/4"}}]
+    loaded = grid.load(write_grid(tmp_path, tiny_grid))
+    assert [e.label for e in loaded.attacks[0].eps] == ["0", "0.5", "unbounded"]
+    assert loaded.attacks[0].eps[2].unbounded and not loaded.attacks[0].eps[0].unbounded
+    assert loaded.attacks[1].params["eps_step"] == "eps/4"
