@@ -27,13 +27,17 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sweeper.errors import UserError
 
 # 2: rows/ folder, launch_id, n_classes and n_features, provenance metadata.
-SCHEMA_VERSION = 2
+# 3: config_id, id_version, model fingerprint and weights hash, clip range, fold grouping
+#    and feature scaling, per-sample outcomes (list columns); fits_mcus dropped (fit is
+#    computed in SQL from flash_kb/ram_kb and the mcus table).
+SCHEMA_VERSION = 3
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
@@ -46,14 +50,23 @@ META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cell_id", pa.string(), "stable hash of everything that determines this row"),
     ("job_id", pa.string(), "stable hash of the training job (the trained model)"),
+    ("config_id", pa.string(),
+     "stable hash of the training job without its fold: rows of one configuration share it"),
+    ("id_version", pa.int32(), "sweeper's ID_VERSION when the row was computed"),
     ("launch_id", pa.string(), "the launch that computed the row (its provenance is in the file metadata)"),
     ("grid", pa.string(), "grid name"),
     ("dataset", pa.string(), "dataset name"),
     ("dataset_options", pa.string(), "dataset options as JSON"),
     ("n_classes", pa.int32(), "number of classes of the dataset"),
     ("n_features", pa.int64(), "input values per sample (e.g. 64 for 8x8 digits)"),
+    ("clip_min", pa.float64(), "lower end of the input range attacks clip to (the row's scale)"),
+    ("clip_max", pa.float64(), "upper end of the input range attacks clip to"),
+    ("feature_scaling", pa.string(), "how inputs were scaled to [clip_min, clip_max]"),
+    ("fold_grouping", pa.string(), "what K-fold keeps on one side of a split (e.g. speaker), or none"),
     ("model", pa.string(), "model name"),
     ("quantizer", pa.string(), "quantizer preset"),
+    ("model_fingerprint", pa.string(), "hash of the built model's layer configuration (part of job_id)"),
+    ("weights_sha256", pa.string(), "hash of the trained weights this row was computed with"),
     ("fold", pa.int32(), "held-out fold index"),
     ("k", pa.int32(), "K of K-fold"),
     ("seed", pa.int64(), "grid seed (splits, initialisation, sample choice, attacks)"),
@@ -61,8 +74,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("attack", pa.string(), "attack name; 'none' is the clean evaluation"),
     ("attack_label", pa.string(), "attack entry label (the name unless the grid set one)"),
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
-    ("eps", pa.float64(), "epsilon as a number"),
-    ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255"),
+    ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
+    ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
     ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
     ("n_samples", pa.int32(), "number of attacked test samples"),
     ("clean_acc", pa.float64(), "accuracy on the attacked samples, unperturbed"),
@@ -70,11 +83,17 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("attack_success_rate", pa.float64(),
      "share of clean-correct samples the attack made wrong (NaN if none were correct)"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
+    ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
+    ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
+    ("adv_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly after the attack"),
+    ("adv_pred", pa.list_(pa.int32()), "per attacked sample: the predicted class after the attack"),
+    ("pert_linf", pa.list_(pa.float32()), "per attacked sample: L-inf norm of the perturbation used"),
+    ("pert_l2", pa.list_(pa.float32()), "per attacked sample: L2 norm of the perturbation used"),
+    ("pert_l1", pa.list_(pa.float32()), "per attacked sample: L1 norm of the perturbation used"),
     ("params", pa.int64(), "model parameter count"),
     ("flash_kb", pa.float64(), "weights at their quantized bit widths, KB (1024 bytes)"),
     ("ram_kb", pa.float64(), "peak live activations at their quantized widths, KB"),
-    ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks"),
-    ("fits_mcus", pa.list_(pa.string()), "those of mcu_targets the model fits (flash and RAM)"),
+    ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks (fit is computed in SQL)"),
     ("model_cached", pa.bool_(), "the trained model was loaded from the cache, not trained"),
     ("train_s", pa.float64(), "seconds spent training this row's model (0 if cached)"),
     ("attack_s", pa.float64(), "seconds spent generating this row's adversarial examples"),
@@ -85,8 +104,22 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("tensorflow_version", pa.string(), "TensorFlow version"),
     ("qkeras_version", pa.string(), "QKeras version"),
     ("art_version", pa.string(), "adversarial-robustness-toolbox version"),
+    ("sklearn_version", pa.string(), "scikit-learn version (it decides the folds)"),
     ("ray_version", pa.string(), "Ray version"),
 ]
+# What a "configuration" is: one trained setup, every fold of it. config_id hashes
+# everything that determines the trained model except the fold (code fingerprint and
+# library versions included); the named columns are kept for reading, and for rows of
+# schema-2 stores, which have no config_id. Every aggregate over folds groups by these
+# plus POINT_COLUMNS, so rows that differ in anything that changes a result are never
+# averaged together.
+CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed"]
+# One evaluation of a configuration: an attack with its parameters at one budget, on a
+# fixed number of samples.
+POINT_COLUMNS = ["attack", "attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"]
+# The per-sample outcome columns (equal-length lists, one entry per attacked sample).
+OUTCOME_COLUMNS = ["sample_index", "clean_correct", "adv_correct", "adv_pred", "pert_linf", "pert_l2",
+                   "pert_l1"]
 SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in COLUMNS],
                    metadata={META_VERSION: str(SCHEMA_VERSION)})
 
@@ -100,7 +133,7 @@ def library_versions() -> dict[str, str]:
 
     packages = {"sweeper_version": "sweeper", "tensorflow_version": "tensorflow",
                 "qkeras_version": "qkeras", "art_version": "adversarial-robustness-toolbox",
-                "ray_version": "ray"}
+                "sklearn_version": "scikit-learn", "ray_version": "ray"}
     found = {}
     for column, package in packages.items():
         try:
@@ -268,12 +301,40 @@ class ReadResult:
     table: pa.Table
     damaged: tuple[str, ...]  # fragments that could not be read
     duplicates: int = 0  # rows dropped: their cell was already in an earlier fragment
+    foreign: tuple[str, ...] = ()  # Parquet files that are not sweeper's: never read, never touched
+    read: tuple[str, ...] = ()  # the sweeper fragments the table holds
+
+
+class ForeignFile(Exception):
+    """A readable Parquet file without sweeper's schema version in its footer."""
 
 
 def _read_fragment(location: Location, path: str, columns: list[str] | None) -> pa.Table:
-    # Reading with the current schema fills columns an older fragment lacks with nulls.
+    # Only files whose footer carries sweeper's schema version are fragments: anything
+    # else (a part-0.parquet some other tool dropped here) would read as all-null rows.
+    # Reading with the current schema fills columns an older fragment lacks with nulls
+    # and leaves out the ones it no longer has.
     with location.fs.open_input_file(path) as handle:
-        return pq.read_table(handle, columns=columns, schema=SCHEMA)
+        file = pq.ParquetFile(handle)
+        if META_VERSION not in (file.schema_arrow.metadata or {}):
+            raise ForeignFile(path)
+        present = set(file.schema_arrow.names)
+        wanted = [c for c in (columns or SCHEMA.names) if c in present]
+        table = file.read(columns=wanted)
+    return _conform(table, columns or SCHEMA.names)
+
+
+def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table`` with exactly ``columns``, in the current schema's types (nulls for the
+    ones an older fragment lacks)."""
+    arrays = []
+    for name in columns:
+        field = SCHEMA.field(name)
+        if name in table.column_names:
+            arrays.append(table.column(name).cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
 
 
 def read(location: Location, columns: list[str] | None = None) -> ReadResult:
@@ -283,10 +344,13 @@ def read(location: Location, columns: list[str] | None = None) -> ReadResult:
 
 def read_fragments(location: Location, paths: list[str], columns: list[str] | None = None) -> ReadResult:
     wanted = None if columns is None else list(dict.fromkeys(["cell_id", *columns]))
-    tables, damaged = [], []
+    tables, damaged, foreign, read_paths = [], [], [], []
     for path in paths:
         try:
             tables.append(_read_fragment(location, path, wanted))
+            read_paths.append(path)
+        except ForeignFile:
+            foreign.append(path)
         except (pa.ArrowException, OSError):
             damaged.append(path)
     schema = SCHEMA if wanted is None else pa.schema([SCHEMA.field(c) for c in wanted])
@@ -294,7 +358,7 @@ def read_fragments(location: Location, paths: list[str], columns: list[str] | No
     table, dropped = _first_row_per_cell(table)
     if columns is not None:
         table = table.select(columns)
-    return ReadResult(table, tuple(damaged), dropped)
+    return ReadResult(table, tuple(damaged), dropped, tuple(foreign), tuple(read_paths))
 
 
 def _first_row_per_cell(table: pa.Table) -> tuple[pa.Table, int]:
@@ -322,6 +386,8 @@ def _fragment_launches(location: Location, path: str) -> list[dict[str, Any]]:
             metadata = pq.read_schema(handle).metadata or {}
     except (pa.ArrowException, OSError):
         return []
+    if META_VERSION not in metadata:
+        return []  # not a sweeper file
     return json.loads(metadata.get(META_LAUNCHES, b"[]"))
 
 
@@ -348,20 +414,28 @@ class CheckReport:
     duplicates: dict[str, tuple[str, ...]]  # cell id -> the fragments holding it
     temporaries: tuple[str, ...]  # leftovers of writes that never finished (harmless)
     set_aside: tuple[str, ...]  # damaged fragments an earlier launch moved out of the way
+    foreign: tuple[str, ...] = ()  # Parquet files in rows/ that are not sweeper's (ignored)
+    overfull: tuple[str, ...] = ()  # configuration points with more rows than folds
+    mixed_models: tuple[str, ...] = ()  # jobs whose rows come from different trained weights
 
     @property
     def healthy(self) -> bool:
-        return not self.damaged and not self.duplicates
+        return not (self.damaged or self.duplicates or self.overfull or self.mixed_models)
 
 
 def check(location: Location) -> CheckReport:
-    """Look at every fragment: which cannot be read, which cells are stored twice."""
+    """Look at every fragment: which cannot be read, which cells are stored twice, and
+    whether the rows still mean one thing each (a configuration point with more rows than
+    folds, a job whose rows come from two different trained models)."""
     holders: dict[str, list[str]] = {}
-    damaged, rows = [], 0
+    damaged, foreign, rows = [], [], 0
     paths = fragments(location)
     for path in paths:
         try:
             cells = _read_fragment(location, path, ["cell_id"]).column("cell_id").to_pylist()
+        except ForeignFile:
+            foreign.append(path)
+            continue
         except (pa.ArrowException, OSError):
             damaged.append(path)
             continue
@@ -369,9 +443,27 @@ def check(location: Location) -> CheckReport:
         for cell in cells:
             holders.setdefault(cell, []).append(path)
     duplicates = {cell: tuple(where) for cell, where in holders.items() if len(where) > 1}
+    table = read_fragments(location, [p for p in paths if p not in damaged and p not in foreign],
+                           [*CONFIG_COLUMNS, *POINT_COLUMNS, "fold", "job_id", "weights_sha256"]).table
     return CheckReport(len(paths), rows, tuple(damaged), duplicates,
-                       tuple(_list(location, STAGING_DIR, "")),
-                       tuple(_list(location, DAMAGED_DIR, "")))
+                       tuple(_list(location, STAGING_DIR, "")), tuple(_list(location, DAMAGED_DIR, "")),
+                       tuple(foreign), _overfull(table), _mixed_models(table))
+
+
+def _overfull(table: pa.Table) -> tuple[str, ...]:
+    keys = [*CONFIG_COLUMNS, *POINT_COLUMNS]
+    counts = table.group_by(keys, use_threads=False).aggregate([("fold", "count"), ("fold", "count_distinct")])
+    over = counts.filter(pa.compute.greater(counts["fold_count"], counts["fold_count_distinct"]))
+    return tuple(f"{r['dataset']}/{r['model']}/{r['quantizer']} {r['attack_label']}@{r['eps_label']}: "
+                 f"{r['fold_count']} rows for {r['fold_count_distinct']} folds" for r in over.to_pylist())
+
+
+def _mixed_models(table: pa.Table) -> tuple[str, ...]:
+    hashes = table.filter(pa.compute.is_valid(table["weights_sha256"]))
+    counts = hashes.group_by(["job_id"]).aggregate([("weights_sha256", "count_distinct")])
+    mixed = counts.filter(pa.compute.greater(counts["weights_sha256_count_distinct"], 1))
+    return tuple(f"job {r['job_id']}: rows from {r['weights_sha256_count_distinct']} different trained models"
+                 for r in mixed.to_pylist())
 
 
 def set_aside(location: Location, damaged: Iterable[str]) -> list[str]:
@@ -415,19 +507,18 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
     """
     paths = fragments(location)
     merged = read_fragments(location, paths)
-    if not paths or (len(paths) == 1 and not merged.damaged and _is_compacted(location, paths[0])):
-        return CompactReport(len(paths), len(paths), merged.table)
+    if not merged.read or (len(merged.read) == 1 and not merged.damaged
+                           and _is_compacted(location, merged.read[0])):
+        return CompactReport(len(paths), len(merged.read), merged.table)
     set_aside(location, merged.damaged)
     table = merged.table.sort_by(SORT_KEYS)
-    records = [record for path in paths if path not in merged.damaged
-               for record in _fragment_launches(location, path)]
+    records = [record for path in merged.read for record in _fragment_launches(location, path)]
     launches_by_id = {record["launch_id"]: record for record in records}
     table = table.replace_schema_metadata(_schema_with(launches_by_id.values()).metadata)
     written = [_write_table(location, table.slice(start, max_rows_per_file), "compacted")
                for start in range(0, table.num_rows, max_rows_per_file)]
-    for path in paths:
-        if path not in merged.damaged:
-            location.fs.delete_file(path)
+    for path in merged.read:  # foreign files are not ours to delete
+        location.fs.delete_file(path)
     return CompactReport(len(paths), len(written), table, merged.duplicates, merged.damaged)
 
 

@@ -19,7 +19,7 @@ def make_row(cell_id: str, **overrides) -> dict:
                quantizer="int4", fold=0, k=3, seed=0, attack="fgsm", attack_label="fgsm",
                norm="inf", eps=0.1, eps_label="0.1", attack_params="{}", n_samples=20,
                clean_acc=0.9, adv_acc=0.5, attack_success_rate=0.44, test_acc=0.91, params=100,
-               flash_kb=1.5, ram_kb=0.5, mcu_targets=["stm32h7"], fits_mcus=["stm32h7"],
+               flash_kb=1.5, ram_kb=0.5, mcu_targets=["stm32h7"],
                model_cached=False, train_s=1.0, attack_s=0.1,
                finished_at=datetime.now(timezone.utc).isoformat(), host="h")
     row.update(overrides)
@@ -34,7 +34,7 @@ def test_rows_round_trip_with_the_fixed_schema(tmp_path):
     assert table.schema.equals(store.SCHEMA, check_metadata=False)
     assert table.column("cell_id").to_pylist() == ["a", "b"]
     assert table.column("eps_label").to_pylist() == ["0.1", "8/255"]
-    assert table.column("fits_mcus").to_pylist() == [["stm32h7"], ["stm32h7"]]
+    assert table.column("mcu_targets").to_pylist() == [["stm32h7"], ["stm32h7"]]
     assert table.column("finished_at").type.tz == "UTC"
     metadata = pq.read_schema(path).metadata
     assert metadata[b"sweeper_schema_version"] == str(store.SCHEMA_VERSION).encode()
@@ -136,7 +136,7 @@ def test_every_fragment_records_its_launch(tmp_path):
     assert '"name":"g"' in record["grid_resolved"]
     assert set(record["versions"]) >= {"sweeper", "tensorflow", "qkeras", "art", "ray", "python", "sweeper_commit"}
     assert record["started_at"].endswith("+00:00")
-    assert pq.read_schema(path).metadata[b"sweeper_schema_version"] == b"2"
+    assert pq.read_schema(path).metadata[b"sweeper_schema_version"] == str(store.SCHEMA_VERSION).encode()
 
 
 def test_compaction_merges_dedupes_sorts_and_keeps_every_launch(tmp_path):
@@ -168,16 +168,21 @@ def test_compaction_sets_damaged_fragments_aside_and_moves_legacy_ones(tmp_path)
     torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
     torn.write_bytes(open(good, "rb").read()[:200])
     legacy = tmp_path / "part-00000000T000000-old-00000000.parquet"  # schema 1 layout
-    old = make_row("z")
-    for column in ("launch_id", "n_classes", "n_features"):
+    old = make_row("z", fits_mcus=["stm32h7"])  # a column schema 3 dropped
+    for column in ("launch_id", "n_classes", "n_features", *store.OUTCOME_COLUMNS, "config_id"):
         del old[column]
-    pq.write_table(pa.Table.from_pylist([store._coerce(old)]), legacy)
+    old_table = pa.Table.from_pylist([store._coerce(old)])
+    pq.write_table(old_table.replace_schema_metadata({"sweeper_schema_version": "1"}), legacy)
 
     report = store.compact(location)
     assert report.damaged == (str(torn),) and report.rows == 2
     assert (tmp_path / "damaged" / torn.name).exists() and not legacy.exists()
     rows = {r["cell_id"]: r for r in store.read(location).table.to_pylist()}
     assert set(rows) == {"a", "z"} and rows["z"]["n_classes"] is None
+
+
+def _bools(values) -> tuple:
+    return () if values is None else tuple(bool(v) for v in values)  # list, numpy array or polars Series
 
 
 def test_pyarrow_pandas_polars_and_duckdb_read_the_same_rows(tmp_path):
@@ -188,13 +193,14 @@ def test_pyarrow_pandas_polars_and_duckdb_read_the_same_rows(tmp_path):
 
     location = store.locate(str(tmp_path))
     store.write_rows(location, [make_row(c, adv_acc=i / 10, eps_label=f"{i}/255") for i, c in enumerate("abc")])
-    store.write_rows(location, [make_row("d", fits_mcus=[], adv_acc=float("nan"))])
+    store.write_rows(location, [make_row("d", mcu_targets=[], adv_acc=float("nan"),
+                                         sample_index=[3, 1], adv_correct=[True, False])])
     store.compact(location)
     rows = tmp_path / "rows"
 
     def key(records):
         return sorted((r["cell_id"], r["eps_label"], None if r["adv_acc"] != r["adv_acc"] else r["adv_acc"],
-                       tuple(r["fits_mcus"]), r["n_classes"]) for r in records)
+                       tuple(r["mcu_targets"]), r["n_classes"], _bools(r["adv_correct"])) for r in records)
 
     expected = key(store.read(location).table.to_pylist())
     assert len(expected) == 4
@@ -203,3 +209,53 @@ def test_pyarrow_pandas_polars_and_duckdb_read_the_same_rows(tmp_path):
     assert key(pl.read_parquet(f"{rows}/*.parquet").to_dicts()) == expected
     assert key(duckdb.sql(f"SELECT * FROM read_parquet('{rows}/*.parquet')").fetch_arrow_table()
                .to_pylist()) == expected
+
+
+# ---------------------------------------------------------------- what is not a fragment
+
+def _foreign_file(folder, name="part-0.parquet"):
+    """A Parquet file some other tool dropped among the fragments (no sweeper footer)."""
+    path = folder / "rows" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"cell_id": ["x", "y"], "something": [1, 2]}), path)
+    return path
+
+
+def test_a_foreign_parquet_file_is_never_read_or_deleted(tmp_path):
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [make_row("a")])
+    foreign = _foreign_file(tmp_path)
+    result = store.read(location)
+    assert result.table.column("cell_id").to_pylist() == ["a"]  # not two all-null rows "x", "y"
+    assert result.foreign == (str(foreign),) and not result.damaged
+    report = store.check(location)
+    assert report.foreign == (str(foreign),) and report.healthy
+    compacted = store.compact(location)
+    assert compacted.rows == 1 and foreign.exists()  # compaction deletes only what it read
+    assert store.launches(location) == []  # (a launch-less fragment) and nothing from the foreign file
+    assert store.done_cell_ids(location) == {"a"}
+
+
+def test_check_reports_points_with_more_rows_than_folds_and_mixed_models(tmp_path):
+    location = store.locate(str(tmp_path))
+    # Two rows of fold 0 that share every key a view groups by: a store that no longer
+    # means one thing per row (e.g. rows written by hand, or an older sweeper).
+    store.write_rows(location, [make_row("a", weights_sha256="w1"), make_row("b", weights_sha256="w2")])
+    report = store.check(location)
+    assert not report.healthy
+    assert report.overfull == ("digits/small_cnn/int4 fgsm@0.1: 2 rows for 1 folds",)
+    assert report.mixed_models == ("job j1: rows from 2 different trained models",)
+
+
+def test_schema_2_rows_read_with_nulls_for_the_new_columns(tmp_path):
+    location = store.locate(str(tmp_path))
+    old = make_row("z", fits_mcus=["stm32h7"])
+    for column in [*store.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max", "weights_sha256"]:
+        del old[column]
+    path = tmp_path / "rows" / "part-00000000T000000-v2-00000000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+        {"sweeper_schema_version": "2"}), path)
+    [row] = store.read(location).table.to_pylist()
+    assert row["cell_id"] == "z" and row["adv_correct"] is None and row["clip_max"] is None
+    assert "fits_mcus" not in row
