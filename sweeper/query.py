@@ -4,8 +4,10 @@ The store is read with pyarrow (so any filesystem the store supports works, and 
 fragments are skipped) and handed to an in-memory DuckDB, with these names:
 
 - ``results``: the rows, one per cell (the store's schema);
-- ``robust``: mean, standard deviation and variance across folds of every cell;
-- ``fits``: each configuration that fits each MCU target, with its flash, RAM and accuracy;
+- ``robust``: mean, standard deviation and variance across folds of every cell, plus the
+  worst case over attacks at each budget (per sample: robust only if every attack failed);
+- ``fits``: each configuration that fits each MCU profile (computed from the footprint
+  and the profiles, ``targeted`` when the grid named it), with its flash, RAM and accuracy;
 - ``diagnostics``: the gradient-masking checks (sweeper.diagnostics), one row per judgement;
 - ``launches``: the provenance of every launch (grid file and hash, versions, start time);
 - ``mcus``: the MCU profiles sweeper knows.
@@ -28,27 +30,75 @@ from sweeper.errors import UserError
 FORMATS = ("table", "csv", "json", "parquet")
 DEFAULT_MEMORY_LIMIT = "2GB"
 
-# The fold axis is averaged away; everything else that determines a result stays a key.
-_CONFIG = "dataset, dataset_options, model, quantizer, train, k, seed"
-VIEWS = {
-    "robust": f"""
-        SELECT {_CONFIG}, attack, attack_label, norm, eps, eps_label,
-               count(*) AS folds, sum(n_samples) AS samples,
+# The fold axis is averaged away; everything else that determines a result stays a key
+# (store.CONFIG_COLUMNS and store.POINT_COLUMNS), so rows that differ in parameters,
+# sample count or code version are never averaged together.
+_CONFIG = ", ".join(store.CONFIG_COLUMNS)
+_POINT = ", ".join(store.POINT_COLUMNS)
+_ACCURACIES = """
+               count(DISTINCT fold)::INTEGER AS folds, count(*)::INTEGER AS rows,
+               CAST(sum(n_samples) AS BIGINT) AS samples,
                avg(clean_acc) AS clean_acc_mean, stddev_samp(clean_acc) AS clean_acc_std,
                avg(adv_acc) AS adv_acc_mean, stddev_samp(adv_acc) AS adv_acc_std,
                var_samp(adv_acc) AS adv_acc_var,
                avg(attack_success_rate) AS success_rate_mean,
                stddev_samp(attack_success_rate) AS success_rate_std,
                avg(test_acc) AS test_acc_mean, stddev_samp(test_acc) AS test_acc_std,
-               max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb
-        FROM results GROUP BY ALL""",
+               max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb"""
+# Worst case over attacks at each budget, the robustness-leaderboard convention: a sample
+# counts as robust only if every attack run at that (norm, eps) on it failed. Built from
+# the per-sample outcomes of one fold's rows with the same samples, then averaged over
+# folds like any other point; its label names the attacks it covers.
+_SAME = " AND ".join(f"covered.{c} IS NOT DISTINCT FROM per_fold.{c}"  # NULL-safe: schema-2 keys
+                     for c in [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"])
+_WORST_CASE = f"""
+        WITH attacked AS (
+            SELECT * FROM results
+            WHERE attack <> 'none' AND eps > 0 AND adv_correct IS NOT NULL),
+        per_sample AS (
+            SELECT {_CONFIG}, fold, norm, eps, n_samples, sample,
+                   bool_and(ok) AS ok, bool_and(clean) AS clean
+            FROM (SELECT {_CONFIG}, fold, norm, eps, n_samples, unnest(sample_index) AS sample,
+                         unnest(adv_correct) AS ok, unnest(clean_correct) AS clean FROM attacked)
+            GROUP BY ALL),
+        per_fold AS (
+            SELECT {_CONFIG}, fold, norm, eps, n_samples, avg(ok::DOUBLE) AS adv_acc,
+                   sum((clean AND NOT ok)::INTEGER) / nullif(sum(clean::INTEGER), 0) AS attack_success_rate
+            FROM per_sample GROUP BY ALL),
+        covered AS (
+            SELECT {_CONFIG}, fold, norm, eps, n_samples, min(eps_label) AS eps_label,
+                   string_agg(DISTINCT attack_label, '+' ORDER BY attack_label) AS covers,
+                   count(DISTINCT attack_label) AS attacks, any_value(clean_acc) AS clean_acc,
+                   any_value(test_acc) AS test_acc, max(params) AS params,
+                   max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb
+            FROM attacked GROUP BY {_CONFIG}, fold, norm, eps, n_samples)
+        SELECT {', '.join('covered.' + c for c in store.CONFIG_COLUMNS)}, 'worst_case' AS attack,
+               'worst(' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
+               eps_label, '{{"covers": "' || covers || '"}}' AS attack_params,
+               covered.n_samples AS n_samples, {_ACCURACIES.replace("fold)", "covered.fold)").replace(
+                   "(n_samples)", "(covered.n_samples)")}
+        FROM covered JOIN per_fold ON {_SAME}
+        WHERE attacks >= 2
+        GROUP BY ALL"""
+VIEWS = {  # in creation order: robust reads worst_case
+    "worst_case": _WORST_CASE,
+    "robust": f"""
+        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}
+        FROM results GROUP BY ALL
+        UNION ALL BY NAME
+        SELECT * FROM worst_case""",
+    # Fit is computed here from the footprint and the MCU profiles, never frozen in a row:
+    # a corrected profile changes the answer for every stored model.
     "fits": f"""
-        SELECT r.mcu, {', '.join('r.' + c.strip() for c in _CONFIG.split(','))},
+        SELECT m.name AS mcu, list_contains(r.mcu_targets, m.name) AS targeted,
+               {', '.join('r.' + c for c in store.CONFIG_COLUMNS)},
                max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
                any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_kb) AS mcu_ram_kb,
-               count(*) AS folds, avg(r.test_acc) AS test_acc_mean, stddev_samp(r.test_acc) AS test_acc_std
-        FROM (SELECT *, unnest(fits_mcus) AS mcu FROM results WHERE attack = 'none') AS r
-        LEFT JOIN mcus AS m ON m.name = r.mcu
+               count(DISTINCT r.fold)::INTEGER AS folds, avg(r.test_acc) AS test_acc_mean,
+               stddev_samp(r.test_acc) AS test_acc_std
+        FROM (SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, mcu_targets
+              FROM results) AS r
+        JOIN mcus AS m ON r.flash_kb <= m.flash_kb AND r.ram_kb <= m.ram_kb
         GROUP BY ALL""",
 }
 

@@ -25,12 +25,15 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper import diagnostics, query
+from sweeper import diagnostics, query, store
 from sweeper.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
            "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L"}
-CONFIG = diagnostics.CONFIG_COLUMNS
+CONFIG = store.CONFIG_COLUMNS
+# A table row: one configuration evaluated on one number of attacked samples (a smoke run
+# with fewer samples in the same store gets its own row, never a blend).
+ROW = [*CONFIG, "n_samples"]
 
 
 def write(results: str, out: str | Path) -> Path:
@@ -66,11 +69,15 @@ class _Report:
         self.robust = self._records("SELECT * FROM robust")
         self.flags = self._records("SELECT * FROM diagnostics")
         self.setups = _setup_names(self.robust)
-        self.cells = {(_config_key(r), r["attack_label"], r["eps_label"]): r for r in self.robust}
+        self.sample_counts, self.versions = defaultdict(set), defaultdict(set)
+        for r in self.robust:
+            self.sample_counts[_config_key(r)].add(r["n_samples"])
+            self.versions[_named_key(r)].add(r["config_id"])
+        self.cells = {(_row_key(r), *_point_key(r)): r for r in self.robust}
         self.fired: dict[tuple, set[str]] = defaultdict(set)
         for f in self.flags:
             if f["fired"]:
-                self.fired[_config_key(f), f["attack_label"], f["eps_label"]].add(MARKERS[f["flag"]])
+                self.fired[_row_key(f), *_point_key(f)].add(MARKERS[f["flag"]])
 
     def _records(self, sql: str) -> list[dict]:
         return query.fetch(self.db, sql).to_pylist()
@@ -82,29 +89,47 @@ class _Report:
     # ------------------------------------------------------------ helpers
 
     def _label(self, record: dict) -> str:
-        """Model and quantizer, plus the training setup when the store holds several."""
-        setup = self.setups.get(_config_key(record), "")
-        return f"{record['model']} / {record['quantizer']}" + (f" ({setup})" if setup else "")
+        """Model and quantizer, plus the setup when the store holds several, and the sample
+        count when one configuration was evaluated on several."""
+        notes = [self.setups.get(_config_key(record), "")]
+        if len(self.versions[_named_key(record)]) > 1:  # same names, other code or libraries
+            notes.append(f"config {record['config_id'] or 'schema 2'}"[:15])
+        if "n_samples" in record and len(self.sample_counts[_config_key(record)]) > 1:
+            notes.append(f"{record['n_samples']} samples")
+        notes = [n for n in notes if n]
+        return f"{record['model']} / {record['quantizer']}" + (f" ({', '.join(notes)})" if notes else "")
 
     def _datasets(self) -> list[str]:
         return sorted({_dataset_name(r) for r in self.robust})
 
-    def _configs(self, dataset: str) -> list[dict]:
-        """The clean rows of one dataset, in model then quantizer-registry order."""
+    def _configs(self, dataset: str, per_sample_count: bool = True) -> list[dict]:
+        """The clean rows of one dataset, in model then quantizer-registry order: one per
+        table row (configuration x sample count), or one per configuration."""
         order = {name: i for i, name in enumerate(QUANTIZERS.names())}
         clean = [r for r in self.robust if r["attack"] == "none" and _dataset_name(r) == dataset]
-        return sorted(clean, key=lambda r: (r["model"], order.get(r["quantizer"], 99), r["train"], r["seed"]))
+        if not per_sample_count:
+            clean = list({_config_key(r): r for r in clean}.values())
+        return sorted(clean, key=lambda r: (r["model"], order.get(r["quantizer"], 99), r["train"], r["seed"],
+                                            r["config_id"] or "", r["n_samples"]))
 
-    def _attack_points(self, dataset: str) -> list[tuple[str, str, float]]:
-        points = {(r["attack_label"], r["eps_label"], r["eps"]) for r in self.robust
+    def _attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
+        """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run
+        with different parameters gets one column per parameter set, never a blend."""
+        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in self.robust
                   if r["attack"] != "none" and _dataset_name(r) == dataset}
-        return sorted(points, key=lambda p: (p[0], p[2]))
+        ordered = sorted(points, key=lambda p: (p[0], p[3], p[2]))
+        variants = defaultdict(list)
+        for label, eps_label, params, _ in ordered:
+            variants[label, eps_label].append(params)
+        return [(label, eps_label, params, f"{label}@{eps_label}" + (
+                 f" (params {variants[label, eps_label].index(params) + 1})"
+                 if len(variants[label, eps_label]) > 1 else "")) for label, eps_label, params, _ in ordered]
 
-    def _cell(self, config: dict, attack_label: str, eps_label: str) -> dict | None:
-        return self.cells.get((_config_key(config), attack_label, eps_label))
+    def _cell(self, config: dict, attack_label: str, eps_label: str, params: str) -> dict | None:
+        return self.cells.get((_row_key(config), attack_label, eps_label, params))
 
-    def _markers(self, config: dict, attack_label: str, eps_label: str) -> str:
-        fired = sorted(self.fired.get((_config_key(config), attack_label, eps_label), ()))
+    def _markers(self, config: dict, attack_label: str, eps_label: str, params: str) -> str:
+        fired = sorted(self.fired.get((_row_key(config), attack_label, eps_label, params), ()))
         return f" [{''.join(fired)}]" if fired else ""
 
     # ------------------------------------------------------------ sections
@@ -129,7 +154,7 @@ class _Report:
         for dataset in self._datasets():
             rows = [[self._label(c), f"{c['params']:,}", f"{c['flash_kb']:.1f}", f"{c['ram_kb']:.1f}",
                      fmt(c["test_acc_mean"], c["test_acc_std"]), str(c["folds"]),
-                     ", ".join(self._fitting(c)) or "none"] for c in self._configs(dataset)]
+                     ", ".join(self._fitting(c)) or "none"] for c in self._configs(dataset, False)]
             parts += [f"### {dataset}", markdown_table(
                 ["model / quantizer", "params", "flash KB", "RAM KB", "clean accuracy", "folds", "fits"], rows)]
         return "\n\n".join(parts)
@@ -140,7 +165,7 @@ class _Report:
     @cached_property
     def _fits(self) -> dict[tuple, list[str]]:
         fitting = defaultdict(list)
-        for r in self._records("SELECT * FROM fits ORDER BY mcu"):
+        for r in self._records("SELECT * FROM fits WHERE targeted ORDER BY mcu"):
             fitting[_config_key(r)].append(r["mcu"])
         return fitting
 
@@ -150,7 +175,7 @@ class _Report:
             "Columns are attack@epsilon; `none` is the clean accuracy of the attacked samples.", "none",
             clean=lambda c: fmt(c["clean_acc_mean"], c["clean_acc_std"]),
             attacked=lambda c, r: fmt(r["adv_acc_mean"], r["adv_acc_std"])
-            + self._markers(c, r["attack_label"], r["eps_label"]))
+            + self._markers(c, r["attack_label"], r["eps_label"], r["attack_params"]))
 
     def _table_v(self) -> str:
         return self._per_point_table(
@@ -166,11 +191,12 @@ class _Report:
             points = self._attack_points(dataset)
             rows = []
             for config in self._configs(dataset):
-                cells = [self._cell(config, label, eps_label) for label, eps_label, _ in points]
+                cells = [self._cell(config, label, eps_label, params) for label, eps_label, params, _ in points]
                 rows.append([self._label(config), clean(config),
                              *["" if cell is None else attacked(config, cell) for cell in cells]])
-            header = ["model / quantizer", clean_header] + [f"{label}@{eps}" for label, eps, _ in points]
+            header = ["model / quantizer", clean_header] + [title for *_, title in points]
             parts += [f"### {dataset}", markdown_table(header, rows)]
+            parts += [f"- {title}: `{params}`" for label, eps_label, params, title in points if "(params" in title]
         return "\n\n".join(parts)
 
     def _eps_curves(self) -> str:
@@ -181,9 +207,9 @@ class _Report:
                  "the dotted line is chance. Attacks with a single epsilon are in Table IV only."]
         curves: dict[tuple, list[dict]] = defaultdict(list)
         for r in self.robust:
-            if r["attack"] != "none" and r["eps"] > 0:
-                curves[_dataset_name(r), r["model"], r["attack_label"]].append(r)
-        for (dataset, model, label), points in sorted(curves.items()):
+            if r["attack"] != "none" and 0 < r["eps"] < float("inf"):  # unbounded has no place on an axis
+                curves[_dataset_name(r), r["model"], r["attack_label"], r["n_samples"]].append(r)
+        for (dataset, model, label, _), points in sorted(curves.items()):
             if len({p["eps"] for p in points}) < 2:
                 continue
             name = _file_name(f"eps-{dataset}-{model}-{label}.png")
@@ -213,7 +239,7 @@ class _Report:
                  "targets, and the step line joins the Pareto-optimal configurations (no other is both "
                  "smaller and more accurate)."]
         for dataset in self._datasets():
-            configs = self._configs(dataset)
+            configs = self._configs(dataset, False)
             name = _file_name(f"pareto-{dataset}.png")
             front = figures.pareto(configs, [mcus[t] for t in targets], self.out / "figures" / name,
                                    f"clean accuracy against flash, {dataset}", self._label)
@@ -235,15 +261,16 @@ class _Report:
     def _diagnostics(self) -> str:
         parts = ["## Gradient-masking diagnostics",
                  "Warning signs that a model only looks robust because its gradients are useless "
-                 "(Athalye, Carlini and Wagner, 2018). Each check compares numbers the grid has; "
-                 "a difference counts only beyond twice its sampling standard error "
-                 f"(and at least {diagnostics.MIN_MARGIN}). Cells read fired/judged; `-` means the grid "
-                 "has no numbers to judge that check.",
+                 "(Athalye, Carlini and Wagner, 2018). Each check compares numbers the grid has, on "
+                 "the same attacked samples: a paired exact test (McNemar; a binomial test against "
+                 "chance + 0.10 for L), Holm-adjusted within each configuration and check at "
+                 f"{diagnostics.ALPHA}, and a difference of at least {diagnostics.MIN_MARGIN}. Cells read "
+                 "fired/judged; `-` means the grid has no numbers to judge that check.",
                  "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in diagnostics.CHECKS.items())]
         counts = {(*[s[c] for c in CONFIG], s["flag"]): s for s in diagnostics.summary(self.flags)}
         rows = []
         for dataset in self._datasets():
-            for config in self._configs(dataset):
+            for config in self._configs(dataset, False):
                 cells = []
                 for check in diagnostics.CHECKS:
                     s = counts.get((*[config[c] for c in CONFIG], check))
@@ -254,7 +281,7 @@ class _Report:
         parts.append("### Flags that fired" if fired else "No flag fired.")
         if fired:
             parts.append("\n".join(f"- {_dataset_name(f)}, {self._label(f)}: **{MARKERS[f['flag']]}** "
-                                   f"{f['detail']} (margin {f['margin']:.3f})" for f in fired))
+                                   f"{f['detail']}" for f in fired))
         return "\n\n".join(parts)
 
     def _provenance(self) -> str:
@@ -274,6 +301,18 @@ def _config_key(record: dict) -> tuple:
     return tuple(record[c] for c in CONFIG)
 
 
+def _named_key(record: dict) -> tuple:
+    return tuple(record[c] for c in CONFIG if c != "config_id")
+
+
+def _row_key(record: dict) -> tuple:
+    return tuple(record[c] for c in ROW)
+
+
+def _point_key(record: dict) -> tuple:
+    return record["attack_label"], record["eps_label"], record["attack_params"]
+
+
 def _dataset_name(record: dict) -> str:
     options = json.loads(record["dataset_options"] or "{}")
     return record["dataset"] + "".join(f" {k}={v}" for k, v in sorted(options.items()))
@@ -281,11 +320,17 @@ def _dataset_name(record: dict) -> str:
 
 def _setup_names(robust: list[dict]) -> dict[tuple, str]:
     """'setup 1', 'setup 2'... for configurations that differ only in training setup."""
-    setups = sorted({(r["train"], r["k"], r["seed"]) for r in robust})
+    setups = sorted({_setup(r) for r in robust}, key=str)
     if len(setups) <= 1:
         return {}
     index = {setup: f"setup {i + 1}" for i, setup in enumerate(setups)}
-    return {_config_key(r): index[(r["train"], r["k"], r["seed"])] for r in robust}
+    return {_config_key(r): index[_setup(r)] for r in robust}
+
+
+def _setup(record: dict) -> tuple:
+    """What tells apart two configurations of one model and preset: training settings,
+    K and seed."""
+    return record["train"], record["k"], record["seed"]
 
 
 def _variance(value: float | None) -> str:

@@ -31,10 +31,10 @@ def test_sql_over_all_fragments(results):
 
 
 def test_csv_and_json_output(results):
-    table = query.run(results, "SELECT cell_id, attack_success_rate, fits_mcus FROM results ORDER BY cell_id")
+    table = query.run(results, "SELECT cell_id, attack_success_rate, mcu_targets FROM results ORDER BY cell_id")
     rows = list(csv.DictReader(io.StringIO(query.render(table, "csv"))))
     assert [r["cell_id"] for r in rows] == ["a", "b", "c"]
-    assert rows[0]["fits_mcus"] == "stm32h7"
+    assert rows[0]["mcu_targets"] == "stm32h7"
     records = json.loads(query.render(table, "json"))
     assert records[2]["attack_success_rate"] is None  # NaN is not JSON
     assert records[0]["attack_success_rate"] == pytest.approx(0.44)
@@ -75,21 +75,70 @@ def test_robust_view_averages_folds(tmp_path):
     assert row["adv_acc_std"] == pytest.approx(row["adv_acc_var"] ** 0.5)
 
 
-def test_fits_view_lists_each_mcu_a_configuration_fits(tmp_path):
+def test_fits_view_computes_fit_from_the_footprint_and_the_profiles(tmp_path):
     location = store.locate(str(tmp_path))
     clean = dict(attack="none", attack_label="none", norm="none", eps=0.0, mcu_targets=["stm32h7", "nrf52840"])
     store.write_rows(location, [
-        make_row("a", quantizer="fp", flash_kb=1500.0, fits_mcus=["stm32h7"], **clean),
-        make_row("b", quantizer="int4", flash_kb=200.0, fits_mcus=["stm32h7", "nrf52840"], **clean),
-        make_row("c", quantizer="int4", fits_mcus=["stm32h7"]),  # an attack row: not counted twice
+        make_row("a", quantizer="fp", flash_kb=1500.0, **clean),
+        make_row("b", quantizer="int4", flash_kb=200.0, ram_kb=300.0, **clean),
+        make_row("c", quantizer="int4", flash_kb=200.0, ram_kb=300.0),  # an attack row: not counted twice
     ])
     rows = query.run(str(tmp_path), "SELECT mcu, quantizer, flash_kb, mcu_flash_kb, folds FROM fits "
-                                    "ORDER BY mcu, quantizer").to_pylist()
+                                    "WHERE targeted ORDER BY mcu, quantizer").to_pylist()
+    # int4 needs 300 KB of RAM: more than the nRF52840's 256 KB, so only the H7 fits it.
     assert rows == [
-        {"mcu": "nrf52840", "quantizer": "int4", "flash_kb": 200.0, "mcu_flash_kb": 1024.0, "folds": 1},
         {"mcu": "stm32h7", "quantizer": "fp", "flash_kb": 1500.0, "mcu_flash_kb": 2048.0, "folds": 1},
         {"mcu": "stm32h7", "quantizer": "int4", "flash_kb": 200.0, "mcu_flash_kb": 2048.0, "folds": 1},
     ]
+    # Every profile is judged, targeted or not: the esp32s3 (8 MB flash, 512 KB RAM) fits both.
+    others = query.run(str(tmp_path), "SELECT quantizer FROM fits WHERE mcu = 'esp32s3' AND NOT targeted "
+                                      "ORDER BY ALL").column("quantizer").to_pylist()
+    assert others == ["fp", "int4"]
+
+
+def test_views_never_average_rows_that_differ(tmp_path):
+    """Rows of one configuration with other attack parameters, another sample count (a
+    smoke run into the default store) or from other code are separate points."""
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [
+        make_row("a", adv_acc=0.2, config_id="c1"),
+        make_row("b", adv_acc=0.4, config_id="c1", attack_params='{"max_iter": 9}'),
+        make_row("c", adv_acc=0.6, config_id="c1", n_samples=10),
+        make_row("d", adv_acc=0.8, config_id="c2"),
+    ])
+    rows = query.run(str(tmp_path), "SELECT folds, rows, samples, adv_acc_mean FROM robust "
+                                    "ORDER BY adv_acc_mean").to_pylist()
+    assert [(r["folds"], r["rows"], r["adv_acc_mean"]) for r in rows] == \
+        [(1, 1, 0.2), (1, 1, 0.4), (1, 1, 0.6), (1, 1, 0.8)]
+    assert [r["samples"] for r in rows] == [20, 20, 10, 20]
+    assert all(type(r["samples"]) is int for r in rows)  # an integer, not a DECIMAL
+
+
+def _outcomes(correct: list[bool], clean: list[bool] | None = None) -> dict:
+    clean = clean or [True] * len(correct)
+    return dict(sample_index=list(range(len(correct))), adv_correct=correct, clean_correct=clean,
+                n_samples=len(correct), adv_acc=sum(correct) / len(correct), clean_acc=sum(clean) / len(clean))
+
+
+def test_worst_case_over_attacks_counts_a_sample_robust_only_if_every_attack_failed(tmp_path):
+    location = store.locate(str(tmp_path))
+    rows = []
+    for fold, (fgsm, square) in enumerate([([1, 1, 0, 1], [1, 0, 1, 1]), ([1, 1, 1, 1], [0, 1, 1, 1])]):
+        common = dict(fold=fold, config_id="c", eps=0.1, eps_label="0.1")
+        rows += [make_row(f"f{fold}", attack="fgsm", attack_label="fgsm", **common, **_outcomes(list(map(bool, fgsm)))),
+                 make_row(f"s{fold}", attack="square", attack_label="square", **common,
+                          **_outcomes(list(map(bool, square)))),
+                 # another budget: not mixed into eps 0.1
+                 make_row(f"p{fold}", attack="pgd", attack_label="pgd", fold=fold, config_id="c", eps=0.2,
+                          eps_label="0.2", **_outcomes([False] * 4))]
+    store.write_rows(location, rows)
+    [worst] = query.run(str(tmp_path), "SELECT * FROM robust WHERE attack = 'worst_case'").to_pylist()
+    assert worst["attack_label"] == "worst(fgsm+square)" and worst["eps"] == 0.1
+    # fold 0: samples 0 and 3 survive both (0.5); fold 1: samples 1, 2, 3 (0.75)
+    assert worst["folds"] == 2 and worst["adv_acc_mean"] == pytest.approx(0.625)
+    assert worst["adv_acc_std"] == pytest.approx((2 * 0.125**2) ** 0.5)
+    single = query.run(str(tmp_path), "SELECT adv_acc_mean FROM robust WHERE attack = 'fgsm'").to_pylist()
+    assert single == [{"adv_acc_mean": pytest.approx(0.875)}]  # each attack alone is still there
 
 
 def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):

@@ -10,27 +10,35 @@ from sweeper import query, report, store
 from tests.test_cli import sweeper
 from tests.test_store import make_row
 
-# (quantizer, flash KB, MCUs it fits); per fold: (clean test acc, fgsm 0.1, fgsm 0.2, pgd 0.1)
+# (quantizer, flash KB); per fold: (clean test acc, fgsm 0.1, fgsm 0.2, pgd 0.1). Fit is
+# computed from flash and RAM: fp's 1500 KB fits the H7 (2048) but not the nRF52840 (1024).
 CONFIGS = {
-    "fp": (40.0, ["stm32h7"], [(0.95, 0.50, 0.30, 0.20), (0.97, 0.55, 0.35, 0.25), (0.96, 0.45, 0.25, 0.15)]),
+    "fp": (1500.0, [(0.95, 0.50, 0.30, 0.20), (0.97, 0.55, 0.35, 0.25), (0.96, 0.45, 0.25, 0.15)]),
     # int4: FGSM beats PGD by far (0.10 against 0.70) -> the single-step flag on pgd@0.1
-    "int4": (5.0, ["stm32h7", "nrf52840"], [(0.90, 0.10, 0.05, 0.70), (0.88, 0.12, 0.06, 0.72),
+    "int4": (5.0, [(0.90, 0.10, 0.05, 0.70), (0.88, 0.12, 0.06, 0.72),
                                             (0.91, 0.08, 0.04, 0.68)]),
 }
 
 
+def _first(accuracy: float) -> list[bool]:
+    """Per-sample outcomes of 100 samples: the first accuracy*100 correct (so every attacked
+    sample that survives was also correct clean, as in a real run)."""
+    return [i < round(accuracy * 100) for i in range(100)]
+
+
 def _rows():
     rows = []
-    for quantizer, (flash, fits, folds) in CONFIGS.items():
+    for quantizer, (flash, folds) in CONFIGS.items():
         for fold, (clean, fgsm1, fgsm2, pgd) in enumerate(folds):
             common = dict(quantizer=quantizer, fold=fold, flash_kb=flash, ram_kb=1.0, test_acc=clean,
-                          clean_acc=clean, n_samples=100, mcu_targets=["stm32h7", "nrf52840"], fits_mcus=fits,
-                          job_id=f"{quantizer}{fold}", train="{}")
+                          clean_acc=clean, n_samples=100, mcu_targets=["stm32h7", "nrf52840"],
+                          job_id=f"{quantizer}{fold}", train="{}", config_id=quantizer, clip_min=0.0,
+                          clip_max=1.0, sample_index=list(range(100)), clean_correct=_first(clean))
             rows.append(make_row(f"{quantizer}{fold}-none", attack="none", attack_label="none", norm="none",
-                                 eps=0.0, eps_label="0", adv_acc=clean, **common))
+                                 eps=0.0, eps_label="0", adv_acc=clean, adv_correct=_first(clean), **common))
             for attack, eps, adv in (("fgsm", 0.1, fgsm1), ("fgsm", 0.2, fgsm2), ("pgd", 0.1, pgd)):
                 rows.append(make_row(f"{quantizer}{fold}-{attack}{eps}", attack=attack, attack_label=attack,
-                                     eps=eps, eps_label=str(eps), adv_acc=adv, **common))
+                                     eps=eps, eps_label=str(eps), adv_acc=adv, adv_correct=_first(adv), **common))
     return rows
 
 
@@ -82,19 +90,22 @@ def test_table_iv_and_v_match_direct_queries_and_carry_the_flags(rendered):
         assert variance[f"small_cnn / {d['quantizer']}"][d["point"]] == f"{d['v']:.2e}"
     assert accuracy["small_cnn / int4"]["pgd@0.1"].endswith("[S]")  # FGSM beat PGD on int4
     assert not accuracy["small_cnn / fp"]["pgd@0.1"].endswith("]")
-    assert "**S** fgsm@0.1 leaves 0.100 accuracy, pgd@0.1 0.700" in text
+    assert "**S** iterative pgd@0.1 leaves 0.700 accuracy, single-step fgsm@0.1 with no more budget 0.100" in text
+    # the worst case over FGSM and PGD at 0.1: per sample, the lower of the two
+    assert accuracy["small_cnn / int4"]["worst(fgsm+pgd)@0.1"].startswith("0.100 ± 0.020")
 
 
 def test_figures_and_fits(rendered):
     _, path, text = rendered
     figures = sorted(p.name for p in (path.parent / "figures").iterdir())
-    assert figures == ["eps-digits-small_cnn-fgsm.png", "pareto-digits.png"]  # pgd has one eps: no curve
+    # pgd has one eps: no curve; worst(fgsm+pgd) at 0.1 is one point too
+    assert figures == ["eps-digits-small_cnn-fgsm.png", "pareto-digits.png"]
     for name in figures:
         assert (path.parent / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(figures/{name})" in text
     fits = [line for line in text.splitlines() if line.startswith("| nrf52840 |")]
     assert fits == ["| nrf52840 | 1024 | 256 | 1 of 2 | small_cnn / int4 | small_cnn / int4 (0.897) |"]
-    assert "Pareto-optimal: small_cnn / int4 (5.0 KB, 0.897), small_cnn / fp (40.0 KB, 0.960)." in text
+    assert "Pareto-optimal: small_cnn / int4 (5.0 KB, 0.897), small_cnn / fp (1500.0 KB, 0.960)." in text
 
 
 def test_report_command(rendered, tmp_path):
