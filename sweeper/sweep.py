@@ -66,6 +66,8 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
            console: Console | None = None, provenance: store.Launch | None = None) -> LaunchReport:
     """Run the plan's pending cells; ``provenance`` (the grid file and overrides) is kept in
     the metadata of every file written. Ends by compacting the store."""
+    if not plan.fingerprinted:
+        raise ValueError("launch needs a plan expanded with model fingerprints")
     console = console or Console(stderr=True)
     provenance = provenance or store.new_launch(plan.grid)
     location = store.locate(results)
@@ -200,6 +202,11 @@ class _StoreRows(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._flush(trial)  # the rows it finished are real results: keep them
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A trial about to be retried (its worker died): what it reported is real and
+        # stored now, so a driver crash before the retry ends loses none of it.
+        self._flush(trial)
 
     def _flush(self, trial) -> None:
         rows = list(self.pending.pop(trial.trial_id, {}).values())

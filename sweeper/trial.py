@@ -9,6 +9,7 @@ as they are computed.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sweeper import datasets
+from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
 from sweeper.store import library_versions
@@ -46,17 +48,33 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     from sweeper import footprint
 
     tf.keras.backend.clear_session()  # reused Ray actors would otherwise accumulate graphs
-    train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed)
+    train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
+    data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
     model, trained, train_s = _trained_model(job, data, train_idx, context.model_cache)
-    fp = footprint.measure(model)
-    base = _job_columns(job, context, data, model, test_idx, fp, trained, train_s)
+    base = _job_columns(job, context, data, model, test_idx, footprint.measure(model), trained, train_s)
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
-    clean_ok = _predict(model, x) == y  # the same model and samples for every cell
+    clean_pred = _predict(model, x)  # the same model and samples for every cell
+    samples = _Samples(subset, x, y, clean_pred)
     classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
-    for cell in cells:
-        report({**base, **_attack_columns(cell, model, classifier, x, y, clean_ok, _job_seed(job))})
+    for group in _attack_groups(cells):
+        for cell, columns in _evaluate(group, model, classifier, samples, _job_seed(job)):
+            report({**base, **_cell_columns(cell), **columns})
     return JobOutcome(trained=trained, rows=len(cells))
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """The attacked test samples of a job, and the model's clean predictions of them."""
+
+    index: np.ndarray  # positions in the pooled dataset
+    x: np.ndarray
+    y: np.ndarray
+    clean_pred: np.ndarray
+
+    @property
+    def clean_ok(self) -> np.ndarray:
+        return self.clean_pred == self.y
 
 
 # ---------------------------------------------------------------- training
@@ -73,6 +91,12 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None):
 
     tf.keras.utils.set_random_seed(_job_seed(job))
     model = models.build(job.model, data.input_shape, data.nb_classes, QUANTIZERS.get(job.quantizer))
+    if job.model_fingerprint and models.model_fingerprint(model) != job.model_fingerprint:
+        # The plan was made by code that builds another model (a node running another
+        # checkout): its rows and cached weights would be mislabelled.
+        raise RuntimeError(f"job {job.job_id}: this worker builds {job.model}/{job.quantizer} with "
+                           f"fingerprint {models.model_fingerprint(model)}, the plan expected "
+                           f"{job.model_fingerprint}; run the same sweeper code on every node")
     if cache and _load_cached(model, cache, job.job_id):
         return model, False, 0.0
     started = time.perf_counter()
@@ -147,52 +171,116 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 
 def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> dict[str, Any]:
-    from sweeper import footprint
+    from sweeper.expand import ID_VERSION
 
     return {
-        "job_id": job.job_id, "grid": context.grid_name, "dataset": job.dataset,
+        "job_id": job.job_id, "config_id": job.config_id, "id_version": ID_VERSION,
+        "grid": context.grid_name, "dataset": job.dataset,
         "dataset_options": json.dumps(dict(job.dataset_options), sort_keys=True),
-        "model": job.model, "quantizer": job.quantizer, "fold": job.fold, "k": job.k,
+        "model": job.model, "quantizer": job.quantizer, "model_fingerprint": job.model_fingerprint,
+        "weights_sha256": weights_sha256(model), "fold": job.fold, "k": job.k,
         "seed": job.seed, "train": json.dumps(dict(job.train), sort_keys=True),
         "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
         "params": fp.params, "flash_kb": fp.flash_kb, "ram_kb": fp.ram_kb,
-        "mcu_targets": list(context.mcus), "fits_mcus": footprint.fitting(fp, list(context.mcus)),
-        "model_cached": not trained, "train_s": train_s, "host": socket.gethostname(), "node": "",
+        "mcu_targets": list(context.mcus), "model_cached": not trained, "train_s": train_s,
+        "host": socket.gethostname(), "node": "",
         "n_classes": data.nb_classes, "n_features": int(np.prod(data.input_shape)),
+        "clip_min": float(data.clip_values[0]), "clip_max": float(data.clip_values[1]),
+        "feature_scaling": data.scaling, "fold_grouping": data.grouping,
         "launch_id": context.launch_id, **library_versions(),
     }
 
 
-def _attack_columns(cell: Cell, model, classifier, x: np.ndarray, y: np.ndarray,
-                    clean_ok: np.ndarray, seed: int) -> dict[str, Any]:
+def weights_sha256(model) -> str:
+    """A hash of the trained weights (values, shapes and order): two rows of one job
+    computed with different models can be told apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(str(weights.shape).encode())
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cell_columns(cell: Cell) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "attack": cell.attack, "attack_label": cell.attack_label,
+            "norm": cell.norm, "eps": cell.eps, "eps_label": cell.eps_label,
+            "attack_params": json.dumps(cell.art_params(), sort_keys=True, default=str),
+            "finished_at": datetime.now(timezone.utc).isoformat()}
+
+
+# ---------------------------------------------------------------- attacking
+
+def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """Cells that share one attack run. A minimal-perturbation attack (C&W, Boundary,
+    ZOO) has no budget: it runs once, unbounded, per (attack, norm, parameters), and
+    every eps of it is derived from the perturbation norms it found (as Foolbox 3's
+    minimization attacks do). Every other cell is its own group."""
+    from sweeper.attacks import is_minimal
+
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        minimal = cell.attack != CLEAN and is_minimal(cell.attack)
+        key = (cell.attack, cell.norm, cell.params) if minimal else (cell.cell_id,)
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def _evaluate(group: list[Cell], model, classifier, samples: _Samples, seed: int):
+    """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes."""
+    from sweeper.attacks import is_minimal
+
+    first = group[0]
     started = time.perf_counter()
-    x_adv = _adversarial(cell, classifier, x, y, clean_ok, seed)
-    attack_s = time.perf_counter() - started
-    adv_ok = clean_ok if cell.attack == CLEAN else _predict(model, x_adv) == y
-    broken = np.sum(clean_ok & ~adv_ok)
-    return {
-        "cell_id": cell.cell_id, "attack": cell.attack, "attack_label": cell.attack_label,
-        "norm": cell.norm, "eps": cell.eps, "eps_label": cell.eps_label,
-        "attack_params": json.dumps(cell.art_params(), sort_keys=True, default=str),
-        "n_samples": int(len(x)), "clean_acc": float(clean_ok.mean()),
-        "adv_acc": float(adv_ok.mean()),
-        "attack_success_rate": float(broken / clean_ok.sum()) if clean_ok.any() else float("nan"),
-        "attack_s": attack_s, "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
+    x_adv = _adversarial(first, classifier, samples, math.inf if first.attack != CLEAN
+                         and is_minimal(first.attack) else first.eps, seed)
+    adv_pred = samples.clean_pred if first.attack == CLEAN else _predict(model, x_adv)
+    attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
+    norms = _perturbation_norms(samples.x, x_adv)
+    for cell in group:
+        # Post-hoc budget: an example outside eps counts as a failed attack (clean input).
+        within = norms[cell.norm] <= cell.eps * (1 + BUDGET_RTOL) if cell.norm in norms else \
+            np.ones(len(samples.y), bool)
+        pred = np.where(within, adv_pred, samples.clean_pred)
+        used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
+        yield cell, {**_outcome_columns(samples, pred, used), "attack_s": attack_s}
 
 
-def _adversarial(cell: Cell, classifier, x, y, clean_ok: np.ndarray, seed: int) -> np.ndarray:
+def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: int) -> np.ndarray:
     """Adversarial versions of the samples. Only the samples the model gets right are
     attacked: a misclassified one is already adversarial, and the query-hungry attacks
     (ZOO, Boundary, Square) would spend most of their budget on it for nothing."""
     from sweeper import attacks
 
-    if cell.attack == CLEAN or not clean_ok.any():
-        return x
-    x_adv = x.copy()
-    x_adv[clean_ok] = attacks.run(cell.attack, classifier, x[clean_ok], y[clean_ok], cell.eps,
-                                  cell.norm, dict(cell.params), seed)
+    ok = samples.clean_ok
+    if cell.attack == CLEAN or not ok.any():
+        return samples.x
+    x_adv = samples.x.copy()
+    x_adv[ok] = attacks.run(cell.attack, classifier, samples.x[ok], samples.y[ok], eps, cell.norm,
+                            dict(cell.params), seed)
     return x_adv
+
+
+def _perturbation_norms(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
+    from sweeper.attacks import perturbation_norms
+
+    return {norm: perturbation_norms(x, x_adv, norm) for norm in ("inf", "2", "1")}
+
+
+def _outcome_columns(samples: _Samples, adv_pred: np.ndarray, norms: dict[str, np.ndarray]) -> dict[str, Any]:
+    clean_ok, adv_ok = samples.clean_ok, adv_pred == samples.y
+    broken = np.sum(clean_ok & ~adv_ok)
+    return {
+        "n_samples": int(len(samples.y)), "clean_acc": float(clean_ok.mean()),
+        "adv_acc": float(adv_ok.mean()),
+        "attack_success_rate": float(broken / clean_ok.sum()) if clean_ok.any() else float("nan"),
+        "sample_index": samples.index.tolist(), "clean_correct": clean_ok.tolist(),
+        "adv_correct": adv_ok.tolist(), "adv_pred": adv_pred.astype(int).tolist(),
+        "pert_linf": norms["inf"].astype(np.float32).tolist(),
+        "pert_l2": norms["2"].astype(np.float32).tolist(),
+        "pert_l1": norms["1"].astype(np.float32).tolist(),
+    }
 
 
 def _classifier(model, data):
