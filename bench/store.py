@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweeper import diagnostics, query, report, store  # noqa: E402
 
+SAMPLES = 20  # per-sample outcomes per row (the paper grid stores up to 2,400)
 QUANTIZERS = ["fp", "int8", "int4", "int2", "ternary", "stq", "binary", "sbinary"]
 POINTS = [("fgsm", "inf", e) for e in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)] + \
          [("pgd", "inf", e) for e in (8 / 255, 16 / 255, 32 / 255)] + [("square", "inf", 0.05)]
@@ -42,16 +43,23 @@ def synthetic_rows(n_rows: int, n_fragments: int) -> list[list[dict]]:
         quantizer, fold = QUANTIZERS[job % 8], (job // 8) % 10
         dataset = f"ds{job // 80}"  # 80 jobs (8 quantizers x 10 folds) per dataset
         clean = rng.uniform(0.6, 0.99)
+        clean_ok = [rng.random() < clean for _ in range(SAMPLES)]
         for attack, norm, eps in [("none", "none", 0.0), *POINTS]:
-            adv = clean if attack == "none" else clean * rng.uniform(0, 1)
+            keep = 1.0 if attack == "none" else rng.uniform(0, 1)
+            adv_ok = [ok and rng.random() < keep for ok in clean_ok]
+            clean, adv = sum(clean_ok) / SAMPLES, sum(adv_ok) / SAMPLES
             rows.append({name: None for name, _, _ in store.COLUMNS} | dict(
                 cell_id=f"{job}-{attack}-{eps}", job_id=str(job), launch_id="bench", grid="bench",
                 dataset=dataset, dataset_options="{}", n_classes=10, n_features=1024, model="stq_net",
                 quantizer=quantizer, fold=fold, k=10, seed=0, train="{}", attack=attack, attack_label=attack,
-                norm=norm, eps=eps, eps_label=f"{eps:.4g}", attack_params="{}", n_samples=100,
-                clean_acc=clean, adv_acc=adv, attack_success_rate=1 - adv / clean, test_acc=clean,
+                norm=norm, eps=eps, eps_label=f"{eps:.4g}", attack_params="{}", n_samples=SAMPLES,
+                clean_acc=clean, adv_acc=adv, attack_success_rate=1 - adv / clean if clean else None,
+                test_acc=clean, config_id=f"{dataset}-{quantizer}", clip_min=0.0, clip_max=1.0,
+                sample_index=list(range(SAMPLES)), clean_correct=clean_ok, adv_correct=adv_ok,
+                adv_pred=[0] * SAMPLES, pert_linf=[eps] * SAMPLES, pert_l2=[eps] * SAMPLES,
+                pert_l1=[eps] * SAMPLES,
                 params=999214, flash_kb=250.0 * (1 + job % 8), ram_kb=256.0, mcu_targets=["stm32h7"],
-                fits_mcus=["stm32h7"], model_cached=False, train_s=1.0, attack_s=0.1, finished_at=now,
+                model_cached=False, train_s=1.0, attack_s=0.1, finished_at=now,
                 host="bench", node=""))
     size = max(1, len(rows) // n_fragments)
     return [rows[i:i + size] for i in range(0, len(rows), size)]

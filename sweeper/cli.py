@@ -81,15 +81,19 @@ def expand(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
     """Show what a grid would run: cells, trainings, per-axis counts, and what is done."""
     from sweeper import store
 
-    plan = _plan(grid_path, set)
+    # Comparing with a store needs the real ids, hence the model fingerprints (TensorFlow);
+    # a count alone does not.
+    loaded = _plan(grid_path, set, fingerprints=False)
+    location = store.locate(_results_path(loaded, results))
+    stored = bool(store.fragments(location))
+    plan = _plan(grid_path, set) if stored else loaded
     per_job = sorted({len(plan.cells_of(job.job_id)) for job in plan.jobs}) or [0]
     span = f"{per_job[0]}" if len(per_job) == 1 else f"{per_job[0]} to {per_job[-1]}"
     out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} trainings "
               f"(each model trained once, then evaluated at {span} cells)", highlight=False)
     for axis, count in plan.axis_counts().items():
         out.print(f"  {axis:<24} {count}", highlight=False)
-    location = store.locate(_results_path(plan, results))
-    if store.fragments(location):
+    if stored:
         done = store.done_cell_ids(location) & {cell.cell_id for cell in plan.cells}
         out.print(f"already in {location.text}: {len(done)}/{len(plan.cells)} cells", highlight=False)
 

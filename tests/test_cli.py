@@ -60,7 +60,7 @@ HEAVY = ("tensorflow", "ray", "art", "qkeras", "duckdb")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["validate", "grids/demo.yaml"],
-                                  ["expand", "grids/demo.yaml"], ["mcu"]])
+                                  ["expand", "grids/demo.yaml", "--results", "/nonexistent/store"], ["mcu"]])
 def test_light_commands_import_no_heavy_library(args):
     script = ("import sys\nfrom typer.testing import CliRunner\nfrom sweeper.cli import app\n"
               f"result = CliRunner().invoke(app, {args!r})\n"
@@ -77,8 +77,8 @@ def test_compact_merges_fragments_and_writes_the_diagnostics(tmp_path):
     from tests.test_store import make_row
 
     location = store.locate(str(tmp_path / "r"))
-    store.write_rows(location, [make_row("a"), make_row("b")])
-    store.write_rows(location, [make_row("b"), make_row("c")])  # b twice, as after a crash
+    store.write_rows(location, [make_row("a", fold=0), make_row("b", fold=1)])
+    store.write_rows(location, [make_row("b", fold=1), make_row("c", fold=2)])  # b twice, as after a crash
     done = sweeper("compact", location.text)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{location.text}: 2 fragments -> 1 file(s), 3 rows, 1 duplicate rows dropped"
