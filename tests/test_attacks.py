@@ -1,8 +1,11 @@
 """Attacks: specs and validation without ART, the fast estimator against ART's stock one,
-every registered attack on a tiny trained QKeras digits model, and the eps budgets."""
+every registered attack on a tiny trained QKeras digits model, the eps budgets, and the
+Square Attack on non-square inputs."""
 
 from __future__ import annotations
 
+import math
+import random
 import subprocess
 import sys
 
@@ -273,3 +276,41 @@ def test_cw_batch_size_changes_speed_not_examples(fast, sample):
         params = {**attacks.art_params("cw_l2", QUICK_PARAMS["cw_l2"]), "batch_size": batch_size}
         results.append(spec.build(fast, 0.0, "2", params, 0).generate(x=x, y=y))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+# --------------------------------------------------------------------------- square attack
+
+
+def test_square_tile_is_arts_clamped_to_the_narrow_side():
+    # ART's side: round(sqrt(p * h * w)), at least 1 (L-inf) or 3 and odd (L2).
+    assert attacks._tile_side(0.8, 8, 8, smallest=1, odd=False) == 7  # ART's, unclamped
+    assert attacks._tile_side(0.8, 32, 32, smallest=3, odd=True) == 29
+    assert attacks._tile_side(0.001, 32, 32, smallest=3, odd=True) == 3
+    assert attacks._tile_side(0.8, 49, 10, smallest=1, odd=False) == 10  # ART: 20 > width
+    assert attacks._tile_side(0.8, 10, 49, smallest=3, odd=True) == 10
+    assert attacks._tile_side(0.5, 49, 10, smallest=3, odd=True) == 10  # ART: 17
+    np.random.seed(0)
+    assert {attacks._tile_start(10, 10) for _ in range(20)} == {0}  # the whole width
+    assert {attacks._tile_start(49, 10) for _ in range(500)} == set(range(39))  # as ART
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm, eps", [("inf", 0.1), ("2", 0.5)])
+def test_square_matches_art_on_square_inputs(norm, eps, fast, sample):
+    # sweeper's Square clamps its tile to the narrow side; on 8x8 it must be ART's attack.
+    from art.attacks.evasion import SquareAttack
+
+    x, y = sample
+    params = attacks.art_params("square", {"max_iter": 40})
+    results = []
+    for cls in (SquareAttack, attacks.AnyShapeSquareAttack):
+        random.seed(5)
+        np.random.seed(5)
+        attack = cls(fast, norm=math.inf if norm == "inf" else 2, eps=eps, **params)
+        results.append(attack.generate(x=x, y=y))
+    np.testing.assert_array_equal(results[1], results[0])
+    assert (attacks.perturbation_norms(x, results[1], norm) > 0).any()  # it did attack
+    assert isinstance(attacks.ATTACKS.get("square").build(fast, eps, norm, params, 0),
+                      attacks.AnyShapeSquareAttack)
+
