@@ -8,15 +8,18 @@ ART's defaults differ from the papers (BoundaryAttack is targeted by default, PG
 grid cheaply; ``run``, ``make_classifier`` and the ART subclasses here (the compiled
 estimator, a Square Attack for non-square inputs) import them when first used.
 
-What ``eps`` means per attack (``run`` enforces it, whatever ART returned):
+What ``eps`` means (``run`` enforces it, whatever ART returned):
 
-- fgsm, pgd, square (``uses_eps``): ART's perturbation budget under ``norm``. The result
-  is projected onto the ball again if it lies outside beyond float32 rounding
-  (``BUDGET_RTOL``). ``eps == 0`` returns the clean inputs without calling ART.
+- ``eps == 0`` is the clean evaluation for every attack: the clipped inputs, no ART call.
+- fgsm, pgd, square (budget attacks, ``uses_eps``): ART's perturbation budget under
+  ``norm``; it must be finite. The result is projected onto the ball again if it lies
+  outside beyond float32 rounding (``BUDGET_RTOL``).
 - cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
-  with no budget parameter. ``eps`` is a post-hoc budget: an adversarial example whose
-  ``||x_adv - x||`` under ``norm`` exceeds ``eps`` is replaced by the clean input, i.e.
-  counts as a failed attack. ``eps`` 0 or None means unbounded.
+  (``is_minimal``) with no budget parameter. ``eps == math.inf`` (or None) is unbounded:
+  the raw examples, clipped to the classifier's clip_values, a failed sample being its
+  clean input; ``perturbation_norms`` of one unbounded run gives every post-hoc budget.
+  A finite ``eps`` is such a budget applied here: an example whose ``||x_adv - x||``
+  exceeds it is replaced by the clean input, i.e. counts as a failed attack.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class AttackSpec:
     name: str
     norms: tuple[str, ...]  # as written in grid files: "inf", "1", "2"; the first is the default
     defaults: Mapping[str, Any]  # what a grid may set, with sweeper's defaults
-    uses_eps: bool  # False: eps is a post-hoc budget, not an ART parameter (see module doc)
+    uses_eps: bool  # False: a minimal-perturbation attack, eps is a post-hoc budget (module doc)
     black_box: bool  # uses only the model's outputs, never its gradients
     build: Callable[..., Any]  # (classifier, eps, norm, params, seed) -> ART attack
     description: str
@@ -114,7 +117,8 @@ def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
     we draw them here (same recipe: uniform noise that the model classifies differently).
     Untargeted Boundary in ART moves away from the *predicted* label, so a sample already
     misclassified could be pushed back to its true class: it is left as is (already
-    adversarial). Samples with no start found in ``init_size`` draws stay clean, as in ART.
+    adversarial). Samples with no start found in ``init_size`` draws stay clean, as in ART,
+    and so do samples whose ART run overflows (see below).
     """
     rng = np.random.default_rng(seed)
     lo, hi = classifier.clip_values
@@ -132,9 +136,10 @@ def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
             x_adv[i] = attack.generate(x=x_adv[i:i + 1], x_adv_init=start[None])[0]
         except OverflowError:
             # ART's step adaptation can grow its step until float overflow on the flat
-            # decision regions of ternary/binary nets; what ART had at that point is lost,
-            # but its starting point is adversarial too (the budget check still applies).
-            x_adv[i] = start
+            # decision regions of ternary/binary nets, and what ART had then is lost. The
+            # random start is adversarial but arbitrarily far (uniform noise): counting it
+            # would make an unbounded run "succeed" on every such sample. A failed attack.
+            x_adv[i] = x[i]
     return x_adv
 
 
@@ -242,8 +247,20 @@ def _type_error(value: Any, default: Any) -> str | None:
     return None
 
 
+def is_minimal(name: str) -> bool:
+    """A minimal-perturbation attack (no budget parameter; eps may be unbounded)."""
+    return not ATTACKS.get(name).uses_eps
+
+
+def _minimal_names() -> str:
+    return ", ".join(name for name in ATTACKS.names() if is_minimal(name))
+
+
 def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | None = None) -> None:
-    """Check an attack cell without importing ART; raise a one-line UserError if bad."""
+    """Check an attack cell without importing ART; raise a one-line UserError if bad.
+
+    ``eps`` None is not checked; ``math.inf`` (unbounded) is only for minimal attacks.
+    """
     spec = ATTACKS.get(name)
     key = normalize_norm(norm)
     if key is not None and key not in spec.norms:
@@ -256,9 +273,18 @@ def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | No
         problem = _type_error(value, spec.defaults[param])
         if problem:
             raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {value!r}")
+    if eps is None:
+        return
     real = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
-    if eps is not None and not (real and 0 <= eps < float("inf")):
+    if not (real and eps >= 0):  # also rejects NaN
         raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {eps!r}")
+    if math.isinf(eps) and spec.uses_eps:
+        _unbounded_budget_error(name)
+
+
+def _unbounded_budget_error(name: str) -> None:
+    raise UserError(f"attack {name!r}: needs a finite eps budget; 'unbounded' is only for "
+                    f"minimal-perturbation attacks: {_minimal_names()}")
 
 
 def art_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,18 +300,17 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
         norm: Any, params: Mapping[str, Any], seed: int) -> np.ndarray:
     """Adversarial examples for x (labels y: indices or one-hot; None: model predictions).
 
-    The result always lies within the classifier's clip_values and, for every attack,
-    within eps under norm, up to BUDGET_RTOL (see the module docstring for eps per attack).
+    ``eps`` 0: the clean (clipped) inputs, for every attack. ``eps`` math.inf or None:
+    unbounded, only for minimal attacks (``is_minimal``). The result always lies within
+    the classifier's clip_values and within eps under norm, up to BUDGET_RTOL (see the
+    module docstring for eps per attack).
     """
+    eps = math.inf if eps is None else eps
     validate(name, norm, params, eps=eps)
     spec = ATTACKS.get(name)
     norm = normalize_norm(norm) or spec.norms[0]
     x = np.asarray(x, dtype=np.float32)
-    if spec.uses_eps and eps is None:
-        raise UserError(f"attack {name!r} needs an eps budget")
-    if len(x) == 0:
-        return x
-    if spec.uses_eps and eps == 0:
+    if eps == 0 or len(x) == 0:
         return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
     x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params), seed)
     return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
@@ -294,8 +319,8 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
 
 def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed) -> np.ndarray:
     _seed_everything(seed)
-    try:
-        attack = spec.build(classifier, float(eps or 0.0), norm, params, seed)
+    try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
+        attack = spec.build(classifier, float(eps), norm, params, seed)
     except ValueError as error:  # ART's own parameter checks (e.g. max_iter <= 0)
         raise UserError(f"attack {spec.name!r}: {error}") from None
     if spec.generate is not None:
@@ -332,7 +357,7 @@ def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarra
 
 def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndarray:
     """Project onto the eps ball (budgeted attacks) or reject what lies outside it."""
-    if not eps:
+    if eps is None or math.isinf(eps):  # unbounded (minimal attacks only)
         return x_adv
     sizes = perturbation_norms(x, x_adv, norm)
     outside = sizes > eps * (1 + BUDGET_RTOL)

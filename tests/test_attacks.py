@@ -1,6 +1,6 @@
 """Attacks: specs and validation without ART, the fast estimator against ART's stock one,
-every registered attack on a tiny trained QKeras digits model, the eps budgets, and the
-Square Attack on non-square inputs."""
+every registered attack on a tiny trained QKeras digits model, the eps semantics (0 clean,
+unbounded for minimal attacks), and the Square Attack on non-square inputs."""
 
 from __future__ import annotations
 
@@ -147,6 +147,47 @@ def test_budget_projection_and_rejection_without_art():
     assert attacks._within_budget(x, x_adv, None, "2", project=False, classifier=Box) is x_adv
 
 
+class NoModel:
+    """A classifier that must not be used: run() answers these cases before ART."""
+
+    clip_values = CLIP
+
+    def __getattr__(self, name):
+        raise AssertionError(f"run() used the classifier's {name!r}")
+
+
+UNBOUNDED_MESSAGE = ("needs a finite eps budget; 'unbounded' is only for minimal-perturbation "
+                     "attacks: cw_l2, boundary, zoo")
+
+
+def test_minimal_attacks_are_the_ones_without_a_budget():
+    minimal = [name for name in attacks.ATTACKS if attacks.is_minimal(name)]
+    assert minimal == ["cw_l2", "boundary", "zoo"]
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo"])
+def test_zero_eps_is_clean_for_every_attack(name):
+    # fgsm@0 always meant clean; cw_l2/boundary/zoo@0 used to mean unbounded.
+    x = np.linspace(-0.5, 1.5, 2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
+    clean = attacks.run(name, NoModel(), x, None, 0.0, None, {}, seed=0)
+    np.testing.assert_array_equal(clean, np.clip(x, *CLIP))
+    assert clean.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "square"])
+@pytest.mark.parametrize("eps", [math.inf, None])
+def test_unbounded_is_only_for_minimal_attacks(name, eps):
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    message = f"^attack '{name}': {UNBOUNDED_MESSAGE}$"
+    with pytest.raises(UserError, match=message):
+        attacks.run(name, NoModel(), x, None, eps, None, {}, seed=0)
+    if eps is not None:  # validate(eps=None) means "no eps to check"
+        with pytest.raises(UserError, match=message):
+            attacks.validate(name, None, {}, eps=eps)
+    for minimal in ("cw_l2", "boundary", "zoo"):
+        attacks.validate(minimal, None, {}, eps=math.inf)
+
+
 # --------------------------------------------------------------------------- estimator
 # Everything below uses the trained model: marked slow (TensorFlow import + fit, ~10 s once).
 
@@ -204,7 +245,7 @@ def test_every_attack_stays_in_clip_values_and_budget(name, fast, sample):
 def test_post_hoc_budget_rejects_large_perturbations(fast, sample):
     x, y = sample
     params = {"max_iter": 20, "init_size": 20}
-    unbounded = attacks.run("boundary", fast, x, y, None, "2", params, seed=0)
+    unbounded = attacks.run("boundary", fast, x, y, math.inf, "2", params, seed=0)
     sizes = attacks.perturbation_norms(x, unbounded, "2")
     assert sizes.max() > 0  # boundary found something
     eps = float(np.median(sizes[sizes > 0]))
@@ -223,18 +264,58 @@ def test_fgsm_at_large_eps_lowers_accuracy(fast, digits):
 
 
 @pytest.mark.slow
-def test_zero_eps_returns_clean_inputs(fast, sample):
+@pytest.mark.parametrize("name", ["pgd", "cw_l2", "boundary"])
+def test_zero_eps_returns_clean_inputs(name, fast, sample):
     x, y = sample
-    np.testing.assert_array_equal(attacks.run("pgd", fast, x, y, 0.0, "inf", {}, seed=0), x)
-    with pytest.raises(UserError, match="needs an eps"):
-        attacks.run("pgd", fast, x, y, None, "inf", {}, seed=0)
+    np.testing.assert_array_equal(attacks.run(name, fast, x, y, 0.0, None, {}, seed=0), x)
+    if not attacks.is_minimal(name):
+        with pytest.raises(UserError, match="needs a finite eps budget"):
+            attacks.run(name, fast, x, y, None, None, {}, seed=0)
+
+
+@pytest.mark.slow
+def test_unbounded_minimal_attack_returns_its_raw_examples(fast, sample):
+    # One unbounded run per model; every post-hoc budget is then read off its norms.
+    x, y = sample
+    params = {**QUICK_PARAMS["cw_l2"], "initial_const": 1.0, "learning_rate": 0.1}
+    unbounded = attacks.run("cw_l2", fast, x, y, math.inf, "2", params, seed=0)
+    np.testing.assert_array_equal(attacks.run("cw_l2", fast, x, y, None, "2", params, seed=0),
+                                  unbounded)
+    assert unbounded.min() >= CLIP[0] and unbounded.max() <= CLIP[1]
+    changed = attacks.perturbation_norms(x, unbounded, "2") > 0
+    assert changed.any()
+    # A changed sample is adversarial; a failed one is exactly its clean input.
+    assert (fast.predict(unbounded[changed]).argmax(axis=1) != y[changed]).all()
+    np.testing.assert_array_equal(unbounded[~changed], x[~changed])
+    sizes = attacks.perturbation_norms(x, unbounded, "2")
+    eps = float(np.median(sizes[changed]))
+    bounded = attacks.run("cw_l2", fast, x, y, eps, "2", params, seed=0)
+    np.testing.assert_array_equal(bounded, np.where((sizes <= eps)[:, None, None, None], unbounded, x))
+
+
+@pytest.mark.slow
+def test_boundary_overflow_counts_as_a_failed_attack(fast, sample, monkeypatch):
+    from art.attacks.evasion import BoundaryAttack
+
+    calls = []
+
+    def overflow(self, x, y=None, **kwargs):
+        calls.append(len(x))
+        raise OverflowError("(34, 'Numerical result out of range')")
+
+    monkeypatch.setattr(BoundaryAttack, "generate", overflow)
+    x, y = sample
+    for eps in (math.inf, 10.0):  # unbounded, and a budget the random start would meet
+        x_adv = attacks.run("boundary", fast, x, y, eps, "2", QUICK_PARAMS["boundary"], seed=0)
+        np.testing.assert_array_equal(x_adv, x)
+    assert calls  # samples with a random start reached ART (and overflowed)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["pgd", "square", "boundary"])
 def test_same_seed_same_examples(name, fast, sample):
     x, y = sample
-    eps = 0.1 if attacks.ATTACKS.get(name).uses_eps else None
+    eps = 0.1 if attacks.ATTACKS.get(name).uses_eps else math.inf
     first = attacks.run(name, fast, x, y, eps, None, QUICK_PARAMS[name], seed=3)
     again = attacks.run(name, fast, x, y, eps, None, QUICK_PARAMS[name], seed=3)
     np.testing.assert_array_equal(first, again)
