@@ -20,6 +20,10 @@ What ``eps`` means (``run`` enforces it, whatever ART returned):
   clean input; ``perturbation_norms`` of one unbounded run gives every post-hoc budget.
   A finite ``eps`` is such a budget applied here: an example whose ``||x_adv - x||``
   exceeds it is replaced by the clean input, i.e. counts as a failed attack.
+
+A parameter listed in a spec's ``relative`` (PGD's ``eps_step``) may also be written
+relative to the budget (``eps/4``, ``eps*0.25``, ``0.25*eps``, ``eps``); ``art_params``
+resolves it for a given eps.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import functools
 import math
 import numbers
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -58,6 +63,8 @@ class AttackSpec:
     # (attack, classifier, x, y, params, seed) -> x_adv; None means attack.generate(x, y)
     generate: Callable[..., np.ndarray] | None = None
     single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
+    # Parameters a grid may write relative to the budget (eps_step: eps/4), see RELATIVE_FORMS.
+    relative: tuple[str, ...] = ()
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
@@ -163,6 +170,7 @@ _add(AttackSpec(
            "summary_writer": False, "verbose": False},
     uses_eps=True,
     black_box=False,
+    relative=("eps_step",),  # eps_step: eps/4 scales the step with each budget of the grid
     build=_build_pgd,
     description="Projected Gradient Descent, numpy variant (Madry et al. 2018)",
 ))
@@ -256,6 +264,38 @@ def _minimal_names() -> str:
     return ", ".join(name for name in ATTACKS.names() if is_minimal(name))
 
 
+# A relative parameter: "eps", "eps/k", "eps*k" or "k*eps", k a plain positive number.
+RELATIVE_FORMS = "eps, eps/k, eps*k or k*eps with a number k > 0"
+_RELATIVE_ERROR = f"must be a number or relative to eps ({RELATIVE_FORMS})"
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_RELATIVE = re.compile(
+    rf"(?:(?P<left>{_NUMBER})\s*\*\s*)?eps(?:\s*(?P<op>[*/])\s*(?P<right>{_NUMBER}))?")
+
+
+def _relative(text: str) -> tuple[str, float] | None:
+    """("*" or "/", k) for a relative expression, None if text is not one."""
+    match = _RELATIVE.fullmatch(text.strip())
+    if not match or (match["left"] and match["op"]):  # one factor at most: no 2*eps/4
+        return None
+    if match["left"]:
+        op, k = "*", float(match["left"])
+    else:
+        op, k = match["op"] or "*", float(match["right"] or 1)
+    return (op, k) if 0 < k < math.inf else None
+
+
+def _resolve(text: str, eps: float) -> float:
+    op, k = _relative(text)
+    return eps / k if op == "/" else eps * k  # eps/4 exactly, not eps * 0.25 rounded twice
+
+
+def _param_error(spec: AttackSpec, param: str, value: Any) -> str | None:
+    """Why value is not accepted for param; None if it is."""
+    if param in spec.relative and isinstance(value, str):
+        return None if _relative(value) else _RELATIVE_ERROR
+    return _type_error(value, spec.defaults[param])
+
+
 def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | None = None) -> None:
     """Check an attack cell without importing ART; raise a one-line UserError if bad.
 
@@ -270,7 +310,7 @@ def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | No
         if param not in spec.defaults:
             accepted = ", ".join(sorted(spec.defaults))
             raise UserError(f"attack {name!r}: unknown parameter {param!r}; accepted: {accepted}")
-        problem = _type_error(value, spec.defaults[param])
+        problem = _param_error(spec, param, value)
         if problem:
             raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {value!r}")
     if eps is None:
@@ -287,10 +327,19 @@ def _unbounded_budget_error(name: str) -> None:
                     f"minimal-perturbation attacks: {_minimal_names()}")
 
 
-def art_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every keyword sweeper passes to ART for this attack besides eps and norm."""
+def art_params(name: str, params: Mapping[str, Any], eps: float | None = None) -> dict[str, Any]:
+    """Every keyword sweeper passes to ART for this attack besides eps and norm.
+
+    A relative parameter (``eps_step: eps/4``) becomes a number for a finite ``eps``; with
+    eps None or unbounded it stays as written (how a grid cell records it).
+    """
     spec = ATTACKS.get(name)
-    return {**spec.defaults, **params, **spec.fixed}
+    full = {**spec.defaults, **params, **spec.fixed}
+    if eps is not None and math.isfinite(eps):
+        for param in spec.relative:
+            if isinstance(full[param], str):
+                full[param] = _resolve(full[param], float(eps))
+    return full
 
 
 # --------------------------------------------------------------------------- running
@@ -312,7 +361,7 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
     x = np.asarray(x, dtype=np.float32)
     if eps == 0 or len(x) == 0:
         return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
-    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params), seed)
+    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params, eps), seed)
     return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
                           classifier=classifier)
 

@@ -1,6 +1,7 @@
 """Attacks: specs and validation without ART, the fast estimator against ART's stock one,
-every registered attack on a tiny trained QKeras digits model, the eps semantics (0 clean,
-unbounded for minimal attacks), and the Square Attack on non-square inputs."""
+every registered attack on a tiny trained QKeras digits model and on every dataset's input
+shape, the eps semantics (0 clean, unbounded for minimal attacks, relative steps), and the
+Square Attack on non-square inputs."""
 
 from __future__ import annotations
 
@@ -188,6 +189,45 @@ def test_unbounded_is_only_for_minimal_attacks(name, eps):
         attacks.validate(minimal, None, {}, eps=math.inf)
 
 
+@pytest.mark.parametrize("written, factor", [
+    ("eps/4", 1 / 4), ("eps", 1.0), ("eps*0.25", 0.25), ("0.25*eps", 0.25), (" eps / 2.5 ", 1 / 2.5),
+    ("eps*2", 2.0),
+])
+def test_pgd_step_relative_to_eps(written, factor):
+    attacks.validate("pgd", "inf", {"eps_step": written})
+    eps = 32 / 255
+    resolved = attacks.art_params("pgd", {"eps_step": written}, eps)["eps_step"]
+    assert isinstance(resolved, float) and resolved == pytest.approx(eps * factor, rel=1e-15)
+    # Unresolved (no eps, or unbounded): kept as written, e.g. for a cell's recorded params.
+    assert attacks.art_params("pgd", {"eps_step": written})["eps_step"] == written
+    assert attacks.art_params("pgd", {"eps_step": written}, math.inf)["eps_step"] == written
+
+
+def test_relative_step_resolves_exactly_and_absolute_steps_stay():
+    eps = 32 / 255
+    assert attacks.art_params("pgd", {"eps_step": "eps/4"}, eps)["eps_step"] == eps / 4
+    assert attacks.art_params("pgd", {"eps_step": "eps/2.5"}, eps)["eps_step"] == eps / 2.5
+    # The paper's absolute step (the grid turns 2/255 into a float) is untouched by eps.
+    assert attacks.art_params("pgd", {"eps_step": 2 / 255}, eps)["eps_step"] == 2 / 255
+    assert attacks.art_params("pgd", {}, eps)["eps_step"] == 2 / 255
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("pgd", {"eps_step": "eps/0"}, r"parameter 'eps_step' must be a number or relative to eps "
+                                   r"\(eps, eps/k, eps\*k or k\*eps with a number k > 0\), got 'eps/0'$"),
+    ("pgd", {"eps_step": "eps-0.1"}, r"'eps_step' must be a number or relative to eps"),
+    ("pgd", {"eps_step": "2*eps/4"}, r"'eps_step' must be a number or relative to eps"),
+    ("pgd", {"eps_step": "eps/-4"}, r"'eps_step' must be a number or relative to eps"),
+    ("pgd", {"eps_step": "epsilon/4"}, r"'eps_step' must be a number or relative to eps"),
+    ("pgd", {"max_iter": "eps/4"}, r"parameter 'max_iter' must be an integer, got 'eps/4'"),
+    ("fgsm", {"num_random_init": "eps"}, r"parameter 'num_random_init' must be an integer"),
+    ("boundary", {"epsilon": "eps/4"}, r"parameter 'epsilon' must be a number, got 'eps/4'"),
+])
+def test_relative_values_only_where_the_spec_allows_them(name, params, message):
+    with pytest.raises(UserError, match=rf"^attack '{name}': .*{message}"):
+        attacks.validate(name, None, params)
+
+
 # --------------------------------------------------------------------------- estimator
 # Everything below uses the trained model: marked slow (TensorFlow import + fit, ~10 s once).
 
@@ -312,6 +352,22 @@ def test_boundary_overflow_counts_as_a_failed_attack(fast, sample, monkeypatch):
 
 
 @pytest.mark.slow
+def test_pgd_step_relative_to_eps_reaches_the_budget(fast, digits):
+    # num_random_init=0 (BIM): the distance from x comes from the steps alone.
+    _, x, y = digits
+    x, y = x[:16], y[:16]
+    eps = 32 / 255
+    reach = {}
+    for step in ("eps/4", 2 / 255):
+        params = {"max_iter": 7, "eps_step": step, "num_random_init": 0}
+        x_adv = attacks.run("pgd", fast, x, y, eps, "inf", params, seed=0)
+        reach[step] = attacks.perturbation_norms(x, x_adv, "inf")
+    # 7 steps of eps/4 reach the edge of the ball; 7 x 2/255 = 14/255 cannot at 32/255.
+    assert np.isclose(reach["eps/4"], eps, rtol=1e-5).any()
+    assert reach[2 / 255].max() <= 7 * 2 / 255 * (1 + 1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pgd", "square", "boundary"])
 def test_same_seed_same_examples(name, fast, sample):
     x, y = sample
@@ -395,3 +451,89 @@ def test_square_matches_art_on_square_inputs(norm, eps, fast, sample):
     assert isinstance(attacks.ATTACKS.get("square").build(fast, eps, norm, params, 0),
                       attacks.AnyShapeSquareAttack)
 
+
+# --------------------------------------------------------------------------- shape matrix
+# Every registered attack and norm on each dataset's real input shape, on tiny untrained
+# QKeras models (a fixed seed: what is under test is the attacks' arithmetic on the shape),
+# with parameters just strong enough that every attack changes some sample.
+
+SHAPES = {  # dataset: input shape, values in [0, 1]
+    "digits": (8, 8, 1),
+    "cifar10_gray": (32, 32, 1),
+    "cifar10": (32, 32, 3),  # and SVHN
+    "speech_commands": (49, 10, 1),  # 49 frames x 10 MFCCs: Square's tile outgrows the width
+}
+MATRIX_N = 3
+MATRIX_EPS = {"inf": 0.1, "1": 2.0, "2": 0.5}
+MATRIX_PARAMS = {  # a few iterations each; large constants so C&W and ZOO succeed quickly
+    "fgsm": {},
+    "pgd": {"max_iter": 2, "eps_step": "eps/2"},
+    "square": {"max_iter": 12},
+    "cw_l2": {"max_iter": 5, "binary_search_steps": 1, "initial_const": 10.0,
+              "learning_rate": 0.1},
+    "boundary": {"max_iter": 2, "num_trial": 5, "init_size": 20},
+    "zoo": {"max_iter": 10, "binary_search_steps": 1, "nb_parallel": 64, "initial_const": 10.0,
+            "learning_rate": 0.1},
+}
+MATRIX = [(dataset, name, norm) for dataset in SHAPES for name in MATRIX_PARAMS
+          for norm in attacks.ATTACKS.get(name).norms]
+
+
+@pytest.fixture(scope="module")
+def shape_models():
+    """dataset -> (fast classifier, inputs, their predicted labels), built on first use."""
+    built = {}
+
+    def get(dataset):
+        if dataset not in built:
+            built[dataset] = _shape_model(SHAPES[dataset])
+        return built[dataset]
+
+    return get
+
+
+def _shape_model(shape):
+    import tensorflow as tf
+    from qkeras import QActivation, QConv2D, QDense, quantized_bits
+
+    tf.keras.utils.set_random_seed(0)
+    bits = quantized_bits(4, 0, 1)
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape),
+        QConv2D(4, 3, strides=2, kernel_quantizer=bits, bias_quantizer=bits),
+        # A float ReLU: ZOO's finite differences (h = 1e-4) see a zero gradient through a
+        # 4-bit activation and never move, which would leave its rows untested.
+        QActivation("relu"),
+        tf.keras.layers.Flatten(),
+        QDense(10, kernel_quantizer=bits, bias_quantizer=bits),  # logits
+    ])
+    classifier = attacks.make_classifier(model, 10, shape, CLIP)
+    # Noise at three brightness levels: some samples are predicted unlike uniform noise,
+    # which Boundary needs for its starting points.
+    noise = np.random.default_rng(0).uniform(*CLIP, (MATRIX_N, *shape))
+    x = (noise * np.linspace(0.1, 1.0, MATRIX_N)[:, None, None, None]).astype(np.float32)
+    return classifier, x, classifier.predict(x).argmax(axis=1)
+
+
+def test_matrix_covers_every_registered_attack_and_norm():
+    assert set(MATRIX_PARAMS) == set(attacks.ATTACKS.names())
+    assert len(MATRIX) == len(SHAPES) * sum(len(attacks.ATTACKS.get(n).norms) for n in MATRIX_PARAMS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, name, norm", MATRIX)
+def test_every_attack_on_every_input_shape(dataset, name, norm, shape_models):
+    classifier, x, y = shape_models(dataset)
+    minimal = attacks.is_minimal(name)
+    eps = math.inf if minimal else MATRIX_EPS[norm]
+    x_adv = attacks.run(name, classifier, x, y, eps, norm, MATRIX_PARAMS[name], seed=0)
+    assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+    assert np.isfinite(x_adv).all() and x_adv.min() >= CLIP[0] and x_adv.max() <= CLIP[1]
+    sizes = attacks.perturbation_norms(x, x_adv, norm)
+    assert np.all(sizes <= eps * (1 + attacks.BUDGET_RTOL)), sizes
+    changed = sizes > 0
+    assert changed.any()  # the attack ran, not just returned its inputs
+    if minimal:  # a changed sample is adversarial; a failed one is its clean input
+        assert (classifier.predict(x_adv[changed]).argmax(axis=1) != y[changed]).all()
+    elif not attacks.ATTACKS.get(name).black_box:  # a gradient step moves every sample
+        assert changed.all()
