@@ -33,6 +33,7 @@ ratios taken in one run, not absolute seconds across runs.
 
 from __future__ import annotations
 
+import math
 import argparse
 import gc
 import logging
@@ -386,7 +387,7 @@ def part_zoo(presets: list[str]) -> None:
 
         clf.predict = counting
         started = time.perf_counter()
-        x_adv = attacks.run("zoo", clf, x, y, 0.0, "2",
+        x_adv = attacks.run("zoo", clf, x, y, math.inf, "2",
                             {"max_iter": 10, "binary_search_steps": 10}, seed=0)
         seconds = time.perf_counter() - started
         success = bool(predict(x_adv).argmax(axis=1)[0] != y[0])
