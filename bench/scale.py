@@ -33,10 +33,10 @@ ratios taken in one run, not absolute seconds across runs.
 
 from __future__ import annotations
 
-import math
 import argparse
 import gc
 import logging
+import math
 import os
 import sys
 import tempfile
