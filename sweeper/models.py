@@ -246,7 +246,33 @@ def fingerprint(name: str, input_shape: tuple, nb_classes: int, preset: Preset) 
 
 @functools.lru_cache(maxsize=None)
 def _fingerprint_cached(name: str, input_shape: tuple, nb_classes: int, preset: Preset) -> str:
-    return model_fingerprint(build(name, input_shape, nb_classes, preset))
+    import warnings
+
+    _import_quietly()
+    with warnings.catch_warnings():  # tf-keras warns about unseeded initializers: nothing is trained here
+        warnings.simplefilter("ignore")
+        return model_fingerprint(build(name, input_shape, nb_classes, preset))
+
+
+def _import_quietly() -> None:
+    """Import TensorFlow and QKeras with the C++ start-up chatter (absl's "All log
+    messages before absl::InitializeLog()", the CUDA probe) kept off the terminal: the
+    CLI fingerprints models on the driver, where those lines would only confuse.
+    SWEEPER_DEBUG=1 lets them through."""
+    import os
+    import sys
+
+    if "qkeras" in sys.modules or os.environ.get("SWEEPER_DEBUG", "") not in ("", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import qkeras  # noqa: F401  (imports TensorFlow)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def model_fingerprint(model) -> str:
