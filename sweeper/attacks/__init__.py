@@ -1,0 +1,58 @@
+"""Adversarial attacks: the attacks sweeper runs through ART, what their eps means, and
+the fast ART estimator they run on.
+
+One file per concern:
+
+- ``spec.py``: ``AttackSpec``, the ``ATTACKS`` registry, what eps means per attack,
+  ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
+- ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
+- ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
+- ``black_box.py``: boundary (with its seeded start) and zoo.
+- ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
+  ``perturbation_norms``.
+- ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
+  ``make_stock_classifier``.
+
+Importing the package imports neither TensorFlow nor ART, so the CLI lists and validates
+attacks cheaply: builders and estimators import them when first called, and the two ART
+subclasses are created on first access (module ``__getattr__``). This module registers the
+attacks, in the order error messages list them, and re-exports the API (and the private
+helpers the tests reach).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeper.attacks.black_box import BOUNDARY, ZOO, _generate_boundary  # noqa: F401
+from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.estimator import (  # noqa: F401
+    PREDICT_CHUNK,
+    _fast_classifier_class,
+    make_classifier,
+    make_stock_classifier,
+)
+from sweeper.attacks.gradient import CW_L2, FGSM, PGD
+from sweeper.attacks.spec import (  # noqa: F401
+    ATTACKS,
+    RELATIVE_FORMS,
+    AttackSpec,
+    art_params,
+    is_minimal,
+    normalize_norm,
+    validate,
+)
+from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401
+
+for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO):
+    ATTACKS.add(_attack.name, _attack)
+del _attack
+
+
+def __getattr__(name: str) -> Any:
+    # The ART subclasses are created on first use so that importing this package stays light.
+    if name == "FastTensorFlowV2Classifier":
+        return _fast_classifier_class()
+    if name == "AnyShapeSquareAttack":
+        return _square_attack_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

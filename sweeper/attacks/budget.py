@@ -1,0 +1,105 @@
+"""Running an attack: ``run`` seeds the RNGs, builds the attack through its spec, calls
+ART, and holds the result to the clip box and to what eps means (spec.py): projected onto
+the ball for budget attacks, rejected outside it for minimal ones. ``perturbation_norms``
+measures the examples.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Mapping
+
+import numpy as np
+
+from sweeper.attacks.spec import ATTACKS, AttackSpec, _art_norm, art_params, normalize_norm, validate
+from sweeper.errors import UserError
+
+# Budgets are checked with this relative slack: x + delta rounded to float32 can land a
+# hair outside the ball (e.g. ||delta||_inf = 0.10000002 for eps = 0.1).
+BUDGET_RTOL = 1e-5
+
+
+def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: float | None,
+        norm: Any, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    """Adversarial examples for x (labels y: indices or one-hot; None: model predictions).
+
+    ``eps`` 0: the clean (clipped) inputs, for every attack. ``eps`` math.inf or None:
+    unbounded, only for minimal attacks (``is_minimal``). The result always lies within
+    the classifier's clip_values and within eps under norm, up to BUDGET_RTOL (see
+    spec.py's docstring for eps per attack).
+    """
+    eps = math.inf if eps is None else eps
+    validate(name, norm, params, eps=eps)
+    spec = ATTACKS.get(name)
+    norm = normalize_norm(norm) or spec.norms[0]
+    x = np.asarray(x, dtype=np.float32)
+    if eps == 0 or len(x) == 0:
+        return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
+    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params, eps), seed)
+    return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
+                          classifier=classifier)
+
+
+def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed) -> np.ndarray:
+    _seed_everything(seed)
+    try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
+        attack = spec.build(classifier, float(eps), norm, params, seed)
+    except ValueError as error:  # ART's own parameter checks (e.g. max_iter <= 0)
+        raise UserError(f"attack {spec.name!r}: {error}") from None
+    if spec.generate is not None:
+        x_adv = spec.generate(attack, classifier, x, y, params, seed)
+    else:
+        x_adv = attack.generate(x=x, y=y)
+    # ART's Square L2 divides by zero on 1-pixel tiles: a non-finite example is a failure.
+    finite = np.isfinite(x_adv).reshape(len(x), -1).all(axis=1)
+    return np.where(_per_sample(finite, x.ndim), x_adv, x)
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed the RNGs the registered attacks draw from: numpy's and Python's (Square).
+
+    Not tf.random: none of these attacks uses TF random ops, and tf.random.set_seed clears
+    TensorFlow's kernel cache, which made the next compiled calls several times slower.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _clip(x: np.ndarray, classifier: Any) -> np.ndarray:
+    if classifier.clip_values is None:
+        return np.array(x, dtype=np.float32)
+    lo, hi = classifier.clip_values
+    return np.clip(x, lo, hi).astype(np.float32)
+
+
+def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarray:
+    """||x_adv - x|| per sample under norm ("inf", "1", "2"), in float64."""
+    delta = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
+    return np.linalg.norm(delta, ord=_art_norm(norm), axis=1)
+
+
+def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndarray:
+    """Project onto the eps ball (budgeted attacks) or reject what lies outside it."""
+    if eps is None or math.isinf(eps):  # unbounded (minimal attacks only)
+        return x_adv
+    sizes = perturbation_norms(x, x_adv, norm)
+    outside = sizes > eps * (1 + BUDGET_RTOL)
+    if not outside.any():
+        return x_adv
+    x_adv = x_adv.copy()
+    if not project:
+        x_adv[outside] = _clip(x[outside], classifier)
+        return x_adv
+    delta = x_adv[outside] - x[outside]
+    if norm == "inf":
+        delta = np.clip(delta, -eps, eps)
+    else:  # shrinking towards x keeps the example inside the clip box
+        delta *= _per_sample(eps / sizes[outside], delta.ndim).astype(np.float32)
+    x_adv[outside] = _clip(x[outside] + delta, classifier)
+    return x_adv
+
+
+def _per_sample(values: np.ndarray, ndim: int) -> np.ndarray:
+    """Shape one value per sample to broadcast against a batch of ndim dimensions."""
+    return np.asarray(values).reshape(-1, *[1] * (ndim - 1))

@@ -1,0 +1,126 @@
+"""The ART classifiers sweeper attacks through: ART's stock TensorFlowV2Classifier, and
+``FastTensorFlowV2Classifier``, the same estimator with its forward and gradients compiled.
+
+The subclass is created on first use (``_fast_classifier_class``) so that importing this
+module imports neither TensorFlow nor ART.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+# predict() runs at most this many samples per compiled call, to bound memory.
+PREDICT_CHUNK = 4096
+
+
+def make_stock_classifier(model: Any, nb_classes: int, input_shape: tuple,
+                          clip_values: tuple[float, float]) -> Any:
+    """ART's plain TensorFlowV2Classifier for a logits model (eager gradients: slow)."""
+    import tensorflow as tf
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(
+        model=model, nb_classes=nb_classes, input_shape=tuple(input_shape),
+        loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=tuple(clip_values),
+    )
+
+
+def make_classifier(model: Any, nb_classes: int, input_shape: tuple,
+                    clip_values: tuple[float, float]) -> Any:
+    """A TensorFlowV2Classifier for a logits model whose forward and gradients are compiled.
+
+    Same results as ``make_stock_classifier`` (same loss: categorical cross-entropy from
+    logits, averaged over the batch), much faster on tiny models where ART's eager
+    per-call overhead dominates.
+    """
+    return _fast_classifier_class()(model, nb_classes, tuple(input_shape), tuple(clip_values))
+
+
+@functools.cache
+def _fast_classifier_class() -> type:
+    import tensorflow as tf
+    from art.estimators.classification import TensorFlowV2Classifier
+    from art.utils import check_and_transform_label_format
+
+    class FastTensorFlowV2Classifier(TensorFlowV2Classifier):
+        """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.
+
+        Each compiled function has a None batch dimension in its input signature, so it is
+        traced once per classifier, not per batch size. Anything the compiled path does not
+        cover (training_mode=True, preprocessing) falls back to ART's eager code.
+        """
+
+        def __init__(self, model, nb_classes, input_shape, clip_values):
+            super().__init__(
+                model=model, nb_classes=nb_classes, input_shape=input_shape,
+                loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+                clip_values=clip_values,
+                preprocessing=None,  # ART's default is an identity StandardisationMeanStd op
+            )
+            x_spec = tf.TensorSpec([None, *input_shape], tf.float32)
+            y_spec = tf.TensorSpec([None, nb_classes], tf.float32)
+            label_spec = tf.TensorSpec([None], tf.int32)
+            self._logits_fn = tf.function(self._logits, input_signature=[x_spec])
+            self._loss_grad_fn = tf.function(self._loss_grad, input_signature=[x_spec, y_spec])
+            self._label_grad_fn = tf.function(self._label_grad, input_signature=[x_spec, label_spec])
+            self._jacobian_fn = tf.function(self._jacobian, input_signature=[x_spec])
+
+        # The plain functions below are what gets compiled.
+        def _logits(self, x):
+            return self._model(x, training=False)
+
+        def _loss_grad(self, x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                losses = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=self._logits(x))
+                loss = tf.reduce_mean(losses)  # Keras' default SUM_OVER_BATCH_SIZE, as in ART
+            return tape.gradient(loss, x)
+
+        def _label_grad(self, x, labels):
+            # Samples are independent at inference, so one backward pass of the summed
+            # picked logits gives every sample's own gradient.
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = self._logits(x)
+                picked = tf.reduce_sum(logits * tf.one_hot(labels, tf.shape(logits)[1]))
+            return tape.gradient(picked, x)
+
+        def _jacobian(self, x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = self._logits(x)
+            return tape.batch_jacobian(logits, x)
+
+        def _compiled_ok(self, training_mode: bool) -> bool:
+            return not training_mode and not self.preprocessing_operations
+
+        def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode):
+                return super().predict(x, batch_size=batch_size, training_mode=training_mode, **kwargs)
+            x = np.asarray(x, dtype=np.float32)
+            chunks = [self._logits_fn(x[i:i + PREDICT_CHUNK]).numpy()
+                      for i in range(0, len(x), PREDICT_CHUNK)]
+            logits = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
+            return self._apply_postprocessing(preds=logits, fit=False)
+
+        def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode) or not isinstance(x, np.ndarray):
+                return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+            y = check_and_transform_label_format(y, nb_classes=self.nb_classes)
+            grads = self._loss_grad_fn(x.astype(np.float32), np.asarray(y, dtype=np.float32))
+            return grads.numpy()
+
+        def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs):
+            if not self._compiled_ok(training_mode):
+                return super().class_gradient(x, label=label, training_mode=training_mode, **kwargs)
+            x = np.asarray(x, dtype=np.float32)
+            if label is None:
+                return self._jacobian_fn(x).numpy()
+            labels = np.broadcast_to(np.asarray(label, dtype=np.int32), (len(x),))
+            return self._label_grad_fn(x, labels).numpy()[:, None]
+
+    return FastTensorFlowV2Classifier

@@ -1,0 +1,177 @@
+"""What an attack is to sweeper: ``AttackSpec``, the ``ATTACKS`` registry, what ``eps``
+means, and checking a grid's attack cell without TensorFlow or ART.
+
+Each attack is an ``AttackSpec``: its accepted norms, the parameters a grid may set
+(``defaults``) and the ones sweeper pins (``fixed``: ``targeted=False``,
+``verbose=False``, batch sizes); every one of them is passed to ART explicitly, because
+ART's defaults differ from the papers (BoundaryAttack is targeted by default, PGD runs
+100 steps). The family modules define the specs; the package registers them.
+
+What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
+
+- ``eps == 0`` is the clean evaluation for every attack: the clipped inputs, no ART call.
+- fgsm, pgd, square (budget attacks, ``uses_eps``): ART's perturbation budget under
+  ``norm``; it must be finite. The result is projected onto the ball again if it lies
+  outside beyond float32 rounding (``BUDGET_RTOL``).
+- cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
+  (``is_minimal``) with no budget parameter. ``eps == math.inf`` (or None) is unbounded:
+  the raw examples, clipped to the classifier's clip_values, a failed sample being its
+  clean input; ``perturbation_norms`` of one unbounded run gives every post-hoc budget.
+  A finite ``eps`` is such a budget applied here: an example whose ``||x_adv - x||``
+  exceeds it is replaced by the clean input, i.e. counts as a failed attack.
+
+A parameter listed in a spec's ``relative`` (PGD's ``eps_step``) may also be written
+relative to the budget (``eps/4``, ``eps*0.25``, ``0.25*eps``, ``eps``); ``art_params``
+resolves it for a given eps.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from sweeper.errors import UserError
+from sweeper.registry import Registry
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: what a grid may set for it and how to build and run it through ART."""
+
+    name: str
+    norms: tuple[str, ...]  # as written in grid files: "inf", "1", "2"; the first is the default
+    defaults: Mapping[str, Any]  # what a grid may set, with sweeper's defaults
+    uses_eps: bool  # False: a minimal-perturbation attack, eps is a post-hoc budget (module doc)
+    black_box: bool  # uses only the model's outputs, never its gradients
+    build: Callable[..., Any]  # (classifier, eps, norm, params, seed) -> ART attack
+    description: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # passed to ART, not settable
+    # (attack, classifier, x, y, params, seed) -> x_adv; None means attack.generate(x, y)
+    generate: Callable[..., np.ndarray] | None = None
+    single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
+    # Parameters a grid may write relative to the budget (eps_step: eps/4), see RELATIVE_FORMS.
+    relative: tuple[str, ...] = ()
+
+
+# Filled by the package's __init__, in the order error messages list the attacks.
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def _art_norm(norm: str) -> float | int:
+    return np.inf if norm == "inf" else int(norm)
+
+
+def normalize_norm(norm: Any) -> str | None:
+    """Grid files may say 2, 2.0, "2", "inf" or .inf: map them all to "2" / "inf"."""
+    if norm is None:
+        return None
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        if norm == float("inf"):
+            return "inf"
+        return str(int(norm)) if float(norm).is_integer() else str(norm)
+    return str(norm).strip().lower()
+
+
+def _type_error(value: Any, default: Any) -> str | None:
+    """Why value cannot replace default, judged by the default's type; None if it can."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(value, bool):
+        return "must be a number"
+    if isinstance(default, int):
+        return None if isinstance(value, numbers.Integral) else "must be an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, numbers.Real) else "must be a number"
+    return None
+
+
+def is_minimal(name: str) -> bool:
+    """A minimal-perturbation attack (no budget parameter; eps may be unbounded)."""
+    return not ATTACKS.get(name).uses_eps
+
+
+def _minimal_names() -> str:
+    return ", ".join(name for name in ATTACKS.names() if is_minimal(name))
+
+
+# A relative parameter: "eps", "eps/k", "eps*k" or "k*eps", k a plain positive number.
+RELATIVE_FORMS = "eps, eps/k, eps*k or k*eps with a number k > 0"
+_RELATIVE_ERROR = f"must be a number or relative to eps ({RELATIVE_FORMS})"
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_RELATIVE = re.compile(
+    rf"(?:(?P<left>{_NUMBER})\s*\*\s*)?eps(?:\s*(?P<op>[*/])\s*(?P<right>{_NUMBER}))?")
+
+
+def _relative(text: str) -> tuple[str, float] | None:
+    """("*" or "/", k) for a relative expression, None if text is not one."""
+    match = _RELATIVE.fullmatch(text.strip())
+    if not match or (match["left"] and match["op"]):  # one factor at most: no 2*eps/4
+        return None
+    if match["left"]:
+        op, k = "*", float(match["left"])
+    else:
+        op, k = match["op"] or "*", float(match["right"] or 1)
+    return (op, k) if 0 < k < math.inf else None
+
+
+def _resolve(text: str, eps: float) -> float:
+    op, k = _relative(text)
+    return eps / k if op == "/" else eps * k  # eps/4 exactly, not eps * 0.25 rounded twice
+
+
+def _param_error(spec: AttackSpec, param: str, value: Any) -> str | None:
+    """Why value is not accepted for param; None if it is."""
+    if param in spec.relative and isinstance(value, str):
+        return None if _relative(value) else _RELATIVE_ERROR
+    return _type_error(value, spec.defaults[param])
+
+
+def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | None = None) -> None:
+    """Check an attack cell without importing ART; raise a one-line UserError if bad.
+
+    ``eps`` None is not checked; ``math.inf`` (unbounded) is only for minimal attacks.
+    """
+    spec = ATTACKS.get(name)
+    key = normalize_norm(norm)
+    if key is not None and key not in spec.norms:
+        accepted = ", ".join(spec.norms)
+        raise UserError(f"attack {name!r}: unsupported norm {norm!r}; accepted: {accepted}")
+    for param, value in params.items():
+        if param not in spec.defaults:
+            accepted = ", ".join(sorted(spec.defaults))
+            raise UserError(f"attack {name!r}: unknown parameter {param!r}; accepted: {accepted}")
+        problem = _param_error(spec, param, value)
+        if problem:
+            raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {value!r}")
+    if eps is None:
+        return
+    real = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
+    if not (real and eps >= 0):  # also rejects NaN
+        raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {eps!r}")
+    if math.isinf(eps) and spec.uses_eps:
+        _unbounded_budget_error(name)
+
+
+def _unbounded_budget_error(name: str) -> None:
+    raise UserError(f"attack {name!r}: needs a finite eps budget; 'unbounded' is only for "
+                    f"minimal-perturbation attacks: {_minimal_names()}")
+
+
+def art_params(name: str, params: Mapping[str, Any], eps: float | None = None) -> dict[str, Any]:
+    """Every keyword sweeper passes to ART for this attack besides eps and norm.
+
+    A relative parameter (``eps_step: eps/4``) becomes a number for a finite ``eps``; with
+    eps None or unbounded it stays as written (how a grid cell records it).
+    """
+    spec = ATTACKS.get(name)
+    full = {**spec.defaults, **params, **spec.fixed}
+    if eps is not None and math.isfinite(eps):
+        for param in spec.relative:
+            if isinstance(full[param], str):
+                full[param] = _resolve(full[param], float(eps))
+    return full

@@ -1,0 +1,232 @@
+"""Square Attack: its spec, and ``AnyShapeSquareAttack``, ART's SquareAttack made to work
+on non-square inputs (49x10 MFCCs) while returning ART's examples on square ones.
+
+The ART subclass is created on first use (``_square_attack_class``) so that importing
+this module imports neither TensorFlow nor ART.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import numpy as np
+
+from sweeper.attacks.spec import AttackSpec, _art_norm
+
+
+def _build_square(classifier, eps, norm, params, seed):
+    # ART's SquareAttack fails on non-square inputs (49x10 MFCCs): see AnyShapeSquareAttack.
+    return _square_attack_class()(classifier, norm=_art_norm(norm), eps=eps, **params)
+
+
+SQUARE = AttackSpec(
+    name="square",
+    norms=("inf", "2"),
+    defaults={"max_iter": 1000, "p_init": 0.8, "nb_restarts": 1},
+    fixed={"adv_criterion": None, "loss": None, "batch_size": 128, "verbose": False},
+    uses_eps=True,
+    black_box=True,
+    build=_build_square,
+    description="Square Attack, score-based random search (Andriushchenko et al. 2020)",
+)
+
+
+def _tile_side(fraction: float, height: int, width: int, *, smallest: int, odd: bool) -> int:
+    """ART's square side for a fraction of the image, clamped to the narrow side.
+
+    ART takes sqrt(fraction * height * width), which outgrows the width of a tall narrow
+    input (49x10 MFCCs); on square inputs the clamp never binds where ART itself works.
+    """
+    side = max(int(round(math.sqrt(fraction * height * width))), smallest)
+    if odd and side % 2 == 0:
+        side += 1
+    return min(side, height, width)
+
+
+def _tile_start(length: int, side: int) -> int:
+    # ART draws from [0, length - side): the last position is never used (kept, so that
+    # square inputs give ART's examples); a side as long as the axis can only start at 0.
+    return np.random.randint(0, max(length - side, 1))
+
+
+def _square_bump(side: int) -> np.ndarray:
+    """ART's pseudo-Gaussian L2 bump (SquareAttack.generate's _get_perturbation), verbatim:
+    the same float operations and the same two random.random() draws."""
+    delta = np.zeros([side, side])
+    gaussian_perturbation = np.zeros([side // 2, side])
+    x_c = side // 4
+    y_c = side // 2
+    for i_y in range(y_c):
+        gaussian_perturbation[
+            max(x_c, 0): min(x_c + (2 * i_y + 1), side // 2),
+            max(0, y_c): min(y_c + (2 * i_y + 1), side),
+        ] += 1.0 / ((i_y + 1) ** 2)
+        x_c -= 1
+        y_c -= 1
+    gaussian_perturbation /= np.sqrt(np.sum(gaussian_perturbation**2))
+    delta[: side // 2] = gaussian_perturbation
+    delta[side // 2: side // 2 + gaussian_perturbation.shape[0]] = -gaussian_perturbation
+    delta /= np.sqrt(np.sum(delta**2))
+    if random.random() > 0.5:
+        delta = np.transpose(delta)
+    if random.random() > 0.5:
+        delta = -delta
+    return delta
+
+
+@functools.cache
+def _square_attack_class() -> type:
+    from art.attacks.evasion import SquareAttack
+    from art.config import ART_NUMPY_DTYPE
+    from art.utils import check_and_transform_label_format, get_labels_np_array
+
+    class AnyShapeSquareAttack(SquareAttack):
+        """ART's SquareAttack (L-inf and L2) on any height x width, not only square inputs.
+
+        ART sizes each square from height * width and draws its position in
+        ``[0, width - side)``, which is empty once the side exceeds the narrow dimension: a
+        49x10 input fails with ``ValueError: high <= 0``. Its L2 start also lays 5x5 bumps
+        of side height // 5, which overruns a narrow width. Here the side is clamped to the
+        narrow dimension (``_tile_side``) and the L2 start lays bumps of side narrow // 5,
+        5 across the narrow dimension and proportionally many along the long one.
+
+        Otherwise this is ART 1.20's ``generate`` restructured: ART's restart loop, written
+        out once per norm there, is ``_restart`` here, and each norm's start and step are
+        the blocks of ART's code before and inside that loop. On square inputs it makes the
+        same random draws in the same order, so it returns ART's examples exactly (tests
+        check it). Channels-first estimators and norm 1 use ART's code unchanged; there are
+        no progress bars (sweeper pins verbose=False).
+        """
+
+        def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
+            linf = self.norm in (np.inf, "inf")
+            if self.estimator.channels_first or x.ndim != 4 or not (linf or self.norm == 2):
+                return super().generate(x, y, **kwargs)
+            x_adv = x.astype(ART_NUMPY_DTYPE)
+            if y is None:  # as ART: the model's predictions are the labels
+                y = get_labels_np_array(self.estimator.predict(x, batch_size=self.batch_size))
+            else:
+                y = check_and_transform_label_format(y, nb_classes=self.estimator.nb_classes)
+            if linf:
+                start, step = self._linf_start, self._linf_step
+            else:
+                start, step = self._l2_start, self._l2_step
+            for _ in range(self.nb_restarts):
+                robust = self._robust(x_adv, y)
+                if not robust.any():
+                    break
+                self._restart(x, x_adv, y, robust, start, step)
+            return x_adv
+
+        def _robust(self, x_adv, y) -> np.ndarray:
+            """Samples the model still classifies correctly."""
+            y_pred = self.estimator.predict(x_adv, batch_size=self.batch_size)
+            return np.logical_not(self.adv_criterion(y_pred, y))
+
+        def _clip(self, x):
+            return np.clip(x, self.estimator.clip_values[0], self.estimator.clip_values[1])
+
+        def _keep_improved(self, x_adv, robust, x_robust, x_new, y_robust, loss_before) -> None:
+            """Greedy random search: accept x_new where the margin loss went down."""
+            improved = (self.loss(x_new, y_robust) - loss_before) < 0.0
+            x_robust[improved] = x_new[improved]
+            x_adv[robust] = x_robust
+
+        def _restart(self, x, x_adv, y, robust, start, step) -> None:
+            """One restart, ART's loop for either norm: ``start`` from the clean input (ART
+            restarts from x), then up to max_iter random-search ``step``s on the samples
+            still classified correctly, each kept where it lowers the margin loss."""
+            x_robust, y_robust = x[robust], y[robust]
+            loss = self.loss(x_robust, y_robust)
+            self._keep_improved(x_adv, robust, x_robust, start(x_robust), y_robust, loss)
+            for i_iter in range(self.max_iter):
+                robust = self._robust(x_adv, y)
+                if not robust.any():
+                    break
+                x_robust, x_init, y_robust = x_adv[robust], x[robust], y[robust]
+                loss = self.loss(x_robust, y_robust)
+                x_new = step(x_robust, x_init, self._get_percentage_of_elements(i_iter))
+                self._keep_improved(x_adv, robust, x_robust, x_new, y_robust, loss)
+
+        def _linf_start(self, x_robust) -> np.ndarray:
+            """ART's L-inf start: vertical stripes of +-eps."""
+            n, _, width, channels = x_robust.shape
+            stripes = self.eps * np.random.choice([-1, 1], size=(n, 1, width, channels))
+            return self._clip(x_robust + stripes).astype(ART_NUMPY_DTYPE)
+
+        def _linf_step(self, x_robust, x_init, fraction) -> np.ndarray:
+            """ART's L-inf step: one square window moved by +-2 eps per channel, then back
+            into the eps ball around x_init."""
+            height, width, channels = x_robust.shape[1:]
+            side = _tile_side(fraction, height, width, smallest=1, odd=False)
+            top, left = _tile_start(height, side), _tile_start(width, side)
+            delta = np.zeros(self.estimator.input_shape)
+            delta[top:top + side, left:left + side, :] = np.random.choice(
+                [-2 * self.eps, 2 * self.eps], size=[1, 1, channels])
+            x_new = np.minimum(np.maximum(x_robust + delta, x_init - self.eps),
+                               x_init + self.eps)
+            return self._clip(x_new).astype(ART_NUMPY_DTYPE)
+
+        def _l2_start(self, x_robust) -> np.ndarray:
+            """ART's L2 start: the grid of bumps (``_l2_bumps``) scaled to norm eps."""
+            delta_init = self._l2_bumps(*x_robust.shape)
+            norms = np.sqrt(np.sum(delta_init**2, axis=(1, 2, 3), keepdims=True))
+            return self._clip(x_robust + delta_init / norms * self.eps)
+
+        def _l2_step(self, x_robust, x_init, fraction) -> np.ndarray:
+            """ART's L2 step: a new bump in one window (``_l2_update``), rescaled to norm eps."""
+            height, width, channels = x_robust.shape[1:]
+            delta = x_robust - x_init
+            side = _tile_side(fraction, height, width, smallest=3, odd=True)
+            self._l2_update(delta, side, channels)
+            # ART's expression and float order: (eps * delta) / ||delta||.
+            norms = np.sqrt(np.sum(delta**2, axis=(1, 2, 3), keepdims=True))
+            return self._clip(x_init + self.eps * delta / norms)
+
+        @staticmethod
+        def _l2_bumps(n, height, width, channels) -> np.ndarray:
+            """ART's initial L2 perturbation: a grid of bumps with random signs per channel,
+            5 of side narrow // 5 across the narrow dimension (ART: 5x5 of height // 5)."""
+            n_tiles = 5
+            narrow = min(height, width)
+            side = narrow // n_tiles
+            delta_init = np.zeros((n, height, width, channels), dtype=ART_NUMPY_DTYPE)
+            for row in range(n_tiles * height // narrow):
+                for col in range(n_tiles * width // narrow):
+                    bump = _square_bump(side).reshape(1, side, side, 1) * np.random.choice(
+                        [-1, 1], size=(n, 1, 1, channels))
+                    top, left = row * side, col * side
+                    delta_init[:, top:top + side, left:left + side, :] += bump
+            return delta_init
+
+        def _l2_update(self, delta, side, channels) -> None:
+            """ART's L2 update of delta, in place: a new bump in one square window, the
+            perturbation of a second window folded into it, within the eps budget."""
+            height, width = delta.shape[1:3]
+            norms = np.sqrt(np.sum(delta**2, axis=(1, 2, 3), keepdims=True))
+            top, left = _tile_start(height, side), _tile_start(width, side)
+            window = (slice(None), slice(top, top + side), slice(left, left + side), slice(None))
+            mask = np.zeros(delta.shape)
+            mask[window] = 1.0
+            window_norm = np.sqrt(np.sum(delta[window] ** 2, axis=(1, 2), keepdims=True))
+            top_2, left_2 = _tile_start(height, side), _tile_start(width, side)
+            window_2 = (slice(None), slice(top_2, top_2 + side), slice(left_2, left_2 + side),
+                        slice(None))
+            mask_2 = np.zeros(delta.shape)
+            mask_2[window_2] = 1.0
+            both_norm = np.sqrt(np.sum((delta * np.maximum(mask, mask_2)) ** 2, axis=(1, 2, 3),
+                                       keepdims=True))
+            new = (np.ones([len(delta), side, side, channels])
+                   * _square_bump(side).reshape(1, side, side, 1)
+                   * np.random.choice([-1, 1], size=[len(delta), 1, 1, channels]))
+            new += delta[window] / np.maximum(1e-9, window_norm)
+            room = (self.eps * np.ones(new.shape)) ** 2 - norms**2
+            room[room < 0.0] = 0.0
+            new /= np.sqrt(np.sum(new**2, axis=(1, 2), keepdims=True)) * np.sqrt(
+                room / channels + both_norm**2)
+            delta[window_2] = 0.0
+            delta[window] = new
+
+    return AnyShapeSquareAttack
