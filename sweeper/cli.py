@@ -250,11 +250,12 @@ def mcu():
     from sweeper.footprint import MCUS
 
     table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "flash KB", "RAM KB", "description", "source"):
+    for column in ("name", "flash KB", "RAM KB", "largest RAM block KB", "description", "source"):
         table.add_column(column)
     for name in MCUS:
         profile = MCUS.get(name)
-        table.add_row(name, f"{profile.flash_kb:g}", f"{profile.ram_kb:g}", profile.description,
+        table.add_row(name, f"{profile.flash_kb:g}", f"{profile.ram_kb:g}", f"{profile.ram_block_kb:g}",
+                      profile.description,
                       profile.source)
     out.print(table)
 

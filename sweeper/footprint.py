@@ -6,7 +6,8 @@ This module owns three things:
   quantizer's bit width) and RAM (peak of live activation tensors during one
   batch-1 inference, each at the bit width of the quantizer that produced it);
 * ``MCUS``: a registry of microcontroller profiles (on-chip flash and SRAM);
-* ``fits`` / ``fitting``: whether a footprint fits those profiles.
+* fit itself is judged in SQL, by the store's ``fits`` view (``sweeper.query``), from a
+  row's footprint and these profiles, so a corrected profile corrects every stored row.
 
 Units: KB means 1024 bytes throughout (the unit of MCU datasheets). Sub-byte values
 are assumed densely packed (two 4-bit weights per byte), with no per-tensor padding.
@@ -195,11 +196,14 @@ def measure(model) -> Footprint:
 
 @dataclass(frozen=True)
 class MCUProfile:
-    """A microcontroller's on-chip flash and total on-chip SRAM, in KB (1024 bytes)."""
+    """A microcontroller's on-chip flash, total on-chip SRAM and largest contiguous SRAM
+    block, in KB (1024 bytes). A TensorFlow Lite Micro arena is one block of memory, so
+    fit is judged against ``ram_block_kb``, not the total a datasheet headline quotes."""
 
     name: str
     flash_kb: float
     ram_kb: float
+    ram_block_kb: float  # largest contiguous SRAM address range
     description: str
     source: str
 
@@ -208,68 +212,59 @@ MCUS = Registry[MCUProfile]("mcu")
 
 for _profile in [
     MCUProfile(
-        "stm32h7", 2048, 1024,
+        "stm32h7", 2048, 1024, 512,
         "STM32H743/753 (Cortex-M7, 480 MHz), the paper's target: 2 MB flash, "
         "1 MB RAM as ST quotes it (128 KB DTCM + 64 KB ITCM + 864 KB user SRAM: "
-        "AXI SRAM 512 KB and SRAM1-4), split over several non-contiguous regions",
+        "AXI SRAM 512 KB and SRAM1-4), split over several non-contiguous regions; the "
+        "largest block is the 512 KB AXI SRAM at 0x24000000",
         "ST DS12110 STM32H743xI datasheet",
     ),
     MCUProfile(
-        "stm32f4", 512, 128,
+        "stm32f4", 512, 128, 128,
         "STM32F446RE (Cortex-M4F, 180 MHz, Nucleo-F446RE): 512 KB flash, "
-        "128 KB total SRAM (SRAM1 112 KB + SRAM2 16 KB)",
+        "128 KB total SRAM (SRAM1 112 KB + SRAM2 16 KB, adjacent from 0x20000000)",
         "ST DS10693 STM32F446xC/E datasheet",
     ),
     MCUProfile(
-        "stm32f7", 1024, 320,
+        "stm32f7", 1024, 320, 320,
         "STM32F746NG (Cortex-M7, 216 MHz, STM32F746G-DISCO): 1 MB flash, "
-        "320 KB total SRAM (DTCM 64 KB + SRAM1 240 KB + SRAM2 16 KB; ITCM not counted)",
+        "320 KB total SRAM (DTCM 64 KB + SRAM1 240 KB + SRAM2 16 KB, adjacent from "
+        "0x20000000; ITCM not counted)",
         "ST DS10916 STM32F745xx/STM32F746xx datasheet",
     ),
     MCUProfile(
-        "stm32l4", 1024, 128,
+        "stm32l4", 1024, 128, 128,
         "STM32L476RG (Cortex-M4F, 80 MHz, Nucleo-L476RG): 1 MB flash, "
-        "128 KB total SRAM (SRAM1 96 KB + SRAM2 32 KB)",
+        "128 KB total SRAM (SRAM1 96 KB + SRAM2 32 KB, which is also mapped at "
+        "0x20018000, right after SRAM1)",
         "ST DS10198 STM32L476xx datasheet",
     ),
     MCUProfile(
-        "nrf52840", 1024, 256,
-        "Nordic nRF52840 (Cortex-M4F, 64 MHz): 1 MB flash, 256 KB total SRAM",
+        "nrf52840", 1024, 256, 256,
+        "Nordic nRF52840 (Cortex-M4F, 64 MHz): 1 MB flash, 256 KB total SRAM, one "
+        "address range from 0x20000000",
         "Nordic nRF52840 Product Specification v1.7",
     ),
     MCUProfile(
-        "arduino_nano33_ble_sense", 1024, 256,
+        "arduino_nano33_ble_sense", 1024, 256, 256,
         "Arduino Nano 33 BLE Sense: nRF52840 SoC, 1 MB flash, 256 KB total SRAM "
         "(the Mbed OS core and bootloader use part of both)",
         "Arduino ABX00031 Nano 33 BLE Sense product reference manual (datasheet)",
     ),
     MCUProfile(
-        "rp2040", 2048, 264,
-        "Raspberry Pi RP2040 (dual Cortex-M0+, 133 MHz): 264 KB total on-chip SRAM; "
+        "rp2040", 2048, 264, 264,
+        "Raspberry Pi RP2040 (dual Cortex-M0+, 133 MHz): 264 KB total on-chip SRAM "
+        "(striped SRAM0-3 then SRAM4-5, one address range from 0x20000000); "
         "no on-chip flash, the 2048 KB is the external QSPI flash of the Raspberry Pi Pico",
         "Raspberry Pi RP2040 Datasheet; Raspberry Pi Pico Datasheet",
     ),
     MCUProfile(
-        "esp32s3", 8192, 512,
+        "esp32s3", 8192, 512, 416,
         "Espressif ESP32-S3 (dual Xtensa LX7, 240 MHz): 512 KB total on-chip SRAM "
-        "(optional PSRAM not counted); flash is external or in-package, the 8192 KB is "
+        "(SRAM0 64 KB, SRAM1 416 KB, SRAM2 32 KB; optional PSRAM not counted); the largest "
+        "block is SRAM1, less what ESP-IDF itself takes; flash is external or in-package, the 8192 KB is "
         "the 8 MB flash of the ESP32-S3-DevKitC-1 N8",
         "Espressif ESP32-S3 Series Datasheet; ESP32-S3-DevKitC-1 User Guide",
     ),
 ]:
     MCUS.add(_profile.name, _profile)
-
-
-def fits(footprint: Footprint, mcu: MCUProfile) -> bool:
-    """True if weights fit the flash and peak activations fit the RAM.
-
-    A necessary, not sufficient, check: it ignores the inference runtime's own code,
-    RAM (stack, arena overhead, scratch buffers), the application around it, and that
-    on-chip SRAM is split into regions while a tensor arena usually needs one.
-    """
-    return footprint.flash_kb <= mcu.flash_kb and footprint.ram_kb <= mcu.ram_kb
-
-
-def fitting(footprint: Footprint, mcu_names: list[str]) -> list[str]:
-    """The names among ``mcu_names`` whose MCU the footprint fits, in the given order."""
-    return [name for name in mcu_names if fits(footprint, MCUS.get(name))]

@@ -93,12 +93,12 @@ VIEWS = {  # in creation order: robust reads worst_case
         SELECT m.name AS mcu, list_contains(r.mcu_targets, m.name) AS targeted,
                {', '.join('r.' + c for c in store.CONFIG_COLUMNS)},
                max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
-               any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_kb) AS mcu_ram_kb,
+               any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_block_kb) AS mcu_ram_block_kb,
                count(DISTINCT r.fold)::INTEGER AS folds, avg(r.test_acc) AS test_acc_mean,
                stddev_samp(r.test_acc) AS test_acc_std
         FROM (SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, mcu_targets
               FROM results) AS r
-        JOIN mcus AS m ON r.flash_kb <= m.flash_kb AND r.ram_kb <= m.ram_kb
+        JOIN mcus AS m ON r.flash_kb <= m.flash_kb AND r.ram_kb <= m.ram_block_kb
         GROUP BY ALL""",
 }
 
@@ -119,7 +119,8 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
         connection.register("diagnostics", diagnostics.diagnose(rows))
     connection.register("launches", _launch_table(launches or []))
     mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
-             "description": MCUS.get(name).description} for name in MCUS.names()]
+             "ram_block_kb": float(MCUS.get(name).ram_block_kb), "description": MCUS.get(name).description,
+             "source": MCUS.get(name).source} for name in MCUS.names()]
     connection.register("mcus", pa.Table.from_pylist(mcus))
     for name, sql in VIEWS.items():
         connection.execute(f"CREATE VIEW {name} AS {sql}")

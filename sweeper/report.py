@@ -250,11 +250,11 @@ class _Report:
             for target in targets:
                 fitting = [c for c in configs if target in self._fitting(c)]
                 best = max(fitting, key=lambda c: c["test_acc_mean"], default=None)
-                rows.append([target, f"{mcus[target]['flash_kb']:g}", f"{mcus[target]['ram_kb']:g}",
+                rows.append([target, f"{mcus[target]['flash_kb']:g}", f"{mcus[target]['ram_block_kb']:g}",
                              f"{len(fitting)} of {len(configs)}",
                              ", ".join(self._label(c) for c in fitting) or "none",
                              "" if best is None else f"{self._label(best)} ({fmt(best['test_acc_mean'])})"])
-            parts.append(markdown_table(["MCU", "flash KB", "RAM KB", "fit", "configurations that fit",
+            parts.append(markdown_table(["MCU", "flash KB", "largest RAM block KB", "fit", "configurations that fit",
                                          "most accurate that fits"], rows))
         return "\n\n".join(parts)
 

@@ -13,8 +13,6 @@ from sweeper.footprint import (
     BITS_PER_KB,
     MCUS,
     Footprint,
-    fits,
-    fitting,
     measure,
     weight_profile,
 )
@@ -227,19 +225,10 @@ def test_unknown_mcu_lists_available_names():
         assert MCUS.get(name).source
 
 
-def test_fits_just_under_and_just_over_stm32h7():
+def test_profiles_state_the_largest_contiguous_block():
+    """A TFLM arena is one block: the H7's 1 MB is several regions, the largest 512 KB."""
     h7 = MCUS.get("stm32h7")
-    assert (h7.flash_kb, h7.ram_kb) == (2048, 1024)
-    assert fits(Footprint(params=1, flash_kb=2048, ram_kb=1024), h7)
-    assert not fits(Footprint(params=1, flash_kb=2048.001, ram_kb=10), h7)
-    assert not fits(Footprint(params=1, flash_kb=10, ram_kb=1024.001), h7)
-
-
-def test_fitting_keeps_given_order_and_drops_what_does_not_fit():
-    names = ["esp32s3", "stm32f4", "stm32h7", "rp2040"]
-    # esp32s3: 8192/512; stm32f4: 512/128; stm32h7: 2048/1024; rp2040: 2048/264
-    assert fitting(Footprint(1, 2048, 1024), names) == ["stm32h7"]
-    assert fitting(Footprint(1, 2048.5, 1024), names) == []
-    assert fitting(Footprint(1, 500, 200), names) == ["esp32s3", "stm32h7", "rp2040"]
-    with pytest.raises(UserError):
-        fitting(Footprint(1, 1, 1), ["stm32h7", "nope"])
+    assert (h7.flash_kb, h7.ram_kb, h7.ram_block_kb) == (2048, 1024, 512)
+    for name in MCUS.names():
+        profile = MCUS.get(name)
+        assert 0 < profile.ram_block_kb <= profile.ram_kb, name

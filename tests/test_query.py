@@ -90,7 +90,11 @@ def test_fits_view_computes_fit_from_the_footprint_and_the_profiles(tmp_path):
         {"mcu": "stm32h7", "quantizer": "fp", "flash_kb": 1500.0, "mcu_flash_kb": 2048.0, "folds": 1},
         {"mcu": "stm32h7", "quantizer": "int4", "flash_kb": 200.0, "mcu_flash_kb": 2048.0, "folds": 1},
     ]
-    # Every profile is judged, targeted or not: the esp32s3 (8 MB flash, 512 KB RAM) fits both.
+    # The arena is one block: 600 KB of RAM fits neither the H7 (1 MB in all, 512 KB at most
+    # in one block) nor the esp32s3 (largest block 416 KB).
+    store.write_rows(location, [make_row("d", quantizer="int2", flash_kb=100.0, ram_kb=600.0, **clean)])
+    assert not query.run(str(tmp_path), "SELECT * FROM fits WHERE quantizer = 'int2'").num_rows
+    # Every profile is judged, targeted or not: the esp32s3 (8 MB flash, 416 KB block) fits both.
     others = query.run(str(tmp_path), "SELECT quantizer FROM fits WHERE mcu = 'esp32s3' AND NOT targeted "
                                       "ORDER BY ALL").column("quantizer").to_pylist()
     assert others == ["fp", "int4"]
