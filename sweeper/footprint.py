@@ -151,38 +151,81 @@ def execution_order(model) -> list:
     ]
 
 
-def peak_activation_bits(model) -> int:
+# Layers a deployed network does not materialise: the converter folds batch norm into the
+# producing convolution and fuses the activation (and dropout is gone at inference).
+FUSED_LAYERS = {"BatchNormalization", "QBatchNormalization", "Activation", "ReLU", "QActivation",
+                "Dropout", "SpatialDropout2D"}
+
+
+def peak_activation_bits(model, fused: bool = False, bits: int | None = None) -> int:
     """Peak over layers of the bits held by live tensors, by liveness analysis.
 
     A tensor is live from the layer that produces it until its last consumer has run;
     model outputs stay live to the end. While a layer runs, the live set is every
     earlier tensor still needed (its own inputs included) plus its outputs.
-    """
-    import tensorflow as tf
 
+    ``fused``: batch norm and activation layers that are their input's only consumer
+    write in place of the layer that produced it, as a deployed network computes them;
+    the fused tensor is stored at the width of the last layer of its chain. ``bits``:
+    store every tensor, the input included, at this width (8 for an int8 deployment);
+    None keeps each tensor at its quantizer's width and the input at float32.
+    """
     nodes = execution_order(model)
+    consumers: dict[int, int] = {}
+    for node in nodes:
+        for t in node.keras_inputs:
+            consumers[id(t)] = consumers.get(id(t), 0) + 1
+    group, width, size = _tensor_groups(model, nodes, consumers if fused else None, bits)
     last_use: dict[int, int] = {}
     for step, node in enumerate(nodes):
         for t in node.keras_inputs:
-            last_use[id(t)] = step
+            last_use[group[id(t)]] = step
     for t in model.outputs:
-        last_use[id(t)] = len(nodes)
+        last_use[group[id(t)]] = len(nodes)
 
-    # The model input is the float32 sample handed to the network.
-    bits_of: dict[int, int] = {id(t): FLOAT_BITS for t in model.inputs}
-    live = {id(t): tensor_bits(t, FLOAT_BITS) for t in model.inputs}
+    live = {group[id(t)]: size[group[id(t)]] * width[group[id(t)]] for t in model.inputs}
     peak = sum(live.values())
     for step, node in enumerate(nodes):
-        in_bits = [bits_of[id(t)] for t in node.keras_inputs]
-        out_bits = output_bits(node.layer, in_bits)
-        for t in tf.nest.flatten(node.outputs):
-            bits_of[id(t)] = out_bits
-            live[id(t)] = tensor_bits(t, out_bits)
+        for t in _outputs(node):
+            live[group[id(t)]] = size[group[id(t)]] * width[group[id(t)]]
         peak = max(peak, sum(live.values()))
         # Free what no later layer reads (an unread output is freed at once).
-        for tensor_id in [k for k in live if last_use.get(k, -1) <= step]:
-            del live[tensor_id]
+        for key in [k for k in live if last_use.get(k, -1) <= step]:
+            del live[key]
     return peak
+
+
+def _outputs(node) -> list:
+    import tensorflow as tf
+
+    return tf.nest.flatten(node.outputs)
+
+
+def _tensor_groups(model, nodes, consumers: dict[int, int] | None, bits: int | None):
+    """Each tensor's storage group (a tensor and the fused layers written in its place),
+    and per group its elements (batch 1) and bits per element."""
+    group: dict[int, int] = {}
+    width: dict[int, int] = {}
+    size: dict[int, int] = {}
+    tensor_bits_of: dict[int, int] = {}
+    for t in model.inputs:
+        group[id(t)], tensor_bits_of[id(t)] = id(t), bits or FLOAT_BITS
+        width[id(t)], size[id(t)] = bits or FLOAT_BITS, tensor_bits(t, 1)
+    for node in nodes:
+        in_bits = [tensor_bits_of[id(t)] for t in node.keras_inputs]
+        out_bits = bits or output_bits(node.layer, in_bits)
+        inputs = node.keras_inputs
+        in_place = (consumers is not None and type(node.layer).__name__ in FUSED_LAYERS
+                    and len(inputs) == 1 and consumers.get(id(inputs[0])) == 1
+                    and id(inputs[0]) not in {id(t) for t in model.inputs})
+        for t in _outputs(node):
+            tensor_bits_of[id(t)] = out_bits
+            if in_place:  # the chain is stored at its last layer's width
+                group[id(t)] = group[id(inputs[0])]
+                width[group[id(t)]] = out_bits
+            else:
+                group[id(t)], width[id(t)], size[id(t)] = id(t), out_bits, tensor_bits(t, 1)
+    return group, width, size
 
 
 def measure(model) -> Footprint:

@@ -11,9 +11,11 @@ import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow load
 from sweeper.errors import UserError
 from sweeper.footprint import (
     BITS_PER_KB,
+    FLOAT_BITS,
     MCUS,
     Footprint,
     measure,
+    peak_activation_bits,
     weight_profile,
 )
 
@@ -232,3 +234,36 @@ def test_profiles_state_the_largest_contiguous_block():
     for name in MCUS.names():
         profile = MCUS.get(name)
         assert 0 < profile.ram_block_kb <= profile.ram_kb, name
+
+
+@pytest.mark.parametrize("name, shape, classes, head_bytes", [
+    # MLPerf Tiny v1.0 reference int8 models: the TFLM arena's non-persistent head
+    ("resnet8", (32, 32, 3), 10, 49_152),
+    ("dscnn", (49, 10, 1), 12, 16_000),
+])
+def test_fused_int8_liveness_matches_the_mlperf_arena_head(name, shape, classes, head_bytes):
+    """Batch norm and activations folded into the producing layer, 1 byte per element:
+    the peak equals the activation memory TFLM plans for the reference models."""
+    from sweeper import models
+    from sweeper.quantizers import QUANTIZERS
+
+    model = models.build(name, shape, classes, QUANTIZERS.get("fp"))
+    assert peak_activation_bits(model, fused=True, bits=8) == head_bytes * 8
+    # unfused, float32: batch-norm outputs the deployed network never creates
+    assert peak_activation_bits(model) > 3 * head_bytes * 8
+
+
+def test_fused_packed_liveness_stores_a_chain_at_its_last_width():
+    """conv -> BN -> 2-bit activation is one tensor at 2 bits when fused, not a float32
+    conv output, a float32 BN output and a 2-bit activation."""
+    import tensorflow as tf
+    from qkeras import QActivation, QConv2D, quantized_bits, quantized_relu
+
+    inputs = tf.keras.Input((8, 8, 1))
+    x = QConv2D(4, 3, padding="same", kernel_quantizer=quantized_bits(4, 0, 1))(inputs)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = QActivation(quantized_relu(2))(x)
+    model = tf.keras.Model(inputs, x)
+    elements = 8 * 8 * 4
+    assert peak_activation_bits(model, fused=True) == 64 * FLOAT_BITS + elements * 2
+    assert peak_activation_bits(model) == elements * FLOAT_BITS * 2  # conv output + BN output
