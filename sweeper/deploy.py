@@ -16,7 +16,8 @@ actually needs, and to the predictions the deployed network makes:
 * ``evaluate(flatbuffer, x, y)``: predictions of the int8 ``.tflite`` (batch of one, as
   on an MCU), for accuracy of the deployed network on clean and adversarial inputs;
 * ``deploy(model, representative) -> Deployment``: all of the above for a trial, never
-  raising (a failure is a one-line ``error``), and ``estimate_ram_bytes(model)``, a fast
+  raising (a failure is a one-line ``error``); ``measure(flatbuffer)``, the same figures
+  for a flatbuffer already built (a cached one); ``estimate_ram_bytes(model)``, a fast
   fused-int8 liveness estimate for when conversion fails.
 
 Activations. TFLite Micro runs int8 tensors; an activation is the requantization of the
@@ -568,14 +569,24 @@ def deploy(model, representative: np.ndarray) -> Deployment:
     started = time.perf_counter()
     try:
         flatbuffer = convert_int8(strip(model), representative[:REPRESENTATIVE_SAMPLES])
-        converted = time.perf_counter()
-        arena = arena_bytes(flatbuffer)
     except Exception as exc:  # the converter raises many types; the trial must go on
         return Deployment(convert_s=time.perf_counter() - started, error=one_line(exc))
-    constants = constant_bytes(flatbuffer)
+    return measure(flatbuffer, convert_s=time.perf_counter() - started)
+
+
+def measure(flatbuffer: bytes, convert_s: float = 0.0) -> Deployment:
+    """The figures of an int8 flatbuffer already built (e.g. one kept in a cache): its
+    size, constants and TFLM arena. Never raises (a failed arena search is ``error``)."""
+    started = time.perf_counter()
+    try:
+        arena = arena_bytes(flatbuffer)
+        constants = constant_bytes(flatbuffer)
+    except Exception as exc:
+        return Deployment(convert_s=convert_s, arena_s=time.perf_counter() - started,
+                          error=one_line(exc))
     return Deployment(flatbuffer=flatbuffer, flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,
                       weight_bytes=constants.get("INT8", 0), bias_bytes=constants.get("INT32", 0),
-                      convert_s=converted - started, arena_s=time.perf_counter() - converted)
+                      convert_s=convert_s, arena_s=time.perf_counter() - started)
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

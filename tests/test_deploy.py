@@ -177,6 +177,10 @@ def test_arena_search_finds_the_minimum(tmp_path):
     arena = deploy.arena_bytes(flatbuffer)
     assert _tflm_allocates(path, arena)
     assert not _tflm_allocates(path, arena - 1)
+    measured = deploy.measure(flatbuffer)  # a cached flatbuffer: same figures, no conversion
+    assert (measured.arena_bytes, measured.flatbuffer_bytes, measured.convert_s) == \
+        (arena, len(flatbuffer), 0.0)
+    assert deploy.measure(b"not a flatbuffer").error
 
 
 @pytest.mark.parametrize("op,reason", [(lambda v: tf.math.erfinv(v), "Erfinv"),
