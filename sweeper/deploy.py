@@ -67,7 +67,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from math import prod
 
 import numpy as np
 
@@ -77,10 +76,6 @@ REPRESENTATIVE_SAMPLES = 256  # calibration samples deploy() uses (conversion ti
 ARENA_SEARCH_MAX = 64 * 1024 * 1024  # bytes; a model needing more is reported as failing
 PLAIN_LAYERS = {"QConv2D": "Conv2D", "QDepthwiseConv2D": "DepthwiseConv2D",
                 "QSeparableConv2D": "SeparableConv2D", "QDense": "Dense"}
-# Layers the int8 converter folds into the op that produced their input (no tensor of
-# their own in the arena): used by estimate_ram_bytes.
-FUSED_LAYERS = {"BatchNormalization", "QActivation", "Activation", "ReLU", "Dropout",
-                "SpatialDropout1D", "SpatialDropout2D"}
 
 
 class DeployError(ValueError):
@@ -602,34 +597,9 @@ def estimate_ram_bytes(model) -> int:
     converter does) and 1 byte per element: an estimate of the arena's activation part,
     for when conversion fails. It leaves out the arena's persistent part (tensor and op
     structs, quantization parameters: a few KB) and any unfused op a deployment adds."""
-    from sweeper.footprint import execution_order
+    from sweeper.footprint import peak_activation_bits
 
-    nodes = execution_order(model)
-    buffer_of = {id(t): id(t) for t in model.inputs}
-    size = {id(t): _elements(t) for t in model.inputs}
-    born = {id(t): -1 for t in model.inputs}
-    last_use: dict[int, int] = {}
-    for step, node in enumerate(nodes):
-        inputs = _flat(node.keras_inputs)
-        for t in inputs:
-            last_use[buffer_of[id(t)]] = step
-        aliased = type(node.layer).__name__ in FUSED_LAYERS and len(inputs) == 1
-        for t in _flat(node.outputs):
-            buffer_of[id(t)] = buffer_of[id(inputs[0])] if aliased else id(t)
-            if not aliased:
-                size[id(t)], born[id(t)] = _elements(t), step
-    for t in model.outputs:
-        last_use[buffer_of[id(t)]] = len(nodes)
-    return max(sum(size[b] for b in size if born[b] <= step <= last_use.get(b, born[b]))
-               for step in range(len(nodes)))
-
-
-def _flat(tensors) -> list:
-    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
-
-
-def _elements(tensor) -> int:
-    return prod(d or 1 for d in tensor.shape)
+    return peak_activation_bits(model, fused=True, bits=8) // 8
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["arena"]:  # arena_bytes's child process

@@ -24,6 +24,14 @@ from math import prod
 from sweeper.registry import Registry
 
 FLOAT_BITS = 32  # what an unquantized weight or activation costs (float32)
+# Flash for the TensorFlow Lite Micro runtime itself: TensorFlow's docs give about 16 KB for
+# the core on a Cortex-M3 and 22 KB with the keyword-spotting ops; CMSIS-NN kernels and
+# the rest of the op set a model needs add more. What the fit adds to the .tflite.
+RUNTIME_FLASH_KB = 32.0
+# Margin on the host-measured TFLM arena: optimized kernels (CMSIS-NN) request scratch
+# buffers the reference kernels measured here do not; the host's 64-bit structs make the
+# persistent part a little larger than on a Cortex-M, which the margin also absorbs.
+ARENA_MARGIN = 0.10
 BITS_PER_KB = 8 * 1024
 
 # Weight variable name -> the QKeras layer attribute holding its quantizer. Anything
@@ -112,6 +120,18 @@ def weight_profile(model) -> list[WeightEntry]:
         for layer in leaf_layers(model)
         for v in layer.weights
     ]
+
+
+# Batch-norm parameters the converter folds into the producing layer's weights and bias.
+FOLDED_WEIGHTS = {"gamma", "beta", "moving_mean", "moving_variance"}
+
+
+def int8_weight_bits(model) -> int:
+    """What a full-int8 TFLite model stores for the weights, estimated: kernels at 8 bits,
+    biases at 32, batch norm folded away (no per-channel scales, no graph): the flash
+    figure used when the converter rejects a model."""
+    return sum(entry.count * (32 if entry.weight == "bias" else 8) for entry in weight_profile(model)
+               if entry.weight not in FOLDED_WEIGHTS)
 
 
 def flash_kb(model) -> float:

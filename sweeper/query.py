@@ -44,7 +44,13 @@ _ACCURACIES = """
                avg(attack_success_rate) AS success_rate_mean,
                stddev_samp(attack_success_rate) AS success_rate_std,
                avg(test_acc) AS test_acc_mean, stddev_samp(test_acc) AS test_acc_std,
-               max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb"""
+               avg(deployed_clean_acc) AS deployed_clean_acc_mean,
+               avg(deployed_adv_acc) AS deployed_adv_acc_mean,
+               stddev_samp(deployed_adv_acc) AS deployed_adv_acc_std,
+               max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb,
+               max(tflite_kb) AS tflite_kb, max(arena_kb) AS arena_kb,
+               max(flash_packed_kb) AS flash_packed_kb, max(ram_packed_kb) AS ram_packed_kb,
+               string_agg(DISTINCT footprint_source, '+') AS footprint_source"""
 # Worst case over attacks at each budget, the robustness-leaderboard convention: a sample
 # counts as robust only if every attack run at that (norm, eps) on it failed. Built from
 # the per-sample outcomes of one fold's rows with the same samples, then averaged over
@@ -70,7 +76,10 @@ _WORST_CASE = f"""
                    string_agg(DISTINCT attack_label, '+' ORDER BY attack_label) AS covers,
                    count(DISTINCT attack_label) AS attacks, any_value(clean_acc) AS clean_acc,
                    any_value(test_acc) AS test_acc, max(params) AS params,
-                   max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb
+                   max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb, max(tflite_kb) AS tflite_kb,
+                   max(arena_kb) AS arena_kb, max(flash_packed_kb) AS flash_packed_kb,
+                   max(ram_packed_kb) AS ram_packed_kb, any_value(footprint_source) AS footprint_source,
+                   NULL::DOUBLE AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc
             FROM attacked GROUP BY {_CONFIG}, fold, norm, eps, n_samples)
         SELECT {', '.join('covered.' + c for c in store.CONFIG_COLUMNS)}, 'worst_case' AS attack,
                'worst(' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
@@ -91,13 +100,13 @@ VIEWS = {  # in creation order: robust reads worst_case
     # a corrected profile changes the answer for every stored model.
     "fits": f"""
         SELECT m.name AS mcu, list_contains(r.mcu_targets, m.name) AS targeted,
-               {', '.join('r.' + c for c in store.CONFIG_COLUMNS)},
+               {', '.join('r.' + c for c in store.CONFIG_COLUMNS)}, r.footprint_source,
                max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
                any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_block_kb) AS mcu_ram_block_kb,
                count(DISTINCT r.fold)::INTEGER AS folds, avg(r.test_acc) AS test_acc_mean,
                stddev_samp(r.test_acc) AS test_acc_std
-        FROM (SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, mcu_targets
-              FROM results) AS r
+        FROM (SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, footprint_source,
+                              mcu_targets FROM results) AS r
         JOIN mcus AS m ON r.flash_kb <= m.flash_kb AND r.ram_kb <= m.ram_block_kb
         GROUP BY ALL""",
 }

@@ -36,7 +36,8 @@ from sweeper.errors import UserError
 # 2: rows/ folder, launch_id, n_classes and n_features, provenance metadata.
 # 3: config_id, id_version, model fingerprint and weights hash, clip range, fold grouping
 #    and feature scaling, per-sample outcomes (list columns); fits_mcus dropped (fit is
-#    computed in SQL from flash_kb/ram_kb and the mcus table).
+#    computed in SQL from flash_kb/ram_kb and the mcus table); flash_kb/ram_kb became the
+#    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
 SCHEMA_VERSION = 3
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
@@ -91,8 +92,27 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("pert_l2", pa.list_(pa.float32()), "per attacked sample: L2 norm of the perturbation used"),
     ("pert_l1", pa.list_(pa.float32()), "per attacked sample: L1 norm of the perturbation used"),
     ("params", pa.int64(), "model parameter count"),
-    ("flash_kb", pa.float64(), "weights at their quantized bit widths, KB (1024 bytes)"),
-    ("ram_kb", pa.float64(), "peak live activations at their quantized widths, KB"),
+    ("flash_kb", pa.float64(),
+     "flash the MCU fit uses, KB (1024 bytes): the int8 .tflite + the TFLM runtime allowance, "
+     "or an estimate (footprint_source)"),
+    ("ram_kb", pa.float64(),
+     "RAM the MCU fit uses, KB: the minimal TFLM arena + margin, or an estimate (footprint_source)"),
+    ("footprint_source", pa.string(),
+     "'measured' (converted and allocated) or 'estimate' (conversion failed: fused-int8 liveness)"),
+    ("tflite_kb", pa.float64(), "size of the deployable full-int8 .tflite flatbuffer, KB"),
+    ("arena_kb", pa.float64(), "smallest TFLite Micro arena that allocates the .tflite, KB (host build)"),
+    ("flash_packed_kb", pa.float64(),
+     "weights at their quantized bit widths, densely packed, KB (a runtime with sub-byte kernels)"),
+    ("ram_packed_kb", pa.float64(),
+     "peak live activations at their quantized widths, batch norm and activations fused, KB"),
+    ("deploy_error", pa.string(), "why the model could not be converted to int8 TFLite (null if it was)"),
+    ("deploy_s", pa.float64(),
+     "seconds spent converting to TFLite (not when the .tflite came from the cache) and measuring the arena"),
+    ("deployed_clean_acc", pa.float64(), "accuracy of the int8 .tflite on the attacked samples, unperturbed"),
+    ("deployed_adv_acc", pa.float64(),
+     "accuracy of the int8 .tflite on this cell's adversarial examples (crafted on the QKeras model)"),
+    ("deployed_adv_correct", pa.list_(pa.bool_()),
+     "per attacked sample: the .tflite classifies this cell's adversarial example correctly"),
     ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks (fit is computed in SQL)"),
     ("model_cached", pa.bool_(), "the trained model was loaded from the cache, not trained"),
     ("train_s", pa.float64(), "seconds spent training this row's model (0 if cached)"),
@@ -264,14 +284,31 @@ def _write_table(location: Location, table: pa.Table, tag: str) -> str:
 def write_file(location: Location, relative: str, table: pa.Table) -> str:
     """Write ``table`` to ``RESULTS/relative`` atomically: under .staging/, then renamed,
     so a reader sees the old file or the new one, never half of one."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return put_bytes(location, relative, buffer.getvalue().to_pybytes())
+
+
+def put_bytes(location: Location, relative: str, data: bytes) -> str:
+    """Write bytes to ``RESULTS/relative`` atomically (a unique staging name, then a
+    rename): two writers of one file never tear it, and a reader sees all of it or none."""
     final = location.sub(relative)
     staging = location.sub(STAGING_DIR, f"{uuid.uuid4().hex[:8]}-{relative.rpartition('/')[2]}")
     location.fs.create_dir(final.rpartition("/")[0], recursive=True)
     location.fs.create_dir(location.sub(STAGING_DIR), recursive=True)
     with location.fs.open_output_stream(staging) as stream:
-        pq.write_table(table, stream)
+        stream.write(data)
     location.fs.move(staging, final)
     return final
+
+
+def get_bytes(location: Location, relative: str) -> bytes | None:
+    """The bytes of ``RESULTS/relative``, or None when there is no such file."""
+    path = location.sub(relative)
+    if location.fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with location.fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _now_tag() -> str:
@@ -318,10 +355,31 @@ def _read_fragment(location: Location, path: str, columns: list[str] | None) -> 
         file = pq.ParquetFile(handle)
         if META_VERSION not in (file.schema_arrow.metadata or {}):
             raise ForeignFile(path)
+        version = int(file.schema_arrow.metadata[META_VERSION])
         present = set(file.schema_arrow.names)
-        wanted = [c for c in (columns or SCHEMA.names) if c in present]
-        table = file.read(columns=wanted)
+        renamed = _RENAMED if version < 3 else {}
+        wanted = [renamed.get(c, c) for c in (columns or SCHEMA.names)]
+        table = file.read(columns=[c for c in dict.fromkeys(wanted) if c in present])
+    if renamed:
+        table = _older_meanings(table, columns or SCHEMA.names)
     return _conform(table, columns or SCHEMA.names)
+
+
+# Columns whose meaning changed in schema 3: read from older files under their new names
+# ({new name: old name}), and never as the new columns of the same old name.
+_RENAMED = {"flash_packed_kb": "flash_kb"}
+_CHANGED_MEANING = ("flash_kb", "ram_kb")  # schema <= 2: packed weights and unfused liveness
+
+
+def _older_meanings(table: pa.Table, columns: list[str]) -> pa.Table:
+    """A schema-1/2 table with its columns under their schema-3 names: the packed flash
+    figure moves to flash_packed_kb, and flash_kb/ram_kb (now the deployed figures, which
+    older sweepers never measured) are left out, to read as null."""
+    packed = table.column("flash_kb") if "flash_kb" in table.column_names else None
+    table = table.drop_columns([c for c in _CHANGED_MEANING if c in table.column_names])
+    if packed is not None and "flash_packed_kb" in columns:
+        table = table.append_column("flash_packed_kb", packed)
+    return table
 
 
 def _conform(table: pa.Table, columns: list[str]) -> pa.Table:

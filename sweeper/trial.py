@@ -18,11 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sweeper import datasets
+from sweeper import datasets, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
-from sweeper.store import library_versions
 
 
 @dataclass(frozen=True)
@@ -45,20 +44,19 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             context: JobContext, report: Callable[[dict[str, Any]], None]) -> JobOutcome:
     import tensorflow as tf
 
-    from sweeper import footprint
-
     tf.keras.backend.clear_session()  # reused Ray actors would otherwise accumulate graphs
     train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
     data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
     model, trained, train_s = _trained_model(job, data, train_idx, context.model_cache)
-    base = _job_columns(job, context, data, model, test_idx, footprint.measure(model), trained, train_s)
+    deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
+    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
+            **_footprint_columns(model, deployed)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
-    clean_pred = _predict(model, x)  # the same model and samples for every cell
-    samples = _Samples(subset, x, y, clean_pred)
+    samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
     classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
     for group in _attack_groups(cells):
-        for cell, columns in _evaluate(group, model, classifier, samples, _job_seed(job)):
+        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job)):
             report({**base, **_cell_columns(cell), **columns})
     return JobOutcome(trained=trained, rows=len(cells))
 
@@ -71,6 +69,7 @@ class _Samples:
     x: np.ndarray
     y: np.ndarray
     clean_pred: np.ndarray
+    deployed_clean_pred: np.ndarray | None  # the int8 .tflite's (None: not deployable)
 
     @property
     def clean_ok(self) -> np.ndarray:
@@ -125,25 +124,16 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int)
               batch_size=settings.batch_size, shuffle=True, verbose=0)
 
 
-def _cache_file(cache: str, job_id: str):
-    from sweeper.store import locate
-
-    location = locate(cache)
-    return location, f"{location.path}/{job_id}.weights.h5"
-
-
 def _load_cached(model, cache: str, job_id: str) -> bool:
     import tempfile
 
-    import pyarrow.fs as pafs
-
-    location, remote = _cache_file(cache, job_id)
-    if location.fs.get_file_info(remote).type != pafs.FileType.File:
+    data = store.get_bytes(store.locate(cache), f"{job_id}.weights.h5")
+    if data is None:
         return False
     with tempfile.TemporaryDirectory() as tmp:
         local = f"{tmp}/{job_id}.weights.h5"
-        pafs.copy_files(remote, local, source_filesystem=location.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        with open(local, "wb") as file:
+            file.write(data)
         model.load_weights(local)
     return True
 
@@ -151,17 +141,61 @@ def _load_cached(model, cache: str, job_id: str) -> bool:
 def _save_cached(model, cache: str, job_id: str) -> None:
     import tempfile
 
-    import pyarrow.fs as pafs
-
-    location, remote = _cache_file(cache, job_id)
-    location.fs.create_dir(location.path, recursive=True)
     with tempfile.TemporaryDirectory() as tmp:
         local = f"{tmp}/{job_id}.weights.h5"
         model.save_weights(local)
-        # Copy then rename, so a reader never loads a half-written cache file.
-        pafs.copy_files(local, remote + ".tmp", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=location.fs)
-    location.fs.move(remote + ".tmp", remote)
+        with open(local, "rb") as file:
+            store.put_bytes(store.locate(cache), f"{job_id}.weights.h5", file.read())
+
+
+# ---------------------------------------------------------------- deployment
+
+REPRESENTATIVE_SAMPLES = 200  # training-fold samples that calibrate the int8 conversion
+
+
+def _deployed(job: TrainingJob, model, x_train: np.ndarray, cache: str | None):
+    """The model converted to a full-int8 .tflite and measured (deploy.Deployment), kept
+    in the store beside the weights (``models/<job_id>.tflite``): a user can flash it."""
+    from sweeper import deploy
+
+    name = f"{job.job_id}.tflite"
+    cached = store.get_bytes(store.locate(cache), name) if cache else None
+    if cached is not None:
+        return deploy.measure(cached)
+    chosen = np.random.default_rng(_job_seed(job)).permutation(len(x_train))[:REPRESENTATIVE_SAMPLES]
+    deployment = deploy.deploy(model, x_train[np.sort(chosen)])
+    if cache and deployment.flatbuffer is not None:
+        store.put_bytes(store.locate(cache), name, deployment.flatbuffer)
+    return deployment
+
+
+def _deployed_predict(deployment, x: np.ndarray) -> np.ndarray | None:
+    from sweeper import deploy
+
+    return None if deployment.flatbuffer is None else deploy.evaluate(deployment.flatbuffer, x).predictions
+
+
+def _footprint_columns(model, deployment) -> dict[str, Any]:
+    """The three footprints: deployed (what the MCU fit uses), measured, packed."""
+    from sweeper import footprint
+
+    kb = footprint.BITS_PER_KB
+    measured = deployment.error is None
+    if measured:
+        flash = deployment.flatbuffer_bytes / 1024 + footprint.RUNTIME_FLASH_KB
+        ram = deployment.arena_bytes / 1024 * (1 + footprint.ARENA_MARGIN)
+    else:  # the converter refused: int8 estimates of the same quantities
+        flash = footprint.int8_weight_bits(model) / kb + footprint.RUNTIME_FLASH_KB
+        ram = footprint.peak_activation_bits(model, fused=True, bits=8) / kb * (1 + footprint.ARENA_MARGIN)
+    return {
+        "params": int(model.count_params()), "flash_kb": flash, "ram_kb": ram,
+        "footprint_source": "measured" if measured else "estimate",
+        "tflite_kb": deployment.flatbuffer_bytes / 1024 if measured else None,
+        "arena_kb": deployment.arena_bytes / 1024 if measured else None,
+        "flash_packed_kb": footprint.flash_kb(model),
+        "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / kb,
+        "deploy_error": deployment.error, "deploy_s": deployment.convert_s + deployment.arena_s,
+    }
 
 
 # ---------------------------------------------------------------- rows
@@ -170,7 +204,7 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
     return np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
 
 
-def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> dict[str, Any]:
+def _job_columns(job, context, data, model, test_idx, trained, train_s) -> dict[str, Any]:
     from sweeper.expand import ID_VERSION
 
     return {
@@ -181,13 +215,12 @@ def _job_columns(job, context, data, model, test_idx, fp, trained, train_s) -> d
         "weights_sha256": weights_sha256(model), "fold": job.fold, "k": job.k,
         "seed": job.seed, "train": json.dumps(dict(job.train), sort_keys=True),
         "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
-        "params": fp.params, "flash_kb": fp.flash_kb, "ram_kb": fp.ram_kb,
         "mcu_targets": list(context.mcus), "model_cached": not trained, "train_s": train_s,
         "host": socket.gethostname(), "node": "",
         "n_classes": data.nb_classes, "n_features": int(np.prod(data.input_shape)),
         "clip_min": float(data.clip_values[0]), "clip_max": float(data.clip_values[1]),
         "feature_scaling": data.scaling, "fold_grouping": data.grouping,
-        "launch_id": context.launch_id, **library_versions(),
+        "launch_id": context.launch_id, **store.library_versions(),
     }
 
 
@@ -227,8 +260,9 @@ def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _evaluate(group: list[Cell], model, classifier, samples: _Samples, seed: int):
-    """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes."""
+def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int):
+    """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes,
+    of the QKeras model and of its deployed .tflite on the same adversarial examples."""
     from sweeper.attacks import is_minimal
 
     first = group[0]
@@ -237,6 +271,7 @@ def _evaluate(group: list[Cell], model, classifier, samples: _Samples, seed: int
                          and is_minimal(first.attack) else first.eps, seed)
     adv_pred = samples.clean_pred if first.attack == CLEAN else _predict(model, x_adv)
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
+    deployed_adv = samples.deployed_clean_pred if first.attack == CLEAN else _deployed_predict(deployed, x_adv)
     norms = _perturbation_norms(samples.x, x_adv)
     for cell in group:
         # Post-hoc budget: an example outside eps counts as a failed attack (clean input).
@@ -244,7 +279,9 @@ def _evaluate(group: list[Cell], model, classifier, samples: _Samples, seed: int
             np.ones(len(samples.y), bool)
         pred = np.where(within, adv_pred, samples.clean_pred)
         used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
-        yield cell, {**_outcome_columns(samples, pred, used), "attack_s": attack_s}
+        deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
+        yield cell, {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred),
+                     "attack_s": attack_s}
 
 
 def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: int) -> np.ndarray:
@@ -260,6 +297,14 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
     x_adv[ok] = attacks.run(cell.attack, classifier, samples.x[ok], samples.y[ok], eps, cell.norm,
                             dict(cell.params), seed)
     return x_adv
+
+
+def _deployed_columns(samples: _Samples, deployed_pred: np.ndarray | None) -> dict[str, Any]:
+    if deployed_pred is None:
+        return {"deployed_clean_acc": None, "deployed_adv_acc": None, "deployed_adv_correct": None}
+    ok = deployed_pred == samples.y
+    return {"deployed_clean_acc": float(np.mean(samples.deployed_clean_pred == samples.y)),
+            "deployed_adv_acc": float(ok.mean()), "deployed_adv_correct": ok.tolist()}
 
 
 def _perturbation_norms(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:

@@ -259,3 +259,8 @@ def test_schema_2_rows_read_with_nulls_for_the_new_columns(tmp_path):
     [row] = store.read(location).table.to_pylist()
     assert row["cell_id"] == "z" and row["adv_correct"] is None and row["clip_max"] is None
     assert "fits_mcus" not in row
+    # flash_kb/ram_kb meant packed weights and unfused liveness then: never read as the
+    # deployed figures of today; the packed flash keeps its meaning under its new name.
+    assert (row["flash_packed_kb"], row["flash_kb"], row["ram_kb"]) == (1.5, None, None)
+    assert store.read(location, ["flash_kb", "flash_packed_kb"]).table.to_pylist() == \
+        [{"flash_kb": None, "flash_packed_kb": 1.5}]

@@ -125,3 +125,60 @@ def test_a_retried_trial_has_its_rows_stored_before_the_retry(tmp_path, job_rows
             callback.on_trial_result(0, [], trial, {"row": json.dumps(row)})
         callback.on_trial_complete(0, [], trial)
     assert store.check(location).healthy and store.read(location).table.num_rows == len(rows)
+
+
+# ---------------------------------------------------------------- deployment
+
+def test_rows_carry_the_deployed_footprint_and_accuracy(job_rows):
+    from sweeper import footprint
+
+    _, rows, _ = job_rows
+    clean = rows["none", "0"]
+    assert clean["footprint_source"] == "measured" and clean["deploy_error"] is None
+    assert clean["flash_kb"] == pytest.approx(clean["tflite_kb"] + footprint.RUNTIME_FLASH_KB)
+    assert clean["ram_kb"] == pytest.approx(clean["arena_kb"] * (1 + footprint.ARENA_MARGIN))
+    # int8 TFLite adds int32 biases, scales and the graph to the packed int8 weights
+    assert clean["tflite_kb"] > clean["flash_packed_kb"]
+    # an int8 model deploys faithfully: the .tflite agrees with QKeras on clean samples
+    assert abs(clean["deployed_clean_acc"] - clean["clean_acc"]) <= 0.1
+    for row in rows.values():
+        assert len(row["deployed_adv_correct"]) == row["n_samples"]
+        assert row["deployed_adv_acc"] == pytest.approx(np.mean(row["deployed_adv_correct"]))
+    # eps 0 of a minimal attack is clean for the deployed model too
+    assert rows["cw_l2", "0"]["deployed_adv_acc"] == clean["deployed_clean_acc"]
+
+
+def test_the_tflite_is_kept_beside_the_weights_and_reused(tmp_path):
+    plan = expand.expand(grid.validate({**GRID, "attacks": [{"name": "fgsm", "eps": [0.1]}]}))
+    [job] = plan.jobs
+    context = JobContext("trial", ("stm32h7",), model_cache=str(tmp_path))
+    first, again = [], []
+    run_job(job, plan.cells_of(job.job_id), datasets.load("digits"), context, first.append)
+    flatbuffer = (tmp_path / f"{job.job_id}.tflite").read_bytes()
+    assert flatbuffer[4:8] == b"TFL3"  # a TFLite flatbuffer, ready to flash
+    assert len(flatbuffer) == round(first[0]["tflite_kb"] * 1024)
+    run_job(job, plan.cells_of(job.job_id), datasets.load("digits"), context, again.append)
+    assert again[0]["model_cached"] and again[0]["weights_sha256"] == first[0]["weights_sha256"]
+    assert [r["deployed_adv_acc"] for r in again] == [r["deployed_adv_acc"] for r in first]
+    assert again[0]["arena_kb"] == first[0]["arena_kb"]
+
+
+def test_a_model_the_converter_rejects_gets_an_estimate_and_a_reason(monkeypatch):
+    from sweeper import deploy
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("converter says no\nwith a long second line")
+
+    monkeypatch.setattr(deploy, "convert_int8", refuse)
+    plan = expand.expand(grid.validate({**GRID, "attacks": [{"name": "fgsm", "eps": [0.1]}]}))
+    [job] = plan.jobs
+    rows = []
+    run_job(job, plan.cells_of(job.job_id), datasets.load("digits"), JobContext("trial", ("stm32h7",)),
+            rows.append)
+    assert len(rows) == 2  # the trial went on
+    row = rows[0]
+    assert row["footprint_source"] == "estimate"
+    assert row["deploy_error"] == "RuntimeError: converter says no"
+    assert row["tflite_kb"] is None and row["deployed_adv_acc"] is None
+    assert row["flash_kb"] > 0 and row["ram_kb"] > 0
+    store.to_table(rows)
