@@ -75,7 +75,7 @@ def pareto(configs: list[dict], mcus: list[dict], path: Path, title: str,
         axes.annotate(f"{mcu['name']} flash", (mcu["flash_kb"], 0.02), rotation=90, fontsize=7,
                       xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(-8, 0))
     axes.set_xscale("log")
-    axes.set(xlabel="flash KB (weights at their quantized widths)", ylabel="clean accuracy", title=title)
+    axes.set(xlabel="flash KB (deployed: int8 .tflite + runtime allowance)", ylabel="clean accuracy", title=title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

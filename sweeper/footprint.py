@@ -1,11 +1,19 @@
-"""Memory footprint of a trained QKeras model, and the MCU profiles it is checked against.
+"""Memory footprint of a trained QKeras model as counted from its layers, and the MCU
+profiles footprints are checked against.
 
-This module owns three things:
+This module owns:
 
-* ``measure(model) -> Footprint``: parameter count, flash (weights stored at their
-  quantizer's bit width) and RAM (peak of live activation tensors during one
-  batch-1 inference, each at the bit width of the quantizer that produced it);
-* ``MCUS``: a registry of microcontroller profiles (on-chip flash and SRAM);
+* the *packed* figures: ``flash_kb(model)`` (every weight at its quantizer's bit width,
+  densely packed) and ``peak_activation_bits(model, fused=True)`` (live activations
+  with batch norm and activations fused, each at its quantizer's width), what a runtime
+  with sub-byte kernels needs; ``measure(model) -> Footprint`` gives params, packed
+  flash and the unfused tensor-level liveness;
+* the int8 *estimates* used when a model cannot be converted (``int8_weight_bits``,
+  ``peak_activation_bits(model, fused=True, bits=8)``), and the allowances added to the
+  measured ones (``RUNTIME_FLASH_KB``, ``ARENA_MARGIN``): the measured .tflite and TFLM
+  arena come from ``sweeper.deploy``;
+* ``MCUS``: a registry of microcontroller profiles (flash, SRAM, largest contiguous SRAM
+  block);
 * fit itself is judged in SQL, by the store's ``fits`` view (``sweeper.query``), from a
   row's footprint and these profiles, so a corrected profile corrects every stored row.
 

@@ -3,13 +3,16 @@
 Sections mirror the tables and figures of the paper this tool was built for (Pau, Ayaz,
 Zakariyya et al., 2025), for whatever grid the store holds:
 
-- Table III analogue: flash, RAM and clean accuracy per dataset, model and quantizer;
+- Table III analogue: the deployed (int8 .tflite, TFLM arena), measured and packed
+  footprints, the paper's flash, and clean accuracy per dataset, model and quantizer;
 - Table IV analogue: clean and per-attack accuracy, with the gradient-masking flags
   beside the numbers they qualify;
 - Table V analogue: variance across folds of every accuracy;
+- does robustness survive deployment: the same accuracies of the int8 .tflite;
 - accuracy against epsilon per attack, one line per quantizer, with the fold spread;
-- accuracy against flash (the Pareto view) with each MCU target's flash budget drawn in,
-  and the configurations that fit each target;
+- accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
+  drawn in, and the configurations that fit each target (flash, and RAM against its
+  largest contiguous block);
 - the gradient-masking diagnostics, and the provenance of every launch.
 
 Every number comes from the query views (``sweeper.query``), so a table can be checked
