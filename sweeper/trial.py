@@ -150,9 +150,6 @@ def _save_cached(model, cache: str, job_id: str) -> None:
 
 # ---------------------------------------------------------------- deployment
 
-REPRESENTATIVE_SAMPLES = 200  # training-fold samples that calibrate the int8 conversion
-
-
 def _deployed(job: TrainingJob, model, x_train: np.ndarray, cache: str | None):
     """The model converted to a full-int8 .tflite and measured (deploy.Deployment), kept
     in the store beside the weights (``models/<job_id>.tflite``): a user can flash it."""
@@ -162,7 +159,8 @@ def _deployed(job: TrainingJob, model, x_train: np.ndarray, cache: str | None):
     cached = store.get_bytes(store.locate(cache), name) if cache else None
     if cached is not None:
         return deploy.measure(cached)
-    chosen = np.random.default_rng(_job_seed(job)).permutation(len(x_train))[:REPRESENTATIVE_SAMPLES]
+    # A seeded draw from the training fold calibrates the int8 ranges.
+    chosen = np.random.default_rng(_job_seed(job)).permutation(len(x_train))[:deploy.REPRESENTATIVE_SAMPLES]
     deployment = deploy.deploy(model, x_train[np.sort(chosen)])
     if cache and deployment.flatbuffer is not None:
         store.put_bytes(store.locate(cache), name, deployment.flatbuffer)

@@ -57,7 +57,7 @@ from sweeper.deploy.plain import (  # noqa: F401
 )
 from sweeper.deploy.run import Evaluation, evaluate, quantize_input  # noqa: F401
 
-REPRESENTATIVE_SAMPLES = 256  # calibration samples deploy() uses (conversion time grows with them)
+REPRESENTATIVE_SAMPLES = 200  # calibration samples deploy() uses (conversion time grows with them)
 
 
 @dataclass(frozen=True)
