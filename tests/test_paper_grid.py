@@ -53,8 +53,12 @@ def test_shrunken_paper_grid_end_to_end(tmp_path):
     assert {r["attack"] for r in rows} == {"none", "fgsm", "pgd", "square", "boundary", "cw_l2", "zoo"}
     assert {(r["model"], r["quantizer"]) for r in rows} == {("stq_net", "fp"), ("stq_net", "int4"),
                                                            ("resnet8", "fp")}
-    flash = {(r["model"], r["quantizer"]): r["flash_kb"] for r in rows}
-    assert flash[("stq_net", "int4")] < flash[("stq_net", "fp")] / 7
+    packed = {(r["model"], r["quantizer"]): r["flash_packed_kb"] for r in rows}
+    assert packed[("stq_net", "int4")] < packed[("stq_net", "fp")] / 7
+    # deployed as int8 TFLite, int4 weights take a byte each: no smaller than int8's
+    deployed = {(r["model"], r["quantizer"]): r["tflite_kb"] for r in rows}
+    assert deployed[("stq_net", "int4")] == pytest.approx(deployed[("stq_net", "fp")], rel=0.02)
+    assert {r["footprint_source"] for r in rows} == {"measured"}
     assert all(r["n_samples"] == 4 and r["dataset_options"] == '{"grayscale": true}' for r in rows)
     # the models learned something, so the attacks really ran on correctly classified samples
     assert any(r["attack"] == "zoo" and r["clean_acc"] > 0 for r in rows)

@@ -35,9 +35,12 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     clean = [r for r in rows if r["attack"] == "none"]
     assert all(r["adv_acc"] == r["clean_acc"] for r in clean)
     assert any(r["adv_acc"] < r["clean_acc"] for r in rows if r["attack"] == "fgsm")
-    # int4 stores weights in 4 bits: about an eighth of fp's flash
-    flash = {r["quantizer"]: r["flash_kb"] for r in rows}
-    assert flash["int4"] < flash["fp"] / 4
+    # int4 packs weights in 4 bits, about an eighth of fp's; the int8 .tflite does not
+    packed = {r["quantizer"]: r["flash_packed_kb"] for r in rows}
+    assert packed["int4"] < packed["fp"] / 4
+    deployed = {r["quantizer"]: r["tflite_kb"] for r in rows}
+    assert deployed["int4"] == pytest.approx(deployed["fp"], rel=0.1)
+    assert all(r["deployed_clean_acc"] is not None for r in rows)
     assert {(r["n_classes"], r["n_features"]) for r in rows} == {(10, 64)}
     # One fragment per finished training job, compacted into one file when the launch ends,
     # which records the launch's grid file; the diagnostics sit beside the rows.
