@@ -21,7 +21,7 @@ from typing import Any
 from ray import tune
 from rich.console import Console
 
-from sweeper import WORKER_ENV, store
+from sweeper import WORKER_ENV, cost, store
 from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.progress import CellProgress
@@ -44,7 +44,8 @@ class LaunchReport:
 
 def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cell]]]:
     """Training jobs with at least one cell not yet in the store, with those cells, the
-    likely slowest first so that no long job starts last while other workers sit idle."""
+    longest first by ``sweeper.cost``'s estimate, so that no long job starts last while
+    other workers sit idle. Jobs of equal estimate keep the plan's order."""
     work = []
     for job in plan.jobs:
         cells = [cell for cell in plan.cells_of(job.job_id) if cell.cell_id not in done]
@@ -53,13 +54,9 @@ def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cel
     return sorted(work, key=_expected_cost, reverse=True)
 
 
-def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> tuple[bool, int]:
-    # Stochastic quantizers cost about twice as much per forward pass (measured on the
-    # demo grid); beyond that, more cells mean more attacks.
-    from sweeper.quantizers import QUANTIZERS
-
+def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
     job, cells = item
-    return QUANTIZERS.get(job.quantizer).stochastic, len(cells)
+    return cost.job_seconds(job, cells)
 
 
 def launch(plan: Plan, results: str, *, address: str | None = None, verbose: bool = False,
