@@ -24,6 +24,7 @@ from rich.console import Console
 from sweeper import WORKER_ENV, cost, store
 from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
+from sweeper.lease import Lease
 from sweeper.progress import CellProgress
 from sweeper.trial import JobContext, run_job
 
@@ -60,13 +61,23 @@ def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
 
 
 def launch(plan: Plan, results: str, *, address: str | None = None, verbose: bool = False,
-           console: Console | None = None, provenance: store.Launch | None = None) -> LaunchReport:
+           console: Console | None = None, provenance: store.Launch | None = None,
+           held: bool = False) -> LaunchReport:
     """Run the plan's pending cells; ``provenance`` (the grid file and overrides) is kept in
-    the metadata of every file written. Ends by compacting the store."""
+    the metadata of every file written. Ends by compacting the store. Holds the store's
+    lease (``sweeper.lease``) throughout, raising ``LeaseHeld`` if another launch has it,
+    unless ``held``: the caller holds it already."""
     if not plan.fingerprinted:
         raise ValueError("launch needs a plan expanded with model fingerprints")
-    console = console or Console(stderr=True)
     provenance = provenance or store.new_launch(plan.grid)
+    if held:
+        return _launch(plan, results, address, verbose, console, provenance)
+    with Lease(store.locate(results), provenance.launch_id, plan.grid.name):
+        return _launch(plan, results, address, verbose, console, provenance)
+
+
+def _launch(plan, results, address, verbose, console, provenance) -> LaunchReport:
+    console = console or Console(stderr=True)
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
     done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
