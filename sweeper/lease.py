@@ -16,8 +16,10 @@ How taking it is made safe:
 
 - **Local disk (and NFS):** every check-and-write runs under ``flock`` on the store
   folder. A new lease is written under a unique name, then ``os.link``-ed to its place,
-  which fails if a lease exists (exclusive create, with the whole content at once); a
-  stale one is replaced with ``os.replace``.
+  which fails if a lease exists (exclusive create, with the whole content at once, also
+  on NFS); a stale one is replaced with ``os.replace``. Where the folder cannot be
+  locked (some NFS setups refuse ``flock`` on a folder), creation stays exclusive but two
+  launches taking over the same stale lease at the same moment could both succeed.
 - **Object stores** have no portable write-if-absent. A launch that finds no lease (or a
   stale one) writes its own, waits ``SETTLE_S``, and reads it back: of two launches
   that both wrote, the one whose write came last wins and the other backs off. The
@@ -217,7 +219,10 @@ class Lease:
             self._created = True
         folder = os.open(self.location.path, os.O_RDONLY)
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+            except OSError:
+                pass  # NFS may refuse a lock on a folder: os.link alone keeps creation exclusive
             return step()
         finally:
             os.close(folder)  # closing drops the flock
