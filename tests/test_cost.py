@@ -52,7 +52,9 @@ def test_costlier_presets_rank_higher_and_untimed_ones_cost_like_their_kind():
 
 def test_attack_work_follows_the_cell_parameters():
     unit = cost.unit("stq_net", (32, 32, 1), "fp")
-    square = lambda iterations: cost.attack_seconds(cost.attack_work("square", {"max_iter": iterations}), 100, unit)  # noqa: E731
+    def square(iterations):
+        return cost.attack_seconds(cost.attack_work("square", {"max_iter": iterations}), 100, unit)
+
     assert square(10_000) == pytest.approx(100 * square(100))
     assert cost.attack_work("pgd", {"max_iter": 7, "num_random_init": 1}).gradients == 7
     # ZOO and Boundary attack one sample at a time: one call latency per query round per sample
