@@ -22,8 +22,14 @@ of the paper's network scale. Prints figures and ratios; it is not a timed test.
    sweeper's compiled ART classifier. Random data: timing only.
 4. ZOO per sample with the paper grid's settings on a full-size, untrained stq_net (fp and
    stq presets, one random sample), counting the forward passes it asks for.
+5. The schedule (no timing, no Ray): the paper grid's 270 jobs in ``sweep.pending_work``'s
+   order (by ``sweeper.cost``), in the order it used before (stochastic preset, then
+   cells), in grid order and in LPT order (true costs), simulated as greedy list
+   scheduling on 2/16/64/128 slots (``cost.makespan``). True costs: the per-job hours of
+   docs/scale.md section 2, then with the faster stq step, then with per-job noise.
 
     python bench/scale.py [--skip-expand] [--skip-tune] [--skip-model] [--skip-zoo]
+                          [--skip-schedule] [--schedule-only]
                           [--steps 200] [--only stq_net:fp,...]
 
 Ray: ``address="local"`` starts a private instance (never connects to someone else's
@@ -397,6 +403,103 @@ def part_zoo(presets: list[str]) -> None:
     print()
 
 
+# ------------------------------------------------------------------ 5. the schedule
+
+# EXTRAPOLATED in docs/scale.md section 2 ("Per job, extrapolated"): (training h, attacks h)
+# per paper-grid job, by (dataset, model, the preset that was timed). This is the "true"
+# cost of the simulation; sweeper.cost estimates from the same unit costs, so in the first
+# scenario the estimate is right by construction and the other scenarios make it wrong.
+JOB_HOURS = {
+    ("cifar10", "stq_net", "fp"): (14.1, 0.85), ("cifar10", "stq_net", "int8"): (20.6, 2.6),
+    ("cifar10", "stq_net", "stq"): (91.9, 6.8), ("cifar10", "resnet8", "fp"): (13.1, 0.78),
+    ("svhn", "stq_net", "fp"): (23.3, 1.6), ("svhn", "stq_net", "int8"): (34.1, 5.0),
+    ("svhn", "stq_net", "stq"): (152.1, 13.0), ("svhn", "resnet8", "fp"): (21.7, 1.5),
+    ("gsc", "stq_net", "fp"): (9.0, 8.0), ("gsc", "stq_net", "int8"): (13.2, 25.3),
+    ("gsc", "stq_net", "stq"): (58.7, 66.1), ("gsc", "dscnn", "fp"): (5.7, 7.0),
+}
+SLOTS = (2, 16, 64, 128)
+FAST_STQ_STEP = 0.179 / 0.392  # the fastest of four runs of the stq step (docs/scale.md)
+NOISE_SIGMA, NOISE_DRAWS = 0.3, 200
+
+
+def true_hours(job, stq_step: float = 1.0) -> float:
+    """The extrapolated hours of a paper-grid job; ``stq_step`` scales the training of the
+    stochastic presets (the step cost that moved most between runs)."""
+    from sweeper import cost
+
+    timed = cost.PRESET_LIKE.get(job.quantizer, job.quantizer)
+    training, attacks = JOB_HOURS[(job.dataset, job.model, timed)]
+    return training * (stq_step if timed == "stq" else 1.0) + attacks
+
+
+def schedule_orders(plan) -> dict[str, list]:
+    """The paper grid's jobs in sweeper's order (sweep.pending_work, by sweeper.cost), in
+    the order it used before (stochastic preset first, then more cells), and as listed."""
+    from sweeper import sweep
+    from sweeper.quantizers import QUANTIZERS
+
+    work = [(job, plan.cells_of(job.job_id)) for job in plan.jobs]
+    old = sorted(work, key=lambda item: (QUANTIZERS.get(item[0].quantizer).stochastic, len(item[1])),
+                 reverse=True)
+    return {"cost": [job for job, _ in sweep.pending_work(plan, set())],
+            "old": [job for job, _ in old], "grid": list(plan.jobs)}
+
+
+def makespans(orders: dict[str, list], hours: dict[str, float], slots: int) -> dict[str, float]:
+    """Makespan of each order, and of LPT (longest first by the true hours)."""
+    from sweeper.cost import makespan
+
+    found = {name: makespan([hours[job.job_id] for job in jobs], slots) for name, jobs in orders.items()}
+    found["lpt"] = makespan(sorted(hours.values(), reverse=True), slots)
+    return found
+
+
+def part_schedule() -> None:
+    print("== 5. Schedule: greedy list scheduling of the paper grid's 270 jobs on N one-CPU slots "
+          "(sweeper.cost.makespan), hours extrapolated in docs/scale.md section 2")
+    plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
+    orders = schedule_orders(plan)
+    for title, stq_step in [("as extrapolated (the cost model's own figures)", 1.0),
+                            (f"stq step 0.179 s instead of 0.392 (stochastic training x {FAST_STQ_STEP:.3f})",
+                             FAST_STQ_STEP)]:
+        hours = {job.job_id: true_hours(job, stq_step) for job in plan.jobs}
+        print(f"-- true cost: {title}; total {sum(hours.values()):,.0f} h, longest job "
+              f"{max(hours.values()):.1f} h")
+        print(f"{'slots':>5} {'bound':>8} {'cost':>8} {'old':>8} {'LPT':>8} {'grid':>8} "
+              f"{'cost/LPT':>9} {'old/LPT':>8} {'cost/old':>9}")
+        for slots in SLOTS:
+            m = makespans(orders, hours, slots)
+            bound = max(sum(hours.values()) / slots, max(hours.values()))
+            print(f"{slots:>5} {bound:8.1f} {m['cost']:8.1f} {m['old']:8.1f} {m['lpt']:8.1f} {m['grid']:8.1f} "
+                  f"{m['cost'] / m['lpt']:9.3f} {m['old'] / m['lpt']:8.3f} {m['cost'] / m['old']:9.3f}")
+    _schedule_noise(plan, orders)
+    print()
+
+
+def _schedule_noise(plan, orders) -> None:
+    """Each job's true cost is its extrapolated cost times an independent log-normal
+    error (seeded): how much the order loses when the estimates are off per job."""
+    import random
+
+    rng = random.Random(0)
+    print(f"-- true cost: extrapolated x log-normal error per job (sigma {NOISE_SIGMA}, "
+          f"{NOISE_DRAWS} draws, seed 0): ratios, median and worst draw")
+    print(f"{'slots':>5} {'cost/LPT':>16} {'old/LPT':>16} {'cost/old':>16}")
+    ratios = {slots: {"cost": [], "old": [], "vs": []} for slots in SLOTS}
+    for _ in range(NOISE_DRAWS):
+        hours = {job.job_id: true_hours(job) * rng.lognormvariate(0, NOISE_SIGMA) for job in plan.jobs}
+        for slots in SLOTS:
+            m = makespans(orders, hours, slots)
+            ratios[slots]["cost"].append(m["cost"] / m["lpt"])
+            ratios[slots]["old"].append(m["old"] / m["lpt"])
+            ratios[slots]["vs"].append(m["cost"] / m["old"])
+    for slots in SLOTS:
+        cells = [sorted(ratios[slots][key]) for key in ("cost", "old")]
+        vs = sorted(ratios[slots]["vs"])
+        text = [f"{r[len(r) // 2]:.3f} / {r[-1]:.3f}" for r in cells] + [f"{vs[len(vs) // 2]:.3f} / {vs[-1]:.3f}"]
+        print(f"{slots:>5} {text[0]:>16} {text[1]:>16} {text[2]:>16}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-expand", action="store_true")
@@ -405,7 +508,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps timed per preset")
     parser.add_argument("--skip-zoo", action="store_true")
     parser.add_argument("--only", default=None, help="part 3 subset, e.g. stq_net:fp,dscnn:fp")
+    parser.add_argument("--skip-schedule", action="store_true")
+    parser.add_argument("--schedule-only", action="store_true", help="part 5 alone (no timing, no Ray)")
     args = parser.parse_args()
+    if args.schedule_only:
+        args.skip_expand = args.skip_tune = args.skip_model = args.skip_zoo = True
     print(f"bench/scale.py: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     print()
     if not args.skip_expand:
@@ -416,6 +523,8 @@ def main() -> None:
         part_model(args.steps, args.only)
     if not args.skip_zoo:
         part_zoo(["fp", "stq"])
+    if not args.skip_schedule:
+        part_schedule()
 
 
 if __name__ == "__main__":

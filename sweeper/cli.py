@@ -105,24 +105,41 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
                                                   "[default: results/<grid name>]"),
            address: Optional[str] = typer.Option(None, help="Ray cluster to use (auto, HOST:PORT, "
                                                  "ray://HOST:10001) [default: start a local one]"),
-           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and TensorFlow logs.")):
-    """Run every cell of a grid not yet in the result store."""
-    plan = _plan(grid_path, set)
-    path = _results_path(plan, results)
-    from sweeper import sweep  # imports Ray: only now that the grid is known good
+           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and TensorFlow logs."),
+           wait: bool = typer.Option(False, "--wait", help="If another launch holds the store, wait "
+                                     "for it to end [default: exit 2 naming it]")):
+    """Run every cell of a grid not yet in the result store. One launch at a time writes a
+    store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
+    from sweeper import lease, store
 
-    out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells in {len(plan.jobs)} training jobs "
+    loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
+    path = _results_path(loaded, results)
+    out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
               f"-> {path}", highlight=False)
-    from sweeper.store import new_launch
-
-    provenance = new_launch(plan.grid, str(grid_path), grid_path.read_bytes(), set or [])
+    provenance = store.new_launch(loaded.grid, str(grid_path), grid_path.read_bytes(), set or [])
+    held = lease.Lease(store.locate(path), provenance.launch_id, loaded.grid.name)
     try:
-        report = sweep.launch(plan, path, address=address, verbose=verbose, console=err,
-                              provenance=provenance)
+        with held.acquire(wait=wait, on_wait=_waiting(path)):
+            plan = _plan(grid_path, set)
+            from sweeper import sweep  # imports Ray: only now that the grid is known good
+
+            report = sweep.launch(plan, path, address=address, verbose=verbose, console=err,
+                                  provenance=provenance, held=True)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
+    if held.lost:
+        err.print("[yellow]warning:[/yellow] this launch lost the store's lease to another one "
+                  "(it stalled longer than the lease's TTL); both may have computed the same cells, "
+                  "stored once each: `sweeper check` reports duplicates, `sweeper compact` drops them")
     raise typer.Exit(_summarise(report, path))
+
+
+def _waiting(path: str):
+    def tell(holder) -> None:
+        err.print(f"waiting: {path} is in use by {holder.line()}", highlight=False)
+
+    return tell
 
 
 def _summarise(report, path: str) -> int:

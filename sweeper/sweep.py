@@ -21,9 +21,10 @@ from typing import Any
 from ray import tune
 from rich.console import Console
 
-from sweeper import WORKER_ENV, store
+from sweeper import WORKER_ENV, cost, store
 from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
+from sweeper.lease import Lease
 from sweeper.progress import CellProgress
 from sweeper.trial import JobContext, run_job
 
@@ -44,7 +45,8 @@ class LaunchReport:
 
 def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cell]]]:
     """Training jobs with at least one cell not yet in the store, with those cells, the
-    likely slowest first so that no long job starts last while other workers sit idle."""
+    longest first by ``sweeper.cost``'s estimate, so that no long job starts last while
+    other workers sit idle. Jobs of equal estimate keep the plan's order."""
     work = []
     for job in plan.jobs:
         cells = [cell for cell in plan.cells_of(job.job_id) if cell.cell_id not in done]
@@ -53,23 +55,29 @@ def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cel
     return sorted(work, key=_expected_cost, reverse=True)
 
 
-def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> tuple[bool, int]:
-    # Stochastic quantizers cost about twice as much per forward pass (measured on the
-    # demo grid); beyond that, more cells mean more attacks.
-    from sweeper.quantizers import QUANTIZERS
-
+def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
     job, cells = item
-    return QUANTIZERS.get(job.quantizer).stochastic, len(cells)
+    return cost.job_seconds(job, cells)
 
 
 def launch(plan: Plan, results: str, *, address: str | None = None, verbose: bool = False,
-           console: Console | None = None, provenance: store.Launch | None = None) -> LaunchReport:
+           console: Console | None = None, provenance: store.Launch | None = None,
+           held: bool = False) -> LaunchReport:
     """Run the plan's pending cells; ``provenance`` (the grid file and overrides) is kept in
-    the metadata of every file written. Ends by compacting the store."""
+    the metadata of every file written. Ends by compacting the store. Holds the store's
+    lease (``sweeper.lease``) throughout, raising ``LeaseHeld`` if another launch has it,
+    unless ``held``: the caller holds it already."""
     if not plan.fingerprinted:
         raise ValueError("launch needs a plan expanded with model fingerprints")
-    console = console or Console(stderr=True)
     provenance = provenance or store.new_launch(plan.grid)
+    if held:
+        return _launch(plan, results, address, verbose, console, provenance)
+    with Lease(store.locate(results), provenance.launch_id, plan.grid.name):
+        return _launch(plan, results, address, verbose, console, provenance)
+
+
+def _launch(plan, results, address, verbose, console, provenance) -> LaunchReport:
+    console = console or Console(stderr=True)
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
     done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}

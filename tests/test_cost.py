@@ -1,0 +1,113 @@
+"""The cost model ranks jobs as their work says, pending_work follows it, and the order it
+gives schedules the paper grid close to longest-processing-time-first (a simulation, not
+a timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from sweeper import cost, expand, grid, sweep
+from tests.conftest import ROOT, TINY_GRID
+
+
+def plan_of(**changes) -> expand.Plan:
+    raw = {**TINY_GRID, "folds": {"k": 3, "only": [0]}, **changes}
+    return expand.expand(grid.validate(raw), fingerprints=False)
+
+
+def costs_by(plan: expand.Plan, key) -> dict:
+    return {key(job): cost.job_seconds(job, plan.cells_of(job.job_id)) for job in plan.jobs}
+
+
+def test_bigger_datasets_cost_more():
+    plan = plan_of(datasets=["digits", {"name": "cifar10", "grayscale": True},
+                             {"name": "svhn", "grayscale": True}], quantizers=["fp"])
+    by_dataset = costs_by(plan, lambda job: job.dataset)
+    assert by_dataset["svhn"] > by_dataset["cifar10"] > by_dataset["digits"]
+    # training scales with the fold's samples: SVHN's 99,289 against CIFAR-10's 60,000
+    unit = cost.unit("small_cnn", (32, 32, 1), "fp")
+    ratio = cost.training_seconds(99_289 * 2 // 3, 1, 64, unit) / cost.training_seconds(60_000 * 2 // 3, 1, 64, unit)
+    assert ratio == pytest.approx(99_289 / 60_000, rel=1e-3)
+
+
+def test_more_epochs_cost_more_and_training_is_linear_in_them():
+    one = costs_by(plan_of(quantizers=["fp"]), lambda job: job.quantizer)["fp"]
+    ten = costs_by(plan_of(quantizers=["fp"], train={"epochs": 10, "batch_size": 64}), lambda job: job.quantizer)["fp"]
+    unit = cost.unit("small_cnn", (8, 8, 1), "fp")
+    per_epoch = cost.training_seconds(1797 * 2 // 3, 1, 64, unit)
+    assert ten - one == pytest.approx(9 * per_epoch)
+
+
+def test_costlier_presets_rank_higher_and_untimed_ones_cost_like_their_kind():
+    by_preset = costs_by(plan_of(quantizers=["fp", "int8", "int4", "stq", "sbinary"]), lambda job: job.quantizer)
+    assert by_preset["stq"] > by_preset["int8"] > by_preset["fp"]
+    assert by_preset["int4"] == by_preset["int8"] and by_preset["sbinary"] == by_preset["stq"]
+    # a measured row wins over the derived one: stq_net's own stq step, 0.392 s
+    assert cost.unit("stq_net", (32, 32, 1), "stq").step == 0.392
+    # resnet8 was timed at fp only: its stq step takes stq_net's stq/fp ratio
+    assert cost.unit("resnet8", (32, 32, 1), "stq").step == pytest.approx(0.056 * 0.392 / 0.060)
+
+
+def test_attack_work_follows_the_cell_parameters():
+    unit = cost.unit("stq_net", (32, 32, 1), "fp")
+    def square(iterations):
+        return cost.attack_seconds(cost.attack_work("square", {"max_iter": iterations}), 100, unit)
+
+    assert square(10_000) == pytest.approx(100 * square(100))
+    assert cost.attack_work("pgd", {"max_iter": 7, "num_random_init": 1}).gradients == 7
+    # ZOO and Boundary attack one sample at a time: one call latency per query round per sample
+    zoo = cost.attack_work("zoo", {"max_iter": 10, "binary_search_steps": 10, "nb_parallel": 128})
+    assert (zoo.forwards, zoo.batch) == (100 * 257, 1)
+    more_samples = cost.attack_seconds(zoo, 200, unit)
+    assert more_samples == pytest.approx(2 * cost.attack_seconds(zoo, 100, unit))
+
+
+def test_pending_work_is_longest_first_by_the_estimate_and_skips_done_cells():
+    plan = plan_of(datasets=["digits", {"name": "svhn", "grayscale": True}], quantizers=["fp", "int8", "stq"])
+    svhn_stq = next(job for job in plan.jobs if (job.dataset, job.quantizer) == ("svhn", "stq"))
+    work = sweep.pending_work(plan, set())
+    estimates = [cost.job_seconds(job, cells) for job, cells in work]
+    assert estimates == sorted(estimates, reverse=True)
+    assert [(job.dataset, job.quantizer) for job, _ in work] == [
+        ("svhn", "stq"), ("svhn", "int8"), ("svhn", "fp"), ("digits", "stq"), ("digits", "int8"), ("digits", "fp")]
+    # The old rule (stochastic first, then cells) would start digits/stq before svhn/int8.
+    done = {cell.cell_id for cell in plan.cells_of(svhn_stq.job_id)}
+    assert svhn_stq not in [job for job, _ in sweep.pending_work(plan, done)]
+
+
+def test_makespan_on_the_classic_lpt_case():
+    # 2 slots, jobs 3,3,2,2,2: the optimum is 6 (3+3 | 2+2+2); Graham's bound allows
+    # LPT 7/6 of it, and LPT takes exactly that (its worst case).
+    jobs = [2, 3, 2, 3, 2]
+    assert cost.makespan(sorted(jobs, reverse=True), 2) == 7 == pytest.approx(cost.lpt_bound(2) * 6)
+    # 2 slots, jobs 1,1,2: the optimum is 2; shortest first ends at 3, beyond the bound
+    assert cost.makespan([2, 1, 1], 2) == 2
+    assert cost.makespan([1, 1, 2], 2) == 3 > cost.lpt_bound(2) * 2
+    assert cost.makespan([5], 3) == 5 and cost.makespan([], 2) == 0
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("slots", [16, 64, 128])
+def test_the_cost_order_schedules_the_paper_grid_within_the_lpt_bound(slots):
+    """The paper grid with the faster stq step (docs/scale.md): the estimates are then wrong
+    by 2.2x for the stochastic jobs, yet the order stays within 0.2% of LPT and Graham's
+    bound; the old order (by stochastic preset, then cells) is 2 to 9% longer than LPT, and
+    the reversed order 4 to 45%."""
+    bench = _bench()
+    plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
+    orders = bench.schedule_orders(plan)
+    hours = {job.job_id: bench.true_hours(job, bench.FAST_STQ_STEP) for job in plan.jobs}
+    found = bench.makespans(orders, hours, slots)
+    lower = max(sum(hours.values()) / slots, max(hours.values()))  # no schedule beats this
+    assert found["cost"] <= cost.lpt_bound(slots) * lower
+    assert found["cost"] <= 1.002 * found["lpt"] < 1.015 * found["lpt"] < found["old"]
+    backwards = cost.makespan([hours[job.job_id] for job in reversed(orders["cost"])], slots)
+    assert backwards > 1.015 * found["lpt"]
