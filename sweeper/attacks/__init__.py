@@ -6,6 +6,8 @@ One file per concern:
 - ``spec.py``: ``AttackSpec``, the ``ATTACKS`` registry, what eps means per attack,
   ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
+- ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
+  compiled on the classifier's model (no ART attack class).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
 - ``black_box.py``: boundary (with its seeded start) and zoo.
 - ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sweeper.attacks.apgd import APGD_CE, APGD_DLR
 from sweeper.attacks.black_box import BOUNDARY, ZOO, _generate_boundary  # noqa: F401
 from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, perturbation_norms, run  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401
@@ -44,7 +47,7 @@ from sweeper.attacks.spec import (  # noqa: F401
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401
 
-for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO):
+for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO, APGD_CE, APGD_DLR):
     ATTACKS.add(_attack.name, _attack)
 del _attack
 
