@@ -10,7 +10,7 @@ a random start on the sphere of radius eps, a first step of 2*eps, momentum 0.75
 step halved at checkpoints (``checkpoints``) when the loss oscillated (rho = 0.75) or the
 best loss did not improve since an unhalved checkpoint, the halved samples restarting
 from their best point; restarts attack only the samples still classified correctly; a
-fooled sample returns its last misclassified iterate, any other its clean input.
+fooled sample returns its last misclassified iterate.
 
 Deliberate deviations:
 
@@ -19,6 +19,10 @@ Deliberate deviations:
   as the reference's torch draws, not the same numbers), batch by batch.
 - Batches of ``batch_size`` run one after the other; the reference attacks the whole
   input at once. Samples never interact, so only the random draws depend on the batching.
+- A sample never fooled returns its highest-loss point (the reference's ``best_loss``
+  output), not its clean input: robust accuracy is unchanged (every iterate was
+  classified correctly), and the deployed int8 model (``deployed_adv_acc``) is then
+  shown an attacked input, as with PGD and Square.
 - Not ported: L1 (and ``use_largereps``), EOT (``eot_iter`` is 1), ``best_loss=True``,
   the targeted losses, logging and the zero-gradient warning.
 
@@ -186,23 +190,30 @@ class APGD:
         return adv
 
     def _perturb(self, x, y, acc, rng) -> np.ndarray:
-        """The reference's ``perturb``: each restart attacks the samples not yet fooled."""
-        adv = x.copy()
+        """The reference's ``perturb``: each restart attacks the samples not yet fooled.
+
+        A fooled sample gets its last misclassified iterate, as in the reference; a sample
+        never fooled gets its highest-loss point over the restarts (still classified
+        correctly: every iterate was), where the reference returns the clean input.
+        """
+        adv, best_loss = x.copy(), np.full(len(x), -np.inf, np.float32)
         for _ in range(self.restarts):
             todo = np.flatnonzero(acc)
             if todo.size == 0:
                 break
             run = self._single_run(x[todo], y[todo].astype(np.int32), rng)
-            fooled = todo[~run.acc]
+            fooled, robust = todo[~run.acc], run.acc & (run.loss_best > best_loss[todo])
             acc[fooled] = False
             adv[fooled] = run.x_best_adv[~run.acc]
+            adv[todo[robust]] = run.x_best[robust]
+            best_loss[todo[robust]] = run.loss_best[robust]
         return adv
 
     def _single_run(self, x, y, rng) -> _Run:
         evaluate, advance = _compiled(self.classifier, self.loss, self.norm)
         lo, hi = _bounds(self.classifier)
         x_adv = self._random_start(x, rng, lo, hi)
-        logits, loss, grad = (t.numpy() for t in evaluate(x_adv, y))
+        logits, loss, grad = (np.array(t) for t in evaluate(x_adv, y))
         run = _Run(x_adv=x_adv, x_adv_old=x_adv, grad=grad,
                    step=np.full(len(x), 2 * self.eps, np.float32),  # the reference's 2*eps
                    x_best=x_adv.copy(), grad_best=grad.copy(), loss_best=loss.copy(),
@@ -212,7 +223,7 @@ class APGD:
         schedule = checkpoints(self.max_iter)
         for i in range(self.max_iter):
             a = MOMENTUM if i > 0 else 1.0
-            x_new, logits, loss, grad = (t.numpy() for t in advance(
+            x_new, logits, loss, grad = (np.array(t) for t in advance(
                 x, run.x_adv, run.x_adv_old, run.grad, run.step, a, self.eps, lo, hi, y))
             run.x_adv_old, run.x_adv, run.grad = run.x_adv, x_new, grad
             _record(run, i, logits, loss, y)
@@ -224,11 +235,11 @@ class APGD:
         """x plus a random direction scaled to norm eps (uniform for Linf, Gaussian for L2)."""
         if self.norm == "inf":
             t = 2 * rng.random(x.shape, dtype=np.float32) - 1
+            size = np.abs(t).reshape(len(x), -1).max(axis=1)
         else:
             t = rng.standard_normal(x.shape, dtype=np.float32)
-        size = np.abs(t) if self.norm == "inf" else t ** 2
-        size = size.reshape(len(x), -1).max(1) if self.norm == "inf" else np.sqrt(size.reshape(len(x), -1).sum(1))
-        t = t / (size.reshape(-1, *[1] * (x.ndim - 1)) + np.float32(1e-12))
+            size = np.sqrt((t ** 2).reshape(len(x), -1).sum(axis=1))
+        t /= size.reshape(-1, *[1] * (x.ndim - 1)) + np.float32(1e-12)
         return np.clip(x + np.float32(self.eps) * t, lo, hi).astype(np.float32)
 
 
