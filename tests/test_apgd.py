@@ -1,0 +1,258 @@
+"""APGD-CE and APGD-DLR (sweeper/attacks/apgd.py): the reference's step-size schedule and
+DLR loss on fixed values, and on briefly trained QKeras models at every dataset's input
+shape: budget and clip values, at least PGD's strength at equal iterations, seeding,
+restarts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from sweeper import attacks
+from sweeper.attacks import apgd
+from sweeper.errors import UserError
+
+CLIP = (0.0, 1.0)
+SHAPES = {  # dataset: input shape (digits resized to it: real images, every shape)
+    "digits": (8, 8, 1),
+    "cifar10_gray": (32, 32, 1),
+    "cifar10": (32, 32, 3),
+    "speech_commands": (49, 10, 1),
+}
+EPS = {"inf": 0.05, "2": 0.5}
+N = 100  # attacked samples per model
+QUICK = {"max_iter": 10}
+
+
+# --------------------------------------------------------------------------- no model
+
+
+def test_registered_as_budget_attacks_with_the_references_defaults():
+    for name in ("apgd_ce", "apgd_dlr"):
+        spec = attacks.ATTACKS.get(name)
+        assert spec.norms == ("inf", "2") and spec.uses_eps and not spec.black_box
+        assert dict(spec.defaults) == {"max_iter": 100, "restarts": 1}
+        assert spec.fixed["rho"] == 0.75 and spec.fixed["targeted"] is False
+    with pytest.raises(UserError, match=r"attack 'apgd_ce': unknown parameter 'eps_step'"):
+        attacks.validate("apgd_ce", "inf", {"eps_step": 0.1})
+    with pytest.raises(UserError, match=r"attack 'apgd_dlr': unsupported norm '1'"):
+        attacks.validate("apgd_dlr", "1", {})
+
+
+def test_checkpoints_follow_the_papers_schedule():
+    # Paper: p_0 = 0, p_1 = 0.22, p_(j+1) = p_j + max(p_j - p_(j-1) - 0.03, 0.06); checks
+    # after ceil(p_j * N) iterations. By hand for N = 100 and 1000:
+    after_100 = [22, 41, 57, 70, 80, 87, 93, 99]
+    schedule = apgd.checkpoints(100)
+    assert [i + 1 for i in schedule] == after_100
+    assert list(schedule.values()) == [22, 19, 16, 13, 10, 7, 6, 6]  # window since the last
+    assert [i + 1 for i in apgd.checkpoints(1000)] == [10 * w for w in after_100]
+    # Tiny runs: every window is at least one iteration, as the reference's max(..., 1).
+    assert apgd.checkpoints(10) == {1: 2, **{i: 1 for i in range(2, 10)}}
+    assert apgd.checkpoints(1) == {0: 1}
+
+
+def _run_state(loss_steps, loss_best, reduced_last, best_last):
+    batch = len(loss_best)
+    x_best = np.full((batch, 2), 7.0, np.float32)
+    return apgd._Run(
+        x_adv=np.zeros((batch, 2), np.float32), x_adv_old=np.zeros((batch, 2), np.float32),
+        grad=np.zeros((batch, 2), np.float32), step=np.ones(batch, np.float32),
+        x_best=x_best, grad_best=x_best.copy(), loss_best=np.array(loss_best, np.float32),
+        x_best_adv=np.zeros((batch, 2), np.float32), acc=np.ones(batch, bool),
+        loss_steps=np.array(loss_steps, np.float32).T,
+        loss_best_last_check=np.array(best_last, np.float32),
+        reduced_last_check=np.array(reduced_last, bool))
+
+
+def test_step_is_halved_on_oscillation_or_a_stalled_best_loss():
+    # Four samples, a window of k = 4 steps (rows 1..4 of 5; row 0 precedes the window).
+    steps = [[0, 1, 2, 3, 4],  # rose 4/4 times: kept
+             [0, 1, 0, 1, 0],  # rose 2/4 <= 0.75 * 4: oscillates, halved
+             [0, 1, 2, 3, 2],  # rose 3/4 <= 3: halved (the threshold is inclusive)
+             [0, 1, 2, 3, 4]]  # rose 4/4, but best loss stalled after an unhalved check
+    run = _run_state(steps, loss_best=[4, 1, 3, 4], reduced_last=[False, False, False, False],
+                     best_last=[3, 1, 3, 4])
+    apgd._check_step_size(run, i=4, k=4, rho=0.75)
+    halved = np.array([False, True, True, True])
+    np.testing.assert_array_equal(run.step, np.where(halved, 0.5, 1.0))
+    np.testing.assert_array_equal(run.x_adv[:, 0], np.where(halved, 7.0, 0.0))  # from the best
+    np.testing.assert_array_equal(run.reduced_last_check, halved)
+    # A stall right after a halving does not halve again (the reference's condition 2).
+    run = _run_state(steps[:1], loss_best=[4], reduced_last=[True], best_last=[4])
+    apgd._check_step_size(run, i=4, k=4, rho=0.75)
+    assert run.step[0] == 1.0
+
+
+class NoModel:
+    """A classifier that must not be used: these errors come before any model call."""
+
+    clip_values = CLIP
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the attack used the classifier's {name!r}")
+
+
+@pytest.mark.parametrize("params", [{"max_iter": 0}, {"restarts": 0}])
+def test_bad_iteration_counts_are_user_errors(params):
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    with pytest.raises(UserError, match=r"^attack 'apgd_ce': max_iter and restarts must be at least 1$"):
+        attacks.run("apgd_ce", NoModel(), x, None, 0.1, "inf", params, seed=0)
+
+
+# --------------------------------------------------------------------------- TensorFlow
+
+
+def test_dlr_loss_matches_hand_computed_values():
+    import tensorflow as tf
+
+    logits = tf.constant([[1.0, 5.0, 3.0, 2.0],  # y = 1 on top: -(5 - 3) / (5 - 2)
+                          [1.0, 5.0, 3.0, 2.0],  # y = 0: -(1 - 5) / (5 - 2)
+                          [2.0, -1.0, 0.5, 0.0]])  # y = 2, top three 2, 0.5, 0: -(0.5 - 2) / (2 - 0)
+    labels = tf.constant([1, 0, 2])
+    expected = [-2 / 3, 4 / 3, 0.75]
+    np.testing.assert_allclose(apgd.dlr_loss(logits, labels).numpy(), expected, rtol=1e-6)
+    # Shift- and scale-invariant, unlike the logit margin.
+    np.testing.assert_allclose(apgd.dlr_loss(3 * logits - 7, labels).numpy(), expected, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        total = tf.reduce_sum(apgd.dlr_loss(logits, labels))
+    grad = tape.gradient(total, logits).numpy()
+    # Row 1 is -(z_1 - z_2) / (z_1 - z_3) = -N / D with N = 2, D = 3: d/dz_1 = -(D - N) / D^2,
+    # d/dz_2 = 1 / D, d/dz_3 = -N / D^2, and z_0 (not among the top three) gets nothing.
+    np.testing.assert_allclose(grad[0], [0, -1 / 9, 3 / 9, -2 / 9], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_dlr_needs_three_classes():
+    import tensorflow as tf
+
+    two_classes = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    classifier = attacks.make_classifier(two_classes, 2, (4,), CLIP)
+    x = np.full((3, 4), 0.5, np.float32)
+    with pytest.raises(UserError, match=r"^attack 'apgd_dlr': the DLR loss needs at least 3 "
+                                        r"classes; the model has 2$"):
+        attacks.run("apgd_dlr", classifier, x, None, 0.1, "inf", QUICK, seed=0)
+    assert attacks.run("apgd_ce", classifier, x, None, 0.1, "inf", QUICK, seed=0).shape == x.shape
+
+
+# --------------------------------------------------------------------------- trained models
+# Digits resized to each dataset's input shape, a small QKeras CNN trained for 3 epochs.
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """dataset -> (fast classifier, N held-out inputs, their labels), built on first use."""
+    built = {}
+
+    def get(dataset):
+        if dataset not in built:
+            built[dataset] = _trained_model(SHAPES[dataset])
+        return built[dataset]
+
+    return get
+
+
+def _digits_as(shape):
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    if shape[:2] != x.shape[1:3]:
+        x = tf.image.resize(x, shape[:2]).numpy()
+    x = np.clip(np.repeat(x, shape[2], axis=-1), *CLIP).astype(np.float32)
+    return x, data.target.astype(np.int64)
+
+
+def _trained_model(shape):
+    import tensorflow as tf
+    from qkeras import QActivation, QConv2D, QDense, quantized_bits, quantized_relu
+
+    x, y = _digits_as(shape)
+    tf.keras.utils.set_random_seed(0)
+    bits = quantized_bits(4, 0, 1)
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape),
+        QConv2D(8, 3, strides=1 if shape[0] == 8 else 2, kernel_quantizer=bits, bias_quantizer=bits),
+        QActivation(quantized_relu(4)),
+        tf.keras.layers.Flatten(),
+        QDense(10, kernel_quantizer=bits, bias_quantizer=bits),  # logits
+    ])
+    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:1500], y[:1500], epochs=3, batch_size=32, verbose=0)
+    return attacks.make_classifier(model, 10, shape, CLIP), x[1500:1500 + N], y[1500:1500 + N]
+
+
+def _accuracy(classifier, x, y) -> float:
+    return float((classifier.predict(x).argmax(axis=1) == y).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", list(SHAPES))
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_apgd_stays_within_budget_and_clip_values(dataset, name, norm, trained):
+    classifier, x, y = trained(dataset)
+    x, y, eps = x[:20], y[:20], EPS[norm]
+    spec = attacks.ATTACKS.get(name)
+    params = attacks.art_params(name, QUICK, eps)
+    # The attack's own output, before run() re-projects anything.
+    raw = spec.generate(spec.build(classifier, eps, norm, params, 0), classifier, x, y, params, 0)
+    for x_adv in (raw, attacks.run(name, classifier, x, y, eps, norm, QUICK, seed=0)):
+        assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+        assert x_adv.min() >= CLIP[0] and x_adv.max() <= CLIP[1]
+        sizes = attacks.perturbation_norms(x, x_adv, norm)
+        assert np.all(sizes <= eps * (1 + attacks.BUDGET_RTOL)), sizes.max()
+    np.testing.assert_array_equal(attacks.run(name, classifier, x, y, eps, norm, QUICK, seed=0), raw)
+    attacked = classifier.predict(x).argmax(axis=1) == y  # only these are attacked
+    assert (attacks.perturbation_norms(x, raw, norm)[attacked] > 0).all()
+    np.testing.assert_array_equal(raw[~attacked], x[~attacked])  # already wrong: kept clean
+    assert _accuracy(classifier, raw, y) < _accuracy(classifier, x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", list(SHAPES))
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_apgd_ce_is_at_least_as_strong_as_pgd(dataset, norm, trained):
+    # Same samples, budget and iterations; PGD with sweeper's one random start and a step
+    # of eps/4 (enough to cross the ball in 10 steps). No slack: APGD must not do worse.
+    classifier, x, y = trained(dataset)
+    eps, iterations = EPS[norm], 10
+    accuracy = {"clean": _accuracy(classifier, x, y)}
+    for name, params in (("pgd", {"max_iter": iterations, "eps_step": "eps/4"}),
+                         ("apgd_ce", {"max_iter": iterations}),
+                         ("apgd_dlr", {"max_iter": iterations})):
+        x_adv = attacks.run(name, classifier, x, y, eps, norm, params, seed=0)
+        accuracy[name] = _accuracy(classifier, x_adv, y)
+    print(f"\n{dataset} {norm} eps={eps} max_iter={iterations}: {accuracy}")
+    assert accuracy["pgd"] < accuracy["clean"]  # the budget bites
+    assert accuracy["apgd_ce"] <= accuracy["pgd"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_seeded_runs_are_reproducible(dataset, trained):
+    classifier, x, y = trained(dataset)
+    x, y = x[:10], y[:10]
+    for name, norm in (("apgd_ce", "inf"), ("apgd_dlr", "2")):
+        first = attacks.run(name, classifier, x, y, EPS[norm], norm, QUICK, seed=3)
+        np.testing.assert_array_equal(
+            attacks.run(name, classifier, x, y, EPS[norm], norm, QUICK, seed=3), first)
+        other = attacks.run(name, classifier, x, y, EPS[norm], norm, QUICK, seed=4)
+        assert not np.array_equal(other, first)  # the seed draws the random start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
+def test_a_restart_only_adds_fooled_samples(name, trained):
+    # The first restart draws the same start with the same seed; the second attacks only
+    # the samples the first did not fool, so the fooled set can only grow.
+    classifier, x, y = trained("digits")
+    fooled = {}
+    for restarts in (1, 2):
+        x_adv = attacks.run(name, classifier, x, y, 0.03, "inf", {**QUICK, "restarts": restarts}, seed=0)
+        fooled[restarts] = classifier.predict(x_adv).argmax(axis=1) != y
+    assert (fooled[2] >= fooled[1]).all()
+    print(f"\n{name} fooled: 1 restart {fooled[1].sum()}, 2 restarts {fooled[2].sum()} of {N}")
