@@ -245,14 +245,17 @@ def test_seeded_runs_are_reproducible(dataset, trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
-def test_a_restart_only_adds_fooled_samples(name, trained):
+def test_a_restart_only_adds_fooled_samples(trained):
     # The first restart draws the same start with the same seed; the second attacks only
-    # the samples the first did not fool, so the fooled set can only grow.
+    # the samples the first did not fool, so the fooled set can only grow. (The restart
+    # loop is shared by both losses.)
     classifier, x, y = trained("digits")
+    name = "apgd_ce"
     fooled = {}
     for restarts in (1, 2):
-        x_adv = attacks.run(name, classifier, x, y, 0.03, "inf", {**QUICK, "restarts": restarts}, seed=0)
+        params = {"max_iter": 5, "restarts": restarts}
+        x_adv = attacks.run(name, classifier, x, y, 0.08, "inf", params, seed=0)
         fooled[restarts] = classifier.predict(x_adv).argmax(axis=1) != y
     assert (fooled[2] >= fooled[1]).all()
+    assert fooled[2].sum() > fooled[1].sum()  # here the second start found more (seeded)
     print(f"\n{name} fooled: 1 restart {fooled[1].sum()}, 2 restarts {fooled[2].sum()} of {N}")
