@@ -27,6 +27,8 @@ QUICK_PARAMS = {
     "cw_l2": {"max_iter": 5, "binary_search_steps": 3},
     "boundary": {"max_iter": 20, "init_size": 20},
     "zoo": {"max_iter": 3, "binary_search_steps": 2},
+    "apgd_ce": {"max_iter": 5},
+    "apgd_dlr": {"max_iter": 5},
 }
 
 
@@ -89,7 +91,8 @@ def test_import_pulls_in_neither_tensorflow_nor_art():
 
 
 def test_registered_attacks_and_their_norms():
-    assert attacks.ATTACKS.names() == ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo"]
+    assert attacks.ATTACKS.names() == ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
+                                       "apgd_ce", "apgd_dlr"]
     for name in attacks.ATTACKS:
         spec = attacks.ATTACKS.get(name)
         assert spec.name == name and spec.norms and set(spec.norms) <= {"inf", "1", "2"}
@@ -166,7 +169,8 @@ def test_minimal_attacks_are_the_ones_without_a_budget():
     assert minimal == ["cw_l2", "boundary", "zoo"]
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
+                                  "apgd_ce", "apgd_dlr"])
 def test_zero_eps_is_clean_for_every_attack(name):
     # fgsm@0 always meant clean; cw_l2/boundary/zoo@0 used to mean unbounded.
     x = np.linspace(-0.5, 1.5, 2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
@@ -175,7 +179,7 @@ def test_zero_eps_is_clean_for_every_attack(name):
     assert clean.dtype == np.float32
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "square"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "apgd_ce", "apgd_dlr"])
 @pytest.mark.parametrize("eps", [math.inf, None])
 def test_unbounded_is_only_for_minimal_attacks(name, eps):
     x = np.zeros((2, 8, 8, 1), np.float32)
@@ -368,7 +372,7 @@ def test_pgd_step_relative_to_eps_reaches_the_budget(fast, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pgd", "square", "boundary"])
+@pytest.mark.parametrize("name", ["pgd", "square", "boundary", "apgd_ce"])
 def test_same_seed_same_examples(name, fast, sample):
     x, y = sample
     eps = 0.1 if attacks.ATTACKS.get(name).uses_eps else math.inf
@@ -474,6 +478,8 @@ MATRIX_PARAMS = {  # a few iterations each; large constants so C&W and ZOO succe
     "boundary": {"max_iter": 2, "num_trial": 5, "init_size": 20},
     "zoo": {"max_iter": 10, "binary_search_steps": 1, "nb_parallel": 64, "initial_const": 10.0,
             "learning_rate": 0.1},
+    "apgd_ce": {"max_iter": 2},
+    "apgd_dlr": {"max_iter": 2},
 }
 MATRIX = [(dataset, name, norm) for dataset in SHAPES for name in MATRIX_PARAMS
           for norm in attacks.ATTACKS.get(name).norms]
