@@ -147,6 +147,9 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
     if attack == "pgd":
         steps = get("max_iter", 7) * max(1, get("num_random_init", 1))
         return Work(gradients=steps, calls=steps)
+    if attack in ("apgd_ce", "apgd_dlr"):  # one compiled step (loss + gradient) per iteration
+        steps = get("max_iter", 100) * get("restarts", 1)
+        return Work(gradients=steps, calls=steps)
     if attack == "square":  # one prediction and two loss evaluations per iteration
         queries = 3 * get("max_iter", 1000) * get("nb_restarts", 1)
         return Work(forwards=queries, calls=queries)

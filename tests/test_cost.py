@@ -57,6 +57,8 @@ def test_attack_work_follows_the_cell_parameters():
 
     assert square(10_000) == pytest.approx(100 * square(100))
     assert cost.attack_work("pgd", {"max_iter": 7, "num_random_init": 1}).gradients == 7
+    assert cost.attack_work("apgd_ce", {"max_iter": 100, "restarts": 2}).gradients == 200
+    assert cost.attack_work("apgd_dlr", {}).gradients == 100  # the reference's 100 iterations
     # ZOO and Boundary attack one sample at a time: one call latency per query round per sample
     zoo = cost.attack_work("zoo", {"max_iter": 10, "binary_search_steps": 10, "nb_parallel": 128})
     assert (zoo.forwards, zoo.batch) == (100 * 257, 1)
