@@ -10,7 +10,7 @@ ART's defaults differ from the papers (BoundaryAttack is targeted by default, PG
 What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
 
 - ``eps == 0`` is the clean evaluation for every attack: the clipped inputs, no ART call.
-- fgsm, pgd, square (budget attacks, ``uses_eps``): ART's perturbation budget under
+- fgsm, pgd, apgd_ce, apgd_dlr, square (budget attacks, ``uses_eps``): the perturbation budget under
   ``norm``; it must be finite. The result is projected onto the ball again if it lies
   outside beyond float32 rounding (``BUDGET_RTOL``).
 - cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
