@@ -220,8 +220,10 @@ def aligned(a: Point, b: Point) -> Paired | None:
 
 # ---------------------------------------------------------------- points
 
-def diagnose(rows: pa.Table) -> pa.Table:
-    """Every judged check of every configuration in ``rows`` (the store's schema)."""
+def diagnose_reference(rows: pa.Table) -> pa.Table:
+    """Every judged check of every configuration in ``rows`` (the store's schema),
+    computed point by point in Python: the reference that ``diagnose`` (DuckDB) must match
+    exactly. It holds every sample in memory; use it on small tables only."""
     flags = []
     for config, points in _points_by_config(rows).items():
         for flag in _checks(points):
@@ -352,6 +354,14 @@ def _flag(check: str, point: Point, value: float, reference: float, reference_la
             "n_pairs": n, "effect": effect, "minimum": minimum, "detail": detail}
 
 
+_TEXTS = {  # the sentence of a paired comparison
+    "single_step_beats_iterative": "iterative {point} leaves {value:.3f} accuracy, "
+                                   "single-step {reference} with no more budget {ref:.3f},",
+    "black_box_beats_white_box": "black-box {reference} leaves {ref:.3f} accuracy, the best white-box {point} {value:.3f},",
+    "accuracy_rises_with_eps": "{point} leaves {value:.3f} accuracy, the smaller budget {reference} {ref:.3f},",
+}
+
+
 def _compare(check: str, reference: Point, point: Point, detail: str) -> dict | None:
     """Paired: does ``point`` leave more accuracy than ``reference`` on their shared samples?"""
     pair = aligned(reference, point)
@@ -373,9 +383,7 @@ def _single_step(points: list[Point]) -> list[dict]:
         for many in points:
             if not (_white(many) and not many.spec.single_step and many.norm == one.norm and many.eps >= one.eps):
                 continue
-            flags.append(_compare("single_step_beats_iterative", one, many,
-                                  "iterative {point} leaves {value:.3f} accuracy, "
-                                  "single-step {reference} with no more budget {ref:.3f},"))
+            flags.append(_compare("single_step_beats_iterative", one, many, _TEXTS["single_step_beats_iterative"]))
     return [f for f in flags if f]
 
 
@@ -389,9 +397,7 @@ def _black_box(points: list[Point]) -> list[dict]:
             continue
         # The best white-box attack on these samples: the one leaving the least accuracy.
         _, best = min(pairs, key=lambda pair_point: pair_point[0].second.mean())
-        flags.append(_compare("black_box_beats_white_box", black, best,
-                              "black-box {reference} leaves {ref:.3f} accuracy, "
-                              "the best white-box {point} {value:.3f},"))
+        flags.append(_compare("black_box_beats_white_box", black, best, _TEXTS["black_box_beats_white_box"]))
     return flags
 
 
@@ -404,9 +410,7 @@ def _rising(points: list[Point]) -> list[dict]:
     for curve in curves.values():
         for high in curve:
             for low in (p for p in curve if p.eps < high.eps):
-                flags.append(_compare("accuracy_rises_with_eps", low, high,
-                                      "{point} leaves {value:.3f} accuracy, "
-                                      "the smaller budget {reference} {ref:.3f},"))
+                flags.append(_compare("accuracy_rises_with_eps", low, high, _TEXTS["accuracy_rises_with_eps"]))
     return [f for f in flags if f]
 
 
@@ -437,12 +441,263 @@ def _large_eps(points: list[Point]) -> list[dict]:
     return flags
 
 
+
+# ---------------------------------------------------------------- in DuckDB
+#
+# The same checks at the size of the paper grid: DuckDB unnests the outcome lists, pools
+# each point's samples and counts the paired outcomes of every comparison, so no sample
+# reaches Python; Python gets one row per point and one per comparison, and computes the
+# exact p-values, Holm's adjustment and the sentences. ``diagnose_reference`` is the
+# definition: tests/test_diagnostics.py checks that both give the same table.
+
+_POINT_KEY = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
+_KEY_FOLD = 1 << _FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_index, as _flat_samples
+
+
+def diagnose(rows: pa.Table) -> pa.Table:
+    """Every judged check of every configuration in ``rows`` (the store's schema; columns
+    it lacks read as null): the same table as ``diagnose_reference``, computed in DuckDB."""
+    import duckdb
+
+    columns = {name: rows.column(name) if name in rows.column_names
+               else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
+               for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
+    columns["_order"] = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.register("_diagnosed_rows", pa.table(columns))
+        return diagnose_relation(connection, "_diagnosed_rows")
+    finally:
+        connection.close()
+
+
+def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Table:
+    """The diagnostics of the rows now in the store, DuckDB scanning its fragments."""
+    import duckdb
+
+    from sweeper import query
+
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.execute(f"SET memory_limit = '{memory_limit}'")
+        connection.execute(f"CREATE VIEW _store AS {query.ordered_rows_sql(connection, store.survey(location))}")
+        return diagnose_relation(connection, "_store")
+    finally:
+        connection.close()
+
+
+def diagnose_relation(connection, relation: str) -> pa.Table:
+    """The diagnostics of ``relation`` in ``connection``: the store's columns plus a unique
+    ``_order`` giving the rows' order (which copy of a sample counts, and the order of the
+    points and of the output, as in ``diagnose_reference``). Leaves no table behind."""
+    try:
+        points = _sql_points(connection, relation)
+        if not points:
+            return SCHEMA.empty_table()
+        comparisons = _sql_comparisons(connection, points)
+        return _assemble(points, comparisons)
+    finally:
+        for name in ("_dg_points", "_dg_samples", "_dg_info", "_dg_pairs"):
+            connection.execute(f"DROP TABLE IF EXISTS {name}")
+        connection.execute("DROP VIEW IF EXISTS _dg_info_view")
+
+
+def _quoted(values) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def _sql_points(connection, relation: str) -> list[Point]:
+    """Pool each point's samples in DuckDB (table _dg_samples: point, key, clean, adv; a
+    (fold, sample_index) taken once, from the earliest row) and return the points that
+    have samples, in the order of their first row, as ``Point``s without samples."""
+    usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
+              "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
+    # A point whose rows are of distinct folds, each with distinct sample indices in
+    # [0, 2**40), holds every key once: its samples need no deduplication.
+    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
+               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
+    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * FROM (
+            SELECT {keys}, min(_order) AS first_order,
+                   first(n_classes ORDER BY _order) AS n_classes, first(n_features ORDER BY _order) AS n_features,
+                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
+                   count(*) = count(DISTINCT coalesce(fold, -1)) AND bool_and({regular}) AS regular,
+                   list(_order) AS members
+            FROM {relation} WHERE {usable} GROUP BY {keys})""")
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_samples AS
+        WITH pooled AS (
+            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
+            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
+                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
+                         unnest(range(len(r.sample_index))) AS pos
+                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points) AS m
+                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
+                  USING (_order))
+            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
+        SELECT pid, key, clean, adv FROM pooled WHERE regular
+        UNION ALL
+        SELECT pid, key, clean, adv FROM (
+            SELECT * FROM pooled WHERE NOT regular
+            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
+    connection.execute("""
+        CREATE OR REPLACE TEMP TABLE _dg_info AS
+        SELECT pid, count(*) AS n, sum(clean::INTEGER)::BIGINT AS clean_right, sum(adv::INTEGER)::BIGINT AS adv_right,
+               sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
+        FROM _dg_samples GROUP BY pid""")
+    relation_ = connection.sql(f"""
+        SELECT p.pid, {', '.join('p."' + c + '"' for c in _POINT_KEY)}, p.n_classes, p.n_features,
+               p.input_range, i.n, i.clean_right, i.adv_right, i.b, i.c
+        FROM _dg_points AS p JOIN _dg_info AS i USING (pid) ORDER BY p.pid""")
+    return _point_records((getattr(relation_, "to_arrow_table", None) or relation_.arrow)())
+
+
+@dataclass(eq=False)
+class _Counted(Point):
+    """A point as DuckDB pooled it: its counts instead of its samples."""
+
+    pid: int = 0
+    n: int = 0  # samples
+    clean_right: int = 0
+    adv_right: int = 0
+    b: int = 0  # clean right, adversarial wrong
+    c: int = 0  # clean wrong, adversarial right
+
+
+def _point_records(table: pa.Table) -> list[_Counted]:
+    """The points in order, each named as ``_name`` names them within its configuration."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    width = len(CONFIG_COLUMNS)
+    points, by_config = [], defaultdict(list)
+    for i in range(table.num_rows):
+        config = tuple(columns[c][i] for c in CONFIG_COLUMNS)
+        point = _Counted(config, *(columns[c][i] for c in store.POINT_COLUMNS), n_classes=columns["n_classes"][i],
+                         n_features=columns["n_features"][i], input_range=columns["input_range"][i], keys=None,
+                         clean=None, adv=None, pid=columns["pid"][i],
+                         **{k: columns[k][i] for k in ("n", "clean_right", "adv_right", "b", "c")})
+        points.append(point)
+        by_config[config].append(point)
+    assert width  # CONFIG_COLUMNS is never empty
+    for same in by_config.values():
+        _name(same)
+    return points
+
+
+_FAMILIES = ["single_step_beats_iterative", "black_box_beats_white_box", "accuracy_rises_with_eps"]
+
+
+def _sql_comparisons(connection, points: list[_Counted]) -> dict[tuple[int, str], list[tuple]]:
+    """The paired comparisons of S, B and E as (first pid, second pid, n, first right,
+    second right, b, c), per (configuration, check), in ``diagnose_reference``'s order."""
+    configs: dict[tuple, int] = {}
+    positions: dict[int, int] = defaultdict(int)
+    curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
+    rows = []
+    for point in points:
+        cfg = configs.setdefault(point.config, len(configs))
+        curve = curves.setdefault((cfg, point.attack, point.attack_label, point.norm, point.attack_params),
+                                  positions[cfg])
+        rows.append({"pid": point.pid, "cfg": cfg, "pos": positions[cfg], "curve": curve, "attack": point.attack,
+                     "attack_label": point.attack_label, "norm": point.norm, "eps": point.eps,
+                     "attack_params": point.attack_params, "single_step": point.spec.single_step,
+                     "black_box": point.spec.black_box, "unbounded": point.unbounded})
+        positions[cfg] += 1
+    connection.register("_dg_flags", pa.Table.from_pylist(rows))
+    same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_pairs AS
+        SELECT 0 AS family, x.cfg, x.pos AS k1, y.pos AS k2, 0 AS k3, x.pid AS first, y.pid AS second
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg
+        WHERE x.single_step AND NOT x.black_box AND NOT x.unbounded AND NOT y.black_box AND NOT y.single_step
+              AND {same('norm')} AND y.eps >= x.eps
+        UNION ALL
+        SELECT 1, x.cfg, x.pos, y.pos, 0, x.pid, y.pid
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg
+        WHERE x.black_box AND NOT y.black_box AND {same('norm')} AND y.eps = x.eps
+        UNION ALL
+        SELECT 2, y.cfg, y.curve, y.pos, x.pos, x.pid, y.pid
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
+        WHERE x.eps < y.eps""")
+    counted = connection.execute("""
+        SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, count(*) AS n,
+               sum(a.adv::INTEGER)::BIGINT AS first_right, sum(b.adv::INTEGER)::BIGINT AS second_right,
+               sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
+        FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
+        JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
+        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""").fetchall()
+    connection.unregister("_dg_flags")
+    out: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+    best: dict[int, tuple] = {}  # B: per black-box point, the white-box point leaving least accuracy
+    for family, cfg, _, _, _, *pair in counted:
+        if family != 1:
+            out[cfg, _FAMILIES[family]].append(tuple(pair))
+        elif pair[0] not in best or pair[4] / pair[2] < best[pair[0]][1][4] / best[pair[0]][1][2]:
+            best[pair[0]] = (cfg, tuple(pair))
+    for cfg, pair in best.values():
+        out[cfg, _FAMILIES[1]].append(pair)
+    return out
+
+
+def _assemble(points: list[_Counted], comparisons: dict[tuple[int, str], list[tuple]]) -> pa.Table:
+    """The flags, configuration by configuration and check by check, as _checks makes them."""
+    by_pid = {point.pid: point for point in points}
+    by_config: dict[tuple, list[_Counted]] = defaultdict(list)
+    for point in points:
+        by_config[point.config].append(point)
+    flags = []
+    for cfg, (config, members) in enumerate(by_config.items()):
+        families = [[_counted_flag(check, by_pid[first], by_pid[second], n, first_right, second_right, b, c)
+                     for first, second, n, first_right, second_right, b, c in comparisons.get((cfg, check), ())]
+                    for check in _FAMILIES]
+        families += [_above_clean_counted(members), _large_eps_counted(members)]
+        config_values = dict(zip(CONFIG_COLUMNS, config))
+        flags += [{**config_values, **flag} for family in families for flag in _decide(family)]
+    return pa.Table.from_pylist(flags, schema=SCHEMA)
+
+
+def _counted_flag(check: str, reference: _Counted, point: _Counted, n: int, first_right: int, second_right: int,
+                  b: int, c: int) -> dict:
+    """``_compare`` from counts: does ``point`` leave more accuracy than ``reference``?"""
+    value, ref = second_right / n, first_right / n
+    text = _TEXTS[check].format(point=point.name, reference=reference.name, value=value, ref=ref)
+    return _flag(check, point, value, ref, reference.name, mcnemar_p(b, c), n, value - ref,
+                 f"{text} on {n} shared samples")
+
+
+def _above_clean_counted(points: list[_Counted]) -> list[dict]:
+    flags = []
+    for point in points:
+        clean, adv = point.clean_right / point.n, point.adv_right / point.n
+        flags.append(_flag("adversarial_above_clean", point, adv, clean, "clean", mcnemar_p(point.b, point.c),
+                           point.n, adv - clean, f"{point.name} leaves {adv:.3f} accuracy, clean {clean:.3f}, "
+                                                 f"on {point.n} samples"))
+    return flags
+
+
+def _large_eps_counted(points: list[_Counted]) -> list[dict]:
+    flags = []
+    for point in (p for p in points if p.large and p.n_classes):
+        chance = 1 / point.n_classes
+        null = min(1.0, chance + FAR_ABOVE_CHANCE)
+        correct, n = point.adv_right, point.n
+        accuracy = correct / n
+        budget = "" if point.unbounded else f" (radius {point.radius:.2f} of the input range)"
+        flags.append(_flag("large_eps_above_chance", point, accuracy, chance, "chance",
+                           binomial_p(correct, n, null), n, accuracy - chance,
+                           f"{point.name}{budget} leaves {accuracy:.3f} accuracy on {n} samples; "
+                           f"chance is {chance:.3f}, tested against {null:.3f}",
+                           minimum=FAR_ABOVE_CHANCE))
+    return flags
+
+
 # ---------------------------------------------------------------- in the store
 
 def write(location: store.Location, rows: pa.Table | None = None) -> pa.Table:
     """(Re)write RESULTS/diagnostics.parquet from the rows now in the store (``rows``, when
     the caller has just read them all)."""
-    flags = diagnose(store.read(location).table if rows is None else rows)
+    flags = diagnose_store(location) if rows is None else diagnose(rows)
     store.write_file(location, store.DIAGNOSTICS_FILE, flags)
     return flags
 
