@@ -521,7 +521,7 @@ def _sql_points(connection, relation: str) -> list[Point]:
         CREATE OR REPLACE TEMP TABLE _dg_points AS
         SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * FROM (
             SELECT {keys}, min(_order) AS first_order,
-                   first(n_classes ORDER BY _order) AS n_classes, first(n_features ORDER BY _order) AS n_features,
+                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
                    CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
                    count(*) = count(DISTINCT coalesce(fold, -1)) AND bool_and({regular}) AS regular,
                    list(_order) AS members
@@ -588,9 +588,10 @@ def _point_records(table: pa.Table) -> list[_Counted]:
 _FAMILIES = ["single_step_beats_iterative", "black_box_beats_white_box", "accuracy_rises_with_eps"]
 
 
-def _sql_comparisons(connection, points: list[_Counted]) -> dict[tuple[int, str], list[tuple]]:
-    """The paired comparisons of S, B and E as (first pid, second pid, n, first right,
-    second right, b, c), per (configuration, check), in ``diagnose_reference``'s order."""
+def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray]:
+    """The paired comparisons of S, B and E, counted on their shared samples: columns
+    family (0 S, 1 B, 2 E), cfg, first and second pid, n, first_right, second_right, b, c,
+    in ``diagnose_reference``'s order."""
     configs: dict[tuple, int] = {}
     positions: dict[int, int] = defaultdict(int)
     curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
@@ -620,77 +621,140 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[tuple[int, str]
         SELECT 2, y.cfg, y.curve, y.pos, x.pos, x.pid, y.pid
         FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
         WHERE x.eps < y.eps""")
-    counted = connection.execute("""
+    relation = connection.sql("""
         SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, count(*) AS n,
                sum(a.adv::INTEGER)::BIGINT AS first_right, sum(b.adv::INTEGER)::BIGINT AS second_right,
                sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
         FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
         JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
-        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""").fetchall()
+        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""")
+    counted = {name: np.asarray(values) for name, values in relation.fetchnumpy().items()}
     connection.unregister("_dg_flags")
-    out: dict[tuple[int, str], list[tuple]] = defaultdict(list)
-    best: dict[int, tuple] = {}  # B: per black-box point, the white-box point leaving least accuracy
-    for family, cfg, _, _, _, *pair in counted:
-        if family != 1:
-            out[cfg, _FAMILIES[family]].append(tuple(pair))
-        elif pair[0] not in best or pair[4] / pair[2] < best[pair[0]][1][4] / best[pair[0]][1][2]:
-            best[pair[0]] = (cfg, tuple(pair))
-    for cfg, pair in best.values():
-        out[cfg, _FAMILIES[1]].append(pair)
+    return _keep_best_white(counted)
+
+
+def _keep_best_white(counted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """B compares each black-box point with one white-box point: the one leaving the least
+    accuracy on their shared samples (the first such, in point order); the others go."""
+    keep = counted["family"] != 1
+    best: dict[int, int] = {}
+    for row in np.flatnonzero(~keep):
+        first, accuracy = counted["first"][row], counted["second_right"][row] / counted["n"][row]
+        if first not in best or accuracy < counted["second_right"][best[first]] / counted["n"][best[first]]:
+            best[first] = row
+    keep[list(best.values())] = True
+    return {name: values[keep] for name, values in counted.items()}
+
+
+def _assemble(points: list[_Counted], counted: dict[str, np.ndarray]) -> pa.Table:
+    """The flags as ``_checks`` and ``_decide`` make them, computed column-wise: ordered by
+    configuration, check and place in the check's loops; Holm within configuration and check."""
+    index = {point.pid: i for i, point in enumerate(points)}
+    configs: dict[tuple, int] = {}
+    cfg_of = np.array([configs.setdefault(point.config, len(configs)) for point in points], dtype=np.int64)
+    position = np.arange(len(points))
+    n = np.array([point.n for point in points], dtype=np.int64)
+    adv = np.array([point.adv_right for point in points], dtype=np.int64)
+    clean = np.array([point.clean_right for point in points], dtype=np.int64)
+    large = np.array([bool(point.large and point.n_classes) for point in points])
+    classes = np.array([point.n_classes if large[i] else 1 for i, point in enumerate(points)], dtype=np.int64)
+    first = np.array([index[pid] for pid in counted["first"].tolist()], dtype=np.int64)
+    second = np.array([index[pid] for pid in counted["second"].tolist()], dtype=np.int64)
+    chance = 1 / classes[large]
+    null = np.minimum(1.0, chance + FAR_ABOVE_CHANCE)
+    columns = {  # S, B, E (paired), then C (per point), then L (large points)
+        "family": np.concatenate([counted["family"], np.full(len(points), 3), np.full(int(large.sum()), 4)]),
+        "cfg": np.concatenate([counted["cfg"], cfg_of, cfg_of[large]]),
+        "point": np.concatenate([second, position, position[large]]),
+        "reference_point": np.concatenate([first, np.full(len(points) + int(large.sum()), -1)]),
+        "n": np.concatenate([counted["n"], n, n[large]]),
+        "value": np.concatenate([counted["second_right"] / counted["n"], adv / n, adv[large] / n[large]]),
+        "reference": np.concatenate([counted["first_right"] / counted["n"], clean / n, chance]),
+        "p_value": np.concatenate([_mcnemar_p(counted["b"], counted["c"]), _mcnemar_p(
+            np.array([p.b for p in points], np.int64), np.array([p.c for p in points], np.int64)),
+            _binomial_p(adv[large], n[large], null)]),
+        "null": np.concatenate([np.full(len(counted["n"]) + len(points), np.nan), null]),
+    }
+    order = np.lexsort((np.arange(len(columns["cfg"])), columns["family"], columns["cfg"]))  # stable
+    columns = {name: values[order] for name, values in columns.items()}
+    columns["p_adjusted"] = _holm_grouped(columns["p_value"], columns["cfg"] * 5 + columns["family"])
+    minimum = np.where(columns["family"] == 4, FAR_ABOVE_CHANCE, MIN_MARGIN)
+    effect = columns["value"] - columns["reference"]
+    columns["fired"] = (columns["p_adjusted"] < ALPHA) & (effect >= minimum - 1e-12)
+    return _flag_table(points, list(configs), columns)
+
+
+def _mcnemar_p(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return _binomial_p(c, b + c, np.full(len(b), 0.5))
+
+
+def _binomial_p(successes: np.ndarray, trials: np.ndarray, p0: np.ndarray) -> np.ndarray:
+    """``binomial_p`` element-wise (the same scipy function on the same types)."""
+    from scipy.special import bdtrc
+
+    out = np.ones(len(successes))
+    judged = (trials > 0) & (successes > 0)
+    if judged.any():
+        out[judged] = np.minimum(1.0, bdtrc(successes[judged] - 1, trials[judged], p0[judged]))
     return out
 
 
-def _assemble(points: list[_Counted], comparisons: dict[tuple[int, str], list[tuple]]) -> pa.Table:
-    """The flags, configuration by configuration and check by check, as _checks makes them."""
-    by_pid = {point.pid: point for point in points}
-    by_config: dict[tuple, list[_Counted]] = defaultdict(list)
-    for point in points:
-        by_config[point.config].append(point)
-    flags = []
-    for cfg, (config, members) in enumerate(by_config.items()):
-        families = [[_counted_flag(check, by_pid[first], by_pid[second], n, first_right, second_right, b, c)
-                     for first, second, n, first_right, second_right, b, c in comparisons.get((cfg, check), ())]
-                    for check in _FAMILIES]
-        families += [_above_clean_counted(members), _large_eps_counted(members)]
-        config_values = dict(zip(CONFIG_COLUMNS, config))
-        flags += [{**config_values, **flag} for family in families for flag in _decide(family)]
-    return pa.Table.from_pylist(flags, schema=SCHEMA)
+def _holm_grouped(p: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``holm`` within each group (groups contiguous and ascending, members in order). The
+    running maximum restarts per group by ranking the scaled values as integer codes and
+    offsetting each group past the last: exact, no arithmetic on the p-values."""
+    if not len(p):
+        return np.empty(0)
+    order = np.lexsort((np.arange(len(p)), p, group))  # stable argsort of p within each group
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+    sizes = np.diff(np.r_[starts, len(p)])
+    rank = np.arange(len(p)) - np.repeat(starts, sizes)
+    scaled = np.minimum(1.0, (np.repeat(sizes, sizes) - rank) * p[order])
+    values, codes = np.unique(scaled, return_inverse=True)
+    segment = np.repeat(np.arange(len(starts)), sizes) * len(values)
+    adjusted = np.empty(len(p))
+    adjusted[order] = values[np.maximum.accumulate(codes + segment) - segment]
+    return adjusted
 
 
-def _counted_flag(check: str, reference: _Counted, point: _Counted, n: int, first_right: int, second_right: int,
-                  b: int, c: int) -> dict:
-    """``_compare`` from counts: does ``point`` leave more accuracy than ``reference``?"""
-    value, ref = second_right / n, first_right / n
-    text = _TEXTS[check].format(point=point.name, reference=reference.name, value=value, ref=ref)
-    return _flag(check, point, value, ref, reference.name, mcnemar_p(b, c), n, value - ref,
-                 f"{text} on {n} shared samples")
+_REFERENCE_LABEL = {3: "clean", 4: "chance"}
 
 
-def _above_clean_counted(points: list[_Counted]) -> list[dict]:
-    flags = []
-    for point in points:
-        clean, adv = point.clean_right / point.n, point.adv_right / point.n
-        flags.append(_flag("adversarial_above_clean", point, adv, clean, "clean", mcnemar_p(point.b, point.c),
-                           point.n, adv - clean, f"{point.name} leaves {adv:.3f} accuracy, clean {clean:.3f}, "
-                                                 f"on {point.n} samples"))
-    return flags
+def _flag_table(points: list[_Counted], configs: list[tuple], columns: dict[str, np.ndarray]) -> pa.Table:
+    """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
+    at = columns["point"].tolist()
+    names = [point.name for point in points]
+    references = [names[i] if i >= 0 else _REFERENCE_LABEL[f]
+                  for i, f in zip(columns["reference_point"].tolist(), columns["family"].tolist())]
+    details = [_detail(points[i], ref, f, v, r, n, null, p, q) for i, ref, f, v, r, n, null, p, q in zip(
+        at, references, columns["family"].tolist(), columns["value"].tolist(), columns["reference"].tolist(),
+        columns["n"].tolist(), columns["null"].tolist(), columns["p_value"].tolist(),
+        columns["p_adjusted"].tolist())]
+    cfg = pa.array(columns["cfg"])
+    data = {name: pa.array([config[k] for config in configs], SCHEMA.field(name).type).take(cfg)
+            for k, name in enumerate(CONFIG_COLUMNS)}
+    data["flag"] = pa.array(list(CHECKS)).take(pa.array(columns["family"]))
+    for name in ("attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"):
+        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(pa.array(at))
+    data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
+                p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
+                fired=columns["fired"], detail=details)
+    return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
 
 
-def _large_eps_counted(points: list[_Counted]) -> list[dict]:
-    flags = []
-    for point in (p for p in points if p.large and p.n_classes):
-        chance = 1 / point.n_classes
-        null = min(1.0, chance + FAR_ABOVE_CHANCE)
-        correct, n = point.adv_right, point.n
-        accuracy = correct / n
+def _detail(point: _Counted, reference: str, family: int, value: float, ref: float, n: int, null: float,
+            p: float, p_adjusted: float) -> str:
+    """The sentence ``diagnose_reference`` writes for this flag."""
+    if family < 3:
+        text = _TEXTS[_FAMILIES[family]].format(point=point.name, reference=reference, value=value, ref=ref)
+        text = f"{text} on {n} shared samples"
+    elif family == 3:
+        text = f"{point.name} leaves {value:.3f} accuracy, clean {ref:.3f}, on {n} samples"
+    else:
         budget = "" if point.unbounded else f" (radius {point.radius:.2f} of the input range)"
-        flags.append(_flag("large_eps_above_chance", point, accuracy, chance, "chance",
-                           binomial_p(correct, n, null), n, accuracy - chance,
-                           f"{point.name}{budget} leaves {accuracy:.3f} accuracy on {n} samples; "
-                           f"chance is {chance:.3f}, tested against {null:.3f}",
-                           minimum=FAR_ABOVE_CHANCE))
-    return flags
-
+        text = (f"{point.name}{budget} leaves {value:.3f} accuracy on {n} samples; "
+                f"chance is {ref:.3f}, tested against {null:.3f}")
+    return f"{text} (p = {p:.2g}, Holm {p_adjusted:.2g})"
 
 # ---------------------------------------------------------------- in the store
 
