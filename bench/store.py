@@ -7,7 +7,7 @@ worst case over attacks (`worst_case`); the diagnostics; and optionally the repo
 are synthetic (random accuracies) but have the real schema; no model is trained.
 
 Every query and the diagnostics run in a fresh Python process, so their figures are that
-process's wall time for the action and its peak resident memory (``ru_maxrss``: the
+process's wall time for the action and its peak resident memory (``VmHWM``: the
 interpreter, its libraries and DuckDB's own allocations included; a bare process that
 imports sweeper, pyarrow, DuckDB, numpy and scipy is printed as the floor). The targets
 of issue 11 are printed beside them, and whether each is met.
@@ -51,7 +51,7 @@ def synthetic_table(n_rows: int, samples: int, seed: int = 0) -> pa.Table:
     column-wise: job j is quantizer j % 8, fold (j // 8) % 10, dataset j // 80."""
     rng = np.random.default_rng(seed)
     per_job = len(POINTS)
-    jobs = max(1, n_rows // per_job)
+    jobs = max(1, -(-n_rows // per_job))  # whole jobs, at least n_rows rows
     rows = jobs * per_job
     job = np.repeat(np.arange(jobs), per_job)
     point = np.tile(np.arange(per_job), jobs)
@@ -107,10 +107,11 @@ def write_fragments(location, table: pa.Table, fragments: int, launch) -> int:
     return written
 
 
-# What a fresh process runs for each measurement: the action is timed alone; peak RSS
-# covers the process's whole life (imports included), read once the action is done.
+# What a fresh process runs for each measurement: the action is timed alone; peak RSS is
+# the process's VmHWM (its whole life, imports included), read once the action is done.
+# (ru_maxrss would not do: Linux carries it across exec from the forking parent.)
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 import duckdb, numpy, pyarrow, scipy.special
 from sweeper import diagnostics, query, report, store
@@ -118,8 +119,8 @@ results = {results!r}
 started = time.perf_counter()
 {action}
 seconds = time.perf_counter() - started
-print(json.dumps({{"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "rows": rows}}))
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print(json.dumps({{"seconds": seconds, "peak_mb": int(peak) / 1024, "rows": rows}}))
 """
 ACTIONS = {
     "floor": "rows = 0",
@@ -137,7 +138,7 @@ def measure(name: str, results: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads([text for text in done.stdout.splitlines() if text.startswith("{")][-1])
 
 
 def line(label: str, figures: dict, target: str = "") -> None:
@@ -176,7 +177,7 @@ def run(folder: Path, args) -> None:
     fragments = write_fragments(location, table, args.fragments, launch)
     written = time.perf_counter() - started
     del table
-    print(f"store: {args.rows and outcomes // args.samples} rows x {args.samples} samples "
+    print(f"store: {outcomes // args.samples} rows x {args.samples} samples "
           f"= {outcomes:,} outcome rows, {fragments} fragments at {folder}")
     print(f"  generate {generated:.2f} s, write {written:.2f} s")
     floor = measure("floor", results)

@@ -357,7 +357,8 @@ def _flag(check: str, point: Point, value: float, reference: float, reference_la
 _TEXTS = {  # the sentence of a paired comparison
     "single_step_beats_iterative": "iterative {point} leaves {value:.3f} accuracy, "
                                    "single-step {reference} with no more budget {ref:.3f},",
-    "black_box_beats_white_box": "black-box {reference} leaves {ref:.3f} accuracy, the best white-box {point} {value:.3f},",
+    "black_box_beats_white_box": "black-box {reference} leaves {ref:.3f} accuracy, "
+                                 "the best white-box {point} {value:.3f},",
     "accuracy_rises_with_eps": "{point} leaves {value:.3f} accuracy, the smaller budget {reference} {ref:.3f},",
 }
 
@@ -465,6 +466,7 @@ def diagnose(rows: pa.Table) -> pa.Table:
     columns["_order"] = pa.array(np.arange(rows.num_rows, dtype=np.int64))
     connection = duckdb.connect(":memory:")
     try:
+        connection.execute("SET enable_progress_bar = false")
         connection.register("_diagnosed_rows", pa.table(columns))
         return diagnose_relation(connection, "_diagnosed_rows")
     finally:
@@ -479,6 +481,7 @@ def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Ta
 
     connection = duckdb.connect(":memory:")
     try:
+        connection.execute("SET enable_progress_bar = false")
         connection.execute(f"SET memory_limit = '{memory_limit}'")
         connection.execute(f"CREATE VIEW _store AS {query.ordered_rows_sql(connection, store.survey(location))}")
         return diagnose_relation(connection, "_store")
@@ -499,7 +502,6 @@ def diagnose_relation(connection, relation: str) -> pa.Table:
     finally:
         for name in ("_dg_points", "_dg_samples", "_dg_info", "_dg_pairs"):
             connection.execute(f"DROP TABLE IF EXISTS {name}")
-        connection.execute("DROP VIEW IF EXISTS _dg_info_view")
 
 
 def _quoted(values) -> str:
@@ -569,7 +571,6 @@ class _Counted(Point):
 def _point_records(table: pa.Table) -> list[_Counted]:
     """The points in order, each named as ``_name`` names them within its configuration."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    width = len(CONFIG_COLUMNS)
     points, by_config = [], defaultdict(list)
     for i in range(table.num_rows):
         config = tuple(columns[c][i] for c in CONFIG_COLUMNS)
@@ -579,7 +580,6 @@ def _point_records(table: pa.Table) -> list[_Counted]:
                          **{k: columns[k][i] for k in ("n", "clean_right", "adv_right", "b", "c")})
         points.append(point)
         by_config[config].append(point)
-    assert width  # CONFIG_COLUMNS is never empty
     for same in by_config.values():
         _name(same)
     return points

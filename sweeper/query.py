@@ -163,6 +163,7 @@ def _new_connection(memory_limit: str):
     import duckdb
 
     connection = duckdb.connect(":memory:")
+    connection.execute("SET enable_progress_bar = false")  # output is the result alone
     try:
         connection.execute(f"SET memory_limit = '{memory_limit}'")
     except duckdb.Error as error:
