@@ -43,6 +43,7 @@ POINTS = [("none", "none", 0.0)] + [("fgsm", "inf", e) for e in (0.05, 0.1, 0.15
          [("pgd", "inf", e) for e in (8 / 255, 16 / 255, 32 / 255)] + [("square", "inf", 0.05)]
 TARGETS = {"robust": 1.0, "worst_case": 5.0, "diagnostics": 5.0}  # seconds
 DIAGNOSTICS_MB = 300
+TARGET_ROWS = 1_000_000  # the robust and diagnostics targets are for a store of this many rows
 WORST_CASE_OUTCOMES = 10_000_000  # the worst-case target is for a store of this many outcome rows
 
 
@@ -189,15 +190,16 @@ def run(folder: Path, args) -> None:
     print(f"  {'compact':<34} {time.perf_counter() - started:8.2f} s   "
           f"({done.before} fragments -> {done.after} file(s))")
     after = measure("robust", results)
+    small = "" if outcomes // args.samples >= TARGET_ROWS else f" (store has {outcomes // args.samples:,} < 1 M rows)"
     line("robust, after compaction", after,
-         f"target < {TARGETS['robust']:g} s: {verdict(after['seconds'] < TARGETS['robust'])}")
+         f"target < {TARGETS['robust']:g} s on 1 M rows: {verdict(after['seconds'] < TARGETS['robust'])}{small}")
     worst = measure("worst_case", results)
     scale = "" if outcomes >= WORST_CASE_OUTCOMES else f" (store has {outcomes:,} < 10 M outcome rows)"
     line("worst_case, after compaction", worst, f"target < {TARGETS['worst_case']:g} s on 10 M outcome rows: "
          f"{verdict(worst['seconds'] < TARGETS['worst_case'])}{scale}")
     diag = measure("diagnostics", results)
-    line("diagnostics", diag, f"target < {TARGETS['diagnostics']:g} s and < {DIAGNOSTICS_MB} MB: "
-         f"{verdict(diag['seconds'] < TARGETS['diagnostics'])}, {verdict(diag['peak_mb'] < DIAGNOSTICS_MB)}")
+    line("diagnostics", diag, f"target < {TARGETS['diagnostics']:g} s and < {DIAGNOSTICS_MB} MB on 1 M rows: "
+         f"{verdict(diag['seconds'] < TARGETS['diagnostics'])}, {verdict(diag['peak_mb'] < DIAGNOSTICS_MB)}{small}")
     if args.report:
         line("report (tables and figures)", measure("report", results))
     size = sum(p.stat().st_size for p in (folder / "rows").iterdir()) / 2**20
