@@ -220,8 +220,10 @@ def aligned(a: Point, b: Point) -> Paired | None:
 
 # ---------------------------------------------------------------- points
 
-def diagnose(rows: pa.Table) -> pa.Table:
-    """Every judged check of every configuration in ``rows`` (the store's schema)."""
+def diagnose_reference(rows: pa.Table) -> pa.Table:
+    """Every judged check of every configuration in ``rows`` (the store's schema),
+    computed point by point in Python: the reference that ``diagnose`` (DuckDB) must match
+    exactly. It holds every sample in memory; use it on small tables only."""
     flags = []
     for config, points in _points_by_config(rows).items():
         for flag in _checks(points):
@@ -352,6 +354,15 @@ def _flag(check: str, point: Point, value: float, reference: float, reference_la
             "n_pairs": n, "effect": effect, "minimum": minimum, "detail": detail}
 
 
+_TEXTS = {  # the sentence of a paired comparison
+    "single_step_beats_iterative": "iterative {point} leaves {value:.3f} accuracy, "
+                                   "single-step {reference} with no more budget {ref:.3f},",
+    "black_box_beats_white_box": "black-box {reference} leaves {ref:.3f} accuracy, "
+                                 "the best white-box {point} {value:.3f},",
+    "accuracy_rises_with_eps": "{point} leaves {value:.3f} accuracy, the smaller budget {reference} {ref:.3f},",
+}
+
+
 def _compare(check: str, reference: Point, point: Point, detail: str) -> dict | None:
     """Paired: does ``point`` leave more accuracy than ``reference`` on their shared samples?"""
     pair = aligned(reference, point)
@@ -373,9 +384,7 @@ def _single_step(points: list[Point]) -> list[dict]:
         for many in points:
             if not (_white(many) and not many.spec.single_step and many.norm == one.norm and many.eps >= one.eps):
                 continue
-            flags.append(_compare("single_step_beats_iterative", one, many,
-                                  "iterative {point} leaves {value:.3f} accuracy, "
-                                  "single-step {reference} with no more budget {ref:.3f},"))
+            flags.append(_compare("single_step_beats_iterative", one, many, _TEXTS["single_step_beats_iterative"]))
     return [f for f in flags if f]
 
 
@@ -389,9 +398,7 @@ def _black_box(points: list[Point]) -> list[dict]:
             continue
         # The best white-box attack on these samples: the one leaving the least accuracy.
         _, best = min(pairs, key=lambda pair_point: pair_point[0].second.mean())
-        flags.append(_compare("black_box_beats_white_box", black, best,
-                              "black-box {reference} leaves {ref:.3f} accuracy, "
-                              "the best white-box {point} {value:.3f},"))
+        flags.append(_compare("black_box_beats_white_box", black, best, _TEXTS["black_box_beats_white_box"]))
     return flags
 
 
@@ -404,9 +411,7 @@ def _rising(points: list[Point]) -> list[dict]:
     for curve in curves.values():
         for high in curve:
             for low in (p for p in curve if p.eps < high.eps):
-                flags.append(_compare("accuracy_rises_with_eps", low, high,
-                                      "{point} leaves {value:.3f} accuracy, "
-                                      "the smaller budget {reference} {ref:.3f},"))
+                flags.append(_compare("accuracy_rises_with_eps", low, high, _TEXTS["accuracy_rises_with_eps"]))
     return [f for f in flags if f]
 
 
@@ -437,12 +442,326 @@ def _large_eps(points: list[Point]) -> list[dict]:
     return flags
 
 
+
+# ---------------------------------------------------------------- in DuckDB
+#
+# The same checks at the size of the paper grid: DuckDB unnests the outcome lists, pools
+# each point's samples and counts the paired outcomes of every comparison, so no sample
+# reaches Python; Python gets one row per point and one per comparison, and computes the
+# exact p-values, Holm's adjustment and the sentences. ``diagnose_reference`` is the
+# definition: tests/test_diagnostics.py checks that both give the same table.
+
+_POINT_KEY = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
+_KEY_FOLD = 1 << _FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_index, as _flat_samples
+
+
+def diagnose(rows: pa.Table) -> pa.Table:
+    """Every judged check of every configuration in ``rows`` (the store's schema; columns
+    it lacks read as null): the same table as ``diagnose_reference``, computed in DuckDB."""
+    import duckdb
+
+    columns = {name: rows.column(name) if name in rows.column_names
+               else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
+               for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
+    columns["_order"] = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.execute("SET enable_progress_bar = false")
+        connection.register("_diagnosed_rows", pa.table(columns))
+        return diagnose_relation(connection, "_diagnosed_rows")
+    finally:
+        connection.close()
+
+
+def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Table:
+    """The diagnostics of the rows now in the store, DuckDB scanning its fragments."""
+    import duckdb
+
+    from sweeper import query
+
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.execute("SET enable_progress_bar = false")
+        connection.execute(f"SET memory_limit = '{memory_limit}'")
+        connection.execute(f"CREATE VIEW _store AS {query.ordered_rows_sql(connection, store.survey(location))}")
+        return diagnose_relation(connection, "_store")
+    finally:
+        connection.close()
+
+
+def diagnose_relation(connection, relation: str) -> pa.Table:
+    """The diagnostics of ``relation`` in ``connection``: the store's columns plus a unique
+    ``_order`` giving the rows' order (which copy of a sample counts, and the order of the
+    points and of the output, as in ``diagnose_reference``). Leaves no table behind."""
+    try:
+        points = _sql_points(connection, relation)
+        if not points:
+            return SCHEMA.empty_table()
+        comparisons = _sql_comparisons(connection, points)
+        return _assemble(points, comparisons)
+    finally:
+        for name in ("_dg_points", "_dg_samples", "_dg_info", "_dg_pairs"):
+            connection.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _quoted(values) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def _sql_points(connection, relation: str) -> list[Point]:
+    """Pool each point's samples in DuckDB (table _dg_samples: point, key, clean, adv; a
+    (fold, sample_index) taken once, from the earliest row) and return the points that
+    have samples, in the order of their first row, as ``Point``s without samples."""
+    usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
+              "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
+    # A point whose rows are of distinct folds, each with distinct sample indices in
+    # [0, 2**40), holds every key once: its samples need no deduplication.
+    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
+               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
+    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * FROM (
+            SELECT {keys}, min(_order) AS first_order,
+                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
+                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
+                   count(*) = count(DISTINCT coalesce(fold, -1)) AND bool_and({regular}) AS regular,
+                   list(_order) AS members
+            FROM {relation} WHERE {usable} GROUP BY {keys})""")
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_samples AS
+        WITH pooled AS (
+            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
+            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
+                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
+                         unnest(range(len(r.sample_index))) AS pos
+                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points) AS m
+                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
+                  USING (_order))
+            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
+        SELECT pid, key, clean, adv FROM pooled WHERE regular
+        UNION ALL
+        SELECT pid, key, clean, adv FROM (
+            SELECT * FROM pooled WHERE NOT regular
+            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
+    connection.execute("""
+        CREATE OR REPLACE TEMP TABLE _dg_info AS
+        SELECT pid, count(*) AS n, sum(clean::INTEGER)::BIGINT AS clean_right, sum(adv::INTEGER)::BIGINT AS adv_right,
+               sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
+        FROM _dg_samples GROUP BY pid""")
+    relation_ = connection.sql(f"""
+        SELECT p.pid, {', '.join('p."' + c + '"' for c in _POINT_KEY)}, p.n_classes, p.n_features,
+               p.input_range, i.n, i.clean_right, i.adv_right, i.b, i.c
+        FROM _dg_points AS p JOIN _dg_info AS i USING (pid) ORDER BY p.pid""")
+    return _point_records((getattr(relation_, "to_arrow_table", None) or relation_.arrow)())
+
+
+@dataclass(eq=False)
+class _Counted(Point):
+    """A point as DuckDB pooled it: its counts instead of its samples."""
+
+    pid: int = 0
+    n: int = 0  # samples
+    clean_right: int = 0
+    adv_right: int = 0
+    b: int = 0  # clean right, adversarial wrong
+    c: int = 0  # clean wrong, adversarial right
+
+
+def _point_records(table: pa.Table) -> list[_Counted]:
+    """The points in order, each named as ``_name`` names them within its configuration."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    points, by_config = [], defaultdict(list)
+    for i in range(table.num_rows):
+        config = tuple(columns[c][i] for c in CONFIG_COLUMNS)
+        point = _Counted(config, *(columns[c][i] for c in store.POINT_COLUMNS), n_classes=columns["n_classes"][i],
+                         n_features=columns["n_features"][i], input_range=columns["input_range"][i], keys=None,
+                         clean=None, adv=None, pid=columns["pid"][i],
+                         **{k: columns[k][i] for k in ("n", "clean_right", "adv_right", "b", "c")})
+        points.append(point)
+        by_config[config].append(point)
+    for same in by_config.values():
+        _name(same)
+    return points
+
+
+_FAMILIES = ["single_step_beats_iterative", "black_box_beats_white_box", "accuracy_rises_with_eps"]
+
+
+def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray]:
+    """The paired comparisons of S, B and E, counted on their shared samples: columns
+    family (0 S, 1 B, 2 E), cfg, first and second pid, n, first_right, second_right, b, c,
+    in ``diagnose_reference``'s order."""
+    configs: dict[tuple, int] = {}
+    positions: dict[int, int] = defaultdict(int)
+    curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
+    rows = []
+    for point in points:
+        cfg = configs.setdefault(point.config, len(configs))
+        curve = curves.setdefault((cfg, point.attack, point.attack_label, point.norm, point.attack_params),
+                                  positions[cfg])
+        rows.append({"pid": point.pid, "cfg": cfg, "pos": positions[cfg], "curve": curve, "attack": point.attack,
+                     "attack_label": point.attack_label, "norm": point.norm, "eps": point.eps,
+                     "attack_params": point.attack_params, "single_step": point.spec.single_step,
+                     "black_box": point.spec.black_box, "unbounded": point.unbounded})
+        positions[cfg] += 1
+    connection.register("_dg_flags", pa.Table.from_pylist(rows))
+    same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_pairs AS
+        SELECT 0 AS family, x.cfg, x.pos AS k1, y.pos AS k2, 0 AS k3, x.pid AS first, y.pid AS second
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg
+        WHERE x.single_step AND NOT x.black_box AND NOT x.unbounded AND NOT y.black_box AND NOT y.single_step
+              AND {same('norm')} AND y.eps >= x.eps
+        UNION ALL
+        SELECT 1, x.cfg, x.pos, y.pos, 0, x.pid, y.pid
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg
+        WHERE x.black_box AND NOT y.black_box AND {same('norm')} AND y.eps = x.eps
+        UNION ALL
+        SELECT 2, y.cfg, y.curve, y.pos, x.pos, x.pid, y.pid
+        FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
+        WHERE x.eps < y.eps""")
+    relation = connection.sql("""
+        SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, count(*) AS n,
+               sum(a.adv::INTEGER)::BIGINT AS first_right, sum(b.adv::INTEGER)::BIGINT AS second_right,
+               sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
+        FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
+        JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
+        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""")
+    counted = {name: np.asarray(values) for name, values in relation.fetchnumpy().items()}
+    connection.unregister("_dg_flags")
+    return _keep_best_white(counted)
+
+
+def _keep_best_white(counted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """B compares each black-box point with one white-box point: the one leaving the least
+    accuracy on their shared samples (the first such, in point order); the others go."""
+    keep = counted["family"] != 1
+    best: dict[int, int] = {}
+    for row in np.flatnonzero(~keep):
+        first, accuracy = counted["first"][row], counted["second_right"][row] / counted["n"][row]
+        if first not in best or accuracy < counted["second_right"][best[first]] / counted["n"][best[first]]:
+            best[first] = row
+    keep[list(best.values())] = True
+    return {name: values[keep] for name, values in counted.items()}
+
+
+def _assemble(points: list[_Counted], counted: dict[str, np.ndarray]) -> pa.Table:
+    """The flags as ``_checks`` and ``_decide`` make them, computed column-wise: ordered by
+    configuration, check and place in the check's loops; Holm within configuration and check."""
+    index = {point.pid: i for i, point in enumerate(points)}
+    configs: dict[tuple, int] = {}
+    cfg_of = np.array([configs.setdefault(point.config, len(configs)) for point in points], dtype=np.int64)
+    position = np.arange(len(points))
+    n = np.array([point.n for point in points], dtype=np.int64)
+    adv = np.array([point.adv_right for point in points], dtype=np.int64)
+    clean = np.array([point.clean_right for point in points], dtype=np.int64)
+    large = np.array([bool(point.large and point.n_classes) for point in points])
+    classes = np.array([point.n_classes if large[i] else 1 for i, point in enumerate(points)], dtype=np.int64)
+    first = np.array([index[pid] for pid in counted["first"].tolist()], dtype=np.int64)
+    second = np.array([index[pid] for pid in counted["second"].tolist()], dtype=np.int64)
+    chance = 1 / classes[large]
+    null = np.minimum(1.0, chance + FAR_ABOVE_CHANCE)
+    columns = {  # S, B, E (paired), then C (per point), then L (large points)
+        "family": np.concatenate([counted["family"], np.full(len(points), 3), np.full(int(large.sum()), 4)]),
+        "cfg": np.concatenate([counted["cfg"], cfg_of, cfg_of[large]]),
+        "point": np.concatenate([second, position, position[large]]),
+        "reference_point": np.concatenate([first, np.full(len(points) + int(large.sum()), -1)]),
+        "n": np.concatenate([counted["n"], n, n[large]]),
+        "value": np.concatenate([counted["second_right"] / counted["n"], adv / n, adv[large] / n[large]]),
+        "reference": np.concatenate([counted["first_right"] / counted["n"], clean / n, chance]),
+        "p_value": np.concatenate([_mcnemar_p(counted["b"], counted["c"]), _mcnemar_p(
+            np.array([p.b for p in points], np.int64), np.array([p.c for p in points], np.int64)),
+            _binomial_p(adv[large], n[large], null)]),
+        "null": np.concatenate([np.full(len(counted["n"]) + len(points), np.nan), null]),
+    }
+    order = np.lexsort((np.arange(len(columns["cfg"])), columns["family"], columns["cfg"]))  # stable
+    columns = {name: values[order] for name, values in columns.items()}
+    columns["p_adjusted"] = _holm_grouped(columns["p_value"], columns["cfg"] * 5 + columns["family"])
+    minimum = np.where(columns["family"] == 4, FAR_ABOVE_CHANCE, MIN_MARGIN)
+    effect = columns["value"] - columns["reference"]
+    columns["fired"] = (columns["p_adjusted"] < ALPHA) & (effect >= minimum - 1e-12)
+    return _flag_table(points, list(configs), columns)
+
+
+def _mcnemar_p(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return _binomial_p(c, b + c, np.full(len(b), 0.5))
+
+
+def _binomial_p(successes: np.ndarray, trials: np.ndarray, p0: np.ndarray) -> np.ndarray:
+    """``binomial_p`` element-wise (the same scipy function on the same types)."""
+    from scipy.special import bdtrc
+
+    out = np.ones(len(successes))
+    judged = (trials > 0) & (successes > 0)
+    if judged.any():
+        out[judged] = np.minimum(1.0, bdtrc(successes[judged] - 1, trials[judged], p0[judged]))
+    return out
+
+
+def _holm_grouped(p: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``holm`` within each group (groups contiguous and ascending, members in order). The
+    running maximum restarts per group by ranking the scaled values as integer codes and
+    offsetting each group past the last: exact, no arithmetic on the p-values."""
+    if not len(p):
+        return np.empty(0)
+    order = np.lexsort((np.arange(len(p)), p, group))  # stable argsort of p within each group
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+    sizes = np.diff(np.r_[starts, len(p)])
+    rank = np.arange(len(p)) - np.repeat(starts, sizes)
+    scaled = np.minimum(1.0, (np.repeat(sizes, sizes) - rank) * p[order])
+    values, codes = np.unique(scaled, return_inverse=True)
+    segment = np.repeat(np.arange(len(starts)), sizes) * len(values)
+    adjusted = np.empty(len(p))
+    adjusted[order] = values[np.maximum.accumulate(codes + segment) - segment]
+    return adjusted
+
+
+_REFERENCE_LABEL = {3: "clean", 4: "chance"}
+
+
+def _flag_table(points: list[_Counted], configs: list[tuple], columns: dict[str, np.ndarray]) -> pa.Table:
+    """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
+    at = columns["point"].tolist()
+    names = [point.name for point in points]
+    references = [names[i] if i >= 0 else _REFERENCE_LABEL[f]
+                  for i, f in zip(columns["reference_point"].tolist(), columns["family"].tolist())]
+    details = [_detail(points[i], ref, f, v, r, n, null, p, q) for i, ref, f, v, r, n, null, p, q in zip(
+        at, references, columns["family"].tolist(), columns["value"].tolist(), columns["reference"].tolist(),
+        columns["n"].tolist(), columns["null"].tolist(), columns["p_value"].tolist(),
+        columns["p_adjusted"].tolist())]
+    cfg = pa.array(columns["cfg"])
+    data = {name: pa.array([config[k] for config in configs], SCHEMA.field(name).type).take(cfg)
+            for k, name in enumerate(CONFIG_COLUMNS)}
+    data["flag"] = pa.array(list(CHECKS)).take(pa.array(columns["family"]))
+    for name in ("attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"):
+        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(pa.array(at))
+    data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
+                p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
+                fired=columns["fired"], detail=details)
+    return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+
+
+def _detail(point: _Counted, reference: str, family: int, value: float, ref: float, n: int, null: float,
+            p: float, p_adjusted: float) -> str:
+    """The sentence ``diagnose_reference`` writes for this flag."""
+    if family < 3:
+        text = _TEXTS[_FAMILIES[family]].format(point=point.name, reference=reference, value=value, ref=ref)
+        text = f"{text} on {n} shared samples"
+    elif family == 3:
+        text = f"{point.name} leaves {value:.3f} accuracy, clean {ref:.3f}, on {n} samples"
+    else:
+        budget = "" if point.unbounded else f" (radius {point.radius:.2f} of the input range)"
+        text = (f"{point.name}{budget} leaves {value:.3f} accuracy on {n} samples; "
+                f"chance is {ref:.3f}, tested against {null:.3f}")
+    return f"{text} (p = {p:.2g}, Holm {p_adjusted:.2g})"
+
 # ---------------------------------------------------------------- in the store
 
 def write(location: store.Location, rows: pa.Table | None = None) -> pa.Table:
     """(Re)write RESULTS/diagnostics.parquet from the rows now in the store (``rows``, when
     the caller has just read them all)."""
-    flags = diagnose(store.read(location).table if rows is None else rows)
+    flags = diagnose_store(location) if rows is None else diagnose(rows)
     store.write_file(location, store.DIAGNOSTICS_FILE, flags)
     return flags
 

@@ -1,7 +1,11 @@
 """Query: read-only SQL over a result store.
 
-The store is read with pyarrow (so any filesystem the store supports works, and damaged
-fragments are skipped) and handed to an in-memory DuckDB, with these names:
+DuckDB scans the store's Parquet files itself (``read_parquet`` over the explicit list of
+fragments whose footers carry sweeper's schema version; damaged and foreign files are
+left out), so a query reads only the columns and row groups it needs and nothing is
+loaded whole. Older schemas are read through the same renames as ``store.read``, and a
+cell stored twice counts once (the earliest fragment's row). Stores on other
+filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
 
 - ``results``: the rows, one per cell (the store's schema);
 - ``robust``: mean, standard deviation and variance across folds of every cell, plus the
@@ -36,7 +40,7 @@ DEFAULT_MEMORY_LIMIT = "2GB"
 _CONFIG = ", ".join(store.CONFIG_COLUMNS)
 _POINT = ", ".join(store.POINT_COLUMNS)
 _ACCURACIES = """
-               count(DISTINCT fold)::INTEGER AS folds, count(*)::INTEGER AS rows,
+               len(list_distinct(list(fold)))::INTEGER AS folds, count(*)::INTEGER AS rows,
                CAST(sum(n_samples) AS BIGINT) AS samples,
                avg(clean_acc) AS clean_acc_mean, stddev_samp(clean_acc) AS clean_acc_std,
                avg(adv_acc) AS adv_acc_mean, stddev_samp(adv_acc) AS adv_acc_std,
@@ -50,44 +54,57 @@ _ACCURACIES = """
                max(params) AS params, max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb,
                max(tflite_kb) AS tflite_kb, max(arena_kb) AS arena_kb,
                max(flash_packed_kb) AS flash_packed_kb, max(ram_packed_kb) AS ram_packed_kb,
-               string_agg(DISTINCT footprint_source, '+') AS footprint_source"""
+               nullif(array_to_string(list_sort(list_distinct(list(footprint_source))), '+'), '')
+                   AS footprint_source"""
 # Worst case over attacks at each budget, the robustness-leaderboard convention: a sample
 # counts as robust only if every attack run at that (norm, eps) on it failed. Built from
 # the per-sample outcomes of one fold's rows with the same samples, then averaged over
 # folds like any other point; its label names the attacks it covers.
-_SAME = " AND ".join(f"covered.{c} IS NOT DISTINCT FROM per_fold.{c}"  # NULL-safe: schema-2 keys
-                     for c in [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"])
+_KEY = [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"]
+_SAME = " AND ".join(f"a.{c} IS NOT DISTINCT FROM covered.{c}" for c in _KEY)  # NULL-safe: schema-2 keys
+# Only (configuration, fold, norm, eps) groups with at least two attacks make a worst
+# case: a cheap first pass on few columns (config_id, fold, norm, eps, n_samples: coarser
+# than the group, so no such group is lost) finds where two attack labels meet, and only
+# those rows are grouped exactly and unnested. (DISTINCT aggregates are written with
+# list_distinct: the same values, far cheaper in DuckDB.)
+_ATTACKED = "FROM results WHERE attack <> 'none' AND eps > 0 AND adv_correct IS NOT NULL"
+_COARSE = ["config_id", "fold", "norm", "eps", "n_samples"]
 _WORST_CASE = f"""
-        WITH attacked AS (
-            SELECT * FROM results
-            WHERE attack <> 'none' AND eps > 0 AND adv_correct IS NOT NULL),
+        WITH coarse AS MATERIALIZED (
+            SELECT {', '.join(_COARSE)} {_ATTACKED} GROUP BY ALL HAVING min(attack_label) <> max(attack_label)),
+        candidates AS (
+            SELECT a.* FROM (SELECT {', '.join(_KEY)}, attack_label, eps_label, clean_acc, test_acc, params,
+                                    flash_kb, ram_kb, tflite_kb, arena_kb, flash_packed_kb, ram_packed_kb,
+                                    footprint_source, sample_index, adv_correct, clean_correct {_ATTACKED}) AS a
+            SEMI JOIN coarse ON {" AND ".join(f"a.{c} IS NOT DISTINCT FROM coarse.{c}" for c in _COARSE)}),
+        covered AS MATERIALIZED (
+            SELECT row_number() OVER () AS gid, * FROM (
+                SELECT {_CONFIG}, fold, norm, eps, n_samples, min(eps_label) AS eps_label,
+                       array_to_string(list_sort(list_distinct(list(attack_label))), '+') AS covers,
+                       len(list_distinct(list(attack_label))) AS attacks, any_value(clean_acc) AS clean_acc,
+                       any_value(test_acc) AS test_acc, max(params) AS params,
+                       max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb, max(tflite_kb) AS tflite_kb,
+                       max(arena_kb) AS arena_kb, max(flash_packed_kb) AS flash_packed_kb,
+                       max(ram_packed_kb) AS ram_packed_kb, any_value(footprint_source) AS footprint_source,
+                       NULL::DOUBLE AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc
+                FROM candidates GROUP BY {_CONFIG}, fold, norm, eps, n_samples)
+            WHERE attacks >= 2),
         per_sample AS (
-            SELECT {_CONFIG}, fold, norm, eps, n_samples, sample,
-                   bool_and(ok) AS ok, bool_and(clean) AS clean
-            FROM (SELECT {_CONFIG}, fold, norm, eps, n_samples, unnest(sample_index) AS sample,
-                         unnest(adv_correct) AS ok, unnest(clean_correct) AS clean FROM attacked)
-            GROUP BY ALL),
+            SELECT gid, sample, bool_and(ok) AS ok, bool_and(clean) AS clean
+            FROM (SELECT covered.gid, unnest(a.sample_index) AS sample, unnest(a.adv_correct) AS ok,
+                         unnest(a.clean_correct) AS clean
+                  FROM candidates AS a JOIN covered ON {_SAME})
+            GROUP BY gid, sample),
         per_fold AS (
-            SELECT {_CONFIG}, fold, norm, eps, n_samples, avg(ok::DOUBLE) AS adv_acc,
+            SELECT gid, avg(ok::DOUBLE) AS adv_acc,
                    sum((clean AND NOT ok)::INTEGER) / nullif(sum(clean::INTEGER), 0) AS attack_success_rate
-            FROM per_sample GROUP BY ALL),
-        covered AS (
-            SELECT {_CONFIG}, fold, norm, eps, n_samples, min(eps_label) AS eps_label,
-                   string_agg(DISTINCT attack_label, '+' ORDER BY attack_label) AS covers,
-                   count(DISTINCT attack_label) AS attacks, any_value(clean_acc) AS clean_acc,
-                   any_value(test_acc) AS test_acc, max(params) AS params,
-                   max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb, max(tflite_kb) AS tflite_kb,
-                   max(arena_kb) AS arena_kb, max(flash_packed_kb) AS flash_packed_kb,
-                   max(ram_packed_kb) AS ram_packed_kb, any_value(footprint_source) AS footprint_source,
-                   NULL::DOUBLE AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc
-            FROM attacked GROUP BY {_CONFIG}, fold, norm, eps, n_samples)
+            FROM per_sample GROUP BY gid)
         SELECT {', '.join('covered.' + c for c in store.CONFIG_COLUMNS)}, 'worst_case' AS attack,
                'worst(' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
                eps_label, '{{"covers": "' || covers || '"}}' AS attack_params,
                covered.n_samples AS n_samples, {_ACCURACIES.replace("fold)", "covered.fold)").replace(
                    "(n_samples)", "(covered.n_samples)")}
-        FROM covered JOIN per_fold ON {_SAME}
-        WHERE attacks >= 2
+        FROM covered JOIN per_fold USING (gid)
         GROUP BY ALL"""
 VIEWS = {  # in creation order: robust reads worst_case
     "worst_case": _WORST_CASE,
@@ -114,18 +131,54 @@ VIEWS = {  # in creation order: robust reads worst_case
 
 def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT,
             with_diagnostics: bool = True):
-    """An in-memory DuckDB holding ``rows`` and every derived view, locked read-only.
-    ``with_diagnostics`` False leaves out the one table that costs time to build."""
-    import duckdb
-    import pyarrow as pa
-
+    """An in-memory DuckDB holding ``rows`` (a pyarrow Table) and every derived view,
+    locked read-only. ``with_diagnostics`` False leaves out the one table that costs time
+    to build."""
     from sweeper import diagnostics
-    from sweeper.footprint import MCUS
 
-    connection = duckdb.connect(":memory:")
+    connection = _new_connection(memory_limit)
     connection.register("results", rows)
     if with_diagnostics:
         connection.register("diagnostics", diagnostics.diagnose(rows))
+    return _finish(connection, launches, [])
+
+
+def connect_store(location: store.Location, launches: list[dict] | None = None,
+                  memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
+    """As ``connect``, with ``results`` a view that scans the store's local fragments in
+    place; the diagnostics are computed in DuckDB from the same view."""
+    from sweeper import diagnostics
+
+    found = store.survey(location)
+    connection = _new_connection(memory_limit)
+    paths = [fragment.path for fragment in found.fragments]
+    connection.execute(f"CREATE VIEW {ORDERED} AS {ordered_rows_sql(connection, found)}")
+    connection.execute(f"CREATE VIEW results AS SELECT * EXCLUDE (_order) FROM {ORDERED}")
+    if with_diagnostics:
+        connection.register("diagnostics", diagnostics.diagnose_relation(connection, ORDERED))
+    return _finish(connection, launches, paths)
+
+
+def _new_connection(memory_limit: str):
+    import duckdb
+
+    connection = duckdb.connect(":memory:")
+    connection.execute("SET enable_progress_bar = false")  # output is the result alone
+    try:
+        connection.execute(f"SET memory_limit = '{memory_limit}'")
+    except duckdb.Error as error:
+        connection.close()
+        raise UserError(f"--memory-limit: {str(error).splitlines()[0]}") from None
+    return connection
+
+
+def _finish(connection, launches: list[dict] | None, paths: list[str]):
+    """Add the launches, the MCU profiles and the views, then lock the connection: no file
+    but the store's fragments (``paths``) can be read, nothing written, nothing reset."""
+    import pyarrow as pa
+
+    from sweeper.footprint import MCUS
+
     connection.register("launches", _launch_table(launches or []))
     mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
              "ram_block_kb": float(MCUS.get(name).ram_block_kb), "description": MCUS.get(name).description,
@@ -133,14 +186,51 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
     connection.register("mcus", pa.Table.from_pylist(mcus))
     for name, sql in VIEWS.items():
         connection.execute(f"CREATE VIEW {name} AS {sql}")
-    try:
-        connection.execute(f"SET memory_limit = '{memory_limit}'")
-    except duckdb.Error as error:
-        connection.close()
-        raise UserError(f"--memory-limit: {str(error).splitlines()[0]}") from None
+    if paths:
+        connection.execute(f"SET allowed_paths = {_sql_list(paths)}")
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
+
+
+# The store's rows with ``_order``: the earliest fragment's row of a cell comes first.
+ORDERED = "_ordered_results"
+
+
+def ordered_rows_sql(connection, found: store.Survey) -> str:
+    """SQL for every readable row of ``found``'s fragments in the current schema, one per
+    cell (store.read's rule: the earliest fragment, then the earliest row in it, wins),
+    with an ``_order`` column in that order. Files of schema <= 2 are read through their
+    older meanings (store.projection)."""
+    groups: dict[bool, list[tuple[int, store.Fragment]]] = {}
+    for ordinal, fragment in enumerate(found.fragments):
+        groups.setdefault(fragment.version < 3, []).append((ordinal, fragment))
+    parts = [f"SELECT {', '.join(store.projection(set().union(*(f.columns for _, f in members)), 2 if older else 3))}, "
+             f"{_sql_list([o for o, _ in members])}[file_index::BIGINT + 1]::BIGINT * {1 << 40} + file_row_number "
+             "AS _order "
+             f"FROM read_parquet({_sql_list([f.path for _, f in members])}, union_by_name = true)"
+             for older, members in groups.items()]
+    if not parts:
+        return f"SELECT {', '.join(store.projection([], 3))}, 0::BIGINT AS _order WHERE false"
+    rows = " UNION ALL ".join(parts)
+    if _unique_by_construction(found) or not _has_duplicates(connection, rows):
+        return rows
+    return f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY cell_id ORDER BY _order) = 1"
+
+
+def _unique_by_construction(found: store.Survey) -> bool:
+    """One compacted file holds each cell once: compaction wrote it that way."""
+    return len(found.fragments) == 1 and "-compacted-" in found.fragments[0].path.rpartition("/")[2]
+
+
+def _has_duplicates(connection, rows: str) -> bool:
+    [(dropped,)] = connection.execute(f"SELECT count(*) - count(DISTINCT cell_id) FROM ({rows})").fetchall()
+    return dropped > 0
+
+
+def _sql_list(values: list) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" if isinstance(v, str) else str(int(v))
+                           for v in values) + "]"
 
 
 def _launch_table(launches: list[dict]):
@@ -170,9 +260,13 @@ def fetch(connection, sql: str):
 
 
 def open_store(results: str, memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
+    import pyarrow.fs as pafs
+
     location = store.locate(results)
     store.require_results(location)
-    return connect(store.read(location).table, store.launches(location), memory_limit, with_diagnostics)
+    if not isinstance(location.fs, pafs.LocalFileSystem):  # DuckDB reads local files without extensions
+        return connect(store.read(location).table, store.launches(location), memory_limit, with_diagnostics)
+    return connect_store(location, store.launches(location), memory_limit, with_diagnostics)
 
 
 def run(results: str, sql: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):

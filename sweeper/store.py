@@ -429,6 +429,75 @@ def _first_row_per_cell(table: pa.Table) -> tuple[pa.Table, int]:
     return (table, 0) if len(keep) == table.num_rows else (table.take(keep), table.num_rows - len(keep))
 
 
+@dataclass(frozen=True)
+class Fragment:
+    """A sweeper fragment as its footer describes it (nothing of its data read)."""
+
+    path: str
+    version: int  # its SCHEMA_VERSION
+    columns: tuple[str, ...]  # the columns it holds
+    rows: int
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The row files of a store, sorted out from their footers alone: what a reader that
+    scans them itself (DuckDB) may read, in the order that decides which copy of a cell
+    stored twice counts (the earliest fragment, then the earliest row in it)."""
+
+    fragments: tuple[Fragment, ...]
+    damaged: tuple[str, ...]  # the footer cannot be read (e.g. a torn file)
+    foreign: tuple[str, ...]  # no sweeper schema version in the footer: never read
+
+
+def survey(location: Location, paths: list[str] | None = None) -> Survey:
+    """Sort ``paths`` (default: every fragment) into readable, damaged and foreign by
+    reading their Parquet footers only."""
+    found, damaged, foreign = [], [], []
+    for path in fragments(location) if paths is None else paths:
+        try:
+            with location.fs.open_input_file(path) as handle:
+                metadata = pq.ParquetFile(handle).metadata
+                schema = metadata.schema.to_arrow_schema()
+        except (pa.ArrowException, OSError):
+            damaged.append(path)
+            continue
+        if META_VERSION not in (schema.metadata or {}):
+            foreign.append(path)
+            continue
+        found.append(Fragment(path, int(schema.metadata[META_VERSION]), tuple(schema.names), metadata.num_rows))
+    return Survey(tuple(found), tuple(damaged), tuple(foreign))
+
+
+def projection(fragment_columns: Iterable[str], version: int, columns: list[str] | None = None) -> list[str]:
+    """SQL expressions that read files of one schema ``version`` holding
+    ``fragment_columns`` as the current schema's ``columns``: the same renames, changed
+    meanings and nulls as ``_read_fragment`` (older_meanings, conform)."""
+    present = set(fragment_columns)
+    renamed = _RENAMED if version < 3 else {}
+    gone = set(_CHANGED_MEANING) if version < 3 else set()
+    out = []
+    for name in columns or SCHEMA.names:
+        source = renamed.get(name, name)
+        sql_type = sql_type_of(SCHEMA.field(name).type)
+        if source in present and name not in gone:
+            out.append(f'CAST("{source}" AS {sql_type}) AS "{name}"')
+        else:
+            out.append(f'CAST(NULL AS {sql_type}) AS "{name}"')
+    return out
+
+
+_SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT",
+              pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
+
+
+def sql_type_of(dtype: pa.DataType) -> str:
+    """The DuckDB type of a column of the store's schema."""
+    if pa.types.is_list(dtype):
+        return sql_type_of(dtype.value_type) + "[]"
+    return _SQL_TYPES[dtype]
+
+
 def launches(location: Location) -> list[dict[str, Any]]:
     """The provenance records of every readable fragment, oldest launch first."""
     found: dict[str, dict[str, Any]] = {}

@@ -303,3 +303,72 @@ def test_accuracy_rises_with_eps_false_alarm_rate_on_flat_curves():
     # Holm keeps the family-wise rate at most ALPHA; slack: three binomial standard errors.
     assert rate <= diagnostics.ALPHA + 3 * math.sqrt(diagnostics.ALPHA * (1 - diagnostics.ALPHA) / configs)
     assert old > 0.1  # the rule it replaces, on the same data
+
+
+# ---------------------------------------------------------------- DuckDB against the reference
+
+ATTACK_NORMS = [("fgsm", "inf"), ("fgsm", "2"), ("pgd", "inf"), ("pgd", "2"), ("square", "inf"), ("cw_l2", "2"),
+                ("zoo", "2"), ("boundary", "2"), ("none", "none")]
+
+
+def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
+    """Rows that hit every corner the pooling and the checks have: several configurations,
+    every attack kind, unbounded budgets, namesakes that differ in parameters or sample
+    count, a fold stored twice, shifted and repeated sample indices, nulls inside the
+    outcome lists, rows without outcomes or clip range, and one unknown attack."""
+    rows = []
+    for config in range(configs):
+        for _ in range(int(rng.integers(6, 16))):
+            attack, norm = ATTACK_NORMS[rng.integers(len(ATTACK_NORMS))]
+            eps = float(rng.choice([0.0, 0.05, 0.1, 0.3, 0.5, 2.4, math.inf]))
+            n = int(rng.choice([8, 12]))
+            p_right = float(rng.uniform(0.05, 0.95))
+            adv = list(rng.random(n) < p_right)
+            rows += point(attack, eps, adv, norm=norm, clean=list(rng.random(n) < 0.9), config=f"c{config}",
+                          quantizer=f"q{config}", params=str(rng.choice(["{}", '{"max_iter": 3}'])),
+                          clip=None if rng.random() < 0.1 else (0.0, float(rng.choice([1.0, 255.0]))),
+                          n_classes=int(rng.choice([2, 10])), folds=int(rng.integers(1, 4)),
+                          outcomes=rng.random() > 0.05)
+    for row in rows:
+        row["cell_id"] = f"{row['cell_id']}-{rng.integers(1 << 30)}"
+        if row["sample_index"] is None:
+            continue
+        shape = rng.random()
+        if shape < 0.1:  # other samples
+            row["sample_index"] = [i + int(rng.integers(0, 4)) for i in row["sample_index"]]
+        elif shape < 0.15:  # a sample index repeated within the row
+            row["sample_index"][-1] = row["sample_index"][0]
+        elif shape < 0.2:  # an unknown outcome
+            row["adv_correct"][int(rng.integers(len(row["adv_correct"])))] = None
+        elif shape < 0.22:  # lists of unequal length: not judged
+            row["clean_correct"] = row["clean_correct"][:-1]
+    twice = [dict(row, cell_id=row["cell_id"] + "-again", adv_correct=list(rng.random(len(row["adv_correct"])) < 0.5))
+             for row in rows[::7] if row["sample_index"] is not None]
+    strange = [dict(rows[0], attack="deepfool", cell_id="unknown-attack")]
+    return rows + twice + strange
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_duckdb_gives_exactly_the_reference_table(seed):
+    rows = random_rows(np.random.default_rng(seed))
+    order = np.random.default_rng(seed + 100).permutation(len(rows))
+    shuffled = table([rows[i] for i in order])
+    reference = diagnostics.diagnose_reference(shuffled)
+    assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == 5
+    assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
+    assert diagnostics.diagnose(shuffled).equals(reference)
+
+
+def test_the_store_path_gives_exactly_the_reference_table(tmp_path):
+    """Fragments scanned by DuckDB (a cell stored twice counts once, the earliest copy)
+    give the same table as the reference on the rows ``store.read`` returns."""
+    location = store.locate(str(tmp_path))
+    rows = random_rows(np.random.default_rng(7))
+    for start in range(0, len(rows), 40):
+        store.write_rows(location, rows[start:start + 40])
+    store.write_rows(location, [dict(row, adv_correct=[not v if v is not None else None for v in row["adv_correct"]])
+                                for row in rows[:30] if row["adv_correct"] is not None])  # later copies: ignored
+    reference = diagnostics.diagnose_reference(store.read(location).table)
+    assert reference.num_rows > 50
+    assert diagnostics.diagnose_store(location).equals(reference)
+    assert query.run(str(tmp_path), "SELECT * FROM diagnostics").equals(reference)

@@ -166,3 +166,34 @@ def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):
     assert tiny.returncode == 2 and "memory" in tiny.stderr.lower()
     bad = sweeper("query", results, "SELECT 1", "--memory-limit", "lots")
     assert bad.returncode == 2 and "--memory-limit" in bad.stderr
+
+
+def test_the_store_is_scanned_in_place_with_every_guarantee_of_read(tmp_path):
+    """DuckDB reads the fragments itself, yet sees exactly what store.read returns: the
+    earliest copy of a cell stored twice, nothing of a torn or a foreign file, and a
+    schema-2 fragment through its older meanings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_store import _foreign_file
+
+    location = store.locate(str(tmp_path))
+    good = store.write_rows(location, [make_row("a", adv_acc=0.1), make_row("b", adv_acc=0.2)])
+    store.write_rows(location, [make_row("a", adv_acc=0.9), make_row("c", adv_acc=0.3)])  # "a" again: ignored
+    torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
+    torn.write_bytes(open(good, "rb").read()[:100])
+    foreign = _foreign_file(tmp_path)
+    old = make_row("z", flash_kb=7.0)
+    for column in [*store.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max"]:
+        del old[column]
+    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+        {"sweeper_schema_version": "2"}), tmp_path / "rows" / "part-00000000T000000-v2-00000000.parquet")
+
+    columns = ["cell_id", "adv_acc", "flash_kb", "flash_packed_kb", "sample_index"]
+    expected = store.read(location, columns).table.sort_by("cell_id")
+    assert expected.column("cell_id").to_pylist() == ["a", "b", "c", "z"]
+    got = query.run(str(tmp_path), f"SELECT {', '.join(columns)} FROM results ORDER BY cell_id")
+    assert got.to_pylist() == expected.to_pylist()
+    assert got.to_pylist()[0]["adv_acc"] == 0.1 and got.to_pylist()[3]["flash_packed_kb"] == 7.0
+    with pytest.raises(UserError, match="query failed"):  # only the store's own fragments are readable
+        query.run(str(tmp_path), f"SELECT * FROM read_parquet('{foreign}')")

@@ -264,3 +264,25 @@ def test_schema_2_rows_read_with_nulls_for_the_new_columns(tmp_path):
     assert (row["flash_packed_kb"], row["flash_kb"], row["ram_kb"]) == (1.5, None, None)
     assert store.read(location, ["flash_kb", "flash_packed_kb"]).table.to_pylist() == \
         [{"flash_kb": None, "flash_packed_kb": 1.5}]
+
+
+def test_survey_sorts_fragments_from_their_footers(tmp_path):
+    location = store.locate(str(tmp_path))
+    good = store.write_rows(location, [make_row("a"), make_row("b")])
+    torn = tmp_path / "rows" / "part-99999999T999999-torn-00000000.parquet"
+    torn.write_bytes(open(good, "rb").read()[:100])
+    foreign = _foreign_file(tmp_path)
+    found = store.survey(location)
+    [fragment] = found.fragments
+    assert (fragment.path, fragment.version, fragment.rows) == (good, store.SCHEMA_VERSION, 2)
+    assert set(fragment.columns) == set(store.SCHEMA.names)
+    assert found.damaged == (str(torn),) and found.foreign == (str(foreign),)
+
+
+def test_projection_reads_older_schemas_as_read_does():
+    current = store.projection(["cell_id", "flash_kb"], 3, ["cell_id", "flash_kb", "flash_packed_kb"])
+    assert current == ['CAST("cell_id" AS VARCHAR) AS "cell_id"', 'CAST("flash_kb" AS DOUBLE) AS "flash_kb"',
+                       'CAST(NULL AS DOUBLE) AS "flash_packed_kb"']
+    older = store.projection(["cell_id", "flash_kb", "ram_kb"], 2, ["flash_kb", "ram_kb", "flash_packed_kb"])
+    assert older == ['CAST(NULL AS DOUBLE) AS "flash_kb"', 'CAST(NULL AS DOUBLE) AS "ram_kb"',
+                     'CAST("flash_kb" AS DOUBLE) AS "flash_packed_kb"']
