@@ -458,15 +458,14 @@ _KEY_FOLD = 1 << _FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_in
 def diagnose(rows: pa.Table) -> pa.Table:
     """Every judged check of every configuration in ``rows`` (the store's schema; columns
     it lacks read as null): the same table as ``diagnose_reference``, computed in DuckDB."""
-    import duckdb
+    from sweeper import query
 
     columns = {name: rows.column(name) if name in rows.column_names
                else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
                for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
     columns["_order"] = pa.array(np.arange(rows.num_rows, dtype=np.int64))
-    connection = duckdb.connect(":memory:")
+    connection = query.new_connection()
     try:
-        connection.execute("SET enable_progress_bar = false")
         connection.register("_diagnosed_rows", pa.table(columns))
         return diagnose_relation(connection, "_diagnosed_rows")
     finally:
@@ -475,14 +474,10 @@ def diagnose(rows: pa.Table) -> pa.Table:
 
 def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Table:
     """The diagnostics of the rows now in the store, DuckDB scanning its fragments."""
-    import duckdb
-
     from sweeper import query
 
-    connection = duckdb.connect(":memory:")
+    connection = query.new_connection(memory_limit)
     try:
-        connection.execute("SET enable_progress_bar = false")
-        connection.execute(f"SET memory_limit = '{memory_limit}'")
         connection.execute(f"CREATE VIEW _store AS {query.ordered_rows_sql(connection, store.survey(location))}")
         return diagnose_relation(connection, "_store")
     finally:

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import os
 from typing import Any
 
 from sweeper import store
@@ -136,7 +137,7 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
     to build."""
     from sweeper import diagnostics
 
-    connection = _new_connection(memory_limit)
+    connection = new_connection(memory_limit)
     connection.register("results", rows)
     if with_diagnostics:
         connection.register("diagnostics", diagnostics.diagnose(rows))
@@ -150,7 +151,7 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
     from sweeper import diagnostics
 
     found = store.survey(location)
-    connection = _new_connection(memory_limit)
+    connection = new_connection(memory_limit)
     paths = [fragment.path for fragment in found.fragments]
     connection.execute(f"CREATE VIEW {ORDERED} AS {ordered_rows_sql(connection, found)}")
     connection.execute(f"CREATE VIEW results AS SELECT * EXCLUDE (_order) FROM {ORDERED}")
@@ -159,11 +160,18 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
     return _finish(connection, launches, paths)
 
 
-def _new_connection(memory_limit: str):
+def new_connection(memory_limit: str = DEFAULT_MEMORY_LIMIT):
+    """An in-memory DuckDB connection as every sweeper query uses: no progress bar, the
+    memory limit, and spills to the system's temporary folder (DuckDB's default for an
+    in-memory database is ``.tmp`` in the working directory: the user's checkout)."""
+    import tempfile
+
     import duckdb
 
     connection = duckdb.connect(":memory:")
     connection.execute("SET enable_progress_bar = false")  # output is the result alone
+    spill = os.path.join(tempfile.gettempdir(), "sweeper-duckdb")
+    connection.execute(f"SET temp_directory = '{spill}'")
     try:
         connection.execute(f"SET memory_limit = '{memory_limit}'")
     except duckdb.Error as error:
