@@ -28,6 +28,8 @@ extrapolating core-hours on this kind of machine only).
     python bench/train_step.py [--models stq_net dscnn] [--presets fp int8 stq]
                                [--threads 1 2] [--repeats 7] [--steps 10] [--quick]
 
+``--stock`` adds rows PRESET/qk: the same preset built with QKeras's stock quantizers
+instead of sweeper's lean ones (sweeper.quantizers.lean), in the same interleaved run.
 ``--quick``: small_cnn and stq_net, presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
 """
 
@@ -55,6 +57,7 @@ SHAPES = {
 }
 PRESETS = ["fp", "int8", "int4", "int2", "ternary", "stq", "binary", "sbinary"]
 KINDS = ("train", "forward", "grad")
+STOCK = "/qk"  # preset suffix: built with QKeras's stock quantizers (--stock)
 BATCH = 64
 QUICK = {"models": ["small_cnn", "stq_net"], "presets": ["fp", "int8", "stq", "sbinary"],
          "repeats": 3, "steps": 5}
@@ -75,11 +78,19 @@ def _setup(model_name: str, preset_name: str):
     from sweeper.trial import train
 
     shape, classes = SHAPES[model_name]
+    stock = preset_name.endswith(STOCK)
+    if stock:  # QKeras's own quantizers, as before sweeper's lean ones
+        import sweeper.quantizers as quantizers
+
+        lean_make = quantizers.make
+        models.make = quantizers.make = quantizers.make_original
     rng = np.random.default_rng(0)
     x = rng.random((BATCH, *shape), dtype=np.float32)
     y = rng.integers(0, classes, BATCH)
     tf.keras.utils.set_random_seed(0)
-    model = models.build(model_name, shape, classes, QUANTIZERS.get(preset_name))
+    model = models.build(model_name, shape, classes, QUANTIZERS.get(preset_name.removesuffix(STOCK)))
+    if stock:
+        models.make = quantizers.make = lean_make
     train(model, Train(epochs=1, batch_size=BATCH, optimizer="adamax", learning_rate=1e-3,
                        schedule="cosine"), x, y, classes)
     onehot = tf.keras.utils.to_categorical(y, classes)
@@ -195,11 +206,15 @@ def report(medians: dict, args) -> None:
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=PRESETS)
+    parser.add_argument("--presets", nargs="+", default=PRESETS,
+                        choices=PRESETS + [p + STOCK for p in PRESETS])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--stock", action="store_true",
+                        help="also time every quantized preset with QKeras's stock quantizers "
+                             "(rows PRESET/qk), interleaved: before/after sweeper's lean ones")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -207,6 +222,8 @@ def parse(argv=None):
             setattr(args, key, value)
     if "fp" not in args.presets:
         args.presets = ["fp", *args.presets]  # every ratio is to fp
+    if args.stock and not args.worker:
+        args.presets += [p + STOCK for p in args.presets if p != "fp"]
     return args
 
 
