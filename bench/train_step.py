@@ -30,7 +30,8 @@ extrapolating core-hours on this kind of machine only).
 
 ``--stock`` adds rows PRESET/qk: the same preset built with QKeras's stock quantizers
 instead of sweeper's lean ones (sweeper.quantizers.lean), in the same interleaved run.
-``--quick``: small_cnn and stq_net, presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
+``--quick`` (overrides --models, --presets, --repeats, --steps): small_cnn and stq_net,
+presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
 """
 
 from __future__ import annotations
