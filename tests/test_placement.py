@@ -16,7 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from sweeper import grid
+from sweeper.errors import UserError
 from sweeper.placement import Assignment, PlacementError, configure, current
+from tests.conftest import write_grid
 
 Device = namedtuple("Device", "name device_type")  # tf's PhysicalDevice has these fields
 
@@ -119,6 +122,25 @@ def test_real_tensorflow_on_cpu_takes_the_thread_count_and_no_gpu():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[-2] == "() 2 1 [] 3.0"
+
+
+@pytest.mark.parametrize("gpus, accepted", [("0", 0), ("0.25", 0.25), ("1", 1), ("2", 2)])
+def test_a_grid_asks_for_no_gpu_a_share_of_one_or_whole_gpus(tmp_path, tiny_grid, gpus, accepted):
+    loaded = grid.load(write_grid(tmp_path, tiny_grid), [f"resources.gpus={gpus}"])
+    assert loaded.resources.gpus == accepted
+
+
+@pytest.mark.parametrize("gpus, message", [
+    ("1.5", "a fraction of a GPU must be at most 1; above 1, ask for whole GPUs"),
+    ("-0.5", "must be 0, a share of one GPU in (0, 1], or a whole number of GPUs"),
+    ("true", "must be 0, a share"),
+    (".inf", "must be 0, a share"),
+    ("one", "must be 0, a share")])
+def test_other_gpu_requests_are_refused_in_one_line(tmp_path, tiny_grid, gpus, message):
+    with pytest.raises(UserError) as refused:
+        grid.load(write_grid(tmp_path, tiny_grid), [f"resources.gpus={gpus}"])
+    assert f"resources.gpus: {message}" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.fixture
