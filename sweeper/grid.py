@@ -231,8 +231,25 @@ class Train(_Frozen):
 
 
 class Resources(_Frozen):
+    """What one trial holds. ``gpus``: 0 (none), a share of one GPU in (0, 1] (several
+    trials per GPU; placement.py turns memory growth on so they can share it), or a whole
+    number of GPUs, as Ray accepts them."""
+
     cpus: float = Field(1, gt=0)
-    gpus: float = Field(0, ge=0)
+    gpus: float = 0
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, raw: Any) -> Any:
+        # Ray refuses a fraction above one GPU (1.5) only when the trial is scheduled;
+        # say so while the grid is read.
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < math.inf:
+            raise ValueError(f"must be 0, a share of one GPU in (0, 1], or a whole number "
+                             f"of GPUs; got {raw!r}")
+        if raw > 1 and raw != int(raw):
+            raise ValueError(f"a fraction of a GPU must be at most 1; above 1, ask for whole "
+                             f"GPUs (got {raw!r})")
+        return raw
 
 
 class Grid(_Frozen):

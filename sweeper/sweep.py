@@ -1,9 +1,10 @@
 """The sweep: run a plan's pending training jobs as Ray Tune trials, storing rows as they come.
 
 One Tune trial per training job, with actor reuse (a reused actor keeps TensorFlow
-imported). Datasets are loaded once on the driver and shared through Ray's object
-store. Every row a trial reports reaches the driver; a finished trial's rows are
-written to the result store at once, so a crash loses at most the trials in flight.
+imported). Datasets are loaded once on the driver and put in Ray's object store, one
+object per dataset, so a node pulls only the datasets its trials train on. Every row a
+trial reports reaches the driver; a finished trial's rows are written to the result
+store at once, so a crash loses at most the trials in flight.
 Cells already in the store are never recomputed.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 from ray import tune
 from rich.console import Console
 
-from sweeper import WORKER_ENV, cost, store
+from sweeper import WORKER_ENV, cost, placement, store
 from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.lease import Lease
@@ -93,6 +94,7 @@ def _launch(plan, results, address, verbose, console, provenance) -> LaunchRepor
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
                          launch_id=provenance.launch_id)
     _init_ray(address, verbose)
+    data = _put_each(data)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
         rows = _StoreRows(location, progress, provenance)
         results = _tuner(plan, work, data, context, location, rows, verbose).fit()
@@ -126,6 +128,15 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
+def _put_each(data: dict) -> dict:
+    """One object per dataset (key -> ObjectRef): a trial gets only its job's dataset, so
+    a node never pulls one that none of its trials uses (one object of all of them would
+    be pulled whole by every node)."""
+    import ray
+
+    return {key: ray.put(dataset) for key, dataset in data.items()}
+
+
 def _tuner(plan, work, data, context, location, rows, verbose):
     trainable = tune.with_parameters(_trainable, work=work, data=data, context=context)
     resources = plan.grid.resources
@@ -147,24 +158,11 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
     """One Tune trial: a training job. Runs on a Ray worker."""
     import ray
 
-    _limit_threads()
+    placement.configure(placement.current())
     job, cells = work[config["job_index"]]
     node = ray.get_runtime_context().get_node_id()
-    run_job(job, cells, data[job.dataset_key], context,
+    run_job(job, cells, ray.get(data[job.dataset_key]), context,
             report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}))
-
-
-def _limit_threads() -> None:
-    # Trials share the node's cores: one TensorFlow thread pool per CPU the trial holds.
-    import ray
-    import tensorflow as tf
-
-    cpus = int(max(1, ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cpus)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # a reused actor already initialised TensorFlow with these settings
 
 
 def _failure_line(result, work) -> str:

@@ -1,6 +1,6 @@
 """Beyond one Ray node, on this machine: a head and a second node started as separate
-`ray start` processes, a sweep launched on them with --address, and a worker killed
-mid-trial. Real Ray processes throughout."""
+`ray start` processes, a sweep launched on them with --address, the bytes of datasets
+each node pulled, and a worker killed mid-trial. Real Ray processes throughout."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-from sweeper import expand, grid, store
+from sweeper import datasets, expand, grid, store
 from tests.conftest import launch_until_first_fragment, write_grid
+from tests.data_formats import write_cifar10
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +53,75 @@ def _six_job_grid(tmp_path, tiny_grid):
 def test_sweep_on_two_nodes_uses_both(tmp_path, tiny_grid, two_nodes):
     path, plan = _six_job_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "sweeper", "launch", str(path), "--results",
-                          str(results), "--address", two_nodes], env=RAY_ENV, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _launch(path, results, two_nodes)
     rows = store.read(store.locate(str(results))).table.to_pylist()
     assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in plan.cells)
     assert len({r["node"] for r in rows}) == 2  # both nodes trained and attacked models
+
+
+def _launch(path, results, address) -> None:
+    run = subprocess.run([sys.executable, "-m", "sweeper", "launch", str(path), "--results",
+                          str(results), "--address", address], env=RAY_ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def created_bytes_per_node(address: str) -> tuple[str, dict[str, int]]:
+    """(the node a driver on this machine connects to, {node id: bytes created in its
+    object store since it started}). A node creates an object when a driver on it puts
+    one, and when it pulls a copy of one from another node: on a node without a driver,
+    these are the bytes it pulled. Ray connects a driver to the head when several nodes
+    share the host, so the sweep's driver put its datasets there."""
+    import ray
+    from ray._private.internal_api import node_stats
+
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        return ray.get_runtime_context().get_node_id(), {
+            node["NodeID"]: node_stats(node["NodeManagerAddress"], node["NodeManagerPort"],
+                                       include_memory_info=False).store_stats.cumulative_created_bytes
+            for node in nodes}
+    finally:
+        ray.shutdown()
+
+
+# Serialisation headers and the trial's small parameters (jobs, cells): well under the
+# smallest dataset here, so a dataset pulled that should not be cannot hide in it.
+SLACK = 200_000
+
+
+def _nbytes(data) -> int:
+    return sum(a.nbytes for a in (data.x, data.y, data.groups) if a is not None)
+
+
+def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid, two_nodes,
+                                                             monkeypatch):
+    # Two datasets of very different sizes (digits ~0.46 MB, a generated CIFAR-10 ~2.9 MB),
+    # one training job each: with one CPU per node, each node trains one of them.
+    write_cifar10(tmp_path / "data", per_batch=40, learnable=True)
+    tiny_grid.update(datasets=["digits", "cifar10"], quantizers=["fp"], data_dir=str(tmp_path / "data"),
+                     attacks=[{"name": "fgsm", "norm": "inf", "eps": [0.1]}])
+    path = write_grid(tmp_path, tiny_grid)
+    _launch(path, tmp_path / "results", two_nodes)
+    rows = store.read(store.locate(str(tmp_path / "results"))).table.to_pylist()
+    used: dict[str, set[str]] = {}
+    for row in rows:
+        used.setdefault(row["node"], set()).add(row["dataset"])
+    size = {name: _nbytes(datasets.load(name, tmp_path / "data")) for name in ("digits", "cifar10")}
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    driver_node, created = created_bytes_per_node(two_nodes)
+    for node, bytes_created in created.items():  # the figures, for `pytest -s`
+        print(f"\nnode {node[:8]}{' (driver)' * (node == driver_node)}: trained "
+              f"{sorted(used.get(node, ()))}, {bytes_created:,} bytes created; datasets {size}")
+    assert len(used) == 2  # both nodes trained, so each pulled for itself
+    # The driver's node holds each dataset once, put there as one object each.
+    assert sum(size.values()) <= created[driver_node] < sum(size.values()) + SLACK
+    for node, bytes_created in created.items():
+        if node != driver_node:  # what this node pulled: its own datasets, nothing else
+            expected = sum(size[name] for name in used.get(node, ()))
+            assert expected <= bytes_created < expected + SLACK, (node, used.get(node))
 
 
 def _trial_actor_pids() -> list[int]:
