@@ -163,7 +163,8 @@ def _epoch_batches(x: np.ndarray, y: np.ndarray, first: int, epochs: int, batch_
     x, y, n = tf.constant(x), tf.constant(y), len(x)
 
     def epoch(e):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        key = tf.stack([tf.constant(seed, tf.int64), e])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     return (tf.data.Dataset.range(first, epochs).flat_map(epoch)

@@ -53,7 +53,8 @@ BAD_GRIDS = [
     ("attacks.pgd.params.max_iters=3", "unknown parameter 'max_iters'"),
     ("attacks.fgsm.norm=7", "unsupported norm '7'"),
     ("train.optimizer=rmsprop", "train.optimizer"),
-    ("train.checkpoint_every=0", "train.checkpoint_every: use 'auto' or a whole number of epochs >= 1, not 0"),
+    ("train.checkpoint_every=0", "train.checkpoint_every: use 'auto' or a whole number of epochs >= 1, "
+                                 "not 0"),
     ("train.checkpoint_every=often", "train.checkpoint_every: use 'auto' or a whole number of epochs >= 1"),
     ("samples=0", "samples: attacked sample counts must be >= 1"),
     ("attacks.1.label=fgsm", "attack 'fgsm' appears twice"),
