@@ -120,10 +120,10 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpo
 
 
 def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int, seed: int = 0,
-          checkpoints: Checkpoints | None = None) -> int:
+          checkpoints: Checkpoints | None = None, callbacks: Sequence = ()) -> int:
     """Compile and fit with the grid's settings: categorical cross-entropy on logits.
     Continues from the latest of ``checkpoints`` and saves new ones as it goes; returns
-    the epoch it started from (0: from scratch)."""
+    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks."""
     import tensorflow as tf
 
     steps = int(np.ceil(len(x) / settings.batch_size))
@@ -131,12 +131,13 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int,
     model.compile(optimizer=optimizer, loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
     state = checkpoints.latest(seed) if checkpoints else None
     start = restore(model, optimizer, state) if state else 0
-    callbacks = [_saver(checkpoints, model, optimizer, seed, start, settings.epochs)] if checkpoints else []
+    if checkpoints:
+        callbacks = [*callbacks, _saver(checkpoints, model, optimizer, seed, start, settings.epochs)]
     if start < settings.epochs:
         batches = _epoch_batches(x, tf.keras.utils.to_categorical(y, nb_classes), start, settings.epochs,
                                  settings.batch_size, seed)
         model.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=0)
+                  callbacks=list(callbacks), verbose=0)
     return start
 
 
