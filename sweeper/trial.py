@@ -238,13 +238,16 @@ def snapshot(model, optimizer, epoch: int, seed: int) -> TrainState:
 
 
 def restore(model, optimizer, state: TrainState) -> int:
-    """Put ``state`` into a compiled model and its optimizer; returns the epochs done."""
-    model.set_weights(state.model)
+    """Put ``state`` into a compiled model and its optimizer; returns the epochs done, or 0
+    with nothing changed when the state does not fit them (a checkpoint a job cannot use
+    costs its progress, never the job)."""
     optimizer.build(model.trainable_variables)  # its variables exist only once built
-    if len(optimizer.variables) != len(state.optimizer):
-        raise ValueError(f"checkpoint has {len(state.optimizer)} optimizer variables, "
-                         f"the optimizer {len(optimizer.variables)}")
-    for variable, value in zip(optimizer.variables, state.optimizer):
+    variables = [*model.weights, *optimizer.variables]
+    values = [*state.model, *state.optimizer]
+    if len(state.model) != len(model.weights) or \
+            [tuple(v.shape) for v in variables] != [tuple(v.shape) for v in values]:
+        return 0
+    for variable, value in zip(variables, values):
         variable.assign(value)
     return state.epoch
 

@@ -273,6 +273,13 @@ def test_a_checkpoint_round_trips_weights_optimizer_and_epoch(tmp_path):
     for restored, original in zip(fresh.optimizer.variables, trained.optimizer.variables):
         np.testing.assert_array_equal(restored.numpy(), original.numpy())  # Adam's moments too
 
+    other = _small_model("int8")
+    other.compile(optimizer=_fresh_adam(), loss="mse")
+    before = other.get_weights()
+    foreign = TrainState(2, 3, loaded.model[:-1], loaded.optimizer)  # a layer short
+    assert restore(other, other.optimizer, foreign) == 0  # ignored: train from scratch
+    assert all(np.array_equal(a, b) for a, b in zip(other.get_weights(), before))
+
 
 def _fresh_adam():
     import tensorflow as tf
