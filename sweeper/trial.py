@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from sweeper import datasets, store
 from sweeper.attacks import BUDGET_RTOL
@@ -291,8 +292,10 @@ class Checkpoints:
             self.hooks.save(data, state.epoch)
 
     def remove(self) -> None:
-        if self.location and store.get_bytes(self.location, self.name) is not None:
-            self.location.fs.delete_file(self.location.sub(self.name))
+        if self.location:
+            path = self.location.sub(self.name)
+            if self.location.fs.get_file_info(path).type == pafs.FileType.File:
+                self.location.fs.delete_file(path)
         if self.hooks:
             self.hooks.finished()
 
