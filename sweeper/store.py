@@ -116,6 +116,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks (fit is computed in SQL)"),
     ("model_cached", pa.bool_(), "the trained model was loaded from the cache, not trained"),
     ("train_s", pa.float64(), "seconds spent training this row's model (0 if cached)"),
+    ("resumed_from_epoch", pa.int32(), "the epoch its training resumed from a checkpoint (null: not resumed)"),
     ("attack_s", pa.float64(), "seconds spent generating this row's adversarial examples"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was computed"),
     ("host", pa.string(), "hostname of the machine that computed the row"),

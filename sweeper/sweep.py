@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ray import tune
@@ -27,7 +28,7 @@ from sweeper.datasets import load_all
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.lease import Lease
 from sweeper.progress import CellProgress
-from sweeper.trial import JobContext, run_job
+from sweeper.trial import CHECKPOINT_FILE, JobContext, run_job
 
 
 @dataclass
@@ -138,6 +139,10 @@ def _put_each(data: dict) -> dict:
 
 
 def _tuner(plan, work, data, context, location, rows, verbose):
+    # Training checkpoints: in the store under checkpoints/<job_id>.npz (a new launch
+    # resumes from them) and through Tune (a retried trial does), Tune keeping the last.
+    context = replace(context, checkpoints=location.uri("checkpoints"),
+                      checkpoint_every=plan.grid.train.checkpoint_every)
     trainable = tune.with_parameters(_trainable, work=work, data=data, context=context)
     resources = plan.grid.resources
     trainable = tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus})
@@ -150,6 +155,7 @@ def _tuner(plan, work, data, context, location, rows, verbose):
             name=f"{plan.grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{location.path}/_tune", storage_filesystem=location.fs,
             failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[rows], verbose=2 if verbose else 0),
     )
 
@@ -162,7 +168,43 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
     job, cells = work[config["job_index"]]
     node = ray.get_runtime_context().get_node_id()
     run_job(job, cells, ray.get(data[job.dataset_key]), context,
-            report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}))
+            report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}),
+            hooks=_TuneCheckpoints())
+
+
+class _TuneCheckpoints:
+    """A trial's training checkpoints through Tune's API: each is reported as a directory
+    holding the state file, and a retried trial gets the last one back."""
+
+    def __init__(self):
+        self.saved = False
+
+    def latest(self) -> bytes | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            path = os.path.join(folder, CHECKPOINT_FILE)
+            if not os.path.exists(path):
+                return None  # the "finished" marker below
+            with open(path, "rb") as file:
+                return file.read()
+
+    def save(self, data: bytes, epoch: int) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as file:
+                file.write(data)
+            # Tune copies the directory to its storage before report returns.
+            tune.report({"checkpoint_epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+        self.saved = True
+
+    def finished(self) -> None:
+        # An empty checkpoint replaces the last state in Tune's storage (num_to_keep=1),
+        # so a finished job leaves no weights-sized file under _tune/.
+        if not self.saved and tune.get_checkpoint() is None:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            tune.report({"checkpoint_epoch": -1}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _failure_line(result, work) -> str:
@@ -196,6 +238,8 @@ class _StoreRows(tune.Callback):
         return {**self.__dict__, "progress": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "row" not in result:
+            return  # a training checkpoint, not a result row
         row = json.loads(result["row"])
         if row["cell_id"] in self.stored or row["cell_id"] in self.pending[trial.trial_id]:
             return  # a retried trial reports its cells again

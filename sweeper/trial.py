@@ -4,6 +4,10 @@ of its training job, producing one result row per cell.
 Plain Python and TensorFlow, no Ray: the sweep runs this inside Ray Tune trials and
 ``bench/overhead.py`` calls it directly. Rows are handed to ``report`` one at a time
 as they are computed.
+
+Training checkpoints its state (``TrainState``) every few epochs to the store and to
+the caller's hooks (Tune's checkpoint API in a sweep), and a rerun of the job continues
+from the latest one; a resumed training ends with the model an uninterrupted one makes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from sweeper import datasets, store
 from sweeper.attacks import BUDGET_RTOL
@@ -32,6 +37,8 @@ class JobContext:
     mcus: tuple[str, ...]
     model_cache: str | None = None  # folder (path or URI) for trained weights; None: no cache
     launch_id: str = ""  # the launch whose provenance the rows point to
+    checkpoints: str | None = None  # folder (path or URI) for training checkpoints; None: none
+    checkpoint_every: int | str = "auto"  # the grid's train.checkpoint_every
 
 
 @dataclass(frozen=True)
@@ -41,16 +48,19 @@ class JobOutcome:
 
 
 def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
-            context: JobContext, report: Callable[[dict[str, Any]], None]) -> JobOutcome:
+            context: JobContext, report: Callable[[dict[str, Any]], None],
+            hooks: CheckpointHooks | None = None) -> JobOutcome:
+    """``hooks``: where else checkpoints go and come back from (Tune's API in a sweep)."""
     import tensorflow as tf
 
     tf.keras.backend.clear_session()  # reused Ray actors would otherwise accumulate graphs
     train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
     data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
-    model, trained, train_s = _trained_model(job, data, train_idx, context.model_cache)
+    checkpoints = Checkpoints(context.checkpoints, job.job_id, context.checkpoint_every, hooks)
+    model, trained, train_s, resumed = _trained_model(job, data, train_idx, context.model_cache, checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
     base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed)}
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
@@ -82,7 +92,8 @@ def _job_seed(job: TrainingJob) -> int:
     return int(job.job_id[:8], 16) % (2**31 - 1)
 
 
-def _trained_model(job: TrainingJob, data, train_idx, cache: str | None):
+def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpoints: Checkpoints):
+    """(model, trained, train_s, the epoch training resumed from or None)."""
     from sweeper import models
     from sweeper.quantizers import QUANTIZERS
 
@@ -97,31 +108,69 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None):
                            f"fingerprint {models.model_fingerprint(model)}, the plan expected "
                            f"{job.model_fingerprint}; run the same sweeper code on every node")
     if cache and _load_cached(model, cache, job.job_id):
-        return model, False, 0.0
+        checkpoints.remove()  # left by a run killed between caching and removing them
+        return model, False, 0.0, None
     started = time.perf_counter()
-    train(model, Train(**dict(job.train)), data.x[train_idx], data.y[train_idx], data.nb_classes)
+    resumed = train(model, Train(**dict(job.train)), data.x[train_idx], data.y[train_idx], data.nb_classes,
+                    _job_seed(job), checkpoints)
     train_s = time.perf_counter() - started
     if cache:
         _save_cached(model, cache, job.job_id)
-    return model, True, train_s
+    checkpoints.remove()  # only now: until the weights are cached, they are the way back
+    return model, True, train_s, resumed or None
 
 
-def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int) -> None:
-    """Compile and fit with the grid's settings: categorical cross-entropy on logits."""
+def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int, seed: int = 0,
+          checkpoints: Checkpoints | None = None, callbacks: Sequence = ()) -> int:
+    """Compile and fit with the grid's settings: categorical cross-entropy on logits.
+    Continues from the latest of ``checkpoints`` and saves new ones as it goes; returns
+    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks."""
     import tensorflow as tf
 
-    steps = settings.epochs * int(np.ceil(len(x) / settings.batch_size))
+    steps = int(np.ceil(len(x) / settings.batch_size))
+    optimizer = _optimizer(settings, settings.epochs * steps)
+    model.compile(optimizer=optimizer, loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+    state = checkpoints.latest(seed) if checkpoints else None
+    start = restore(model, optimizer, state) if state else 0
+    if checkpoints:
+        callbacks = [*callbacks, _saver(checkpoints, model, optimizer, seed, start, settings.epochs)]
+    if start < settings.epochs:
+        batches = _epoch_batches(x, tf.keras.utils.to_categorical(y, nb_classes), start, settings.epochs,
+                                 settings.batch_size, seed)
+        model.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
+                  callbacks=list(callbacks), verbose=0)
+    return start
+
+
+def _optimizer(settings: Train, steps: int):
+    import tensorflow as tf
+
     rate: Any = settings.learning_rate
     if settings.schedule == "cosine":
+        # The schedule reads the optimizer's iteration count, which a checkpoint restores.
         rate = tf.keras.optimizers.schedules.CosineDecay(
             settings.learning_rate, decay_steps=steps,
             alpha=settings.min_learning_rate / settings.learning_rate)
     optimizers = {"adam": tf.keras.optimizers.Adam, "adamax": tf.keras.optimizers.Adamax,
                   "sgd": tf.keras.optimizers.SGD}
-    model.compile(optimizer=optimizers[settings.optimizer](learning_rate=rate),
-                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(x, tf.keras.utils.to_categorical(y, nb_classes), epochs=settings.epochs,
-              batch_size=settings.batch_size, shuffle=True, verbose=0)
+    return optimizers[settings.optimizer](learning_rate=rate)
+
+
+def _epoch_batches(x: np.ndarray, y: np.ndarray, first: int, epochs: int, batch_size: int, seed: int):
+    """The batches of epochs first..epochs-1, epoch e shuffled by (seed, e) alone: a run
+    resumed at epoch k draws exactly the batches an uninterrupted run draws from k on.
+    (Keras's own shuffle continues one random stream, which a restart cannot rejoin.)"""
+    import tensorflow as tf
+
+    x, y, n = tf.constant(x), tf.constant(y), len(x)
+
+    def epoch(e):
+        key = tf.stack([tf.constant(seed, tf.int64), e])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return (tf.data.Dataset.range(first, epochs).flat_map(epoch)
+            .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx))).prefetch(2))
 
 
 def _load_cached(model, cache: str, job_id: str) -> bool:
@@ -146,6 +195,157 @@ def _save_cached(model, cache: str, job_id: str) -> None:
         model.save_weights(local)
         with open(local, "rb") as file:
             store.put_bytes(store.locate(cache), f"{job_id}.weights.h5", file.read())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_SHARE = 0.02  # "auto" keeps one save under this share of the epochs between saves
+CHECKPOINT_FILE = "state.npz"  # the file inside a checkpoint directory (Tune's)
+
+
+@dataclass
+class TrainState:
+    """What resuming a training needs: the epochs done, every model variable (batch-norm
+    statistics included), every optimizer variable (its iteration count, which drives the
+    learning-rate schedule, and its moments), and the shuffle seed. The shuffle of epoch e
+    is drawn from (seed, e) alone, so the seed and the epoch are its whole RNG state."""
+
+    epoch: int
+    seed: int
+    model: list[np.ndarray]
+    optimizer: list[np.ndarray]
+
+    def to_bytes(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, epoch=self.epoch, seed=self.seed,
+                 **{f"model_{i}": a for i, a in enumerate(self.model)},
+                 **{f"optimizer_{i}": a for i, a in enumerate(self.optimizer)})
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrainState:
+        import io
+
+        with np.load(io.BytesIO(data)) as arrays:
+            def listed(prefix):
+                return [arrays[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix + "_") for k in arrays))]
+            return cls(int(arrays["epoch"]), int(arrays["seed"]), listed("model"), listed("optimizer"))
+
+
+def snapshot(model, optimizer, epoch: int, seed: int) -> TrainState:
+    return TrainState(epoch, seed, model.get_weights(), [v.numpy() for v in optimizer.variables])
+
+
+def restore(model, optimizer, state: TrainState) -> int:
+    """Put ``state`` into a compiled model and its optimizer; returns the epochs done, or 0
+    with nothing changed when the state does not fit them (a checkpoint a job cannot use
+    costs its progress, never the job)."""
+    optimizer.build(model.trainable_variables)  # its variables exist only once built
+    variables = [*model.weights, *optimizer.variables]
+    values = [*state.model, *state.optimizer]
+    if len(state.model) != len(model.weights) or \
+            [tuple(v.shape) for v in variables] != [tuple(v.shape) for v in values]:
+        return 0
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return state.epoch
+
+
+class CheckpointHooks(Protocol):
+    """A second home for checkpoints, beside the store: Tune's checkpoint API in a sweep."""
+
+    def latest(self) -> bytes | None: ...  # the last one saved in this run's earlier tries
+    def save(self, data: bytes, epoch: int) -> None: ...
+    def finished(self) -> None: ...  # training is over and its weights cached
+
+
+class Checkpoints:
+    """A job's checkpoints: ``<folder>/<job_id>.npz`` in the store (written atomically, so
+    a new launch finds the last complete one) and ``hooks`` (a retried trial's)."""
+
+    def __init__(self, folder: str | None, job_id: str, every: int | str = "auto",
+                 hooks: CheckpointHooks | None = None):
+        self.location = store.locate(folder) if folder else None
+        self.name, self.every, self.hooks = f"{job_id}.npz", every, hooks
+
+    def latest(self, seed: int) -> TrainState | None:
+        """The furthest checkpoint of this job, from either home; one that does not load or
+        was saved with another seed is ignored (training from scratch is slower, not wrong)."""
+        found = [self.hooks.latest() if self.hooks else None,
+                 store.get_bytes(self.location, self.name) if self.location else None]
+        states = []
+        for data in filter(None, found):
+            try:
+                states.append(TrainState.from_bytes(data))
+            except (OSError, ValueError, KeyError):
+                continue
+        states = [state for state in states if state.seed == seed]
+        return max(states, key=lambda state: state.epoch, default=None)
+
+    def save(self, state: TrainState) -> None:
+        data = state.to_bytes()
+        if self.location:
+            store.put_bytes(self.location, self.name, data)
+        if self.hooks:
+            self.hooks.save(data, state.epoch)
+
+    def remove(self) -> None:
+        if self.location:
+            path = self.location.sub(self.name)
+            if self.location.fs.get_file_info(path).type == pafs.FileType.File:
+                self.location.fs.delete_file(path)
+        if self.hooks:
+            self.hooks.finished()
+
+
+def auto_interval(save_s: float, epoch_s: float, share: float = CHECKPOINT_SHARE) -> int:
+    """The fewest epochs N between saves with save_s / (N * epoch_s) < share."""
+    return max(1, math.floor(save_s / (share * epoch_s)) + 1) if epoch_s > 0 else 1
+
+
+class CheckpointSchedule:
+    """When to save: every ``every`` epochs, or for "auto" after the first epoch (which
+    measures a save) and then every ``auto_interval`` epochs, from the fastest epoch seen
+    (the first also traces the graph) and the latest save's time."""
+
+    def __init__(self, every: int | str, start: int, epochs: int):
+        self.every, self.last, self.epochs = every, start, epochs
+        self.epoch_s, self.save_s = math.inf, None
+
+    def interval(self) -> int:
+        if self.every != "auto":
+            return int(self.every)
+        return 1 if self.save_s is None else auto_interval(self.save_s, self.epoch_s)
+
+    def due(self, done: int, epoch_s: float) -> bool:
+        """After an epoch: whether to save now. Never after the last epoch: the final
+        weights are cached at once, and that is the job's last checkpoint."""
+        self.epoch_s = min(self.epoch_s, epoch_s)
+        return done < self.epochs and done - self.last >= self.interval()
+
+    def saved(self, done: int, save_s: float) -> None:
+        self.last, self.save_s = done, save_s
+
+
+def _saver(checkpoints: Checkpoints, model, optimizer, seed: int, start: int, epochs: int):
+    """A Keras callback that saves ``checkpoints`` on the schedule of their interval."""
+    import tensorflow as tf
+
+    schedule = CheckpointSchedule(checkpoints.every, start, epochs)
+    began = [0.0]
+
+    def on_epoch_begin(epoch, logs=None):
+        began[0] = time.perf_counter()
+
+    def on_epoch_end(epoch, logs=None):
+        if schedule.due(epoch + 1, time.perf_counter() - began[0]):
+            started = time.perf_counter()
+            checkpoints.save(snapshot(model, optimizer, epoch + 1, seed))
+            schedule.saved(epoch + 1, time.perf_counter() - started)
+
+    return tf.keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end)
 
 
 # ---------------------------------------------------------------- deployment

@@ -1,17 +1,25 @@
 """Faults, as users meet them: a torn fragment, Ctrl-C, and a killed driver. Results
 already stored are never lost or recomputed, and rerunning the same command finishes the
-grid with exactly one row per cell."""
+grid with exactly one row per cell. A training killed mid-way (its worker, or the whole
+launch) continues from its last checkpoint and ends with the model an uninterrupted
+training makes."""
 
 from __future__ import annotations
 
+import copy
+import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sweeper import expand, grid, store
-from tests.conftest import launch_until_first_fragment, write_grid
+from sweeper.trial import CHECKPOINT_FILE, TrainState
+from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
+from tests.test_cluster import _trial_actor_pids
 from tests.test_cli import sweeper
 
 pytestmark = pytest.mark.slow
@@ -71,3 +79,96 @@ def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, sig
     final = _rows(results)
     assert len(final) == total == len(set(final)) and set(kept) <= set(final)
     assert store.check(store.locate(str(results))).healthy
+
+
+# ---------------------------------------------------------------- checkpointed training
+
+EPOCHS = 40  # about 0.3 s each here: a kill lands well before the end, the test stays short
+
+
+def _long_training(directory: Path, **train) -> tuple[Path, str]:
+    """A one-job grid (fp: deterministic training) whose training takes many epochs."""
+    directory.mkdir(exist_ok=True)
+    spec = {**copy.deepcopy(TINY_GRID), "quantizers": ["fp"], "attacks": [{"name": "fgsm", "eps": [0.1]}],
+            "train": {"epochs": EPOCHS, "batch_size": 64, **train}}
+    path = write_grid(directory, spec)
+    [job] = expand.expand(grid.load(path)).jobs  # checkpoint_every is not part of the id
+    return path, job.job_id
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    """The weights hash of the job trained in one go (launched the same way)."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    path, _ = _long_training(directory)
+    run = sweeper("launch", str(path), "--results", str(directory / "results"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    [weights] = set(store.read(store.locate(str(directory / "results")), ["weights_sha256"])
+                    .table.column("weights_sha256").to_pylist())
+    return weights
+
+
+def _launch(path: Path, results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(path), "--results", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _await_epoch(process: subprocess.Popen, files) -> int:
+    """Poll until one of ``files()`` holds a complete checkpoint; its epoch."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        for file in files():
+            try:
+                return TrainState.from_bytes(file.read_bytes()).epoch
+            except (OSError, ValueError, KeyError):
+                pass  # being copied or deleted by Tune: look again
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 300 s")
+
+
+def _assert_resumed_and_complete(results: Path, path: Path, since: int, weights: str) -> None:
+    rows = store.read(store.locate(str(results))).table.to_pylist()
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in expand.expand(grid.load(path)).cells)
+    assert store.check(store.locate(str(results))).healthy  # every cell stored once
+    assert {r["model_cached"] for r in rows} == {False}
+    resumed = {r["resumed_from_epoch"] for r in rows}
+    assert len(resumed) == 1 and since <= resumed.pop() < EPOCHS  # mid-training, not from 0
+    # the same weights as one uninterrupted training: all EPOCHS epochs ran, once each,
+    # with the learning-rate schedule and the shuffles an uninterrupted run has
+    assert {r["weights_sha256"] for r in rows} == {weights}
+    assert not list(results.glob("checkpoints/*.npz"))  # weights cached: checkpoints removed
+
+
+def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path, uninterrupted):
+    path, job_id = _long_training(tmp_path)  # checkpoint_every: auto
+    results = tmp_path / "results"
+    process = _launch(path, results)
+    k = _await_epoch(process, lambda: sorted(results.glob(f"_tune/*/*/checkpoint_*/{CHECKPOINT_FILE}")))
+    victims = _trial_actor_pids()
+    assert victims, "no trial actor process found"
+    os.kill(victims[0], signal.SIGKILL)  # the spot worker is reclaimed
+    # Without the store's copy, only Tune's checkpoint (tune.get_checkpoint) can resume it.
+    (results / "checkpoints" / f"{job_id}.npz").unlink()
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert k >= 1 and "computed 2 cells with 1 trainings" in stdout
+    _assert_resumed_and_complete(results, path, k, uninterrupted)
+
+
+def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted):
+    path, job_id = _long_training(tmp_path, checkpoint_every=3)
+    results = tmp_path / "results"
+    process = _launch(path, results)
+    k = _await_epoch(process, lambda: [results / "checkpoints" / f"{job_id}.npz"])
+    process.kill()
+    process.communicate(timeout=60)
+    # The killed driver's local Ray lives on, its trial still training: stop it, as the
+    # driver's machine going away would, or it could finish and cache the model itself.
+    subprocess.run(["ray", "stop"], capture_output=True, timeout=180, check=True)
+    assert k >= 3 and not list(results.glob("rows/*.parquet"))
+
+    again = sweeper("launch", str(path), "--results", str(results))  # a new Tuner: no Tune checkpoint
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "computed 2 cells with 1 trainings" in again.stdout
+    _assert_resumed_and_complete(results, path, k, uninterrupted)

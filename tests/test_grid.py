@@ -53,6 +53,9 @@ BAD_GRIDS = [
     ("attacks.pgd.params.max_iters=3", "unknown parameter 'max_iters'"),
     ("attacks.fgsm.norm=7", "unsupported norm '7'"),
     ("train.optimizer=rmsprop", "train.optimizer"),
+    ("train.checkpoint_every=0", "train.checkpoint_every: use 'auto' or a whole number of epochs >= 1, "
+                                 "not 0"),
+    ("train.checkpoint_every=often", "train.checkpoint_every: use 'auto' or a whole number of epochs >= 1"),
     ("samples=0", "samples: attacked sample counts must be >= 1"),
     ("attacks.1.label=fgsm", "attack 'fgsm' appears twice"),
     ("attacks.fgsm.eps=[0.1,0.1]", "an epsilon is listed twice"),
@@ -162,3 +165,17 @@ def test_minimal_attacks_take_unbounded_and_relative_steps(tmp_path, tiny_grid):
     assert [e.label for e in loaded.attacks[0].eps] == ["0", "0.5", "unbounded"]
     assert loaded.attacks[0].eps[2].unbounded and not loaded.attacks[0].eps[0].unbounded
     assert loaded.attacks[1].params["eps_step"] == "eps/4"
+
+
+def test_the_checkpoint_interval_is_validated_but_not_part_of_job_ids(tmp_path, tiny_grid):
+    from sweeper import expand
+
+    path = write_grid(tmp_path, tiny_grid)
+    assert grid.load(path).train.checkpoint_every == "auto"
+    every_5 = grid.load(path, ["train.checkpoint_every=5"])
+    assert every_5.train.checkpoint_every == 5
+    # a resumed training ends with the same model whatever the interval: same jobs, same cells
+    assert [j.job_id for j in expand.expand(every_5).jobs] == \
+        [j.job_id for j in expand.expand(grid.load(path)).jobs]
+    assert [j.job_id for j in expand.expand(grid.load(path, ["train.epochs=2"])).jobs] != \
+        [j.job_id for j in expand.expand(every_5).jobs]  # epochs still are

@@ -182,3 +182,152 @@ def test_a_model_the_converter_rejects_gets_an_estimate_and_a_reason(monkeypatch
     assert row["tflite_kb"] is None and row["deployed_adv_acc"] is None
     assert row["flash_kb"] > 0 and row["ram_kb"] > 0
     store.to_table(rows)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_the_auto_interval_keeps_a_save_under_two_percent_of_the_epochs_between():
+    from sweeper.trial import CHECKPOINT_SHARE, auto_interval
+
+    for save_s, epoch_s in [(0.05, 1.0), (0.5, 0.1), (2.0, 0.01), (0.001, 30.0), (0.2, 0.5)]:
+        every = auto_interval(save_s, epoch_s)
+        assert save_s / (every * epoch_s) < CHECKPOINT_SHARE  # cheap enough...
+        assert every == 1 or save_s / ((every - 1) * epoch_s) >= CHECKPOINT_SHARE  # ...and no rarer
+    assert auto_interval(0.5, 0.1) == 251  # 0.5 / (251 * 0.1) = 1.99%
+
+
+def _saves(schedule, epochs: range, epoch_s: float, save_s: float) -> list[int]:
+    """The epochs after which ``schedule`` saves, each epoch and save taking that long."""
+    saved = []
+    for done in epochs:
+        if schedule.due(done, epoch_s):
+            schedule.saved(done, save_s)
+            saved.append(done)
+    return saved
+
+
+def test_the_schedule_saves_after_epoch_one_then_at_the_measured_interval():
+    from sweeper.trial import CheckpointSchedule
+
+    auto = CheckpointSchedule("auto", start=0, epochs=1000)
+    # the first epoch (slow: it traces the graph) is followed by a save that measures one
+    assert _saves(auto, range(1, 2), epoch_s=2.0, save_s=0.1) == [1]
+    # then 0.1 s per save against the fastest epoch, 0.5 s: every 11 epochs
+    assert _saves(auto, range(2, 40), epoch_s=0.5, save_s=0.1) == [12, 23, 34]
+    # an integer overrides; a run resumed at epoch 7 counts from 7
+    assert _saves(CheckpointSchedule(5, start=7, epochs=20), range(8, 21), 1.0, 9.0) == [12, 17]
+    assert _saves(CheckpointSchedule(1, start=0, epochs=3), range(1, 4), 1.0, 0.1) == [1, 2]  # not after the last
+
+
+def _small_model(preset: str = "int4"):
+    import tensorflow as tf
+
+    from sweeper import models
+    from sweeper.quantizers import QUANTIZERS
+
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(7)
+    return models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get(preset))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _DiesAfter:
+    """Checkpoint hooks whose process 'dies' right after checkpointing epoch ``k``."""
+
+    def __init__(self, k: int):
+        self.k, self.saved = k, []
+
+    def latest(self):
+        return None
+
+    def save(self, data: bytes, epoch: int) -> None:
+        self.saved.append(epoch)
+        if epoch == self.k:
+            raise _Interrupt
+
+    def finished(self) -> None:
+        pass
+
+
+def test_a_checkpoint_round_trips_weights_optimizer_and_epoch(tmp_path):
+    from sweeper.grid import Train
+    from sweeper.trial import Checkpoints, TrainState, restore, snapshot, train
+
+    digits = datasets.load("digits")
+    trained = _small_model()
+    train(trained, Train(epochs=2, learning_rate=0.01), digits.x[:300], digits.y[:300], 10, seed=3)
+    state = TrainState.from_bytes(snapshot(trained, trained.optimizer, 2, 3).to_bytes())
+    Checkpoints(str(tmp_path), "job").save(state)
+    loaded = Checkpoints(str(tmp_path), "job").latest(seed=3)
+    assert Checkpoints(str(tmp_path), "job").latest(seed=4) is None  # another job's shuffle
+
+    fresh = _small_model()
+    fresh.compile(optimizer=_fresh_adam(), loss="mse")
+    assert restore(fresh, fresh.optimizer, loaded) == 2
+    for restored, original in zip(fresh.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(restored, original)
+    assert int(fresh.optimizer.iterations.numpy()) == int(trained.optimizer.iterations.numpy()) == 10
+    for restored, original in zip(fresh.optimizer.variables, trained.optimizer.variables):
+        np.testing.assert_array_equal(restored.numpy(), original.numpy())  # Adam's moments too
+
+    other = _small_model("int8")
+    other.compile(optimizer=_fresh_adam(), loss="mse")
+    before = other.get_weights()
+    foreign = TrainState(2, 3, loaded.model[:-1], loaded.optimizer)  # a layer short
+    assert restore(other, other.optimizer, foreign) == 0  # ignored: train from scratch
+    assert all(np.array_equal(a, b) for a, b in zip(other.get_weights(), before))
+
+
+def _fresh_adam():
+    import tensorflow as tf
+
+    return tf.keras.optimizers.Adam()
+
+
+def test_training_interrupted_at_epoch_k_and_resumed_ends_with_identical_weights(tmp_path):
+    """Bitwise, not approximately: the resumed run restores every variable exactly and
+    replays the same batches in the same order on the same single-threaded CPU kernels.
+    (Stochastic presets and dropout draw from TensorFlow's stateful random ops, which
+    a checkpoint cannot capture: they resume with fresh draws, not tested here.)"""
+    from sweeper.grid import Train
+    from sweeper.trial import Checkpoints, train
+
+    digits = datasets.load("digits")
+    x, y = digits.x[:400], digits.y[:400]
+    settings = Train(epochs=5, learning_rate=0.01, schedule="cosine")
+    uninterrupted = _small_model()
+    assert train(uninterrupted, settings, x, y, 10, seed=3) == 0
+
+    dies = _DiesAfter(k=3)
+    with pytest.raises(_Interrupt):
+        train(_small_model(), settings, x, y, 10, seed=3, checkpoints=Checkpoints(str(tmp_path), "job", 1, dies))
+    assert dies.saved == [1, 2, 3]
+    resumed = _small_model()  # a new process: the model is built (initialised) afresh
+    assert train(resumed, settings, x, y, 10, seed=3, checkpoints=Checkpoints(str(tmp_path), "job", 1)) == 3
+    assert int(resumed.optimizer.iterations.numpy()) == 5 * 7  # the cosine schedule went on
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_job_resumes_from_the_stored_checkpoint_says_so_and_removes_it(tmp_path):
+    plan = expand.expand(grid.validate({**GRID, "attacks": [], "train": {"epochs": 4}}))
+    [job] = plan.jobs
+    context = JobContext("trial", ("stm32h7",), model_cache=str(tmp_path / "models"),
+                         checkpoints=str(tmp_path / "checkpoints"), checkpoint_every=1)
+    digits, rows = datasets.load("digits"), []
+    with pytest.raises(_Interrupt):
+        run_job(job, plan.cells_of(job.job_id), digits, context, rows.append, hooks=_DiesAfter(k=2))
+    assert (tmp_path / "checkpoints" / f"{job.job_id}.npz").exists() and not rows
+    run_job(job, plan.cells_of(job.job_id), digits, context, rows.append)
+    assert [row["resumed_from_epoch"] for row in rows] == [2]
+    assert (tmp_path / "models" / f"{job.job_id}.weights.h5").exists()
+    assert not (tmp_path / "checkpoints" / f"{job.job_id}.npz").exists()  # weights cached: gone
+
+    fresh = []  # the same job uninterrupted, in another store: the same trained weights
+    run_job(job, plan.cells_of(job.job_id), digits, JobContext("trial", ("stm32h7",)), fresh.append)
+    assert fresh[0]["resumed_from_epoch"] is None
+    assert fresh[0]["weights_sha256"] == rows[0]["weights_sha256"]
+    store.to_table(rows + fresh)  # the column fits the schema
