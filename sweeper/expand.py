@@ -32,7 +32,9 @@ from sweeper.grid import Epsilon, Grid
 # 2: the stq and sbinary activations became batch-independent (sweeper.quantizers).
 # 3: model fingerprints and library versions in job ids; GSC grouped folds and scaled
 #    features; minimal-perturbation attacks run once, budgets derived from their norms.
-ID_VERSION = 3
+# 4: each epoch shuffled by (job seed, epoch) (checkpointed training resumes exactly);
+#    leaner activation quantizers (fewer graph ops: stochastic draws and dropout differ).
+ID_VERSION = 4
 # Libraries whose major.minor version is part of a job's identity: they train the model
 # (TensorFlow, QKeras), attack it (ART), and decide the folds (scikit-learn).
 ID_LIBRARIES = ("tensorflow", "qkeras", "adversarial-robustness-toolbox", "scikit-learn")
