@@ -3,7 +3,9 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
 
     RESULTS/rows/part-*.parquet     the rows: point pandas, polars, DuckDB or Spark here
     RESULTS/diagnostics.parquet     gradient-masking flags (sweeper.diagnostics), derived
-    RESULTS/models/                 trained weights, so new cells of a model train nothing
+    RESULTS/models/                 trained weights and .tflite files, so new cells of a model train nothing
+    RESULTS/checkpoints/            mid-training state of jobs in flight (sweeper.trial), removed when done
+    RESULTS/.lease.json             the running launch's lease (sweeper.lease)
     RESULTS/damaged/                fragments that could not be read, set aside, never deleted
     RESULTS/.staging/, _tune/       in-progress writes; Ray Tune's own state
 
