@@ -1,16 +1,10 @@
-"""Boundary and ZOO, the black-box attacks besides Square (square.py): their specs, ART
-builders, Boundary's seeded generate, and ``FusedBoundaryAttack``, ART's BoundaryAttack
-with half the model calls and the same examples.
+"""Boundary and ZOO, the black-box attacks besides Square (square.py, which needs its own
+ART subclass): their specs, ART builders, and Boundary's seeded generate.
 
 Both are minimal-perturbation attacks: eps is a post-hoc budget (spec.py).
-
-The ART subclass is created on first use (``_boundary_attack_class``) so that importing
-this module imports neither TensorFlow nor ART.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -18,7 +12,9 @@ from sweeper.attacks.spec import AttackSpec
 
 
 def _build_boundary(classifier, eps, norm, params, seed):
-    return _boundary_attack_class()(classifier, **params)
+    from art.attacks.evasion import BoundaryAttack
+
+    return BoundaryAttack(classifier, **params)
 
 
 def _build_zoo(classifier, eps, norm, params, seed):
@@ -96,90 +92,3 @@ ZOO = AttackSpec(
     build=_build_zoo,
     description="ZOO, zeroth-order C&W L2 (Chen et al. 2017); eps is a post-hoc L2 budget",
 )
-
-
-@functools.cache
-def _boundary_attack_class() -> type:
-    from art.attacks.evasion import BoundaryAttack
-
-    class FusedBoundaryAttack(BoundaryAttack):
-        """ART 1.20's BoundaryAttack whose orthogonal step and first step towards the
-        original share one model call.
-
-        Each of ART's iterations predicts its ``sample_size`` orthogonal candidates, then
-        (a second call) the satisfied ones moved by ``curr_epsilon`` towards the original.
-        That move is elementwise and draws no random numbers, so here it is applied to
-        every candidate and predicted in the same call; the satisfied rows are then the
-        rows ART predicts. Later trials of either loop run as in ART. The random draws,
-        their order and every float operation are ART's, so on a classifier whose
-        predictions do not depend on the other rows of the batch (inference: no batch
-        statistics) the examples are ART's exactly (tests check it against ART).
-
-        Samples still run one after another: ART draws each sample's candidates from the
-        global numpy stream, a data-dependent number of them, so sample i+1's draws start
-        where sample i's ended and cannot be made in lockstep without changing them.
-        """
-
-        def _attack(self, initial_sample, original_sample, y_p, target, initial_delta,
-                    initial_epsilon, clip_min, clip_max):
-            x_adv = initial_sample
-            self.curr_delta, self.curr_epsilon = initial_delta, initial_epsilon
-            self.curr_adv = x_adv
-            clip = (clip_min, clip_max)
-            for _ in range(self.max_iter):
-                found = self._orthogonal_trials(x_adv, original_sample, y_p, target, clip)
-                if found is None:  # ART: "Adversarial example found but not optimal."
-                    return x_adv
-                x_adv, done = self._epsilon_trials(original_sample, y_p, target, clip, *found)
-                if done or self.curr_epsilon < self.min_epsilon:
-                    return x_adv
-            return x_adv
-
-        def _orthogonal_trials(self, x_adv, original_sample, y_p, target, clip):
-            """ART's delta loop; each trial also predicts its candidates' epsilon step.
-            Returns the satisfied candidates, their steps and which steps satisfy, or None."""
-            for _ in range(self.num_trial):
-                candidates = np.array([
-                    np.clip(x_adv + self._orthogonal_perturb(self.curr_delta, x_adv,
-                                                             original_sample), *clip)
-                    for _ in range(self.sample_size)])
-                steps = self._towards(original_sample, candidates, clip)
-                satisfied = self._satisfied(np.concatenate([candidates, steps]), y_p, target)
-                satisfied, steps_satisfied = np.split(satisfied, 2)
-                delta_ratio = np.mean(satisfied)
-                if delta_ratio < 0.2:
-                    self.curr_delta *= self.step_adapt
-                elif delta_ratio > 0.5:
-                    self.curr_delta /= self.step_adapt
-                if delta_ratio > 0:
-                    keep = np.where(satisfied)[0]
-                    return candidates[keep], steps[keep], steps_satisfied[keep]
-            return None
-
-        def _epsilon_trials(self, original_sample, y_p, target, clip, x_advs, steps, satisfied):
-            """ART's epsilon loop, its first trial already predicted. Returns (x_adv, done)."""
-            for trial in range(self.num_trial):
-                if trial:
-                    steps = self._towards(original_sample, x_advs, clip)
-                    satisfied = self._satisfied(steps, y_p, target)
-                epsilon_ratio = np.mean(satisfied)
-                if epsilon_ratio < 0.2:
-                    self.curr_epsilon *= self.step_adapt
-                elif epsilon_ratio > 0.5:
-                    self.curr_epsilon /= self.step_adapt
-                if epsilon_ratio > 0:
-                    self.curr_adv = self._best_adv(original_sample, steps[np.where(satisfied)[0]])
-                    return self.curr_adv, False
-            return self._best_adv(original_sample, x_advs), True  # ART: "not optimal"
-
-        def _towards(self, original_sample, x_advs, clip):
-            """ART's step of x_advs towards the original by curr_epsilon, verbatim."""
-            perturb = np.repeat(np.array([original_sample]), len(x_advs), axis=0) - x_advs
-            perturb *= self.curr_epsilon
-            return np.clip(x_advs + perturb, *clip)
-
-        def _satisfied(self, x, y_p, target):
-            preds = np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
-            return preds == target if self.targeted else preds != y_p
-
-    return FusedBoundaryAttack
