@@ -51,8 +51,10 @@ def _fast_classifier_class() -> type:
         """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.
 
         Each compiled function has a None batch dimension in its input signature, so it is
-        traced once per classifier, not per batch size. Anything the compiled path does not
-        cover (training_mode=True, preprocessing) falls back to ART's eager code.
+        traced once per classifier, not per batch size. QKeras weights are quantized once,
+        at tracing (``_quantized_weights_once``), not on every call. Anything the compiled
+        path does not cover (training_mode=True, preprocessing) falls back to ART's eager
+        code; ``fit`` retraces.
         """
 
         def __init__(self, model, nb_classes, input_shape, clip_values):
@@ -62,9 +64,9 @@ def _fast_classifier_class() -> type:
                 clip_values=clip_values,
                 preprocessing=None,  # ART's default is an identity StandardisationMeanStd op
             )
-            self._compile()
+            self._trace_lazily()
 
-        def _compile(self):
+        def _trace_lazily(self):
             """(Re)create the compiled functions; each traces on its first call."""
             x_spec = tf.TensorSpec([None, *self.input_shape], tf.float32)
             y_spec = tf.TensorSpec([None, self.nb_classes], tf.float32)
@@ -104,7 +106,7 @@ def _fast_classifier_class() -> type:
 
         def fit(self, *args, **kwargs):
             super().fit(*args, **kwargs)
-            self._compile()  # the traced functions hold the old weights' quantized values
+            self._trace_lazily()  # the traced functions hold the old weights' quantized values
 
         def _compiled_ok(self, training_mode: bool) -> bool:
             return not training_mode and not self.preprocessing_operations
