@@ -1,22 +1,33 @@
-"""Benchmark: ART's stock TensorFlowV2Classifier against sweeper's compiled one.
+"""Benchmark: ART's stock TensorFlowV2Classifier (and stock attacks) against sweeper's.
 
-Trains a tiny QKeras model on scikit-learn's digits, then runs FGSM, PGD (7 steps) and
-C&W-L2 (max_iter 10) through ``sweeper.attacks.run`` on the same samples with each
-estimator, and prints seconds, speedup and adversarial accuracy.
+Trains a QKeras model on scikit-learn's digits (sweeper's ``stq_net`` under the ``stq``
+preset by default: quantizing its weights dominates each call, the expensive case), then
+runs each attack through ``sweeper.attacks.run`` on the same samples twice, stock then
+sweeper's, and prints seconds, speedup, adversarial accuracy and whether the examples
+are identical:
 
-    python bench/attacks.py [--samples 100] [--cw-samples N] [--seed 0]
+- FGSM, PGD (7 steps), C&W-L2 (max_iter 10): the same ART attack on the stock estimator
+  and on the compiled one;
+- Square (L-inf, 200 iterations) and Boundary (L2, 100 iterations): ART's stock
+  SquareAttack / BoundaryAttack on the stock estimator against sweeper's (its Square
+  subclass, ART's BoundaryAttack with sweeper's seeded starts) on the compiled one.
 
-C&W on the stock estimator is the slow one (about 1 minute for 100 samples on 2 cores);
---cw-samples runs it, with both estimators, on the first N samples only.
+    python bench/attacks.py [--samples 100] [--cw-samples N] [--bb-samples N] [--seed 0]
+                            [--model stq_net] [--preset stq] [--only square,boundary]
+
+C&W and the black-box attacks on the stock estimator are the slow ones; --cw-samples
+and --bb-samples run them, with both, on the first N samples only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
@@ -31,36 +42,47 @@ RUNS = [
     ("fgsm", 0.1, "inf", {}),
     ("pgd", 0.1, "inf", {"max_iter": 7, "eps_step": "eps/4"}),
     ("cw_l2", math.inf, "2", {"max_iter": 10}),
+    ("square", 0.1, "inf", {"max_iter": 200}),
+    ("boundary", math.inf, "2", {"max_iter": 100}),
 ]
+BLACK_BOX = ("square", "boundary")
 
 
-def train_digits_model(seed: int):
-    """The same kind of tiny model as tests/test_attacks.py: 4-bit QConv2D + QDense logits."""
+def train_digits_model(seed: int, model_name: str, preset: str):
+    """A sweeper model (logits) trained on digits' first 1500 images for 5 epochs."""
     import tensorflow as tf
-    from qkeras import QActivation, QConv2D, QDense, quantized_bits, quantized_relu
     from sklearn.datasets import load_digits
+
+    from sweeper import models, quantizers
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]
     y = data.target.astype(np.int64)
     tf.keras.utils.set_random_seed(seed)
-    bits = quantized_bits(4, 0, 1)
-    model = tf.keras.Sequential([
-        tf.keras.Input((8, 8, 1)),
-        QConv2D(8, 3, kernel_quantizer=bits, bias_quantizer=bits),
-        QActivation(quantized_relu(4)),
-        tf.keras.layers.Flatten(),
-        QDense(10, kernel_quantizer=bits, bias_quantizer=bits),
-    ])
+    model = models.build(model_name, (8, 8, 1), 10, quantizers.QUANTIZERS.get(preset))
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1500], y[:1500], epochs=5, batch_size=32, verbose=0)
     return model, x[1500:], y[1500:]
 
 
-def timed_run(classifier, name, x, y, eps, norm, params, seed):
-    started = time.perf_counter()
-    x_adv = attacks.run(name, classifier, x, y, eps, norm, params, seed)
-    return time.perf_counter() - started, x_adv
+@contextlib.contextmanager
+def stock_attack_classes():
+    """sweeper's Square builder makes ART's own SquareAttack while active (Boundary is
+    ART's BoundaryAttack already)."""
+    from art.attacks.evasion import SquareAttack
+
+    from sweeper.attacks import square
+
+    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack):
+        yield
+
+
+def timed_run(classifier, name, x, y, eps, norm, params, seed, stock_attack=False):
+    stock = stock_attack_classes() if stock_attack else contextlib.nullcontext()
+    with stock:
+        started = time.perf_counter()
+        x_adv = attacks.run(name, classifier, x, y, eps, norm, params, seed)
+        return time.perf_counter() - started, x_adv
 
 
 def trace(classifier, x, y) -> None:
@@ -72,24 +94,28 @@ def trace(classifier, x, y) -> None:
     print(f"{type(classifier).__name__}: first calls (tracing) {time.perf_counter() - started:.2f} s")
 
 
-def compare(stock, fast, x, y, cw_samples: int | None, seed: int) -> None:
+def compare(stock, fast, x, y, limits: dict, only: set | None, seed: int) -> None:
     columns = ["attack", "n", "stock s", "fast s", "speedup", "stock adv acc", "fast adv acc",
-               "max |diff|"]
-    widths = [8, 4, 9, 9, 8, 14, 13, 11]
+               "max |diff|", "identical"]
+    widths = [8, 4, 9, 9, 8, 14, 13, 11, 9]
     print(" ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
                    for i, (c, w) in enumerate(zip(columns, widths))))
     speedups = []
     for name, eps, norm, params in RUNS:
-        n = min(cw_samples or len(x), len(x)) if name == "cw_l2" else len(x)
-        stock_s, stock_adv = timed_run(stock, name, x[:n], y[:n], eps, norm, params, seed)
+        if only and name not in only:
+            continue
+        n = min(limits.get(name) or len(x), len(x))
+        stock_s, stock_adv = timed_run(stock, name, x[:n], y[:n], eps, norm, params, seed,
+                                       stock_attack=name in BLACK_BOX)
         fast_s, fast_adv = timed_run(fast, name, x[:n], y[:n], eps, norm, params, seed)
         # Both judged by the same (fast) predict: they are equal, see the tests.
         stock_acc = np.mean(fast.predict(stock_adv).argmax(1) == y[:n])
         fast_acc = np.mean(fast.predict(fast_adv).argmax(1) == y[:n])
         diff = np.abs(stock_adv - fast_adv).max()
+        identical = np.array_equal(stock_adv, fast_adv)
         speedups.append(f"{name} {stock_s / fast_s:.1f}x")
         print(f"{name:<8} {n:>4} {stock_s:>9.2f} {fast_s:>9.3f} {stock_s / fast_s:>7.1f}x "
-              f"{stock_acc:>14.3f} {fast_acc:>13.3f} {diff:>11.2g}")
+              f"{stock_acc:>14.3f} {fast_acc:>13.3f} {diff:>11.2g} {str(identical):>9}")
     print("speedups: " + ", ".join(speedups))
 
 
@@ -98,17 +124,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--cw-samples", type=int, default=None,
                         help="run C&W-L2 on the first N samples only (default: all)")
+    parser.add_argument("--bb-samples", type=int, default=20,
+                        help="run Square and Boundary on the first N samples only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="stq_net", help="a sweeper model name")
+    parser.add_argument("--preset", default="stq", help="a sweeper quantizer preset")
+    parser.add_argument("--only", default=None, help="comma-separated attacks to run")
     args = parser.parse_args()
 
-    model, x_test, y_test = train_digits_model(args.seed)
+    model, x_test, y_test = train_digits_model(args.seed, args.model, args.preset)
+    print(f"model: {args.model} under preset {args.preset}, {model.count_params()} params")
     x, y = x_test[: args.samples], y_test[: args.samples]
     stock = attacks.make_stock_classifier(model, 10, (8, 8, 1), (0.0, 1.0))
     fast = attacks.make_classifier(model, 10, (8, 8, 1), (0.0, 1.0))
     trace(stock, x, y)
     trace(fast, x, y)
     print(f"clean accuracy on {len(x)} samples: {np.mean(fast.predict(x).argmax(1) == y):.3f}")
-    compare(stock, fast, x, y, args.cw_samples, args.seed)
+    limits = {"cw_l2": args.cw_samples, "square": args.bb_samples, "boundary": args.bb_samples}
+    only = set(args.only.split(",")) if args.only else None
+    compare(stock, fast, x, y, limits, only, args.seed)
 
 
 if __name__ == "__main__":

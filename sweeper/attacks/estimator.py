@@ -7,6 +7,7 @@ module imports neither TensorFlow nor ART.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -50,8 +51,10 @@ def _fast_classifier_class() -> type:
         """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.
 
         Each compiled function has a None batch dimension in its input signature, so it is
-        traced once per classifier, not per batch size. Anything the compiled path does not
-        cover (training_mode=True, preprocessing) falls back to ART's eager code.
+        traced once per classifier, not per batch size. QKeras weights are quantized once,
+        at tracing (``_quantized_weights_once``), not on every call. Anything the compiled
+        path does not cover (training_mode=True, preprocessing) falls back to ART's eager
+        code; ``fit`` retraces.
         """
 
         def __init__(self, model, nb_classes, input_shape, clip_values):
@@ -61,9 +64,14 @@ def _fast_classifier_class() -> type:
                 clip_values=clip_values,
                 preprocessing=None,  # ART's default is an identity StandardisationMeanStd op
             )
-            x_spec = tf.TensorSpec([None, *input_shape], tf.float32)
-            y_spec = tf.TensorSpec([None, nb_classes], tf.float32)
+            self._trace_lazily()
+
+        def _trace_lazily(self):
+            """(Re)create the compiled functions; each traces on its first call."""
+            x_spec = tf.TensorSpec([None, *self.input_shape], tf.float32)
+            y_spec = tf.TensorSpec([None, self.nb_classes], tf.float32)
             label_spec = tf.TensorSpec([None], tf.int32)
+            self._quantized = {}  # id(weight variable) -> its quantized value, see _logits
             self._logits_fn = tf.function(self._logits, input_signature=[x_spec])
             self._loss_grad_fn = tf.function(self._loss_grad, input_signature=[x_spec, y_spec])
             self._label_grad_fn = tf.function(self._label_grad, input_signature=[x_spec, label_spec])
@@ -71,7 +79,8 @@ def _fast_classifier_class() -> type:
 
         # The plain functions below are what gets compiled.
         def _logits(self, x):
-            return self._model(x, training=False)
+            with _quantized_weights_once(self._model, self._quantized):
+                return self._model(x, training=False)
 
         def _loss_grad(self, x, y):
             with tf.GradientTape() as tape:
@@ -95,12 +104,18 @@ def _fast_classifier_class() -> type:
                 logits = self._logits(x)
             return tape.batch_jacobian(logits, x)
 
+        def fit(self, *args, **kwargs):
+            super().fit(*args, **kwargs)
+            self._trace_lazily()  # the traced functions hold the old weights' quantized values
+
         def _compiled_ok(self, training_mode: bool) -> bool:
             return not training_mode and not self.preprocessing_operations
 
         def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
             if not self._compiled_ok(training_mode):
                 return super().predict(x, batch_size=batch_size, training_mode=training_mode, **kwargs)
+            # ART's predict would also run a preprocessing pass and batch_size-sized eager
+            # calls; outputs do not depend on the batch (inference), so one call per chunk.
             x = np.asarray(x, dtype=np.float32)
             chunks = [self._logits_fn(x[i:i + PREDICT_CHUNK]).numpy()
                       for i in range(0, len(x), PREDICT_CHUNK)]
@@ -124,3 +139,42 @@ def _fast_classifier_class() -> type:
             return self._label_grad_fn(x, labels).numpy()[:, None]
 
     return FastTensorFlowV2Classifier
+
+
+@contextlib.contextmanager
+def _quantized_weights_once(model: Any, memo: dict):
+    """While tracing, a QKeras layer's weight quantizers return a constant: the quantized
+    weight, computed once (eagerly, as ART's stock estimator computes it on every call).
+
+    A QKeras layer quantizes its weights inside ``call``, so a compiled forward redoes it on
+    every call: for stq_net under ``stq`` (930k stochastic-ternary weights with a per-call
+    'auto_po2' scale) that is ~100 ms a call, whatever the batch. In inference the result
+    depends only on the weights, so it is the same tensor every call. Only the quantizers'
+    inputs that are weight variables are replaced; activations are quantized as before, and
+    every other op of the traced graph is unchanged, so outputs stay bitwise ART's.
+    """
+    from tf_keras.src import backend as keras_backend
+
+    import tensorflow as tf
+
+    def once(quantizer):
+        def quantize(value, *args, **kwargs):
+            if args or kwargs or not isinstance(value, tf.Variable):
+                return quantizer(value, *args, **kwargs)
+            if id(value) not in memo:
+                with tf.init_scope(), keras_backend.learning_phase_scope(0):
+                    memo[id(value)] = tf.constant(quantizer(value))
+            return memo[id(value)]
+        return quantize
+
+    patched = []
+    for layer in model.submodules:
+        for name, quantizer in list(vars(layer).items()):
+            if name.endswith("_quantizer_internal") and callable(quantizer):
+                patched.append((layer, name, quantizer))
+                object.__setattr__(layer, name, once(quantizer))
+    try:
+        yield
+    finally:
+        for layer, name, quantizer in patched:
+            object.__setattr__(layer, name, quantizer)
