@@ -504,43 +504,23 @@ def _quoted(values) -> str:
 
 
 def _sql_points(connection, relation: str) -> list[Point]:
-    """Pool each point's samples in DuckDB (table _dg_samples: point, key, clean, adv; a
-    (fold, sample_index) taken once, from the earliest row) and return the points that
-    have samples, in the order of their first row, as ``Point``s without samples."""
+    """Pool each point's samples in DuckDB and return the points that have samples, in
+    the order of their first row, as ``Point``s without samples. A point of a *uniform*
+    configuration keeps its outcomes as two bit strings (``_dg_points``); the others' samples
+    are unnested into ``_dg_samples`` (point, key, clean, adv; a (fold, sample_index) taken
+    once, from the earliest row)."""
     usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
               "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
-    # A point whose rows are of distinct folds, each with distinct sample indices in
-    # [0, 2**40), holds every key once: its samples need no deduplication.
-    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
-               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
-    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    _create_points(connection, relation, usable)
+    _mark_uniform(connection, relation, usable)
+    _create_samples(connection, relation)
     connection.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _dg_points AS
-        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * FROM (
-            SELECT {keys}, min(_order) AS first_order,
-                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
-                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
-                   count(*) = count(DISTINCT coalesce(fold, -1)) AND bool_and({regular}) AS regular,
-                   list(_order) AS members
-            FROM {relation} WHERE {usable} GROUP BY {keys})""")
-    connection.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _dg_samples AS
-        WITH pooled AS (
-            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
-            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
-                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
-                         unnest(range(len(r.sample_index))) AS pos
-                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points) AS m
-                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
-                  USING (_order))
-            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
-        SELECT pid, key, clean, adv FROM pooled WHERE regular
-        UNION ALL
-        SELECT pid, key, clean, adv FROM (
-            SELECT * FROM pooled WHERE NOT regular
-            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
-    connection.execute("""
         CREATE OR REPLACE TEMP TABLE _dg_info AS
+        SELECT pid, length(adv_bits)::BIGINT AS n, bit_count(clean_bits)::BIGINT AS clean_right,
+               bit_count(adv_bits)::BIGINT AS adv_right, {_DISAGREE.format('clean_bits', 'adv_bits')} AS b,
+               {_DISAGREE.format('adv_bits', 'clean_bits')} AS c
+        FROM _dg_points WHERE uniform
+        UNION ALL
         SELECT pid, count(*) AS n, sum(clean::INTEGER)::BIGINT AS clean_right, sum(adv::INTEGER)::BIGINT AS adv_right,
                sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
         FROM _dg_samples GROUP BY pid""")
@@ -549,6 +529,79 @@ def _sql_points(connection, relation: str) -> list[Point]:
                p.input_range, i.n, i.clean_right, i.adv_right, i.b, i.c
         FROM _dg_points AS p JOIN _dg_info AS i USING (pid) ORDER BY p.pid""")
     return _point_records((getattr(relation_, "to_arrow_table", None) or relation_.arrow)())
+
+
+# A row's outcome list as a string of 0s and 1s, and the samples right in the first bit
+# string and wrong in the second.
+_BITS = "array_to_string(list_transform({0}, lambda x: CASE WHEN x THEN '1' ELSE '0' END), '')"
+_DISAGREE = "bit_count({0} & ~{1})::BIGINT"
+
+
+def _create_points(connection, relation: str, usable: str) -> None:
+    """_dg_points: one row per point with its scalars, its rows (``members``), whether it
+    is regular (distinct folds, each with distinct sample indices in [0, 2**40): every key
+    once, no deduplication needed), complete (no unknown outcome, no empty row), its folds
+    and its outcomes concatenated in fold order as bit strings."""
+    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
+               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
+    complete = ("len(sample_index) > 0 AND list_count(clean_correct) = len(sample_index) "
+                "AND list_count(adv_correct) = len(sample_index)")
+    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * EXCLUDE (regular_rows, rows),
+               len(list_distinct(folds)) = len(folds) AND regular_rows AS regular,
+               nullif(array_to_string(list_transform(rows, lambda r: r.clean), ''), '')::BIT AS clean_bits,
+               nullif(array_to_string(list_transform(rows, lambda r: r.adv), ''), '')::BIT AS adv_bits
+        FROM (SELECT *, list_transform(rows, lambda r: r.fold) AS folds FROM (
+            SELECT {keys}, min(_order) AS first_order,
+                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
+                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
+                   bool_and({regular}) AS regular_rows, bool_and({complete}) AS complete,
+                   list_sort(list({{'fold': coalesce(fold, -1), 'clean': {_BITS.format('clean_correct')},
+                                   'adv': {_BITS.format('adv_correct')}}})) AS rows,
+                   list(_order) AS members
+            FROM {relation} WHERE {usable} GROUP BY {keys}))""")
+
+
+def _mark_uniform(connection, relation: str, usable: str) -> None:
+    """Add ``uniform`` to _dg_points: true for every point of a configuration whose points
+    are all regular and complete, hold the same folds, and whose rows of one fold all hold
+    the same sample indices in the same order. Any two of its points then have the same
+    samples at the same places of their bit strings, so a paired count is a ``bit_count``."""
+    config = ", ".join(f'"{c}"' for c in CONFIG_COLUMNS)
+    same = " AND ".join(f'p."{c}" IS NOT DISTINCT FROM u."{c}"' for c in CONFIG_COLUMNS)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        WITH u AS (
+            SELECT {config}, bool_and(ok) AS uniform FROM (
+                SELECT {config}, min(sample_index) = max(sample_index) AS ok
+                FROM {relation} WHERE {usable} GROUP BY {config}, coalesce(fold, -1)
+                UNION ALL
+                SELECT {config}, bool_and(regular AND complete) AND min(folds) = max(folds)
+                FROM _dg_points GROUP BY {config})
+            GROUP BY {config})
+        SELECT p.*, u.uniform FROM _dg_points AS p JOIN u ON {same}""")
+
+
+def _create_samples(connection, relation: str) -> None:
+    """_dg_samples: the pooled samples of the points that are not uniform."""
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_samples AS
+        WITH pooled AS (
+            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
+            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
+                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
+                         unnest(range(len(r.sample_index))) AS pos
+                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points WHERE NOT uniform) AS m
+                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
+                  USING (_order))
+            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
+        SELECT pid, key, clean, adv FROM pooled WHERE regular
+        UNION ALL
+        SELECT pid, key, clean, adv FROM (
+            SELECT * FROM pooled WHERE NOT regular
+            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
 
 
 @dataclass(eq=False)
@@ -616,13 +669,19 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
         SELECT 2, y.cfg, y.curve, y.pos, x.pos, x.pid, y.pid
         FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
         WHERE x.eps < y.eps""")
-    relation = connection.sql("""
+    relation = connection.sql(f"""
+        SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, length(a.adv_bits)::BIGINT AS n,
+               bit_count(a.adv_bits)::BIGINT AS first_right, bit_count(b.adv_bits)::BIGINT AS second_right,
+               {_DISAGREE.format('a.adv_bits', 'b.adv_bits')} AS b, {_DISAGREE.format('b.adv_bits', 'a.adv_bits')} AS c
+        FROM _dg_pairs AS p JOIN _dg_points AS a ON a.pid = p.first AND a.uniform
+        JOIN _dg_points AS b ON b.pid = p.second
+        UNION ALL
         SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, count(*) AS n,
                sum(a.adv::INTEGER)::BIGINT AS first_right, sum(b.adv::INTEGER)::BIGINT AS second_right,
                sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
         FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
         JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
-        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""")
+        GROUP BY ALL ORDER BY cfg, family, k1, k2, k3""")
     counted = {name: np.asarray(values) for name, values in relation.fetchnumpy().items()}
     connection.unregister("_dg_flags")
     return _keep_best_white(counted)
