@@ -535,29 +535,30 @@ def _sql_points(connection, relation: str) -> list[Point]:
 # string and wrong in the second.
 _BITS = "array_to_string(list_transform({0}, lambda x: CASE WHEN x THEN '1' ELSE '0' END), '')"
 _DISAGREE = "bit_count({0} & ~{1})::BIGINT"
+# A row's sample indices are regular when distinct and in [0, 2**40): with distinct folds,
+# every (fold, sample_index) key of the point once, no deduplication needed.
+_REGULAR = ("(len(list_distinct({0})) = len({0}) "
+            f"AND coalesce(list_min({{0}}) >= 0 AND list_max({{0}}) < {_KEY_FOLD}, true))")
 
 
 def _create_points(connection, relation: str, usable: str) -> None:
-    """_dg_points: one row per point with its scalars, its rows (``members``), whether it
-    is regular (distinct folds, each with distinct sample indices in [0, 2**40): every key
-    once, no deduplication needed), complete (no unknown outcome, no empty row), its folds
+    """_dg_points: one row per point with its scalars, its rows (``members``), whether its
+    folds are distinct, whether it is complete (no unknown outcome, no empty row), its folds
     and its outcomes concatenated in fold order as bit strings."""
-    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
-               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
     complete = ("len(sample_index) > 0 AND list_count(clean_correct) = len(sample_index) "
                 "AND list_count(adv_correct) = len(sample_index)")
     keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_points AS
-        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * EXCLUDE (regular_rows, rows),
-               len(list_distinct(folds)) = len(folds) AND regular_rows AS regular,
+        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * EXCLUDE (rows),
+               len(list_distinct(folds)) = len(folds) AS distinct_folds,
                nullif(array_to_string(list_transform(rows, lambda r: r.clean), ''), '')::BIT AS clean_bits,
                nullif(array_to_string(list_transform(rows, lambda r: r.adv), ''), '')::BIT AS adv_bits
         FROM (SELECT *, list_transform(rows, lambda r: r.fold) AS folds FROM (
             SELECT {keys}, min(_order) AS first_order,
                    arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
                    CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
-                   bool_and({regular}) AS regular_rows, bool_and({complete}) AS complete,
+                   bool_and({complete}) AS complete,
                    list_sort(list({{'fold': coalesce(fold, -1), 'clean': {_BITS.format('clean_correct')},
                                    'adv': {_BITS.format('adv_correct')}}})) AS rows,
                    list(_order) AS members
@@ -566,8 +567,8 @@ def _create_points(connection, relation: str, usable: str) -> None:
 
 def _mark_uniform(connection, relation: str, usable: str) -> None:
     """Add ``uniform`` to _dg_points: true for every point of a configuration whose points
-    are all regular and complete, hold the same folds, and whose rows of one fold all hold
-    the same sample indices in the same order. Any two of its points then have the same
+    are all complete and hold the same distinct folds, and whose rows of one fold all hold
+    the same regular sample indices in the same order. Any two of its points then have the same
     samples at the same places of their bit strings, so a paired count is a ``bit_count``."""
     config = ", ".join(f'"{c}"' for c in CONFIG_COLUMNS)
     same = " AND ".join(f'p."{c}" IS NOT DISTINCT FROM u."{c}"' for c in CONFIG_COLUMNS)
@@ -575,10 +576,11 @@ def _mark_uniform(connection, relation: str, usable: str) -> None:
         CREATE OR REPLACE TEMP TABLE _dg_points AS
         WITH u AS (
             SELECT {config}, bool_and(ok) AS uniform FROM (
-                SELECT {config}, min(sample_index) = max(sample_index) AS ok
-                FROM {relation} WHERE {usable} GROUP BY {config}, coalesce(fold, -1)
+                SELECT {config}, lo = hi AND {_REGULAR.format('lo')} AS ok FROM (
+                    SELECT {config}, min(sample_index) AS lo, max(sample_index) AS hi
+                    FROM {relation} WHERE {usable} GROUP BY {config}, coalesce(fold, -1))
                 UNION ALL
-                SELECT {config}, bool_and(regular AND complete) AND min(folds) = max(folds)
+                SELECT {config}, bool_and(distinct_folds AND complete) AND min(folds) = max(folds)
                 FROM _dg_points GROUP BY {config})
             GROUP BY {config})
         SELECT p.*, u.uniform FROM _dg_points AS p JOIN u ON {same}""")
@@ -590,12 +592,14 @@ def _create_samples(connection, relation: str) -> None:
         CREATE OR REPLACE TEMP TABLE _dg_samples AS
         WITH pooled AS (
             SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
-            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
-                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
-                         unnest(range(len(r.sample_index))) AS pos
-                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points WHERE NOT uniform) AS m
-                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
-                  USING (_order))
+            FROM (SELECT pid, regular, _order, fold, unnest(sample_index) AS idx, unnest(clean_correct) AS clean,
+                         unnest(adv_correct) AS adv, unnest(range(len(sample_index))) AS pos
+                  FROM (SELECT *, distinct_folds AND bool_and({_REGULAR.format('sample_index')})
+                                      OVER (PARTITION BY pid) AS regular
+                        FROM (SELECT pid, distinct_folds, unnest(members) AS _order FROM _dg_points
+                              WHERE NOT uniform) AS m
+                        JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
+                        USING (_order)))
             WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
         SELECT pid, key, clean, adv FROM pooled WHERE regular
         UNION ALL

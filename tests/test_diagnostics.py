@@ -377,9 +377,10 @@ def test_the_store_path_gives_exactly_the_reference_table(tmp_path):
 def uniform_rows(rng: np.random.Generator) -> list[dict]:
     """Configurations whose points all hold the same folds and the same samples in the same
     order (counted on bit strings), one where a row holds its samples in another order,
-    one where a point lacks a fold (both counted sample by sample)."""
+    one where a point lacks a fold, one whose rows all list a sample twice (all three
+    counted sample by sample)."""
     rows = {}
-    for config in ("u0", "u1", "u2"):
+    for config in ("u0", "u1", "u2", "u3"):
         for attack, norm in ATTACK_NORMS[:-1]:
             for eps in (0.05, 0.3, math.inf):
                 rows[config, attack, eps] = point(
@@ -389,12 +390,15 @@ def uniform_rows(rng: np.random.Generator) -> list[dict]:
     for name in ("sample_index", "clean_correct", "adv_correct"):
         row[name] = row[name][::-1]
     del rows["u2", "fgsm", 0.3][2]
+    for (config, *_), point_rows in rows.items():
+        for row in point_rows if config == "u3" else []:
+            row["sample_index"][-1] = row["sample_index"][0]
     return [row for point_rows in rows.values() for row in point_rows]
 
 
 def test_the_bit_string_path_gives_exactly_the_reference_table():
     rows = table(uniform_rows(np.random.default_rng(11)))
     reference = diagnostics.diagnose_reference(rows)
-    assert len(set(reference.column("config_id").to_pylist())) == 3 and len(set(reference.column("flag"))) == 5
+    assert len(set(reference.column("config_id").to_pylist())) == 4 and len(set(reference.column("flag"))) == 5
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert diagnostics.diagnose(rows).equals(reference)
