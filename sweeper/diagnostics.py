@@ -780,24 +780,39 @@ _REFERENCE_LABEL = {3: "clean", 4: "chance"}
 
 def _flag_table(points: list[_Counted], configs: list[tuple], columns: dict[str, np.ndarray]) -> pa.Table:
     """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
-    at = columns["point"].tolist()
-    names = [point.name for point in points]
-    references = [names[i] if i >= 0 else _REFERENCE_LABEL[f]
-                  for i, f in zip(columns["reference_point"].tolist(), columns["family"].tolist())]
-    details = [_detail(points[i], ref, f, v, r, n, null, p, q) for i, ref, f, v, r, n, null, p, q in zip(
-        at, references, columns["family"].tolist(), columns["value"].tolist(), columns["reference"].tolist(),
-        columns["n"].tolist(), columns["null"].tolist(), columns["p_value"].tolist(),
-        columns["p_adjusted"].tolist())]
+    at = pa.array(columns["point"])
+    names = pa.array([point.name for point in points], pa.string())
+    labels = pa.array([_REFERENCE_LABEL.get(f, "") for f in range(5)]).take(pa.array(columns["family"]))
+    own = columns["reference_point"] >= 0
+    references = pc.if_else(pa.array(own), names.take(pa.array(np.where(own, columns["reference_point"], 0))),
+                            labels)
     cfg = pa.array(columns["cfg"])
     data = {name: pa.array([config[k] for config in configs], SCHEMA.field(name).type).take(cfg)
             for k, name in enumerate(CONFIG_COLUMNS)}
     data["flag"] = pa.array(list(CHECKS)).take(pa.array(columns["family"]))
     for name in ("attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"):
-        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(pa.array(at))
+        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(at)
     data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
                 p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
-                fired=columns["fired"], detail=details)
-    return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+                fired=columns["fired"], detail=_details(points, references, columns))
+    return pa.Table.from_arrays([data[f.name].cast(f.type) if isinstance(data[f.name], (pa.Array, pa.ChunkedArray))
+                                 else pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+
+
+_DETAIL_BATCH = 50_000  # sentences written at a time: Python strings for a batch only, then Arrow
+
+
+def _details(points: list[_Counted], references: pa.Array, columns: dict[str, np.ndarray]) -> pa.ChunkedArray:
+    """The sentences, one per flag, in batches (a store's 300,000 flags as Python strings
+    and floats at once would cost hundreds of MB)."""
+    names = ("point", "family", "value", "reference", "n", "null", "p_value", "p_adjusted")
+    chunks = []
+    for start in range(0, len(columns["point"]), _DETAIL_BATCH):
+        part = [columns[name][start:start + _DETAIL_BATCH].tolist() for name in names]
+        refs = references.slice(start, _DETAIL_BATCH).to_pylist()
+        chunks.append(pa.array([_detail(points[i], ref, f, v, r, n, null, p, q) for ref, i, f, v, r, n, null, p, q
+                                in zip(refs, *part)], pa.string()))
+    return pa.chunked_array(chunks, pa.string())
 
 
 def _detail(point: _Counted, reference: str, family: int, value: float, ref: float, n: int, null: float,
