@@ -647,17 +647,22 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
     configs: dict[tuple, int] = {}
     positions: dict[int, int] = defaultdict(int)
     curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
-    rows = []
+    placed = {name: [] for name in ("cfg", "pos", "curve")}
     for point in points:
         cfg = configs.setdefault(point.config, len(configs))
-        curve = curves.setdefault((cfg, point.attack, point.attack_label, point.norm, point.attack_params),
-                                  positions[cfg])
-        rows.append({"pid": point.pid, "cfg": cfg, "pos": positions[cfg], "curve": curve, "attack": point.attack,
-                     "attack_label": point.attack_label, "norm": point.norm, "eps": point.eps,
-                     "attack_params": point.attack_params, "single_step": point.spec.single_step,
-                     "black_box": point.spec.black_box, "unbounded": point.unbounded})
+        placed["curve"].append(curves.setdefault((cfg, point.attack, point.attack_label, point.norm,
+                                                  point.attack_params), positions[cfg]))
+        placed["cfg"].append(cfg)
+        placed["pos"].append(positions[cfg])
         positions[cfg] += 1
-    connection.register("_dg_flags", pa.Table.from_pylist(rows))
+    specs = {name: ATTACKS.get(name) for name in {point.attack for point in points}}
+    flags = {"pid": [p.pid for p in points], **placed,
+             **{name: [getattr(p, name) for p in points] for name in ("attack", "attack_label", "norm", "eps",
+                                                                       "attack_params")},
+             "single_step": [specs[p.attack].single_step for p in points],
+             "black_box": [specs[p.attack].black_box for p in points],
+             "unbounded": [math.isinf(p.eps) for p in points]}
+    connection.register("_dg_flags", pa.table(flags))
     same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_pairs AS
