@@ -504,43 +504,23 @@ def _quoted(values) -> str:
 
 
 def _sql_points(connection, relation: str) -> list[Point]:
-    """Pool each point's samples in DuckDB (table _dg_samples: point, key, clean, adv; a
-    (fold, sample_index) taken once, from the earliest row) and return the points that
-    have samples, in the order of their first row, as ``Point``s without samples."""
+    """Pool each point's samples in DuckDB and return the points that have samples, in
+    the order of their first row, as ``Point``s without samples. A point of a *uniform*
+    configuration keeps its outcomes as two bit strings (``_dg_points``); the others' samples
+    are unnested into ``_dg_samples`` (point, key, clean, adv; a (fold, sample_index) taken
+    once, from the earliest row)."""
     usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
               "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
-    # A point whose rows are of distinct folds, each with distinct sample indices in
-    # [0, 2**40), holds every key once: its samples need no deduplication.
-    regular = (f"len(list_distinct(sample_index)) = len(sample_index) "
-               f"AND coalesce(list_min(sample_index) >= 0 AND list_max(sample_index) < {_KEY_FOLD}, true)")
-    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    _create_points(connection, relation, usable)
+    _mark_uniform(connection, relation, usable)
+    _create_samples(connection, relation)
     connection.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _dg_points AS
-        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * FROM (
-            SELECT {keys}, min(_order) AS first_order,
-                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
-                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
-                   count(*) = count(DISTINCT coalesce(fold, -1)) AND bool_and({regular}) AS regular,
-                   list(_order) AS members
-            FROM {relation} WHERE {usable} GROUP BY {keys})""")
-    connection.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _dg_samples AS
-        WITH pooled AS (
-            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
-            FROM (SELECT m.pid, m.regular, r._order, r.fold, unnest(r.sample_index) AS idx,
-                         unnest(r.clean_correct) AS clean, unnest(r.adv_correct) AS adv,
-                         unnest(range(len(r.sample_index))) AS pos
-                  FROM (SELECT pid, regular, unnest(members) AS _order FROM _dg_points) AS m
-                  JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
-                  USING (_order))
-            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
-        SELECT pid, key, clean, adv FROM pooled WHERE regular
-        UNION ALL
-        SELECT pid, key, clean, adv FROM (
-            SELECT * FROM pooled WHERE NOT regular
-            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
-    connection.execute("""
         CREATE OR REPLACE TEMP TABLE _dg_info AS
+        SELECT pid, length(adv_bits)::BIGINT AS n, bit_count(clean_bits)::BIGINT AS clean_right,
+               bit_count(adv_bits)::BIGINT AS adv_right, {_DISAGREE.format('clean_bits', 'adv_bits')} AS b,
+               {_DISAGREE.format('adv_bits', 'clean_bits')} AS c
+        FROM _dg_points WHERE uniform
+        UNION ALL
         SELECT pid, count(*) AS n, sum(clean::INTEGER)::BIGINT AS clean_right, sum(adv::INTEGER)::BIGINT AS adv_right,
                sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
         FROM _dg_samples GROUP BY pid""")
@@ -549,6 +529,83 @@ def _sql_points(connection, relation: str) -> list[Point]:
                p.input_range, i.n, i.clean_right, i.adv_right, i.b, i.c
         FROM _dg_points AS p JOIN _dg_info AS i USING (pid) ORDER BY p.pid""")
     return _point_records((getattr(relation_, "to_arrow_table", None) or relation_.arrow)())
+
+
+# A row's outcome list as a string of 0s and 1s, and the samples right in the first bit
+# string and wrong in the second.
+_BITS = "array_to_string(list_transform({0}, lambda x: CASE WHEN x THEN '1' ELSE '0' END), '')"
+_DISAGREE = "bit_count({0} & ~{1})::BIGINT"
+# A row's sample indices are regular when distinct and in [0, 2**40): with distinct folds,
+# every (fold, sample_index) key of the point once, no deduplication needed.
+_REGULAR = ("(len(list_distinct({0})) = len({0}) "
+            f"AND coalesce(list_min({{0}}) >= 0 AND list_max({{0}}) < {_KEY_FOLD}, true))")
+
+
+def _create_points(connection, relation: str, usable: str) -> None:
+    """_dg_points: one row per point with its scalars, its rows (``members``), whether its
+    folds are distinct, whether it is complete (no unknown outcome, no empty row), its folds
+    and its outcomes concatenated in fold order as bit strings."""
+    complete = ("len(sample_index) > 0 AND list_count(clean_correct) = len(sample_index) "
+                "AND list_count(adv_correct) = len(sample_index)")
+    keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        SELECT row_number() OVER (ORDER BY first_order) - 1 AS pid, * EXCLUDE (rows),
+               len(list_distinct(folds)) = len(folds) AS distinct_folds,
+               nullif(array_to_string(list_transform(rows, lambda r: r.clean), ''), '')::BIT AS clean_bits,
+               nullif(array_to_string(list_transform(rows, lambda r: r.adv), ''), '')::BIT AS adv_bits
+        FROM (SELECT *, list_transform(rows, lambda r: r.fold) AS folds FROM (
+            SELECT {keys}, min(_order) AS first_order,
+                   arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
+                   CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
+                   bool_and({complete}) AS complete,
+                   list_sort(list({{'fold': coalesce(fold, -1), 'clean': {_BITS.format('clean_correct')},
+                                   'adv': {_BITS.format('adv_correct')}}})) AS rows,
+                   list(_order) AS members
+            FROM {relation} WHERE {usable} GROUP BY {keys}))""")
+
+
+def _mark_uniform(connection, relation: str, usable: str) -> None:
+    """Add ``uniform`` to _dg_points: true for every point of a configuration whose points
+    are all complete and hold the same distinct folds, and whose rows of one fold all hold
+    the same regular sample indices in the same order. Any two of its points then have the same
+    samples at the same places of their bit strings, so a paired count is a ``bit_count``."""
+    config = ", ".join(f'"{c}"' for c in CONFIG_COLUMNS)
+    same = " AND ".join(f'p."{c}" IS NOT DISTINCT FROM u."{c}"' for c in CONFIG_COLUMNS)
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_points AS
+        WITH u AS (
+            SELECT {config}, bool_and(ok) AS uniform FROM (
+                SELECT {config}, lo = hi AND {_REGULAR.format('lo')} AS ok FROM (
+                    SELECT {config}, min(sample_index) AS lo, max(sample_index) AS hi
+                    FROM {relation} WHERE {usable} GROUP BY {config}, coalesce(fold, -1))
+                UNION ALL
+                SELECT {config}, bool_and(distinct_folds AND complete) AND min(folds) = max(folds)
+                FROM _dg_points GROUP BY {config})
+            GROUP BY {config})
+        SELECT p.*, u.uniform FROM _dg_points AS p JOIN u ON {same}""")
+
+
+def _create_samples(connection, relation: str) -> None:
+    """_dg_samples: the pooled samples of the points that are not uniform."""
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_samples AS
+        WITH pooled AS (
+            SELECT pid, regular, _order, coalesce(fold, -1)::BIGINT * {_KEY_FOLD} + idx AS key, clean, adv, pos
+            FROM (SELECT pid, regular, _order, fold, unnest(sample_index) AS idx, unnest(clean_correct) AS clean,
+                         unnest(adv_correct) AS adv, unnest(range(len(sample_index))) AS pos
+                  FROM (SELECT *, distinct_folds AND bool_and({_REGULAR.format('sample_index')})
+                                      OVER (PARTITION BY pid) AS regular
+                        FROM (SELECT pid, distinct_folds, unnest(members) AS _order FROM _dg_points
+                              WHERE NOT uniform) AS m
+                        JOIN (SELECT _order, fold, sample_index, clean_correct, adv_correct FROM {relation}) AS r
+                        USING (_order)))
+            WHERE idx IS NOT NULL AND clean IS NOT NULL AND adv IS NOT NULL)
+        SELECT pid, key, clean, adv FROM pooled WHERE regular
+        UNION ALL
+        SELECT pid, key, clean, adv FROM (
+            SELECT * FROM pooled WHERE NOT regular
+            QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
 
 
 @dataclass(eq=False)
@@ -590,17 +647,22 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
     configs: dict[tuple, int] = {}
     positions: dict[int, int] = defaultdict(int)
     curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
-    rows = []
+    placed = {name: [] for name in ("cfg", "pos", "curve")}
     for point in points:
         cfg = configs.setdefault(point.config, len(configs))
-        curve = curves.setdefault((cfg, point.attack, point.attack_label, point.norm, point.attack_params),
-                                  positions[cfg])
-        rows.append({"pid": point.pid, "cfg": cfg, "pos": positions[cfg], "curve": curve, "attack": point.attack,
-                     "attack_label": point.attack_label, "norm": point.norm, "eps": point.eps,
-                     "attack_params": point.attack_params, "single_step": point.spec.single_step,
-                     "black_box": point.spec.black_box, "unbounded": point.unbounded})
+        placed["curve"].append(curves.setdefault((cfg, point.attack, point.attack_label, point.norm,
+                                                  point.attack_params), positions[cfg]))
+        placed["cfg"].append(cfg)
+        placed["pos"].append(positions[cfg])
         positions[cfg] += 1
-    connection.register("_dg_flags", pa.Table.from_pylist(rows))
+    specs = {name: ATTACKS.get(name) for name in {point.attack for point in points}}
+    flags = {"pid": [p.pid for p in points], **placed,
+             **{name: [getattr(p, name) for p in points] for name in ("attack", "attack_label", "norm", "eps",
+                                                                       "attack_params")},
+             "single_step": [specs[p.attack].single_step for p in points],
+             "black_box": [specs[p.attack].black_box for p in points],
+             "unbounded": [math.isinf(p.eps) for p in points]}
+    connection.register("_dg_flags", pa.table(flags))
     same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_pairs AS
@@ -616,13 +678,19 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
         SELECT 2, y.cfg, y.curve, y.pos, x.pos, x.pid, y.pid
         FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
         WHERE x.eps < y.eps""")
-    relation = connection.sql("""
+    relation = connection.sql(f"""
+        SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, length(a.adv_bits)::BIGINT AS n,
+               bit_count(a.adv_bits)::BIGINT AS first_right, bit_count(b.adv_bits)::BIGINT AS second_right,
+               {_DISAGREE.format('a.adv_bits', 'b.adv_bits')} AS b, {_DISAGREE.format('b.adv_bits', 'a.adv_bits')} AS c
+        FROM _dg_pairs AS p JOIN _dg_points AS a ON a.pid = p.first AND a.uniform
+        JOIN _dg_points AS b ON b.pid = p.second
+        UNION ALL
         SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, count(*) AS n,
                sum(a.adv::INTEGER)::BIGINT AS first_right, sum(b.adv::INTEGER)::BIGINT AS second_right,
                sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
         FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
         JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
-        GROUP BY ALL ORDER BY p.cfg, p.family, p.k1, p.k2, p.k3""")
+        GROUP BY ALL ORDER BY cfg, family, k1, k2, k3""")
     counted = {name: np.asarray(values) for name, values in relation.fetchnumpy().items()}
     connection.unregister("_dg_flags")
     return _keep_best_white(counted)
@@ -717,24 +785,39 @@ _REFERENCE_LABEL = {3: "clean", 4: "chance"}
 
 def _flag_table(points: list[_Counted], configs: list[tuple], columns: dict[str, np.ndarray]) -> pa.Table:
     """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
-    at = columns["point"].tolist()
-    names = [point.name for point in points]
-    references = [names[i] if i >= 0 else _REFERENCE_LABEL[f]
-                  for i, f in zip(columns["reference_point"].tolist(), columns["family"].tolist())]
-    details = [_detail(points[i], ref, f, v, r, n, null, p, q) for i, ref, f, v, r, n, null, p, q in zip(
-        at, references, columns["family"].tolist(), columns["value"].tolist(), columns["reference"].tolist(),
-        columns["n"].tolist(), columns["null"].tolist(), columns["p_value"].tolist(),
-        columns["p_adjusted"].tolist())]
+    at = pa.array(columns["point"])
+    names = pa.array([point.name for point in points], pa.string())
+    labels = pa.array([_REFERENCE_LABEL.get(f, "") for f in range(5)]).take(pa.array(columns["family"]))
+    own = columns["reference_point"] >= 0
+    references = pc.if_else(pa.array(own), names.take(pa.array(np.where(own, columns["reference_point"], 0))),
+                            labels)
     cfg = pa.array(columns["cfg"])
     data = {name: pa.array([config[k] for config in configs], SCHEMA.field(name).type).take(cfg)
             for k, name in enumerate(CONFIG_COLUMNS)}
     data["flag"] = pa.array(list(CHECKS)).take(pa.array(columns["family"]))
     for name in ("attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"):
-        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(pa.array(at))
+        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(at)
     data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
                 p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
-                fired=columns["fired"], detail=details)
-    return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+                fired=columns["fired"], detail=_details(points, references, columns))
+    return pa.Table.from_arrays([data[f.name].cast(f.type) if isinstance(data[f.name], (pa.Array, pa.ChunkedArray))
+                                 else pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+
+
+_DETAIL_BATCH = 50_000  # sentences written at a time: Python strings for a batch only, then Arrow
+
+
+def _details(points: list[_Counted], references: pa.Array, columns: dict[str, np.ndarray]) -> pa.ChunkedArray:
+    """The sentences, one per flag, in batches (a store's 300,000 flags as Python strings
+    and floats at once would cost hundreds of MB)."""
+    names = ("point", "family", "value", "reference", "n", "null", "p_value", "p_adjusted")
+    chunks = []
+    for start in range(0, len(columns["point"]), _DETAIL_BATCH):
+        part = [columns[name][start:start + _DETAIL_BATCH].tolist() for name in names]
+        refs = references.slice(start, _DETAIL_BATCH).to_pylist()
+        chunks.append(pa.array([_detail(points[i], ref, f, v, r, n, null, p, q) for ref, i, f, v, r, n, null, p, q
+                                in zip(refs, *part)], pa.string()))
+    return pa.chunked_array(chunks, pa.string())
 
 
 def _detail(point: _Counted, reference: str, family: int, value: float, ref: float, n: int, null: float,

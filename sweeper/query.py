@@ -64,20 +64,22 @@ _ACCURACIES = """
 _KEY = [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"]
 _SAME = " AND ".join(f"a.{c} IS NOT DISTINCT FROM covered.{c}" for c in _KEY)  # NULL-safe: schema-2 keys
 # Only (configuration, fold, norm, eps) groups with at least two attacks make a worst
-# case: a cheap first pass on few columns (config_id, fold, norm, eps, n_samples: coarser
-# than the group, so no such group is lost) finds where two attack labels meet, and only
-# those rows are grouped exactly and unnested. (DISTINCT aggregates are written with
+# case: a cheap first pass on one hash of few columns (config_id, fold, norm, eps,
+# n_samples: coarser than the group, and a hash collision only merges groups, so no such
+# group is lost; grouping ~1 M rows by one integer is ~5x faster than by the five columns)
+# finds where two attack labels meet, and only those rows are grouped exactly and unnested. (DISTINCT aggregates are written with
 # list_distinct: the same values, far cheaper in DuckDB.)
 _ATTACKED = "FROM results WHERE attack <> 'none' AND eps > 0 AND adv_correct IS NOT NULL"
 _COARSE = ["config_id", "fold", "norm", "eps", "n_samples"]
+_COARSE_HASH = f"hash({', '.join(_COARSE)})"  # one integer to group on; a collision only widens a group
 _WORST_CASE = f"""
         WITH coarse AS MATERIALIZED (
-            SELECT {', '.join(_COARSE)} {_ATTACKED} GROUP BY ALL HAVING min(attack_label) <> max(attack_label)),
+            SELECT {_COARSE_HASH} AS h {_ATTACKED} GROUP BY h HAVING min(attack_label) <> max(attack_label)),
         candidates AS (
             SELECT a.* FROM (SELECT {', '.join(_KEY)}, attack_label, eps_label, clean_acc, test_acc, params,
                                     flash_kb, ram_kb, tflite_kb, arena_kb, flash_packed_kb, ram_packed_kb,
                                     footprint_source, sample_index, adv_correct, clean_correct {_ATTACKED}) AS a
-            SEMI JOIN coarse ON {" AND ".join(f"a.{c} IS NOT DISTINCT FROM coarse.{c}" for c in _COARSE)}),
+            WHERE {_COARSE_HASH} IN (SELECT h FROM coarse)),
         covered AS MATERIALIZED (
             SELECT row_number() OVER () AS gid, * FROM (
                 SELECT {_CONFIG}, fold, norm, eps, n_samples, min(eps_label) AS eps_label,

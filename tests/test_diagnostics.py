@@ -372,3 +372,33 @@ def test_the_store_path_gives_exactly_the_reference_table(tmp_path):
     assert reference.num_rows > 50
     assert diagnostics.diagnose_store(location).equals(reference)
     assert query.run(str(tmp_path), "SELECT * FROM diagnostics").equals(reference)
+
+
+def uniform_rows(rng: np.random.Generator) -> list[dict]:
+    """Configurations whose points all hold the same folds and the same samples in the same
+    order (counted on bit strings), one where a row holds its samples in another order,
+    one where a point lacks a fold, one whose rows all list a sample twice (all three
+    counted sample by sample)."""
+    rows = {}
+    for config in ("u0", "u1", "u2", "u3"):
+        for attack, norm in ATTACK_NORMS[:-1]:
+            for eps in (0.05, 0.3, math.inf):
+                rows[config, attack, eps] = point(
+                    attack, eps, list(rng.random(12) < rng.uniform(0.1, 0.9)), norm=norm, config=config,
+                    quantizer=config, clean=list(rng.random(12) < 0.9))
+    row = rows["u1", "pgd", 0.05][1]  # the same samples and outcomes, listed backwards
+    for name in ("sample_index", "clean_correct", "adv_correct"):
+        row[name] = row[name][::-1]
+    del rows["u2", "fgsm", 0.3][2]
+    for (config, *_), point_rows in rows.items():
+        for row in point_rows if config == "u3" else []:
+            row["sample_index"][-1] = row["sample_index"][0]
+    return [row for point_rows in rows.values() for row in point_rows]
+
+
+def test_the_bit_string_path_gives_exactly_the_reference_table():
+    rows = table(uniform_rows(np.random.default_rng(11)))
+    reference = diagnostics.diagnose_reference(rows)
+    assert len(set(reference.column("config_id").to_pylist())) == 4 and len(set(reference.column("flag"))) == 5
+    assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
+    assert diagnostics.diagnose(rows).equals(reference)
