@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import binomtest
 
 from sweeper import diagnostics, query, store
+from tests import diagnostics_reference as reference_diagnostics
 
 FOLDS = 3
 N = 100  # attacked samples per fold
@@ -353,7 +354,7 @@ def test_duckdb_gives_exactly_the_reference_table(seed):
     rows = random_rows(np.random.default_rng(seed))
     order = np.random.default_rng(seed + 100).permutation(len(rows))
     shuffled = table([rows[i] for i in order])
-    reference = diagnostics.diagnose_reference(shuffled)
+    reference = reference_diagnostics.diagnose_reference(shuffled)
     assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == 5
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert diagnostics.diagnose(shuffled).equals(reference)
@@ -368,7 +369,7 @@ def test_the_store_path_gives_exactly_the_reference_table(tmp_path):
         store.write_rows(location, rows[start:start + 40])
     store.write_rows(location, [dict(row, adv_correct=[not v if v is not None else None for v in row["adv_correct"]])
                                 for row in rows[:30] if row["adv_correct"] is not None])  # later copies: ignored
-    reference = diagnostics.diagnose_reference(store.read(location).table)
+    reference = reference_diagnostics.diagnose_reference(store.read(location).table)
     assert reference.num_rows > 50
     assert diagnostics.diagnose_store(location).equals(reference)
     assert query.run(str(tmp_path), "SELECT * FROM diagnostics").equals(reference)
@@ -398,7 +399,7 @@ def uniform_rows(rng: np.random.Generator) -> list[dict]:
 
 def test_the_bit_string_path_gives_exactly_the_reference_table():
     rows = table(uniform_rows(np.random.default_rng(11)))
-    reference = diagnostics.diagnose_reference(rows)
+    reference = reference_diagnostics.diagnose_reference(rows)
     assert len(set(reference.column("config_id").to_pylist())) == 4 and len(set(reference.column("flag"))) == 5
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert diagnostics.diagnose(rows).equals(reference)
