@@ -5,6 +5,8 @@ restarts."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -144,14 +146,7 @@ def test_dlr_needs_three_classes():
 @pytest.fixture(scope="module")
 def trained():
     """dataset -> (fast classifier, N held-out inputs, their labels), built on first use."""
-    built = {}
-
-    def get(dataset):
-        if dataset not in built:
-            built[dataset] = _trained_model(SHAPES[dataset])
-        return built[dataset]
-
-    return get
+    return functools.cache(lambda dataset: _trained_model(SHAPES[dataset]))
 
 
 def _digits_as(shape):

@@ -7,6 +7,7 @@ examples exactly."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import subprocess
@@ -491,14 +492,7 @@ MATRIX = [(dataset, name, norm) for dataset in SHAPES for name in MATRIX_PARAMS
 @pytest.fixture(scope="module")
 def shape_models():
     """dataset -> (fast classifier, inputs, their predicted labels), built on first use."""
-    built = {}
-
-    def get(dataset):
-        if dataset not in built:
-            built[dataset] = _shape_model(SHAPES[dataset])
-        return built[dataset]
-
-    return get
+    return functools.cache(lambda dataset: _shape_model(SHAPES[dataset]))
 
 
 def _shape_model(shape):
@@ -571,14 +565,7 @@ def _art_attack_classes():
 @pytest.fixture(scope="module")
 def stq_models():
     """dataset -> (stock classifier, fast classifier, inputs, labels), trained on first use."""
-    built = {}
-
-    def get(dataset):
-        if dataset not in built:
-            built[dataset] = _trained_stq_model(IDENTITY_SHAPES[dataset])
-        return built[dataset]
-
-    return get
+    return functools.cache(lambda dataset: _trained_stq_model(IDENTITY_SHAPES[dataset]))
 
 
 def _trained_stq_model(shape):
