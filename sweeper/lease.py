@@ -203,7 +203,7 @@ class Lease:
 
     def _delete_if_mine(self) -> None:
         if self._read() == self.mine:
-            self.location.fs.delete_file(self.location.sub(LEASE_FILE))
+            store.delete_bytes(self.location, LEASE_FILE)
 
     # ------------------------------------------------------------ files
 

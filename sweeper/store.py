@@ -314,6 +314,13 @@ def get_bytes(location: Location, relative: str) -> bytes | None:
         return stream.read()
 
 
+def delete_bytes(location: Location, relative: str) -> None:
+    """Remove ``RESULTS/relative`` if it exists (put_bytes's counterpart)."""
+    path = location.sub(relative)
+    if location.fs.get_file_info(path).type == pafs.FileType.File:
+        location.fs.delete_file(path)
+
+
 def _now_tag() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
 

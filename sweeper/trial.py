@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from sweeper import datasets, store
 from sweeper.attacks import BUDGET_RTOL
@@ -293,9 +292,7 @@ class Checkpoints:
 
     def remove(self) -> None:
         if self.location:
-            path = self.location.sub(self.name)
-            if self.location.fs.get_file_info(path).type == pafs.FileType.File:
-                self.location.fs.delete_file(path)
+            store.delete_bytes(self.location, self.name)
         if self.hooks:
             self.hooks.finished()
 
