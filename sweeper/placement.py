@@ -10,8 +10,9 @@ This module owns the setup a trial does before TensorFlow runs anything:
 - **Threads.** One intra-op thread per CPU the trial holds, one inter-op thread: trials
   share a node's cores.
 
-``configure(assignment, tf)`` is a pure function of the assignment, so a test can run
-the GPU path on a machine without a GPU by passing a fake ``tf``. ``current()`` reads
+``configure(assignment, tf)`` is a pure function of the assignment and of the ``tf``
+namespace it is given (the real TensorFlow by default), so tests/test_placement.py can
+check the GPU path on a machine without a GPU with a recording ``tf.config`` of its own. ``current()`` reads
 the assignment of the running Ray worker.
 
 Reused actors. Tune reuses a trial actor only for a trial with the same resource

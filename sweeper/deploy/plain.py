@@ -177,6 +177,8 @@ class Grid:
         return tf.keras.layers.Lambda(activation, name=name)
 
     def snap(self, x):
+        """x rounded to this grid: TensorFlow's fixed-range int8 quantize-dequantize op, the
+        one the converter turns into the tensor's int8 scale and zero point."""
         import tensorflow as tf
 
         return tf.quantization.fake_quant_with_min_max_args(x, min=self.low, max=self.high)
