@@ -229,8 +229,11 @@ def ordered_rows_sql(connection, found: store.Survey) -> str:
 
 
 def _unique_by_construction(found: store.Survey) -> bool:
-    """One compacted file holds each cell once: compaction wrote it that way."""
-    return len(found.fragments) == 1 and "-compacted-" in found.fragments[0].path.rpartition("/")[2]
+    """The files of one compaction, and nothing else, hold each cell once: compaction
+    wrote them from one de-duplicated table. (A crash between writing them and deleting
+    the old fragments leaves files without that id, or with another: checked instead.)"""
+    ids = {fragment.compaction for fragment in found.fragments}
+    return len(ids) == 1 and None not in ids
 
 
 def _has_duplicates(connection, rows: str) -> bool:

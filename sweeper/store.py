@@ -48,6 +48,9 @@ DIAGNOSTICS_FILE = "diagnostics.parquet"
 FRAGMENT_PREFIX = "part-"
 META_VERSION = b"sweeper_schema_version"
 META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
+# The id of the compaction that wrote a file: files that all carry one id hold every cell
+# once between them (compact wrote them from one de-duplicated table).
+META_COMPACTION = b"sweeper_compaction"
 
 # (name, type, description): the README's schema table is generated from this list.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -447,6 +450,7 @@ class Fragment:
     version: int  # its SCHEMA_VERSION
     columns: tuple[str, ...]  # the columns it holds
     rows: int
+    compaction: str | None = None  # the compaction that wrote it (META_COMPACTION), if one did
 
 
 @dataclass(frozen=True)
@@ -475,7 +479,9 @@ def survey(location: Location, paths: list[str] | None = None) -> Survey:
         if META_VERSION not in (schema.metadata or {}):
             foreign.append(path)
             continue
-        found.append(Fragment(path, int(schema.metadata[META_VERSION]), tuple(schema.names), metadata.num_rows))
+        compaction = schema.metadata.get(META_COMPACTION)
+        found.append(Fragment(path, int(schema.metadata[META_VERSION]), tuple(schema.names), metadata.num_rows,
+                              compaction.decode() if compaction else None))
     return Survey(tuple(found), tuple(damaged), tuple(foreign))
 
 
@@ -644,14 +650,14 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
     """
     paths = fragments(location)
     merged = read_fragments(location, paths)
-    if not merged.read or (len(merged.read) == 1 and not merged.damaged
-                           and _is_compacted(location, merged.read[0])):
+    if not merged.read or (not merged.damaged and _one_compaction(location, merged.read)):
         return CompactReport(len(paths), len(merged.read), merged.table)
     set_aside(location, merged.damaged)
     table = merged.table.sort_by(SORT_KEYS)
     records = [record for path in merged.read for record in _fragment_launches(location, path)]
     launches_by_id = {record["launch_id"]: record for record in records}
-    table = table.replace_schema_metadata(_schema_with(launches_by_id.values()).metadata)
+    metadata = {**_schema_with(launches_by_id.values()).metadata, META_COMPACTION: uuid.uuid4().hex.encode()}
+    table = table.replace_schema_metadata(metadata)
     written = [_write_table(location, table.slice(start, max_rows_per_file), "compacted")
                for start in range(0, table.num_rows, max_rows_per_file)]
     for path in merged.read:  # foreign files are not ours to delete
@@ -659,5 +665,10 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
     return CompactReport(len(paths), len(written), table, merged.duplicates, merged.damaged)
 
 
-def _is_compacted(location: Location, path: str) -> bool:
-    return path.startswith(location.sub(ROWS_DIR) + "/") and "-compacted-" in path.rpartition("/")[2]
+def _one_compaction(location: Location, paths: list[str]) -> bool:
+    """The files are exactly what one compaction wrote (or one file an older compaction
+    wrote, before files carried the id): compacting again would change nothing."""
+    if len(paths) == 1 and "-compacted-" in paths[0].rpartition("/")[2]:
+        return True
+    ids = {fragment.compaction for fragment in survey(location, paths).fragments}
+    return len(ids) == 1 and None not in ids

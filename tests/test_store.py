@@ -162,6 +162,27 @@ def test_compaction_merges_dedupes_sorts_and_keeps_every_launch(tmp_path):
     assert (again.before, again.after, again.rows) == (1, 1, 3) and store.fragments(location) == [path]
 
 
+def test_files_of_one_compaction_are_known_unique_and_not_rewritten(tmp_path):
+    from sweeper import query
+
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [make_row("a"), make_row("b")], launch=_launch("a"))
+    store.write_rows(location, [make_row("a", adv_acc=0.9), make_row("c")], launch=_launch("b"))
+    assert not query._unique_by_construction(store.survey(location))  # "a" is stored twice
+
+    report = store.compact(location, max_rows_per_file=2)
+    assert (report.after, report.rows) == (2, 3)
+    found = store.survey(location)
+    assert len({f.compaction for f in found.fragments}) == 1 and found.fragments[0].compaction
+    assert query._unique_by_construction(found)  # the query skips its duplicate check
+    files = sorted(store.fragments(location))
+    assert store.compact(location).after == 2 and sorted(store.fragments(location)) == files  # a no-op
+
+    store.write_rows(location, [make_row("a", adv_acc=0.5)], launch=_launch("c"))  # a new fragment
+    assert not query._unique_by_construction(store.survey(location))
+    assert query.run(str(tmp_path), "SELECT count(*) AS n FROM results").column("n").to_pylist() == [3]
+
+
 def test_compaction_sets_damaged_fragments_aside_and_moves_legacy_ones(tmp_path):
     location = store.locate(str(tmp_path))
     good = store.write_rows(location, [make_row("a")])
