@@ -7,7 +7,6 @@ fold."""
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -47,7 +46,8 @@ def test_patch_size_never_exceeds_the_budget(eps, height, width, shape, size):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((0.5, 49, 10, [1, 1]), r"^parameter 'shape' \[1, 1\] gives a 15x15 patch at eps 0.5, larger than the 49x10 input$"),
+    ((0.5, 49, 10, [1, 1]),
+     r"^parameter 'shape' \[1, 1\] gives a 15x15 patch at eps 0.5, larger than the 49x10 input$"),
     ((0.001, 8, 8, None), r"^eps 0.001 covers less than one pixel of the 8x8 input$"),
     ((1.5, 8, 8, None), r"must be in \(0, 1\], got 1.5$"),
 ])
@@ -224,13 +224,13 @@ def test_same_seed_same_patch_and_places_other_seed_other_places():
 @pytest.mark.slow
 def test_targeted_patch_pulls_digits_to_the_target():
     # Random places on 8x8 digits are a hard task for a universal patch: a 5x5 one (eps 0.4)
-    # reached about half of the samples on this model, where a random patch gets ~10%.
+    # for the default target 0 took 41% of the 597 held-out digits to it on this model,
+    # against 10% clean; a random patch stays near the clean rate.
     classifier, x_train, x = _trained("digits")
-    target, eps = 9, 0.4
+    target, eps = 0, 0.4
     predict = lambda images: classifier.predict(images).argmax(axis=1)  # noqa: E731
     clean = np.mean(predict(x) == target)
-    x_adv = attacks.run("patch", classifier, x, None, eps, None, {"target": target, "steps": 100},
-                        seed=0, x_train=x_train)
+    x_adv = attacks.run("patch", classifier, x, None, eps, None, {"steps": 100}, seed=0, x_train=x_train)
     patched = np.mean(predict(x_adv) == target)
     attack = attacks.ATTACKS.get("patch").build(classifier, eps, "patch", attacks.art_params("patch", {}), 0)
     rng = np.random.default_rng(0)
@@ -250,8 +250,11 @@ def test_non_square_inputs_take_an_explicit_shape_and_refuse_one_too_large():
     with pytest.raises(UserError, match=r"^attack 'patch': parameter 'shape' \[1, 1\] gives a 15x15 "
                                         r"patch at eps 0.5, larger than the 49x10 input$"):
         attacks.run("patch", classifier, x[:8], None, 0.5, None, {"shape": [1, 1]}, seed=0, x_train=x_train)
-    with pytest.raises(UserError, match=r"^attack 'patch': parameter 'target' 12 is not a class"):
-        attacks.run("patch", classifier, x[:8], None, 0.1, None, {"target": 12}, seed=0, x_train=x_train)
+    for params, message in (({"target": 12}, "parameter 'target' 12 is not a class"),
+                            ({"steps": 0}, "parameter 'steps' must be at least 1, got 0"),
+                            ({"learning_rate": 0.0}, "parameter 'learning_rate' must be > 0")):
+        with pytest.raises(UserError, match=rf"^attack 'patch': {message}"):
+            attacks.run("patch", classifier, x[:8], None, 0.1, None, params, seed=0, x_train=x_train)
 
 
 @pytest.mark.slow

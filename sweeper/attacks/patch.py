@@ -198,6 +198,8 @@ def _build(classifier, eps, norm, params, seed) -> Patch:
     for name in ("steps", "batch_size", "max_train"):
         if params[name] < 1:
             raise ValueError(f"parameter {name!r} must be at least 1, got {params[name]}")
+    if not params["learning_rate"] > 0:
+        raise ValueError(f"parameter 'learning_rate' must be > 0, got {params['learning_rate']}")
     return Patch(classifier, patch_shape(eps, height, width, params["shape"]), params["target"],
                  params["steps"], params["learning_rate"], params["batch_size"], params["max_train"])
 
