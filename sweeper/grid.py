@@ -158,7 +158,8 @@ class AttackEntry(_Frozen):
             raise ValueError(f"attack {self.name!r} needs finite budgets; 'unbounded' is only for "
                              f"minimal-perturbation attacks: {minimal}")
         try:
-            validate(self.name, self.norm, self.params)
+            for eps in self.eps:  # each budget too (the patch's eps is a share: at most 1)
+                validate(self.name, self.norm, self.params, eps=eps.value)
         except UserError as error:  # re-raised as ValueError so the message names the field
             raise ValueError(str(error)) from None
         return self

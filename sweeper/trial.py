@@ -64,8 +64,10 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
     classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
+    training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
     for group in _attack_groups(cells):
-        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job)):
+        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job),
+                                       training_images):
             report({**base, **_cell_columns(cell), **columns})
     return JobOutcome(trained=trained, rows=len(cells))
 
@@ -455,7 +457,8 @@ def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int):
+def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int,
+              training_images: Callable[[], np.ndarray] | None = None):
     """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes,
     of the QKeras model and of its deployed .tflite on the same adversarial examples."""
     from sweeper.attacks import is_minimal
@@ -463,7 +466,7 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
     first = group[0]
     started = time.perf_counter()
     x_adv = _adversarial(first, classifier, samples, math.inf if first.attack != CLEAN
-                         and is_minimal(first.attack) else first.eps, seed)
+                         and is_minimal(first.attack) else first.eps, seed, training_images)
     adv_pred = samples.clean_pred if first.attack == CLEAN else _predict(model, x_adv)
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
     deployed_adv = samples.deployed_clean_pred if first.attack == CLEAN else _deployed_predict(deployed, x_adv)
@@ -479,18 +482,21 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
                      "attack_s": attack_s}
 
 
-def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: int) -> np.ndarray:
+def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: int,
+                 training_images: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """Adversarial versions of the samples. Only the samples the model gets right are
     attacked: a misclassified one is already adversarial, and the query-hungry attacks
-    (ZOO, Boundary, Square) would spend most of their budget on it for nothing."""
+    (ZOO, Boundary, Square) would spend most of their budget on it for nothing. An attack
+    that trains on the training fold (the patch) gets its images, never the test samples."""
     from sweeper import attacks
 
     ok = samples.clean_ok
     if cell.attack == CLEAN or not ok.any():
         return samples.x
+    needs = attacks.ATTACKS.get(cell.attack).needs_training_data and training_images is not None
     x_adv = samples.x.copy()
     x_adv[ok] = attacks.run(cell.attack, classifier, samples.x[ok], samples.y[ok], eps, cell.norm,
-                            dict(cell.params), seed)
+                            dict(cell.params), seed, x_train=training_images() if needs else None)
     return x_adv
 
 

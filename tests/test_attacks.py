@@ -33,6 +33,7 @@ QUICK_PARAMS = {
     "zoo": {"max_iter": 3, "binary_search_steps": 2},
     "apgd_ce": {"max_iter": 5},
     "apgd_dlr": {"max_iter": 5},
+    "patch": {"steps": 5, "batch_size": 8},
 }
 
 
@@ -96,11 +97,12 @@ def test_import_pulls_in_neither_tensorflow_nor_art():
 
 def test_registered_attacks_and_their_norms():
     assert attacks.ATTACKS.names() == ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
-                                       "apgd_ce", "apgd_dlr"]
+                                       "apgd_ce", "apgd_dlr", "patch"]
     for name in attacks.ATTACKS:
         spec = attacks.ATTACKS.get(name)
-        assert spec.name == name and spec.norms and set(spec.norms) <= {"inf", "1", "2"}
-        assert spec.fixed.get("targeted", False) is False  # untargeted everywhere
+        assert spec.name == name and spec.norms and set(spec.norms) <= {"inf", "1", "2", "patch"}
+        # untargeted everywhere but the patch, targeted by design (Brown et al.)
+        assert spec.fixed.get("targeted", False) is (name == "patch")
     assert not attacks.ATTACKS.get("cw_l2").uses_eps and attacks.ATTACKS.get("pgd").uses_eps
 
 
@@ -174,7 +176,7 @@ def test_minimal_attacks_are_the_ones_without_a_budget():
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
-                                  "apgd_ce", "apgd_dlr"])
+                                  "apgd_ce", "apgd_dlr", "patch"])
 def test_zero_eps_is_clean_for_every_attack(name):
     # fgsm@0 always meant clean; cw_l2/boundary/zoo@0 used to mean unbounded.
     x = np.linspace(-0.5, 1.5, 2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
@@ -282,7 +284,8 @@ def test_every_attack_stays_in_clip_values_and_budget(name, fast, sample):
     spec = attacks.ATTACKS.get(name)
     for norm in spec.norms:
         eps = 0.1 if norm == "inf" else 0.5
-        x_adv = attacks.run(name, fast, x, y, eps, norm, QUICK_PARAMS[name], seed=0)
+        # x_train: the patch trains on it (here the samples themselves); the others ignore it.
+        x_adv = attacks.run(name, fast, x, y, eps, norm, QUICK_PARAMS[name], seed=0, x_train=x)
         assert x_adv.shape == x.shape and x_adv.dtype == np.float32
         assert x_adv.min() >= CLIP[0] and x_adv.max() <= CLIP[1]
         sizes = attacks.perturbation_norms(x, x_adv, norm)
@@ -472,7 +475,7 @@ SHAPES = {  # dataset: input shape, values in [0, 1]
     "speech_commands": (49, 10, 1),  # 49 frames x 10 MFCCs: Square's tile outgrows the width
 }
 MATRIX_N = 3
-MATRIX_EPS = {"inf": 0.1, "1": 2.0, "2": 0.5}
+MATRIX_EPS = {"inf": 0.1, "1": 2.0, "2": 0.5, "patch": 0.1}
 MATRIX_PARAMS = {  # a few iterations each; large constants so C&W and ZOO succeed quickly
     "fgsm": {},
     "pgd": {"max_iter": 2, "eps_step": "eps/2"},
@@ -484,6 +487,7 @@ MATRIX_PARAMS = {  # a few iterations each; large constants so C&W and ZOO succe
             "learning_rate": 0.1},
     "apgd_ce": {"max_iter": 2},
     "apgd_dlr": {"max_iter": 2},
+    "patch": {"steps": 2, "batch_size": 4},
 }
 MATRIX = [(dataset, name, norm) for dataset in SHAPES for name in MATRIX_PARAMS
           for norm in attacks.ATTACKS.get(name).norms]
@@ -529,7 +533,7 @@ def test_every_attack_on_every_input_shape(dataset, name, norm, shape_models):
     classifier, x, y = shape_models(dataset)
     minimal = attacks.is_minimal(name)
     eps = math.inf if minimal else MATRIX_EPS[norm]
-    x_adv = attacks.run(name, classifier, x, y, eps, norm, MATRIX_PARAMS[name], seed=0)
+    x_adv = attacks.run(name, classifier, x, y, eps, norm, MATRIX_PARAMS[name], seed=0, x_train=x)
     assert x_adv.shape == x.shape and x_adv.dtype == np.float32
     assert np.isfinite(x_adv).all() and x_adv.min() >= CLIP[0] and x_adv.max() <= CLIP[1]
     sizes = attacks.perturbation_norms(x, x_adv, norm)

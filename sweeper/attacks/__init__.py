@@ -10,6 +10,8 @@ One file per concern:
   compiled on the classifier's model (no ART attack class).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
 - ``black_box.py``: boundary (with its seeded start) and zoo.
+- ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
+  images and pasted with a hard mask (``Patch``, ``patch_shape``).
 - ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
   ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
@@ -36,8 +38,10 @@ from sweeper.attacks.estimator import (  # noqa: F401
     make_stock_classifier,
 )
 from sweeper.attacks.gradient import CW_L2, FGSM, PGD
+from sweeper.attacks.patch import PATCH, Patch, patch_shape  # noqa: F401
 from sweeper.attacks.spec import (  # noqa: F401
     ATTACKS,
+    PATCH_NORM,
     RELATIVE_FORMS,
     AttackSpec,
     art_params,
@@ -47,7 +51,7 @@ from sweeper.attacks.spec import (  # noqa: F401
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401
 
-for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO, APGD_CE, APGD_DLR):
+for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO, APGD_CE, APGD_DLR, PATCH):
     ATTACKS.add(_attack.name, _attack)
 del _attack
 

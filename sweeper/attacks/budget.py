@@ -1,7 +1,8 @@
 """Running an attack: ``run`` seeds the RNGs, builds the attack through its spec, calls
 ART, and holds the result to the clip box and to what eps means (spec.py): projected onto
-the ball for budget attacks, rejected outside it for minimal ones. ``perturbation_norms``
-measures the examples.
+the ball for budget attacks, rejected outside it for minimal ones and for the patch (whose
+"patch" budget is a share of pixels, not a ball). ``perturbation_norms`` measures the
+examples.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sweeper.attacks.spec import ATTACKS, AttackSpec, _art_norm, art_params, normalize_norm, validate
+from sweeper.attacks.spec import ATTACKS, PATCH_NORM, AttackSpec, _art_norm, art_params, normalize_norm, validate
 from sweeper.errors import UserError
 
 # Budgets are checked with this relative slack: x + delta rounded to float32 can land a
@@ -21,8 +22,11 @@ BUDGET_RTOL = 1e-5
 
 
 def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: float | None,
-        norm: Any, params: Mapping[str, Any], seed: int) -> np.ndarray:
+        norm: Any, params: Mapping[str, Any], seed: int, *, x_train: np.ndarray | None = None) -> np.ndarray:
     """Adversarial examples for x (labels y: indices or one-hot; None: model predictions).
+
+    ``x_train``: training-fold images, required by the attacks that train on them
+    (``needs_training_data``: the patch) and ignored by the others.
 
     ``eps`` 0: the clean (clipped) inputs, for every attack. ``eps`` math.inf or None:
     unbounded, only for minimal attacks (``is_minimal``). The result always lies within
@@ -36,19 +40,22 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
     x = np.asarray(x, dtype=np.float32)
     if eps == 0 or len(x) == 0:
         return _clip(x, classifier)  # zero budget: nothing to perturb (SquareAttack rejects 0)
-    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params, eps), seed)
+    if spec.needs_training_data and (x_train is None or len(x_train) == 0):
+        raise UserError(f"attack {name!r}: needs training images (x_train)")
+    extra = {"x_train": x_train} if spec.needs_training_data else {}
+    x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params, eps), seed, extra)
     return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
                           classifier=classifier)
 
 
-def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed) -> np.ndarray:
+def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra) -> np.ndarray:
     _seed_everything(seed)
     try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
         attack = spec.build(classifier, float(eps), norm, params, seed)
     except ValueError as error:  # ART's own parameter checks (e.g. max_iter <= 0)
         raise UserError(f"attack {spec.name!r}: {error}") from None
     if spec.generate is not None:
-        x_adv = spec.generate(attack, classifier, x, y, params, seed)
+        x_adv = spec.generate(attack, classifier, x, y, params, seed, **extra)
     else:
         x_adv = attack.generate(x=x, y=y)
     # ART's Square L2 divides by zero on 1-pixel tiles: a non-finite example is a failure.
@@ -74,13 +81,18 @@ def _clip(x: np.ndarray, classifier: Any) -> np.ndarray:
 
 
 def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarray:
-    """||x_adv - x|| per sample under norm ("inf", "1", "2"), in float64."""
+    """||x_adv - x|| per sample under norm ("inf", "1", "2"), in float64; for "patch", the
+    share of pixels (height x width positions, any channel) that changed."""
+    if norm == PATCH_NORM:
+        changed = np.any(np.asarray(x_adv) != np.asarray(x), axis=-1).reshape(len(x), -1)
+        return changed.mean(axis=1, dtype=np.float64)
     delta = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
     return np.linalg.norm(delta, ord=_art_norm(norm), axis=1)
 
 
 def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndarray:
-    """Project onto the eps ball (budgeted attacks) or reject what lies outside it."""
+    """Project onto the eps ball (budgeted attacks) or reject what lies outside it (the
+    others, and the patch: a share of pixels has no ball to project onto)."""
     if eps is None or math.isinf(eps):  # unbounded (minimal attacks only)
         return x_adv
     sizes = perturbation_norms(x, x_adv, norm)
@@ -88,7 +100,7 @@ def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndar
     if not outside.any():
         return x_adv
     x_adv = x_adv.copy()
-    if not project:
+    if not project or norm == PATCH_NORM:
         x_adv[outside] = _clip(x[outside], classifier)
         return x_adv
     delta = x_adv[outside] - x[outside]

@@ -13,6 +13,10 @@ What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
 - fgsm, pgd, apgd_ce, apgd_dlr, square (budget attacks, ``uses_eps``): the perturbation budget under
   ``norm``; it must be finite. The result is projected onto the ball again if it lies
   outside beyond float32 rounding (``BUDGET_RTOL``).
+- patch (norm "patch", ``needs_training_data``): the share of the input's area the patch
+  covers, in (0, 1] (patch.py). Not an L-p budget: "patch" rows never meet L-p rows in a
+  comparison, and the result is never projected, only checked (``perturbation_norms``
+  "patch" is the share of pixels changed).
 - cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
   (``is_minimal``) with no budget parameter. ``eps == math.inf`` (or None) is unbounded:
   the raw examples, clipped to the classifier's clip_values, a failed sample being its
@@ -56,7 +60,15 @@ class AttackSpec:
     single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
     # Parameters a grid may write relative to the budget (eps_step: eps/4), see RELATIVE_FORMS.
     relative: tuple[str, ...] = ()
+    # param -> why a value is bad (None: good), for parameters the default's type cannot judge.
+    param_checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    # Trained on training-fold images (the patch): run() passes them to generate as x_train.
+    needs_training_data: bool = False
+    max_eps: float = math.inf  # the patch's eps is a share of the input: at most 1
 
+
+# The patch's "norm": eps is a share of the input's area, not an L-p radius (patch.py).
+PATCH_NORM = "patch"
 
 # Filled by the package's __init__, in the order error messages list the attacks.
 ATTACKS: Registry[AttackSpec] = Registry("attack")
@@ -128,6 +140,8 @@ def _param_error(spec: AttackSpec, param: str, value: Any) -> str | None:
     """Why value is not accepted for param; None if it is."""
     if param in spec.relative and isinstance(value, str):
         return None if _relative(value) else _RELATIVE_ERROR
+    if param in spec.param_checks:
+        return spec.param_checks[param](value)
     return _type_error(value, spec.defaults[param])
 
 
@@ -155,6 +169,8 @@ def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | No
         raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {eps!r}")
     if math.isinf(eps) and spec.uses_eps:
         _unbounded_budget_error(name)
+    if eps > spec.max_eps:
+        raise UserError(f"attack {name!r}: eps must be at most {spec.max_eps:g}, got {eps!r}")
 
 
 def _unbounded_budget_error(name: str) -> None:

@@ -1,0 +1,229 @@
+"""The adversarial patch attack (Brown et al. 2017, "Adversarial Patch"): its spec, the
+patch's size for a budget (``patch_shape``), and ``Patch``, which trains one universal
+targeted patch on training-fold images and pastes it on the attacked samples.
+
+What sweeper means by it:
+
+- One patch of ph x pw pixels (all channels) is trained per run, by Adam ascent on the
+  mean log-probability of the ``target`` class over batches of training-fold images, each
+  image with the patch at a seeded uniformly random place (Brown et al.'s expectation
+  over locations; no rotation or scaling, which inputs of 8x8 pixels or 49x10 MFCCs do
+  not need). Its pixels stay in the classifier's ``clip_values``.
+- ``eps`` is the share of the input's area (height x width) the patch covers, in (0, 1]:
+  the patch is the largest one of proportions ``shape`` (h:w) with whole-pixel sides and
+  at most eps * height * width pixels (each side is floored, so it never exceeds eps).
+  Its norm is "patch": it is never compared or pooled with an L-p budget.
+- ``shape`` defaults to the input's own proportions (height:width), which fits every eps
+  up to 1: square patches on square images, and 49:10 rectangles on 49x10 MFCCs. An
+  explicit ``shape: [h, w]`` (e.g. [1, 1] for squares on MFCCs) that makes the patch
+  taller or wider than the input is an error naming ``shape``.
+- Each attacked sample gets the trained patch at its own place, uniformly random and
+  drawn from the seed: the same seed gives the same patch and places.
+- The patch is pasted with a hard rectangular mask, exactly: the covered pixels are the
+  patch's, every other pixel is the input's (no interpolation, no reflected or tiled
+  mask, unlike ART's AdversarialPatchTensorFlowV2; see the README).
+
+Paste and training step are ``tf.function`` s traced once per classifier (the patch's
+size and the batch are dynamic dimensions), on the model's logits with each QKeras
+weight quantized once per trace, as in the compiled estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from sweeper.attacks.spec import PATCH_NORM, AttackSpec
+
+_COMPILED: "weakref.WeakKeyDictionary[Any, tuple[Callable, Callable]]" = weakref.WeakKeyDictionary()
+ADAM = (0.9, 0.999, 1e-8)  # Kingma & Ba's beta1, beta2 and epsilon
+
+
+def patch_shape(eps: float, height: int, width: int, shape=None) -> tuple[int, int]:
+    """(ph, pw) of the patch covering at most eps of a height x width input (module doc).
+
+    Raises ValueError (one line, naming the field) for eps outside (0, 1], a patch under
+    one pixel, or a ``shape`` that does not fit the input.
+    """
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps is the share of the input's area the patch covers and must be "
+                         f"in (0, 1], got {eps!r}")
+    h, w = (height, width) if shape is None else (float(shape[0]), float(shape[1]))
+    area = eps * height * width
+    if area < 1 - 1e-9:
+        raise ValueError(f"eps {eps} covers less than one pixel of the {height}x{width} input")
+    # The tiny factor keeps an exact product (0.09 * 100 = 8.999...) from losing a pixel.
+    ph = max(1, math.floor(math.sqrt(area * h / w) * (1 + 1e-9)))
+    pw = max(1, math.floor(math.sqrt(area * w / h) * (1 + 1e-9)))
+    if ph * pw > area * (1 + 1e-9):  # one side was raised to 1 pixel: shorten the other
+        longest = math.floor(area * (1 + 1e-9))
+        ph, pw = (longest, 1) if pw == 1 else (1, longest)
+    if ph > height or pw > width:
+        written = "the default" if shape is None else list(shape)
+        raise ValueError(f"parameter 'shape' {written} gives a {ph}x{pw} patch at eps {eps}, "
+                         f"larger than the {height}x{width} input")
+    return ph, pw
+
+
+def check_shape(value: Any) -> str | None:
+    """Why ``value`` is not a patch shape [h, w] (two numbers > 0); None if it is."""
+    if value is None:
+        return None
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
+                    for v in value)):
+        return None
+    return "must be [height, width], two numbers > 0 (the patch's proportions)"
+
+
+def check_target(value: Any) -> str | None:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return None
+    return "must be a class index (an integer >= 0)"
+
+
+@dataclass
+class Patch:
+    """A patch attack bound to a classifier and a size; ``train`` then ``apply``."""
+
+    classifier: Any
+    size: tuple[int, int]  # (ph, pw) pixels
+    target: int
+    steps: int
+    learning_rate: float  # Adam's step, as a share of the clip range
+    batch_size: int
+    max_train: int  # training images drawn (seeded) from the ones given
+
+    def train(self, x_train: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The universal patch (ph, pw, channels), float32 within clip_values."""
+        _, step = _compiled(self.classifier)
+        lo, hi = _bounds(self.classifier)
+        pool = np.asarray(x_train, np.float32)
+        pool = pool[np.sort(rng.permutation(len(pool))[:self.max_train])]
+        patch = rng.uniform(lo, hi, (*self.size, pool.shape[-1])).astype(np.float32)
+        m, v = np.zeros_like(patch), np.zeros_like(patch)
+        lr = np.float32(self.learning_rate * (hi - lo))
+        for t in range(1, self.steps + 1):
+            images = pool[rng.integers(0, len(pool), self.batch_size)]
+            tops, lefts = self.places(len(images), pool.shape[1:3], rng)
+            patch, m, v = step(patch, m, v, np.float32(t), images, tops, lefts,
+                               np.int32(self.target), lr, np.float32(lo), np.float32(hi))
+        return np.asarray(patch)
+
+    def places(self, n: int, image_size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Top and left corners of n placements, uniform over every place that fits."""
+        (height, width), (ph, pw) = image_size, self.size
+        return (rng.integers(0, height - ph + 1, n).astype(np.int32),
+                rng.integers(0, width - pw + 1, n).astype(np.int32))
+
+    def apply(self, x: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """x with the patch pasted on each sample at its own random place."""
+        paste, _ = _compiled(self.classifier)
+        x = np.asarray(x, np.float32)
+        tops, lefts = self.places(len(x), x.shape[1:3], rng)
+        return np.asarray(paste(x, np.asarray(patch, np.float32), tops, lefts))
+
+
+def _paste(images, patch, tops, lefts):
+    """Each image with the patch at (top, left): a hard mask, every pixel exact."""
+    import tensorflow as tf
+
+    ph, pw = tf.shape(patch)[0], tf.shape(patch)[1]
+    rows = tf.range(tf.shape(images)[1])[None, :] - tops[:, None]  # (batch, height)
+    cols = tf.range(tf.shape(images)[2])[None, :] - lefts[:, None]  # (batch, width)
+    inside = ((rows >= 0) & (rows < ph))[:, :, None] & ((cols >= 0) & (cols < pw))[:, None, :]
+    mask = tf.cast(inside, images.dtype)[..., None]
+    # The patch's pixel for every image pixel (clamped indices outside, masked away).
+    canvas = tf.gather(patch, tf.clip_by_value(rows, 0, ph - 1))  # (batch, height, pw, C)
+    canvas = tf.gather(canvas, tf.clip_by_value(cols, 0, pw - 1), axis=2, batch_dims=1)
+    return images * (1 - mask) + canvas * mask  # 0/1 mask: x*1 + p*0 is x exactly
+
+
+def _compiled(classifier) -> tuple[Callable, Callable]:
+    """(paste, step) for this classifier, each traced once and cached."""
+    if classifier not in _COMPILED:
+        _COMPILED[classifier] = _trace(classifier.model, tuple(classifier.input_shape))
+    return _COMPILED[classifier]
+
+
+def _trace(model, input_shape: tuple) -> tuple[Callable, Callable]:
+    import tensorflow as tf
+
+    from sweeper.attacks.estimator import _quantized_weights_once
+
+    quantized: dict = {}  # QKeras weights quantized once per trace, as in the estimator
+    beta1, beta2, epsilon = ADAM
+
+    def step(patch, m, v, t, images, tops, lefts, target, lr, lo, hi):
+        with tf.GradientTape() as tape:
+            tape.watch(patch)
+            with _quantized_weights_once(model, quantized):
+                logits = model(_paste(images, patch, tops, lefts), training=False)
+            labels = tf.fill(tf.shape(tops), target)
+            # Minimising the cross-entropy to the target is ascending its log-probability.
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        grad = tf.convert_to_tensor(tape.gradient(loss, patch))  # gather gives IndexedSlices
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad ** 2
+        update = (m / (1 - beta1 ** t)) / (tf.sqrt(v / (1 - beta2 ** t)) + epsilon)
+        return tf.clip_by_value(patch - lr * update, lo, hi), m, v
+
+    image = tf.TensorSpec([None, *input_shape], tf.float32)
+    piece = tf.TensorSpec([None, None, input_shape[-1]], tf.float32)
+    corner, scalar = tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)
+    return (tf.function(_paste, input_signature=[image, piece, corner, corner]),
+            tf.function(step, input_signature=[piece, piece, piece, scalar, image, corner, corner,
+                                               tf.TensorSpec([], tf.int32), scalar, scalar, scalar]))
+
+
+def _bounds(classifier) -> tuple[float, float]:
+    if classifier.clip_values is None:
+        raise ValueError("needs the classifier's clip_values: the patch's pixels lie within them")
+    lo, hi = classifier.clip_values
+    return float(lo), float(hi)
+
+
+def _build(classifier, eps, norm, params, seed) -> Patch:
+    if len(classifier.input_shape) != 3:
+        raise ValueError(f"needs height x width x channels inputs, got {tuple(classifier.input_shape)}")
+    height, width = classifier.input_shape[:2]
+    if params["target"] >= classifier.nb_classes:
+        raise ValueError(f"parameter 'target' {params['target']} is not a class of the "
+                         f"{classifier.nb_classes}-class model")
+    for name in ("steps", "batch_size", "max_train"):
+        if params[name] < 1:
+            raise ValueError(f"parameter {name!r} must be at least 1, got {params[name]}")
+    if not params["learning_rate"] > 0:
+        raise ValueError(f"parameter 'learning_rate' must be > 0, got {params['learning_rate']}")
+    return Patch(classifier, patch_shape(eps, height, width, params["shape"]), params["target"],
+                 params["steps"], params["learning_rate"], params["batch_size"], params["max_train"])
+
+
+def _generate(attack: Patch, classifier, x, y, params, seed, *, x_train) -> np.ndarray:
+    # Independent streams: the placements do not depend on how long training drew.
+    train_rng, place_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    return attack.apply(x, attack.train(x_train, train_rng), place_rng)
+
+
+PATCH = AttackSpec(
+    name="patch",
+    norms=(PATCH_NORM,),
+    # Brown et al. train for many epochs; 200 Adam steps of 64 images reach a patch that
+    # fools the tiny models tested within seconds (tests/test_patch.py).
+    defaults={"target": 0, "steps": 200, "learning_rate": 0.05, "batch_size": 64,
+              "max_train": 512, "shape": None},
+    param_checks={"shape": check_shape, "target": check_target},
+    fixed={"targeted": True},
+    uses_eps=True,
+    black_box=False,
+    needs_training_data=True,
+    max_eps=1.0,  # eps is the share of the input's area the patch covers
+    build=_build,
+    generate=_generate,
+    description="Universal targeted adversarial patch trained on the training fold (Brown et al. 2017)",
+)
