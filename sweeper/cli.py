@@ -247,12 +247,13 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
 @user_errors
 def compact(results: str = typer.Argument(..., metavar="RESULTS")):
     """Merge a store's fragments into one sorted file (launch does this when it ends)."""
-    from sweeper import diagnostics, store
+    from sweeper import diagnostics, query, store
 
     location = store.locate(results)
     store.require_results(location)
     done = store.compact(location)
     diagnostics.write(location, done.table)
+    query.write_worst_case(location)
     out.print(f"{results}: {done.before} fragments -> {done.after} file(s), {done.rows} rows"
               + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""), highlight=False)
     for path in done.damaged:

@@ -159,7 +159,42 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
     connection.execute(f"CREATE VIEW results AS SELECT * EXCLUDE (_order) FROM {ORDERED}")
     if with_diagnostics:
         connection.register("diagnostics", diagnostics.diagnose_relation(connection, ORDERED))
-    return _finish(connection, launches, paths)
+    stored = _current_worst_case(location, found)
+    views = {"worst_case": f"SELECT * FROM read_parquet({_sql_list([stored])})"} if stored else {}
+    return _finish(connection, launches, paths + ([stored] if stored else []), views)
+
+
+def _current_worst_case(location: store.Location, found: store.Survey) -> str | None:
+    """The stored worst case's path if it was computed from exactly these row files."""
+    import pyarrow.parquet as pq
+
+    path = location.sub(store.WORST_CASE_FILE)
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # absent, or unreadable: computed instead
+        return None
+    return path if metadata.get(store.META_ROWS) == found.fingerprint.encode() else None
+
+
+def write_worst_case(location: store.Location) -> int:
+    """Compute the worst case over attacks from the store's rows now and keep it beside
+    them (RESULTS/worst_case.parquet), tagged with the row files it came from: a query
+    reads it while they are unchanged, and computes the view itself otherwise. Returns
+    its rows. (A store on another filesystem keeps none: its queries read it into
+    memory and compute every view.)"""
+    import pyarrow.fs as pafs
+
+    if not isinstance(location.fs, pafs.LocalFileSystem):
+        return 0
+    found = store.survey(location)
+    connection = connect_store(location, with_diagnostics=False)
+    try:
+        table = fetch(connection, "SELECT * FROM worst_case")
+    finally:
+        connection.close()
+    metadata = {**(table.schema.metadata or {}), store.META_ROWS: found.fingerprint.encode()}
+    store.write_file(location, store.WORST_CASE_FILE, table.replace_schema_metadata(metadata))
+    return table.num_rows
 
 
 def new_connection(memory_limit: str = DEFAULT_MEMORY_LIMIT):
@@ -182,7 +217,7 @@ def new_connection(memory_limit: str = DEFAULT_MEMORY_LIMIT):
     return connection
 
 
-def _finish(connection, launches: list[dict] | None, paths: list[str]):
+def _finish(connection, launches: list[dict] | None, paths: list[str], views: dict[str, str] | None = None):
     """Add the launches, the MCU profiles and the views, then lock the connection: no file
     but the store's fragments (``paths``) can be read, nothing written, nothing reset."""
     import pyarrow as pa
@@ -194,7 +229,7 @@ def _finish(connection, launches: list[dict] | None, paths: list[str]):
              "ram_block_kb": float(MCUS.get(name).ram_block_kb), "description": MCUS.get(name).description,
              "source": MCUS.get(name).source} for name in MCUS.names()]
     connection.register("mcus", pa.Table.from_pylist(mcus))
-    for name, sql in VIEWS.items():
+    for name, sql in {**VIEWS, **(views or {})}.items():  # ``views`` replace some (dict order kept)
         connection.execute(f"CREATE VIEW {name} AS {sql}")
     if paths:
         connection.execute(f"SET allowed_paths = {_sql_list(paths)}")

@@ -45,6 +45,10 @@ ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
 DIAGNOSTICS_FILE = "diagnostics.parquet"
+# The worst case over attacks (query's worst_case view), computed when a launch ends or the
+# store is compacted; its footer names the row files it was computed from (META_ROWS).
+WORST_CASE_FILE = "worst_case.parquet"
+META_ROWS = b"sweeper_rows_fingerprint"
 FRAGMENT_PREFIX = "part-"
 META_VERSION = b"sweeper_schema_version"
 META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
@@ -462,6 +466,16 @@ class Survey:
     fragments: tuple[Fragment, ...]
     damaged: tuple[str, ...]  # the footer cannot be read (e.g. a torn file)
     foreign: tuple[str, ...]  # no sweeper schema version in the footer: never read
+
+    @property
+    def fingerprint(self) -> str:
+        """Names and row counts of the readable files: a file derived from the rows is
+        current while this is unchanged (files are never rewritten in place, only added
+        under new names or deleted)."""
+        digest = hashlib.sha256()
+        for fragment in sorted(self.fragments, key=lambda f: f.path):
+            digest.update(f"{fragment.path.rpartition('/')[2]}:{fragment.rows}\n".encode())
+        return digest.hexdigest()[:32]
 
 
 def survey(location: Location, paths: list[str] | None = None) -> Survey:

@@ -106,11 +106,13 @@ def _launch(plan, results, address, verbose, console, provenance) -> LaunchRepor
 
 
 def finish(location: store.Location) -> store.CompactReport:
-    """End of a sweep: one compacted file of rows, and the diagnostics derived from them."""
-    from sweeper import diagnostics
+    """End of a sweep: one compacted file of rows, and what is derived from them (the
+    diagnostics, the worst case over attacks)."""
+    from sweeper import diagnostics, query
 
     compacted = store.compact(location)
     diagnostics.write(location, compacted.table)
+    query.write_worst_case(location)
     return compacted
 
 

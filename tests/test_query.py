@@ -8,6 +8,9 @@ import json
 
 import pytest
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from sweeper import query, store
 from sweeper.errors import UserError
 from tests.test_store import make_row
@@ -143,6 +146,33 @@ def test_worst_case_over_attacks_counts_a_sample_robust_only_if_every_attack_fai
     assert worst["adv_acc_std"] == pytest.approx((2 * 0.125**2) ** 0.5)
     single = query.run(str(tmp_path), "SELECT adv_acc_mean FROM robust WHERE attack = 'fgsm'").to_pylist()
     assert single == [{"adv_acc_mean": pytest.approx(0.875)}]  # each attack alone is still there
+
+
+def test_the_stored_worst_case_is_read_only_while_the_rows_it_came_from_are_unchanged(tmp_path):
+    location = store.locate(str(tmp_path))
+    common = dict(fold=0, config_id="c", eps=0.1, eps_label="0.1")
+    store.write_rows(location, [
+        make_row("f", attack="fgsm", attack_label="fgsm", **common, **_outcomes([True, True, False, True])),
+        make_row("s", attack="square", attack_label="square", **common, **_outcomes([True, False, True, True]))])
+    store.compact(location)
+    worst = "SELECT adv_acc_mean FROM robust WHERE attack = 'worst_case'"
+    computed = query.run(str(tmp_path), worst).to_pylist()
+    assert query.write_worst_case(location) == 1
+    stored = tmp_path / store.WORST_CASE_FILE
+    assert query._current_worst_case(location, store.survey(location)) == str(stored)
+    assert query.run(str(tmp_path), worst).to_pylist() == computed == [{"adv_acc_mean": 0.5}]
+
+    # Proof that it is read: a doctored copy with the same tag is what the query returns.
+    table = pq.read_table(stored)
+    doctored = table.set_column(table.column_names.index("adv_acc_mean"), "adv_acc_mean", pa.array([0.99]))
+    pq.write_table(doctored.replace_schema_metadata(table.schema.metadata), stored)
+    assert query.run(str(tmp_path), worst).to_pylist() == [{"adv_acc_mean": 0.99}]
+
+    # New rows: the file no longer matches and the view is computed from the rows again.
+    store.write_rows(location, [make_row("p", attack="pgd", attack_label="pgd", **common,
+                                         **_outcomes([False, True, True, True]))])
+    assert query._current_worst_case(location, store.survey(location)) is None
+    assert query.run(str(tmp_path), worst).to_pylist() == [{"adv_acc_mean": 0.25}]
 
 
 def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):
