@@ -134,6 +134,8 @@ class Work:
     gradients: float = 0.0  # per sample
     calls: float = 0.0  # model calls per batch of samples
     batch: int = 128  # samples per batch (1: one sample at a time)
+    setup_gradients: float = 0.0  # per cell, whatever its samples (training a universal patch)
+    setup_calls: float = 0.0
 
 
 def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
@@ -153,6 +155,9 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
     if attack == "square":  # one prediction and two loss evaluations per iteration
         queries = 3 * get("max_iter", 1000) * get("nb_restarts", 1)
         return Work(forwards=queries, calls=queries)
+    if attack == "patch":  # train one patch on training images, then paste and predict
+        steps = get("steps", 200)
+        return Work(forwards=1, calls=1, setup_gradients=steps * get("batch_size", 64), setup_calls=steps)
     if attack == "boundary":  # one sample at a time: two calls per step
         steps = get("max_iter", 1000)
         return Work(forwards=steps * BOUNDARY_FORWARDS_PER_STEP, calls=2 * steps, batch=1)
@@ -168,7 +173,8 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
 
 def attack_seconds(work: Work, samples: int, costs: Unit) -> float:
     per_sample = work.forwards * costs.forward + work.gradients * costs.gradient
-    return samples * per_sample + math.ceil(samples / work.batch) * work.calls * costs.call
+    setup = work.setup_gradients * costs.gradient + work.setup_calls * costs.call
+    return setup + samples * per_sample + math.ceil(samples / work.batch) * work.calls * costs.call
 
 
 # ---------------------------------------------------------------- jobs
@@ -182,14 +188,18 @@ def job_seconds(job, cells: Iterable) -> float:
     """Estimated seconds of a ``TrainingJob`` that computes ``cells`` (the ``Cell`` s not
     yet stored): training (its model is cached once trained, but a job with pending cells
     is costed as if it trains), evaluating its held-out fold, and attacking."""
+    return sum(job_breakdown(job, cells))
+
+
+def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
+    """``job_seconds`` in its three parts: (training, evaluating the held-out fold, attacks)."""
     costs = _job_unit(job.model, job.dataset, job.dataset_options, job.quantizer)
     pooled = POOLED_SAMPLES.get(job.dataset, UNKNOWN_POOLED_SAMPLES)
     train = dict(job.train)
-    seconds = training_seconds(pooled * (job.k - 1) // job.k, train["epochs"], train["batch_size"], costs)
-    seconds += attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
-    for cell in cells:
-        seconds += attack_seconds(_cell_work(cell.attack, cell.params), cell.samples, costs)
-    return seconds
+    training = training_seconds(pooled * (job.k - 1) // job.k, train["epochs"], train["batch_size"], costs)
+    evaluation = attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
+    attacks = sum(attack_seconds(_cell_work(cell.attack, cell.params), cell.samples, costs) for cell in cells)
+    return training, evaluation, attacks
 
 
 @functools.lru_cache(maxsize=None)

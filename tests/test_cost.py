@@ -64,6 +64,11 @@ def test_attack_work_follows_the_cell_parameters():
     assert (zoo.forwards, zoo.batch) == (100 * 257, 1)
     more_samples = cost.attack_seconds(zoo, 200, unit)
     assert more_samples == pytest.approx(2 * cost.attack_seconds(zoo, 100, unit))
+    # A universal patch is trained once per cell: its training does not grow with the samples
+    patch = cost.attack_work("patch", {"steps": 200, "batch_size": 64})
+    once = 200 * 64 * unit.gradient + 200 * unit.call
+    assert cost.attack_seconds(patch, 100, unit) - once == pytest.approx(100 * (unit.forward + unit.call / 100) * 1)
+    assert cost.attack_seconds(patch, 1, unit) > once
 
 
 def test_pending_work_is_longest_first_by_the_estimate_and_skips_done_cells():
