@@ -67,13 +67,14 @@ def train_digits_model(seed: int, model_name: str, preset: str):
 
 @contextlib.contextmanager
 def stock_attack_classes():
-    """sweeper's Square builder makes ART's own SquareAttack while active (Boundary is
-    ART's BoundaryAttack already)."""
-    from art.attacks.evasion import SquareAttack
+    """sweeper's Square and Boundary builders make ART's own SquareAttack and
+    BoundaryAttack while active."""
+    from art.attacks.evasion import BoundaryAttack, SquareAttack
 
-    from sweeper.attacks import square
+    from sweeper.attacks import black_box, square
 
-    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack):
+    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack), \
+            mock.patch.object(black_box, "_boundary_attack_class", lambda: BoundaryAttack):
         yield
 
 

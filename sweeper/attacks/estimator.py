@@ -73,6 +73,7 @@ def _fast_classifier_class() -> type:
             label_spec = tf.TensorSpec([None], tf.int32)
             self._quantized = {}  # id(weight variable) -> its quantized value, see _logits
             self._logits_fn = tf.function(self._logits, input_signature=[x_spec])
+            self._logits_concrete = None  # traced by the first predict (_forward)
             self._loss_grad_fn = tf.function(self._loss_grad, input_signature=[x_spec, y_spec])
             self._label_grad_fn = tf.function(self._label_grad, input_signature=[x_spec, label_spec])
             self._jacobian_fn = tf.function(self._jacobian, input_signature=[x_spec])
@@ -117,10 +118,22 @@ def _fast_classifier_class() -> type:
             # ART's predict would also run a preprocessing pass and batch_size-sized eager
             # calls; outputs do not depend on the batch (inference), so one call per chunk.
             x = np.asarray(x, dtype=np.float32)
-            chunks = [self._logits_fn(x[i:i + PREDICT_CHUNK]).numpy()
-                      for i in range(0, len(x), PREDICT_CHUNK)]
-            logits = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
-            return self._apply_postprocessing(preds=logits, fit=False)
+            if len(x) <= PREDICT_CHUNK:  # the black-box attacks' thousands of small calls
+                logits = self._forward(x)
+            else:
+                logits = np.concatenate([self._forward(x[i:i + PREDICT_CHUNK])
+                                         for i in range(0, len(x), PREDICT_CHUNK)])
+            if self.postprocessing_defences:
+                return self._apply_postprocessing(preds=logits, fit=False)
+            return logits
+
+        def _forward(self, x: np.ndarray) -> np.ndarray:
+            """The compiled forward on one chunk, through its concrete function: calling
+            the tf.function would re-bind and look up its signature on every call, which
+            costs about as much as running a tiny model."""
+            if self._logits_concrete is None:
+                self._logits_concrete = self._logits_fn.get_concrete_function()
+            return self._logits_concrete(tf.constant(x)).numpy()
 
         def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
             if not self._compiled_ok(training_mode) or not isinstance(x, np.ndarray):
