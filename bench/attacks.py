@@ -131,7 +131,15 @@ def main() -> None:
     parser.add_argument("--model", default="stq_net", help="a sweeper model name")
     parser.add_argument("--preset", default="stq", help="a sweeper quantizer preset")
     parser.add_argument("--only", default=None, help="comma-separated attacks to run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="TensorFlow intra-op threads (default 1: what a one-CPU trial "
+                             "gets, placement.py); 0 leaves TensorFlow's default")
     args = parser.parse_args()
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     model, x_test, y_test = train_digits_model(args.seed, args.model, args.preset)
     print(f"model: {args.model} under preset {args.preset}, {model.count_params()} params")
