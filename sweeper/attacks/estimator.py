@@ -52,9 +52,11 @@ def _fast_classifier_class() -> type:
 
         Each compiled function has a None batch dimension in its input signature, so it is
         traced once per classifier, not per batch size. QKeras weights are quantized once,
-        at tracing (``_quantized_weights_once``), not on every call. Anything the compiled
-        path does not cover (training_mode=True, preprocessing) falls back to ART's eager
-        code; ``fit`` retraces.
+        at tracing (``_quantized_weights_once``), not on every call. ``predict``, which the
+        black-box attacks call thousands of times on small batches, calls the forward's
+        concrete function directly (``_forward``). Anything the compiled path does not
+        cover (training_mode=True, preprocessing) falls back to ART's eager code; ``fit``
+        retraces.
         """
 
         def __init__(self, model, nb_classes, input_shape, clip_values):

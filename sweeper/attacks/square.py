@@ -1,5 +1,6 @@
 """Square Attack: its spec, and ``AnyShapeSquareAttack``, ART's SquareAttack made to work
-on non-square inputs (49x10 MFCCs) while returning ART's examples on square ones.
+on non-square inputs (49x10 MFCCs) while returning ART's examples on square ones, with
+one prediction per iteration where ART makes three.
 
 The ART subclass is created on first use (``_square_attack_class``) so that importing
 this module imports neither TensorFlow nor ART.
