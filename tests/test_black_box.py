@@ -142,6 +142,24 @@ def test_square_predicts_once_per_iteration():
     assert predict.call_count == 2 + 25
 
 
+def test_predict_falls_back_to_the_default_executor_on_control_flow():
+    # tf.cond inside a compiled function runs as Switch/Merge, which TensorFlow's
+    # single-threaded executor refuses: predict must still return the model's logits.
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8, 8, 1))
+    flat = tf.keras.layers.Flatten()(inputs)
+    doubled = tf.keras.layers.Lambda(
+        lambda t: tf.cond(tf.reduce_sum(t) > 0, lambda: t * 2.0, lambda: t))(flat)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(10)(doubled))
+    classifier = attacks.make_classifier(model, 10, (8, 8, 1), CLIP)
+    x = np.random.default_rng(0).uniform(*CLIP, (3, 8, 8, 1)).astype(np.float32)
+    assert classifier._executor == "SINGLE_THREADED_EXECUTOR"
+    np.testing.assert_array_equal(classifier.predict(x), model(x).numpy())
+    assert classifier._executor == ""  # fell back, once
+    np.testing.assert_array_equal(classifier.predict(x), model(x).numpy())
+
+
 # --------------------------------------------------------------------------- end to end
 # ART's stock attack on ART's stock estimator against sweeper's on the compiled one.
 

@@ -90,6 +90,8 @@ def _boundary_attack_class() -> type:
 
         def _attack(self, initial_sample, original_sample, y_p, target, initial_delta,
                     initial_epsilon, clip_min, clip_max):
+            """ART's main loop for one sample: a step along the boundary, then one towards
+            the original, each with its own trust region; ART's early returns."""
             x_adv = initial_sample
             self.curr_delta, self.curr_epsilon = initial_delta, initial_epsilon
             self.curr_adv = x_adv

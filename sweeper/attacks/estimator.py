@@ -142,10 +142,13 @@ def _fast_classifier_class() -> type:
                 # the same logits, with less scheduling per call.
                 with tf.experimental.function_executor_type(self._executor):
                     return self._logits_concrete(tf.constant(x)).numpy()
-            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError,
+                    tf.errors.InvalidArgumentError):
                 if not self._executor:
                     raise
-                self._executor = ""  # a graph it cannot run (v1 control flow): the default
+                # A graph it cannot run: tf.cond in a model is lowered to Switch/Merge,
+                # which it refuses (FailedPrecondition). The default executor runs it.
+                self._executor = ""
                 return self._forward(x)
 
         def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
