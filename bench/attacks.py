@@ -9,14 +9,19 @@ are identical:
 - FGSM, PGD (7 steps), C&W-L2 (max_iter 10): the same ART attack on the stock estimator
   and on the compiled one;
 - Square (L-inf, 200 iterations) and Boundary (L2, 100 iterations): ART's stock
-  SquareAttack / BoundaryAttack on the stock estimator against sweeper's (its Square
-  subclass, ART's BoundaryAttack with sweeper's seeded starts) on the compiled one.
+  SquareAttack / BoundaryAttack on the stock estimator against sweeper's subclasses
+  (Square predicting once per iteration, Boundary drawing each trial's candidates as one
+  batch; Boundary with sweeper's seeded starts on both sides) on the compiled one;
+- ZOO (max_iter 10, 3 binary search steps): ART's ZooAttack on both estimators.
 
     python bench/attacks.py [--samples 100] [--cw-samples N] [--bb-samples N] [--seed 0]
                             [--model stq_net] [--preset stq] [--only square,boundary]
+                            [--threads 1]
 
 C&W and the black-box attacks on the stock estimator are the slow ones; --cw-samples
-and --bb-samples run them, with both, on the first N samples only.
+and --bb-samples run them, with both, on the first N samples only. TensorFlow runs one
+intra-op thread by default, as in a trial holding one CPU (placement.py); --threads 0
+keeps TensorFlow's own default (one per core), for both estimators alike.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ RUNS = [
     ("cw_l2", math.inf, "2", {"max_iter": 10}),
     ("square", 0.1, "inf", {"max_iter": 200}),
     ("boundary", math.inf, "2", {"max_iter": 100}),
+    ("zoo", math.inf, "2", {"max_iter": 10, "binary_search_steps": 3}),
 ]
-BLACK_BOX = ("square", "boundary")
+BLACK_BOX = ("square", "boundary", "zoo")
 
 
 def train_digits_model(seed: int, model_name: str, preset: str):
@@ -67,13 +73,14 @@ def train_digits_model(seed: int, model_name: str, preset: str):
 
 @contextlib.contextmanager
 def stock_attack_classes():
-    """sweeper's Square builder makes ART's own SquareAttack while active (Boundary is
-    ART's BoundaryAttack already)."""
-    from art.attacks.evasion import SquareAttack
+    """sweeper's Square and Boundary builders make ART's own SquareAttack and
+    BoundaryAttack while active."""
+    from art.attacks.evasion import BoundaryAttack, SquareAttack
 
-    from sweeper.attacks import square
+    from sweeper.attacks import black_box, square
 
-    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack):
+    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack), \
+            mock.patch.object(black_box, "_boundary_attack_class", lambda: BoundaryAttack):
         yield
 
 
@@ -125,12 +132,20 @@ def main() -> None:
     parser.add_argument("--cw-samples", type=int, default=None,
                         help="run C&W-L2 on the first N samples only (default: all)")
     parser.add_argument("--bb-samples", type=int, default=20,
-                        help="run Square and Boundary on the first N samples only")
+                        help="run Square, Boundary and ZOO on the first N samples only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="stq_net", help="a sweeper model name")
     parser.add_argument("--preset", default="stq", help="a sweeper quantizer preset")
     parser.add_argument("--only", default=None, help="comma-separated attacks to run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="TensorFlow intra-op threads (default 1: what a one-CPU trial "
+                             "gets, placement.py); 0 leaves TensorFlow's default")
     args = parser.parse_args()
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     model, x_test, y_test = train_digits_model(args.seed, args.model, args.preset)
     print(f"model: {args.model} under preset {args.preset}, {model.count_params()} params")
@@ -140,7 +155,7 @@ def main() -> None:
     trace(stock, x, y)
     trace(fast, x, y)
     print(f"clean accuracy on {len(x)} samples: {np.mean(fast.predict(x).argmax(1) == y):.3f}")
-    limits = {"cw_l2": args.cw_samples, "square": args.bb_samples, "boundary": args.bb_samples}
+    limits = {"cw_l2": args.cw_samples, **{name: args.bb_samples for name in BLACK_BOX}}
     only = set(args.only.split(",")) if args.only else None
     compare(stock, fast, x, y, limits, only, args.seed)
 

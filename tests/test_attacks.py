@@ -1,18 +1,16 @@
 """Attacks: specs and validation without ART, the fast estimator against ART's stock one,
 every registered attack on a tiny trained QKeras digits model and on every dataset's input
-shape, the eps semantics (0 clean, unbounded for minimal attacks, relative steps), the
-Square Attack on non-square inputs, and the fast black-box path returning ART's stock
-examples exactly."""
+shape, the eps semantics (0 clean, unbounded for minimal attacks, relative steps) and the
+Square Attack on non-square inputs. The fast black-box path returning ART's stock
+examples exactly is tests/test_black_box.py."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import random
 import subprocess
 import sys
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -544,90 +542,3 @@ def test_every_attack_on_every_input_shape(dataset, name, norm, shape_models):
         assert (classifier.predict(x_adv[changed]).argmax(axis=1) != y[changed]).all()
     elif not attacks.ATTACKS.get(name).black_box:  # a gradient step moves every sample
         assert changed.all()
-
-
-# --------------------------------------------------------------------------- black-box speed
-# sweeper's black-box path (the compiled estimator, which quantizes weights once per trace,
-# and sweeper's Square) must return ART's stock examples exactly: ART's stock attack on
-# ART's stock estimator, same seed, on a tiny trained stq model per input shape that matters.
-
-IDENTITY_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "speech_commands": (49, 10, 1)}
-
-
-@contextlib.contextmanager
-def _art_attack_classes():
-    """sweeper's Square builder makes ART's own SquareAttack while active (Boundary is
-    ART's BoundaryAttack already)."""
-    from art.attacks.evasion import SquareAttack
-
-    from sweeper.attacks import square
-
-    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack):
-        yield
-
-
-@pytest.fixture(scope="module")
-def stq_models():
-    """dataset -> (stock classifier, fast classifier, inputs, labels), trained on first use."""
-    return functools.cache(lambda dataset: _trained_stq_model(IDENTITY_SHAPES[dataset]))
-
-
-def _trained_stq_model(shape):
-    """sweeper's small_cnn under the stq preset, one epoch on a learnable noise task (the
-    label is the brightest of 10 bands): trained weights, so the attacks have work to do."""
-    import tensorflow as tf
-
-    from sweeper import models, quantizers
-
-    tf.keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).uniform(*CLIP, (600, *shape)).astype(np.float32)
-    bands = np.array_split(x.reshape(len(x), -1), 10, axis=1)
-    y = np.argmax([band.mean(axis=1) for band in bands], axis=0)
-    model = models.build("small_cnn", shape, 10, quantizers.QUANTIZERS.get("stq"))
-    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:500], y[:500], epochs=1, batch_size=32, verbose=0)
-    stock = attacks.make_stock_classifier(model, 10, shape, CLIP)
-    fast = attacks.make_classifier(model, 10, shape, CLIP)
-    # Held-out noise at six brightness levels, labelled by the model: predicted unlike
-    # plain uniform noise, so Boundary finds starting points, and all of them attacked.
-    x = (x[500:506] * np.linspace(0.1, 1.0, 6)[:, None, None, None]).astype(np.float32)
-    return stock, fast, x, fast.predict(x).argmax(axis=1)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset", list(IDENTITY_SHAPES))
-def test_fast_predict_is_bitwise_stock_on_stq_models(dataset, stq_models):
-    stock, fast, x, _ = stq_models(dataset)
-    noise = np.random.default_rng(1).uniform(*CLIP, (33, *x.shape[1:])).astype(np.float32)
-    for batch in (x[:1], x, noise):
-        np.testing.assert_array_equal(fast.predict(batch), stock.predict(batch))
-    # The weights were quantized once, at tracing: one constant per quantized weight.
-    assert len(fast._quantized) >= 4  # small_cnn: 2 conv + 1 dense, kernels and biases
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset", list(IDENTITY_SHAPES))
-def test_boundary_is_arts_stock_attack_exactly(dataset, stq_models):
-    stock, fast, x, y = stq_models(dataset)
-    params = {"max_iter": 15, "init_size": 50}
-    with _art_attack_classes():
-        expected = attacks.run("boundary", stock, x, y, math.inf, "2", params, seed=4)
-    np.testing.assert_array_equal(attacks.run("boundary", fast, x, y, math.inf, "2", params, seed=4),
-                                  expected)
-    assert (attacks.perturbation_norms(x, expected, "2") > 0).any()  # it did attack
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset", list(IDENTITY_SHAPES))
-@pytest.mark.parametrize("norm, eps", [("inf", 0.1), ("2", 0.5)])
-def test_square_is_arts_stock_attack_exactly(dataset, norm, eps, stq_models):
-    stock, fast, x, y = stq_models(dataset)
-    params = {"max_iter": 30}
-    # ART's Square fails on 49x10 (module square.py): there, sweeper's Square on the stock
-    # estimator is the reference.
-    art = _art_attack_classes() if x.shape[1] == x.shape[2] else contextlib.nullcontext()
-    with art:
-        expected = attacks.run("square", stock, x, y, eps, norm, params, seed=6)
-    np.testing.assert_array_equal(attacks.run("square", fast, x, y, eps, norm, params, seed=6),
-                                  expected)
-    assert (attacks.perturbation_norms(x, expected, norm) > 0).any()
