@@ -16,6 +16,7 @@ A job's estimate, in seconds on one CPU of the machine the constants were measur
 - **attacks:** for each cell, its samples x the forwards and gradients the attack asks per
   sample (counted from ART's loops, with the cell's parameters), plus one call latency per
   model call (per sample for attacks that run one sample at a time, per batch otherwise).
+  A transfer cell attacks nothing: one forward pass per sample on its source's examples.
 
 Where the constants come from: ``UNIT_COSTS`` is the unit-cost table that
 ``bench/scale.py`` part 3 printed (docs/scale.md, section 2: one TensorFlow thread on a
@@ -171,6 +172,9 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
     return Work(gradients=1, calls=1)  # an attack added later: at least one gradient
 
 
+FORWARD = Work(forwards=1, calls=1)  # one batched prediction per sample: a transfer cell
+
+
 def attack_seconds(work: Work, samples: int, costs: Unit) -> float:
     per_sample = work.forwards * costs.forward + work.gradients * costs.gradient
     setup = work.setup_gradients * costs.gradient + work.setup_calls * costs.call
@@ -198,7 +202,8 @@ def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
     train = dict(job.train)
     training = training_seconds(pooled * (job.k - 1) // job.k, train["epochs"], train["batch_size"], costs)
     evaluation = attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
-    attacks = sum(attack_seconds(_cell_work(cell.attack, cell.params), cell.samples, costs) for cell in cells)
+    attacks = sum(attack_seconds(FORWARD if getattr(cell, "source", None) is not None
+                                 else _cell_work(cell.attack, cell.params), cell.samples, costs) for cell in cells)
     return training, evaluation, attacks
 
 

@@ -10,7 +10,10 @@ checks compare numbers the grid already has:
   FGSM's budget (same norm, eps' >= eps; unbounded is above every budget) leaves more
   accuracy than FGSM at eps. Iterating with at least the budget should never help the model.
 - ``black_box_beats_white_box``: a black-box attack (Square, Boundary, ZOO) leaves less
-  accuracy than the best white-box attack at the same norm and budget.
+  accuracy than the best white-box attack at the same norm and budget. A transfer attack
+  (examples crafted on another model, ``source_config_id`` set) is black-box from the
+  target's view, so it is judged here too: a white-box attack that does worse than
+  examples crafted without the target's gradients is the classic sign of masking.
 - ``accuracy_rises_with_eps``: one attack (same label and parameters) leaves more accuracy
   at a larger epsilon than at a smaller one. A bigger ball contains the smaller one.
 - ``adversarial_above_clean``: accuracy after the attack is above the clean accuracy of the
@@ -19,7 +22,8 @@ checks compare numbers the grid already has:
   ``LARGE_EPS`` of the row's own input range ``clip_max - clip_min`` per input value, or an
   unbounded minimal-perturbation attack) accuracy stays more than ``FAR_ABOVE_CHANCE``
   above chance. Every input can be changed at such a budget; a correct, strong enough
-  attack should get near chance or below.
+  attack should get near chance or below. Transfer attacks are not judged here: they do
+  not adapt to the target, so failing at a large budget says nothing about its gradients.
 
 A *point* is one configuration at one ``store.POINT_COLUMNS`` value (attack, label, norm,
 eps, parameters, sample count): points that differ in any of them are never merged. A
@@ -118,6 +122,7 @@ class Point:
     eps_label: str
     attack_params: str
     n_samples: int | None
+    source_config_id: str | None  # a transfer attack's source configuration; None: white-box
     n_classes: int | None
     n_features: int | None
     input_range: float | None  # the widest clip_max - clip_min of its rows; None if unknown
@@ -133,6 +138,20 @@ class Point:
     @property
     def unbounded(self) -> bool:
         return math.isinf(self.eps)
+
+    @property
+    def transfer(self) -> bool:
+        return self.source_config_id is not None
+
+    @property
+    def black_box(self) -> bool:
+        """No gradient of the target: a black-box attack, or a transfer attack."""
+        return self.spec.black_box or self.transfer
+
+    @property
+    def judged_large(self) -> bool:
+        """Judged by ``large_eps_above_chance``: a large budget, known classes, no transfer."""
+        return bool(self.large and self.n_classes and not self.transfer)
 
     @property
     def radius(self) -> float | None:
@@ -437,7 +456,7 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
              **{name: [getattr(p, name) for p in points] for name in ("attack", "attack_label", "norm", "eps",
                                                                        "attack_params")},
              "single_step": [specs[p.attack].single_step for p in points],
-             "black_box": [specs[p.attack].black_box for p in points],
+             "black_box": [p.black_box for p in points],
              "unbounded": [math.isinf(p.eps) for p in points]}
     connection.register("_dg_flags", pa.table(flags))
     same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
@@ -496,7 +515,7 @@ def _assemble(points: list[_Counted], counted: dict[str, np.ndarray]) -> pa.Tabl
     n = np.array([point.n for point in points], dtype=np.int64)
     adv = np.array([point.adv_right for point in points], dtype=np.int64)
     clean = np.array([point.clean_right for point in points], dtype=np.int64)
-    large = np.array([bool(point.large and point.n_classes) for point in points])
+    large = np.array([point.judged_large for point in points])
     classes = np.array([point.n_classes if large[i] else 1 for i, point in enumerate(points)], dtype=np.int64)
     first = np.array([index[pid] for pid in counted["first"].tolist()], dtype=np.int64)
     second = np.array([index[pid] for pid in counted["second"].tolist()], dtype=np.int64)

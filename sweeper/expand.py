@@ -13,6 +13,16 @@ train and attack it and make the folds, and ``ID_VERSION`` for deliberate change
 sweeper's own procedure. Fingerprinting builds each distinct model once, so it imports
 TensorFlow; ``expand(grid, fingerprints=False)`` skips it for a quick count (``sweeper
 validate``), and such a plan cannot be launched.
+
+Transfer attacks (an attack entry with a ``source``): a *transfer cell* on target job T
+evaluates T on the adversarial examples of a *source cell*, the same attack, norm,
+parameters and eps on the source job S (the same dataset, fold, seed and training
+settings, with the source's model and/or quantizer). Every transfer cell's source cell is
+in the plan (added to S's cells when the grid lists no such white-box attack) and is
+marked ``keeps_arrays``: its examples are stored for the targets. A target that is its own
+source gets no transfer cell (its white-box cell is that number). A transfer cell's
+identity adds its source cell's id, so it never shares an id with a white-box cell, and
+every id of a grid without transfer entries is what it was.
 """
 
 from __future__ import annotations
@@ -77,6 +87,17 @@ class TrainingJob:
 
 
 @dataclass(frozen=True)
+class Source:
+    """The source cell of a transfer cell, and what its rows say about the source."""
+
+    cell_id: str  # the white-box cell whose adversarial examples are evaluated
+    job_id: str
+    config_id: str
+    model: str
+    quantizer: str
+
+
+@dataclass(frozen=True)
 class Cell:
     job_id: str
     attack: str  # registry name, or "none" for the clean evaluation
@@ -87,10 +108,17 @@ class Cell:
     params: tuple[tuple[str, Any], ...]  # every parameter passed to the attack, sorted
     samples: int
     cell_id: str = field(default="", compare=False)
+    source: Source | None = None  # set on a transfer cell
+    # A source cell: its adversarial examples are stored for transfer cells (not part of
+    # its identity: storing them does not change its row).
+    keeps_arrays: bool = field(default=False, compare=False)
 
     def identity(self) -> dict[str, Any]:
-        return {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
-                "params": self.art_params(), "samples": self.samples}
+        identity = {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
+                    "params": self.art_params(), "samples": self.samples}
+        if self.source is not None:  # only then: white-box ids stay what they were
+            identity["source"] = self.source.cell_id
+        return identity
 
     def art_params(self) -> dict[str, Any]:
         """Everything passed to ART at this cell's eps: the grid's parameters (relative
@@ -159,7 +187,9 @@ def expand(grid: Grid, fingerprints: bool = True) -> Plan:
     jobs = tuple(_jobs(grid, fingerprints))
     if len({job.job_id for job in jobs}) != len(jobs):
         raise UserError("datasets: a dataset is listed twice with the same options")
-    cells = tuple(cell for job in jobs for cell in _cells(grid, job))
+    own = {job.job_id: list(_cells(grid, job)) for job in jobs}
+    transfers = _transfer_cells(grid, jobs, own)
+    cells = tuple(cell for job in jobs for cell in [*own[job.job_id], *transfers[job.job_id]])
     _reject_duplicates(cells)
     return Plan(grid, jobs, cells, fingerprinted=fingerprints)
 
@@ -201,16 +231,52 @@ def _cells(grid: Grid, job: TrainingJob):
     samples = grid.samples_for(job.dataset)
     yield _with_id(Cell(job.job_id, CLEAN, CLEAN, "none", 0.0, "0", (), samples), "cell_id")
     for entry in grid.attacks:
-        if entry.datasets is not None and job.dataset not in entry.datasets:
-            continue
+        if entry.source is not None or (entry.datasets is not None and job.dataset not in entry.datasets):
+            continue  # transfer entries: _transfer_cells
         params = tuple(sorted(entry.resolved_params().items()))
         for eps in entry.eps:
             yield _with_id(_attack_cell(job.job_id, entry, eps, params, samples), "cell_id")
 
 
-def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int) -> Cell:
-    return Cell(job_id, entry.name, entry.key, entry.resolved_norm(), eps.value, eps.label,
+def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int, label: str | None = None) -> Cell:
+    return Cell(job_id, entry.name, label or entry.key, entry.resolved_norm(), eps.value, eps.label,
                 params, samples)
+
+
+def _transfer_cells(grid: Grid, jobs: tuple[TrainingJob, ...], own: dict[str, list[Cell]]) -> dict[str, list[Cell]]:
+    """Each job's transfer cells. Their source cells are added to (or marked in) ``own``:
+    a source job's white-box cell that a transfer entry needs is in the plan, keeping arrays."""
+    by_setup = {(j.dataset_key, j.model, j.quantizer, j.fold): j for j in jobs}
+    transfers: dict[str, list[Cell]] = {job.job_id: [] for job in jobs}
+    for job in jobs:
+        samples = grid.samples_for(job.dataset)
+        for entry in grid.attacks:
+            if entry.source is None or (entry.datasets is not None and job.dataset not in entry.datasets):
+                continue
+            model, quantizer = entry.source.of(job.model, job.quantizer)
+            source_job = by_setup[job.dataset_key, model, quantizer, job.fold]  # grid.py checked it is trained
+            if source_job.job_id == job.job_id:
+                continue  # its own source: the white-box cell is that number
+            params = tuple(sorted(entry.resolved_params().items()))
+            for eps in entry.eps:
+                source_cell = _with_id(_attack_cell(source_job.job_id, entry, eps, params, samples,
+                                                    entry.white_box_key), "cell_id")
+                source_cell = _keep_arrays(own[source_job.job_id], source_cell)
+                source = Source(source_cell.cell_id, source_job.job_id, source_job.config_id, model, quantizer)
+                cell = replace(_attack_cell(job.job_id, entry, eps, params, samples), source=source)
+                transfers[job.job_id].append(_with_id(cell, "cell_id"))
+    return transfers
+
+
+def _keep_arrays(cells: list[Cell], wanted: Cell) -> Cell:
+    """Mark ``wanted`` in ``cells`` as keeping its arrays, adding it if absent (the grid
+    lists no such white-box attack); returns the cell as it is in the plan."""
+    for index, cell in enumerate(cells):
+        if cell.cell_id == wanted.cell_id:
+            cells[index] = replace(cell, keeps_arrays=True)
+            return cells[index]
+    cells.append(replace(wanted, keeps_arrays=True))
+    return cells[-1]
 
 
 def _with_id(item, id_field: str):

@@ -90,3 +90,27 @@ def pareto_front(configs: list[dict]) -> list[dict]:
             front.append(config)
             best = config["test_acc_mean"]
     return front
+
+
+def transfer_matrix(values: list[list[float]], sources: list[str], targets: list[str], path: Path,
+                    title: str) -> None:
+    """A heatmap of the target's accuracy (columns) on each source's examples (rows);
+    NaN cells (no such pair) are left blank."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = np.array(values, dtype=float)
+    figure, axes = plt.subplots(figsize=(max(5.0, 2.0 + 1.1 * len(targets)), max(2.6, 1.6 + 0.6 * len(sources))))
+    image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (row, column), value in np.ndenumerate(grid):
+        if value == value:
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                      color="white" if value < 0.5 else "black")
+    axes.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+    axes.set_yticks(range(len(sources)), sources, fontsize=8)
+    axes.set(xlabel="target", ylabel="source")
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, label="target accuracy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -111,6 +111,34 @@ class DatasetChoice(_Frozen):
         return self.name
 
 
+class Source(_Frozen):
+    """Where a transfer attack crafts its examples: another model and/or quantizer of the
+    same dataset, fold, seed and training settings (what is not named is the target's)."""
+
+    model: str | None = None
+    quantizer: str | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> "Source":
+        from sweeper.models import MODELS
+        from sweeper.quantizers import QUANTIZERS
+
+        if self.model is None and self.quantizer is None:
+            raise ValueError("name the source's model and/or quantizer, e.g. {quantizer: fp}")
+        _known_names(MODELS, (self.model,) if self.model else ())
+        _known_names(QUANTIZERS, (self.quantizer,) if self.quantizer else ())
+        return self
+
+    @property
+    def label(self) -> str:
+        """``fp``, ``resnet8`` or ``resnet8/fp``: what a transfer attack's label appends."""
+        return "/".join(name for name in (self.model, self.quantizer) if name)
+
+    def of(self, model: str, quantizer: str) -> tuple[str, str]:
+        """The (model, quantizer) that crafts the examples a target (model, quantizer) gets."""
+        return self.model or model, self.quantizer or quantizer
+
+
 class AttackEntry(_Frozen):
     name: str
     label: str | None = None  # defaults to name; needed when one attack appears twice
@@ -118,6 +146,8 @@ class AttackEntry(_Frozen):
     eps: tuple[Epsilon, ...]
     params: dict[str, Any] = Field(default_factory=dict)
     datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
+    # A transfer attack: examples crafted on the source, evaluated on each target.
+    source: Source | None = None
 
     @field_validator("norm", mode="before")
     @classmethod
@@ -166,6 +196,14 @@ class AttackEntry(_Frozen):
 
     @property
     def key(self) -> str:
+        """The attack_label of its cells: a transfer entry's says where its examples come
+        from (``fgsm<-fp``), so it never shares a label with a white-box entry."""
+        base = self.label or self.name
+        return f"{base}<-{self.source.label}" if self.source else base
+
+    @property
+    def white_box_key(self) -> str:
+        """The label of the white-box cells a transfer entry implies on its source."""
         return self.label or self.name
 
     def resolved_norm(self) -> str:
@@ -315,6 +353,31 @@ class Grid(_Frozen):
         for choice in self.datasets:
             self.samples_for(choice.name)
         return self
+
+    @model_validator(mode="after")
+    def _sources_trained(self) -> "Grid":
+        # A transfer entry's source must be a model the grid trains, for every target the
+        # entry reaches: otherwise there is nothing to craft the examples on.
+        for index, entry in enumerate(self.attacks):
+            if entry.source is None:
+                continue
+            for dataset in self.datasets:
+                if entry.datasets is not None and dataset.name not in entry.datasets:
+                    continue
+                for model, quantizer in self.trained(dataset.name):
+                    source = entry.source.of(model, quantizer)
+                    if source not in self.trained(dataset.name):
+                        raise ValueError(
+                            f"attacks.{index}.source: {source[0]}/{source[1]} (the source of "
+                            f"{model}/{quantizer}) is not trained for dataset {dataset.name!r}; "
+                            f"name a model and quantizer the grid trains")
+        return self
+
+    def trained(self, dataset: str) -> list[tuple[str, str]]:
+        """The (model, quantizer) pairs the grid trains on ``dataset``."""
+        return [(model.name, quantizer) for model in self.models
+                if model.datasets is None or dataset in model.datasets
+                for quantizer in model.quantizers or self.quantizers]
 
     def samples_for(self, dataset: str) -> int:
         if isinstance(self.samples, int):

@@ -10,6 +10,10 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
 - ``results``: the rows, one per cell (the store's schema);
 - ``robust``: mean, standard deviation and variance across folds of every cell, plus the
   worst case over attacks at each budget (per sample: robust only if every attack failed);
+  a transfer attack's rows are their own points (``source_config_id`` is part of the key),
+  with ``source_model``, ``source_quantizer`` and the transfer rate's mean over the folds
+  where it is defined; they count in the worst case at their budget like any other attack
+  on the target (their examples are within the budget of the target's own inputs);
 - ``fits``: each configuration that fits each MCU profile (computed from the footprint
   and the profiles, ``targeted`` when the grid named it), with its flash, RAM and accuracy;
 - ``diagnostics``: the gradient-masking checks (sweeper.diagnostics), one row per judgement;
@@ -109,10 +113,16 @@ _WORST_CASE = f"""
                    "(n_samples)", "(covered.n_samples)")}
         FROM covered JOIN per_fold USING (gid)
         GROUP BY ALL"""
+# Transfer rows: which model crafted the examples (fixed by source_config_id, a key), and
+# the transfer rate over the folds where it is defined (NaN: no sample to transfer).
+_TRANSFER = """
+               any_value(source_model) AS source_model, any_value(source_quantizer) AS source_quantizer,
+               avg(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_mean,
+               stddev_samp(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_std"""
 VIEWS = {  # in creation order: robust reads worst_case
     "worst_case": _WORST_CASE,
     "robust": f"""
-        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}
+        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}
         FROM results GROUP BY ALL
         UNION ALL BY NAME
         SELECT * FROM worst_case""",

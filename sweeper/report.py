@@ -9,6 +9,8 @@ Zakariyya et al., 2025), for whatever grid the store holds:
   beside the numbers they qualify;
 - Table V analogue: variance across folds of every accuracy;
 - does robustness survive deployment: the same accuracies of the int8 .tflite;
+- transfer attacks: a source x target matrix per attack and budget (examples crafted on
+  the source, accuracy of the target and the transfer rate), as a table and a heatmap;
 - accuracy against epsilon per attack, one line per quantizer, with the fold spread;
 - accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
   drawn in, and the configurations that fit each target (flash, and RAM against its
@@ -86,8 +88,9 @@ class _Report:
         return query.fetch(self.db, sql).to_pylist()
 
     def sections(self) -> list[str]:
-        return [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                self._eps_curves(), self._pareto(), self._diagnostics(), self._provenance()]
+        sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
+                    self._transfer(), self._eps_curves(), self._pareto(), self._diagnostics(), self._provenance()]
+        return [section for section in sections if section]  # a store without transfer rows has no such section
 
     # ------------------------------------------------------------ helpers
 
@@ -193,6 +196,64 @@ class _Report:
             parts += [f"### {dataset}", markdown_table(
                 ["model / quantizer", "clean"] + [title for *_, title in points], rows)]
         return "\n\n".join(parts)
+
+    def _transfer(self) -> str:
+        """Per dataset, attack and budget: the accuracy each target keeps on examples crafted
+        on each source (the diagonal is the source's own white-box number), with the transfer rate."""
+        from sweeper import figures
+
+        matrices: dict[tuple, list[dict]] = defaultdict(list)
+        for r in self.robust:
+            if r.get("source_config_id"):
+                matrices[_dataset_name(r), r["attack"], r["norm"], r["eps"], r["eps_label"], r["attack_params"],
+                         r["n_samples"]].append(r)
+        if not matrices:
+            return ""
+        parts = ["## Transfer attacks",
+                 "Rows: the model the examples were crafted on (source); columns: the model evaluated on them "
+                 "(target). A cell is the target's accuracy on the source's examples, mean over folds, and in "
+                 "brackets the transfer rate: of the samples both models classify correctly and whose example "
+                 "fools the source, the share that also fools the target. The diagonal is the source's own "
+                 "white-box accuracy. Same samples, folds and budget throughout."]
+        for key, rows in sorted(matrices.items(), key=lambda item: (item[0][0], item[0][1], item[0][3], item[0][5])):
+            dataset, attack, norm, eps, eps_label, params, n_samples = key
+            sources, targets, values = self._transfer_matrix(rows)
+            title = f"{attack} L{norm} @ {eps_label}"
+            name = _file_name(f"transfer-{dataset}-{attack}-{norm}-{eps_label}-{len(parts)}.png")
+            figures.transfer_matrix([[cell[0] for cell in line] for line in values],
+                                    [self._label(s) for s in sources], [self._label(t) for t in targets],
+                                    self.out / "figures" / name, f"{title} on {dataset}: target accuracy")
+            table = [[self._label(s), *[_transfer_cell(*cell) for cell in line]] for s, line in zip(sources, values)]
+            parts += [f"### {dataset}: {title}", f"Parameters `{params}`, {n_samples} samples per fold.",
+                      markdown_table(["source ↓ target →", *[self._label(t) for t in targets]], table),
+                      f"![{title} on {dataset}](figures/{name})"]
+        return "\n\n".join(parts)
+
+    def _transfer_matrix(self, rows: list[dict]) -> tuple[list[dict], list[dict], list[list[tuple]]]:
+        """Sources and targets (clean records, in table order) and per (source, target)
+        (accuracy, transfer rate, white-box?); NaN where the grid has no such pair."""
+        clean = {r["config_id"]: r for r in self.robust if r["attack"] == "none"}
+        first = rows[0]
+        white = {r["config_id"]: r for r in self.robust if r["attack"] == first["attack"] and not r.get("source_config_id")
+                 and (r["norm"], r["eps_label"], r["attack_params"], r["n_samples"]) ==
+                 (first["norm"], first["eps_label"], first["attack_params"], first["n_samples"])}
+        order = {c["config_id"]: i for i, c in enumerate(self._configs(_dataset_name(first), False))}
+        ids = lambda found: sorted((clean[i] for i in found if i in clean), key=lambda c: order.get(c["config_id"], 0))  # noqa: E731
+        sources = ids({r["source_config_id"] for r in rows})
+        targets = ids({r["config_id"] for r in rows} | {s["config_id"] for s in sources})
+        pairs = {(r["source_config_id"], r["config_id"]): r for r in rows}
+        values = []
+        for source in sources:
+            line = []
+            for target in targets:
+                if target["config_id"] == source["config_id"] and source["config_id"] in white:
+                    line.append((white[source["config_id"]]["adv_acc_mean"], None, True))
+                else:
+                    r = pairs.get((source["config_id"], target["config_id"]))
+                    line.append((float("nan"), None, False) if r is None else
+                                (r["adv_acc_mean"], r["transfer_rate_mean"], False))
+            values.append(line)
+        return sources, targets, values
 
     def _fitting(self, config: dict) -> list[str]:
         return self._fits.get(_config_key(config), [])
@@ -379,6 +440,12 @@ def _paper_flash(config: dict) -> str:
 
 def _kb(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.1f}"
+
+
+def _transfer_cell(accuracy: float, rate: float | None, white_box: bool) -> str:
+    if accuracy != accuracy:
+        return ""
+    return f"{fmt(accuracy)} (white-box)" if white_box else f"{fmt(accuracy)} ({fmt(rate)})"
 
 
 def _pair(qkeras: float | None, deployed: float | None) -> str:

@@ -5,6 +5,7 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
     RESULTS/diagnostics.parquet     gradient-masking flags (sweeper.diagnostics), derived
     RESULTS/models/                 trained weights and .tflite files, so new cells of a model train nothing
     RESULTS/checkpoints/            mid-training state of jobs in flight (sweeper.trial), removed when done
+    RESULTS/adversarial/            source cells' adversarial examples, one compressed .npz per cell, for transfer attacks
     RESULTS/.lease.json             the running launch's lease (sweeper.lease)
     RESULTS/damaged/                fragments that could not be read, set aside, never deleted
     RESULTS/.staging/, _tune/       in-progress writes; Ray Tune's own state
@@ -40,7 +41,9 @@ from sweeper.errors import UserError
 #    and feature scaling, per-sample outcomes (list columns); fits_mcus dropped (fit is
 #    computed in SQL from flash_kb/ram_kb and the mcus table); flash_kb/ram_kb became the
 #    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
-SCHEMA_VERSION = 3
+# 4: transfer attacks: source_job_id, source_config_id, source_model, source_quantizer,
+#    transfer_rate (null on white-box rows; older fragments read them as null).
+SCHEMA_VERSION = 4
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
@@ -49,6 +52,7 @@ DIAGNOSTICS_FILE = "diagnostics.parquet"
 # store is compacted; its footer names the row files it was computed from (META_ROWS).
 WORST_CASE_FILE = "worst_case.parquet"
 META_ROWS = b"sweeper_rows_fingerprint"
+ADVERSARIAL_DIR = "adversarial"
 FRAGMENT_PREFIX = "part-"
 META_VERSION = b"sweeper_schema_version"
 META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
@@ -87,11 +91,19 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
     ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
     ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
+    ("source_job_id", pa.string(),
+     "transfer attack: the job whose model crafted the examples (same dataset, fold, seed); null: white-box"),
+    ("source_config_id", pa.string(), "transfer attack: the source's config_id (part of the point's key)"),
+    ("source_model", pa.string(), "transfer attack: the source's model"),
+    ("source_quantizer", pa.string(), "transfer attack: the source's quantizer preset"),
     ("n_samples", pa.int32(), "number of attacked test samples"),
     ("clean_acc", pa.float64(), "accuracy on the attacked samples, unperturbed"),
     ("adv_acc", pa.float64(), "accuracy on the same samples after the attack"),
     ("attack_success_rate", pa.float64(),
      "share of clean-correct samples the attack made wrong (NaN if none were correct)"),
+    ("transfer_rate", pa.float64(),
+     "transfer attack: share of the samples both models get right and whose example fools the source "
+     "that also fool this model (NaN if none)"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
@@ -145,8 +157,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 # averaged together.
 CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed"]
 # One evaluation of a configuration: an attack with its parameters at one budget, on a
-# fixed number of samples.
-POINT_COLUMNS = ["attack", "attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"]
+# fixed number of samples, and for a transfer attack the configuration that crafted the
+# examples (null: white-box), so transfer and white-box rows are never averaged together.
+POINT_COLUMNS = ["attack", "attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples",
+                 "source_config_id"]
 # The per-sample outcome columns (equal-length lists, one entry per attacked sample).
 OUTCOME_COLUMNS = ["sample_index", "clean_correct", "adv_correct", "adv_pred", "pert_linf", "pert_l2",
                    "pert_l1"]
@@ -319,6 +333,35 @@ def get_bytes(location: Location, relative: str) -> bytes | None:
         return None
     with location.fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def put_arrays(location: Location, relative: str, **arrays) -> str:
+    """Numpy arrays as one compressed .npz at ``RESULTS/relative``, atomically (put_bytes)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return put_bytes(location, relative, buffer.getvalue())
+
+
+def get_arrays(location: Location, relative: str) -> dict[str, Any] | None:
+    """The arrays put_arrays stored at ``RESULTS/relative``, or None when there is none."""
+    import io
+
+    import numpy as np
+
+    data = get_bytes(location, relative)
+    if data is None:
+        return None
+    with np.load(io.BytesIO(data)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def file_names(location: Location, folder: str) -> set[str]:
+    """The names of the files in ``RESULTS/folder`` (empty when there is no such folder)."""
+    return {path.rpartition("/")[2] for path in _list(location, folder, "")}
 
 
 def delete_bytes(location: Location, relative: str) -> None:

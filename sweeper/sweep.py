@@ -6,6 +6,13 @@ object per dataset, so a node pulls only the datasets its trials train on. Every
 trial reports reaches the driver; a finished trial's rows are written to the result
 store at once, so a crash loses at most the trials in flight.
 Cells already in the store are never recomputed.
+
+Transfer attacks run in two waves of trials within one launch: first every pending cell
+that is not a transfer cell (so each source cell stores its adversarial examples), then
+the pending transfer cells, whose models come from the cache and whose examples from the
+store: a forward pass each. A source cell whose row is stored but whose examples are not
+(a store from before transfer cells, or one whose files were removed) is recomputed in
+the first wave for its examples; its row is not written again.
 """
 
 from __future__ import annotations
@@ -57,6 +64,28 @@ def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cel
     return sorted(work, key=_expected_cost, reverse=True)
 
 
+def waves(plan: Plan, done: set[str], stored_arrays: set[str]) -> tuple[list, list, set[str]]:
+    """The pending work in two waves, each as ``pending_work`` orders it: (1) every pending
+    cell but the transfer cells, plus the stored source cells whose examples are missing
+    (``stored_arrays``: file names in the store's adversarial folder) that a pending
+    transfer cell needs; (2) the pending transfer cells. Also returns the ids of those
+    recomputed source cells, whose rows are already stored."""
+    pending = [cell for cell in plan.cells if cell.cell_id not in done]
+    needed = {cell.source.cell_id for cell in pending if cell.source is not None}
+    rerun = {cell_id for cell_id in needed & done if f"{cell_id}.npz" not in stored_arrays}
+    first = [c for c in plan.cells if (c.cell_id not in done and c.source is None) or c.cell_id in rerun]
+    second = [c for c in pending if c.source is not None]
+    return _by_job(plan, first), _by_job(plan, second), rerun
+
+
+def _by_job(plan: Plan, cells: list[Cell]) -> list[tuple[TrainingJob, list[Cell]]]:
+    by_job: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        by_job[cell.job_id].append(cell)
+    work = [(job, by_job[job.job_id]) for job in plan.jobs if job.job_id in by_job]
+    return sorted(work, key=_expected_cost, reverse=True)
+
+
 def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
     job, cells = item
     return cost.job_seconds(job, cells)
@@ -86,23 +115,44 @@ def _launch(plan, results, address, verbose, console, provenance) -> LaunchRepor
     # Damaged fragments are set aside so their cells are recomputed, and reported.
     store.set_aside(location, existing.damaged)
     report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged)
-    work = pending_work(plan, done)
-    if not work:
+    first, second, rerun = waves(plan, done, store.file_names(location, store.ADVERSARIAL_DIR))
+    if not first and not second:
         if done:
             finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
-    data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in work])
+    data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
-                         launch_id=provenance.launch_id)
+                         launch_id=provenance.launch_id, adversarial=location.uri(store.ADVERSARIAL_DIR))
     _init_ray(address, verbose)
     data = _put_each(data)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
-        rows = _StoreRows(location, progress, provenance)
-        results = _tuner(plan, work, data, context, location, rows, verbose).fit()
+        rows = _StoreRows(location, progress, provenance, skip=rerun)
+        for wave, work in enumerate([first, second], start=1):
+            if wave == 2:  # only transfer cells whose source stored its examples can run
+                work, orphans = _with_sources(work, store.file_names(location, store.ADVERSARIAL_DIR))
+                report.failed_jobs += orphans
+            if work:
+                results = _tuner(plan, work, data, context, location, rows, verbose, wave).fit()
+                report.failed_jobs += [_failure_line(result, work) for result in results if result.error]
     report.computed, report.trainings = rows.written, rows.trainings
-    report.failed_jobs = [_failure_line(result, work) for result in results if result.error]
     finish(location)
     return report
+
+
+def _with_sources(work, stored_arrays: set[str]) -> tuple[list, list[str]]:
+    """The transfer work whose source examples are stored, and one line per job whose
+    transfer cells cannot run (their source job failed in the first wave)."""
+    ready, orphans = [], []
+    for job, cells in work:
+        runnable = [cell for cell in cells if f"{cell.source.cell_id}.npz" in stored_arrays]
+        if runnable:
+            ready.append((job, runnable))
+        if len(runnable) < len(cells):
+            missing = sorted({cell.source.job_id for cell in cells if cell not in runnable})
+            orphans.append(f"{job.dataset}/{job.model}/{job.quantizer}/fold {job.fold}: "
+                           f"{len(cells) - len(runnable)} transfer cells not run: no examples from "
+                           f"source job {', '.join(missing)} (it failed)")
+    return ready, orphans
 
 
 def finish(location: store.Location) -> store.CompactReport:
@@ -140,7 +190,7 @@ def _put_each(data: dict) -> dict:
     return {key: ray.put(dataset) for key, dataset in data.items()}
 
 
-def _tuner(plan, work, data, context, location, rows, verbose):
+def _tuner(plan, work, data, context, location, rows, verbose, wave: int = 1):
     # Training checkpoints: in the store under checkpoints/<job_id>.npz (a new launch
     # resumes from them) and through Tune (a retried trial does), Tune keeping the last.
     context = replace(context, checkpoints=location.uri("checkpoints"),
@@ -154,7 +204,7 @@ def _tuner(plan, work, data, context, location, rows, verbose):
         tune_config=tune.TuneConfig(reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
-            name=f"{plan.grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{plan.grid.name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-wave{wave}" if wave > 1 else ""),
             storage_path=f"{location.path}/_tune", storage_filesystem=location.fs,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -228,10 +278,13 @@ def error_summary(error: BaseException) -> str:
 class _StoreRows(tune.Callback):
     """Driver side: collect each trial's rows, write them when the trial ends."""
 
-    def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch):
+    def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch,
+                 skip: set[str] = frozenset()):
         self.location, self.progress, self.provenance = location, progress, provenance
         self.pending: dict[str, dict[str, dict]] = defaultdict(dict)  # trial -> cell -> row
-        self.stored: set[str] = set()  # cell ids written in this launch
+        # cell ids written in this launch, and those stored before (``skip``: source
+        # cells recomputed only for their examples), whose rows are never written again
+        self.stored: set[str] = set(skip)
         self.written = self.trainings = 0
 
     def __getstate__(self):

@@ -8,6 +8,11 @@ as they are computed.
 Training checkpoints its state (``TrainState``) every few epochs to the store and to
 the caller's hooks (Tune's checkpoint API in a sweep), and a rerun of the job continues
 from the latest one; a resumed training ends with the model an uninterrupted one makes.
+
+Transfer attacks: a source cell (``Cell.keeps_arrays``) stores its adversarial examples,
+the job's attacked samples with their indices and the source's outcomes, once, as
+``<adversarial folder>/<cell_id>.npz``; a transfer cell loads its source cell's file,
+checks that it holds this job's samples, and costs a forward pass of the target.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class JobContext:
     launch_id: str = ""  # the launch whose provenance the rows point to
     checkpoints: str | None = None  # folder (path or URI) for training checkpoints; None: none
     checkpoint_every: int | str = "auto"  # the grid's train.checkpoint_every
+    adversarial: str | None = None  # folder (path or URI) of source cells' examples; None: none
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,15 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
-    classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
+    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in cells) else None
+    keep = _keeper(context.adversarial, samples) if context.adversarial else None
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
-    for group in _attack_groups(cells):
-        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job),
+    for group in _attack_groups([cell for cell in cells if cell.source is None]):
+        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job), keep,
                                        training_images):
             report({**base, **_cell_columns(cell), **columns})
+    for cell in (cell for cell in cells if cell.source is not None):  # after: nothing here is their source
+        report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial)})
     return JobOutcome(trained=trained, rows=len(cells))
 
 
@@ -434,10 +443,14 @@ def weights_sha256(model) -> str:
 
 
 def _cell_columns(cell: Cell) -> dict[str, Any]:
+    source = cell.source
     return {"cell_id": cell.cell_id, "attack": cell.attack, "attack_label": cell.attack_label,
             "norm": cell.norm, "eps": cell.eps, "eps_label": cell.eps_label,
             "attack_params": json.dumps(cell.art_params(), sort_keys=True, default=str),
-            "finished_at": datetime.now(timezone.utc).isoformat()}
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "source_job_id": source and source.job_id, "source_config_id": source and source.config_id,
+            "source_model": source and source.model, "source_quantizer": source and source.quantizer,
+            "transfer_rate": None}
 
 
 # ---------------------------------------------------------------- attacking
@@ -457,10 +470,11 @@ def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int,
+def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int, keep=None,
               training_images: Callable[[], np.ndarray] | None = None):
     """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes,
-    of the QKeras model and of its deployed .tflite on the same adversarial examples."""
+    of the QKeras model and of its deployed .tflite on the same adversarial examples.
+    ``keep(cell, x_used, pred)`` stores a source cell's examples as its row counts them."""
     from sweeper.attacks import is_minimal
 
     first = group[0]
@@ -478,6 +492,8 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
         pred = np.where(within, adv_pred, samples.clean_pred)
         used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
         deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
+        if keep is not None and cell.keeps_arrays:
+            keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred)
         yield cell, {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred),
                      "attack_s": attack_s}
 
@@ -533,3 +549,62 @@ def _classifier(model, data):
     from sweeper import attacks
 
     return attacks.make_classifier(model, data.nb_classes, data.input_shape, data.clip_values)
+
+
+# ---------------------------------------------------------------- transfer attacks
+
+def _keeper(folder: str, samples: _Samples):
+    """Stores a source cell's examples (as its row counts them: an example outside the
+    budget is the clean input) with the samples' indices and the source's outcomes."""
+    location = store.locate(folder)
+
+    def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray) -> None:
+        store.put_arrays(location, f"{cell.cell_id}.npz", sample_index=samples.index, x_adv=x_used,
+                         clean_correct=samples.clean_ok, adv_correct=pred == samples.y)
+
+    return keep
+
+
+def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None) -> dict[str, Any]:
+    """A transfer cell's columns: the target (this job's model and its .tflite) on its
+    source cell's stored examples, a forward pass each, and the transfer rate."""
+    started = time.perf_counter()
+    source = _source_arrays(cell, samples, folder)
+    x_adv = source["x_adv"]
+    adv_pred = _predict(model, x_adv)
+    attack_s = time.perf_counter() - started
+    norms = _perturbation_norms(samples.x, x_adv)
+    # The source kept only examples within the budget; the same rule as _evaluate, so a
+    # row never counts an example outside eps.
+    within = norms[cell.norm] <= cell.eps * (1 + BUDGET_RTOL) if cell.norm in norms else np.ones(len(x_adv), bool)
+    pred = np.where(within, adv_pred, samples.clean_pred)
+    deployed_adv = _deployed_predict(deployed, x_adv)
+    deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
+    used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
+    rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok, pred == samples.y)
+    return {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred),
+            "attack_s": attack_s, "transfer_rate": rate}
+
+
+def transfer_rate(source_clean: np.ndarray, source_adv: np.ndarray, target_clean: np.ndarray,
+                  target_adv: np.ndarray) -> float:
+    """Share of the samples both models classify correctly, and whose example fools the
+    source, that also fool the target (NaN when there are none)."""
+    base = source_clean & target_clean & ~source_adv
+    return float(np.sum(base & ~target_adv) / base.sum()) if base.any() else float("nan")
+
+
+def _source_arrays(cell: Cell, samples: _Samples, folder: str | None) -> dict[str, np.ndarray]:
+    """The source cell's stored examples, checked to be of this job's samples: a mismatch
+    would silently pair one sample's example with another's label."""
+    source = cell.source
+    arrays = store.get_arrays(store.locate(folder), f"{source.cell_id}.npz") if folder else None
+    if arrays is None:
+        raise RuntimeError(f"transfer cell {cell.cell_id}: the examples of source cell {source.cell_id} "
+                           f"(job {source.job_id}, {source.model}/{source.quantizer}) are not in the store; "
+                           f"its job must finish first (did it fail?)")
+    if not np.array_equal(arrays["sample_index"], samples.index) or arrays["x_adv"].shape != samples.x.shape:
+        raise RuntimeError(f"transfer cell {cell.cell_id}: source cell {source.cell_id} holds examples of other "
+                           f"samples ({len(arrays['sample_index'])} stored, {len(samples.index)} here, "
+                           f"indices differ); source and target must share dataset, fold, seed and sample count")
+    return arrays

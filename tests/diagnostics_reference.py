@@ -188,7 +188,7 @@ def _compare(check: str, reference: Point, point: Point, detail: str) -> dict | 
 
 
 def _white(point: Point) -> bool:
-    return not point.spec.black_box
+    return not point.black_box  # a transfer attack is black-box from the target's view
 
 
 def _single_step(points: list[Point]) -> list[dict]:
@@ -203,7 +203,7 @@ def _single_step(points: list[Point]) -> list[dict]:
 
 def _black_box(points: list[Point]) -> list[dict]:
     flags = []
-    for black in (p for p in points if p.spec.black_box):
+    for black in (p for p in points if p.black_box):
         white = [p for p in points if _white(p) and p.norm == black.norm and p.eps == black.eps]
         pairs = [(aligned(black, p), p) for p in white]
         pairs = [(pair, p) for pair, p in pairs if pair is not None]
@@ -241,7 +241,7 @@ def _above_clean(points: list[Point]) -> list[dict]:
 
 def _large_eps(points: list[Point]) -> list[dict]:
     flags = []
-    for point in (p for p in points if p.large and p.n_classes):
+    for point in (p for p in points if p.judged_large):
         chance = 1 / point.n_classes
         null = min(1.0, chance + FAR_ABOVE_CHANCE)
         correct, n = int(np.count_nonzero(point.adv)), len(point.adv)

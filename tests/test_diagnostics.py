@@ -27,7 +27,7 @@ def hits(correct: int, n: int = N, offset: int = 0) -> list[bool]:
 
 
 def point(attack, eps, adv, *, label=None, norm="inf", clean=None, params="{}", config="cfg", quantizer="int4",
-          clip=(0.0, 1.0), n_classes=10, n_features=64, folds=FOLDS, eps_label=None, outcomes=True):
+          clip=(0.0, 1.0), n_classes=10, n_features=64, folds=FOLDS, eps_label=None, outcomes=True, source=None):
     """The rows (one per fold) of one point: ``adv`` (and ``clean``, default all correct) are
     per-sample outcome lists, the same on every fold; sample_index counts from fold * 1000."""
     clean = [True] * len(adv) if clean is None else clean
@@ -41,7 +41,8 @@ def point(attack, eps, adv, *, label=None, norm="inf", clean=None, params="{}", 
                    model="small_cnn", quantizer=quantizer, fold=fold, k=folds, seed=0, train="{}",
                    attack=attack, attack_label=label_, norm=norm, eps=eps,
                    eps_label=eps_label or ("unbounded" if math.isinf(eps) else str(eps)), attack_params=params,
-                   n_samples=len(adv), clean_acc=float(np.mean(clean)), adv_acc=float(np.mean(adv)))
+                   n_samples=len(adv), clean_acc=float(np.mean(clean)), adv_acc=float(np.mean(adv)),
+                   source_config_id=source)
         if outcomes:
             row.update(sample_index=[fold * 1000 + i for i in range(len(adv))], clean_correct=list(clean),
                        adv_correct=list(adv), adv_pred=[0] * len(adv))
@@ -115,6 +116,25 @@ def test_black_box_beating_white_box_compares_with_the_best_white_box():
     assert flag["attack_label"] == "cw_l2"
     assert not judged("black_box_beats_white_box", point("square", 0.1, hits(10)))
     assert not judged("black_box_beats_white_box", point("square", 0.1, hits(10)), point("pgd", 0.2, hits(60)))
+
+
+def test_a_transfer_attack_is_judged_as_black_box_and_never_at_a_large_budget():
+    # Examples crafted on another model (no gradient of this one) leave less accuracy than
+    # white-box FGSM: the masking sign B looks for.
+    transfer = point("fgsm", 0.1, hits(10), label="fgsm<-fp", source="fp-config")
+    [flag] = fired("black_box_beats_white_box", transfer, point("fgsm", 0.1, hits(60)))
+    assert (flag["attack_label"], flag["reference_label"]) == ("fgsm", "fgsm<-fp@0.1")
+    # nor is a transfer FGSM a white-box single step, or a white-box reference for Square
+    assert not judged("single_step_beats_iterative", transfer, point("pgd", 0.1, hits(60)))
+    assert not judged("black_box_beats_white_box", transfer, point("square", 0.1, hits(10)))
+    # a transfer attack does not adapt to the target: staying above chance at a large
+    # budget is expected, not a flag; the same white-box point is judged
+    large = dict(adv=hits(90), label="fgsm<-fp", source="fp-config")
+    assert not judged("large_eps_above_chance", point("fgsm", 0.5, **large))
+    assert fired("large_eps_above_chance", point("fgsm", 0.5, hits(90)))
+    # the white-box and transfer points of one label and eps are never merged
+    assert len(judged("adversarial_above_clean", transfer, point("fgsm", 0.1, hits(10), label="fgsm<-fp",
+                                                                   source="int8-config"))) == 2
 
 
 def test_accuracy_rising_with_eps_judges_every_pair_of_budgets_as_one_family():
@@ -314,7 +334,7 @@ ATTACK_NORMS = [("fgsm", "inf"), ("fgsm", "2"), ("pgd", "inf"), ("pgd", "2"), ("
 
 def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
     """Rows that hit every corner the pooling and the checks have: several configurations,
-    every attack kind, unbounded budgets, namesakes that differ in parameters or sample
+    every attack kind, transfer attacks (some sharing a white-box attack's label), unbounded budgets, namesakes that differ in parameters or sample
     count, a fold stored twice, shifted and repeated sample indices, nulls inside the
     outcome lists, rows without outcomes or clip range, and one unknown attack."""
     rows = []
@@ -325,7 +345,9 @@ def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
             n = int(rng.choice([8, 12]))
             p_right = float(rng.uniform(0.05, 0.95))
             adv = list(rng.random(n) < p_right)
-            rows += point(attack, eps, adv, norm=norm, clean=list(rng.random(n) < 0.9), config=f"c{config}",
+            source = str(rng.choice(["src-a", "src-b"])) if attack != "none" and rng.random() < 0.2 else None
+            rows += point(attack, eps, adv, norm=norm, source=source,
+                          label=f"{attack}<-{source}" if source and rng.random() < 0.5 else None, clean=list(rng.random(n) < 0.9), config=f"c{config}",
                           quantizer=f"q{config}", params=str(rng.choice(["{}", '{"max_iter": 3}'])),
                           clip=None if rng.random() < 0.1 else (0.0, float(rng.choice([1.0, 255.0]))),
                           n_classes=int(rng.choice([2, 10])), folds=int(rng.integers(1, 4)),

@@ -1,0 +1,278 @@
+"""Transfer attacks: the grid's ``source`` key is checked, expansion adds the source cells
+a transfer needs without changing any existing id, the launch runs sources before their
+targets, and on real trained models the transfer rows line up with their source's samples
+and examples, store them once, and a relaunch computes nothing."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import numpy as np
+import pytest
+
+from sweeper import expand, grid, query, store, sweep
+from sweeper.errors import UserError
+from sweeper.trial import transfer_rate
+from tests.conftest import TINY_GRID, write_grid
+
+TRANSFER = {"name": "fgsm", "eps": [0.1, 0.2], "source": {"quantizer": "fp"}}
+
+
+def transfer_grid(**source) -> dict:
+    raw = copy.deepcopy(TINY_GRID)
+    raw["attacks"] = [{"name": "fgsm", "norm": "inf", "eps": [0.1]},
+                      {**TRANSFER, "source": source or TRANSFER["source"]}]
+    return raw
+
+
+# ---------------------------------------------------------------- grid
+
+@pytest.mark.parametrize("source, message", [
+    ({"quantizer": "fp", "preset": "x"}, "attacks.1.source.preset: unknown key; accepted: model, quantizer"),
+    ({}, "attacks.1.source: name the source's model and/or quantizer"),
+    ({"quantizer": "int8"}, "attacks.1.source: small_cnn/int8 (the source of small_cnn/fp) is not trained "
+                            "for dataset 'digits'"),
+    ({"model": "resnet8"}, "attacks.1.source: resnet8/fp (the source of small_cnn/fp) is not trained"),
+    ({"quantizer": "int3"}, "attacks.1.source: unknown quantizer 'int3'; available: fp"),
+])
+def test_a_bad_source_is_one_line_naming_the_field(source, message):
+    raw = transfer_grid()
+    raw["attacks"][1]["source"] = source
+    with pytest.raises(UserError) as error:
+        grid.validate(raw)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_transfer_entry_is_labelled_by_its_source():
+    loaded = grid.validate(transfer_grid(model="small_cnn", quantizer="fp"))
+    assert [entry.key for entry in loaded.attacks] == ["fgsm", "fgsm<-small_cnn/fp"]
+    assert grid.validate(transfer_grid()).attacks[1].key == "fgsm<-fp"
+
+
+# ---------------------------------------------------------------- expansion
+
+def test_expansion_implies_the_source_cells_and_skips_a_model_that_is_its_own_source():
+    plan = expand.expand(grid.validate(transfer_grid()), fingerprints=False)
+    fp, int4 = plan.jobs
+    assert (fp.quantizer, int4.quantizer) == ("fp", "int4")
+    transfers = [c for c in plan.cells if c.source is not None]
+    # fp is its own source: only int4 gets transfer cells, one per eps
+    assert [(c.job_id, c.attack_label, c.eps_label) for c in transfers] == \
+        [(int4.job_id, "fgsm<-fp", "0.1"), (int4.job_id, "fgsm<-fp", "0.2")]
+    by_id = {c.cell_id: c for c in plan.cells}
+    for cell in transfers:
+        source = by_id[cell.source.cell_id]  # the source cell is in the plan, on the fp job
+        assert source.job_id == fp.job_id == cell.source.job_id and source.keeps_arrays
+        assert (source.attack, source.norm, source.eps, source.params) == (cell.attack, cell.norm, cell.eps, cell.params)
+        assert source.source is None and source.attack_label == "fgsm"
+        assert cell.cell_id != source.cell_id
+    # eps 0.1 is the grid's own white-box fgsm cell, 0.2 was added for the transfer
+    fp_cells = [(c.attack_label, c.eps_label, c.keeps_arrays) for c in plan.cells_of(fp.job_id)]
+    assert fp_cells == [("none", "0", False), ("fgsm", "0.1", True), ("fgsm", "0.2", True)]
+    assert [c.keeps_arrays for c in plan.cells_of(int4.job_id)] == [False] * 4
+
+
+def test_existing_ids_do_not_change():
+    # Literal ids from the code before transfer attacks: a white-box cell's identity
+    # must not change, or every stored result would be recomputed.
+    entry = grid.AttackEntry(name="pgd", eps=["8/255"], params={"max_iter": 3, "eps_step": "eps/4"})
+    cell = expand.Cell("0123456789abcdef", "pgd", "pgd", "inf", 8 / 255, "8/255",
+                       tuple(sorted(entry.resolved_params().items())), 20)
+    assert expand.stable_id(cell.identity()) == "80b8f2a0b2fbc14e"
+    # adding a transfer entry adds cells and changes none of the others, nor any job
+    without = expand.expand(grid.validate(copy.deepcopy(TINY_GRID)), fingerprints=False)
+    raw = copy.deepcopy(TINY_GRID)
+    raw["attacks"].append(TRANSFER)
+    with_transfer = expand.expand(grid.validate(raw), fingerprints=False)
+    assert [j.job_id for j in with_transfer.jobs] == [j.job_id for j in without.jobs]
+    assert {c.cell_id for c in without.cells} < {c.cell_id for c in with_transfer.cells}
+    demo = expand.expand(grid.load("grids/demo.yaml"), fingerprints=False)
+    assert not any(c.source or c.keeps_arrays for c in demo.cells) and len(demo.cells) == 216
+
+
+def test_a_transfer_cell_id_names_its_source():
+    plan = expand.expand(grid.validate(transfer_grid()), fingerprints=False)
+    other = expand.expand(grid.validate(transfer_grid(model="small_cnn", quantizer="fp")), fingerprints=False)
+    # the same source named two ways is the same cell; another source is another cell
+    assert {c.cell_id for c in plan.cells} == {c.cell_id for c in other.cells}
+    raw = transfer_grid()
+    raw["quantizers"] = ["fp", "int4", "int8"]
+    raw["attacks"].append({**TRANSFER, "source": {"quantizer": "int8"}})
+    both = expand.expand(grid.validate(raw), fingerprints=False)
+    int4 = [c for c in both.cells_of(both.jobs[1].job_id) if c.source is not None]
+    assert len({c.cell_id for c in int4}) == 4 and {c.source.quantizer for c in int4} == {"fp", "int8"}
+
+
+# ---------------------------------------------------------------- ordering
+
+def test_waves_run_sources_first_and_recompute_only_missing_examples():
+    plan = expand.expand(grid.validate(transfer_grid()), fingerprints=False)
+    transfers = {c.cell_id for c in plan.cells if c.source is not None}
+    sources = {c.cell_id for c in plan.cells if c.keeps_arrays}
+    first, second, rerun = sweep.waves(plan, set(), set())
+    assert {c.cell_id for _, cells in first for c in cells} == {c.cell_id for c in plan.cells} - transfers
+    assert {c.cell_id for _, cells in second for c in cells} == transfers and not rerun
+    # everything but the transfer cells stored, one source's examples missing: only that
+    # source cell is recomputed, then the transfer cells run
+    done = {c.cell_id for c in plan.cells} - transfers
+    kept = sorted(sources)[0]
+    first, second, rerun = sweep.waves(plan, done, {f"{kept}.npz"})
+    assert [c.cell_id for _, cells in first for c in cells] == sorted(sources - {kept}) == sorted(rerun)
+    assert {c.cell_id for _, cells in second for c in cells} == transfers
+    # all stored: nothing in either wave
+    assert sweep.waves(plan, done | transfers, set()) == ([], [], set())
+
+
+def test_a_recomputed_source_cell_is_not_stored_again(tmp_path):
+    import io
+    import json
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from sweeper.progress import CellProgress
+
+    def row(cell_id):
+        return {**{name: None for name, _, _ in store.COLUMNS}, "cell_id": cell_id, "job_id": "j", "dataset": "digits",
+                "model": "small_cnn", "quantizer": "fp", "fold": 0, "attack_label": "fgsm", "eps_label": "0.1",
+                "model_cached": True}
+
+    location = store.locate(str(tmp_path))
+    progress = CellProgress(Console(file=io.StringIO()), total=2, done=1)
+    rows = sweep._StoreRows(location, progress, store.new_launch(grid.validate(copy.deepcopy(TINY_GRID))),
+                            skip={"stored-source"})
+    trial = SimpleNamespace(trial_id="t")
+    for cell_id in ("stored-source", "new-cell"):
+        rows.on_trial_result(0, [], trial, {"row": json.dumps(row(cell_id))})
+    rows.on_trial_complete(0, [], trial)
+    assert store.read(location, ["cell_id"]).table.column("cell_id").to_pylist() == ["new-cell"]
+    assert rows.written == 1 and progress.done == 2
+
+
+def test_transfer_rate_counts_samples_both_get_right_and_the_source_loses():
+    source_clean = np.array([1, 1, 1, 1, 0, 1], bool)
+    source_adv = np.array([0, 0, 0, 1, 0, 0], bool)
+    target_clean = np.array([1, 1, 1, 1, 1, 0], bool)
+    target_adv = np.array([0, 1, 1, 0, 0, 0], bool)
+    # samples 0-2 qualify (both right, source fooled); the target is fooled on sample 0
+    assert transfer_rate(source_clean, source_adv, target_clean, target_adv) == pytest.approx(1 / 3)
+    assert math.isnan(transfer_rate(source_clean, np.ones(6, bool), target_clean, target_adv))
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_transfer_rows_line_up_source_and_target_samples(tmp_path, monkeypatch):
+    from tests.test_cli import sweeper
+
+    monkeypatch.chdir(tmp_path)
+    raw = transfer_grid()
+    raw["train"] = {"epochs": 2, "batch_size": 64}
+    path = write_grid(tmp_path, raw)
+    plan = expand.expand(grid.load(path))
+    launched = sweeper("launch", str(path), "--results", "results", cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    assert f"computed {len(plan.cells)} cells with 2 trainings" in launched.stdout
+    location = store.locate("results")
+    rows = {r["cell_id"]: r for r in store.read(location).table.to_pylist()}
+    assert set(rows) == {c.cell_id for c in plan.cells}
+    transfers = [c for c in plan.cells if c.source is not None]
+    arrays_dir = tmp_path / "results" / store.ADVERSARIAL_DIR
+    assert sorted(p.name for p in arrays_dir.glob("*.npz")) == sorted(f"{c.source.cell_id}.npz" for c in transfers)
+    model = _cached_model(plan.jobs[1], tmp_path / "results")
+    for cell in transfers:
+        _check_transfer_row(rows[cell.cell_id], rows[cell.source.cell_id], cell, plan, model, location)
+    _check_robust_and_worst_case(transfers, rows)
+    written = {p.name: p.stat().st_mtime_ns for p in arrays_dir.glob("*.npz")}
+
+    again = sweeper("launch", str(path), "--results", "results", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(plan.cells)}/{len(plan.cells)} cells already done" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in arrays_dir.glob("*.npz")} == written  # written once
+
+    report = sweeper("report", "results", "--out", "report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Transfer attacks" in text and "fgsm Linf @ 0.2" in text and "(white-box)" in text
+    _check_missing_examples_are_recomputed(path, plan, location, arrays_dir)
+
+
+def _check_missing_examples_are_recomputed(path, plan, location, arrays_dir):
+    """An older store: a source cell's row is stored, its examples are not, and a new target
+    (int2) needs them. The first wave recomputes that source cell (in-process here: the
+    launch machinery is tested above), and its examples come out as they were."""
+    from sweeper import datasets, trial
+
+    source = next(c for c in plan.cells if c.keeps_arrays)
+    saved = store.get_arrays(store.locate(location.uri(store.ADVERSARIAL_DIR)), f"{source.cell_id}.npz")
+    (arrays_dir / f"{source.cell_id}.npz").unlink()
+    extended = expand.expand(grid.load(path, ["quantizers=[fp,int4,int2]"]))
+    int2 = extended.jobs[2]
+    first, second, rerun = sweep.waves(extended, store.done_cell_ids(location),
+                                       store.file_names(location, store.ADVERSARIAL_DIR))
+    assert rerun == {source.cell_id}
+    assert {job.job_id: [c.cell_id for c in cells] for job, cells in first} == \
+        {int2.job_id: [c.cell_id for c in extended.cells_of(int2.job_id) if c.source is None],
+         plan.jobs[0].job_id: [source.cell_id]}
+    assert [c.cell_id for _, cells in second for c in cells] == \
+        [c.cell_id for c in extended.cells_of(int2.job_id) if c.source is not None]
+    job = plan.jobs[0]
+    context = trial.JobContext("tiny", ("stm32h7",), model_cache=location.uri("models"),
+                               adversarial=location.uri(store.ADVERSARIAL_DIR))
+    rows = []
+    outcome = trial.run_job(job, [source], datasets.load_all(None, [job.dataset_key])[job.dataset_key], context,
+                            report=rows.append)
+    assert not outcome.trained and len(rows) == 1
+    again = store.get_arrays(store.locate(location.uri(store.ADVERSARIAL_DIR)), f"{source.cell_id}.npz")
+    assert set(again) == set(saved) and all(np.array_equal(again[k], saved[k]) for k in saved)
+
+
+def _cached_model(job, results):
+    from sweeper import datasets, models
+    from sweeper.quantizers import QUANTIZERS
+    from sweeper.trial import _load_cached
+
+    shape, classes = datasets.shape(job.dataset, dict(job.dataset_options))
+    model = models.build(job.model, shape, classes, QUANTIZERS.get(job.quantizer))
+    assert _load_cached(model, str(results / "models"), job.job_id)
+    return model
+
+
+def _check_transfer_row(row, source_row, cell, plan, model, location):
+    fp, int4 = plan.jobs
+    assert (row["job_id"], row["quantizer"], row["attack_label"]) == (int4.job_id, "int4", "fgsm<-fp")
+    assert (row["source_job_id"], row["source_config_id"]) == (fp.job_id, fp.config_id)
+    assert (row["source_model"], row["source_quantizer"]) == ("small_cnn", "fp")
+    assert source_row["source_job_id"] is None and source_row["transfer_rate"] is None
+    # the same samples, in the same order, as the source cell and its stored examples
+    assert row["sample_index"] == source_row["sample_index"]
+    arrays = store.get_arrays(store.locate(location.uri(store.ADVERSARIAL_DIR)), f"{cell.source.cell_id}.npz")
+    assert arrays["sample_index"].tolist() == row["sample_index"]
+    assert arrays["adv_correct"].tolist() == source_row["adv_correct"]
+    # the target's predictions are the cached int4 model's on the stored examples
+    predicted = np.argmax(model.predict(arrays["x_adv"], verbose=0), axis=1)
+    assert row["adv_pred"] == predicted.tolist()
+    assert np.max(row["pert_linf"]) <= cell.eps * (1 + 1e-5) and np.max(row["pert_linf"]) > 0
+    # the transfer rate, recomputed from the two rows' per-sample columns
+    both = np.array(source_row["clean_correct"]) & np.array(row["clean_correct"]) & ~np.array(source_row["adv_correct"])
+    fooled = both & ~np.array(row["adv_correct"])
+    expected = fooled.sum() / both.sum() if both.any() else float("nan")
+    assert row["transfer_rate"] == pytest.approx(expected, nan_ok=True)
+    assert both.sum() > 0  # fgsm at 0.1 fools the fp model on some samples: the rate is a number
+
+
+def _check_robust_and_worst_case(transfers, rows):
+    robust = query.run("results", "SELECT * FROM robust WHERE quantizer = 'int4'").to_pylist()
+    points = {(r["attack_label"], r["eps_label"]): r for r in robust}
+    for cell in transfers:  # one fold: the transfer point is its row, never blended with fgsm's
+        point, row = points["fgsm<-fp", cell.eps_label], rows[cell.cell_id]
+        assert point["adv_acc_mean"] == row["adv_acc"] and point["source_quantizer"] == "fp"
+        assert point["transfer_rate_mean"] == pytest.approx(row["transfer_rate"])
+    white = next(r for r in rows.values() if r["quantizer"] == "int4" and r["attack_label"] == "fgsm")
+    transfer = rows[transfers[0].cell_id]
+    assert points["fgsm", "0.1"]["source_config_id"] is None
+    # the worst case at (inf, 0.1) covers the transfer attack: per sample, robust to both
+    worst = points["worst(fgsm+fgsm<-fp)", "0.1"]
+    assert worst["adv_acc_mean"] == pytest.approx(np.mean(np.array(white["adv_correct"]) & transfer["adv_correct"]))
