@@ -492,7 +492,7 @@ def makespans(orders: dict[str, list], hours: dict[str, float], slots: int) -> d
 
 def part_schedule() -> None:
     print("== 5. Schedule: greedy list scheduling of the paper grid's 270 jobs on N one-CPU slots "
-          "(sweeper.cost.makespan), hours extrapolated in docs/scale.md section 2")
+          "(sweeper.cost.makespan), hours from sweeper.cost (part 6)")
     plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
     orders = schedule_orders(plan)
     for title, stq_step in [("as extrapolated (the cost model's own figures)", 1.0),
