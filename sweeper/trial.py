@@ -122,15 +122,24 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpo
 
 
 def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int, seed: int = 0,
-          checkpoints: Checkpoints | None = None, callbacks: Sequence = ()) -> int:
+          checkpoints: Checkpoints | None = None, callbacks: Sequence = (), defense=None) -> int:
     """Compile and fit with the grid's settings: categorical cross-entropy on logits.
     Continues from the latest of ``checkpoints`` and saves new ones as it goes; returns
-    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks."""
+    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks.
+    ``defense``: a ``sweeper.defenses`` training step (``defenses.build``); None is plain
+    ``model.fit``. After training, ``defense.summary`` holds its metrics' means over the
+    last epoch trained (e.g. ``jr``: the Jacobian penalty)."""
     import tensorflow as tf
 
     steps = int(np.ceil(len(x) / settings.batch_size))
     optimizer = _optimizer(settings, settings.epochs * steps)
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+    loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
+    fitted = model
+    if defense is not None:  # the same model, optimizer and loss, the defense's step
+        from sweeper.defenses import base
+
+        fitted = base.wrap(model, defense, loss, optimizer, seed)
     state = checkpoints.latest(seed) if checkpoints else None
     start = restore(model, optimizer, state) if state else 0
     if checkpoints:
@@ -138,8 +147,11 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int,
     if start < settings.epochs:
         batches = _epoch_batches(x, tf.keras.utils.to_categorical(y, nb_classes), start, settings.epochs,
                                  settings.batch_size, seed)
-        model.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
-                  callbacks=list(callbacks), verbose=0)
+        fitted.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
+                   callbacks=list(callbacks), verbose=0)
+    if defense is not None:
+        defense.finish(model)
+        defense.summary = base.read_summary(fitted)
     return start
 
 
