@@ -212,3 +212,25 @@ def test_a_resumed_defended_training_ends_with_the_uninterrupted_weights(tmp_pat
     resumed, _ = _trained(name, params, settings, checkpoints=Checkpoints(str(tmp_path), "job", 1))
     for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_cached(tmp_path):
+    from sweeper import expand, grid
+    from sweeper.trial import JobContext, run_job
+
+    raw = {"name": "defended", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": [PRESET],
+           "defenses": [{"name": "jr", "label": "jr_strong", "params": {"lambda": 0.1}}],
+           "folds": {"k": 3, "only": [0]}, "train": {"epochs": 1}, "samples": 10}
+    [job] = expand.expand(grid.validate(raw)).jobs
+    digits, context = datasets.load("digits"), JobContext("defended", ("stm32h7",), model_cache=str(tmp_path))
+    runs = [[], []]
+    for rows in runs:  # trained, then loaded from the cache
+        run_job(job, [expand.Cell(job.job_id, "none", "none", "none", 0.0, "0", (), 10)], digits, context,
+                rows.append)
+    trained, cached = runs[0][0], runs[1][0]
+    assert (trained["defense"], trained["defense_label"]) == ("jr", "jr_strong")
+    assert trained["defense_params"] == '{"lambda": 0.1, "projections": 1}'
+    assert trained["defense_reg"] > 0 and not trained["model_cached"] and cached["model_cached"]
+    assert cached["defense_reg"] == trained["defense_reg"]
+    assert cached["weights_sha256"] == trained["weights_sha256"]

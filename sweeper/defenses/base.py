@@ -23,6 +23,7 @@ class Defense:
 
     name = "plain"
     metric_names: tuple[str, ...] = ()
+    regularizer: str | None = None  # the metric a row stores as defense_reg
 
     def __init__(self) -> None:
         self.summary: dict[str, float] = {}

@@ -39,6 +39,7 @@ from sweeper.defenses.base import Defense
 class JacobianRegularization(Defense):
     name = "jr"
     metric_names = ("jr",)
+    regularizer = "jr"
 
     def __init__(self, lam: float, projections: int):
         super().__init__()
@@ -78,6 +79,7 @@ def jacobian_penalty(model, x, key, projections: int = 1, training: bool = False
 class LipschitzPenalty(Defense):
     name = "dq"
     metric_names = ("dq",)
+    regularizer = "dq"
 
     def __init__(self, beta: float):
         super().__init__()
