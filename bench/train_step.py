@@ -32,6 +32,13 @@ extrapolating core-hours on this kind of machine only).
 instead of sweeper's lean ones (sweeper.quantizers.lean), in the same interleaved run.
 ``--quick`` (overrides --models, --presets, --repeats, --steps): small_cnn and stq_net,
 presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
+
+``--defenses jr dq ...`` (or ``all``) adds kinds train+DEFENSE: one step of each
+training-time defense (``sweeper.defenses``, default parameters: jr with 1 projection,
+pgd_at with 7 steps, dbwt cycling 8/4/2 bits) on its own copy of the model, compiled as
+``trial.train`` compiles it, timed in the same interleaved rounds; a second table gives
+each one's cost relative to the plain train step of the same preset. A defense a preset
+cannot take (dbwt needs a fixed-point preset) is n/a.
 """
 
 from __future__ import annotations
@@ -66,9 +73,10 @@ QUICK = {"models": ["small_cnn", "stq_net"], "presets": ["fp", "int8", "stq", "s
 
 # ---------------------------------------------------------------- worker side
 
-def _setup(model_name: str, preset_name: str):
-    """Build, compile (through trial.train, one real fit step) and warm up one model:
-    returns {kind: zero-argument callable running one call of that kind}."""
+def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
+    """Build, compile (through trial.train, one real fit step) and warm up one model
+    (and one per defense): returns {kind: zero-argument callable running one call of
+    that kind}."""
     import numpy as np
     import tensorflow as tf
 
@@ -102,10 +110,43 @@ def _setup(model_name: str, preset_name: str):
         "forward": lambda: classifier.predict(x),
         "grad": lambda: classifier.loss_gradient(x, onehot),
     }
+    for name in defense_names:
+        step = _defended_step(model_name, preset_name, name, x, y, batches)
+        if step is not None:
+            calls[f"train+{name}"] = step
     for call in calls.values():
         for _ in range(3):
             call()
     return calls
+
+
+def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, batches):
+    """One compiled training step of ``defense_name`` on a fresh copy of the model, as
+    ``trial.train`` builds it (the same wrapper, optimizer and loss); None when the
+    defense cannot train this preset."""
+    import tensorflow as tf
+
+    from sweeper import defenses, models
+    from sweeper.defenses import base
+    from sweeper.errors import UserError
+    from sweeper.grid import Train
+    from sweeper.quantizers import QUANTIZERS
+    from sweeper.trial import train
+
+    shape, classes = SHAPES[model_name]
+    preset = QUANTIZERS.get(preset_name.removesuffix(STOCK))
+    try:
+        defense = defenses.build(defense_name, clip_values=(0.0, 1.0), preset=preset)
+    except UserError:
+        return None
+    tf.keras.utils.set_random_seed(0)
+    model = models.build(model_name, shape, classes, preset)
+    train(model, Train(epochs=1, batch_size=BATCH, optimizer="adamax", learning_rate=1e-3,
+                       schedule="cosine"), x, y, classes, defense=defense)
+    # train() fitted a wrapper of its own; this one is the same (model, optimizer, loss)
+    wrapper = base.wrap(model, defense, model.loss, model.optimizer, 0)
+    step = wrapper.make_train_function()
+    return lambda: step(batches)
 
 
 def _time(call, steps: int) -> float:
@@ -118,13 +159,14 @@ def _time(call, steps: int) -> float:
     return (time.perf_counter() - started) * 1000.0 / steps
 
 
-def worker(threads: int, model_names: list[str], presets: list[str], steps: int) -> None:
+def worker(threads: int, model_names: list[str], presets: list[str], steps: int,
+           defense_names: list[str] = ()) -> None:
     """Serve rounds on stdin/stdout: one JSON line of timings per 'round' line."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    calls = {(m, p): _setup(m, p) for m in model_names for p in presets}
+    calls = {(m, p): _setup(m, p, defense_names) for m in model_names for p in presets}
     print(json.dumps({"ready": True}), flush=True)
     for round_index, line in enumerate(sys.stdin):
         if line.strip() != "round":
@@ -133,17 +175,24 @@ def worker(threads: int, model_names: list[str], presets: list[str], steps: int)
         order = presets[shift:] + presets[:shift]
         timings = []
         for m in model_names:
-            for kind in KINDS:
+            for kind in _kinds(defense_names):
                 for p in order:
-                    timings.append([m, p, kind, _time(calls[m, p][kind], steps)])
+                    if kind in calls[m, p]:
+                        timings.append([m, p, kind, _time(calls[m, p][kind], steps)])
         print(json.dumps({"timings": timings}), flush=True)
 
 
 # ---------------------------------------------------------------- parent side
 
+def _kinds(defense_names) -> tuple[str, ...]:
+    return (*KINDS, *(f"train+{name}" for name in defense_names))
+
+
 def _start(threads: int, args) -> subprocess.Popen:
     command = [sys.executable, __file__, "--worker", str(threads), "--steps", str(args.steps),
                "--models", *args.models, "--presets", *args.presets]
+    if args.defenses:
+        command += ["--defenses", *args.defenses]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     _read(process)  # built and warmed up
     return process
@@ -202,6 +251,21 @@ def report(medians: dict, args) -> None:
                   f"{medians[t1, m, 'fp', 'train']:.2f} ms/step, forward "
                   f"{medians[t1, m, 'fp', 'forward']:.2f} ms, grad "
                   f"{medians[t1, m, 'fp', 'grad']:.2f} ms per batch of {BATCH}")
+        if args.defenses:
+            report_defenses(medians, args, m)
+
+
+def report_defenses(medians: dict, args, m: str) -> None:
+    """Each defense's step against the plain train step of the same preset and threads."""
+    print(f"\n{m}: defended train step / plain train step, same preset (median of {args.repeats})")
+    columns = [(t, name) for t in args.threads for name in args.defenses]
+    print(f"{'preset':<9}" + "".join(f"{name + '@' + str(t):>13}" for t, name in columns))
+    for p in args.presets:
+        row = f"{p:<9}"
+        for t, name in columns:
+            defended = medians.get((t, m, p, f"train+{name}"))
+            row += f"{defended / medians[t, m, p, 'train']:>13.2f}" if defended else f"{'n/a':>13}"
+        print(row)
 
 
 def parse(argv=None):
@@ -216,11 +280,15 @@ def parse(argv=None):
     parser.add_argument("--stock", action="store_true",
                         help="also time every quantized preset with QKeras's stock quantizers "
                              "(rows PRESET/qk), interleaved: before/after sweeper's lean ones")
+    parser.add_argument("--defenses", nargs="+", default=[], metavar="DEFENSE",
+                        help="also time each defense's training step (names from "
+                             "sweeper.defenses, or 'all'), relative to the plain step")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    args.defenses = _defense_names(args.defenses, parser)
     if "fp" not in args.presets:
         args.presets = ["fp", *args.presets]  # every ratio is to fp
     if args.stock and not args.worker:
@@ -228,12 +296,25 @@ def parse(argv=None):
     return args
 
 
+def _defense_names(names: list[str], parser) -> list[str]:
+    from sweeper.defenses import DEFENSES, NONE
+
+    every = [name for name in DEFENSES.names() if name != NONE]
+    if names == ["all"]:
+        return every
+    for name in names:
+        if name not in every:
+            parser.error(f"unknown defense {name!r}; available: all, {', '.join(every)}")
+    return names
+
+
 def main(argv=None) -> None:
     args = parse(argv)
     if args.worker:
-        worker(args.worker, args.models, args.presets, args.steps)
+        worker(args.worker, args.models, args.presets, args.steps, args.defenses)
         return
     print(f"models {args.models}, presets {args.presets}, threads {args.threads}, "
+          f"defenses {args.defenses or 'none'}, "
           f"{args.repeats} repeats of {args.steps} steps", flush=True)
     report(measure(args), args)
 

@@ -64,6 +64,12 @@ class TrainingJob:
     model_fingerprint: str = ""  # models.fingerprint of the built model ("" when not computed)
     job_id: str = field(default="", compare=False)
     config_id: str = field(default="", compare=False)  # the job's id without its fold
+    # The training-time defense (sweeper.defenses): its registry name, its grid label and
+    # every parameter, sorted. It enters the ids only when it is not "none", so the ids of
+    # grids without defenses are what they were before defenses existed.
+    defense: str = CLEAN
+    defense_label: str = CLEAN
+    defense_params: tuple[tuple[str, Any], ...] = ()
 
     @property
     def dataset_key(self) -> tuple[str, tuple]:
@@ -83,7 +89,12 @@ class TrainingJob:
         return {"v": ID_VERSION, "dataset": self.dataset, "dataset_options": dict(self.dataset_options),
                 "model": self.model, "quantizer": self.quantizer, "preset": preset,
                 "model_fingerprint": self.model_fingerprint, "k": self.k, "seed": self.seed,
-                "train": dict(self.train), "libraries": library_minor_versions()}
+                "train": dict(self.train), "libraries": library_minor_versions(), **self.defense_identity()}
+
+    def defense_identity(self) -> dict[str, Any]:
+        if self.defense == CLEAN:
+            return {}
+        return {"defense": {"name": self.defense, "params": dict(self.defense_params)}}
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,7 @@ class Plan:
             "datasets": len({job.dataset for job in self.jobs}),
             "models": len({job.model for job in self.jobs}),
             "quantizers": len({job.quantizer for job in self.jobs}),
+            "defenses": len({job.defense_label for job in self.jobs}),
             "folds": len(self.grid.folds.indices()),
             "attacks (with none)": len({c.attack_label for c in self.cells}),
             "attack x epsilon points": len(attack_points),
@@ -212,11 +224,23 @@ def _jobs(grid: Grid, fingerprints: bool):
                 continue
             for quantizer in model.quantizers or grid.quantizers:
                 fingerprint = _fingerprint(dataset.name, options, model.name, quantizer) if fingerprints else ""
-                for fold in grid.folds.indices():
-                    job = TrainingJob(dataset.name, options, model.name, quantizer, fold,
-                                      grid.folds.k, grid.seed, train, fingerprint)
-                    job = _with_id(job, "job_id")
-                    yield replace(job, config_id=stable_id(job.config_identity()))
+                for defense in _defenses_of(grid, dataset.name, quantizer):
+                    for fold in grid.folds.indices():
+                        job = TrainingJob(dataset.name, options, model.name, quantizer, fold,
+                                          grid.folds.k, grid.seed, train, fingerprint, **defense)
+                        job = _with_id(job, "job_id")
+                        yield replace(job, config_id=stable_id(job.config_identity()))
+
+
+def _defenses_of(grid: Grid, dataset: str, quantizer: str) -> list[dict[str, Any]]:
+    """The TrainingJob defense fields of every defense entry that applies to a
+    (dataset, quantizer)."""
+    return [{"defense": entry.name, "defense_label": entry.key,
+             "defense_params": tuple(sorted((k, tuple(v) if isinstance(v, list) else v)  # hashable
+                                            for k, v in entry.resolved_params().items()))}
+            for entry in grid.defenses
+            if (entry.quantizers is None or quantizer in entry.quantizers)
+            and (entry.datasets is None or dataset in entry.datasets)]
 
 
 def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> str:

@@ -303,6 +303,48 @@ class Resources(_Frozen):
         return raw
 
 
+class DefenseEntry(_Frozen):
+    """A training-time defense (``sweeper.defenses``), optionally limited to some
+    quantizers and datasets; ``jr`` in a grid is short for ``{name: jr}``. Budgets in
+    ``params`` may be fractions (``eps: 8/255``), as attack budgets."""
+
+    name: str
+    label: str | None = None  # defaults to name; needed when one defense appears twice
+    params: dict[str, Any] = Field(default_factory=dict)
+    quantizers: tuple[str, ...] | None = None  # default: every quantizer of the grid
+    datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_form(cls, raw: Any) -> Any:
+        return {"name": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _known(self) -> "DefenseEntry":
+        from sweeper.datasets import DATASETS
+        from sweeper.defenses import DEFENSES, resolve
+        from sweeper.quantizers import QUANTIZERS
+
+        _known_names(DEFENSES, (self.name,))
+        _known_names(QUANTIZERS, self.quantizers or ())
+        _known_names(DATASETS, self.datasets or ())
+        try:
+            resolve(self.name, self.params)
+        except UserError as error:  # re-raised as ValueError so the message names the field
+            raise ValueError(str(error)) from None
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every parameter of the defense, sweeper's defaults filled in."""
+        from sweeper.defenses import resolve
+
+        return resolve(self.name, self.params)
+
+
 class Grid(_Frozen):
     name: str
     seed: int = 0
@@ -317,6 +359,9 @@ class Grid(_Frozen):
     resources: Resources = Resources()
     mcus: tuple[str, ...] = ("stm32h7",)
     data_dir: str | None = None
+    # Training-time defenses: each trains every job it applies to once more. Default:
+    # plain training only; list `none` beside others to keep the undefended baseline.
+    defenses: tuple[DefenseEntry, ...] = Field(default_factory=lambda: (DefenseEntry(name="none"),), min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -412,6 +457,34 @@ class Grid(_Frozen):
             if keys.count(key) > 1:
                 raise ValueError(f"attack {key!r} appears twice; give each a distinct 'label'")
         return entries
+
+    @model_validator(mode="after")
+    def _defenses(self) -> "Grid":
+        return _defenses_fit(self)
+
+
+def _defenses_fit(grid: Grid) -> Grid:
+    """Defense labels are unique, and each defense suits every preset it applies to."""
+    from sweeper.defenses import check_preset
+    from sweeper.quantizers import QUANTIZERS
+
+    keys = [entry.key for entry in grid.defenses]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"defenses: {key!r} appears twice; give each a distinct 'label'")
+    seen: dict[str, str] = {}
+    for entry in grid.defenses:  # the same training twice under two labels
+        same = seen.setdefault(repr((entry.name, sorted(entry.resolved_params().items()))), entry.key)
+        if same != entry.key:
+            raise ValueError(f"defenses: {same!r} and {entry.key!r} are the same defense with the same parameters")
+    quantizers = {q for m in grid.models for q in (m.quantizers or grid.quantizers)}
+    for entry in grid.defenses:
+        for quantizer in sorted(set(entry.quantizers or quantizers) & quantizers):
+            try:
+                check_preset(entry.name, QUANTIZERS.get(quantizer))
+            except UserError as error:
+                raise ValueError(f"defenses: {error}; limit it with quantizers: [...]") from None
+    return grid
 
 
 def _known_names(registry, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -175,15 +175,17 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
 
 
 def _current_worst_case(location: store.Location, found: store.Survey) -> str | None:
-    """The stored worst case's path if it was computed from exactly these row files."""
+    """The stored worst case's path if it was computed from exactly these row files, by
+    code with today's configuration columns (an older one lacks e.g. ``defense``)."""
     import pyarrow.parquet as pq
 
     path = location.sub(store.WORST_CASE_FILE)
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        schema = pq.read_schema(path)
     except (OSError, ValueError):  # absent, or unreadable: computed instead
         return None
-    return path if metadata.get(store.META_ROWS) == found.fingerprint.encode() else None
+    current = (schema.metadata or {}).get(store.META_ROWS) == found.fingerprint.encode()
+    return path if current and set(store.CONFIG_COLUMNS) <= set(schema.names) else None
 
 
 def write_worst_case(location: store.Location) -> int:

@@ -103,7 +103,10 @@ class _Report:
         if "n_samples" in record and len(self.sample_counts[_config_key(record)]) > 1:
             notes.append(f"{record['n_samples']} samples")
         notes = [n for n in notes if n]
-        return f"{record['model']} / {record['quantizer']}" + (f" ({', '.join(notes)})" if notes else "")
+        name = f"{record['model']} / {record['quantizer']}"
+        if record.get("defense_label") not in (None, "none"):  # trained with a defense
+            name += f" / {record['defense_label']}"
+        return name + (f" ({', '.join(notes)})" if notes else "")
 
     def _datasets(self) -> list[str]:
         return sorted({_dataset_name(r) for r in self.robust})

@@ -85,6 +85,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("k", pa.int32(), "K of K-fold"),
     ("seed", pa.int64(), "grid seed (splits, initialisation, sample choice, attacks)"),
     ("train", pa.string(), "training settings as JSON"),
+    ("defense", pa.string(), "training-time defense name (sweeper.defenses); 'none': plain training"),
+    ("defense_label", pa.string(), "defense entry label (the name unless the grid set one)"),
+    ("defense_params", pa.string(), "every parameter of the defense, as JSON"),
+    ("defense_reg", pa.float64(),
+     "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
+     "estimate, dq: sum ||W^T W - I||^2); null for other defenses"),
     ("attack", pa.string(), "attack name; 'none' is the clean evaluation"),
     ("attack_label", pa.string(), "attack entry label (the name unless the grid set one)"),
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
@@ -155,7 +161,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 # schema-2 stores, which have no config_id. Every aggregate over folds groups by these
 # plus POINT_COLUMNS, so rows that differ in anything that changes a result are never
 # averaged together.
-CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed"]
+CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed",
+                  "defense", "defense_label", "defense_params"]
+# What a column reads where a fragment lacks it or holds null, where null would be wrong:
+# rows from before defenses were trained without one. (Null too: a query reads the
+# fragments of one schema version together, so a missing column arrives as null.)
+ABSENT_MEANS = {"defense": "none", "defense_label": "none", "defense_params": "{}"}
 # One evaluation of a configuration: an attack with its parameters at one budget, on a
 # fixed number of samples, and for a transfer attack the configuration that crafted the
 # examples (null: white-box), so transfer and white-box rows are never averaged together.
@@ -448,8 +459,12 @@ def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
     arrays = []
     for name in columns:
         field = SCHEMA.field(name)
-        if name in table.column_names:
+        if name in table.column_names and name in ABSENT_MEANS:
+            arrays.append(pa.compute.fill_null(table.column(name).cast(field.type), ABSENT_MEANS[name]))
+        elif name in table.column_names:
             arrays.append(table.column(name).cast(field.type))
+        elif name in ABSENT_MEANS:
+            arrays.append(pa.array([ABSENT_MEANS[name]] * table.num_rows, field.type))
         else:
             arrays.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
@@ -553,8 +568,12 @@ def projection(fragment_columns: Iterable[str], version: int, columns: list[str]
     for name in columns or SCHEMA.names:
         source = renamed.get(name, name)
         sql_type = sql_type_of(SCHEMA.field(name).type)
-        if source in present and name not in gone:
+        if source in present and name in ABSENT_MEANS:
+            out.append(f"COALESCE(CAST(\"{source}\" AS {sql_type}), '{ABSENT_MEANS[name]}') AS \"{name}\"")
+        elif source in present and name not in gone:
             out.append(f'CAST("{source}" AS {sql_type}) AS "{name}"')
+        elif name in ABSENT_MEANS:
+            out.append(f"CAST('{ABSENT_MEANS[name]}' AS {sql_type}) AS \"{name}\"")
         else:
             out.append(f'CAST(NULL AS {sql_type}) AS "{name}"')
     return out

@@ -62,10 +62,12 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
     data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
     checkpoints = Checkpoints(context.checkpoints, job.job_id, context.checkpoint_every, hooks)
-    model, trained, train_s, resumed = _trained_model(job, data, train_idx, context.model_cache, checkpoints)
+    model, trained, train_s, resumed, defense_reg = _trained_model(job, data, train_idx, context.model_cache,
+                                                                   checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
     base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed}
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
+            **_defense_columns(job, defense_reg)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
@@ -103,14 +105,16 @@ def _job_seed(job: TrainingJob) -> int:
 
 
 def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpoints: Checkpoints):
-    """(model, trained, train_s, the epoch training resumed from or None)."""
+    """(model, trained, train_s, the epoch training resumed from or None, the defense's
+    regularizer over the last epoch or None)."""
     from sweeper import models
     from sweeper.quantizers import QUANTIZERS
 
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(_job_seed(job))
-    model = models.build(job.model, data.input_shape, data.nb_classes, QUANTIZERS.get(job.quantizer))
+    preset = QUANTIZERS.get(job.quantizer)
+    model = models.build(job.model, data.input_shape, data.nb_classes, preset)
     if job.model_fingerprint and models.model_fingerprint(model) != job.model_fingerprint:
         # The plan was made by code that builds another model (a node running another
         # checkout): its rows and cached weights would be mislabelled.
@@ -119,27 +123,53 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpo
                            f"{job.model_fingerprint}; run the same sweeper code on every node")
     if cache and _load_cached(model, cache, job.job_id):
         checkpoints.remove()  # left by a run killed between caching and removing them
-        return model, False, 0.0, None
+        return model, False, 0.0, None, _cached_defense_reg(cache, job)
+    from sweeper import defenses
+
+    defense = defenses.build(job.defense, dict(job.defense_params), clip_values=data.clip_values, preset=preset)
     started = time.perf_counter()
     resumed = train(model, Train(**dict(job.train)), data.x[train_idx], data.y[train_idx], data.nb_classes,
-                    _job_seed(job), checkpoints)
+                    _job_seed(job), checkpoints, defense=defense)
     train_s = time.perf_counter() - started
+    reg = defense.summary.get(defense.regularizer) if defense and defense.regularizer else None
     if cache:
         _save_cached(model, cache, job.job_id)
+        if defense is not None:  # a relaunch's new cells of this job read it from here
+            store.put_bytes(store.locate(cache), f"{job.job_id}.defense.json",
+                            json.dumps({"defense_reg": reg, **defense.summary}).encode())
     checkpoints.remove()  # only now: until the weights are cached, they are the way back
-    return model, True, train_s, resumed or None
+    return model, True, train_s, resumed or None, reg
+
+
+def _cached_defense_reg(cache: str, job: TrainingJob) -> float | None:
+    data = store.get_bytes(store.locate(cache), f"{job.job_id}.defense.json") if job.defense != CLEAN else None
+    return json.loads(data).get("defense_reg") if data else None
+
+
+def _defense_columns(job: TrainingJob, reg: float | None) -> dict[str, Any]:
+    return {"defense": job.defense, "defense_label": job.defense_label,
+            "defense_params": json.dumps(dict(job.defense_params), sort_keys=True), "defense_reg": reg}
 
 
 def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int, seed: int = 0,
-          checkpoints: Checkpoints | None = None, callbacks: Sequence = ()) -> int:
+          checkpoints: Checkpoints | None = None, callbacks: Sequence = (), defense=None) -> int:
     """Compile and fit with the grid's settings: categorical cross-entropy on logits.
     Continues from the latest of ``checkpoints`` and saves new ones as it goes; returns
-    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks."""
+    the epoch it started from (0: from scratch). ``callbacks``: more Keras callbacks.
+    ``defense``: a ``sweeper.defenses`` training step (``defenses.build``); None is plain
+    ``model.fit``. After training, ``defense.summary`` holds its metrics' means over the
+    last epoch trained (e.g. ``jr``: the Jacobian penalty)."""
     import tensorflow as tf
 
     steps = int(np.ceil(len(x) / settings.batch_size))
     optimizer = _optimizer(settings, settings.epochs * steps)
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+    loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
+    fitted = model
+    if defense is not None:  # the same model, optimizer and loss, the defense's step
+        from sweeper.defenses import base
+
+        fitted = base.wrap(model, defense, loss, optimizer, seed)
     state = checkpoints.latest(seed) if checkpoints else None
     start = restore(model, optimizer, state) if state else 0
     if checkpoints:
@@ -147,8 +177,11 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int,
     if start < settings.epochs:
         batches = _epoch_batches(x, tf.keras.utils.to_categorical(y, nb_classes), start, settings.epochs,
                                  settings.batch_size, seed)
-        model.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
-                  callbacks=list(callbacks), verbose=0)
+        fitted.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
+                   callbacks=list(callbacks), verbose=0)
+    if defense is not None:
+        defense.finish(model)
+        defense.summary = base.read_summary(fitted)
     return start
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def test_cell_and_job_counts(tmp_path, tiny_grid, overrides, cells, jobs):
 
 def test_axis_counts(tmp_path, tiny_grid):
     plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid), ["folds.only=null"]))
-    assert plan.axis_counts() == {"datasets": 1, "models": 1, "quantizers": 2, "folds": 3,
+    assert plan.axis_counts() == {"datasets": 1, "models": 1, "quantizers": 2, "defenses": 1, "folds": 3,
                                   "attacks (with none)": 3, "attack x epsilon points": 4}
 
 
@@ -209,3 +210,44 @@ def test_unbounded_and_zero_are_distinct_cells(tmp_path, tiny_grid):
     boundary = [c for c in plan.cells if c.attack == "boundary"]
     assert sorted(c.eps_label for c in boundary) == ["0", "0", "unbounded", "unbounded"]  # 2 jobs
     assert {c.eps for c in boundary} == {0.0, float("inf")}
+
+
+def test_defenses_are_an_axis_and_none_keeps_the_ids_of_grids_without_defenses(tmp_path, tiny_grid):
+    before = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))  # no defenses: key
+    tiny_grid["defenses"] = ["none", "jr", {"name": "dbwt", "label": "cycled", "quantizers": ["int4"],
+                                            "params": {"bits": [4, 2]}}]
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid, "defended.yaml")))
+    assert sorted((j.quantizer, j.defense_label) for j in plan.jobs) == [
+        ("fp", "jr"), ("fp", "none"), ("int4", "cycled"), ("int4", "jr"), ("int4", "none")]
+    assert plan.axis_counts()["defenses"] == 3 and before.axis_counts()["defenses"] == 1
+    plain = {j.job_id for j in plan.jobs if j.defense == "none"}
+    assert plain == {j.job_id for j in before.jobs}  # stored rows of such grids stay valid
+    assert {c.cell_id for c in before.cells} <= {c.cell_id for c in plan.cells}
+    assert all("defense" not in j.identity() for j in before.jobs)
+    [cycled] = [j for j in plan.jobs if j.defense == "dbwt"]
+    assert cycled.identity()["defense"] == {"name": "dbwt", "params": {"bits": (4, 2), "period": 1}}
+
+
+def test_defense_parameters_change_ids_and_labels_do_not(tmp_path, tiny_grid):
+    def ids(defense):
+        tiny_grid["defenses"] = [defense]
+        return {j.job_id for j in expand.expand(grid.load(write_grid(tmp_path, tiny_grid))).jobs}
+
+    jr = ids("jr")
+    assert ids({"name": "jr", "label": "jacobian"}) == jr
+    assert ids({"name": "jr", "params": {"lambda": 0.01}}) == jr  # the default, written out
+    assert ids({"name": "jr", "params": {"lambda": 0.1}}).isdisjoint(jr)
+
+
+@pytest.mark.parametrize("defenses, message", [
+    (["jrr"], "defenses.0: unknown defense 'jrr'; available: none, jr, dq, fgsm_at, pgd_at, dbwt"),
+    ([{"name": "fgsm_at", "params": {"eps": 2}}], "defenses.0: defense 'fgsm_at': eps must be a number in"),
+    (["dbwt"], "defenses: defense 'dbwt' switches bit widths, so it needs a fixed-point preset"),
+    (["jr", "jr"], "defenses: 'jr' appears twice"),
+    (["jr", {"name": "jr", "label": "again"}], "defenses: 'jr' and 'again' are the same defense"),
+    ([], "defenses: Tuple should have at least 1 item"),
+])
+def test_bad_defense_entries_are_one_line_errors(tmp_path, tiny_grid, defenses, message):
+    tiny_grid["defenses"] = defenses
+    with pytest.raises(UserError, match=re.escape(message)):
+        grid.load(write_grid(tmp_path, tiny_grid))

@@ -227,3 +227,18 @@ def test_the_store_is_scanned_in_place_with_every_guarantee_of_read(tmp_path):
     assert got.to_pylist()[0]["adv_acc"] == 0.1 and got.to_pylist()[3]["flash_packed_kb"] == 7.0
     with pytest.raises(UserError, match="query failed"):  # only the store's own fragments are readable
         query.run(str(tmp_path), f"SELECT * FROM read_parquet('{foreign}')")
+
+
+def test_a_stored_worst_case_older_than_the_defense_columns_is_computed_again(tmp_path):
+    outcomes = dict(config_id="cfg", sample_index=[1, 2], clean_correct=[True, True], adv_pred=[1, 1],
+                    pert_linf=[0.1, 0.1], pert_l2=[0.1, 0.1], pert_l1=[0.1, 0.1])
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, [make_row("a", attack="fgsm", attack_label="fgsm", adv_correct=[True, True], **outcomes),
+                                make_row("b", attack="pgd", attack_label="pgd", adv_correct=[True, False], **outcomes)])
+    assert query.write_worst_case(location) == 1
+    path = location.sub(store.WORST_CASE_FILE)
+    stored = pq.read_table(path)  # as a sweeper without defenses wrote it, same row files
+    pq.write_table(stored.drop_columns(["defense", "defense_label", "defense_params"])
+                   .replace_schema_metadata(stored.schema.metadata), path)
+    table = query.run(str(tmp_path), "SELECT attack_label, defense FROM robust ORDER BY attack_label")
+    assert table.to_pylist()[-1] == {"attack_label": "worst(fgsm+pgd)", "defense": "none"}

@@ -134,3 +134,16 @@ def test_table_iii_shows_every_footprint_and_the_deployment_section(rendered):
                                 "WHERE quantizer = 'int4' AND attack = 'pgd'").to_pylist()[0]
     assert deployed["small_cnn / int4"]["pgd@0.1"] == f"{direct['q']:.3f} -> {direct['d']:.3f}"
     assert "worst(" not in "".join(deployed["small_cnn / int4"])  # no deployed worst case is computed
+
+
+def test_rows_of_a_defended_model_are_labelled_with_the_defense(tmp_path):
+    rows = _rows()
+    defended = [{**row, "cell_id": row["cell_id"] + "-jr", "job_id": row["job_id"] + "-jr",
+                 "config_id": row["config_id"] + "-jr", "defense": "jr", "defense_label": "jr",
+                 "defense_params": '{"lambda": 0.01, "projections": 1}', "adv_acc": 0.01}
+                for row in rows if row["quantizer"] == "int4"]
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, rows + defended)
+    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV")
+    assert table["small_cnn / int4 / jr"]["pgd@0.1"].startswith("0.010 ")
+    assert table["small_cnn / int4"]["pgd@0.1"].startswith("0.700 ")  # the undefended rows stay apart

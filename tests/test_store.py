@@ -307,3 +307,23 @@ def test_projection_reads_older_schemas_as_read_does():
     older = store.projection(["cell_id", "flash_kb", "ram_kb"], 2, ["flash_kb", "ram_kb", "flash_packed_kb"])
     assert older == ['CAST(NULL AS DOUBLE) AS "flash_kb"', 'CAST(NULL AS DOUBLE) AS "ram_kb"',
                      'CAST("flash_kb" AS DOUBLE) AS "flash_packed_kb"']
+
+
+def test_rows_older_than_defenses_read_as_trained_without_one(tmp_path):
+    from sweeper import query
+
+    location = store.locate(str(tmp_path))
+    old = make_row("z")
+    for column in ("defense", "defense_label", "defense_params", "defense_reg"):
+        del old[column]
+    path = tmp_path / "rows" / "part-00000000T000000-v3-00000000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+        {"sweeper_schema_version": "3"}), path)
+    store.write_rows(location, [make_row("y", defense="jr", defense_label="jr",
+                                         defense_params='{"lambda": 0.01, "projections": 1}', defense_reg=9.5)])
+    expected = [("y", "jr", "jr", 9.5), ("z", "none", "none", None)]
+    rows = sorted(store.read(location).table.to_pylist(), key=lambda r: r["cell_id"])
+    assert [(r["cell_id"], r["defense"], r["defense_label"], r["defense_reg"]) for r in rows] == expected
+    table = query.run(str(tmp_path), "SELECT cell_id, defense, defense_label, defense_reg FROM results ORDER BY cell_id")
+    assert [tuple(r.values()) for r in table.to_pylist()] == expected

@@ -1,0 +1,135 @@
+"""Training-time defenses: the ``DEFENSES`` registry, checking a defense's parameters,
+and building the compiled training step that ``sweeper.trial.train`` runs.
+
+A defense changes how a model is trained, never the model: each one is a custom
+``train_step`` (base.py's ``DefendedModel``) compiled by Keras's ``fit`` on sweeper's own
+QKeras model, so checkpoints, the seeded shuffles and the cosine schedule work as in
+plain training. Why not ART's adversarial trainers: they call ``fit`` once per batch
+and retrace, 7-8x slower than a compiled step (DEPLOY_AND_ATTACK_NOTES.md).
+
+| defense | family module | what the step does |
+|---|---|---|
+| ``none`` | | plain training (``train`` skips the wrapper: bit-identical to no defense) |
+| ``jr`` | regularizers.py | CE + lambda * 1/2 ||J||_F^2, random-projection estimate |
+| ``dq`` | regularizers.py | CE + beta * sum ||W^T W - I||^2 over the kernels |
+| ``fgsm_at`` | adversarial.py | CE on FGSM examples from a random start (fast AT) |
+| ``pgd_at`` | adversarial.py | CE on PGD examples (Madry AT) |
+| ``dbwt`` | bit_width.py | CE at a bit width that cycles over shared weights |
+
+Every budget (``eps``) is a fraction of the dataset's clip range (``clip_values``):
+eps 8/255 is 8/255 * (clip_max - clip_min) in input units. All sweeper datasets lie in
+[0, 1], so it is also the input value, as attack budgets are.
+
+This module imports neither TensorFlow nor QKeras: grids validate defenses without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Mapping
+
+from sweeper.errors import UserError
+from sweeper.registry import Registry
+
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense: the parameters a grid may set (with sweeper's defaults), the range
+    each accepts, and how to build its training step."""
+
+    name: str
+    defaults: Mapping[str, Any]
+    # parameter -> (kind, low, high); kind "float" (low < v <= high), "int" (low <= v <= high)
+    # or "bits" (a list of distinct whole bit widths, each in low..high, at least two)
+    limits: Mapping[str, tuple[str, float, float]]
+    description: str
+    # (params, clip_values, preset) -> base.Defense; None: plain training
+    build: Callable[..., Any] | None = None
+    reference: str = ""
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
+
+
+def _add(spec: DefenseSpec) -> None:
+    DEFENSES.add(spec.name, spec)
+
+
+def resolve(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of a defense, sweeper's defaults filled in, each checked; bad
+    input raises a one-line ``UserError`` naming the defense and the parameter."""
+    spec = DEFENSES.get(name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(spec.defaults))
+    if unknown:
+        accepted = ", ".join(spec.defaults) or "none"
+        raise UserError(f"defense {name!r}: unknown parameter {unknown[0]!r}; accepted: {accepted}")
+    return {key: _checked(name, key, params.get(key, default), spec.limits[key])
+            for key, default in spec.defaults.items()}
+
+
+def _checked(defense: str, key: str, value: Any, limit: tuple[str, float, float]) -> Any:
+    kind, low, high = limit
+    where = f"defense {defense!r}: {key}"
+    if kind == "bits":
+        widths = value if isinstance(value, (list, tuple)) else None
+        if (widths is None or len(widths) < 2 or len(set(widths)) != len(widths)
+                or not all(_is_int(b) and low <= b <= high for b in widths)):
+            raise UserError(f"{where} must list at least two distinct bit widths in "
+                            f"{int(low)}..{int(high)}, got {value!r}")
+        return [int(b) for b in widths]
+    if kind == "int":
+        if not (_is_int(value) and low <= value <= high):
+            raise UserError(f"{where} must be a whole number in {int(low)}..{int(high)}, got {value!r}")
+        return int(value)
+    number = _number(value)
+    if number is None or not low < number <= high:
+        raise UserError(f"{where} must be a number in ({low:g}, {high:g}] (a fraction such as "
+                        f"8/255 is fine), got {value!r}")
+    return number
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None
+
+
+def build(name: str, params: Mapping[str, Any] | None = None, *,
+          clip_values: tuple[float, float] = (0.0, 1.0), preset: Any = None):
+    """The defense's training step for ``train(..., defense=...)``: a ``base.Defense``,
+    or None for ``none`` (plain training). ``preset``: the model's quantizer preset
+    (``sweeper.quantizers.Preset``), which ``dbwt`` needs."""
+    spec = DEFENSES.get(name)
+    resolved = resolve(name, params)
+    return None if spec.build is None else spec.build(resolved, tuple(clip_values), preset)
+
+
+def check_preset(name: str, preset: Any) -> None:
+    """Raise a one-line ``UserError`` when a defense cannot train a preset (``dbwt``
+    needs bit widths to switch); cheap, no TensorFlow: grids call it when validating."""
+    if name == "dbwt" and not (preset.kernel or "").startswith("quantized_bits"):
+        raise UserError(f"defense 'dbwt' switches bit widths, so it needs a fixed-point preset "
+                        f"(int8, int4, int2), not {preset.name!r}")
+
+
+_add(DefenseSpec(NONE, {}, {}, "plain training (no defense)"))
+
+from sweeper.defenses import adversarial, bit_width, regularizers  # noqa: E402  (registers the rest)
+
+for _spec in (*regularizers.SPECS, *adversarial.SPECS, *bit_width.SPECS):
+    _add(_spec)
