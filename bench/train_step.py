@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -312,7 +313,11 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.worker:
         worker(args.worker, args.models, args.presets, args.steps, args.defenses)
-        return
+        # Leave without interpreter teardown: with 60 models and their compiled functions
+        # alive, TensorFlow's shutdown can hang after the last round (seen once), and the
+        # parent waits for this process before it prints.
+        sys.stdout.flush()
+        os._exit(0)
     print(f"models {args.models}, presets {args.presets}, threads {args.threads}, "
           f"defenses {args.defenses or 'none'}, "
           f"{args.repeats} repeats of {args.steps} steps", flush=True)
