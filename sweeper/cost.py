@@ -224,10 +224,24 @@ def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
     pooled = POOLED_SAMPLES.get(job.dataset, UNKNOWN_POOLED_SAMPLES)
     train = dict(job.train)
     training = training_seconds(pooled * (job.k - 1) // job.k, train["epochs"], train["batch_size"], costs)
+    training *= defense_factor(getattr(job, "defense", "none"), dict(getattr(job, "defense_params", ())))
     evaluation = attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
     attacks = sum(attack_seconds(FORWARD if getattr(cell, "source", None) is not None
                                  else _cell_work(cell.attack, cell.params), cell.samples, costs) for cell in cells)
     return training, evaluation, attacks
+
+
+# MEASURED (bench/train_step.py --defenses all, stq_net int4, one run on busy cores: README,
+# Defenses): a defended training step over a plain one. Adversarial training pays one
+# forward and backward pass per attack step on top of the training step.
+DEFENSE_FACTORS = {"none": 1.0, "jr": 3.3, "dq": 1.2, "dbwt": 1.05}
+
+
+def defense_factor(defense: str, params: Mapping[str, Any]) -> float:
+    """How many plain training steps one step of ``defense`` costs."""
+    if defense in ("fgsm_at", "pgd_at"):
+        return 1.0 + params.get("steps", 1 if defense == "fgsm_at" else 7)
+    return DEFENSE_FACTORS.get(defense, 1.0)
 
 
 @functools.lru_cache(maxsize=None)

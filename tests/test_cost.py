@@ -122,3 +122,13 @@ def test_the_cost_order_schedules_the_paper_grid_within_the_lpt_bound(slots):
     assert found["cost"] <= cost.lpt_bound(slots) * lower
     backwards = cost.makespan([hours[job.job_id] for job in reversed(orders["cost"])], slots)
     assert backwards > found["cost"]
+
+
+def test_a_defended_job_costs_its_training_step_times_the_defense():
+    plain = plan_of(quantizers=["int4"])
+    defended = plan_of(quantizers=["int4"], defenses=[{"name": "pgd_at", "params": {"steps": 3}}])
+    [job], [guarded] = plain.jobs, defended.jobs
+    train, evaluation, attacks = cost.job_breakdown(job, plain.cells_of(job.job_id))
+    t2, e2, a2 = cost.job_breakdown(guarded, defended.cells_of(guarded.job_id))
+    assert t2 == pytest.approx(4 * train) and (e2, a2) == (evaluation, attacks)  # 3 attack steps + the step
+    assert cost.defense_factor("fgsm_at", {}) == 2.0 and cost.defense_factor("none", {}) == 1.0
