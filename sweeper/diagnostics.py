@@ -539,6 +539,8 @@ def _assemble(points: pa.Table, info: dict[str, np.ndarray], counted: dict[str, 
 
 
 def _chunks(points: pa.Table, info: dict[str, np.ndarray], counted: dict[str, np.ndarray]) -> pa.Table:
+    """The flags of each run of whole configurations holding at least _CHUNK_POINTS points
+    (the last: what is left), with its comparisons (``counted`` is ordered by cfg too)."""
     row_of = np.empty(int(info["pid"].max()) + 1, dtype=np.int64)
     row_of[info["pid"]] = np.arange(points.num_rows)
     counted = {**counted, "first": row_of[counted["first"]], "second": row_of[counted["second"]]}
