@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -243,7 +244,9 @@ _TEXTS = {  # the sentence of a paired comparison
 # The same checks at the size of the paper grid: DuckDB unnests the outcome lists, pools
 # each point's samples and counts the paired outcomes of every comparison, so no sample
 # reaches Python; Python gets one row per point and one per comparison, and computes the
-# exact p-values, Holm's adjustment and the sentences. ``diagnose_reference``
+# exact p-values, Holm's adjustment and the sentences, a few whole configurations at a
+# time (``_CHUNK_POINTS``), after the store's connection is closed: at 1 M rows the peak
+# is DuckDB's pooling or the flags themselves, never both. ``diagnose_reference``
 # (tests/diagnostics_reference.py) is the definition, point by point in Python:
 # tests/test_diagnostics.py checks that both give the same table.
 
@@ -259,23 +262,48 @@ def diagnose(rows: pa.Table) -> pa.Table:
     columns = {name: rows.column(name) if name in rows.column_names
                else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
                for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
-    columns["_order"] = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    columns["_order"] = _arrow(np.arange(rows.num_rows, dtype=np.int64))
     connection = query.new_connection()
     try:
         connection.register("_diagnosed_rows", pa.table(columns))
-        return diagnose_relation(connection, "_diagnosed_rows")
+        counts = _counts(connection, "_diagnosed_rows")
     finally:
         connection.close()
+    return _assemble(*counts) if counts else SCHEMA.empty_table()
+
+
+# DuckDB's share of the peak memory: a tight limit makes the pooling spill rather than
+# grow (1 M rows: ~110 MB over the connection's own instead of ~260 MB), and each thread
+# holds its own hash tables: two give most of the speed. DuckDB cannot split one value,
+# though: long outcome lists (2,400 samples a row) need single allocations of 128 MB, so
+# a store that runs out of memory under the tight limit is diagnosed again under the
+# caller's.
+_TIGHT_LIMIT = "100MB"
+_STORE_SETTINGS = ("SET threads = 2",)
 
 
 def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Table:
-    """The diagnostics of the rows now in the store, DuckDB scanning its fragments."""
+    """The diagnostics of the rows now in the store, DuckDB scanning its fragments. The
+    connection is closed before the flags are written, so DuckDB's memory and the flags'
+    are never held at once."""
+    import duckdb
+
+    try:
+        counts = _store_counts(location, _TIGHT_LIMIT)
+    except duckdb.OutOfMemoryException:
+        counts = _store_counts(location, memory_limit)
+    return _assemble(*counts) if counts else SCHEMA.empty_table()
+
+
+def _store_counts(location: store.Location, memory_limit: str) -> tuple | None:
     from sweeper import query
 
     connection = query.new_connection(memory_limit)
     try:
+        for setting in _STORE_SETTINGS:
+            connection.execute(setting)
         connection.execute(f"CREATE VIEW _store AS {query.ordered_rows_sql(connection, store.survey(location))}")
-        return diagnose_relation(connection, "_store")
+        return _counts(connection, "_store")
     finally:
         connection.close()
 
@@ -284,14 +312,26 @@ def diagnose_relation(connection, relation: str) -> pa.Table:
     """The diagnostics of ``relation`` in ``connection``: the store's columns plus a unique
     ``_order`` giving the rows' order (which copy of a sample counts, and the order of the
     points and of the output, as in ``diagnose_reference``). Leaves no table behind."""
+    counts = _counts(connection, relation)
+    return _assemble(*counts) if counts else SCHEMA.empty_table()
+
+
+_TABLES = ("_dg_points", "_dg_samples", "_dg_info", "_dg_flags", "_dg_pairs")
+
+
+def _counts(connection, relation: str) -> tuple | None:
+    """What Python needs from DuckDB, all small (one row per point, one per comparison):
+    the points (``_fetch_points``) and the comparisons' counts; None when no point has
+    samples."""
     try:
-        points = _sql_points(connection, relation)
-        if not points:
-            return SCHEMA.empty_table()
-        comparisons = _sql_comparisons(connection, points)
-        return _assemble(points, comparisons)
+        _sql_points(connection, relation)
+        counted = _sql_comparisons(connection)
+        for name in ("_dg_pairs", "_dg_samples"):  # not needed any more: freed before the points come
+            connection.execute(f"DROP TABLE {name}")
+        points, info = _fetch_points(connection)
+        return (points, info, counted) if points.num_rows else None
     finally:
-        for name in ("_dg_points", "_dg_samples", "_dg_info", "_dg_pairs"):
+        for name in _TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -299,12 +339,11 @@ def _quoted(values) -> str:
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
 
 
-def _sql_points(connection, relation: str) -> list[Point]:
-    """Pool each point's samples in DuckDB and return the points that have samples, in
-    the order of their first row, as ``Point``s without samples. A point of a *uniform*
-    configuration keeps its outcomes as two bit strings (``_dg_points``); the others' samples
-    are unnested into ``_dg_samples`` (point, key, clean, adv; a (fold, sample_index) taken
-    once, from the earliest row)."""
+def _sql_points(connection, relation: str) -> None:
+    """Pool each point's samples in DuckDB: ``_dg_info`` counts those of each point that
+    has samples, ``_dg_flags`` places it in its configuration. A point of a *uniform* configuration keeps its outcomes as two bit strings
+    (``_dg_points``); the others' samples are unnested into ``_dg_samples`` (point, key,
+    clean, adv; a (fold, sample_index) taken once, from the earliest row)."""
     usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
               "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
     _create_points(connection, relation, usable)
@@ -320,11 +359,31 @@ def _sql_points(connection, relation: str) -> list[Point]:
         SELECT pid, count(*) AS n, sum(clean::INTEGER)::BIGINT AS clean_right, sum(adv::INTEGER)::BIGINT AS adv_right,
                sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
         FROM _dg_samples GROUP BY pid""")
-    relation_ = connection.sql(f"""
-        SELECT p.pid, {', '.join('p."' + c + '"' for c in _POINT_KEY)}, p.n_classes, p.n_features,
-               p.input_range, i.n, i.clean_right, i.adv_right, i.b, i.c
-        FROM _dg_points AS p JOIN _dg_info AS i USING (pid) ORDER BY p.pid""")
-    return _point_records((getattr(relation_, "to_arrow_table", None) or relation_.arrow)())
+    _create_flags(connection)
+
+
+def _fetch_points(connection) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """The points with samples, ordered by configuration (numbered in the order of its
+    first point) and place in it (a point's place is the order of its first row): the
+    columns the flags repeat as an Arrow table, and the numbers as numpy arrays (fetched
+    without Arrow: see ``_arrow``), nulls as 0 (NaN for ``input_range``)."""
+    joined = ("FROM _dg_points AS p JOIN _dg_info AS i USING (pid) JOIN _dg_flags AS f USING (pid) "
+              "ORDER BY f.cfg, f.pos")
+    relation_ = connection.sql(f"SELECT {_POINT_SELECT} {joined}")
+    points = (getattr(relation_, "to_arrow_table", None) or relation_.arrow)()
+    norms = " ".join(f"WHEN '{norm}' THEN {code}" for norm, code in _NORM_CODES.items())
+    info = connection.sql(f"""
+        SELECT f.cfg, p.pid, p.eps, i.n, i.clean_right, i.adv_right, i.b, i.c,
+               coalesce(p.n_classes, 0)::BIGINT AS n_classes, coalesce(p.n_features, 0)::BIGINT AS n_features,
+               coalesce(p.input_range, 'nan'::DOUBLE) AS input_range, CASE p.norm {norms} ELSE 0 END AS norm,
+               count(*) OVER (PARTITION BY f.cfg, p.attack_label, p.eps_label) AS namesakes,
+               p.source_config_id IS NOT NULL AS transfer
+        {joined}""").fetchnumpy()
+    return points, {name: np.asarray(values) for name, values in info.items()}
+
+
+_POINT_SELECT = ", ".join(f'p."{c}"' for c in _POINT_KEY)
+_NORM_CODES = {"inf": -1, "1": 1, "2": 2}  # the norms a radius is known for: -1 L-inf, p for L-p
 
 
 # A row's outcome list as a string of 0s and 1s, and the samples right in the first bit
@@ -404,61 +463,37 @@ def _create_samples(connection, relation: str) -> None:
             QUALIFY row_number() OVER (PARTITION BY pid, key ORDER BY _order, pos) = 1)""")
 
 
-@dataclass(eq=False)
-class _Counted(Point):
-    """A point as DuckDB pooled it: its counts instead of its samples."""
+def _create_flags(connection) -> None:
+    """_dg_flags: each point with samples placed in its configuration (``cfg``: the
+    configurations numbered in the order of their first point; ``pos``: the point's place
+    in it; ``curve``: for E, the place of the first point of its attack's curve) and the
+    kind of its attack."""
+    config = ", ".join(f'"{c}"' for c in CONFIG_COLUMNS)
 
-    pid: int = 0
-    n: int = 0  # samples
-    clean_right: int = 0
-    adv_right: int = 0
-    b: int = 0  # clean right, adversarial wrong
-    c: int = 0  # clean wrong, adversarial right
+    def kind(test) -> str:
+        names = [name for name in ATTACKS.names() if test(ATTACKS.get(name))]
+        return f"attack IN ({_quoted(names)})" if names else "false"
 
-
-def _point_records(table: pa.Table) -> list[_Counted]:
-    """The points in order, each named as ``_name`` names them within its configuration."""
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    points, by_config = [], defaultdict(list)
-    for i in range(table.num_rows):
-        config = tuple(columns[c][i] for c in CONFIG_COLUMNS)
-        point = _Counted(config, *(columns[c][i] for c in store.POINT_COLUMNS), n_classes=columns["n_classes"][i],
-                         n_features=columns["n_features"][i], input_range=columns["input_range"][i], keys=None,
-                         clean=None, adv=None, pid=columns["pid"][i],
-                         **{k: columns[k][i] for k in ("n", "clean_right", "adv_right", "b", "c")})
-        points.append(point)
-        by_config[config].append(point)
-    for same in by_config.values():
-        _name(same)
-    return points
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_flags AS
+        SELECT pid, dense_rank() OVER (ORDER BY first) - 1 AS cfg, pos,
+               min(pos) OVER (PARTITION BY first, attack, attack_label, norm, attack_params) AS curve,
+               attack, attack_label, norm, eps, attack_params, {kind(lambda s: s.single_step)} AS single_step,
+               ({kind(lambda s: s.black_box)} OR transfer) AS black_box, isinf(eps) AS unbounded
+        FROM (SELECT *, row_number() OVER (PARTITION BY first ORDER BY pid) - 1 AS pos
+              FROM (SELECT pid, attack, attack_label, norm, eps, attack_params,
+                           source_config_id IS NOT NULL AS transfer,  -- black-box from the target's view
+                           min(pid) OVER (PARTITION BY {config}) AS first
+                    FROM _dg_points WHERE pid IN (SELECT pid FROM _dg_info)))""")
 
 
 _FAMILIES = ["single_step_beats_iterative", "black_box_beats_white_box", "accuracy_rises_with_eps"]
 
 
-def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray]:
+def _sql_comparisons(connection) -> dict[str, np.ndarray]:
     """The paired comparisons of S, B and E, counted on their shared samples: columns
     family (0 S, 1 B, 2 E), cfg, first and second pid, n, first_right, second_right, b, c,
-    in ``diagnose_reference``'s order."""
-    configs: dict[tuple, int] = {}
-    positions: dict[int, int] = defaultdict(int)
-    curves: dict[tuple, int] = {}  # E: a curve's place is that of its first point
-    placed = {name: [] for name in ("cfg", "pos", "curve")}
-    for point in points:
-        cfg = configs.setdefault(point.config, len(configs))
-        placed["curve"].append(curves.setdefault((cfg, point.attack, point.attack_label, point.norm,
-                                                  point.attack_params), positions[cfg]))
-        placed["cfg"].append(cfg)
-        placed["pos"].append(positions[cfg])
-        positions[cfg] += 1
-    specs = {name: ATTACKS.get(name) for name in {point.attack for point in points}}
-    flags = {"pid": [p.pid for p in points], **placed,
-             **{name: [getattr(p, name) for p in points] for name in ("attack", "attack_label", "norm", "eps",
-                                                                       "attack_params")},
-             "single_step": [specs[p.attack].single_step for p in points],
-             "black_box": [p.black_box for p in points],
-             "unbounded": [math.isinf(p.eps) for p in points]}
-    connection.register("_dg_flags", pa.table(flags))
+    in ``diagnose_reference``'s order (by configuration, family and places: k1, k2, k3)."""
     same = lambda *cs: " AND ".join(f"x.{c} IS NOT DISTINCT FROM y.{c}" for c in cs)  # noqa: E731
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_pairs AS
@@ -475,6 +510,7 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
         FROM _dg_flags x JOIN _dg_flags y ON x.cfg = y.cfg AND {same('attack', 'attack_label', 'norm', 'attack_params')}
         WHERE x.eps < y.eps""")
     relation = connection.sql(f"""
+        SELECT * EXCLUDE (k1, k2, k3) FROM (  -- the places order the comparisons; Python needs none
         SELECT p.family, p.cfg, p.k1, p.k2, p.k3, p.first, p.second, length(a.adv_bits)::BIGINT AS n,
                bit_count(a.adv_bits)::BIGINT AS first_right, bit_count(b.adv_bits)::BIGINT AS second_right,
                {_DISAGREE.format('a.adv_bits', 'b.adv_bits')} AS b, {_DISAGREE.format('b.adv_bits', 'a.adv_bits')} AS c
@@ -486,53 +522,141 @@ def _sql_comparisons(connection, points: list[_Counted]) -> dict[str, np.ndarray
                sum((a.adv AND NOT b.adv)::INTEGER)::BIGINT AS b, sum((b.adv AND NOT a.adv)::INTEGER)::BIGINT AS c
         FROM _dg_pairs AS p JOIN _dg_samples AS a ON a.pid = p.first
         JOIN _dg_samples AS b ON b.pid = p.second AND b.key = a.key
-        GROUP BY ALL ORDER BY cfg, family, k1, k2, k3""")
+        GROUP BY ALL) ORDER BY cfg, family, k1, k2, k3""")
     counted = {name: np.asarray(values) for name, values in relation.fetchnumpy().items()}
-    connection.unregister("_dg_flags")
     return _keep_best_white(counted)
 
 
 def _keep_best_white(counted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """B compares each black-box point with one white-box point: the one leaving the least
     accuracy on their shared samples (the first such, in point order); the others go."""
+    rows = np.flatnonzero(counted["family"] == 1)
+    accuracy = counted["second_right"][rows] / counted["n"][rows]
+    best = rows[np.lexsort((rows, accuracy, counted["first"][rows]))]  # per black-box point: least, then first
+    firsts = counted["first"][best]
     keep = counted["family"] != 1
-    best: dict[int, int] = {}
-    for row in np.flatnonzero(~keep):
-        first, accuracy = counted["first"][row], counted["second_right"][row] / counted["n"][row]
-        if first not in best or accuracy < counted["second_right"][best[first]] / counted["n"][best[first]]:
-            best[first] = row
-    keep[list(best.values())] = True
+    keep[best[np.r_[True, firsts[1:] != firsts[:-1]][:len(best)]]] = True  # each group's first
     return {name: values[keep] for name, values in counted.items()}
 
 
-def _assemble(points: list[_Counted], counted: dict[str, np.ndarray]) -> pa.Table:
+# Configurations are written a few at a time (at least this many points each time, whole
+# configurations): every check, Holm and the best white-box point stay within one, and
+# the output is ordered by configuration, so chunks concatenated are the whole table,
+# while the working columns and sentences of only one chunk are in memory at once.
+_CHUNK_POINTS = 5_000
+
+
+def _assemble(points: pa.Table, info: dict[str, np.ndarray], counted: dict[str, np.ndarray]) -> pa.Table:
     """The flags as the reference's ``_checks`` and ``_decide`` make them, computed
-    column-wise: ordered by configuration, check and place in the check's loops; Holm within configuration and check."""
-    index = {point.pid: i for i, point in enumerate(points)}
-    configs: dict[tuple, int] = {}
-    cfg_of = np.array([configs.setdefault(point.config, len(configs)) for point in points], dtype=np.int64)
-    position = np.arange(len(points))
-    n = np.array([point.n for point in points], dtype=np.int64)
-    adv = np.array([point.adv_right for point in points], dtype=np.int64)
-    clean = np.array([point.clean_right for point in points], dtype=np.int64)
-    large = np.array([point.judged_large for point in points])
-    classes = np.array([point.n_classes if large[i] else 1 for i, point in enumerate(points)], dtype=np.int64)
-    first = np.array([index[pid] for pid in counted["first"].tolist()], dtype=np.int64)
-    second = np.array([index[pid] for pid in counted["second"].tolist()], dtype=np.int64)
-    chance = 1 / classes[large]
+    column-wise, chunk by chunk of whole configurations (``points`` in configuration order).
+    Arrow allocates from the system allocator meanwhile: it hands a chunk's freed buffers
+    back to the OS, where Arrow's default (mimalloc) keeps them (~60 MB more at 1 M rows)."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        return _chunks(points, _point_info(points, info), counted)
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _chunks(points: pa.Table, info: dict[str, np.ndarray], counted: dict[str, np.ndarray]) -> pa.Table:
+    """The flags of each run of whole configurations holding at least _CHUNK_POINTS points
+    (the last: what is left), with its comparisons (``counted`` is ordered by cfg too)."""
+    row_of = np.empty(int(info["pid"].max()) + 1, dtype=np.int64)
+    row_of[info["pid"]] = np.arange(points.num_rows)
+    counted = {**counted, "first": row_of[counted["first"]], "second": row_of[counted["second"]]}
+    cfg = info["cfg"]
+    ends = np.flatnonzero(np.r_[cfg[1:] != cfg[:-1], True]) + 1  # where each configuration's rows end
+    tables, start = [], 0
+    while start < len(cfg):
+        stop = int(ends[min(np.searchsorted(ends, start + _CHUNK_POINTS), len(ends) - 1)])
+        lo, hi = np.searchsorted(counted["cfg"], cfg[start]), np.searchsorted(counted["cfg"], cfg[stop - 1], "right")
+        tables.append(_chunk(points, info, np.arange(start, stop), {k: v[lo:hi] for k, v in counted.items()}))
+        start = stop
+    return pa.concat_tables(tables)
+
+
+def _point_info(points: pa.Table, info: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``info`` with each point's name, its radius (``Point.radius``; NaN where unknown) and
+    whether L judges it."""
+    norm, features, spread = info["norm"], info["n_features"], info["input_range"]
+    per_value = np.where(norm == _NORM_CODES["inf"], 1.0, 0.0)  # the radius' unit over input_range; 0: none
+    for p in (1, 2):
+        rows = (norm == p) & (features != 0)
+        for count in np.unique(features[rows]).tolist():  # Python's int ** float, as Point.radius
+            per_value[rows & (features == count)] = count ** (1 / p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.where((spread > 0) & (per_value > 0), info["eps"] / (spread * per_value), np.nan)
+    radius = np.where(np.isinf(info["eps"]), np.inf, radius)
+    large = (radius >= LARGE_EPS - 1e-12) & (info["n_classes"] != 0) & ~info["transfer"].astype(bool)
+    return {**info, "name": _names(points, info), "radius": radius, "large": large,
+            "classes": np.where(large, info["n_classes"], 1)}
+
+
+def _names(points: pa.Table, info: dict[str, np.ndarray]) -> pa.Array:
+    """``_name``'s names: label@eps, and for namesakes within a configuration what differs."""
+    text = [_literal("None"), _literal("@"), _literal("")]
+    names = pc.binary_join_element_wise(points.column("attack_label").fill_null(text[0]), text[1],
+                                        points.column("eps_label").fill_null(text[0]), text[2]).combine_chunks()
+    rows = np.flatnonzero(info["namesakes"] > 1)
+    if not len(rows):
+        return names
+    by_config = defaultdict(list)  # rows are in configuration order: so are the groups
+    for row, cfg in zip(points.take(_arrow(rows)).to_pylist(), info["cfg"][rows].tolist()):
+        by_config[cfg].append(Point(config=(), **{c: row[c] for c in store.POINT_COLUMNS}, n_classes=None,
+                                    n_features=None, input_range=None, keys=None, clean=None, adv=None))
+    for group in by_config.values():
+        _name(group)
+    renamed = _strings([point.name for group in by_config.values() for point in group])
+    index = np.arange(len(names))
+    index[rows] = len(names) + np.arange(len(rows))
+    return pa.concat_arrays([names, renamed]).take(_arrow(index))
+
+
+# pyarrow imports pandas (~33 MB resident) on its first conversion of numpy arrays,
+# Python objects or scalars; nothing here needs pandas, so the flags' arrays are built
+# from their buffers and numbers come from DuckDB as numpy (fetchnumpy).
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A numpy array of numbers or booleans as an Arrow array, without pandas."""
+    if values.dtype == np.bool_:
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _strings(texts: list[str]) -> pa.Array:
+    """Python strings as an Arrow string array, without pandas."""
+    encoded = [text.encode() for text in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets),
+                                                             pa.py_buffer(b"".join(encoded))])
+
+
+def _literal(text: str) -> pa.Scalar:
+    return _strings([text])[0]
+
+
+def _chunk(points: pa.Table, info: dict[str, np.ndarray], rows: np.ndarray, counted: dict[str, np.ndarray]):
+    """The flags of the whole configurations at point rows ``rows``, with their comparisons."""
+    n, adv, clean = info["n"][rows], info["adv_right"][rows], info["clean_right"][rows]
+    large, cfg_of = info["large"][rows], info["cfg"][rows]
+    chance = 1 / info["classes"][rows][large]
     null = np.minimum(1.0, chance + FAR_ABOVE_CHANCE)
     columns = {  # S, B, E (paired), then C (per point), then L (large points)
-        "family": np.concatenate([counted["family"], np.full(len(points), 3), np.full(int(large.sum()), 4)]),
+        "family": np.concatenate([counted["family"], np.full(len(rows), 3), np.full(int(large.sum()), 4)]),
         "cfg": np.concatenate([counted["cfg"], cfg_of, cfg_of[large]]),
-        "point": np.concatenate([second, position, position[large]]),
-        "reference_point": np.concatenate([first, np.full(len(points) + int(large.sum()), -1)]),
+        "point": np.concatenate([counted["second"], rows, rows[large]]),
+        "reference_point": np.concatenate([counted["first"], np.full(len(rows) + int(large.sum()), -1)]),
         "n": np.concatenate([counted["n"], n, n[large]]),
         "value": np.concatenate([counted["second_right"] / counted["n"], adv / n, adv[large] / n[large]]),
         "reference": np.concatenate([counted["first_right"] / counted["n"], clean / n, chance]),
-        "p_value": np.concatenate([_mcnemar_p(counted["b"], counted["c"]), _mcnemar_p(
-            np.array([p.b for p in points], np.int64), np.array([p.c for p in points], np.int64)),
-            _binomial_p(adv[large], n[large], null)]),
-        "null": np.concatenate([np.full(len(counted["n"]) + len(points), np.nan), null]),
+        "p_value": np.concatenate([_mcnemar_p(counted["b"], counted["c"]),
+                                   _mcnemar_p(info["b"][rows], info["c"][rows]),
+                                   _binomial_p(adv[large], n[large], null)]),
+        "null": np.concatenate([np.full(len(counted["n"]) + len(rows), np.nan), null]),
     }
     order = np.lexsort((np.arange(len(columns["cfg"])), columns["family"], columns["cfg"]))  # stable
     columns = {name: values[order] for name, values in columns.items()}
@@ -540,7 +664,7 @@ def _assemble(points: list[_Counted], counted: dict[str, np.ndarray]) -> pa.Tabl
     minimum = np.where(columns["family"] == 4, FAR_ABOVE_CHANCE, MIN_MARGIN)
     effect = columns["value"] - columns["reference"]
     columns["fired"] = (columns["p_adjusted"] < ALPHA) & (effect >= minimum - 1e-12)
-    return _flag_table(points, list(configs), columns)
+    return _flag_table(points, info, columns)
 
 
 def _mcnemar_p(b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -579,56 +703,80 @@ def _holm_grouped(p: np.ndarray, group: np.ndarray) -> np.ndarray:
 _REFERENCE_LABEL = {3: "clean", 4: "chance"}
 
 
-def _flag_table(points: list[_Counted], configs: list[tuple], columns: dict[str, np.ndarray]) -> pa.Table:
+def _flag_table(points: pa.Table, info: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> pa.Table:
     """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
-    at = pa.array(columns["point"])
-    names = pa.array([point.name for point in points], pa.string())
-    labels = pa.array([_REFERENCE_LABEL.get(f, "") for f in range(5)]).take(pa.array(columns["family"]))
+    at, family = _arrow(columns["point"]), _arrow(columns["family"])
+    labels = _strings([_REFERENCE_LABEL.get(f, "") for f in range(5)]).take(family)
     own = columns["reference_point"] >= 0
-    references = pc.if_else(pa.array(own), names.take(pa.array(np.where(own, columns["reference_point"], 0))),
+    references = pc.if_else(_arrow(own), info["name"].take(_arrow(np.where(own, columns["reference_point"], 0))),
                             labels)
-    cfg = pa.array(columns["cfg"])
-    data = {name: pa.array([config[k] for config in configs], SCHEMA.field(name).type).take(cfg)
-            for k, name in enumerate(CONFIG_COLUMNS)}
-    data["flag"] = pa.array(list(CHECKS)).take(pa.array(columns["family"]))
-    for name in ("attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples"):
-        data[name] = pa.array([getattr(point, name) for point in points], SCHEMA.field(name).type).take(at)
+    data = {name: points.column(name).take(at) for name in (*CONFIG_COLUMNS, "attack_label", "norm", "eps",
+                                                              "eps_label", "attack_params", "n_samples")}
+    data["flag"] = _strings(list(CHECKS)).take(family)
     data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
                 p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
-                fired=columns["fired"], detail=_details(points, references, columns))
-    return pa.Table.from_arrays([data[f.name].cast(f.type) if isinstance(data[f.name], (pa.Array, pa.ChunkedArray))
-                                 else pa.array(data[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+                fired=columns["fired"], detail=_details(info, at, references, columns))
+    return pa.Table.from_arrays([(data[f.name] if isinstance(data[f.name], (pa.Array, pa.ChunkedArray))
+                                  else _arrow(data[f.name])).cast(f.type) for f in SCHEMA], schema=SCHEMA)
 
 
-_DETAIL_BATCH = 50_000  # sentences written at a time: Python strings for a batch only, then Arrow
+_TAIL = " (p = {p:.2g}, Holm {p_adjusted:.2g})"
+_SENTENCES = [  # the sentence of each family, in str.format syntax (the reference writes the same)
+    *[_TEXTS[family] + " on {n} shared samples" + _TAIL for family in _FAMILIES],
+    "{point} leaves {value:.3f} accuracy, clean {ref:.3f}, on {n} samples" + _TAIL,
+    "{point}{budget} leaves {value:.3f} accuracy on {n} samples; chance is {ref:.3f}, tested against {null:.3f}"
+    + _TAIL,
+]
+_BUDGET = " (radius {radius:.2f} of the input range)"  # L's, where the budget is bounded
 
 
-def _details(points: list[_Counted], references: pa.Array, columns: dict[str, np.ndarray]) -> pa.ChunkedArray:
-    """The sentences, one per flag, in batches (a store's 300,000 flags as Python strings
-    and floats at once would cost hundreds of MB)."""
-    names = ("point", "family", "value", "reference", "n", "null", "p_value", "p_adjusted")
-    chunks = []
-    for start in range(0, len(columns["point"]), _DETAIL_BATCH):
-        part = [columns[name][start:start + _DETAIL_BATCH].tolist() for name in names]
-        refs = references.slice(start, _DETAIL_BATCH).to_pylist()
-        chunks.append(pa.array([_detail(points[i], ref, f, v, r, n, null, p, q) for ref, i, f, v, r, n, null, p, q
-                                in zip(refs, *part)], pa.string()))
-    return pa.chunked_array(chunks, pa.string())
+def _details(info: dict[str, np.ndarray], at: pa.Array, references: pa.Array,
+             columns: dict[str, np.ndarray]) -> pa.Array:
+    """The sentences, one per flag, family by family, put back in the flags' order. Numbers
+    are formatted once per distinct value (a store's flags repeat few of them) and the
+    pieces joined by Arrow, so no flag becomes a Python string."""
+    fields = {"point": info["name"].take(at), "reference": references, "value": columns["value"],
+              "ref": columns["reference"], "n": columns["n"], "null": columns["null"], "p": columns["p_value"],
+              "p_adjusted": columns["p_adjusted"], "radius": info["radius"][columns["point"]],
+              "unbounded": np.isinf(info["eps"][columns["point"]])}
+    parts, where = [], []
+    for family, template in enumerate(_SENTENCES):
+        rows = np.flatnonzero(columns["family"] == family)
+        if not len(rows):
+            continue
+        taken = _arrow(rows)
+        values = {name: v[rows] if isinstance(v, np.ndarray) else v.take(taken) for name, v in fields.items()}
+        if family == 4:
+            values["budget"] = pc.if_else(_arrow(values["unbounded"]), _literal(""), _render(_BUDGET, values))
+        parts.append(_render(template, values))
+        where.append(rows)
+    if not parts:
+        return _strings([])
+    return pa.concat_arrays(parts).take(_arrow(np.argsort(np.concatenate(where))))
 
 
-def _detail(point: _Counted, reference: str, family: int, value: float, ref: float, n: int, null: float,
-            p: float, p_adjusted: float) -> str:
-    """The sentence ``diagnose_reference`` writes for this flag."""
-    if family < 3:
-        text = _TEXTS[_FAMILIES[family]].format(point=point.name, reference=reference, value=value, ref=ref)
-        text = f"{text} on {n} shared samples"
-    elif family == 3:
-        text = f"{point.name} leaves {value:.3f} accuracy, clean {ref:.3f}, on {n} samples"
-    else:
-        budget = "" if point.unbounded else f" (radius {point.radius:.2f} of the input range)"
-        text = (f"{point.name}{budget} leaves {value:.3f} accuracy on {n} samples; "
-                f"chance is {ref:.3f}, tested against {null:.3f}")
-    return f"{text} (p = {p:.2g}, Holm {p_adjusted:.2g})"
+def _render(template: str, values: dict) -> pa.Array:
+    """``template.format(**row)`` for every row of ``values`` (Arrow strings, or numpy numbers
+    formatted with the field's format spec)."""
+    pieces = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        if literal:
+            pieces.append(_literal(literal))
+        if name is not None:
+            value = values[name]
+            pieces.append(_formatted(value, spec) if isinstance(value, np.ndarray) else value)
+    return pc.binary_join_element_wise(*pieces, _literal(""))
+
+
+def _formatted(values: np.ndarray, spec: str) -> pa.Array:
+    """``format(v, spec)`` of each value, computed once per distinct value (floats told apart
+    by their bits, so -0.0 and NaN keep their own text)."""
+    floating = values.dtype.kind == "f"
+    keys = np.ascontiguousarray(values, dtype=np.float64).view(np.int64) if floating else values.astype(np.int64)
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    texts = [format(v, spec) for v in (distinct.view(np.float64) if floating else distinct).tolist()]
+    return _strings(texts).take(_arrow(inverse.ravel()))
+
 
 # ---------------------------------------------------------------- in the store
 

@@ -425,3 +425,28 @@ def test_the_bit_string_path_gives_exactly_the_reference_table():
     assert len(set(reference.column("config_id").to_pylist())) == 4 and len(set(reference.column("flag"))) == 5
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert diagnostics.diagnose(rows).equals(reference)
+
+
+def test_configurations_written_in_chunks_give_the_same_table(monkeypatch):
+    """The flags are written a few whole configurations at a time (memory): chunks of one
+    configuration give exactly the one-chunk table, over uniform and pooled configurations."""
+    rows = table(random_rows(np.random.default_rng(3), configs=4) + uniform_rows(np.random.default_rng(4)))
+    whole = diagnostics.diagnose(rows)
+    assert len(set(whole.column("config_id").to_pylist())) == 8 and whole.num_rows > 100
+    monkeypatch.setattr(diagnostics, "_CHUNK_POINTS", 1)
+    chunked = diagnostics.diagnose(rows)
+    assert chunked.column("detail").num_chunks >= 8  # one chunk per configuration
+    assert chunked.equals(whole) and chunked.equals(reference_diagnostics.diagnose_reference(rows))
+
+
+def test_a_store_too_big_for_the_tight_limit_is_diagnosed_under_the_callers(tmp_path, monkeypatch):
+    """DuckDB first pools under a tight memory limit; out of memory, it runs again under the
+    caller's limit and gives the same table."""
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, random_rows(np.random.default_rng(5), configs=3))
+    reference = reference_diagnostics.diagnose_reference(store.read(location).table)
+    limits, counts = [], diagnostics._store_counts
+    monkeypatch.setattr(diagnostics, "_store_counts", lambda loc, limit: limits.append(limit) or counts(loc, limit))
+    monkeypatch.setattr(diagnostics, "_TIGHT_LIMIT", "1KB")
+    assert diagnostics.diagnose_store(location, "1GB").equals(reference) and reference.num_rows > 20
+    assert limits == ["1KB", "1GB"]
