@@ -415,56 +415,44 @@ FAST_STQ_STEP = 0.5
 NOISE_SIGMA, NOISE_DRAWS = 0.3, 200
 
 
-def true_hours(job, stq_step: float = 1.0, plan=None) -> float:
-    """The extrapolated hours of a paper-grid job (training, evaluation and its cells'
-    attacks, by sweeper.cost); ``stq_step`` scales the training of the stochastic presets."""
+def true_hours(job, stq_step: float, plan) -> float:
+    """The extrapolated hours of a paper-grid job of ``plan`` (training, evaluation and its
+    cells' attacks, by sweeper.cost); ``stq_step`` scales the stochastic presets' training."""
     from sweeper import cost
     from sweeper.quantizers import QUANTIZERS
 
-    training, evaluation, attacks = cost.job_breakdown(job, _cells_of(job, plan))
+    training, evaluation, attacks = cost.job_breakdown(job, plan.cells_of(job.job_id))
     scale = stq_step if QUANTIZERS.get(job.quantizer).stochastic else 1.0
     return (training * scale + evaluation + attacks) / 3600
-
-
-_PLAN = []
-
-
-def _cells_of(job, plan):
-    if plan is None:  # the paper grid, expanded once
-        if not _PLAN:
-            _PLAN.append(expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False))
-        plan = _PLAN[0]
-    return plan.cells_of(job.job_id)
 
 
 def part_hours() -> None:
     """The paper grid's core-hours per (dataset, model, preset) and in total, from
     sweeper.cost's unit costs (measured) and counts: what docs/scale.md section 2 quotes."""
-    from sweeper import cost
+    from sweeper import cost, sweep
 
     plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
     print("== 6. Hours: the paper grid by sweeper.cost (one CPU per trial; unit costs: cost.UNIT_COSTS)")
+    parts = {job.job_id: cost.job_breakdown(job, plan.cells_of(job.job_id)) for job in plan.jobs}
     groups: dict[tuple, list] = {}
     for job in plan.jobs:
-        parts = cost.job_breakdown(job, plan.cells_of(job.job_id))
-        groups.setdefault((job.dataset, job.model, job.quantizer), []).append(parts)
+        groups.setdefault((job.dataset, job.model, job.quantizer), []).append(parts[job.job_id])
     print(f"{'dataset':<8} {'model':<9} {'preset':<8} {'jobs':>4} {'train h/job':>11} {'eval h/job':>10} "
           f"{'attack h/job':>12} {'total core-h':>12}")
     totals = [0.0, 0.0, 0.0]
-    for (dataset, model, preset), parts in groups.items():
-        sums = [sum(p[i] for p in parts) / 3600 for i in range(3)]
+    for (dataset, model, preset), rows in groups.items():
+        sums = [sum(p[i] for p in rows) / 3600 for i in range(3)]
         totals = [t + x for t, x in zip(totals, sums)]
-        print(f"{dataset:<8} {model:<9} {preset:<8} {len(parts):>4} {sums[0] / len(parts):11.1f} "
-              f"{sums[1] / len(parts):10.2f} {sums[2] / len(parts):12.1f} {sum(sums):12,.0f}")
-    hours = [sum(cost.job_breakdown(job, plan.cells_of(job.job_id))) / 3600 for job in plan.jobs]
+        print(f"{dataset:<8} {model:<9} {preset:<8} {len(rows):>4} {sums[0] / len(rows):11.1f} "
+              f"{sums[1] / len(rows):10.2f} {sums[2] / len(rows):12.1f} {sum(sums):12,.0f}")
+    hours = {job_id: sum(p) / 3600 for job_id, p in parts.items()}
     print(f"total {sum(totals):,.0f} core-h: training {totals[0]:,.0f}, evaluation {totals[1]:,.0f}, "
-          f"attacks {totals[2]:,.0f} (upper bound); longest job {max(hours):.1f} h")
-    from sweeper import sweep
-
-    order = [sum(cost.job_breakdown(job, cells)) / 3600 for job, cells in sweep.pending_work(plan, set())]
+          f"attacks {totals[2]:,.0f} (upper bound); longest job {max(hours.values()):.1f} h")
+    order = [hours[job.job_id] for job, _ in sweep.pending_work(plan, set())]
     for slots in SLOTS:
         m = cost.makespan(order, slots)
-        print(f"  {slots:>3} slots: {m:8.1f} h = {m / 24:6.1f} days (bound {max(sum(hours) / slots, max(hours)):.1f} h)")
+        print(f"  {slots:>3} slots: {m:8.1f} h = {m / 24:6.1f} days "
+              f"(bound {max(sum(hours.values()) / slots, max(hours.values())):.1f} h)")
     print()
 
 

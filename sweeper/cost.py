@@ -224,10 +224,10 @@ def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
     pooled = POOLED_SAMPLES.get(job.dataset, UNKNOWN_POOLED_SAMPLES)
     train = dict(job.train)
     training = training_seconds(pooled * (job.k - 1) // job.k, train["epochs"], train["batch_size"], costs)
-    training *= defense_factor(getattr(job, "defense", "none"), dict(getattr(job, "defense_params", ())))
+    training *= defense_factor(job.defense, dict(job.defense_params))
     evaluation = attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
-    attacks = sum(attack_seconds(FORWARD if getattr(cell, "source", None) is not None
-                                 else _cell_work(cell.attack, cell.params), cell.samples, costs) for cell in cells)
+    attacks = sum(attack_seconds(FORWARD if cell.source is not None else _cell_work(cell.attack, cell.params),
+                                 cell.samples, costs) for cell in cells)
     return training, evaluation, attacks
 
 

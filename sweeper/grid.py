@@ -218,12 +218,12 @@ class AttackEntry(_Frozen):
         return {**ATTACKS.get(self.name).defaults, **self.params}
 
 
-class ModelChoice(_Frozen):
-    """A model, optionally limited to some quantizers and datasets (e.g. a baseline run
-    only at full precision); ``small_cnn`` in a grid is short for ``{name: small_cnn}``."""
+class _Limited(_Frozen):
+    """A named grid entry, optionally limited to some quantizers and datasets; a bare name
+    in a grid is short for ``{name: ...}``."""
 
     name: str
-    quantizers: tuple[str, ...] | None = None  # default: the grid's quantizers
+    quantizers: tuple[str, ...] | None = None  # default: every quantizer of the grid
     datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
 
     @model_validator(mode="before")
@@ -231,15 +231,24 @@ class ModelChoice(_Frozen):
     def _from_short_form(cls, raw: Any) -> Any:
         return {"name": raw} if isinstance(raw, str) else raw
 
-    @model_validator(mode="after")
-    def _known(self) -> "ModelChoice":
+    def _known_limits(self) -> None:
         from sweeper.datasets import DATASETS
-        from sweeper.models import MODELS
         from sweeper.quantizers import QUANTIZERS
 
-        _known_names(MODELS, (self.name,))
         _known_names(QUANTIZERS, self.quantizers or ())
         _known_names(DATASETS, self.datasets or ())
+
+
+class ModelChoice(_Limited):
+    """A model, optionally limited to some quantizers and datasets (e.g. a baseline run
+    only at full precision); ``small_cnn`` in a grid is short for ``{name: small_cnn}``."""
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelChoice":
+        from sweeper.models import MODELS
+
+        _known_names(MODELS, (self.name,))
+        self._known_limits()
         return self
 
 
@@ -303,31 +312,20 @@ class Resources(_Frozen):
         return raw
 
 
-class DefenseEntry(_Frozen):
+class DefenseEntry(_Limited):
     """A training-time defense (``sweeper.defenses``), optionally limited to some
     quantizers and datasets; ``jr`` in a grid is short for ``{name: jr}``. Budgets in
     ``params`` may be fractions (``eps: 8/255``), as attack budgets."""
 
-    name: str
     label: str | None = None  # defaults to name; needed when one defense appears twice
     params: dict[str, Any] = Field(default_factory=dict)
-    quantizers: tuple[str, ...] | None = None  # default: every quantizer of the grid
-    datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_short_form(cls, raw: Any) -> Any:
-        return {"name": raw} if isinstance(raw, str) else raw
 
     @model_validator(mode="after")
     def _known(self) -> "DefenseEntry":
-        from sweeper.datasets import DATASETS
         from sweeper.defenses import DEFENSES, resolve
-        from sweeper.quantizers import QUANTIZERS
 
         _known_names(DEFENSES, (self.name,))
-        _known_names(QUANTIZERS, self.quantizers or ())
-        _known_names(DATASETS, self.datasets or ())
+        self._known_limits()
         try:
             resolve(self.name, self.params)
         except UserError as error:  # re-raised as ValueError so the message names the field

@@ -157,12 +157,14 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
 
 
 def connect_store(location: store.Location, launches: list[dict] | None = None,
-                  memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
+                  memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True,
+                  found: store.Survey | None = None):
     """As ``connect``, with ``results`` a view that scans the store's local fragments in
-    place; the diagnostics are computed in DuckDB from the same view."""
+    place (``found``: the caller's survey of them, if it has one); the diagnostics are
+    computed in DuckDB from the same view."""
     from sweeper import diagnostics
 
-    found = store.survey(location)
+    found = store.survey(location) if found is None else found
     connection = new_connection(memory_limit)
     paths = [fragment.path for fragment in found.fragments]
     connection.execute(f"CREATE VIEW {ORDERED} AS {ordered_rows_sql(connection, found)}")
@@ -198,8 +200,13 @@ def write_worst_case(location: store.Location) -> int:
 
     if not isinstance(location.fs, pafs.LocalFileSystem):
         return 0
+    import pyarrow.parquet as pq
+
     found = store.survey(location)
-    connection = connect_store(location, with_diagnostics=False)
+    stored = _current_worst_case(location, found)
+    if stored:  # already computed from exactly these rows
+        return pq.read_metadata(stored).num_rows
+    connection = connect_store(location, with_diagnostics=False, found=found)
     try:
         table = fetch(connection, "SELECT * FROM worst_case")
     finally:

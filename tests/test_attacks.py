@@ -497,7 +497,8 @@ def shape_models():
     return functools.cache(lambda dataset: _shape_model(SHAPES[dataset]))
 
 
-def _shape_model(shape):
+def tiny_classifier(shape):
+    """The compiled classifier of a tiny untrained 4-bit QKeras model (seed 0) on ``shape``."""
     import tensorflow as tf
     from qkeras import QActivation, QConv2D, QDense, quantized_bits
 
@@ -512,7 +513,11 @@ def _shape_model(shape):
         tf.keras.layers.Flatten(),
         QDense(10, kernel_quantizer=bits, bias_quantizer=bits),  # logits
     ])
-    classifier = attacks.make_classifier(model, 10, shape, CLIP)
+    return attacks.make_classifier(model, 10, shape, CLIP)
+
+
+def _shape_model(shape):
+    classifier = tiny_classifier(shape)
     # Noise at three brightness levels: some samples are predicted unlike uniform noise,
     # which Boundary needs for its starting points.
     noise = np.random.default_rng(0).uniform(*CLIP, (MATRIX_N, *shape))

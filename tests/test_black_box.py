@@ -59,19 +59,9 @@ def _untrained(shape):
     """(compiled classifier, 4 noise inputs at four brightness levels, their predicted
     labels) for a tiny untrained QKeras model: some inputs are predicted unlike uniform
     noise, so Boundary finds starting points."""
-    import tensorflow as tf
-    from qkeras import QActivation, QConv2D, QDense, quantized_bits
+    from tests.test_attacks import tiny_classifier
 
-    tf.keras.utils.set_random_seed(0)
-    bits = quantized_bits(4, 0, 1)
-    model = tf.keras.Sequential([
-        tf.keras.Input(shape),
-        QConv2D(4, 3, strides=2, kernel_quantizer=bits, bias_quantizer=bits),
-        QActivation("relu"),
-        tf.keras.layers.Flatten(),
-        QDense(10, kernel_quantizer=bits, bias_quantizer=bits),  # logits
-    ])
-    classifier = attacks.make_classifier(model, 10, shape, CLIP)
+    classifier = tiny_classifier(shape)
     noise = np.random.default_rng(0).uniform(*CLIP, (4, *shape))
     x = (noise * np.linspace(0.2, 1.0, 4)[:, None, None, None]).astype(np.float32)
     return classifier, x, classifier.predict(x).argmax(axis=1)

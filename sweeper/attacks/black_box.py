@@ -116,6 +116,14 @@ def _boundary_attack_class() -> type:
                               axis=1)
             return preds == target if self.targeted else preds != y_p
 
+        def _adapted(self, size: float, ratio: float) -> float:
+            """ART's step adaptation: shrink the step below 20% success, grow it above 50%."""
+            if ratio < 0.2:
+                return size * self.step_adapt
+            if ratio > 0.5:
+                return size / self.step_adapt
+            return size
+
         def _orthogonal_step(self, x_adv, original, y_p, target, clip_min, clip_max):
             """ART's trust region on delta: the adversarial candidates of the first trial
             with any, or None after num_trial trials without one."""
@@ -125,10 +133,7 @@ def _boundary_attack_class() -> type:
                     clip_min, clip_max)
                 satisfied = self._satisfied(candidates, y_p, target)
                 ratio = np.mean(satisfied)
-                if ratio < 0.2:
-                    self.curr_delta *= self.step_adapt
-                elif ratio > 0.5:
-                    self.curr_delta /= self.step_adapt
+                self.curr_delta = self._adapted(self.curr_delta, ratio)
                 if ratio > 0:
                     return candidates[np.where(satisfied)[0]]
             return None
@@ -143,10 +148,7 @@ def _boundary_attack_class() -> type:
                 candidates = np.clip(x_advs + perturb, clip_min, clip_max)
                 satisfied = self._satisfied(candidates, y_p, target)
                 ratio = np.mean(satisfied)
-                if ratio < 0.2:
-                    self.curr_epsilon *= self.step_adapt
-                elif ratio > 0.5:
-                    self.curr_epsilon /= self.step_adapt
+                self.curr_epsilon = self._adapted(self.curr_epsilon, ratio)
                 if ratio > 0:
                     return self._best_adv(original, candidates[np.where(satisfied)[0]])
             return None
