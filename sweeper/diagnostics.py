@@ -85,15 +85,26 @@ CHECKS = {
 # for importers (the report); the store owns the definition.
 CONFIG_COLUMNS = store.CONFIG_COLUMNS
 
+# The flags repeat few strings (a configuration's columns, the check, the attack) across
+# many rows: those are dictionary-encoded, which keeps the flags of a 1 M-row store about
+# 20 MB smaller in memory. Parquet stores them so anyway; DuckDB reads them as VARCHAR,
+# and ``plain`` gives them as strings (to compare with a table of plain strings).
+_REPEATED = pa.dictionary(pa.int32(), pa.string())
+
+
+def _repeated(field: pa.Field) -> pa.Field:
+    return field.with_type(_REPEATED) if field.type == pa.string() else field
+
+
 SCHEMA = pa.schema([
-    *[store.SCHEMA.field(name) for name in CONFIG_COLUMNS],
-    pa.field("flag", pa.string()),  # which check (a column named "check" would need quoting in SQL)
-    pa.field("attack_label", pa.string()),  # the attack whose number the flag qualifies
-    pa.field("norm", pa.string()),
+    *[_repeated(store.SCHEMA.field(name)) for name in CONFIG_COLUMNS],
+    pa.field("flag", _REPEATED),  # which check (a column named "check" would need quoting in SQL)
+    pa.field("attack_label", _REPEATED),  # the attack whose number the flag qualifies
+    pa.field("norm", _REPEATED),
     pa.field("eps", pa.float64()),  # +inf: unbounded
-    pa.field("eps_label", pa.string()),
+    pa.field("eps_label", _REPEATED),
     # With the columns above these tell apart points that differ only in parameters or size.
-    pa.field("attack_params", pa.string()),
+    pa.field("attack_params", _REPEATED),
     pa.field("n_samples", pa.int32()),
     pa.field("value", pa.float64()),  # that attack's accuracy on the n_pairs samples compared
     pa.field("reference", pa.float64()),  # what it is compared with, on the same samples
@@ -104,6 +115,12 @@ SCHEMA = pa.schema([
     pa.field("fired", pa.bool_()),
     pa.field("detail", pa.string()),  # one sentence, for people
 ])
+
+
+def plain(flags: pa.Table) -> pa.Table:
+    """``flags`` with its dictionary-encoded columns as plain strings: two tables of the
+    same flags compare equal this way whatever order their dictionaries hold."""
+    return flags.cast(pa.schema([f.with_type(pa.string()) if f.type == _REPEATED else f for f in flags.schema]))
 
 # fold and sample_index packed into one sortable int64 key: sample_index < 2**40.
 _FOLD_SHIFT = 40
@@ -347,7 +364,7 @@ def _sql_points(connection, relation: str) -> None:
     usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
               "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
     _create_points(connection, relation, usable)
-    _mark_uniform(connection, relation, usable)
+    _mark_uniform(connection, relation)
     _create_samples(connection, relation)
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_info AS
@@ -398,8 +415,10 @@ _REGULAR = ("(len(list_distinct({0})) = len({0}) "
 
 def _create_points(connection, relation: str, usable: str) -> None:
     """_dg_points: one row per point with its scalars, its rows (``members``), whether its
-    folds are distinct, whether it is complete (no unknown outcome, no empty row), its folds
-    and its outcomes concatenated in fold order as bit strings."""
+    folds are distinct, whether it is complete (no unknown outcome, no empty row), the
+    fingerprint of its rows' sample indices (``indices``: the XOR of each row's hash of its
+    fold and sample indices; one number, so the grouping stays small), its folds and its
+    outcomes concatenated in fold order as bit strings."""
     complete = ("len(sample_index) > 0 AND list_count(clean_correct) = len(sample_index) "
                 "AND list_count(adv_correct) = len(sample_index)")
     keys = ", ".join(f'"{c}"' for c in _POINT_KEY)
@@ -414,31 +433,41 @@ def _create_points(connection, relation: str, usable: str) -> None:
                    arg_min_null(n_classes, _order) AS n_classes, arg_min_null(n_features, _order) AS n_features,
                    CASE WHEN count(*) = count(clip_max - clip_min) THEN max(clip_max - clip_min) END AS input_range,
                    bool_and({complete}) AS complete,
+                   bit_xor(hash(coalesce(fold, -1), sample_index)) AS indices,
                    list_sort(list({{'fold': coalesce(fold, -1), 'clean': {_BITS.format('clean_correct')},
                                    'adv': {_BITS.format('adv_correct')}}})) AS rows,
                    list(_order) AS members
             FROM {relation} WHERE {usable} GROUP BY {keys}))""")
 
 
-def _mark_uniform(connection, relation: str, usable: str) -> None:
+def _mark_uniform(connection, relation: str) -> None:
     """Add ``uniform`` to _dg_points: true for every point of a configuration whose points
-    are all complete and hold the same distinct folds, and whose rows of one fold all hold
-    the same regular sample indices in the same order. Any two of its points then have the same
-    samples at the same places of their bit strings, so a paired count is a ``bit_count``."""
+    are all complete and hold the same distinct folds, each fold with the same regular
+    sample indices in the same order. Any two of its points then have the same samples at
+    the same places of their bit strings, so a paired count is a ``bit_count``.
+
+    "The same sample indices" is decided by the points' 64-bit fingerprints: two points of
+    one configuration with different lists would have to share one (odds about k^2 / 2^64
+    for k distinct fingerprints in it) to pair wrongly. Regularity is then checked on one
+    point's rows per configuration, not on every row: checking that a list is distinct
+    costs more than the rest of the first pass."""
     config = ", ".join(f'"{c}"' for c in CONFIG_COLUMNS)
     same = " AND ".join(f'p."{c}" IS NOT DISTINCT FROM u."{c}"' for c in CONFIG_COLUMNS)
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dg_points AS
         WITH u AS (
-            SELECT {config}, bool_and(ok) AS uniform FROM (
-                SELECT {config}, lo = hi AND {_REGULAR.format('lo')} AS ok FROM (
-                    SELECT {config}, min(sample_index) AS lo, max(sample_index) AS hi
-                    FROM {relation} WHERE {usable} GROUP BY {config}, coalesce(fold, -1))
-                UNION ALL
-                SELECT {config}, bool_and(distinct_folds AND complete) AND min(folds) = max(folds)
-                FROM _dg_points GROUP BY {config})
-            GROUP BY {config})
-        SELECT p.*, u.uniform FROM _dg_points AS p JOIN u ON {same}""")
+            SELECT {config}, bool_and(distinct_folds AND complete) AND min(folds) = max(folds)
+                             AND min(indices) = max(indices) AS candidate, min(pid) AS first
+            FROM _dg_points GROUP BY {config}),
+        shown AS (  -- the rows of each candidate configuration's first point
+            SELECT u.first AS pid, unnest(p.members) AS _order
+            FROM u JOIN _dg_points AS p ON p.pid = u.first WHERE u.candidate),
+        regular AS (
+            SELECT s.pid, bool_and({_REGULAR.format('r.sample_index')}) AS regular
+            FROM shown AS s JOIN (SELECT _order, sample_index FROM {relation}) AS r USING (_order)
+            GROUP BY s.pid)
+        SELECT p.*, coalesce(u.candidate AND g.regular, false) AS uniform
+        FROM _dg_points AS p JOIN u ON {same} LEFT JOIN regular AS g ON g.pid = u.first""")
 
 
 def _create_samples(connection, relation: str) -> None:
@@ -554,7 +583,11 @@ def _assemble(points: pa.Table, info: dict[str, np.ndarray], counted: dict[str, 
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        return _chunks(points, _point_info(points, info), counted)
+        info = _point_info(points, info)
+        encoded = pa.table({name: column.combine_chunks().dictionary_encode() if SCHEMA.field(name).type == _REPEATED else column
+                            for name, column in zip(points.column_names, points.columns)
+                            if name in SCHEMA.names})  # taken per flag: the indices, not the strings
+        return _chunks(encoded, info, counted)
     finally:
         pa.set_memory_pool(previous)
 
@@ -712,7 +745,7 @@ def _flag_table(points: pa.Table, info: dict[str, np.ndarray], columns: dict[str
                             labels)
     data = {name: points.column(name).take(at) for name in (*CONFIG_COLUMNS, "attack_label", "norm", "eps",
                                                               "eps_label", "attack_params", "n_samples")}
-    data["flag"] = _strings(list(CHECKS)).take(family)
+    data["flag"] = pa.DictionaryArray.from_arrays(family.cast(pa.int32()), _strings(list(CHECKS)))
     data.update(value=columns["value"], reference=columns["reference"], reference_label=references,
                 p_value=columns["p_value"], p_adjusted=columns["p_adjusted"], n_pairs=columns["n"],
                 fired=columns["fired"], detail=_details(info, at, references, columns))
