@@ -17,7 +17,8 @@ validate``), and such a plan cannot be launched.
 Transfer attacks (an attack entry with a ``source``): a *transfer cell* on target job T
 evaluates T on the adversarial examples of a *source cell*, the same attack, norm,
 parameters and eps on the source job S (the same dataset, fold, seed and training
-settings, with the source's model and/or quantizer). Every transfer cell's source cell is
+settings, with the source's model, quantizer and/or defense; a defended target's source
+is trained with the same defense unless the entry names one). Every transfer cell's source cell is
 in the plan (added to S's cells when the grid lists no such white-box attack) and is
 marked ``keeps_arrays``: its examples are stored for the targets. A target that is its own
 source gets no transfer cell (its white-box cell is that number). A transfer cell's
@@ -235,12 +236,11 @@ def _jobs(grid: Grid, fingerprints: bool):
 def _defenses_of(grid: Grid, dataset: str, quantizer: str) -> list[dict[str, Any]]:
     """The TrainingJob defense fields of every defense entry that applies to a
     (dataset, quantizer)."""
+    applies = set(grid.defenses_of(dataset, quantizer))
     return [{"defense": entry.name, "defense_label": entry.key,
              "defense_params": tuple(sorted((k, tuple(v) if isinstance(v, list) else v)  # hashable
                                             for k, v in entry.resolved_params().items()))}
-            for entry in grid.defenses
-            if (entry.quantizers is None or quantizer in entry.quantizers)
-            and (entry.datasets is None or dataset in entry.datasets)]
+            for entry in grid.defenses if entry.key in applies]
 
 
 def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> str:
@@ -270,7 +270,7 @@ def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int, label: 
 def _transfer_cells(grid: Grid, jobs: tuple[TrainingJob, ...], own: dict[str, list[Cell]]) -> dict[str, list[Cell]]:
     """Each job's transfer cells. Their source cells are added to (or marked in) ``own``:
     a source job's white-box cell that a transfer entry needs is in the plan, keeping arrays."""
-    by_setup = {(j.dataset_key, j.model, j.quantizer, j.fold): j for j in jobs}
+    by_setup = {(j.dataset_key, j.model, j.quantizer, j.defense_label, j.fold): j for j in jobs}
     transfers: dict[str, list[Cell]] = {job.job_id: [] for job in jobs}
     for job in jobs:
         samples = grid.samples_for(job.dataset)
@@ -278,7 +278,8 @@ def _transfer_cells(grid: Grid, jobs: tuple[TrainingJob, ...], own: dict[str, li
             if entry.source is None or (entry.datasets is not None and job.dataset not in entry.datasets):
                 continue
             model, quantizer = entry.source.of(job.model, job.quantizer)
-            source_job = by_setup[job.dataset_key, model, quantizer, job.fold]  # grid.py checked it is trained
+            defense = entry.source.defense_of(job.defense_label)
+            source_job = by_setup[job.dataset_key, model, quantizer, defense, job.fold]  # grid.py checked it
             if source_job.job_id == job.job_id:
                 continue  # its own source: the white-box cell is that number
             params = tuple(sorted(entry.resolved_params().items()))

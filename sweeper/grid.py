@@ -112,27 +112,38 @@ class DatasetChoice(_Frozen):
 
 
 class Source(_Frozen):
-    """Where a transfer attack crafts its examples: another model and/or quantizer of the
-    same dataset, fold, seed and training settings (what is not named is the target's)."""
+    """Where a transfer attack crafts its examples: another model, quantizer and/or
+    defense of the same dataset, fold, seed and training settings (what is not named is
+    the target's). ``defense`` names a defense entry by its label: ``{quantizer: fp,
+    defense: none}`` gives every target, defended or not, the examples of the undefended
+    fp model, so a defended model and its undefended twin face the same examples."""
 
     model: str | None = None
     quantizer: str | None = None
+    defense: str | None = None
 
     @model_validator(mode="after")
     def _known(self) -> "Source":
         from sweeper.models import MODELS
         from sweeper.quantizers import QUANTIZERS
 
-        if self.model is None and self.quantizer is None:
-            raise ValueError("name the source's model and/or quantizer, e.g. {quantizer: fp}")
+        if self.model is None and self.quantizer is None and self.defense is None:
+            raise ValueError("name the source's model, quantizer and/or defense, e.g. {quantizer: fp}")
         _known_names(MODELS, (self.model,) if self.model else ())
         _known_names(QUANTIZERS, (self.quantizer,) if self.quantizer else ())
         return self
 
     @property
     def label(self) -> str:
-        """``fp``, ``resnet8`` or ``resnet8/fp``: what a transfer attack's label appends."""
-        return "/".join(name for name in (self.model, self.quantizer) if name)
+        """``fp``, ``resnet8``, ``resnet8/fp`` or ``fp+none``: what a transfer attack's label
+        appends."""
+        base = "/".join(name for name in (self.model, self.quantizer) if name)
+        return f"{base}+{self.defense}" if self.defense else base
+
+    def defense_of(self, defense: str) -> str:
+        """The defense label of the model that crafts the examples a target trained with
+        ``defense`` (a label) gets."""
+        return self.defense or defense
 
     def of(self, model: str, quantizer: str) -> tuple[str, str]:
         """The (model, quantizer) that crafts the examples a target (model, quantizer) gets."""
@@ -408,13 +419,29 @@ class Grid(_Frozen):
                 if entry.datasets is not None and dataset.name not in entry.datasets:
                     continue
                 for model, quantizer in self.trained(dataset.name):
-                    source = entry.source.of(model, quantizer)
-                    if source not in self.trained(dataset.name):
-                        raise ValueError(
-                            f"attacks.{index}.source: {source[0]}/{source[1]} (the source of "
-                            f"{model}/{quantizer}) is not trained for dataset {dataset.name!r}; "
-                            f"name a model and quantizer the grid trains")
+                    for defense in self.defenses_of(dataset.name, quantizer):
+                        self._check_source(index, entry.source, dataset.name, model, quantizer, defense)
         return self
+
+    def _check_source(self, index: int, source: "Source", dataset: str, model: str, quantizer: str,
+                      defense: str) -> None:
+        where = f"attacks.{index}.source"
+        wanted = source.of(model, quantizer)
+        if wanted not in self.trained(dataset):
+            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} (the source of {model}/{quantizer}) is not "
+                             f"trained for dataset {dataset!r}; name a model and quantizer the grid trains")
+        wanted_defense = source.defense_of(defense)
+        if wanted_defense not in self.defenses_of(dataset, wanted[1]):
+            known = ", ".join(entry.key for entry in self.defenses)
+            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {wanted_defense!r} (the source of "
+                             f"{model}/{quantizer} with {defense!r}) is not trained for dataset {dataset!r}; "
+                             f"name the source's defense, one of: {known}")
+
+    def defenses_of(self, dataset: str, quantizer: str) -> list[str]:
+        """The labels of the defenses the grid trains a (dataset, quantizer) with."""
+        return [entry.key for entry in self.defenses
+                if (entry.quantizers is None or quantizer in entry.quantizers)
+                and (entry.datasets is None or dataset in entry.datasets)]
 
     def trained(self, dataset: str) -> list[tuple[str, str]]:
         """The (model, quantizer) pairs the grid trains on ``dataset``."""

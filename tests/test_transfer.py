@@ -30,8 +30,11 @@ def transfer_grid(**source) -> dict:
 # ---------------------------------------------------------------- grid
 
 @pytest.mark.parametrize("source, message", [
-    ({"quantizer": "fp", "preset": "x"}, "attacks.1.source.preset: unknown key; accepted: model, quantizer"),
-    ({}, "attacks.1.source: name the source's model and/or quantizer"),
+    ({"quantizer": "fp", "preset": "x"}, "attacks.1.source.preset: unknown key; accepted: model, quantizer, defense"),
+    ({}, "attacks.1.source: name the source's model, quantizer and/or defense"),
+    ({"quantizer": "fp", "defense": "jr"}, "attacks.1.source: small_cnn/fp with defense 'jr' (the source of "
+                                           "small_cnn/fp with 'none') is not trained for dataset 'digits'; "
+                                           "name the source's defense, one of: none"),
     ({"quantizer": "int8"}, "attacks.1.source: small_cnn/int8 (the source of small_cnn/fp) is not trained "
                             "for dataset 'digits'"),
     ({"model": "resnet8"}, "attacks.1.source: resnet8/fp (the source of small_cnn/fp) is not trained"),
@@ -52,6 +55,42 @@ def test_a_transfer_entry_is_labelled_by_its_source():
 
 
 # ---------------------------------------------------------------- expansion
+
+def defended_transfer_grid(**source) -> dict:
+    """fp and int4, each undefended and with jr."""
+    raw = transfer_grid(**source)
+    raw["defenses"] = ["none", "jr"]
+    return raw
+
+
+def test_a_defended_targets_source_has_its_defense_unless_the_entry_names_one():
+    plan = expand.expand(grid.validate(defended_transfer_grid()), fingerprints=False)
+    jobs = {(j.quantizer, j.defense_label): j for j in plan.jobs}
+    by_id = {c.cell_id: c for c in plan.cells}
+    sources = {(jobs_key, by_id[c.source.cell_id].job_id) for jobs_key, j in jobs.items()
+               for c in plan.cells_of(j.job_id) if c.source is not None}
+    # what the entry does not name is the target's: int4+jr learns from fp+jr
+    assert sources == {(("int4", "none"), jobs["fp", "none"].job_id), (("int4", "jr"), jobs["fp", "jr"].job_id)}
+    named = expand.expand(grid.validate(defended_transfer_grid(quantizer="fp", defense="none")),
+                          fingerprints=False)
+    jobs = {(j.quantizer, j.defense_label): j for j in named.jobs}
+    transfers = [c for c in named.cells if c.source is not None]
+    assert {c.attack_label for c in transfers} == {"fgsm<-fp+none"}
+    # every target but fp+none itself gets the undefended fp model's examples: a defended
+    # model and its undefended twin face the same examples
+    assert {c.source.job_id for c in transfers} == {jobs["fp", "none"].job_id}
+    assert {c.job_id for c in transfers} == {jobs[k].job_id for k in [("fp", "jr"), ("int4", "none"), ("int4", "jr")]}
+
+
+def test_a_source_defense_must_be_trained_for_the_source():
+    raw = defended_transfer_grid()
+    raw["defenses"] = ["none", {"name": "jr", "quantizers": ["int4"]}]  # fp is never trained with jr
+    with pytest.raises(UserError, match=re.escape("attacks.1.source: small_cnn/fp with defense 'jr' (the source "
+                                                  "of small_cnn/int4 with 'jr') is not trained")):
+        grid.validate(raw)
+    raw["attacks"][1]["source"] = {"quantizer": "fp", "defense": "none"}
+    assert grid.validate(raw).attacks[1].key == "fgsm<-fp+none"
+
 
 def test_expansion_implies_the_source_cells_and_skips_a_model_that_is_its_own_source():
     plan = expand.expand(grid.validate(transfer_grid()), fingerprints=False)
