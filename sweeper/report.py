@@ -15,6 +15,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
   drawn in, and the configurations that fit each target (flash, and RAM against its
   largest contiguous block);
+- defended against undefended twins (only when the store has defended rows): each
+  defense's accuracy change per attack and budget, paired, whether a gain is
+  gradient-only, and the masking flags of both (``sweeper.twins``);
 - the gradient-masking diagnostics, and the provenance of every launch.
 
 Every number comes from the query views (``sweeper.query``), so a table can be checked
@@ -30,7 +33,7 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper import diagnostics, query, store
+from sweeper import diagnostics, query, store, twins
 from sweeper.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
@@ -89,7 +92,8 @@ class _Report:
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                    self._transfer(), self._eps_curves(), self._pareto(), self._diagnostics(), self._provenance()]
+                    self._transfer(), self._eps_curves(), self._pareto(), self._defenses(), self._diagnostics(),
+                    self._provenance()]
         return [section for section in sections if section]  # a store without transfer rows has no such section
 
     # ------------------------------------------------------------ helpers
@@ -383,6 +387,58 @@ class _Report:
                                    f"{f['detail']}" for f in fired))
         return "\n\n".join(parts)
 
+    def _defenses(self) -> str:
+        """Each defended configuration against its undefended twin (sweeper.twins), per
+        dataset: the paired changes, the verdicts, and the masking flags of both."""
+        if all(r["defense"] in (None, twins.NONE) for r in self.robust):
+            return ""
+        compared = twins.compare(query.fetch(self.db, twins.ROWS_SQL))
+        verdicts = twins.verdicts(compared)
+        query.write_text(query.render(compared, "csv"), str(self.out / "defense_effect.csv"))
+        query.write_text(query.render(verdicts, "csv"), str(self.out / "defense_verdicts.csv"))
+        parts = ["## Defended vs undefended",
+                 "Each defended model against its twin: the same dataset, model, quantizer, training settings, "
+                 "K and seed, trained without a defense, evaluated by the same attacks on the same samples "
+                 "(folds pooled, samples aligned). Cells read `twin -> defended (change, p_adj)`: an exact "
+                 "two-sided McNemar test, Holm-adjusted within each defended model; **bold**: significant "
+                 f"(p_adj < {diagnostics.ALPHA} and |change| >= {diagnostics.MIN_MARGIN}). A gain only under "
+                 "gradient attacks, while black-box and transfer attacks at that budget find none, is the mark "
+                 "of gradient masking. Every number is in `defense_effect.csv` and `defense_verdicts.csv`."]
+        records, judged = compared.to_pylist(), verdicts.to_pylist()
+        for dataset in self._datasets():
+            mine = [r for r in records if _dataset_name(r) == dataset]
+            if mine:
+                verdicts = [v for v in judged if _dataset_name(v) == dataset]
+                parts += [f"### {dataset}", *self._defense_tables(mine, verdicts)]
+        if len(parts) == 1:
+            parts.append("No defended model has an undefended twin in this store.")
+        return "\n\n".join(parts)
+
+    def _defense_tables(self, records: list[dict], judged: list[dict]) -> list[str]:
+        """The changes (a row per defended model and twin, a column per point), the
+        verdicts, and the flags per check letter."""
+        pairs = {(r["config_id"], r["twin_config_id"]): {c: r[c] for c in CONFIG} for r in records}
+        several = {defended for defended, _ in pairs if sum(d == defended for d, _ in pairs) > 1}
+        name = lambda config, twin: self._label(config) + (  # noqa: E731
+            f" (twin {twin})" if config["config_id"] in several else "")
+        columns = sorted({twins.column(r) for r in records})
+        cells = {(r["config_id"], r["twin_config_id"], twins.column(r)): twins.cell(r) for r in records}
+        changes = [[name(config, twin), *[cells.get((defended, twin, column), "") for column in columns]]
+                   for (defended, twin), config in pairs.items()]
+        verdicts = [[name({c: v[c] for c in CONFIG}, v["twin_config_id"]), f"L{v['norm']} @ {v['eps_label']}",
+                     f"**{v['verdict']}**" if v["gradient_only"] else v["verdict"],
+                     _evidence(v, "gradient"), _evidence(v, "black_box")] for v in judged]
+        flags = []
+        for (defended, twin), config in pairs.items():
+            mine, theirs = twins.flag_counts(self.flags, defended), twins.flag_counts(self.flags, twin)
+            flags.append([name(config, twin), *[f"{_fired(mine.get(check))} ({_fired(theirs.get(check))})"
+                                                for check in MARKERS]])
+        return [markdown_table(["defended model", *twins.headers(columns)], changes),
+                markdown_table(["defended model", "budget", "verdict", "gradient attack (largest rise)",
+                                "black-box or transfer (largest rise)"], verdicts),
+                "Gradient-masking flags, fired/judged per check: the defended model, then (its twin).",
+                markdown_table(["defended model", *MARKERS.values()], flags)]
+
     def _provenance(self) -> str:
         launches = self._records("SELECT * FROM launches ORDER BY started_at")
         rows = [[l["started_at"], l["grid_name"], l["grid_file"] or "(in code)", l["grid_sha256"][:12] or "-",
@@ -457,6 +513,17 @@ def _pair(qkeras: float | None, deployed: float | None) -> str:
 
 def _variance(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.2e}"
+
+
+def _evidence(verdict: dict, group: str) -> str:
+    if verdict[f"{group}_attack"] is None:
+        return "none measured"
+    return (f"{verdict[f'{group}_attack']}: {fmt(verdict[f'{group}_twin_acc'])} -> "
+            f"{fmt(verdict[f'{group}_defended_acc'])} (p_adj {verdict[f'{group}_p_adjusted']:.2g})")
+
+
+def _fired(counts: tuple[int, int] | None) -> str:
+    return "-" if counts is None else f"{counts[0]}/{counts[1]}"
 
 
 def _file_name(name: str) -> str:
