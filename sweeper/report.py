@@ -417,6 +417,9 @@ class _Report:
     def _defense_tables(self, records: list[dict], judged: list[dict]) -> list[str]:
         """The changes (a row per defended model and twin, a column per point), the
         verdicts, and the flags per check letter."""
+        order = lambda config: (config["model"], config["quantizer"], config["defense_label"])  # noqa: E731
+        records = sorted(records, key=lambda r: order(r))
+        judged = sorted(judged, key=lambda v: (*order(v), v["norm"], v["eps"]))
         pairs = {(r["config_id"], r["twin_config_id"]): {c: r[c] for c in CONFIG} for r in records}
         several = {defended for defended, _ in pairs if sum(d == defended for d, _ in pairs) > 1}
         name = lambda config, twin: self._label(config) + (  # noqa: E731
@@ -434,8 +437,8 @@ class _Report:
             flags.append([name(config, twin), *[f"{_fired(mine.get(check))} ({_fired(theirs.get(check))})"
                                                 for check in MARKERS]])
         return [markdown_table(["defended model", *twins.headers(columns)], changes),
-                markdown_table(["defended model", "budget", "verdict", "gradient attack (largest rise)",
-                                "black-box or transfer (largest rise)"], verdicts),
+                markdown_table(["defended model", "budget", "verdict", "gradient attack (largest change up)",
+                                "black-box or transfer (largest change up)"], verdicts),
                 "Gradient-masking flags, fired/judged per check: the defended model, then (its twin).",
                 markdown_table(["defended model", *MARKERS.values()], flags)]
 

@@ -87,7 +87,10 @@ SCHEMA = pa.schema([
 VERDICTS = {
     "gradient-only gain": "a gradient attack's accuracy rose significantly; no black-box or transfer "
                           "attack's did",
-    "gain under black-box too": "a black-box or transfer attack's accuracy rose significantly",
+    "gain under black-box too": "a gradient attack's and a black-box or transfer attack's accuracy both "
+                                "rose significantly",
+    "black-box-only gain": "a black-box or transfer attack's accuracy rose significantly, no gradient "
+                           "attack's did (often: the twin's gradients were masked and the defense's are not)",
     "no significant gain": "no attack's accuracy rose significantly",
     "not judged (no black-box or transfer attack at this budget)":
         "a gradient attack's accuracy rose significantly, but nothing that ignores gradients was measured",
@@ -256,7 +259,7 @@ def _verdict(key: tuple, rows: list[dict]) -> dict:
     blind = [r for r in rows if r["kind"] in ("black-box", "transfer")]  # no gradient of the target
     rose = lambda group: [r for r in group if r["significant"] and r["change"] > 0]  # noqa: E731
     if rose(blind):
-        verdict = "gain under black-box too"
+        verdict = "gain under black-box too" if rose(gradient) else "black-box-only gain"
     elif rose(gradient):
         verdict = "gradient-only gain" if blind else "not judged (no black-box or transfer attack at this budget)"
     else:
@@ -265,7 +268,7 @@ def _verdict(key: tuple, rows: list[dict]) -> dict:
            "verdict": verdict, "gradient_only": verdict == "gradient-only gain",
            "n_gradient": len(gradient), "n_black_box": len(blind)}
     for prefix, group in (("gradient", gradient), ("black_box", blind)):
-        best = max(group, key=lambda r: r["change"], default=None)  # the largest rise: what decides
+        best = max(group, key=lambda r: r["change"], default=None)  # the largest change up (may be < 0)
         out.update({f"{prefix}_{name}": None if best is None else best[field]
                     for name, field in (("attack", "attack_label"), ("twin_acc", "twin_acc"),
                                         ("defended_acc", "defended_acc"), ("p_adjusted", "p_adjusted"))})

@@ -99,6 +99,16 @@ def test_transfer_counts_as_black_box_and_a_budget_without_one_is_not_judged():
     assert not verdict_at(verdicts, 0.2)["gradient_only"]
 
 
+def test_a_gain_under_black_box_alone_is_its_own_verdict():
+    """The twin masked its gradients (PGD high, Square low); the defense undid it: PGD
+    falls, Square rises. No gradient-only gain, and no 'too'."""
+    plain, jr = model("plain"), model("jr", JR)
+    compared = twins.compare(table(plain("pgd", 0.1, hits(60)), jr("pgd", 0.1, hits(30)),
+                                   plain("square", 0.1, hits(10)), jr("square", 0.1, hits(40))))
+    judged = verdict_at(twins.verdicts(compared))
+    assert (judged["verdict"], judged["gradient_only"]) == ("black-box-only gain", False)
+
+
 def test_a_significant_drop_is_no_gain():
     plain, jr = model("plain"), model("jr", JR)
     compared = twins.compare(table(plain("pgd", 0.1, hits(80)), jr("pgd", 0.1, hits(20)),
