@@ -32,12 +32,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import sweeper  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import attacks  # noqa: E402
+from sweeper.attacks import black_box  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -71,21 +71,8 @@ def train_digits_model(seed: int, model_name: str, preset: str):
     return model, x[1500:], y[1500:]
 
 
-@contextlib.contextmanager
-def stock_attack_classes():
-    """sweeper's Square and Boundary builders make ART's own SquareAttack and
-    BoundaryAttack while active."""
-    from art.attacks.evasion import BoundaryAttack, SquareAttack
-
-    from sweeper.attacks import black_box, square
-
-    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack), \
-            mock.patch.object(black_box, "_boundary_attack_class", lambda: BoundaryAttack):
-        yield
-
-
 def timed_run(classifier, name, x, y, eps, norm, params, seed, stock_attack=False):
-    stock = stock_attack_classes() if stock_attack else contextlib.nullcontext()
+    stock = black_box.stock_art_classes() if stock_attack else contextlib.nullcontext()
     with stock:
         started = time.perf_counter()
         x_adv = attacks.run(name, classifier, x, y, eps, norm, params, seed)

@@ -122,8 +122,10 @@ def plain(flags: pa.Table) -> pa.Table:
     same flags compare equal this way whatever order their dictionaries hold."""
     return flags.cast(pa.schema([f.with_type(pa.string()) if f.type == _REPEATED else f for f in flags.schema]))
 
-# fold and sample_index packed into one sortable int64 key: sample_index < 2**40.
-_FOLD_SHIFT = 40
+
+# fold and sample_index packed into one sortable int64 key: sample_index < 2**40 (twins.py
+# and the tests' reference key samples the same way).
+FOLD_SHIFT = 40
 _SCALARS = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max"]
 _OUTCOMES = ["sample_index", "clean_correct", "adv_correct"]
 
@@ -268,7 +270,7 @@ _TEXTS = {  # the sentence of a paired comparison
 # tests/test_diagnostics.py checks that both give the same table.
 
 _POINT_KEY = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
-_KEY_FOLD = 1 << _FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_index, as _flat_samples
+_KEY_FOLD = 1 << FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_index, as _flat_samples
 
 
 def diagnose(rows: pa.Table) -> pa.Table:

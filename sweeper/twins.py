@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 
 from sweeper import store
 from sweeper.attacks import ATTACKS
-from sweeper.diagnostics import ALPHA, MIN_MARGIN, binomial_p, holm
+from sweeper.diagnostics import ALPHA, FOLD_SHIFT, MIN_MARGIN, binomial_p, holm
 
 NONE = "none"  # the clean evaluation's attack, and plain training's defense
 KINDS = ("clean", "gradient", "black-box", "transfer")  # in the order the tables list them
@@ -66,7 +66,6 @@ _DEFENSE = CONFIG_COLUMNS.index("defense")
 _CONFIG_ID = CONFIG_COLUMNS.index("config_id")
 _OUTCOMES = ["fold", "sample_index", "clean_correct", "adv_correct"]
 _NEEDED = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, *_OUTCOMES]
-_FOLD_SHIFT = 40  # (fold, sample_index) -> fold * 2**40 + sample_index: sample_index < 2**40
 
 SCHEMA = pa.schema([
     *[store.SCHEMA.field(name) for name in CONFIG_COLUMNS],  # the defended configuration
@@ -174,7 +173,7 @@ def _points(table: pa.Table) -> dict[tuple, dict[tuple, dict]]:
     lengths = np.asarray(pc.list_value_length(table.column("sample_index")).fill_null(0))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     folds = np.asarray(pc.fill_null(table.column("fold"), -1)).astype(np.int64)
-    keys = (np.repeat(folds, lengths) << _FOLD_SHIFT) + np.asarray(flat_index.fill_null(-1)).astype(np.int64)
+    keys = (np.repeat(folds, lengths) << FOLD_SHIFT) + np.asarray(flat_index.fill_null(-1)).astype(np.int64)
     right = np.asarray(flat_right.fill_null(False)).astype(bool)
     scalars = {name: table.column(name).to_pylist() for name in [*CONFIG_COLUMNS, *store.POINT_COLUMNS]}
     groups: dict[tuple, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))

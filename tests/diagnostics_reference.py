@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from sweeper import store
 from sweeper.attacks import ATTACKS
 from sweeper.diagnostics import (
-    _FOLD_SHIFT,
+    FOLD_SHIFT,
     _OUTCOMES,
     _SCALARS,
     ALPHA,
@@ -123,7 +123,7 @@ def _flat_samples(table: pa.Table) -> dict[str, np.ndarray]:
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     folds = pc.fill_null(table.column("fold"), -1).to_numpy().astype(np.int64)
     index = pc.fill_null(flat["sample_index"], -1).to_numpy().astype(np.int64)
-    keys = (np.repeat(folds, lengths) << _FOLD_SHIFT) + index
+    keys = (np.repeat(folds, lengths) << FOLD_SHIFT) + index
     return {"offsets": offsets, "valid": valid, "keys": keys,
             **{name: pc.fill_null(flat[name], False).to_numpy(zero_copy_only=False).astype(bool)
                for name in ("clean_correct", "adv_correct")}}

@@ -32,19 +32,6 @@ SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "speech_commands": (49, 1
 NARROW_P_INIT = 0.1
 
 
-@contextlib.contextmanager
-def _art_attack_classes():
-    """sweeper's Square and Boundary builders make ART's own SquareAttack and
-    BoundaryAttack while active."""
-    from art.attacks.evasion import BoundaryAttack, SquareAttack
-
-    from sweeper.attacks import square
-
-    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack), \
-            mock.patch.object(black_box, "_boundary_attack_class", lambda: BoundaryAttack):
-        yield
-
-
 def _art_works(shape, norm, params) -> bool:
     """Whether ART's own Square runs on this shape (see NARROW_P_INIT); its L2 start lays
     5x5 bumps of side height // 5, which overrun a narrow width whatever p_init."""
@@ -88,7 +75,7 @@ def test_orthogonal_perturbs_are_arts_draw_for_draw(shape, current_dtype):
 
 
 def _run(name, classifier, x, y, eps, norm, params, seed, art=False):
-    with _art_attack_classes() if art else contextlib.nullcontext():
+    with black_box.stock_art_classes() if art else contextlib.nullcontext():
         return attacks.run(name, classifier, x, y, eps, norm, params, seed)
 
 

@@ -10,8 +10,10 @@ this module imports neither TensorFlow nor ART.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import sys
 
 import numpy as np
 
@@ -212,3 +214,19 @@ ZOO = AttackSpec(
     build=_build_zoo,
     description="ZOO, zeroth-order C&W L2 (Chen et al. 2017); eps is a post-hoc L2 budget",
 )
+
+
+@contextlib.contextmanager
+def stock_art_classes():
+    """While active, sweeper's Square and Boundary builders make ART's own SquareAttack
+    and BoundaryAttack: the reference that the equality tests and bench/attacks.py
+    compare sweeper's faster subclasses with."""
+    from unittest import mock
+
+    from art.attacks.evasion import BoundaryAttack, SquareAttack
+
+    from sweeper.attacks import square
+
+    with mock.patch.object(square, "_square_attack_class", lambda: SquareAttack), \
+            mock.patch.object(sys.modules[__name__], "_boundary_attack_class", lambda: BoundaryAttack):
+        yield
