@@ -80,12 +80,16 @@ def test_the_heartbeat_refreshes_and_notices_a_takeover(tmp_path):
     while lease.read(store.locate(str(tmp_path))).heartbeat == started and time.monotonic() < deadline:
         time.sleep(0.01)
     assert lease.read(store.locate(str(tmp_path))).heartbeat > started
-    write_lease(tmp_path, launch_id="usurper")  # as if it had stalled past the TTL
+    # A launch that judges the lease stale (as if the holder had stalled past the TTL) takes
+    # it over the way every launch does, under the store's lock. (Writing the file behind
+    # the lock's back raced with a refresh already between its read and its write.)
+    usurper = taken(tmp_path, "usurper", ttl=0.0, heartbeat=3600)
     while not held.lost and time.monotonic() < deadline:
         time.sleep(0.01)
     assert held.lost
     held.release()
     assert lease.read(store.locate(str(tmp_path))).launch_id == "usurper"  # not ours to delete
+    usurper.release()
 
 
 def test_wait_proceeds_when_the_holder_releases(tmp_path):
