@@ -24,6 +24,12 @@ marked ``keeps_arrays``: its examples are stored for the targets. A target that 
 source gets no transfer cell (its white-box cell is that number). A transfer cell's
 identity adds its source cell's id, so it never shares an id with a white-box cell, and
 every id of a grid without transfer entries is what it was.
+
+Bit widths (defense ``dbwt``): a dbwt job's white-box cells are repeated at each width of
+its ``bits`` other than the preset's own, with ``Cell.eval_bits`` set (in the cell's
+identity only then). Their rows belong to a configuration of their own
+(``TrainingJob.config_id_at``): the same weights quantized at another width are another
+model, never averaged with the preset's. Transfer cells evaluate the preset's width only.
 """
 
 from __future__ import annotations
@@ -92,6 +98,13 @@ class TrainingJob:
                 "model_fingerprint": self.model_fingerprint, "k": self.k, "seed": self.seed,
                 "train": dict(self.train), "libraries": library_minor_versions(), **self.defense_identity()}
 
+    def config_id_at(self, eval_bits: int | None) -> str:
+        """The configuration of this job's rows evaluated at ``eval_bits`` (dbwt's other
+        widths): the same weights quantized otherwise are another configuration."""
+        if eval_bits is None:
+            return self.config_id
+        return stable_id({**self.config_identity(), "eval_bits": eval_bits})
+
     def defense_identity(self) -> dict[str, Any]:
         if self.defense == CLEAN:
             return {}
@@ -124,12 +137,17 @@ class Cell:
     # A source cell: its adversarial examples are stored for transfer cells (not part of
     # its identity: storing them does not change its row).
     keeps_arrays: bool = field(default=False, compare=False)
+    # dbwt: the bit width the job's weights are quantized at for this cell; None: the
+    # preset's own (every cell of every other defense).
+    eval_bits: int | None = None
 
     def identity(self) -> dict[str, Any]:
         identity = {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
                     "params": self.art_params(), "samples": self.samples}
         if self.source is not None:  # only then: white-box ids stay what they were
             identity["source"] = self.source.cell_id
+        if self.eval_bits is not None:  # likewise
+            identity["eval_bits"] = self.eval_bits
         return identity
 
     def art_params(self) -> dict[str, Any]:
@@ -200,7 +218,7 @@ def expand(grid: Grid, fingerprints: bool = True) -> Plan:
     jobs = tuple(_jobs(grid, fingerprints))
     if len({job.job_id for job in jobs}) != len(jobs):
         raise UserError("datasets: a dataset is listed twice with the same options")
-    own = {job.job_id: list(_cells(grid, job)) for job in jobs}
+    own = {job.job_id: _cells(grid, job) for job in jobs}
     transfers = _transfer_cells(grid, jobs, own)
     cells = tuple(cell for job in jobs for cell in [*own[job.job_id], *transfers[job.job_id]])
     _reject_duplicates(cells)
@@ -251,15 +269,30 @@ def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> st
     return models.fingerprint(model, input_shape, nb_classes, QUANTIZERS.get(quantizer))
 
 
-def _cells(grid: Grid, job: TrainingJob):
+def _cells(grid: Grid, job: TrainingJob) -> list[Cell]:
+    """A job's white-box cells (the clean one first), and for a dbwt job the same cells
+    again at each of its other bit widths."""
     samples = grid.samples_for(job.dataset)
-    yield _with_id(Cell(job.job_id, CLEAN, CLEAN, "none", 0.0, "0", (), samples), "cell_id")
+    own = [_with_id(Cell(job.job_id, CLEAN, CLEAN, "none", 0.0, "0", (), samples), "cell_id")]
     for entry in grid.attacks:
         if entry.source is not None or (entry.datasets is not None and job.dataset not in entry.datasets):
             continue  # transfer entries: _transfer_cells
         params = tuple(sorted(entry.resolved_params().items()))
         for eps in entry.eps:
-            yield _with_id(_attack_cell(job.job_id, entry, eps, params, samples), "cell_id")
+            own.append(_with_id(_attack_cell(job.job_id, entry, eps, params, samples), "cell_id"))
+    return own + [_with_id(replace(cell, eval_bits=width), "cell_id")
+                  for width in evaluation_widths(job) for cell in own]
+
+
+def evaluation_widths(job: TrainingJob) -> list[int]:
+    """The bit widths besides the preset's own at which a job's model is evaluated: a
+    dbwt job's other widths; none for any other defense."""
+    if job.defense != "dbwt":
+        return []
+    from sweeper.defenses.bit_width import other_widths
+    from sweeper.quantizers import QUANTIZERS
+
+    return other_widths(list(dict(job.defense_params)["bits"]), QUANTIZERS.get(job.quantizer))
 
 
 def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int, label: str | None = None) -> Cell:

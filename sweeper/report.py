@@ -110,6 +110,8 @@ class _Report:
         name = f"{record['model']} / {record['quantizer']}"
         if record.get("defense_label") not in (None, "none"):  # trained with a defense
             name += f" / {record['defense_label']}"
+        if record.get("eval_bits") is not None:  # dbwt's weights quantized at another width
+            name += f" @ {record['eval_bits']}-bit"
         return name + (f" ({', '.join(notes)})" if notes else "")
 
     def _datasets(self) -> list[str]:
@@ -123,7 +125,8 @@ class _Report:
         if not per_sample_count:
             clean = list({_config_key(r): r for r in clean}.values())
         return sorted(clean, key=lambda r: (r["model"], order.get(r["quantizer"], 99), r["train"], r["seed"],
-                                            r["config_id"] or "", r["n_samples"]))
+                                            r["defense_label"] != "none", r["defense_label"], r.get("eval_bits") is not None,
+                                            r.get("eval_bits") or 0, r["config_id"] or "", r["n_samples"]))
 
     def _attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
         """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run

@@ -91,6 +91,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("defense_reg", pa.float64(),
      "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
      "estimate, dq: sum ||W^T W - I||^2); null for other defenses"),
+    ("eval_bits", pa.int32(),
+     "dbwt: the bit width the shared weights were quantized at for this row (a configuration of its "
+     "own); null: the preset's own width. flash_kb/ram_kb are the int8 .tflite's (the same at every "
+     "width), the packed figures are at this width, deployed_* are null (the .tflite is the preset's)"),
     ("attack", pa.string(), "attack name; 'none' is the clean evaluation"),
     ("attack_label", pa.string(), "attack entry label (the name unless the grid set one)"),
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
@@ -162,7 +166,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 # plus POINT_COLUMNS, so rows that differ in anything that changes a result are never
 # averaged together.
 CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed",
-                  "defense", "defense_label", "defense_params"]
+                  "defense", "defense_label", "defense_params", "eval_bits"]
 # What a column reads where a fragment lacks it or holds null, where null would be wrong:
 # rows from before defenses were trained without one. (Null too: a query reads the
 # fragments of one schema version together, so a missing column arrives as null.)

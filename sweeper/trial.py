@@ -13,6 +13,9 @@ Transfer attacks: a source cell (``Cell.keeps_arrays``) stores its adversarial e
 the job's attacked samples with their indices and the source's outcomes, once, as
 ``<adversarial folder>/<cell_id>.npz``; a transfer cell loads its source cell's file,
 checks that it holds this job's samples, and costs a forward pass of the target.
+
+Bit widths: a dbwt job's cells with ``eval_bits`` run last, per width, with the same
+weights quantized at that width (``_evaluate_at_width``).
 """
 
 from __future__ import annotations
@@ -71,16 +74,47 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
-    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in cells) else None
+    own = [cell for cell in cells if cell.eval_bits is None]
+    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in own) else None
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
-    for group in _attack_groups([cell for cell in cells if cell.source is None]):
+    for group in _attack_groups([cell for cell in own if cell.source is None]):
         for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job), keep,
                                        training_images):
             report({**base, **_cell_columns(cell), **columns})
-    for cell in (cell for cell in cells if cell.source is not None):  # after: nothing here is their source
+    for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
         report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial)})
+    widths = sorted({cell.eval_bits for cell in cells} - {None})
+    for width in widths:
+        at_width = [cell for cell in cells if cell.eval_bits == width]
+        for cell, columns in _evaluate_at_width(job, width, at_width, model, data, test_idx, samples,
+                                                training_images):
+            report({**base, **columns, **_cell_columns(cell)})
     return JobOutcome(trained=trained, rows=len(cells))
+
+
+def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], model, data, test_idx,
+                       samples: _Samples, training_images):
+    """(cell, columns) for a dbwt job's cells at another bit width: the same weights
+    quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
+    The columns that describe the model change with it (configuration, test accuracy,
+    packed footprint); the .tflite is the preset's, so nothing is deployed here."""
+    from sweeper import footprint
+    from sweeper.defenses.bit_width import at_bit_width
+
+    with at_bit_width(model, width):
+        at = _Samples(samples.index, samples.x, samples.y, _predict(model, samples.x), None)
+        classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
+        columns = {
+            "config_id": job.config_id_at(width), "eval_bits": width,
+            "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
+            "flash_packed_kb": footprint.flash_kb(model),
+            "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
+        }
+        for group in _attack_groups(cells):
+            for cell, outcome in _evaluate(group, model, None, classifier, at, _job_seed(job),
+                                           training_images=training_images):
+                yield cell, {**columns, **outcome}
 
 
 @dataclass(frozen=True)
@@ -409,9 +443,13 @@ def _deployed(job: TrainingJob, model, x_train: np.ndarray, cache: str | None):
 
 
 def _deployed_predict(deployment, x: np.ndarray) -> np.ndarray | None:
+    """The .tflite's predictions, or None where there is none (not deployable, or cells
+    at another bit width than the one deployed)."""
     from sweeper import deploy
 
-    return None if deployment.flatbuffer is None else deploy.evaluate(deployment.flatbuffer, x).predictions
+    if deployment is None or deployment.flatbuffer is None:
+        return None
+    return deploy.evaluate(deployment.flatbuffer, x).predictions
 
 
 def _footprint_columns(model, deployment) -> dict[str, Any]:
@@ -483,7 +521,7 @@ def _cell_columns(cell: Cell) -> dict[str, Any]:
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "source_job_id": source and source.job_id, "source_config_id": source and source.config_id,
             "source_model": source and source.model, "source_quantizer": source and source.quantizer,
-            "transfer_rate": None}
+            "transfer_rate": None, "eval_bits": cell.eval_bits}
 
 
 # ---------------------------------------------------------------- attacking

@@ -234,3 +234,49 @@ def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_c
     assert trained["defense_reg"] > 0 and not trained["model_cached"] and cached["model_cached"]
     assert cached["defense_reg"] == trained["defense_reg"]
     assert cached["weights_sha256"] == trained["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tmp_path):
+    """The rows at another width are the cached weights quantized there: the clean and
+    FGSM outcomes an attack run at that width by hand gives, in a configuration of their own."""
+    from sweeper import attacks, expand, grid, models
+    from sweeper.defenses.bit_width import at_bit_width
+    from sweeper.quantizers import QUANTIZERS
+    from sweeper.trial import JobContext, _job_seed, _load_cached, run_job
+
+    raw = {"name": "cycled", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["int4"],
+           "defenses": ["dbwt"], "attacks": [{"name": "fgsm", "eps": [0.1]}],
+           "folds": {"k": 3, "only": [0]}, "train": {"epochs": 3}, "samples": 30}
+    plan = expand.expand(grid.validate(raw))
+    [job] = plan.jobs
+    data, rows = datasets.load("digits"), []
+    run_job(job, plan.cells_of(job.job_id), data, JobContext("cycled", ("stm32h7",), model_cache=str(tmp_path)),
+            rows.append)
+    by = {(r["eval_bits"], r["attack"]): r for r in rows}
+    assert set(by) == {(w, a) for w in (None, 8, 2) for a in ("none", "fgsm")}
+    assert len({r["weights_sha256"] for r in rows}) == 1  # one set of weights
+    assert {by[w, "none"]["config_id"] for w in (None, 8, 2)} == {job.config_id, job.config_id_at(8),
+                                                                  job.config_id_at(2)}
+    assert all(by[w, a]["deployed_adv_acc"] is None for w in (8, 2) for a in ("none", "fgsm"))
+    assert by[None, "none"]["deployed_clean_acc"] is not None
+    assert by[2, "none"]["flash_packed_kb"] < by[None, "none"]["flash_packed_kb"] < by[8, "none"]["flash_packed_kb"]
+    assert by[8, "none"]["flash_kb"] == by[None, "none"]["flash_kb"]  # int8 .tflite at every width
+
+    model = models.build("small_cnn", data.input_shape, data.nb_classes, QUANTIZERS.get("int4"))
+    assert _load_cached(model, str(tmp_path), job.job_id)
+    index = np.array(by[None, "none"]["sample_index"])
+    x, y = data.x[index], data.y[index]
+    for width in (8, 2):
+        with at_bit_width(model, width):
+            clean = np.argmax(model.predict(x, verbose=0), axis=1)
+            ok = clean == y
+            classifier = attacks.make_classifier(model, data.nb_classes, data.input_shape, data.clip_values)
+            x_adv = x.copy()
+            if ok.any():
+                fgsm = dict(plan.cells_of(job.job_id)[1].params)
+                x_adv[ok] = attacks.run("fgsm", classifier, x[ok], y[ok], 0.1, "inf", fgsm, _job_seed(job))
+            adv = np.argmax(model.predict(x_adv, verbose=0), axis=1)
+        assert by[width, "none"]["clean_correct"] == (clean == y).tolist()
+        assert by[width, "fgsm"]["adv_pred"] == adv.tolist()
+    assert by[8, "none"]["clean_correct"] != by[2, "none"]["clean_correct"]  # the width did change

@@ -251,3 +251,21 @@ def test_bad_defense_entries_are_one_line_errors(tmp_path, tiny_grid, defenses, 
     tiny_grid["defenses"] = defenses
     with pytest.raises(UserError, match=re.escape(message)):
         grid.load(write_grid(tmp_path, tiny_grid))
+
+
+def test_a_dbwt_job_is_evaluated_again_at_each_of_its_other_bit_widths(tmp_path, tiny_grid):
+    tiny_grid["defenses"] = ["none", {"name": "dbwt", "quantizers": ["int4"], "params": {"bits": [8, 4, 2]}}]
+    tiny_grid["attacks"].append({"name": "fgsm", "label": "fgsm_tr", "eps": [0.1], "source": {"quantizer": "fp", "defense": "none"}})
+    plan = expand.expand(grid.load(write_grid(tmp_path, tiny_grid)))
+    [cycled] = [j for j in plan.jobs if j.defense == "dbwt"]
+    cells = plan.cells_of(cycled.job_id)
+    assert {c.eval_bits for c in cells} == {None, 8, 2}  # int4's own width is what its own cells are
+    white_box = [(c.attack_label, c.eps, c.params) for c in cells if c.eval_bits is None and c.source is None]
+    assert any(c.source is not None for c in cells if c.eval_bits is None)  # transfer: own width only
+    for width in (8, 2):
+        at = [c for c in cells if c.eval_bits == width]
+        assert [(c.attack_label, c.eps, c.params) for c in at] == white_box and all(c.source is None for c in at)
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert cycled.config_id_at(None) == cycled.config_id
+    assert len({cycled.config_id, cycled.config_id_at(8), cycled.config_id_at(2)}) == 3
+    assert all(c.eval_bits is None for job in plan.jobs if job.defense == "none" for c in plan.cells_of(job.job_id))

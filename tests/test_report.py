@@ -147,3 +147,16 @@ def test_rows_of_a_defended_model_are_labelled_with_the_defense(tmp_path):
     table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV")
     assert table["small_cnn / int4 / jr"]["pgd@0.1"].startswith("0.010 ")
     assert table["small_cnn / int4"]["pgd@0.1"].startswith("0.700 ")  # the undefended rows stay apart
+
+
+def test_rows_at_another_bit_width_are_a_configuration_of_their_own(tmp_path):
+    rows = [{**row, "defense": "dbwt", "defense_label": "dbwt", "defense_params": '{"bits": [8, 4, 2], "period": 1}'}
+            for row in _rows() if row["quantizer"] == "int4"]
+    at_eight = [{**row, "cell_id": row["cell_id"] + "-8", "config_id": row["config_id"] + "-8", "eval_bits": 8,
+                 "adv_acc": 0.02} for row in rows]
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, rows + at_eight)
+    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV")
+    assert list(table)[:2] == ["small_cnn / int4 / dbwt", "small_cnn / int4 / dbwt @ 8-bit"]
+    assert table["small_cnn / int4 / dbwt @ 8-bit"]["pgd@0.1"].startswith("0.020 ")
+    assert table["small_cnn / int4 / dbwt"]["pgd@0.1"].startswith("0.700 ")  # never averaged together

@@ -21,11 +21,17 @@ literature's switchable batch norm is not used): they average over the cycle.
 After training the quantizers are back at the preset's own width, so the model is the
 job's model (same configuration and fingerprint). ``at_bit_width`` evaluates the same
 weights at another width; ``accuracy_by_width`` does it for every width.
+
+In a sweep a dbwt job is evaluated at each width of ``bits``: its own cells at the
+preset's width, and a copy of its white-box cells (clean included) at every other width
+(``other_widths``), whose rows carry ``eval_bits`` and a configuration of their own
+(``expand``, ``trial``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import numpy as np
 
@@ -109,6 +115,22 @@ def accuracy_by_width(model, x: np.ndarray, y: np.ndarray, bits: list[int]) -> d
             predictions = np.argmax(model.predict(x, verbose=0, batch_size=256), axis=1)
         accuracies[int(width)] = float(np.mean(predictions == y))
     return accuracies
+
+
+def preset_width(preset) -> int | None:
+    """The one bit width of a fixed-point preset's kernels, biases and activations
+    (``int4``: 4), or None when they differ or are not fixed-point; no TensorFlow."""
+    expressions = (preset.kernel or "", preset.bias or "", preset.activation or "")
+    widths = {re.match(r"quantized_(?:bits|relu)\((\d+)", e) for e in expressions}
+    found = {int(match.group(1)) for match in widths if match is not None}
+    return found.pop() if len(found) == 1 and None not in widths else None
+
+
+def other_widths(bits: list[int], preset) -> list[int]:
+    """The widths of ``bits`` a dbwt job is also evaluated at: all but the preset's own
+    (its own cells are those)."""
+    own = preset_width(preset)
+    return [int(b) for b in bits if b != own]
 
 
 def _build(p, clip, preset):
