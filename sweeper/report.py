@@ -401,7 +401,8 @@ class _Report:
         query.write_text(query.render(verdicts, "csv"), str(self.out / "defense_verdicts.csv"))
         parts = ["## Defended vs undefended",
                  "Each defended model against its twin: the same dataset, model, quantizer, training settings, "
-                 "K and seed, trained without a defense, evaluated by the same attacks on the same samples "
+                 "K and seed, trained without a defense (for dbwt's weights at another width, `@ 2-bit`, the "
+                 "model trained at that width: `vs int2`), evaluated by the same attacks on the same samples "
                  "(folds pooled, samples aligned). Cells read `twin -> defended (change, p_adj)`: an exact "
                  "two-sided McNemar test, Holm-adjusted within each defended model; **bold**: significant "
                  f"(p_adj < {diagnostics.ALPHA} and |change| >= {diagnostics.MIN_MARGIN}). A gain only under "
@@ -420,12 +421,14 @@ class _Report:
     def _defense_tables(self, records: list[dict], judged: list[dict]) -> list[str]:
         """The changes (a row per defended model and twin, a column per point), the
         verdicts, and the flags per check letter."""
-        order = lambda config: (config["model"], config["quantizer"], config["defense_label"])  # noqa: E731
+        order = lambda config: (config["model"], config["quantizer"], config["defense_label"],  # noqa: E731
+                                config["eval_bits"] is not None, config["eval_bits"] or 0)
         records = sorted(records, key=lambda r: order(r))
         judged = sorted(judged, key=lambda v: (*order(v), v["norm"], v["eps"]))
         pairs = {(r["config_id"], r["twin_config_id"]): {c: r[c] for c in CONFIG} for r in records}
         several = {defended for defended, _ in pairs if sum(d == defended for d, _ in pairs) > 1}
         name = lambda config, twin: self._label(config) + (  # noqa: E731
+            f" vs {twins.width_twin(config)}" if config["eval_bits"] is not None else "") + (
             f" (twin {twin})" if config["config_id"] in several else "")
         columns = sorted({twins.column(r) for r in records})
         cells = {(r["config_id"], r["twin_config_id"], twins.column(r)): twins.cell(r) for r in records}

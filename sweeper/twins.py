@@ -4,7 +4,11 @@ attacks that do not use the model's gradients, or only under those that do?
 A *defended configuration* is one with ``defense`` other than ``none``. Its *twin* is the
 configuration equal to it in every ``store.CONFIG_COLUMNS`` except ``config_id``,
 ``defense``, ``defense_label`` and ``defense_params``, trained with ``defense`` ``none``
-(same dataset, options, model, quantizer, training settings, K and seed). A configuration
+(same dataset, options, model, quantizer, training settings, K and seed). A dbwt
+configuration at another bit width (``eval_bits`` W: the shared weights quantized at W)
+is twinned with the undefended model of the preset trained at W instead (``int4 / dbwt
+@ 2-bit`` against ``int2``): the shared weights against a model trained at that width,
+on the same samples. A configuration
 without a twin gives no rows; configurations that differ in anything else (model,
 quantizer, seed...) are never paired. Where several undefended configurations qualify
 (same names, other code or libraries, so other ``config_id``), each is a twin of its own.
@@ -53,6 +57,7 @@ import pyarrow.compute as pc
 
 from sweeper import store
 from sweeper.attacks import ATTACKS
+from sweeper.defenses.bit_width import preset_at_width
 from sweeper.diagnostics import ALPHA, FOLD_SHIFT, MIN_MARGIN, binomial_p, holm
 
 NONE = "none"  # the clean evaluation's attack, and plain training's defense
@@ -112,9 +117,17 @@ VERDICT_SCHEMA = pa.schema([
 
 # The rows ``compare`` needs from a store's ``results`` view: the defended configurations'
 # and every configuration that shares a twin key with one, needed columns only.
+# (A dbwt configuration's twins at another width are those of the preset at that width.)
+_WIDTH_PRESETS = {bits: preset_at_width(bits) for bits in range(1, 33) if preset_at_width(bits)}
+_SAME_BUT_WIDTH = " AND ".join(f"r.{c} IS NOT DISTINCT FROM d.{c}" for c in TWIN_KEY
+                               if c not in ("quantizer", "eval_bits"))
 ROWS_SQL = (f"SELECT {', '.join(_NEEDED)} FROM results AS r WHERE EXISTS (SELECT 1 FROM results AS d "
             f"WHERE d.defense <> '{NONE}' AND "
-            + " AND ".join(f"r.{c} IS NOT DISTINCT FROM d.{c}" for c in TWIN_KEY) + ")")
+            + " AND ".join(f"r.{c} IS NOT DISTINCT FROM d.{c}" for c in TWIN_KEY) + ")"
+            + f" OR (r.defense = '{NONE}' AND r.eval_bits IS NULL AND EXISTS (SELECT 1 FROM results AS d, "
+            f"(VALUES {', '.join(f'({b}, {q!r})' for b, q in _WIDTH_PRESETS.items())}) AS w(bits, quantizer) "
+            f"WHERE d.defense <> '{NONE}' AND d.eval_bits = w.bits AND r.quantizer = w.quantizer AND "
+            + _SAME_BUT_WIDTH + "))")
 
 
 # ---------------------------------------------------------------- compare
@@ -229,8 +242,18 @@ def _kind(point: tuple) -> str:
     return "black-box" if ATTACKS.get(attack).black_box else "gradient"
 
 
+def width_twin(config: dict) -> str | None:
+    """The preset whose undefended models twin a configuration at another width."""
+    return _WIDTH_PRESETS.get(config["eval_bits"])
+
+
 def _twin_key(config: tuple) -> tuple:
-    return tuple(config[CONFIG_COLUMNS.index(c)] for c in TWIN_KEY)
+    """What a configuration shares with its twins; at another width (dbwt's eval_bits),
+    the key of the preset trained at that width (no such preset: a key nothing has)."""
+    values = dict(zip(CONFIG_COLUMNS, config))
+    if values["eval_bits"] is not None:
+        values.update(quantizer=_WIDTH_PRESETS.get(values["eval_bits"]), eval_bits=None)
+    return tuple(values[c] for c in TWIN_KEY)
 
 
 def _sortable(values: tuple) -> tuple:

@@ -161,6 +161,27 @@ def test_d_only_the_configuration_that_differs_in_its_defense_alone_is_a_twin():
     assert twins.compare(table(defended, other_defense("pgd", 0.1, hits(20)))).num_rows == 0
 
 
+DBWT = {"defense": "dbwt", "defense_label": "dbwt", "defense_params": '{"bits": [8, 4, 2], "period": 1}'}
+
+
+def dbwt_at_two_bits_and_the_plain_models():
+    """int4 trained with dbwt, at its own width and at 2 bits, beside plain int4 and int2."""
+    own, at_two = model("dbwt", DBWT), model("dbwt@2", DBWT, eval_bits=2)
+    plain_four, plain_two = model("plain-int4"), model("plain-int2", quantizer="int2")
+    return table(own("pgd", 0.1, hits(50)), at_two("pgd", 0.1, hits(60)),
+                 plain_four("pgd", 0.1, hits(40)), plain_two("pgd", 0.1, hits(20)))
+
+
+def test_dbwt_weights_at_another_width_are_twinned_with_the_model_trained_at_that_width():
+    compared = twins.compare(dbwt_at_two_bits_and_the_plain_models()).to_pylist()
+    pairs = {(r["config_id"], r["twin_config_id"]): (r["twin_acc"], r["defended_acc"]) for r in compared}
+    assert pairs == {("dbwt", "plain-int4"): (0.4, 0.5), ("dbwt@2", "plain-int2"): (0.2, 0.6)}
+    assert twins.width_twin({"eval_bits": 2}) == "int2" and twins.width_twin({"eval_bits": 3}) is None
+    no_preset = table(model("dbwt@3", DBWT, eval_bits=3)("pgd", 0.1, hits(60)),
+                      model("plain-int4")("pgd", 0.1, hits(40)))
+    assert twins.compare(no_preset).num_rows == 0  # no preset is trained at 3 bits: no twin
+
+
 def test_points_differing_in_anything_but_the_source_are_not_paired():
     plain, jr = model("plain"), model("jr", JR)
     rows = table(plain("pgd", 0.1, hits(20)), jr("pgd", 0.1, hits(80), params='{"max_iter": 20}'),
@@ -219,6 +240,13 @@ def test_f_report_has_the_section_and_the_csvs(tmp_path):
     with open(path.parent / "defense_verdicts.csv") as handle:
         [verdict] = list(csv.DictReader(handle))
     assert verdict["verdict"] == "gradient-only gain" and verdict["twin_config_id"] == "plain"
+
+
+def test_the_report_reads_the_twin_at_another_width_from_the_store(tmp_path):
+    location = stored(tmp_path, dbwt_at_two_bits_and_the_plain_models())
+    section = report.write(location.text, tmp_path / "report").read_text().split("## Defended vs undefended", 1)[1]
+    assert "| small_cnn / int4 / dbwt @ 2-bit vs int2 | **0.200 -> 0.600 (+0.400, p_adj" in section
+    assert "| small_cnn / int4 / dbwt | **0.400 -> 0.500 (+0.100, p_adj" in section
 
 
 def test_a_report_without_defended_rows_has_no_such_section(tmp_path):

@@ -126,6 +126,13 @@ def preset_width(preset) -> int | None:
     return found.pop() if len(found) == 1 and None not in widths else None
 
 
+def preset_at_width(bits: int) -> str | None:
+    """The registered preset whose one width is ``bits`` (8: ``int8``), or None."""
+    from sweeper.quantizers import QUANTIZERS
+
+    return next((name for name in QUANTIZERS.names() if preset_width(QUANTIZERS.get(name)) == bits), None)
+
+
 def other_widths(bits: list[int], preset) -> list[int]:
     """The widths of ``bits`` a dbwt job is also evaluated at: all but the preset's own
     (its own cells are those)."""
