@@ -179,3 +179,11 @@ def test_the_checkpoint_interval_is_validated_but_not_part_of_job_ids(tmp_path, 
         [j.job_id for j in expand.expand(grid.load(path)).jobs]
     assert [j.job_id for j in expand.expand(grid.load(path, ["train.epochs=2"])).jobs] != \
         [j.job_id for j in expand.expand(every_5).jobs]  # epochs still are
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_grid_validates_and_expands(path):
+    from sweeper import expand
+
+    plan = expand.expand(grid.load(path), fingerprints=False)
+    assert plan.jobs and all(plan.cells_of(job.job_id) for job in plan.jobs)
