@@ -124,9 +124,11 @@ class _Report:
         clean = [r for r in self.robust if r["attack"] == "none" and _dataset_name(r) == dataset]
         if not per_sample_count:
             clean = list({_config_key(r): r for r in clean}.values())
+        # Undefended first, then each defense, its own width before its other widths.
         return sorted(clean, key=lambda r: (r["model"], order.get(r["quantizer"], 99), r["train"], r["seed"],
-                                            r["defense_label"] != "none", r["defense_label"], r.get("eval_bits") is not None,
-                                            r.get("eval_bits") or 0, r["config_id"] or "", r["n_samples"]))
+                                            r["defense_label"] != "none", r["defense_label"],
+                                            r["eval_bits"] is not None, r["eval_bits"] or 0,
+                                            r["config_id"] or "", r["n_samples"]))
 
     def _attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
         """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run

@@ -8,9 +8,8 @@ configuration equal to it in every ``store.CONFIG_COLUMNS`` except ``config_id``
 configuration at another bit width (``eval_bits`` W: the shared weights quantized at W)
 is twinned with the undefended model of the preset trained at W instead (``int4 / dbwt
 @ 2-bit`` against ``int2``): the shared weights against a model trained at that width,
-on the same samples. A configuration
-without a twin gives no rows; configurations that differ in anything else (model,
-quantizer, seed...) are never paired. Where several undefended configurations qualify
+on the same samples. A configuration without a twin gives no rows; configurations that
+differ in anything else (model, quantizer, seed...) are never paired. Where several undefended configurations qualify
 (same names, other code or libraries, so other ``config_id``), each is a twin of its own.
 
 ``compare`` pairs the two at every *point* both have: the same ``store.POINT_COLUMNS``
@@ -57,7 +56,7 @@ import pyarrow.compute as pc
 
 from sweeper import store
 from sweeper.attacks import ATTACKS
-from sweeper.defenses.bit_width import preset_at_width
+from sweeper.defenses.bit_width import presets_by_width
 from sweeper.diagnostics import ALPHA, FOLD_SHIFT, MIN_MARGIN, binomial_p, holm
 
 NONE = "none"  # the clean evaluation's attack, and plain training's defense
@@ -118,7 +117,7 @@ VERDICT_SCHEMA = pa.schema([
 # The rows ``compare`` needs from a store's ``results`` view: the defended configurations'
 # and every configuration that shares a twin key with one, needed columns only.
 # (A dbwt configuration's twins at another width are those of the preset at that width.)
-_WIDTH_PRESETS = {bits: preset_at_width(bits) for bits in range(1, 33) if preset_at_width(bits)}
+_WIDTH_PRESETS = presets_by_width()
 _SAME_BUT_WIDTH = " AND ".join(f"r.{c} IS NOT DISTINCT FROM d.{c}" for c in TWIN_KEY
                                if c not in ("quantizer", "eval_bits"))
 ROWS_SQL = (f"SELECT {', '.join(_NEEDED)} FROM results AS r WHERE EXISTS (SELECT 1 FROM results AS d "

@@ -126,11 +126,16 @@ def preset_width(preset) -> int | None:
     return found.pop() if len(found) == 1 and None not in widths else None
 
 
-def preset_at_width(bits: int) -> str | None:
-    """The registered preset whose one width is ``bits`` (8: ``int8``), or None."""
+def presets_by_width() -> dict[int, str]:
+    """{width: the first registered preset of that one width} ({8: "int8", 4: "int4", ...})."""
     from sweeper.quantizers import QUANTIZERS
 
-    return next((name for name in QUANTIZERS.names() if preset_width(QUANTIZERS.get(name)) == bits), None)
+    found: dict[int, str] = {}
+    for name in QUANTIZERS.names():
+        width = preset_width(QUANTIZERS.get(name))
+        if width is not None:
+            found.setdefault(width, name)
+    return found
 
 
 def other_widths(bits: list[int], preset) -> list[int]:
