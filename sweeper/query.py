@@ -277,17 +277,9 @@ def ordered_rows_sql(connection, found: store.Survey) -> str:
     if not parts:
         return f"SELECT {', '.join(store.projection([], 3))}, 0::BIGINT AS _order WHERE false"
     rows = " UNION ALL ".join(parts)
-    if _unique_by_construction(found) or not _has_duplicates(connection, rows):
+    if found.one_compaction or not _has_duplicates(connection, rows):
         return rows
     return f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY cell_id ORDER BY _order) = 1"
-
-
-def _unique_by_construction(found: store.Survey) -> bool:
-    """The files of one compaction, and nothing else, hold each cell once: compaction
-    wrote them from one de-duplicated table. (A crash between writing them and deleting
-    the old fragments leaves files without that id, or with another: checked instead.)"""
-    ids = {fragment.compaction for fragment in found.fragments}
-    return len(ids) == 1 and None not in ids
 
 
 def _has_duplicates(connection, rows: str) -> bool:

@@ -539,6 +539,15 @@ class Survey:
             digest.update(f"{fragment.path.rpartition('/')[2]}:{fragment.rows}\n".encode())
         return digest.hexdigest()[:32]
 
+    @property
+    def one_compaction(self) -> bool:
+        """The files are exactly what one compaction wrote, so they hold each cell once
+        between them (compact wrote them from one de-duplicated table). A crash between
+        writing them and deleting the old fragments leaves files without that id, or
+        with another."""
+        ids = {fragment.compaction for fragment in self.fragments}
+        return len(ids) == 1 and None not in ids
+
 
 def survey(location: Location, paths: list[str] | None = None) -> Survey:
     """Sort ``paths`` (default: every fragment) into readable, damaged and foreign by
@@ -750,5 +759,4 @@ def _one_compaction(location: Location, paths: list[str]) -> bool:
     wrote, before files carried the id): compacting again would change nothing."""
     if len(paths) == 1 and "-compacted-" in paths[0].rpartition("/")[2]:
         return True
-    ids = {fragment.compaction for fragment in survey(location, paths).fragments}
-    return len(ids) == 1 and None not in ids
+    return survey(location, paths).one_compaction

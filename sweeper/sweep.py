@@ -56,12 +56,7 @@ def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cel
     """Training jobs with at least one cell not yet in the store, with those cells, the
     longest first by ``sweeper.cost``'s estimate, so that no long job starts last while
     other workers sit idle. Jobs of equal estimate keep the plan's order."""
-    work = []
-    for job in plan.jobs:
-        cells = [cell for cell in plan.cells_of(job.job_id) if cell.cell_id not in done]
-        if cells:
-            work.append((job, cells))
-    return sorted(work, key=_expected_cost, reverse=True)
+    return _by_job(plan, [cell for cell in plan.cells if cell.cell_id not in done])
 
 
 def waves(plan: Plan, done: set[str], stored_arrays: set[str]) -> tuple[list, list, set[str]]:

@@ -107,7 +107,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
         classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
         columns = {
             "config_id": job.config_id_at(width), "eval_bits": width,
-            "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
+            "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
             "flash_packed_kb": footprint.flash_kb(model),
             "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
         }
@@ -214,7 +214,6 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int,
         fitted.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
                    callbacks=list(callbacks), verbose=0)
     if defense is not None:
-        defense.finish(model)
         defense.summary = base.read_summary(fitted)
     return start
 
@@ -481,6 +480,10 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
     return np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
 
 
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(_predict(model, x) == y))
+
+
 def _job_columns(job, context, data, model, test_idx, trained, train_s) -> dict[str, Any]:
     from sweeper.expand import ID_VERSION
 
@@ -491,7 +494,7 @@ def _job_columns(job, context, data, model, test_idx, trained, train_s) -> dict[
         "model": job.model, "quantizer": job.quantizer, "model_fingerprint": job.model_fingerprint,
         "weights_sha256": weights_sha256(model), "fold": job.fold, "k": job.k,
         "seed": job.seed, "train": json.dumps(dict(job.train), sort_keys=True),
-        "test_acc": float(np.mean(_predict(model, data.x[test_idx]) == data.y[test_idx])),
+        "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
         "mcu_targets": list(context.mcus), "model_cached": not trained, "train_s": train_s,
         "host": socket.gethostname(), "node": "",
         "n_classes": data.nb_classes, "n_features": int(np.prod(data.input_shape)),
@@ -557,16 +560,23 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
     deployed_adv = samples.deployed_clean_pred if first.attack == CLEAN else _deployed_predict(deployed, x_adv)
     norms = _perturbation_norms(samples.x, x_adv)
     for cell in group:
-        # Post-hoc budget: an example outside eps counts as a failed attack (clean input).
-        within = norms[cell.norm] <= cell.eps * (1 + BUDGET_RTOL) if cell.norm in norms else \
-            np.ones(len(samples.y), bool)
-        pred = np.where(within, adv_pred, samples.clean_pred)
-        used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
-        deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
+        within, pred, columns = _within_budget(cell, samples, norms, adv_pred, deployed_adv)
         if keep is not None and cell.keeps_arrays:
             keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred)
-        yield cell, {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred),
-                     "attack_s": attack_s}
+        yield cell, {**columns, "attack_s": attack_s}
+
+
+def _within_budget(cell: Cell, samples: _Samples, norms: dict[str, np.ndarray], adv_pred: np.ndarray,
+                   deployed_adv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Post-hoc budget: an example outside the cell's eps counts as a failed attack (the
+    clean input). (which examples are within, the predictions counted, the outcome and
+    deployed columns)."""
+    within = norms[cell.norm] <= cell.eps * (1 + BUDGET_RTOL) if cell.norm in norms else \
+        np.ones(len(samples.y), bool)
+    pred = np.where(within, adv_pred, samples.clean_pred)
+    used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
+    deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
+    return within, pred, {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred)}
 
 
 def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: int,
@@ -644,17 +654,12 @@ def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None
     x_adv = source["x_adv"]
     adv_pred = _predict(model, x_adv)
     attack_s = time.perf_counter() - started
-    norms = _perturbation_norms(samples.x, x_adv)
     # The source kept only examples within the budget; the same rule as _evaluate, so a
     # row never counts an example outside eps.
-    within = norms[cell.norm] <= cell.eps * (1 + BUDGET_RTOL) if cell.norm in norms else np.ones(len(x_adv), bool)
-    pred = np.where(within, adv_pred, samples.clean_pred)
-    deployed_adv = _deployed_predict(deployed, x_adv)
-    deployed_pred = None if deployed_adv is None else np.where(within, deployed_adv, samples.deployed_clean_pred)
-    used = {name: np.where(within, values, 0.0) for name, values in norms.items()}
+    _, pred, columns = _within_budget(cell, samples, _perturbation_norms(samples.x, x_adv), adv_pred,
+                                      _deployed_predict(deployed, x_adv))
     rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok, pred == samples.y)
-    return {**_outcome_columns(samples, pred, used), **_deployed_columns(samples, deployed_pred),
-            "attack_s": attack_s, "transfer_rate": rate}
+    return {**columns, "attack_s": attack_s, "transfer_rate": rate}
 
 
 def transfer_rate(source_clean: np.ndarray, source_adv: np.ndarray, target_clean: np.ndarray,

@@ -168,18 +168,18 @@ def test_files_of_one_compaction_are_known_unique_and_not_rewritten(tmp_path):
     location = store.locate(str(tmp_path))
     store.write_rows(location, [make_row("a"), make_row("b")], launch=_launch("a"))
     store.write_rows(location, [make_row("a", adv_acc=0.9), make_row("c")], launch=_launch("b"))
-    assert not query._unique_by_construction(store.survey(location))  # "a" is stored twice
+    assert not store.survey(location).one_compaction  # "a" is stored twice
 
     report = store.compact(location, max_rows_per_file=2)
     assert (report.after, report.rows) == (2, 3)
     found = store.survey(location)
     assert len({f.compaction for f in found.fragments}) == 1 and found.fragments[0].compaction
-    assert query._unique_by_construction(found)  # the query skips its duplicate check
+    assert found.one_compaction  # the query skips its duplicate check
     files = sorted(store.fragments(location))
     assert store.compact(location).after == 2 and sorted(store.fragments(location)) == files  # a no-op
 
     store.write_rows(location, [make_row("a", adv_acc=0.5)], launch=_launch("c"))  # a new fragment
-    assert not query._unique_by_construction(store.survey(location))
+    assert not store.survey(location).one_compaction
     assert query.run(str(tmp_path), "SELECT count(*) AS n FROM results").column("n").to_pylist() == [3]
 
 

@@ -41,9 +41,6 @@ class Defense:
     def setup(self, model) -> None:
         """Called once before training (checks that the model suits the defense)."""
 
-    def finish(self, model) -> None:
-        """Called once after training (e.g. restores a switched bit width)."""
-
 
 def wrap(model, defense: Defense, loss_fn, optimizer, seed: int):
     """A compiled Keras model whose ``fit`` trains ``model`` with ``defense``'s step."""
