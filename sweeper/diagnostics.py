@@ -17,7 +17,8 @@ checks compare numbers the grid already has:
 - ``accuracy_rises_with_eps``: one attack (same label and parameters) leaves more accuracy
   at a larger epsilon than at a smaller one. A bigger ball contains the smaller one.
 - ``adversarial_above_clean``: accuracy after the attack is above the clean accuracy of the
-  same samples.
+  same samples. Rows sweeper writes count a sample robust only if it is right unperturbed
+  too (``trial.robust``), so this fires only on rows of stores written before that rule.
 - ``large_eps_above_chance``: at a large budget (an L-inf-equivalent radius of at least
   ``LARGE_EPS`` of the row's own input range ``clip_max - clip_min`` per input value, or an
   unbounded minimal-perturbation attack) accuracy stays more than ``FAR_ABOVE_CHANCE``

@@ -108,16 +108,21 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("source_quantizer", pa.string(), "transfer attack: the source's quantizer preset"),
     ("n_samples", pa.int32(), "number of attacked test samples"),
     ("clean_acc", pa.float64(), "accuracy on the attacked samples, unperturbed"),
-    ("adv_acc", pa.float64(), "accuracy on the same samples after the attack"),
+    ("adv_acc", pa.float64(),
+     "robust accuracy: share of the attacked samples classified correctly both unperturbed and after "
+     "the attack (the mean of adv_correct; denominator n_samples)"),
     ("attack_success_rate", pa.float64(),
-     "share of clean-correct samples the attack made wrong (NaN if none were correct)"),
+     "share of clean-correct samples the attack made wrong (denominator: the clean-correct samples; "
+     "NaN if none were)"),
     ("transfer_rate", pa.float64(),
-     "transfer attack: share of the samples both models get right and whose example fools the source "
-     "that also fool this model (NaN if none)"),
+     "transfer attack: of the samples both models classify correctly unperturbed and whose example fools "
+     "the source (the denominator), the share whose example also fools this model (NaN if none)"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
-    ("adv_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly after the attack"),
+    ("adv_correct", pa.list_(pa.bool_()),
+     "per attacked sample: robust, i.e. classified correctly both unperturbed and after the attack "
+     "(false wherever clean_correct is false, even if the example lands on the label)"),
     ("adv_pred", pa.list_(pa.int32()), "per attacked sample: the predicted class after the attack"),
     ("pert_linf", pa.list_(pa.float32()), "per attacked sample: L-inf norm of the perturbation used"),
     ("pert_l2", pa.list_(pa.float32()), "per attacked sample: L2 norm of the perturbation used"),
@@ -141,9 +146,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "seconds spent converting to TFLite (not when the .tflite came from the cache) and measuring the arena"),
     ("deployed_clean_acc", pa.float64(), "accuracy of the int8 .tflite on the attacked samples, unperturbed"),
     ("deployed_adv_acc", pa.float64(),
-     "accuracy of the int8 .tflite on this cell's adversarial examples (crafted on the QKeras model)"),
+     "robust accuracy of the int8 .tflite: share of the attacked samples it classifies correctly both "
+     "unperturbed and on this cell's adversarial example (crafted on the QKeras model); the mean of "
+     "deployed_adv_correct, denominator n_samples"),
     ("deployed_adv_correct", pa.list_(pa.bool_()),
-     "per attacked sample: the .tflite classifies this cell's adversarial example correctly"),
+     "per attacked sample: the .tflite classifies both the clean input and this cell's adversarial "
+     "example correctly (its own clean predictions, not the QKeras model's)"),
     ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks (fit is computed in SQL)"),
     ("model_cached", pa.bool_(), "the trained model was loaded from the cache, not trained"),
     ("train_s", pa.float64(), "seconds spent training this row's model (0 if cached)"),

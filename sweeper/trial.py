@@ -132,6 +132,15 @@ class _Samples:
         return self.clean_pred == self.y
 
 
+def robust(clean_ok: np.ndarray, adv_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample: robust in a cell, i.e. the model classifies both the clean input and
+    the cell's example correctly. The one definition every row's ``adv_correct`` (and the
+    deployed build's, with its own clean predictions) uses: a sample the model gets wrong
+    unperturbed is never robust, even where an example not crafted against it (transfer,
+    another model's patch) happens to land on its label."""
+    return clean_ok & (adv_pred == y)
+
+
 # ---------------------------------------------------------------- training
 
 def _job_seed(job: TrainingJob) -> int:
@@ -600,8 +609,9 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
 def _deployed_columns(samples: _Samples, deployed_pred: np.ndarray | None) -> dict[str, Any]:
     if deployed_pred is None:
         return {"deployed_clean_acc": None, "deployed_adv_acc": None, "deployed_adv_correct": None}
-    ok = deployed_pred == samples.y
-    return {"deployed_clean_acc": float(np.mean(samples.deployed_clean_pred == samples.y)),
+    clean_ok = samples.deployed_clean_pred == samples.y  # the .tflite's own, not the QKeras model's
+    ok = robust(clean_ok, deployed_pred, samples.y)
+    return {"deployed_clean_acc": float(clean_ok.mean()),
             "deployed_adv_acc": float(ok.mean()), "deployed_adv_correct": ok.tolist()}
 
 
@@ -612,7 +622,8 @@ def _perturbation_norms(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarra
 
 
 def _outcome_columns(samples: _Samples, adv_pred: np.ndarray, norms: dict[str, np.ndarray]) -> dict[str, Any]:
-    clean_ok, adv_ok = samples.clean_ok, adv_pred == samples.y
+    clean_ok = samples.clean_ok
+    adv_ok = robust(clean_ok, adv_pred, samples.y)
     broken = np.sum(clean_ok & ~adv_ok)
     return {
         "n_samples": int(len(samples.y)), "clean_acc": float(clean_ok.mean()),
@@ -641,7 +652,7 @@ def _keeper(folder: str, samples: _Samples):
 
     def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray) -> None:
         store.put_arrays(location, f"{cell.cell_id}.npz", sample_index=samples.index, x_adv=x_used,
-                         clean_correct=samples.clean_ok, adv_correct=pred == samples.y)
+                         clean_correct=samples.clean_ok, adv_correct=robust(samples.clean_ok, pred, samples.y))
 
     return keep
 
@@ -658,7 +669,8 @@ def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None
     # row never counts an example outside eps.
     _, pred, columns = _within_budget(cell, samples, _perturbation_norms(samples.x, x_adv), adv_pred,
                                       _deployed_predict(deployed, x_adv))
-    rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok, pred == samples.y)
+    rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok,
+                         robust(samples.clean_ok, pred, samples.y))
     return {**columns, "attack_s": attack_s, "transfer_rate": rate}
 
 
