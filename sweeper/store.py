@@ -90,7 +90,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("defense_params", pa.string(), "every parameter of the defense, as JSON"),
     ("defense_reg", pa.float64(),
      "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
-     "estimate, dq: sum ||W^T W - I||^2); null for other defenses"),
+     "estimate, dq: sum ||Q^T Q - I||^2 over the quantized kernels Q); null for other defenses"),
     ("eval_bits", pa.int32(),
      "dbwt: the bit width the shared weights were quantized at for this row (a configuration of its "
      "own); null: the preset's own width. flash_kb/ram_kb are the int8 .tflite's (the same at every "

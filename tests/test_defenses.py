@@ -57,7 +57,7 @@ def _split():
     return digits, train_idx, test_idx
 
 
-def _model():
+def _model(preset: str = PRESET):
     import tensorflow as tf
 
     from sweeper import models
@@ -65,18 +65,19 @@ def _model():
 
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(7)
-    return models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get(PRESET))
+    return models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get(preset))
 
 
-def _trained(name: str | None, params: dict | None = None, settings: Train = SETTINGS, **kwargs):
+def _trained(name: str | None, params: dict | None = None, settings: Train = SETTINGS, preset: str = PRESET,
+             **kwargs):
     """(model, defense) trained on the training fold; name None: no defense argument."""
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import train
 
     digits, train_idx, _ = _split()
-    model = _model()
+    model = _model(preset)
     defense = None if name is None else defenses.build(name, params, clip_values=digits.clip_values,
-                                                       preset=QUANTIZERS.get(PRESET))
+                                                       preset=QUANTIZERS.get(preset))
     train(model, settings, digits.x[train_idx], digits.y[train_idx], 10, SEED, defense=defense, **kwargs)
     return model, defense
 
@@ -125,15 +126,91 @@ def test_jr_lowers_the_jacobian_penalty_against_its_undefended_twin():
     assert 0 < defense.summary["jr"] < undefended / 2  # the last epoch's mean, for the row
 
 
-@pytest.mark.slow
-def test_dq_brings_the_kernels_closer_to_orthonormal():
+def _deployed_gram(model) -> float:
+    """sum ||Q^T Q - I||^2 computed apart from the defense: numpy on the weights the
+    deployed build stores (deploy.plain.quantized_weights), Gram on the smaller side."""
+    from sweeper.deploy.plain import quantized_weights
+
+    total = 0.0
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            kernel = quantized_weights(layer)[0]
+            matrix = kernel.reshape(-1, kernel.shape[-1])
+            gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+            total += float(np.sum((gram - np.eye(len(gram))) ** 2))
+    return total
+
+
+def test_dq_penalises_the_kernels_the_layers_multiply_with():
+    import tensorflow as tf
+    from qkeras import QDepthwiseConv2D
+
     from sweeper.defenses.regularizers import kernel_matrices, lipschitz_penalty
 
-    model, defense = _trained("dq")
-    assert len(kernel_matrices(model)) == 3  # two convs and the dense layer
-    defended, undefended = float(lipschitz_penalty(model)), float(lipschitz_penalty(_twin()))
-    assert defended < undefended / 10, (defended, undefended)  # measured: 3.9 against 908
+    # ternary: the latent kernels are floats, the layers multiply with -1, 0, 1
+    model = _model("ternary")
+    assert [tuple(m.shape) for m in kernel_matrices(model)] == [(1, 9, 16), (1, 144, 32), (1, 512, 10)]
+    assert float(lipschitz_penalty(model)) == pytest.approx(_deployed_gram(model), rel=1e-6)
+    with tf.GradientTape() as tape:
+        penalty = lipschitz_penalty(model)
+    kernels = [v for v in model.trainable_variables if "kernel" in v.name]
+    # straight-through: the gradient reaches every latent kernel
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in tape.gradient(penalty, kernels))
+    # a depthwise kernel is one operator per channel: three channels whose 3x3 filters are
+    # each the same unit vector are each orthonormal (a (9, 3) matrix would not be)
+    inputs = tf.keras.Input((4, 4, 3))
+    depthwise = tf.keras.Model(inputs, QDepthwiseConv2D(3, use_bias=False)(inputs))
+    unit = np.zeros((3, 3, 3, 1), np.float32)
+    unit[0, 0] = 1.0
+    depthwise.layers[-1].depthwise_kernel.assign(unit)
+    assert [tuple(m.shape) for m in kernel_matrices(depthwise)] == [(3, 9, 1)]
+    assert float(lipschitz_penalty(depthwise)) == 0.0
+
+
+@functools.cache
+def _dq_and_twin(preset: str):
+    """(model trained with dq, its defense, the undefended twin): same batches, same start."""
+    model, defense = _trained("dq", preset=preset)
+    return model, defense, _trained(None, preset=preset)[0]
+
+
+def _test_accuracy(model) -> float:
+    x, y = _held_out()
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, lowered", [("ternary", 5), ("int4", 1.5)])
+def test_dq_lowers_the_quantized_networks_gram_and_keeps_clean_accuracy(preset, lowered):
+    model, defense, twin = _dq_and_twin(preset)
+    defended, undefended = _deployed_gram(model), _deployed_gram(twin)
+    # measured: ternary 15,496 against 244,889; int4 620 against 1,262
+    assert defended < undefended / lowered, (defended, undefended)
+    # measured: ternary 0.855 against 0.878, int4 0.970 against 0.973
+    assert _test_accuracy(model) > _test_accuracy(twin) - 0.05
     assert defense.summary["dq"] > 0
+    # every class still reads some feature: the quantized last layer has a non-zero
+    # weight in every column (penalising the latent weights emptied ternary's)
+    dense = [layer for layer in model.layers if hasattr(layer, "kernel")][-1]
+    from sweeper.deploy.plain import quantized_weights
+
+    assert (quantized_weights(dense)[0] != 0).any(axis=0).all()
+
+
+def test_dq_refuses_binary_weights_whose_norm_is_fixed():
+    from sweeper.quantizers import QUANTIZERS
+
+    with pytest.raises(UserError, match=r"^defense 'dq' needs kernels whose norms training can change; 'binary'"):
+        defenses.build("dq", preset=QUANTIZERS.get("binary"))
+    assert defenses.build("dq", preset=QUANTIZERS.get("sbinary")) is not None  # its scale adapts
+    from sweeper import grid
+
+    raw = {"name": "g", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp", "binary"],
+           "defenses": ["none", "dq"]}
+    with pytest.raises(UserError, match=r"^grid: defenses: defense 'dq' needs .*; limit it with quantizers"):
+        grid.validate(raw)
+    raw["defenses"][1] = {"name": "dq", "quantizers": ["fp"]}
+    assert grid.validate(raw).defenses[1].quantizers == ("fp",)
 
 
 def _fgsm_accuracy(model, eps: float) -> float:
