@@ -153,16 +153,16 @@ VIEWS = {  # in creation order: robust reads worst_case
 }
 
 
-def parse_memory_limit(text: str) -> int:
+def parse_memory_limit(text: str, minimum: int = MIN_MEMORY_LIMIT) -> int:
     """``--memory-limit`` as bytes: a number and one of DuckDB's units (B, KB, MB, GB,
-    TB, KiB, MiB, GiB, TiB; any case), at least MIN_MEMORY_LIMIT; else a one-line error."""
+    TB, KiB, MiB, GiB, TiB; any case), at least ``minimum``; else a one-line error."""
     match = _SIZE.fullmatch(text.strip())
     if match is None or match.group(2).lower() not in _UNITS:
         raise UserError(f"--memory-limit: {text!r} is not a size; write a number and a unit, e.g. 512MB or 2GiB "
                         f"(units: {', '.join(u.upper().replace('I', 'i') for u in _UNITS)})")
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size < MIN_MEMORY_LIMIT:
-        raise UserError(f"--memory-limit: {text!r} is below the {MIN_MEMORY_LIMIT // 1024**2}MiB a query needs")
+    if size < minimum:
+        raise UserError(f"--memory-limit: {text!r} is below the {minimum // 1024**2}MiB a query needs")
     return size
 
 
@@ -252,7 +252,8 @@ def new_connection(memory_limit: str | int = DEFAULT_MEMORY_LIMIT):
 
     import duckdb
 
-    limit = memory_limit if isinstance(memory_limit, int) else parse_memory_limit(memory_limit)
+    # The floor is the CLI's (parse_memory_limit); code may ask for less, e.g. to probe a tight limit.
+    limit = memory_limit if isinstance(memory_limit, int) else parse_memory_limit(memory_limit, minimum=1)
     spill = os.path.join(tempfile.gettempdir(), "sweeper-duckdb")
     try:
         connection = duckdb.connect(":memory:", config={"memory_limit": f"{limit}B", "temp_directory": spill})

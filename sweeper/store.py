@@ -7,8 +7,8 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
     RESULTS/checkpoints/            mid-training state of jobs in flight (sweeper.trial), removed when done
     RESULTS/adversarial/            source cells' adversarial examples, one compressed .npz per cell, for transfer attacks
     RESULTS/.lease.json             the running launch's lease (sweeper.lease)
-    RESULTS/damaged/                fragments that could not be read, set aside, never deleted
-    RESULTS/.staging/, _tune/       in-progress writes; Ray Tune's own state
+    RESULTS/damaged/                damaged fragments (and a damaged lease), set aside, never deleted
+    RESULTS/.staging/, _tune/       in-progress writes (each folder's .staging/); Ray Tune's own state
 
 Each finished training job's rows are written as one new fragment: written under a
 staging name, then renamed, so readers never see half a file and a crash loses at most
@@ -16,6 +16,13 @@ the jobs in flight. Every file records its provenance (the grid file's text and 
 library versions, the launch's start time) in its Parquet metadata. At the end of a sweep
 the fragments are compacted into one file (``compact``); until then reading skips (and
 reports) fragments that cannot be read and keeps the first row of a cell stored twice.
+
+What a fragment is, is decided in one place (``_inspect``), from a file's first bytes and
+footer alone: a file that is not Parquet, or Parquet without sweeper's schema version, is
+*foreign* (never read, moved or deleted); a Parquet file cut short, or whose footer is not
+one sweeper writes (version, provenance, column types, cell ids), is *damaged* (skipped,
+reported, set aside). A write that fails names its file (``naming``), so a full disk or a
+read-only store is one line; ``leftovers`` lists what unfinished writes left behind.
 """
 
 from __future__ import annotations
