@@ -17,13 +17,14 @@ How taking it is made safe:
 - **Local disk (and NFS):** every check-and-write runs under ``flock`` on the store
   folder. A new lease is written under a unique name, then ``os.link``-ed to its place,
   which fails if a lease exists (exclusive create, with the whole content at once, also
-  on NFS); a stale one is replaced with ``os.replace``. A *damaged* lease (not JSON, a
-  field of the wrong type, a heartbeat that is not a finite time or lies more than a TTL
-  ahead, a pid no process can have, a folder where the file belongs) is written by
-  nothing that runs (writes are atomic), so it is stale: it is taken over the same way
-  (a folder is moved into ``damaged/``, never deleted) and the launch says so in one line. Where the folder cannot be
+  on NFS); a stale one is replaced with ``os.replace``. Where the folder cannot be
   locked (some NFS setups refuse ``flock`` on a folder), creation stays exclusive but two
   launches taking over the same stale lease at the same moment could both succeed.
+- **A damaged lease** (not JSON, a field of the wrong type, a heartbeat that is not a
+  finite time or lies more than a TTL ahead, a pid no process can have, a folder where
+  the file belongs) is written by nothing that runs (writes are atomic), so it is stale:
+  it is taken over the same way, a folder moved into ``damaged/`` (never deleted), and
+  ``took_over`` says what was wrong, for the launch to report in one line.
 - **Object stores** have no portable write-if-absent. A launch that finds no lease (or a
   stale one) writes its own, waits ``SETTLE_S``, and reads it back: of two launches
   that both wrote, the one whose write came last wins and the other backs off. The

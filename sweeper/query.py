@@ -46,7 +46,7 @@ DEFAULT_MEMORY_LIMIT = "2GB"
 # DuckDB's units: KB, MB... are powers of 1000, KiB, MiB... of 1024.
 _UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE | re.ASCII)
 # Below this DuckDB cannot even set up the views (it fails to allocate its first blocks).
 MIN_MEMORY_LIMIT = 16 * 1024**2
 

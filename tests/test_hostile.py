@@ -183,6 +183,11 @@ def test_paths_print_literally_in_errors(tmp_path, monkeypatch, name):
     assert name in one_line_error(sweeper("validate", name))
 
 
+def test_values_print_literally_in_errors(tmp_path, tiny_grid):
+    line = one_line_error(sweeper("validate", write_grid(tmp_path, tiny_grid), "--set", "name=[bold]x :x:"))
+    assert "name=[bold]x :x:" in line
+
+
 def test_store_paths_and_query_results_print_literally(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _store(tmp_path / "runs[old]")
