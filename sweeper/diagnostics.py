@@ -308,6 +308,10 @@ def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Ta
     are never held at once."""
     import duckdb
 
+    from sweeper import query
+
+    if not query.scannable(store.fragments(location)):  # a path DuckDB cannot name exactly: read it here
+        return diagnose(store.read(location).table)
     try:
         counts = _store_counts(location, _TIGHT_LIMIT)
     except duckdb.OutOfMemoryException:
@@ -356,7 +360,9 @@ def _counts(connection, relation: str) -> tuple | None:
 
 
 def _quoted(values) -> str:
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+    from sweeper.query import sql_string
+
+    return ", ".join(sql_string(str(v)) for v in values)
 
 
 def _sql_points(connection, relation: str) -> None:

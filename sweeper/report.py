@@ -33,7 +33,8 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper import diagnostics, query, store, twins
+from sweeper import diagnostics, output, query, store, twins
+from sweeper.errors import UserError
 from sweeper.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
@@ -44,18 +45,40 @@ CONFIG = store.CONFIG_COLUMNS
 ROW = [*CONFIG, "n_samples"]
 
 
+# The files a report writes in its folder, besides figures/*.png. The folder is the
+# report's: regenerating replaces these (and figures of the same names), never anything
+# else, and never a folder, link or device of one of these names (sweeper.output).
+OWNED = ("report.md", "defense_effect.csv", "defense_verdicts.csv")
+FIGURES = "figures"
+
+
 def write(results: str, out: str | Path) -> Path:
-    """Render the report for the store at ``results`` into ``out``; returns report.md."""
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    connection = query.open_store(results)
+    """Render the report for the store at ``results`` into ``out``; returns report.md.
+    Nothing is created under ``out`` unless the store has rows to report and ``out`` is a
+    place a report may go (``output.check_folder``)."""
+    connection = query.open_store(results)  # a missing or empty store: one line, before anything is written
     try:
+        [(rows,)] = connection.execute("SELECT count(*) FROM results").fetchall()
+        if not rows:
+            raise UserError(f"{results}: no readable rows to report (`sweeper check {results}` says why)")
+        out = Path(output.check_folder(str(out), "--out", _owned(Path(out)), stores=output.local_store(results)))
+        (out / FIGURES).mkdir(parents=True, exist_ok=True)
         sections = _Report(connection, out, results).sections()
     finally:
         connection.close()
     path = out / "report.md"
-    query.write_text("\n\n".join(sections) + "\n", str(path))
+    output.write_text("\n\n".join(sections) + "\n", str(path), "--out", force=True)
     return path
+
+
+def _owned(out: Path) -> list[str]:
+    figures = out / FIGURES
+    names = [*OWNED, FIGURES]
+    if figures.is_dir() and not figures.is_symlink():
+        names += [f"{FIGURES}/{name}" for name in sorted(p.name for p in figures.iterdir()) if name.endswith(".png")]
+    elif figures.exists() or figures.is_symlink():
+        raise UserError(f"--out: {figures} exists and is not a folder")
+    return [name for name in names if name != FIGURES]
 
 
 def fmt(mean: float | None, std: float | None = None) -> str:
@@ -348,12 +371,19 @@ class _Report:
                  "smaller and more accurate)."]
         for dataset in self._datasets():
             configs = self._configs(dataset, False)
-            name = _file_name(f"pareto-{dataset}.png")
-            front = figures.pareto(configs, [mcus[t] for t in targets], self.out / "figures" / name,
-                                   f"clean accuracy against flash, {dataset}", self._label)
-            parts += [f"### {dataset}", f"![accuracy against flash, {dataset}](figures/{name})",
-                      "Pareto-optimal: " + ", ".join(f"{self._label(c)} ({c['flash_kb']:.1f} KB, "
-                                                     f"{fmt(c['test_acc_mean'])})" for c in front) + "."]
+            # Rows of older stores (schema <= 2) have no deployed flash: no place on the axis.
+            placed = [c for c in configs if c["flash_kb"] is not None and c["test_acc_mean"] is not None]
+            parts.append(f"### {dataset}")
+            if len(placed) < len(configs):
+                parts.append(f"{len(configs) - len(placed)} of {len(configs)} configurations have no deployed "
+                             "flash figure (rows of an older store) and are left out of the figure.")
+            if placed:
+                name = _file_name(f"pareto-{dataset}.png")
+                front = figures.pareto(placed, [mcus[t] for t in targets], self.out / "figures" / name,
+                                       f"clean accuracy against flash, {dataset}", self._label)
+                parts += [f"![accuracy against flash, {dataset}](figures/{name})",
+                          "Pareto-optimal: " + ", ".join(f"{self._label(c)} ({c['flash_kb']:.1f} KB, "
+                                                         f"{fmt(c['test_acc_mean'])})" for c in front) + "."]
             rows = []
             for target in targets:
                 fitting = [c for c in configs if target in self._fitting(c)]
@@ -399,8 +429,8 @@ class _Report:
             return ""
         compared = twins.compare(query.fetch(self.db, twins.ROWS_SQL))
         verdicts = twins.verdicts(compared)
-        query.write_text(query.render(compared, "csv"), str(self.out / "defense_effect.csv"))
-        query.write_text(query.render(verdicts, "csv"), str(self.out / "defense_verdicts.csv"))
+        for table, name in ((compared, "defense_effect.csv"), (verdicts, "defense_verdicts.csv")):
+            output.write_text(query.render(table, "csv"), str(self.out / name), "--out", force=True)
         parts = ["## Defended vs undefended",
                  "Each defended model against its twin: the same dataset, model, quantizer, training settings, "
                  "K and seed, trained without a defense (for dbwt's weights at another width, `@ 2-bit`, the "
