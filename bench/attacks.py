@@ -14,9 +14,17 @@ are identical:
   batch; Boundary with sweeper's seeded starts on both sides) on the compiled one;
 - ZOO (max_iter 10, 3 binary search steps): ART's ZooAttack on both estimators.
 
+Then the deployed rows (with Square in the selection): the model converted to its int8
+``.tflite`` (``deploy.deploy``, calibrated on training images), and Square with the same
+parameters on the same ``--bb-samples`` samples run on the compiled QKeras estimator and on
+the deployed build (``attacks.make_deployed_classifier``: TFLite interpreter, reference
+kernels, batched), in ``--rounds`` interleaved rounds; it prints each run's median seconds,
+the ratio deployed / compiled (issue 22's target: at most 2x), both adversarial accuracies
+(each by its own network) and the load average.
+
     python bench/attacks.py [--samples 100] [--cw-samples N] [--bb-samples N] [--seed 0]
                             [--model stq_net] [--preset stq] [--only square,boundary]
-                            [--threads 1]
+                            [--threads 1] [--rounds 7]
 
 C&W and the black-box attacks on the stock estimator are the slow ones; --cw-samples
 and --bb-samples run them, with both, on the first N samples only. TensorFlow runs one
@@ -55,7 +63,8 @@ BLACK_BOX = ("square", "boundary", "zoo")
 
 
 def train_digits_model(seed: int, model_name: str, preset: str):
-    """A sweeper model (logits) trained on digits' first 1500 images for 5 epochs."""
+    """A sweeper model (logits) trained on digits' first 1500 images for 5 epochs; returns
+    (model, the other images, their labels, the training images)."""
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
@@ -68,7 +77,7 @@ def train_digits_model(seed: int, model_name: str, preset: str):
     model = models.build(model_name, (8, 8, 1), 10, quantizers.QUANTIZERS.get(preset))
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1500], y[:1500], epochs=5, batch_size=32, verbose=0)
-    return model, x[1500:], y[1500:]
+    return model, x[1500:], y[1500:], x[:1500]
 
 
 def timed_run(classifier, name, x, y, eps, norm, params, seed, stock_attack=False):
@@ -113,6 +122,37 @@ def compare(stock, fast, x, y, limits: dict, only: set | None, seed: int) -> Non
     print("speedups: " + ", ".join(speedups))
 
 
+def compare_deployed(model, fast, x_train, x, y, rounds: int, seed: int) -> None:
+    """Square on the compiled QKeras estimator against Square on the deployed build: the
+    same parameters and samples, ``rounds`` interleaved rounds, medians."""
+    import os
+    import statistics
+
+    from sweeper import deploy
+
+    deployment = deploy.deploy(model, x_train)
+    if not deployment.ok:
+        print(f"deployed rows: the model does not deploy ({deployment.error})")
+        return
+    built = time.perf_counter()
+    deployed = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0))
+    print(f"deployed build: {deployment.flatbuffer_bytes} B .tflite, estimator built in "
+          f"{time.perf_counter() - built:.2f} s (batched: {deployed.runner.batched})")
+    [(name, eps, norm, params)] = [run for run in RUNS if run[0] == "square"]
+    times: dict[str, list[float]] = {"compiled": [], "deployed": []}
+    accuracy = {}
+    for _ in range(rounds):
+        for label, classifier in (("compiled", fast), ("deployed", deployed)):
+            seconds, x_adv = timed_run(classifier, name, x, y, eps, norm, params, seed)
+            times[label].append(seconds)
+            accuracy[label] = np.mean(classifier.predict(x_adv).argmax(1) == y)
+    compiled, on_build = (statistics.median(times[k]) for k in ("compiled", "deployed"))
+    print(f"square {norm} eps {eps} {params}, {len(x)} samples, {rounds} interleaved rounds (medians):")
+    print(f"  compiled QKeras {compiled:.3f} s (adv acc {accuracy['compiled']:.3f}), deployed build "
+          f"{on_build:.3f} s (adv acc {accuracy['deployed']:.3f}): deployed / compiled = {on_build / compiled:.2f}x "
+          f"(target <= 2x); load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100)
@@ -124,6 +164,7 @@ def main() -> None:
     parser.add_argument("--model", default="stq_net", help="a sweeper model name")
     parser.add_argument("--preset", default="stq", help="a sweeper quantizer preset")
     parser.add_argument("--only", default=None, help="comma-separated attacks to run")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the deployed rows")
     parser.add_argument("--threads", type=int, default=1,
                         help="TensorFlow intra-op threads (default 1: what a one-CPU trial "
                              "gets, placement.py); 0 leaves TensorFlow's default")
@@ -134,7 +175,7 @@ def main() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    model, x_test, y_test = train_digits_model(args.seed, args.model, args.preset)
+    model, x_test, y_test, x_train = train_digits_model(args.seed, args.model, args.preset)
     print(f"model: {args.model} under preset {args.preset}, {model.count_params()} params")
     x, y = x_test[: args.samples], y_test[: args.samples]
     stock = attacks.make_stock_classifier(model, 10, (8, 8, 1), (0.0, 1.0))
@@ -145,6 +186,9 @@ def main() -> None:
     limits = {"cw_l2": args.cw_samples, **{name: args.bb_samples for name in BLACK_BOX}}
     only = set(args.only.split(",")) if args.only else None
     compare(stock, fast, x, y, limits, only, args.seed)
+    if not only or "square" in only:
+        n = min(args.bb_samples or len(x), len(x))
+        compare_deployed(model, fast, x_train, x[:n], y[:n], args.rounds, args.seed)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,10 @@ UNKNOWN_POOLED_SAMPLES = 60_000
 
 # ASSUMED (docs/scale.md section 1): Boundary's forwards per step, between 21 and 1,000.
 BOUNDARY_FORWARDS_PER_STEP = 30
+# ASSUMED (ART's HopSkipJump loop): single-sample calls per iteration besides the gradient
+# estimate: a binary search towards the input (about log2 of distance / threshold, ~15
+# on 8x8 inputs) and a few step-size halvings.
+HOP_SKIP_JUMP_SEARCH_CALLS = 20
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,13 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
     if attack == "boundary":  # one sample at a time: two calls per step
         steps = get("max_iter", 1000)
         return Work(forwards=steps * BOUNDARY_FORWARDS_PER_STEP, calls=2 * steps, batch=1)
+    if attack == "hopskipjump":  # one sample at a time: a gradient estimate and searches per step
+        steps = get("max_iter", 50)
+        estimates = [min(int(get("init_eval", 100) * math.sqrt(k + 1)), get("max_eval", 10000))
+                     for k in range(steps)]
+        # sweeper's estimators predict an estimate's samples in one call, whatever ART's batch_size
+        return Work(forwards=sum(estimates) + steps * HOP_SKIP_JUMP_SEARCH_CALLS,
+                    calls=steps * (1 + HOP_SKIP_JUMP_SEARCH_CALLS), batch=1)
     iterations = get("max_iter", 10) * get("binary_search_steps", 10)
     if attack == "cw_l2":  # two class gradients and a halving/doubling line search
         searches = 1 + get("max_halving", 5) + get("max_doubling", 5)

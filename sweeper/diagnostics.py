@@ -26,6 +26,10 @@ checks compare numbers the grid already has:
   attack should get near chance or below. Transfer attacks are not judged here: they do
   not adapt to the target, so failing at a large budget says nothing about its gradients.
 
+Rows of attacks on the deployed build (``target`` 'deployed') are not judged: the checks
+are about the QKeras model's gradients, and the int8 build is another network (its own
+worst case is query's ``worst@deployed``).
+
 A *point* is one configuration at one ``store.POINT_COLUMNS`` value (attack, label, norm,
 eps, parameters, sample count): points that differ in any of them are never merged. A
 point pools the per-sample outcomes of all its folds, each sample keyed by
@@ -144,6 +148,7 @@ class Point:
     attack_params: str
     n_samples: int | None
     source_config_id: str | None  # a transfer attack's source configuration; None: white-box
+    target: str | None  # "model" (deployed points, attacks on the .tflite, are not judged)
     n_classes: int | None
     n_features: int | None
     input_range: float | None  # the widest clip_max - clip_min of its rows; None if unknown
@@ -371,6 +376,7 @@ def _sql_points(connection, relation: str) -> None:
     (``_dg_points``); the others' samples are unnested into ``_dg_samples`` (point, key,
     clean, adv; a (fold, sample_index) taken once, from the earliest row)."""
     usable = (f"attack IN ({_quoted(ATTACKS.names())}) AND eps > 0 AND NOT isnan(eps) "
+              "AND coalesce(target, 'model') = 'model' "  # attacks on the .tflite: not judged (module doc)
               "AND len(sample_index) = len(clean_correct) AND len(sample_index) = len(adv_correct)")
     _create_points(connection, relation, usable)
     _mark_uniform(connection, relation)

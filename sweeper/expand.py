@@ -25,6 +25,11 @@ source gets no transfer cell (its white-box cell is that number). A transfer cel
 identity adds its source cell's id, so it never shares an id with a white-box cell, and
 every id of a grid without transfer entries is what it was.
 
+Deployed attacks (an attack entry with ``target: deployed``): the cell attacks the job's
+int8 .tflite instead of its QKeras model. ``Cell.target`` enters the identity only when it
+is ``deployed``, so every id of a grid without such entries is what it was; the label says
+it (``square@deployed``, grid.py).
+
 Bit widths (defense ``dbwt``): a dbwt job's white-box cells are repeated at each width of
 its ``bits`` other than the preset's own, with ``Cell.eval_bits`` set (in the cell's
 identity only then). Their rows belong to a configuration of their own
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sweeper.errors import UserError
-from sweeper.grid import Epsilon, Grid
+from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Epsilon, Grid
 
 # Bump when a change to sweeper alters what a job or cell computes: old results then
 # stop matching and are recomputed instead of silently mixed with new ones.
@@ -140,6 +145,8 @@ class Cell:
     # dbwt: the bit width the job's weights are quantized at for this cell; None: the
     # preset's own (every cell of every other defense).
     eval_bits: int | None = None
+    # What the attack queries: the QKeras model, or the job's int8 .tflite ("deployed").
+    target: str = MODEL_TARGET
 
     def identity(self) -> dict[str, Any]:
         identity = {"job": self.job_id, "attack": self.attack, "norm": self.norm, "eps": self.eps,
@@ -148,6 +155,8 @@ class Cell:
             identity["source"] = self.source.cell_id
         if self.eval_bits is not None:  # likewise
             identity["eval_bits"] = self.eval_bits
+        if self.target == DEPLOYED_TARGET:  # likewise
+            identity["target"] = self.target
         return identity
 
     def art_params(self) -> dict[str, Any]:
@@ -280,8 +289,9 @@ def _cells(grid: Grid, job: TrainingJob) -> list[Cell]:
         params = tuple(sorted(entry.resolved_params().items()))
         for eps in entry.eps:
             own.append(_with_id(_attack_cell(job.job_id, entry, eps, params, samples), "cell_id"))
+    # The .tflite is the preset's: deployed cells are not repeated at other widths.
     return own + [_with_id(replace(cell, eval_bits=width), "cell_id")
-                  for width in evaluation_widths(job) for cell in own]
+                  for width in evaluation_widths(job) for cell in own if cell.target == MODEL_TARGET]
 
 
 def evaluation_widths(job: TrainingJob) -> list[int]:
@@ -297,7 +307,7 @@ def evaluation_widths(job: TrainingJob) -> list[int]:
 
 def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int, label: str | None = None) -> Cell:
     return Cell(job_id, entry.name, label or entry.key, entry.resolved_norm(), eps.value, eps.label,
-                params, samples)
+                params, samples, target=entry.target)
 
 
 def _transfer_cells(grid: Grid, jobs: tuple[TrainingJob, ...], own: dict[str, list[Cell]]) -> dict[str, list[Cell]]:

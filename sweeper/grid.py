@@ -26,6 +26,9 @@ class _Frozen(BaseModel):
 
 
 UNBOUNDED = "unbounded"
+# What an attack entry attacks (its ``target``): the QKeras model (default), or the int8
+# .tflite built from it, queried through the TFLite interpreter (black-box attacks only).
+MODEL_TARGET, DEPLOYED_TARGET = "model", "deployed"
 
 
 class Epsilon(_Frozen):
@@ -159,6 +162,28 @@ class AttackEntry(_Frozen):
     datasets: tuple[str, ...] | None = None  # default: every dataset of the grid
     # A transfer attack: examples crafted on the source, evaluated on each target.
     source: Source | None = None
+    # "deployed": the attack queries the int8 .tflite (sweeper.attacks.deployed), not the
+    # QKeras model; its rows' outcomes are the build's.
+    target: Literal["model", "deployed"] = MODEL_TARGET
+
+    @field_validator("target")
+    @classmethod
+    def _deployable(cls, target: str, info) -> str:
+        # Checked here, not in _known, so that the error names attacks.<i>.target.
+        from sweeper.attacks import ATTACKS
+
+        name = info.data.get("name")
+        if target != DEPLOYED_TARGET or name not in ATTACKS:
+            return target
+        if not ATTACKS.get(name).black_box:
+            black_box = ", ".join(n for n in ATTACKS.names() if ATTACKS.get(n).black_box)
+            raise ValueError(f"attack {name!r} needs gradients and the deployed build has none; "
+                             f"target: deployed takes a black-box attack ({black_box}); the transfer of "
+                             f"{name} from the QKeras model to the build is every row's deployed_adv_acc")
+        if info.data.get("source") is not None:
+            raise ValueError("target: deployed attacks the build itself; a transfer attack (source) "
+                             "already reaches the build: its rows' deployed_adv_acc")
+        return target
 
     @field_validator("norm", mode="before")
     @classmethod
@@ -208,8 +233,11 @@ class AttackEntry(_Frozen):
     @property
     def key(self) -> str:
         """The attack_label of its cells: a transfer entry's says where its examples come
-        from (``fgsm<-fp``), so it never shares a label with a white-box entry."""
+        from (``fgsm<-fp``), a deployed one what it attacks (``square@deployed``), so
+        neither shares a label with a white-box entry."""
         base = self.label or self.name
+        if self.target == DEPLOYED_TARGET:
+            return f"{base}@{DEPLOYED_TARGET}"
         return f"{base}<-{self.source.label}" if self.source else base
 
     @property

@@ -9,7 +9,9 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
 
 - ``results``: the rows, one per cell (the store's schema);
 - ``robust``: mean, standard deviation and variance across folds of every cell, plus the
-  worst case over attacks at each budget (per sample: robust only if every attack failed);
+  worst case over attacks at each budget (per sample: robust only if every attack failed),
+  of the QKeras model (``worst(...)``) and of its deployed build (``worst@deployed(...)``:
+  transfer from the model's examples plus the attacks on the build itself, ``WorstCase``);
   a transfer attack's rows are their own points (``source_config_id`` is part of the key),
   with ``source_model``, ``source_quantizer`` and the transfer rate's mean over the folds
   where it is defined; they count in the worst case at their budget like any other attack
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from sweeper import store
@@ -75,7 +78,11 @@ _ACCURACIES = """
 # Worst case over attacks at each budget, the robustness-leaderboard convention: a sample
 # counts as robust only if every attack run at that (norm, eps) on it failed. Built from
 # the per-sample outcomes of one fold's rows with the same samples, then averaged over
-# folds like any other point; its label names the attacks it covers.
+# folds like any other point; its label names the attacks it covers. Two groups, one per
+# network the outcomes are of (``WorstCase``): the QKeras model (``worst(...)``: rows that
+# attacked the model), and the deployed int8 build (``worst@deployed(...)``: every row's
+# deployed_adv_correct, i.e. the build under transfer from the QKeras model's examples,
+# and the rows that attacked the build itself, whose outcomes are the build's).
 _KEY = [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"]
 _SAME = " AND ".join(f"a.{c} IS NOT DISTINCT FROM covered.{c}" for c in _KEY)  # NULL-safe: schema-2 keys
 # Only (configuration, fold, norm, eps) groups with at least two attacks make a worst
@@ -84,46 +91,89 @@ _SAME = " AND ".join(f"a.{c} IS NOT DISTINCT FROM covered.{c}" for c in _KEY)  #
 # group is lost; grouping ~1 M rows by one integer is ~5x faster than by the five columns)
 # finds where two attack labels meet, and only those rows are grouped exactly and unnested. (DISTINCT aggregates are written with
 # list_distinct: the same values, far cheaper in DuckDB.)
-_ATTACKED = "FROM results WHERE attack <> 'none' AND eps > 0 AND adv_correct IS NOT NULL"
+_ATTACKED = "FROM results WHERE attack <> 'none' AND eps > 0"
 _COARSE = ["config_id", "fold", "norm", "eps", "n_samples"]
 _COARSE_HASH = f"hash({', '.join(_COARSE)})"  # one integer to group on; a collision only widens a group
-_WORST_CASE = f"""
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """One group of the worst case: whose outcomes it pools, as SQL over ``results``."""
+
+    target: str  # the network the outcomes are of: store's ``target`` values
+    label: str  # what the attack_label starts with: worst(a+b)
+    rows: str  # which attack rows take part
+    ok: str  # a row's per-sample robust outcomes
+    clean: str  # a row's per-sample clean outcomes (null entries: unknown, left out)
+    clean_acc: str  # a row's clean accuracy
+    needs: str  # besides two attack labels, what a group must have (a boolean aggregate)
+    deployed: bool  # the deployed_* accuracies are the group's own (else null)
+
+
+WORST_CASES = (
+    WorstCase("model", "worst(", "coalesce(target, 'model') = 'model' AND adv_correct IS NOT NULL",
+              "adv_correct", "clean_correct", "clean_acc", "true", deployed=False),
+    # A model row knows the build's per-sample outcome on its example (deployed_adv_correct)
+    # but not its clean one: only the build's own rows say it, and a group needs one.
+    WorstCase("deployed", "worst@deployed(", "deployed_adv_correct IS NOT NULL", "deployed_adv_correct",
+              "CASE WHEN target = 'deployed' THEN clean_correct "
+              "ELSE list_transform(deployed_adv_correct, lambda x: NULL::BOOLEAN) END",
+              "deployed_clean_acc", "bool_or(target = 'deployed')", deployed=True),
+)
+
+
+def _worst_case_sql(group: WorstCase) -> str:
+    """The worst case of one group (module doc, ``robust``)."""
+    deployed = ("any_value(clean_acc) AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc" if group.deployed
+                else "NULL::DOUBLE AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc")
+    accuracies = _ACCURACIES.replace("fold)", "covered.fold)").replace("(n_samples)", "(covered.n_samples)")
+    return f"""
         WITH coarse AS MATERIALIZED (
-            SELECT {_COARSE_HASH} AS h {_ATTACKED} GROUP BY h HAVING min(attack_label) <> max(attack_label)),
+            SELECT {_COARSE_HASH} AS h {_ATTACKED} AND {group.rows} GROUP BY h
+            HAVING min(attack_label) <> max(attack_label) AND {group.needs}),
         candidates AS (
-            SELECT a.* FROM (SELECT {', '.join(_KEY)}, attack_label, eps_label, clean_acc, test_acc, params,
+            SELECT a.* FROM (SELECT {', '.join(_KEY)}, attack_label, eps_label, target,
+                                    {group.clean_acc} AS clean_acc, test_acc, params,
                                     flash_kb, ram_kb, tflite_kb, arena_kb, flash_packed_kb, ram_packed_kb,
-                                    footprint_source, sample_index, adv_correct, clean_correct {_ATTACKED}) AS a
+                                    footprint_source, sample_index, {group.ok} AS ok_list,
+                                    {group.clean} AS clean_list {_ATTACKED} AND {group.rows}) AS a
             WHERE {_COARSE_HASH} IN (SELECT h FROM coarse)),
         covered AS MATERIALIZED (
             SELECT row_number() OVER () AS gid, * FROM (
                 SELECT {_CONFIG}, fold, norm, eps, n_samples, min(eps_label) AS eps_label,
                        array_to_string(list_sort(list_distinct(list(attack_label))), '+') AS covers,
-                       len(list_distinct(list(attack_label))) AS attacks, any_value(clean_acc) AS clean_acc,
+                       len(list_distinct(list(attack_label))) AS attacks, {group.needs} AS needed,
+                       any_value(clean_acc) AS clean_acc,
                        any_value(test_acc) AS test_acc, max(params) AS params,
                        max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb, max(tflite_kb) AS tflite_kb,
                        max(arena_kb) AS arena_kb, max(flash_packed_kb) AS flash_packed_kb,
                        max(ram_packed_kb) AS ram_packed_kb, any_value(footprint_source) AS footprint_source,
-                       NULL::DOUBLE AS deployed_clean_acc, NULL::DOUBLE AS deployed_adv_acc
+                       {deployed}
                 FROM candidates GROUP BY {_CONFIG}, fold, norm, eps, n_samples)
-            WHERE attacks >= 2),
+            WHERE attacks >= 2 AND needed),
         per_sample AS (
             SELECT gid, sample, bool_and(ok) AS ok, bool_and(clean) AS clean
-            FROM (SELECT covered.gid, unnest(a.sample_index) AS sample, unnest(a.adv_correct) AS ok,
-                         unnest(a.clean_correct) AS clean
+            FROM (SELECT covered.gid, unnest(a.sample_index) AS sample, unnest(a.ok_list) AS ok,
+                         unnest(a.clean_list) AS clean
                   FROM candidates AS a JOIN covered ON {_SAME})
             GROUP BY gid, sample),
         per_fold AS (
             SELECT gid, avg(ok::DOUBLE) AS adv_acc,
                    sum((clean AND NOT ok)::INTEGER) / nullif(sum(clean::INTEGER), 0) AS attack_success_rate
-            FROM per_sample GROUP BY gid)
+            FROM per_sample GROUP BY gid),
+        folds AS (SELECT covered.* EXCLUDE (deployed_adv_acc), per_fold.adv_acc AS adv_acc,
+                         per_fold.attack_success_rate,
+                         {"per_fold.adv_acc" if group.deployed else "NULL::DOUBLE"} AS deployed_adv_acc
+                  FROM covered JOIN per_fold USING (gid))
         SELECT {', '.join('covered.' + c for c in store.CONFIG_COLUMNS)}, 'worst_case' AS attack,
-               'worst(' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
+               '{group.label}' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
                eps_label, '{{"covers": "' || covers || '"}}' AS attack_params,
-               covered.n_samples AS n_samples, {_ACCURACIES.replace("fold)", "covered.fold)").replace(
-                   "(n_samples)", "(covered.n_samples)")}
-        FROM covered JOIN per_fold USING (gid)
+               covered.n_samples AS n_samples, '{group.target}' AS target, {accuracies}
+        FROM folds AS covered
         GROUP BY ALL"""
+
+
+_WORST_CASE = "\n        UNION ALL BY NAME\n".join(f"SELECT * FROM ({_worst_case_sql(group)})" for group in WORST_CASES)
 # Transfer rows: which model crafted the examples (fixed by source_config_id, a key), and
 # the transfer rate over the folds where it is defined (NaN: no sample to transfer).
 _TRANSFER = """
@@ -202,7 +252,8 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
 
 def _current_worst_case(location: store.Location, found: store.Survey) -> str | None:
     """The stored worst case's path if it was computed from exactly these row files, by
-    code with today's configuration columns (an older one lacks e.g. ``defense``)."""
+    code with today's configuration columns and groups (an older one lacks e.g.
+    ``defense``, or ``target``: it had no deployed group)."""
     import pyarrow.parquet as pq
 
     path = location.sub(store.WORST_CASE_FILE)
@@ -211,7 +262,7 @@ def _current_worst_case(location: store.Location, found: store.Survey) -> str | 
     except (OSError, ValueError):  # absent, or unreadable: computed instead
         return None
     current = (schema.metadata or {}).get(store.META_ROWS) == found.fingerprint.encode()
-    return path if current and set(store.CONFIG_COLUMNS) <= set(schema.names) else None
+    return path if current and {*store.CONFIG_COLUMNS, "target"} <= set(schema.names) else None
 
 
 def write_worst_case(location: store.Location) -> int:

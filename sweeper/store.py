@@ -111,6 +111,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
     ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
     ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
+    ("target", pa.string(),
+     "what the attack queried: 'model' (the QKeras model) or 'deployed' (the int8 .tflite through the "
+     "TFLite interpreter; the row's clean_correct, adv_correct, adv_pred and accuracies are the build's, "
+     "equal to its deployed_* columns); rows written before the column read 'model'"),
     ("source_job_id", pa.string(),
      "transfer attack: the job whose model crafted the examples (same dataset, fold, seed); null: white-box"),
     ("source_config_id", pa.string(), "transfer attack: the source's config_id (part of the point's key)"),
@@ -157,8 +161,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("deployed_clean_acc", pa.float64(), "accuracy of the int8 .tflite on the attacked samples, unperturbed"),
     ("deployed_adv_acc", pa.float64(),
      "robust accuracy of the int8 .tflite: share of the attacked samples it classifies correctly both "
-     "unperturbed and on this cell's adversarial example (crafted on the QKeras model); the mean of "
-     "deployed_adv_correct, denominator n_samples"),
+     "unperturbed and on this cell's adversarial example (crafted on the QKeras model; on a target "
+     "'deployed' row, on the build itself); the mean of deployed_adv_correct, denominator n_samples"),
     ("deployed_adv_correct", pa.list_(pa.bool_()),
      "per attacked sample: the .tflite classifies both the clean input and this cell's adversarial "
      "example correctly (its own clean predictions, not the QKeras model's)"),
@@ -186,14 +190,16 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 CONFIG_COLUMNS = ["config_id", "dataset", "dataset_options", "model", "quantizer", "train", "k", "seed",
                   "defense", "defense_label", "defense_params", "eval_bits"]
 # What a column reads where a fragment lacks it or holds null, where null would be wrong:
-# rows from before defenses were trained without one. (Null too: a query reads the
+# rows from before defenses were trained without one, rows from before deployed attacks
+# attacked the model. (Null too: a query reads the
 # fragments of one schema version together, so a missing column arrives as null.)
-ABSENT_MEANS = {"defense": "none", "defense_label": "none", "defense_params": "{}"}
+ABSENT_MEANS = {"defense": "none", "defense_label": "none", "defense_params": "{}", "target": "model"}
 # One evaluation of a configuration: an attack with its parameters at one budget, on a
-# fixed number of samples, and for a transfer attack the configuration that crafted the
-# examples (null: white-box), so transfer and white-box rows are never averaged together.
+# fixed number of samples, what it queried (the model or its deployed build), and for a
+# transfer attack the configuration that crafted the examples (null: white-box), so
+# transfer, white-box and deployed rows are never averaged together.
 POINT_COLUMNS = ["attack", "attack_label", "norm", "eps", "eps_label", "attack_params", "n_samples",
-                 "source_config_id"]
+                 "source_config_id", "target"]
 # The per-sample outcome columns (equal-length lists, one entry per attacked sample).
 OUTCOME_COLUMNS = ["sample_index", "clean_correct", "adv_correct", "adv_pred", "pert_linf", "pert_l2",
                    "pert_l1"]

@@ -14,12 +14,17 @@ the job's attacked samples with their indices and the source's outcomes, once, a
 ``<adversarial folder>/<cell_id>.npz``; a transfer cell loads its source cell's file,
 checks that it holds this job's samples, and costs a forward pass of the target.
 
+Deployed attacks: a cell with ``target`` "deployed" attacks the job's int8 .tflite through
+the TFLite interpreter (``attacks.make_deployed_classifier``) and counts the build's
+outcomes (``_evaluate_deployed``).
+
 Bit widths: a dbwt job's cells with ``eval_bits`` run last, per width, with the same
 weights quantized at that width (``_evaluate_at_width``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import socket
@@ -33,7 +38,7 @@ import numpy as np
 from sweeper import datasets, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
-from sweeper.grid import Train
+from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Train
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,17 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
     own = [cell for cell in cells if cell.eval_bits is None]
-    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in own) else None
+    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None
+                                                 and c.target == MODEL_TARGET for c in own) else None
+    build_classifier = functools.cache(lambda: _deployed_classifier(deployed, data))  # built once, if needed
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
     for group in _attack_groups([cell for cell in own if cell.source is None]):
-        for cell, columns in _evaluate(group, model, deployed, classifier, samples, _job_seed(job), keep,
-                                       training_images):
+        if group[0].target == DEPLOYED_TARGET:
+            evaluated = _evaluate_deployed(group, deployed, build_classifier, samples, _job_seed(job), keep)
+        else:
+            evaluated = _evaluate(group, model, deployed, classifier, samples, _job_seed(job), keep, training_images)
+        for cell, columns in evaluated:
             report({**base, **_cell_columns(cell), **columns})
     for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
         report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial)})
@@ -533,46 +543,90 @@ def _cell_columns(cell: Cell) -> dict[str, Any]:
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "source_job_id": source and source.job_id, "source_config_id": source and source.config_id,
             "source_model": source and source.model, "source_quantizer": source and source.quantizer,
-            "transfer_rate": None, "eval_bits": cell.eval_bits}
+            "transfer_rate": None, "eval_bits": cell.eval_bits, "target": cell.target}
 
 
 # ---------------------------------------------------------------- attacking
 
 def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
     """Cells that share one attack run. A minimal-perturbation attack (C&W, Boundary,
-    ZOO) has no budget: it runs once, unbounded, per (attack, norm, parameters), and
-    every eps of it is derived from the perturbation norms it found (as Foolbox 3's
-    minimization attacks do). Every other cell is its own group."""
+    HopSkipJump, ZOO) has no budget: it runs once, unbounded, per (attack, norm,
+    parameters, target), and every eps of it is derived from the perturbation norms it
+    found (as Foolbox 3's minimization attacks do). Every other cell is its own group."""
     from sweeper.attacks import is_minimal
 
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         minimal = cell.attack != CLEAN and is_minimal(cell.attack)
-        key = (cell.attack, cell.norm, cell.params) if minimal else (cell.cell_id,)
+        key = (cell.attack, cell.norm, cell.params, cell.target) if minimal else (cell.cell_id,)
         groups.setdefault(key, []).append(cell)
     return list(groups.values())
 
 
 def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples, seed: int, keep=None,
               training_images: Callable[[], np.ndarray] | None = None):
-    """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes,
-    of the QKeras model and of its deployed .tflite on the same adversarial examples.
-    ``keep(cell, x_used, pred)`` stores a source cell's examples as its row counts them."""
+    """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes
+    of the attacked network (the QKeras model; the build on a deployed cell, whose
+    ``samples`` are then the build's: ``_evaluate_deployed``) and of its deployed .tflite
+    on the same adversarial examples. ``keep(cell, x_used, pred, clean_ok)`` stores a
+    source cell's examples as its row counts them."""
     from sweeper.attacks import is_minimal
 
     first = group[0]
     started = time.perf_counter()
     x_adv = _adversarial(first, classifier, samples, math.inf if first.attack != CLEAN
                          and is_minimal(first.attack) else first.eps, seed, training_images)
-    adv_pred = samples.clean_pred if first.attack == CLEAN else _predict(model, x_adv)
+    adv_pred, deployed_adv = _predictions(first, model, deployed, classifier, samples, x_adv)
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
-    deployed_adv = samples.deployed_clean_pred if first.attack == CLEAN else _deployed_predict(deployed, x_adv)
     norms = _perturbation_norms(samples.x, x_adv)
     for cell in group:
         within, pred, columns = _within_budget(cell, samples, norms, adv_pred, deployed_adv)
         if keep is not None and cell.keeps_arrays:
-            keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred)
+            keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred,
+                 samples.clean_ok)
         yield cell, {**columns, "attack_s": attack_s}
+
+
+def _predictions(cell: Cell, model, deployed, classifier, samples: _Samples, x_adv: np.ndarray):
+    """(the attacked network's predictions on x_adv, the deployed build's). On a deployed
+    cell both are the build's, from the attack's own estimator (batched: checked bit for
+    bit against one sample at a time when it was built)."""
+    if cell.attack == CLEAN:
+        return samples.clean_pred, samples.deployed_clean_pred
+    if cell.target == DEPLOYED_TARGET:
+        pred = np.argmax(classifier.predict(x_adv), axis=1)
+        return pred, pred
+    return _predict(model, x_adv), _deployed_predict(deployed, x_adv)
+
+
+def _evaluate_deployed(group: list[Cell], deployed, build_classifier: Callable[[], Any], samples: _Samples,
+                       seed: int, keep=None):
+    """(cell, columns) for each cell of one group that attacks the deployed build
+    (``target`` deployed) through ``build_classifier()`` (the .tflite as an ART
+    classifier). Every outcome is the build's: its own clean predictions decide which
+    samples are attacked and which count as robust (``robust``), and its predictions on
+    the examples are ``adv_pred``; the deployed_* columns say the same. A model without
+    a .tflite (conversion failed: the row's deploy_error says why) gets rows without
+    outcomes."""
+    if samples.deployed_clean_pred is None:
+        for cell in group:
+            yield cell, _no_build_columns(samples)
+        return
+    build = _Samples(samples.index, samples.x, samples.y, samples.deployed_clean_pred, samples.deployed_clean_pred)
+    yield from _evaluate(group, None, deployed, build_classifier(), build, seed, keep)
+
+
+def _no_build_columns(samples: _Samples) -> dict[str, Any]:
+    """A deployed cell's columns when there is no build to attack: the sample count, no
+    outcome (null, never zero: nothing was measured)."""
+    empty = {name: None for name in ("clean_acc", "adv_acc", "attack_success_rate", *store.OUTCOME_COLUMNS)}
+    return {**empty, **_deployed_columns(samples, None), "n_samples": int(len(samples.y)), "attack_s": 0.0}
+
+
+def _deployed_classifier(deployed, data):
+    from sweeper import attacks
+
+    return attacks.make_deployed_classifier(deployed.flatbuffer, data.nb_classes, data.input_shape, data.clip_values)
 
 
 def _within_budget(cell: Cell, samples: _Samples, norms: dict[str, np.ndarray], adv_pred: np.ndarray,
@@ -647,12 +701,13 @@ def _classifier(model, data):
 
 def _keeper(folder: str, samples: _Samples):
     """Stores a source cell's examples (as its row counts them: an example outside the
-    budget is the clean input) with the samples' indices and the source's outcomes."""
+    budget is the clean input) with the samples' indices and the source's outcomes
+    (``clean_ok``: the attacked network's clean outcomes)."""
     location = store.locate(folder)
 
-    def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray) -> None:
+    def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray, clean_ok: np.ndarray) -> None:
         store.put_arrays(location, f"{cell.cell_id}.npz", sample_index=samples.index, x_adv=x_used,
-                         clean_correct=samples.clean_ok, adv_correct=robust(samples.clean_ok, pred, samples.y))
+                         clean_correct=clean_ok, adv_correct=robust(clean_ok, pred, samples.y))
 
     return keep
 

@@ -77,9 +77,9 @@ def diagnose_reference(rows: pa.Table) -> pa.Table:
 
 
 def _usable(rows: pa.Table) -> pa.Table:
-    """The attack rows that can be judged: a known attack at eps > 0 (eps 0 is clean) with
-    per-sample outcomes of equal length. Missing columns read as null, so tables of older
-    schemas give no points rather than an error."""
+    """The attack rows that can be judged: a known attack on the model (not its deployed
+    build) at eps > 0 (eps 0 is clean) with per-sample outcomes of equal length. Missing
+    columns read as null, so tables of older schemas give no points rather than an error."""
     columns = {name: rows.column(name) if name in rows.column_names
                else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
                for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
@@ -87,6 +87,7 @@ def _usable(rows: pa.Table) -> pa.Table:
     lengths = [pc.list_value_length(table.column(name)) for name in _OUTCOMES]
     keep = pc.and_(pc.is_in(table.column("attack"), pa.array(ATTACKS.names())),
                    pc.fill_null(pc.greater(table.column("eps"), 0.0), False))
+    keep = pc.and_(keep, pc.fill_null(pc.equal(table.column("target"), "model"), True))
     keep = pc.and_(keep, pc.fill_null(pc.and_(pc.equal(lengths[0], lengths[1]),
                                               pc.equal(lengths[0], lengths[2])), False))
     return table.filter(keep).combine_chunks()

@@ -32,6 +32,7 @@ QUICK_PARAMS = {
     "apgd_ce": {"max_iter": 5},
     "apgd_dlr": {"max_iter": 5},
     "patch": {"steps": 5, "batch_size": 8},
+    "hopskipjump": {"max_iter": 3, "max_eval": 100, "init_eval": 10, "init_size": 20},
 }
 
 
@@ -95,7 +96,7 @@ def test_import_pulls_in_neither_tensorflow_nor_art():
 
 def test_registered_attacks_and_their_norms():
     assert attacks.ATTACKS.names() == ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
-                                       "apgd_ce", "apgd_dlr", "patch"]
+                                       "apgd_ce", "apgd_dlr", "patch", "hopskipjump"]
     for name in attacks.ATTACKS:
         spec = attacks.ATTACKS.get(name)
         assert spec.name == name and spec.norms and set(spec.norms) <= {"inf", "1", "2", "patch"}
@@ -165,16 +166,16 @@ class NoModel:
 
 
 UNBOUNDED_MESSAGE = ("needs a finite eps budget; 'unbounded' is only for minimal-perturbation "
-                     "attacks: cw_l2, boundary, zoo")
+                     "attacks: cw_l2, boundary, zoo, hopskipjump")
 
 
 def test_minimal_attacks_are_the_ones_without_a_budget():
     minimal = [name for name in attacks.ATTACKS if attacks.is_minimal(name)]
-    assert minimal == ["cw_l2", "boundary", "zoo"]
+    assert minimal == ["cw_l2", "boundary", "zoo", "hopskipjump"]
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "square", "cw_l2", "boundary", "zoo",
-                                  "apgd_ce", "apgd_dlr", "patch"])
+                                  "apgd_ce", "apgd_dlr", "patch", "hopskipjump"])
 def test_zero_eps_is_clean_for_every_attack(name):
     # fgsm@0 always meant clean; cw_l2/boundary/zoo@0 used to mean unbounded.
     x = np.linspace(-0.5, 1.5, 2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
@@ -193,7 +194,7 @@ def test_unbounded_is_only_for_minimal_attacks(name, eps):
     if eps is not None:  # validate(eps=None) means "no eps to check"
         with pytest.raises(UserError, match=message):
             attacks.validate(name, None, {}, eps=eps)
-    for minimal in ("cw_l2", "boundary", "zoo"):
+    for minimal in ("cw_l2", "boundary", "zoo", "hopskipjump"):
         attacks.validate(minimal, None, {}, eps=math.inf)
 
 
@@ -377,7 +378,7 @@ def test_pgd_step_relative_to_eps_reaches_the_budget(fast, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pgd", "square", "boundary", "apgd_ce"])
+@pytest.mark.parametrize("name", ["pgd", "square", "boundary", "apgd_ce", "hopskipjump"])
 def test_same_seed_same_examples(name, fast, sample):
     x, y = sample
     eps = 0.1 if attacks.ATTACKS.get(name).uses_eps else math.inf
@@ -486,6 +487,7 @@ MATRIX_PARAMS = {  # a few iterations each; large constants so C&W and ZOO succe
     "apgd_ce": {"max_iter": 2},
     "apgd_dlr": {"max_iter": 2},
     "patch": {"steps": 2, "batch_size": 4},
+    "hopskipjump": {"max_iter": 2, "max_eval": 50, "init_eval": 10, "init_size": 20},
 }
 MATRIX = [(dataset, name, norm) for dataset in SHAPES for name in MATRIX_PARAMS
           for norm in attacks.ATTACKS.get(name).norms]

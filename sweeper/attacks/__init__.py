@@ -9,13 +9,16 @@ One file per concern:
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
   compiled on the classifier's model (no ART attack class).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
-- ``black_box.py``: boundary (with its seeded start) and zoo.
+- ``black_box.py``: boundary and hopskipjump (with their seeded starts) and zoo.
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
   images and pasted with a hard mask (``Patch``, ``patch_shape``).
 - ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
   ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
+- ``deployed.py``: ``make_deployed_classifier``, the int8 ``.tflite`` itself as an ART
+  classifier (TFLite interpreter, reference kernels, batched): what black-box attacks
+  with ``target: deployed`` query.
 
 Importing the package imports neither TensorFlow nor ART, so the CLI lists and validates
 attacks cheaply: builders and estimators import them when first called, and the two ART
@@ -29,8 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 from sweeper.attacks.apgd import APGD_CE, APGD_DLR
-from sweeper.attacks.black_box import BOUNDARY, ZOO, _generate_boundary  # noqa: F401
+from sweeper.attacks.black_box import BOUNDARY, HOP_SKIP_JUMP, ZOO, _generate_boundary  # noqa: F401
 from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.deployed import NoGradientError, make_deployed_classifier  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401
     PREDICT_CHUNK,
     _fast_classifier_class,
@@ -51,7 +55,7 @@ from sweeper.attacks.spec import (  # noqa: F401
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401
 
-for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO, APGD_CE, APGD_DLR, PATCH):
+for _attack in (FGSM, PGD, SQUARE, CW_L2, BOUNDARY, ZOO, APGD_CE, APGD_DLR, PATCH, HOP_SKIP_JUMP):
     ATTACKS.add(_attack.name, _attack)
 del _attack
 

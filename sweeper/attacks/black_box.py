@@ -1,8 +1,9 @@
-"""Boundary and ZOO, the black-box attacks besides Square (square.py): their specs, ART
-builders, Boundary's seeded generate, and ``BatchedTrialBoundaryAttack``, ART's
-BoundaryAttack with each trial's candidates drawn and scored as one batch.
+"""Boundary, HopSkipJump and ZOO, the black-box attacks besides Square (square.py): their
+specs, ART builders, the seeded generates of the two decision-based ones (Boundary,
+HopSkipJump), and ``BatchedTrialBoundaryAttack``, ART's BoundaryAttack with each trial's
+candidates drawn and scored as one batch.
 
-Both are minimal-perturbation attacks: eps is a post-hoc budget (spec.py).
+All three are minimal-perturbation attacks: eps is a post-hoc budget (spec.py).
 
 The ART subclass is created on first use (``_boundary_attack_class``) so that importing
 this module imports neither TensorFlow nor ART.
@@ -17,7 +18,7 @@ import sys
 
 import numpy as np
 
-from sweeper.attacks.spec import AttackSpec
+from sweeper.attacks.spec import AttackSpec, _art_norm
 
 _LOG = logging.getLogger(__name__)
 
@@ -35,27 +36,54 @@ def _build_zoo(classifier, eps, norm, params, seed):
     return ZooAttack(classifier, **params)
 
 
-def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
-    """Boundary attack with a seeded start, on the samples still classified correctly.
+def _build_hop_skip_jump(classifier, eps, norm, params, seed):
+    from art.attacks.evasion import HopSkipJump
 
-    ART draws its random starting points from an unseeded ``np.random.RandomState()``, so
-    we draw them here (same recipe: uniform noise that the model classifies differently).
-    Untargeted Boundary in ART moves away from the *predicted* label, so a sample already
-    misclassified could be pushed back to its true class: it is left as is (already
-    adversarial). Samples with no start found in ``init_size`` draws stay clean, as in ART,
-    and so do samples whose ART run overflows (see below).
-    """
+    return HopSkipJump(classifier, norm=_art_norm(norm), **params)
+
+
+def _seeded_starts(classifier, x, y, init_size: int, seed: int) -> dict[int, np.ndarray]:
+    """Random starting points of the decision-based attacks, seeded: for each sample the
+    model classifies correctly, the first of ``init_size`` uniform draws in the clip range
+    that it classifies differently (ART's recipe; ART draws them from an unseeded
+    ``np.random.RandomState()``). A sample with no such draw gets none. Samples already
+    misclassified get none either: untargeted Boundary and HopSkipJump move away from the
+    *predicted* label, so they could push such a sample back to its true class (it is
+    left as is: already adversarial)."""
     rng = np.random.default_rng(seed)
     lo, hi = classifier.clip_values
     preds = classifier.predict(x).argmax(axis=1)
     labels = preds if y is None else _label_indices(y)
-    x_adv = x.astype(np.float32, copy=True)
     starts = {}
     for i in np.flatnonzero(preds == labels):
-        noise = rng.uniform(lo, hi, size=(params["init_size"], *x.shape[1:])).astype(np.float32)
+        noise = rng.uniform(lo, hi, size=(init_size, *x.shape[1:])).astype(np.float32)
         found = np.flatnonzero(classifier.predict(noise).argmax(axis=1) != preds[i])
         if found.size:
             starts[i] = noise[found[0]]
+    return starts
+
+
+def _generate_hop_skip_jump(attack, classifier, x, y, params, seed) -> np.ndarray:
+    """HopSkipJump from seeded starts (``_seeded_starts``) on the samples that have one;
+    the others stay clean. ART's gradient estimates draw from numpy's global stream, which
+    ``budget.run`` seeds. The starts go to ART as ``x_adv_init``: ART uses a start as it
+    is (its own start gets a binary search towards the input first; every iteration of
+    ART's loop begins with one, so the first does it)."""
+    starts = _seeded_starts(classifier, x, y, params["init_size"], seed)
+    x_adv = x.astype(np.float32, copy=True)
+    if starts:
+        chosen = np.array(sorted(starts))
+        x_adv[chosen] = attack.generate(x=x_adv[chosen], x_adv_init=np.stack([starts[i] for i in chosen]))
+    return x_adv
+
+
+def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
+    """Boundary attack from seeded starts (``_seeded_starts``), one sample at a time, on
+    the samples that have one. Samples with no start stay clean, as in ART, and so do
+    samples whose ART run overflows (see below).
+    """
+    starts = _seeded_starts(classifier, x, y, params["init_size"], seed)
+    x_adv = x.astype(np.float32, copy=True)
     for i, start in starts.items():
         try:
             x_adv[i] = attack.generate(x=x_adv[i:i + 1], x_adv_init=start[None])[0]
@@ -199,6 +227,19 @@ BOUNDARY = AttackSpec(
     build=_build_boundary,
     generate=_generate_boundary,
     description="Boundary Attack, decision-based (Brendel et al. 2018); eps is a post-hoc budget",
+)
+HOP_SKIP_JUMP = AttackSpec(
+    name="hopskipjump",
+    norms=("2", "inf"),
+    # ART's defaults, which are the paper's (Chen, Jordan and Wainwright 2020: 100 initial
+    # evaluations per gradient estimate, growing with sqrt(iteration), capped at 10,000).
+    defaults={"max_iter": 50, "max_eval": 10000, "init_eval": 100, "init_size": 100},
+    fixed={"targeted": False, "batch_size": 64, "verbose": False},
+    uses_eps=False,
+    black_box=True,
+    build=_build_hop_skip_jump,
+    generate=_generate_hop_skip_jump,
+    description="HopSkipJump, decision-based (Chen et al. 2020); eps is a post-hoc budget",
 )
 ZOO = AttackSpec(
     name="zoo",

@@ -17,7 +17,7 @@ What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
   covers, in (0, 1] (patch.py). Not an L-p budget: "patch" rows never meet L-p rows in a
   comparison, and the result is never projected, only checked (``perturbation_norms``
   "patch" is the share of pixels changed).
-- cw_l2, zoo (norm "2") and boundary (norm "inf" or "2"): minimal-perturbation attacks
+- cw_l2, zoo (norm "2"), boundary and hopskipjump (norm "inf" or "2"): minimal-perturbation attacks
   (``is_minimal``) with no budget parameter. ``eps == math.inf`` (or None) is unbounded:
   the raw examples, clipped to the classifier's clip_values, a failed sample being its
   clean input; ``perturbation_norms`` of one unbounded run gives every post-hoc budget.
