@@ -313,6 +313,52 @@ def test_fgsm_at_large_eps_lowers_accuracy(fast, digits):
     assert _accuracy(fast, x_adv, y) < _accuracy(fast, x, y) - 0.3
 
 
+def _random_perturbations(x: np.ndarray, eps: float, norm: str, rng) -> np.ndarray:
+    """x plus a random perturbation of size eps under norm per sample, clipped: +-eps on
+    every input (L-inf), or a uniformly random direction scaled to eps (L2)."""
+    if norm == "inf":
+        delta = eps * rng.choice([-1.0, 1.0], size=x.shape)
+    else:
+        delta = rng.normal(size=x.shape)
+        delta *= eps / np.linalg.norm(delta.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1)
+    return np.clip(x + delta, *CLIP).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm, params, margin", [
+    ("2", {"max_iter": 5, "max_eval": 500, "init_eval": 20, "init_size": 50}, 0.3),
+    # L-inf needs ART's (the paper's) query budget: at 25 iterations or fewer it fooled
+    # no more samples than +-eps sign noise at its own median L-inf distance (8 vs 9 of
+    # 16); at 50, 8 vs 5 (and 12 vs 7 at its upper quartile).
+    ("inf", {"max_iter": 50}, 0.15),
+])
+def test_hopskipjump_beats_random_perturbations_of_its_own_size(norm, params, margin, fast, digits):
+    """The control: at the median distance HopSkipJump needed (its unbounded run's, so it
+    fools about half the samples within it), ten random perturbations of that size per
+    sample fool fewer, by at least ``margin`` of the samples. Each example it returns is
+    adversarial, and another seed gives other examples (its starts and gradient estimates
+    are seeded; ART's starts are not)."""
+    _, x, y = digits
+    right = fast.predict(x).argmax(axis=1) == y
+    x, y = x[right][:16], y[right][:16]
+    unbounded = attacks.run("hopskipjump", fast, x, y, math.inf, norm, params, seed=0)
+    sizes = attacks.perturbation_norms(x, unbounded, norm)
+    changed = sizes > 0
+    assert changed.sum() >= 12
+    assert (fast.predict(unbounded[changed]).argmax(axis=1) != y[changed]).all()
+    eps = float(np.median(sizes[changed]))
+    bounded = attacks.run("hopskipjump", fast, x, y, eps, norm, params, seed=0)
+    fooled = fast.predict(bounded).argmax(axis=1) != y
+    rng = np.random.default_rng(0)
+    by_noise = np.zeros(len(x), bool)
+    for _ in range(10):
+        by_noise |= fast.predict(_random_perturbations(x, eps, norm, rng)).argmax(axis=1) != y
+    assert fooled.sum() >= by_noise.sum() + margin * len(x), (fooled.sum(), by_noise.sum())
+    other = {**params, "max_iter": 2}  # the seed decides the first draws already
+    assert not np.array_equal(attacks.run("hopskipjump", fast, x[:4], y[:4], math.inf, norm, other, seed=1),
+                              attacks.run("hopskipjump", fast, x[:4], y[:4], math.inf, norm, other, seed=0))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["pgd", "cw_l2", "boundary"])
 def test_zero_eps_returns_clean_inputs(name, fast, sample):

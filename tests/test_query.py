@@ -242,3 +242,57 @@ def test_a_stored_worst_case_older_than_the_defense_columns_is_computed_again(tm
                    .replace_schema_metadata(stored.schema.metadata), path)
     table = query.run(str(tmp_path), "SELECT attack_label, defense FROM robust ORDER BY attack_label")
     assert table.to_pylist()[-1] == {"attack_label": "worst(fgsm+pgd)", "defense": "none"}
+
+
+def _deployed_rows() -> list[dict]:
+    """One fold at L-inf 0.1: fgsm and pgd on the QKeras model (their deployed_adv_correct:
+    the transfer to the build), square on the build itself (target deployed, whose outcomes
+    are the build's: it gets sample 3 wrong unperturbed), and fgsm alone at 0.2."""
+    common = dict(fold=0, config_id="c", eps=0.1, eps_label="0.1", deployed_clean_acc=0.75)
+    build_clean = [True, True, True, False]
+    return [
+        make_row("f", attack="fgsm", attack_label="fgsm", **common, **_outcomes([True, True, False, True]),
+                 deployed_adv_correct=[True, False, True, False], deployed_adv_acc=0.5),
+        make_row("p", attack="pgd", attack_label="pgd", **common, **_outcomes([True, False, False, True]),
+                 deployed_adv_correct=[True, True, True, False], deployed_adv_acc=0.75),
+        make_row("s", attack="square", attack_label="square@deployed", target="deployed", **common,
+                 **_outcomes([True, True, False, False], build_clean),
+                 deployed_adv_correct=[True, True, False, False], deployed_adv_acc=0.5),
+        make_row("g", attack="fgsm", attack_label="fgsm", **{**common, "eps": 0.2, "eps_label": "0.2"},
+                 **_outcomes([False] * 4), deployed_adv_correct=[True, False, False, False])]
+
+
+def test_the_deployed_worst_case_pools_the_transfer_and_the_attacks_on_the_build(tmp_path):
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, _deployed_rows())
+    sql = "SELECT * FROM robust WHERE attack = 'worst_case' ORDER BY target"
+    deployed, model = query.run(str(tmp_path), sql).to_pylist()
+    # The model's worst case leaves the build's own rows out: samples 0 and 3 survive fgsm and pgd.
+    assert (model["attack_label"], model["target"], model["adv_acc_mean"]) == ("worst(fgsm+pgd)", "model", 0.5)
+    assert model["deployed_adv_acc_mean"] is None and model["clean_acc_mean"] == 1.0
+    # The build's: per sample, right on every example (fgsm's and pgd's transferred, square's
+    # on the build): only sample 0.
+    assert deployed["attack_label"] == "worst@deployed(fgsm+pgd+square@deployed)"
+    assert deployed["target"] == "deployed" and deployed["eps"] == 0.1
+    assert deployed["adv_acc_mean"] == deployed["deployed_adv_acc_mean"] == 0.25
+    assert deployed["clean_acc_mean"] == deployed["deployed_clean_acc_mean"] == 0.75
+    # success rate: of the 3 samples the build gets right unperturbed, 2 were fooled
+    assert deployed["success_rate_mean"] == pytest.approx(2 / 3)
+    # eps 0.2 has no attack on the build: no deployed worst case there; the points stay apart.
+    assert query.run(str(tmp_path), "SELECT count(*) AS n FROM robust WHERE eps = 0.2").to_pylist() == [{"n": 1}]
+    points = query.run(str(tmp_path), "SELECT attack_label, target FROM robust WHERE attack <> 'worst_case' "
+                                      "ORDER BY ALL").to_pylist()
+    assert points == [{"attack_label": "fgsm", "target": "model"}] * 2 + [
+        {"attack_label": "pgd", "target": "model"}, {"attack_label": "square@deployed", "target": "deployed"}]
+
+
+def test_a_stored_worst_case_without_the_deployed_group_is_computed_again(tmp_path):
+    location = store.locate(str(tmp_path))
+    store.write_rows(location, _deployed_rows())
+    assert query.write_worst_case(location) == 2
+    path = location.sub(store.WORST_CASE_FILE)
+    stored = pq.read_table(path)
+    model_only = stored.filter(pa.compute.equal(stored.column("target"), "model")).drop_columns(["target"])
+    pq.write_table(model_only.replace_schema_metadata(stored.schema.metadata), path)  # as an older sweeper wrote it
+    labels = query.run(str(tmp_path), "SELECT attack_label FROM worst_case ORDER BY ALL").to_pylist()
+    assert labels == [{"attack_label": "worst(fgsm+pgd)"}, {"attack_label": "worst@deployed(fgsm+pgd+square@deployed)"}]
