@@ -270,6 +270,7 @@ class _Report:
         clean = {r["config_id"]: r for r in self.robust if r["attack"] == "none"}
         first = rows[0]
         white = {r["config_id"]: r for r in self.robust if r["attack"] == first["attack"] and not r.get("source_config_id")
+                 and r.get("target") != "deployed"  # the diagonal is the source model's own, not its build's
                  and (r["norm"], r["eps_label"], r["attack_params"], r["n_samples"]) ==
                  (first["norm"], first["eps_label"], first["attack_params"], first["n_samples"])}
         order = {c["config_id"]: i for i, c in enumerate(self._configs(_dataset_name(first), False))}
