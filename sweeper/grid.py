@@ -183,6 +183,12 @@ class AttackEntry(_Frozen):
         if info.data.get("source") is not None:
             raise ValueError("target: deployed attacks the build itself; a transfer attack (source) "
                              "already reaches the build: its rows' deployed_adv_acc")
+        spec, params = ATTACKS.get(name), info.data.get("params")
+        if spec.deployed_problem is None or not isinstance(params, dict) or _bad_params(name, params):
+            return target  # bad parameters: _known names them
+        problem = spec.deployed_problem({**spec.defaults, **params})
+        if problem:
+            raise ValueError(problem)
         return target
 
     @field_validator("norm", mode="before")
@@ -538,6 +544,16 @@ def _defenses_fit(grid: Grid) -> Grid:
             except UserError as error:
                 raise ValueError(f"defenses: {error}; limit it with quantizers: [...]") from None
     return grid
+
+
+def _bad_params(attack: str, params: dict[str, Any]) -> bool:
+    from sweeper.attacks import validate
+
+    try:
+        validate(attack, None, params)
+    except UserError:
+        return True
+    return False
 
 
 def _known_names(registry, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -65,6 +65,9 @@ class AttackSpec:
     # Trained on training-fold images (the patch): run() passes them to generate as x_train.
     needs_training_data: bool = False
     max_eps: float = math.inf  # the patch's eps is a share of the input: at most 1
+    # Why these (resolved) parameters cannot attack the int8 build (target: deployed), or
+    # None; checked by grid.py for black-box attacks on the build.
+    deployed_problem: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 # The patch's "norm": eps is a share of the input's area, not an L-p radius (patch.py).
