@@ -80,8 +80,8 @@ class AttackSpec:
     # (the patch at a fixed place: "-fixed"), so two entries need no hand-written labels.
     label_suffix: Callable[[Mapping[str, Any]], str] | None = None
     # (attack, classifier, x, params, seed) -> {name: examples}: controls of the same
-    # budget that the attack must beat, made from forward-pass-free pastes (the patch:
-    # a uniform-random and two solid patches at its own placements). None: no controls.
+    # budget that the attack must beat, made without gradients or training (the patch: a
+    # uniform-random and two solid patches at its own placements). None: no controls.
     controls: Callable[..., dict[str, np.ndarray]] | None = None
 
 
