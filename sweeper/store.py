@@ -133,7 +133,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "targeted patch: the highest target rate (same denominator) of its controls, a uniform-random patch "
      "and solid patches at the clip range's low and high ends, of the same size at the same places"),
     ("control_adv_acc", pa.float64(),
-     "targeted patch: the lowest accuracy (over all n_samples, as adv_acc) of the same controls"),
+     "targeted patch: the lowest robust accuracy (as adv_acc: right unperturbed and with the control; "
+     "denominator n_samples) of the same controls"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),

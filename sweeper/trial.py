@@ -654,8 +654,8 @@ TARGET_COLUMNS = ("target_rate", "target_n", "control_target_rate", "control_adv
 def _target_columns(cell: Cell, samples: _Samples, pred: np.ndarray,
                     controls: list[np.ndarray] | None) -> dict[str, Any]:
     """A targeted attack with controls (the patch) scored against them (store.COLUMNS):
-    its target rate and denominator, the highest target rate and the lowest accuracy of
-    its controls. Null for every other row."""
+    its target rate and denominator, the highest target rate and the lowest (robust, as
+    adv_acc's) accuracy of its controls. Null for every other row."""
     if controls is None:
         return dict.fromkeys(TARGET_COLUMNS)
     from sweeper.attacks import target_rate
@@ -665,7 +665,7 @@ def _target_columns(cell: Cell, samples: _Samples, pred: np.ndarray,
     rates = [target_rate(samples.y, samples.clean_pred, p, target)[0] for p in controls]
     return {"target_rate": rate, "target_n": n,
             "control_target_rate": float("nan") if n == 0 else max(rates),
-            "control_adv_acc": min(float(np.mean(p == samples.y)) for p in controls)}
+            "control_adv_acc": min(float(np.mean(robust(samples.clean_ok, p, samples.y))) for p in controls)}
 
 
 def _deployed_columns(samples: _Samples, deployed_pred: np.ndarray | None) -> dict[str, Any]:
