@@ -735,7 +735,7 @@ def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None
     rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok,
                          robust(samples.clean_ok, pred, samples.y))
     controls = _control_predictions(cell, model, classifier, samples, source["clean_correct"].astype(bool),
-                                    _seed_of(cell.source.job_id))
+                                    _seed_of(cell.source.job_id)) if _has_controls(cell) else None
     return {**columns, **_target_columns(cell, samples, pred, controls), "attack_s": attack_s,
             "transfer_rate": rate}
 
