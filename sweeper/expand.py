@@ -152,12 +152,14 @@ class Cell:
 
     def art_params(self) -> dict[str, Any]:
         """Everything passed to ART at this cell's eps: the grid's parameters (relative
-        ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins."""
+        ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins, less the
+        spec's ``late_params`` at their default (the patch's ``placement: random``), which
+        would change the ids of cells computed before they existed."""
         if self.attack == CLEAN:
             return {}
-        from sweeper.attacks import art_params
+        from sweeper.attacks import recorded_params
 
-        return art_params(self.attack, dict(self.params), self.eps)
+        return recorded_params(self.attack, dict(self.params), self.eps)
 
 
 @dataclass(frozen=True)

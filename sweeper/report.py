@@ -11,6 +11,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - does robustness survive deployment: the same accuracies of the int8 .tflite;
 - transfer attacks: a source x target matrix per attack and budget (examples crafted on
   the source, accuracy of the target and the transfer rate), as a table and a heatmap;
+- targeted patches: per dataset, each patch's target rate beside its controls' (a random
+  and solid patches at the same places), per placement, with the flag ``P`` where it does
+  not beat them;
 - accuracy against epsilon per attack, one line per quantizer, with the fold spread;
 - accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
   drawn in, and the configurations that fit each target (flash, and RAM against its
@@ -38,7 +41,8 @@ from sweeper.errors import UserError
 from sweeper.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
-           "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L"}
+           "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L",
+           "patch_not_above_control": "P"}
 CONFIG = store.CONFIG_COLUMNS
 # A table row: one configuration evaluated on one number of attacked samples (a smoke run
 # with fewer samples in the same store gets its own row, never a blend).
@@ -115,7 +119,7 @@ class _Report:
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                    self._transfer(), self._eps_curves(), self._pareto(), self._defenses(), self._diagnostics(),
+                    self._transfer(), self._patches(), self._eps_curves(), self._pareto(), self._defenses(), self._diagnostics(),
                     self._provenance()]
         return [section for section in sections if section]  # a store without transfer rows has no such section
 
@@ -264,6 +268,39 @@ class _Report:
                       f"![{title} on {dataset}](figures/{name})"]
         return "\n\n".join(parts)
 
+    def _patches(self) -> str:
+        """Per dataset, every targeted patch point (white-box and transferred) as a target
+        rate beside its controls', per placement; the store's means over folds."""
+        patches = [r for r in self.robust if r.get("target_n") is not None and r["attack"] != "none"]
+        if not patches:
+            return ""
+        parts = ["## Targeted patches",
+                 "A universal targeted patch succeeds when the patched sample is classified as its target. "
+                 "**Target rate**: of the attacked samples the model classifies correctly clean whose true class "
+                 "is not the target (`n`, summed over folds), the share classified as the target with the patch on. "
+                 "**Control**: the best of a uniform-random patch and two solid ones (the input range's low and "
+                 "high ends) of the same size at exactly the same places; its target rate is the highest of "
+                 "them, its accuracy the lowest. Accuracy counts any wrong class (what occlusion also does), "
+                 "over all attacked samples. `random` places the patch anew on every sample; `fixed` at one "
+                 "place the attacker chose (`center`, or top, left). **P**: the patch is not shown to take more "
+                 "samples to its target than its control (see the diagnostics). Means over folds."]
+        for dataset in self._datasets():
+            mine = [r for r in patches if _dataset_name(r) == dataset]
+            if not mine:
+                continue
+            order = {_config_key(c): i for i, c in enumerate(self._configs(dataset, False))}
+            mine.sort(key=lambda r: (order.get(_config_key(r), 0), _placement(r) != "random", _placement(r),
+                                     r["attack_label"], r["eps"]))
+            rows = [[self._label(r), r["attack_label"], _placement(r), r["eps_label"], str(r["target_n"]),
+                     fmt(r["target_rate_mean"], r["target_rate_std"]), fmt(r["control_target_rate_mean"]),
+                     fmt(r["adv_acc_mean"]), fmt(r["control_adv_acc_mean"]),
+                     self._markers(r, r["attack_label"], r["eps_label"], r["attack_params"]).strip(" []")]
+                    for r in mine]
+            parts += [f"### {dataset}", markdown_table(
+                ["model / quantizer", "patch", "placement", "eps", "n", "target rate", "control target rate",
+                 "accuracy", "control accuracy", "flags"], rows)]
+        return "\n\n".join(parts)
+
     def _transfer_matrix(self, rows: list[dict]) -> tuple[list[dict], list[dict], list[list[tuple]]]:
         """Sources and targets (clean records, in table order) and per (source, target)
         (accuracy, transfer rate, white-box?); NaN where the grid has no such pair."""
@@ -402,7 +439,9 @@ class _Report:
                  "(Athalye, Carlini and Wagner, 2018). Each check compares numbers the grid has, on "
                  "the same attacked samples: a paired exact test (McNemar; a binomial test against "
                  "chance + 0.10 for L), Holm-adjusted within each configuration and check at "
-                 f"{diagnostics.ALPHA}, and a difference of at least {diagnostics.MIN_MARGIN}. Cells read "
+                 f"{diagnostics.ALPHA}, and a difference of at least {diagnostics.MIN_MARGIN}. P is the other "
+                 "way round: it fires unless a targeted patch's target rate beats its controls' by a binomial "
+                 f"test at {diagnostics.ALPHA} (not adjusted) and by at least {diagnostics.MIN_MARGIN}. Cells read "
                  "fired/judged; `-` means the grid has no numbers to judge that check.",
                  "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in diagnostics.CHECKS.items())]
         counts = {(*[s[c] for c in CONFIG], s["flag"]): s for s in diagnostics.summary(self.flags)}
@@ -540,6 +579,15 @@ def _paper_flash(config: dict) -> str:
 
 def _kb(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.1f}"
+
+
+def _placement(record: dict) -> str:
+    """``random``, ``fixed center`` or ``fixed 2,3`` (top, left), from the row's parameters."""
+    params = json.loads(record["attack_params"] or "{}")
+    if params.get("placement", "random") != "fixed":
+        return "random"
+    position = params.get("position", "center")
+    return f"fixed {position}" if isinstance(position, str) else "fixed {},{}".format(*position)
 
 
 def _transfer_cell(accuracy: float, rate: float | None, white_box: bool) -> str:

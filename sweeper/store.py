@@ -52,6 +52,9 @@ from sweeper.errors import UserError
 #    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
 # 4: transfer attacks: source_job_id, source_config_id, source_model, source_quantizer,
 #    transfer_rate (null on white-box rows; older fragments read them as null).
+# (unbumped, the coordinator bumps once per merge) target_rate, target_n, control_target_rate,
+#    control_adv_acc: the patch scored as a targeted attack against its controls (null on
+#    other rows; older fragments read them as null).
 SCHEMA_VERSION = 4
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
@@ -110,7 +113,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
     ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
     ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
-    ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
+    ("attack_params", pa.string(),
+     "every parameter passed to ART, as JSON (a parameter added later is left out at its default: "
+     "the patch's placement random)"),
     ("source_job_id", pa.string(),
      "transfer attack: the job whose model crafted the examples (same dataset, fold, seed); null: white-box"),
     ("source_config_id", pa.string(), "transfer attack: the source's config_id (part of the point's key)"),
@@ -123,10 +128,23 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "the attack (the mean of adv_correct; denominator n_samples)"),
     ("attack_success_rate", pa.float64(),
      "share of clean-correct samples the attack made wrong (denominator: the clean-correct samples; "
-     "NaN if none were)"),
+     "NaN if none were); for the targeted patch any wrong class counts, its own score is target_rate"),
     ("transfer_rate", pa.float64(),
      "transfer attack: of the samples both models classify correctly unperturbed and whose example fools "
      "the source (the denominator), the share whose example also fools this model (NaN if none)"),
+    ("target_rate", pa.float64(),
+     "targeted patch: of the target_n attacked samples classified correctly clean whose true class is not "
+     "the target, the share classified as the target with the patch on (NaN if target_n is 0); null: "
+     "not a patch, or eps 0"),
+    ("target_n", pa.int32(),
+     "targeted patch: target_rate's denominator, the attacked samples classified correctly clean whose "
+     "true class is not the target"),
+    ("control_target_rate", pa.float64(),
+     "targeted patch: the highest target rate (same denominator) of its controls, a uniform-random patch "
+     "and solid patches at the clip range's low and high ends, of the same size at the same places"),
+    ("control_adv_acc", pa.float64(),
+     "targeted patch: the lowest robust accuracy (as adv_acc: right unperturbed and with the control; "
+     "denominator n_samples) of the same controls"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),

@@ -160,3 +160,46 @@ def test_rows_at_another_bit_width_are_a_configuration_of_their_own(tmp_path):
     assert list(table)[:2] == ["small_cnn / int4 / dbwt", "small_cnn / int4 / dbwt @ 8-bit"]
     assert table["small_cnn / int4 / dbwt @ 8-bit"]["pgd@0.1"].startswith("0.020 ")
     assert table["small_cnn / int4 / dbwt"]["pgd@0.1"].startswith("0.700 ")  # never averaged together
+
+
+def _patch_rows() -> list[dict]:
+    """Per configuration and fold, a random patch (occlusion: no better than its controls)
+    and one at the centre (far better), with their target rates over 80 samples."""
+    rows = []
+    for row in (r for r in _rows() if r["attack"] == "none"):
+        for label, params, rate, control in (("patch", '{"target": 0}', 0.05, 0.10),
+                                             ("patch-fixed", '{"placement": "fixed", "target": 0}', 0.90, 0.10)):
+            rate += 0.0125 * row["fold"]  # one more of 80 per fold: a spread across folds
+            rows.append({**row, "cell_id": f"{row['cell_id']}-{label}", "attack": "patch", "attack_label": label,
+                         "norm": "patch", "eps": 0.25, "eps_label": "0.25", "attack_params": params,
+                         "adv_acc": 0.5, "adv_correct": _first(0.5), "target_rate": rate, "target_n": 80,
+                         "control_target_rate": control, "control_adv_acc": 0.4})
+    return rows
+
+
+def test_patches_are_shown_as_target_rates_beside_their_controls_per_placement(tmp_path):
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _rows() + _patch_rows())
+    text = report.write(location.text, tmp_path / "report").read_text()
+    body = text.split("## Targeted patches", 1)[1].split("\n## ", 1)[0]
+    lines = body.split("### digits\n", 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = {(row["model / quantizer"], row["placement"]): row for row in
+             (dict(zip(header, (cell.strip() for cell in line.strip("|").split(" | ")))) for line in lines[2:])}
+    assert set(table) == {(f"small_cnn / {q}", p) for q in ("fp", "int4") for p in ("random", "fixed center")}
+    direct = query.run(location.text, "SELECT quantizer, attack_label, avg(target_rate) AS m, "
+                                      "stddev_samp(target_rate) AS s, avg(control_target_rate) AS c, "
+                                      "sum(target_n) AS n FROM results WHERE attack = 'patch' GROUP BY ALL")
+    for d in direct.to_pylist():
+        row = table[f"small_cnn / {d['quantizer']}", "random" if d["attack_label"] == "patch" else "fixed center"]
+        assert row["target rate"] == f"{d['m']:.3f} ± {d['s']:.3f}" and row["control target rate"] == f"{d['c']:.3f}"
+        assert (row["patch"], row["n"], row["accuracy"], row["control accuracy"]) == \
+            (d["attack_label"], str(d["n"]), "0.500", "0.400")
+        # the random patch takes fewer samples to the target than its controls: flagged
+        assert ("P" in row["flags"]) == (d["attack_label"] == "patch")
+    assert "**P** `patch_not_above_control`" in text
+    assert "**P** patch@0.25 takes 0.062 of 240 clean-correct non-target samples to its target" in text
+
+
+def test_a_store_without_patches_has_no_patch_section(rendered):
+    assert "## Targeted patches" not in rendered[2]

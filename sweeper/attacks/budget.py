@@ -1,8 +1,9 @@
 """Running an attack: ``run`` seeds the RNGs, builds the attack through its spec, calls
 ART, and holds the result to the clip box and to what eps means (spec.py): projected onto
 the ball for budget attacks, rejected outside it for minimal ones and for the patch (whose
-"patch" budget is a share of pixels, not a ball). ``perturbation_norms`` measures the
-examples.
+"patch" budget is a share of pixels, not a ball). ``controls`` makes an attack's controls
+(spec.py: the patch's random and solid patches) under the same rules. ``perturbation_norms``
+measures the examples.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
     x_adv = _generate(spec, classifier, x, y, eps, norm, art_params(name, params, eps), seed, extra)
     return _within_budget(x, _clip(x_adv, classifier), eps, norm, project=spec.uses_eps,
                           classifier=classifier)
+
+
+def controls(name: str, classifier: Any, x: np.ndarray, eps: float, norm: Any, params: Mapping[str, Any],
+             seed: int) -> dict[str, np.ndarray]:
+    """The attack's controls for x (``AttackSpec.controls``) as ``run`` with the same seed
+    would place its examples: {name: examples}, each held to the clip box and the budget
+    like run's. {} for an attack without controls, and at eps 0 (nothing is perturbed)."""
+    validate(name, norm, params, eps=eps)
+    spec = ATTACKS.get(name)
+    x = np.asarray(x, dtype=np.float32)
+    if spec.controls is None or eps == 0 or len(x) == 0:
+        return {}
+    norm = normalize_norm(norm) or spec.norms[0]
+    full = art_params(name, params, eps)
+    try:
+        attack = spec.build(classifier, float(eps), norm, full, seed)
+    except ValueError as error:
+        raise UserError(f"attack {spec.name!r}: {error}") from None
+    return {control: _within_budget(x, _clip(x_control, classifier), eps, norm, project=spec.uses_eps,
+                                    classifier=classifier)
+            for control, x_control in spec.controls(attack, classifier, x, full, seed).items()}
 
 
 def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra) -> np.ndarray:
