@@ -45,9 +45,9 @@ CONFIG = store.CONFIG_COLUMNS
 SINGLE_COORDINATE = " (single-coordinate)"
 SINGLE_COORDINATE_NOTE = (
     "(single-coordinate): ART's FGSM and PGD under L1, as the paper ran them. Each step puts its whole "
-    "size on the one input element with the largest gradient entry, and changes nothing when that element "
-    "already sits at its bound of the input range; so they are weak L1 attacks, not the L1 threat. "
-    "`apgd_ce` / `apgd_dlr` with norm 1 (APGD-L1, Croce & Hein 2021) are the L1 attacks proper.")
+    "size on the one input element with the largest gradient entry: nothing moves when that element "
+    "already sits at its bound of the input range, and FGSM never uses more than one element's range, "
+    "whatever eps. `apgd_ce` / `apgd_dlr` with norm 1 (APGD-L1, Croce & Hein 2021) measure the L1 threat.")
 # A table row: one configuration evaluated on one number of attacked samples (a smoke run
 # with fewer samples in the same store gets its own row, never a blend).
 ROW = [*CONFIG, "n_samples"]

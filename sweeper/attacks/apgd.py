@@ -5,8 +5,9 @@ attack itself, run on the classifier's Keras model with compiled TensorFlow.
 
 Ported from fra31/auto-attack, ``autoattack/autopgd_base.py``, class ``APGDAttack``
 (``attack_single_run`` and ``perturb`` with ``best_loss=False``), commit
-a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09), norms Linf and L2 only. As there:
-a random start on the sphere of radius eps, a first step of 2*eps, momentum 0.75, the
+a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09), norms Linf and L2 here and L1
+(Croce & Hein 2021) with its own start, step and step-size rule in apgd_l1.py. As there,
+for L-inf and L2: a random start on the sphere of radius eps, a first step of 2*eps, momentum 0.75, the
 step halved at checkpoints (``checkpoints``) when the loss oscillated (rho = 0.75) or the
 best loss did not improve since an unhalved checkpoint, the halved samples restarting
 from their best point; restarts attack only the samples still classified correctly; a
@@ -23,8 +24,14 @@ Deliberate deviations:
   output), not its clean input: robust accuracy is unchanged (every iterate was
   classified correctly), and the deployed int8 model (``deployed_adv_acc``) is then
   shown an attacked input, as with PGD and Square.
-- Not ported: L1 (and ``use_largereps``), EOT (``eot_iter`` is 1), ``best_loss=True``,
-  the targeted losses, logging and the zero-gradient warning.
+- The DLR denominator is ``max(z_pi1 - z_pi3, 1e-12)``, not ``z_pi1 - z_pi3 + 1e-12``:
+  compiled, TensorFlow rewrote the sum away (``dlr_loss``).
+- A non-finite iterate (or one with non-finite logits) is never taken for a fooling point
+  or a best point, and the run restarts it from its best point (``_record``): a fooled
+  sample always returns its last finite misclassified iterate. The reference would carry
+  a NaN to the end and could return it.
+- Not ported: L1's ``use_largereps`` (apgd_l1.py), EOT (``eot_iter`` is 1),
+  ``best_loss=True``, the targeted losses, logging and the zero-gradient warning.
 
 Reproduced on purpose: the first oscillation check of a run compares its first loss
 with ``loss_steps[-1]``, a row not yet written (zeros), as the reference's indexing does.
