@@ -5,13 +5,14 @@ attack itself, run on the classifier's Keras model with compiled TensorFlow.
 
 Ported from fra31/auto-attack, ``autoattack/autopgd_base.py``, class ``APGDAttack``
 (``attack_single_run`` and ``perturb`` with ``best_loss=False``), commit
-a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09), norms Linf and L2 here and L1
-(Croce & Hein 2021) with its own start, step and step-size rule in apgd_l1.py. As there,
-for L-inf and L2: a random start on the sphere of radius eps, a first step of 2*eps, momentum 0.75, the
-step halved at checkpoints (``checkpoints``) when the loss oscillated (rho = 0.75) or the
-best loss did not improve since an unhalved checkpoint, the halved samples restarting
-from their best point; restarts attack only the samples still classified correctly; a
-fooled sample returns its last misclassified iterate.
+a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09): norms Linf and L2 here, and L1
+(Croce & Hein 2021), whose start, step and step-size rule are in apgd_l1.py. As there,
+for L-inf and L2: a random start on the sphere of radius eps, a first step of 2*eps,
+momentum 0.75, the step halved at checkpoints (``checkpoints``) when the loss oscillated
+(rho = 0.75) or the best loss did not improve since an unhalved checkpoint, the halved
+samples restarting from their best point. For every norm: restarts attack only the
+samples still classified correctly; a fooled sample returns its last misclassified
+iterate.
 
 Deliberate deviations:
 
@@ -85,7 +86,7 @@ def dlr_loss(logits, labels):
     gave an infinite loss and a NaN gradient, and the next iterate was NaN. ``max`` is not
     rewritten: the value is the reference's up to float32 rounding, and at an exact tie the
     denominator is 1e-12 as there (it then passes no gradient, where the reference's passes
-    N/1e-24, whose squares overflow float32 in an L2 step).
+    N * 1e24, whose squares overflow float32 in an L2 step).
     """
     import tensorflow as tf
 
