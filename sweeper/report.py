@@ -37,6 +37,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sweeper import diagnostics, output, query, store, twins
+from sweeper.attacks import single_coordinate
 from sweeper.errors import UserError
 from sweeper.quantizers import QUANTIZERS
 
@@ -44,6 +45,14 @@ MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
            "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L",
            "patch_not_above_control": "P"}
 CONFIG = store.CONFIG_COLUMNS
+# The columns of single-coordinate attacks (attacks.single_coordinate: ART's L1 FGSM and PGD)
+# carry this suffix, and their tables this note.
+SINGLE_COORDINATE = " (single-coordinate)"
+SINGLE_COORDINATE_NOTE = (
+    "(single-coordinate): ART's FGSM and PGD under L1, as the paper ran them. Each step puts its whole "
+    "size on the one input element with the largest gradient entry: nothing moves when that element "
+    "already sits at its bound of the input range, and FGSM never uses more than one element's range, "
+    "whatever eps. `apgd_ce` / `apgd_dlr` with norm 1 (APGD-L1, Croce & Hein 2021) measure the L1 threat.")
 # A table row: one configuration evaluated on one number of attacked samples (a smoke run
 # with fewer samples in the same store gets its own row, never a blend).
 ROW = [*CONFIG, "n_samples"]
@@ -160,15 +169,17 @@ class _Report:
     def _attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
         """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run
         with different parameters gets one column per parameter set, never a blend."""
-        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in self.robust
-                  if r["attack"] != "none" and _dataset_name(r) == dataset}
+        mine = [r for r in self.robust if r["attack"] != "none" and _dataset_name(r) == dataset]
+        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in mine}
+        coordinate = {r["attack_label"] for r in mine if single_coordinate(r["attack"], r["norm"])}
         ordered = sorted(points, key=lambda p: (p[0], p[3], p[2]))
         variants = defaultdict(list)
         for label, eps_label, params, _ in ordered:
             variants[label, eps_label].append(params)
         return [(label, eps_label, params, f"{label}@{eps_label}" + (
                  f" (params {variants[label, eps_label].index(params) + 1})"
-                 if len(variants[label, eps_label]) > 1 else "")) for label, eps_label, params, _ in ordered]
+                 if len(variants[label, eps_label]) > 1 else "") + (SINGLE_COORDINATE if label in coordinate else ""))
+                for label, eps_label, params, _ in ordered]
 
     def _cell(self, config: dict, attack_label: str, eps_label: str, params: str) -> dict | None:
         return self.cells.get((_row_key(config), attack_label, eps_label, params))
@@ -233,7 +244,7 @@ class _Report:
                              *["" if c is None else _pair(c["adv_acc_mean"], c["deployed_adv_acc_mean"])
                                for c in cells]])
             parts += [f"### {dataset}", markdown_table(
-                ["model / quantizer", "clean"] + [title for *_, title in points], rows)]
+                ["model / quantizer", "clean"] + [title for *_, title in points], rows), *_notes(points)]
         return "\n\n".join(parts)
 
     def _transfer(self) -> str:
@@ -363,7 +374,7 @@ class _Report:
                 rows.append([self._label(config), clean(config),
                              *["" if cell is None else attacked(config, cell) for cell in cells]])
             header = ["model / quantizer", clean_header] + [title for *_, title in points]
-            parts += [f"### {dataset}", markdown_table(header, rows)]
+            parts += [f"### {dataset}", markdown_table(header, rows), *_notes(points)]
             parts += [f"- {title}: `{params}`" for label, eps_label, params, title in points if "(params" in title]
         return "\n\n".join(parts)
 
@@ -374,6 +385,7 @@ class _Report:
                  "One line per quantizer (mean over folds), the band is ± one standard deviation; "
                  "the dotted line is chance. Attacks with a single epsilon are in Table IV only."]
         curves: dict[tuple, list[dict]] = defaultdict(list)
+        noted = False
         for r in self.robust:
             if r["attack"] != "none" and 0 < r["eps"] < float("inf"):  # unbounded has no place on an axis
                 curves[_dataset_name(r), r["model"], r["attack_label"], r["n_samples"]].append(r)
@@ -383,9 +395,12 @@ class _Report:
             name = _file_name(f"eps-{dataset}-{model}-{label}.png")
             classes = self._classes(dataset)
             chance = 1 / classes if classes else None
+            if any(single_coordinate(p["attack"], p["norm"]) for p in points):
+                label += SINGLE_COORDINATE
+                noted = True
             figures.eps_curve(points, self.out / "figures" / name, f"{label} on {dataset}, {model}", chance)
             parts.append(f"![{label} on {dataset}, {model}](figures/{name})")
-        return "\n\n".join(parts)
+        return "\n\n".join(parts + ([SINGLE_COORDINATE_NOTE] if noted else []))
 
     def _classes(self, dataset: str) -> int:
         """The dataset's class count (0 if unknown: rows from a schema-1 store)."""
@@ -530,6 +545,11 @@ class _Report:
                             "grid files).",
                             markdown_table(["started (UTC)", "grid", "file", "sha256", "overrides", "versions"],
                                            rows)])
+
+
+def _notes(points: list[tuple[str, str, str, str]]) -> list[str]:
+    """The note a table of these attack points needs below it: single-coordinate columns."""
+    return [SINGLE_COORDINATE_NOTE] if any(title.endswith(SINGLE_COORDINATE) for *_, title in points) else []
 
 
 def _config_key(record: dict) -> tuple:

@@ -203,3 +203,22 @@ def test_patches_are_shown_as_target_rates_beside_their_controls_per_placement(t
 
 def test_a_store_without_patches_has_no_patch_section(rendered):
     assert "## Targeted patches" not in rendered[2]
+def test_arts_l1_fgsm_and_pgd_are_labelled_single_coordinate(tmp_path):
+    # The same rows, under labels a grid might give: fgsm and pgd under L1 (ART's
+    # single-coordinate steps) and an APGD-L1 column, which is an L1 attack proper.
+    relabel = {"fgsm": ("fgsm", "fgsm_l1", "1"), "pgd": ("apgd_ce", "apgd_l1", "1")}
+    rows = [{**row, **dict(zip(("attack", "attack_label", "norm"), relabel[row["attack"]]))}
+            if row["attack"] in relabel else row for row in _rows()]
+    rows += [{**row, "cell_id": row["cell_id"] + "-pgd1", "attack": "pgd", "attack_label": "pgd_l1", "norm": "1"}
+             for row in _rows() if row["attack"] == "pgd"]
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, rows)
+    text = report.write(location.text, tmp_path / "report").read_text()
+    for section in ("Table IV", "Table V", "Does robustness survive deployment"):
+        header = set(next(iter(_table(text, section).values())))
+        assert {"fgsm_l1@0.1 (single-coordinate)", "fgsm_l1@0.2 (single-coordinate)",
+                "pgd_l1@0.1 (single-coordinate)", "apgd_l1@0.1"} <= header
+        body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+        assert body.count(report.SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
+    assert "![fgsm_l1 (single-coordinate) on digits, small_cnn]" in text  # the eps curve
+    assert report.SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]

@@ -7,7 +7,8 @@ One file per concern:
   ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
-  compiled on the classifier's model (no ART attack class).
+  compiled on the classifier's model (no ART attack class); ``apgd_l1.py``: its L1 parts
+  (the projection onto the L1 ball within the box, the sparse step, the step-size rule).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
 - ``black_box.py``: boundary (with its seeded start) and zoo.
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
@@ -50,6 +51,7 @@ from sweeper.attacks.spec import (  # noqa: F401
     is_minimal,
     normalize_norm,
     recorded_params,
+    single_coordinate,
     validate,
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401

@@ -80,7 +80,11 @@ def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra
         x_adv = spec.generate(attack, classifier, x, y, params, seed, **extra)
     else:
         x_adv = attack.generate(x=x, y=y)
-    # ART's Square L2 divides by zero on 1-pixel tiles: a non-finite example is a failure.
+    # A non-finite example counts as a failed attack: the clean input. sweeper's own search
+    # loops never return one, they keep their last finite iterate (APGD's book-keeping,
+    # Square's acceptance), so no finite fooling iterate is lost here. ART's attacks
+    # (FGSM and PGD zero NaN steps themselves; C&W, ZOO, Boundary) return only their final
+    # examples: a non-finite one has no finite iterate to fall back on.
     finite = np.isfinite(x_adv).reshape(len(x), -1).all(axis=1)
     return np.where(_per_sample(finite, x.ndim), x_adv, x)
 

@@ -83,6 +83,9 @@ class AttackSpec:
     # budget that the attack must beat, made without gradients or training (the patch: a
     # uniform-random and two solid patches at its own placements). None: no controls.
     controls: Callable[..., dict[str, np.ndarray]] | None = None
+    # Norms under which each step moves a single input element (ART's FGSM and PGD under L1:
+    # the whole step on the largest gradient entry, nothing if that element is at its bound).
+    single_coordinate_norms: tuple[str, ...] = ()
 
 
 # The patch's "norm": eps is a share of the input's area, not an L-p radius (patch.py).
@@ -118,6 +121,12 @@ def _type_error(value: Any, default: Any) -> str | None:
     if isinstance(default, float):
         return None if isinstance(value, numbers.Real) else "must be a number"
     return None
+
+
+def single_coordinate(name: str, norm: str | None) -> bool:
+    """Each step of this attack under this norm moves one input element (False for names
+    outside the registry: the clean evaluation, worst-case rows)."""
+    return name in ATTACKS and normalize_norm(norm) in ATTACKS.get(name).single_coordinate_norms
 
 
 def is_minimal(name: str) -> bool:
