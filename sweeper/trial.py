@@ -16,6 +16,10 @@ checks that it holds this job's samples, and costs a forward pass of the target.
 
 Bit widths: a dbwt job's cells with ``eval_bits`` run last, per width, with the same
 weights quantized at that width (``_evaluate_at_width``).
+
+Jacobians: every row of a job carries the model's input-to-logit and per-block Jacobian
+norms on the job's attacked samples (``sweeper.jacobian.measure``, the ``jacobian_*``
+columns), projections drawn from the job's seed, so a cached model gives the same ones.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from sweeper import datasets, store
+from sweeper import datasets, jacobian, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
@@ -68,12 +72,12 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     model, trained, train_s, resumed, defense_reg = _trained_model(job, data, train_idx, context.model_cache,
                                                                    checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
-    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
-            **_defense_columns(job, defense_reg)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
+    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
+            **_defense_columns(job, defense_reg), **jacobian.measure(model, x, _job_seed(job))}
     own = [cell for cell in cells if cell.eval_bits is None]
     classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in own) else None
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
@@ -98,7 +102,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
     """(cell, columns) for a dbwt job's cells at another bit width: the same weights
     quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
     The columns that describe the model change with it (configuration, test accuracy,
-    packed footprint); the .tflite is the preset's, so nothing is deployed here."""
+    packed footprint, Jacobians); the .tflite is the preset's, so nothing is deployed here."""
     from sweeper import footprint
     from sweeper.defenses.bit_width import at_bit_width
 
@@ -110,6 +114,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
             "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
             "flash_packed_kb": footprint.flash_kb(model),
             "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
+            **jacobian.measure(model, samples.x, _job_seed(job)),
         }
         for group in _attack_groups(cells):
             for cell, outcome in _evaluate(group, model, None, classifier, at, _job_seed(job),

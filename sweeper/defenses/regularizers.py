@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from sweeper.defenses import DefenseSpec
 from sweeper.defenses.base import Defense
+from sweeper.jacobian import block_model, projection_estimate
 
 
 class JacobianRegularization(Defense):
@@ -64,16 +65,46 @@ def jacobian_penalty(model, x, key, projections: int = 1, training: bool = False
     with tf.GradientTape(persistent=projections > 1) as tape:
         tape.watch(x)
         logits = model(x, training=training)
-    classes, batch = logits.shape[-1], tf.cast(tf.shape(logits)[0], tf.float32)
-    keys = tf.random.experimental.stateless_split(tf.cast(key, tf.int64), projections)
+    return logits, projection_estimate(tape, logits, x, key, projections, half=0.5)
+
+
+class LayerJacobianRegularization(Defense):
+    name = "jr_layer"
+    metric_names = ("jr_layer",)
+    regularizer = "jr_layer"
+
+    def __init__(self, lam: float, projections: int):
+        super().__init__()
+        self.lam, self.projections = lam, projections
+        self.blocks = None
+
+    def setup(self, model) -> None:
+        self.blocks = block_model(model)  # shares the model's layers and variables
+
+    def gradients(self, model, loss_fn, x, y, key, step):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            logits, reg = layer_jacobian_penalty(self.blocks, x, key, self.projections, training=True)
+            loss = loss_fn(y, logits) + self.lam * reg
+        return loss, tape.gradient(loss, model.trainable_variables), {"jr_layer": reg}
+
+
+def layer_jacobian_penalty(blocks, x, key, projections: int = 1, training: bool = False):
+    """(logits, R_layer): sum over the blocks of the random-projection estimate of
+    1/2 ||J_k||_F^2 (module docstring), ``blocks`` a ``jacobian.block_model``; block k's
+    projections are drawn from the k-th stateless split of ``key``."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x, tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = blocks(x, training=training)
+    keys = tf.random.experimental.stateless_split(tf.cast(key, tf.int64), len(outputs))
     total = 0.0
-    for i in range(projections):
-        v = tf.random.stateless_normal(tf.shape(logits), seed=keys[i])
-        v = v / tf.norm(v, axis=-1, keepdims=True)
-        # v^T J per sample, as the gradient of <logits, v> with v held fixed
-        vjp = tape.gradient(logits, x, output_gradients=v)
-        total += tf.reduce_sum(tf.square(vjp))
-    return logits, 0.5 * classes * total / (projections * batch)
+    for k, (output, source) in enumerate(zip(outputs, [x, *outputs[:-1]])):
+        total += projection_estimate(tape, output, source, keys[k], projections, half=0.5)
+    return outputs[-1], total
 
 
 class LipschitzPenalty(Defense):
@@ -130,6 +161,11 @@ SPECS = (
                 "Jacobian regularization: CE + lambda * 1/2 ||J||_F^2 (random projections)",
                 lambda p, clip, preset: JacobianRegularization(p["lambda"], p["projections"]),
                 "Hoffman, Roberts & Yaida 2019"),
+    DefenseSpec("jr_layer", {"lambda": 0.001, "projections": 1},
+                {"lambda": ("float", 0.0, 1e6), "projections": ("int", 1, 64)},
+                "per-block Jacobian regularization: CE + lambda * sum_k 1/2 ||J_k||_F^2 (random projections)",
+                lambda p, clip, preset: LayerJacobianRegularization(p["lambda"], p["projections"]),
+                "Pau, Ayaz, Zakariyya et al. 2025 (per-layer JR); estimator of Hoffman et al. 2019"),
     DefenseSpec("dq", {"beta": 0.01}, {"beta": ("float", 0.0, 1e6)},
                 "Defensive Quantization: CE + beta * sum ||W^T W - I||^2 over the kernels",
                 lambda p, clip, preset: LipschitzPenalty(p["beta"]),
