@@ -18,6 +18,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - defended against undefended twins (only when the store has defended rows): each
   defense's accuracy change per attack and budget, paired, whether a gain is
   gradient-only, and the masking flags of both (``sweeper.twins``);
+- Jacobian norms (only when the rows carry them, ``sweeper.jacobian``): per model, each
+  configuration's input-to-logit and per-block norms, and their paired per-fold ratios
+  to the fp configuration and to the undefended twin;
 - the gradient-masking diagnostics, and the provenance of every launch.
 
 Every number comes from the query views (``sweeper.query``), so a table can be checked

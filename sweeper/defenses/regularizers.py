@@ -15,6 +15,33 @@
   comparable across presets: the step reports R (metric ``jr``) and the trial stores
   its mean over the last epoch.
 
+- ``jr_layer``, per-block Jacobian regularization: the seed paper (Pau, Ayaz, Zakariyya et
+  al. 2025) describes its STQ model as co-optimised with QKeras through a "per-layer JR
+  methodology"; its text beyond the abstract was not available to us, so sweeper's reading
+  is the issue's: each block's Jacobian penalised with one random projection per step,
+
+      loss = CE + lambda * sum_k R_k,   R_k = 1/2 ||J_k||_F^2 ~ 1/2 * D_k / (n B) * sum_i sum_b ||v_ib^T J_k,b||^2
+
+  J_k,b the Jacobian of block k's output (D_k values) with respect to its input at sample
+  b's activations (``sweeper.jacobian``: what a block is), v_ib uniform on the unit sphere
+  of R^{D_k}, with the same estimator as ``jr`` (``jacobian.projection_estimate``), block
+  k's projections from the k-th split of the step's key. The product of the blocks'
+  Jacobians is the input-to-logit one, so sum_k R_k bounds ||J||_F through
+  ||J||_F <= prod_k ||J_k||_F. The blocks come from a model that shares the trained
+  model's layers (``jacobian.block_model``), called once per step in training mode, so
+  batch norm and stochastic quantizers behave as in plain training. No published lambda:
+  the default 0.001 is sweeper's, chosen because it keeps clean accuracy within 0.02 of
+  the undefended twin on digits (grids/theorem.yaml, small_cnn, 30 epochs, 3 folds: fp
+  0.976 against 0.987, int8 0.970/0.978, ternary 0.911/0.928, stq 0.948/0.959) while
+  cutting the conv blocks' norms to 0.3-0.5x (0.85x for ternary's second block); 0.01
+  took a 4-epoch int8 model to 0.45 accuracy. The summed penalty ends those trainings at
+  about 300 (fp), 240 (int8), 470 (stq) and 1,400 (ternary), against ``jr``'s R of about
+  22 (84 on ternary): the two lambdas are not comparable.
+  Cost per step on small_cnn (three blocks), relative to a plain step: 3.0x fp, 1.8x
+  int8, 2.5x ternary, 2.9x stq, where jr cost 2.4x, 1.5x, 2.5x and 2.2x in the same run
+  (bench/train_step.py --defenses jr jr_layer, 7 interleaved rounds, load average 6.6);
+  on stq_net (seven blocks, 32x32x1, 3 rounds) 3.6x fp and 2.0x stq (jr 2.3x, 2.8x).
+
 - ``dq``, Defensive Quantization's Lipschitz penalty (Lin, Gan & Han 2019, "Defensive
   Quantization: When Efficiency Meets Robustness"):
 
