@@ -480,9 +480,10 @@ class _Report:
                  f"projections: {worst_se:.2%}."]
         for dataset in self._datasets():
             configs = [c for c in self._configs(dataset) if _row_key(c) in folds]
-            for model in sorted({c["model"] for c in configs}):
-                mine = [c for c in configs if c["model"] == model]
-                names = next(iter(folds[_row_key(mine[0])].values()))["blocks"]
+            blocks_of = {_row_key(c): tuple(next(iter(folds[_row_key(c)].values()))["blocks"]) for c in configs}
+            for model, names in sorted({(c["model"], blocks_of[_row_key(c)]) for c in configs}):
+                # one table per model and block list (a changed architecture has other blocks)
+                mine = [c for c in configs if c["model"] == model and blocks_of[_row_key(c)] == names]
                 header = [f"{i + 1} {name}" for i, name in enumerate(names)]
                 norms = [[self._label(c), fmt(c["test_acc_mean"], c["test_acc_std"]),
                           *_norm_cells(folds[_row_key(c)].values(), len(names))] for c in mine]
