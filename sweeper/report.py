@@ -21,6 +21,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - defended against undefended twins (only when the store has defended rows): each
   defense's accuracy change per attack and budget, paired, whether a gain is
   gradient-only, and the masking flags of both (``sweeper.twins``);
+- Jacobian norms (only when the rows carry them, ``sweeper.jacobian``): per model, each
+  configuration's input-to-logit and per-block norms, and their paired per-fold ratios
+  to the fp configuration and to the undefended twin;
 - the gradient-masking diagnostics, and the provenance of every launch.
 
 Every number comes from the query views (``sweeper.query``), so a table can be checked
@@ -128,8 +131,8 @@ class _Report:
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                    self._transfer(), self._patches(), self._eps_curves(), self._pareto(), self._defenses(), self._diagnostics(),
-                    self._provenance()]
+                    self._transfer(), self._patches(), self._eps_curves(), self._pareto(), self._defenses(),
+                    self._jacobians(), self._diagnostics(), self._provenance()]
         return [section for section in sections if section]  # a store without transfer rows has no such section
 
     # ------------------------------------------------------------ helpers
@@ -534,6 +537,54 @@ class _Report:
                 "Gradient-masking flags, fired/judged per check: the defended model, then (its twin).",
                 markdown_table(["defended model", *MARKERS.values()], flags)]
 
+    def _jacobians(self) -> str:
+        """Per dataset and model: the Jacobian norms of every configuration, and the same
+        norms as ratios to the fp configuration and to the undefended twin, fold by fold."""
+        per_fold = self._records(f"SELECT {', '.join(ROW)}, fold, any_value(jacobian_fro) AS fro, "
+                                 "any_value(jacobian_fro_se) AS fro_se, any_value(jacobian_blocks) AS blocks, "
+                                 "any_value(jacobian_block_fro) AS block_fro, any_value(jacobian_block_se) AS "
+                                 "block_se, any_value(jacobian_projections) AS projections FROM results "
+                                 "WHERE jacobian_fro IS NOT NULL GROUP BY ALL")
+        if not per_fold:
+            return ""
+        folds: dict[tuple, dict[int, dict]] = defaultdict(dict)
+        for r in per_fold:
+            folds[_row_key(r)][r["fold"]] = r
+        worst_se = max(_relative_se(r) for r in per_fold)
+        parts = ["## Jacobian norms",
+                 "Is quantization a Jacobian regulariser? Per trained model, on its attacked samples in evaluation "
+                 "mode: the root mean square over the samples of the Frobenius norm of the input-to-logit Jacobian "
+                 "(`jacobian_fro`) and of each block's Jacobian, block output with respect to block input "
+                 "(`jacobian_block_fro`; a block runs from one activation every path passes through to the next, "
+                 "the last ends at the logits). Derivatives are the straight-through estimators' (the gradient an "
+                 "attack follows) with the quantized weights, not the true derivative of a quantized network (zero "
+                 "almost everywhere). Cells: mean ± sample standard deviation across folds. Ratios are paired: "
+                 "per fold (the same samples), the configuration's norm over the reference's, then mean ± std "
+                 f"across folds. Largest relative standard error of any estimate here, from its random "
+                 f"projections: {worst_se:.2%}."]
+        for dataset in self._datasets():
+            configs = [c for c in self._configs(dataset) if _row_key(c) in folds]
+            blocks_of = {_row_key(c): tuple(next(iter(folds[_row_key(c)].values()))["blocks"]) for c in configs}
+            for model, names in sorted({(c["model"], blocks_of[_row_key(c)]) for c in configs}):
+                # one table per model and block list (a changed architecture has other blocks)
+                mine = [c for c in configs if c["model"] == model and blocks_of[_row_key(c)] == names]
+                header = [f"{i + 1} {name}" for i, name in enumerate(names)]
+                norms = [[self._label(c), fmt(c["test_acc_mean"], c["test_acc_std"]),
+                          *_norm_cells(folds[_row_key(c)].values(), len(names))] for c in mine]
+                parts += [f"### {dataset}, {model}", "Norms (clean accuracy is on the whole held-out fold):",
+                          markdown_table(["model / quantizer", "clean accuracy", "logits", *header], norms)]
+                for title, reference in (("fp", _fp_reference), ("the undefended twin", _twin_reference)):
+                    rows = []
+                    for c in mine:
+                        ref = reference(c, mine)
+                        if ref is not None:
+                            rows.append([self._label(c) + f" ÷ {ref['quantizer']}/{ref['defense_label']}",
+                                         *_ratio_cells(folds[_row_key(c)], folds[_row_key(ref)], len(names))])
+                    if rows:
+                        parts += [f"Ratio to {title}:",
+                                  markdown_table(["model / quantizer ÷ reference", "logits", *header], rows)]
+        return "\n\n".join(parts)
+
     def _provenance(self) -> str:
         launches = self._records("SELECT * FROM launches ORDER BY started_at")
         rows = [[l["started_at"], l["grid_name"], l["grid_file"] or "(in code)", l["grid_sha256"][:12] or "-",
@@ -550,6 +601,58 @@ class _Report:
 def _notes(points: list[tuple[str, str, str, str]]) -> list[str]:
     """The note a table of these attack points needs below it: single-coordinate columns."""
     return [SINGLE_COORDINATE_NOTE] if any(title.endswith(SINGLE_COORDINATE) for *_, title in points) else []
+# Jacobian norms: what a configuration is compared with, and how cells read.
+_REFERENCE_KEY = ["dataset", "dataset_options", "model", "train", "k", "seed", "n_samples"]
+
+
+def _fp_reference(config: dict, configs: list[dict]) -> dict | None:
+    """The fp configuration trained with the same defense (None for fp itself)."""
+    same = [c for c in configs if c["quantizer"] == "fp" and config["quantizer"] != "fp"
+            and all(c[k] == config[k] for k in (*_REFERENCE_KEY, "defense_label", "defense_params"))
+            and c["eval_bits"] is None and config["eval_bits"] is None]
+    return same[0] if len(same) == 1 else None
+
+
+def _twin_reference(config: dict, configs: list[dict]) -> dict | None:
+    """The undefended configuration of the same preset (None for an undefended one)."""
+    same = [c for c in configs if c["defense"] == twins.NONE and config["defense"] != twins.NONE
+            and all(c[k] == config[k] for k in (*_REFERENCE_KEY, "quantizer"))
+            and c["eval_bits"] is None and config["eval_bits"] is None]
+    return same[0] if len(same) == 1 else None
+
+
+def _norm_cells(folds, blocks: int) -> list[str]:
+    folds = list(folds)
+    columns = [[f["fro"] for f in folds], *[[f["block_fro"][k] for f in folds] for k in range(blocks)]]
+    return [_spread(values, None) for values in columns]
+
+
+def _ratio_cells(mine: dict[int, dict], theirs: dict[int, dict], blocks: int) -> list[str]:
+    shared = sorted(set(mine) & set(theirs))
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    columns = [[ratio(mine[f]["fro"], theirs[f]["fro"]) for f in shared],
+               *[[ratio(mine[f]["block_fro"][k], theirs[f]["block_fro"][k]) for f in shared]
+                 for k in range(blocks)]]
+    return [_spread(values, 2) for values in columns]
+
+
+def _spread(values: list[float], decimals: int | None) -> str:
+    """mean ± sample standard deviation (no ± for one value), both to ``decimals``
+    places; None: as many as give the mean three significant digits."""
+    import math
+    import statistics
+
+    if not values or any(v != v for v in values):
+        return "n/a"
+    mean = statistics.fmean(values)
+    if decimals is None:
+        decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 2
+    return f"{mean:.{decimals}f}" + (f" ± {statistics.stdev(values):.{decimals}f}" if len(values) > 1 else "")
+
+
+def _relative_se(record: dict) -> float:
+    pairs = [(record["fro_se"], record["fro"]), *zip(record["block_se"] or [], record["block_fro"] or [])]
+    return max((se / value for se, value in pairs if se is not None and value), default=0.0)
 
 
 def _config_key(record: dict) -> tuple:

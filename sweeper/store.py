@@ -103,7 +103,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("defense_params", pa.string(), "every parameter of the defense, as JSON"),
     ("defense_reg", pa.float64(),
      "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
-     "estimate, dq: sum ||Q^T Q - I||^2 over the quantized kernels Q); null for other defenses"),
+     "estimate, jr_layer: sum over blocks of 1/2 ||J_k||_F^2, dq: sum ||Q^T Q - I||^2 over the quantized "
+     "kernels Q); null for other defenses"),
     ("eval_bits", pa.int32(),
      "dbwt: the bit width the shared weights were quantized at for this row (a configuration of its "
      "own); null: the preset's own width. flash_kb/ram_kb are the int8 .tflite's (the same at every "
@@ -146,6 +147,22 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "targeted patch: the lowest robust accuracy (as adv_acc: right unperturbed and with the control; "
      "denominator n_samples) of the same controls"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
+    ("jacobian_fro", pa.float64(),
+     "per trained model, on its attacked samples in evaluation mode: root mean square over the samples of "
+     "the Frobenius norm of the input-to-logit Jacobian, sqrt(mean ||d logits / d x||_F^2), through the "
+     "straight-through estimators (the gradient attacks see), with the quantized weights (sweeper.jacobian)"),
+    ("jacobian_fro_se", pa.float64(),
+     "standard error of jacobian_fro from its random projections (0: exact, the logits' basis vectors)"),
+    ("jacobian_blocks", pa.list_(pa.string()),
+     "the model's blocks in order, named by their weight layers (a block runs from one activation every "
+     "path passes through to the next; the last ends at the logits)"),
+    ("jacobian_block_fro", pa.list_(pa.float64()),
+     "per block, as jacobian_fro: sqrt(mean ||d block output / d block input||_F^2) over the attacked samples"),
+    ("jacobian_block_se", pa.list_(pa.float64()),
+     "per block: standard error of jacobian_block_fro from its random projections (0: exact)"),
+    ("jacobian_projections", pa.int32(),
+     "projections per sample behind each jacobian_* estimate (random unit vectors, or the basis vectors "
+     "where an output has at most this many values)"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
     ("adv_correct", pa.list_(pa.bool_()),

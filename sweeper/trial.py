@@ -22,6 +22,9 @@ same samples with the same seed, so at the same places (``_control_predictions``
 row carries ``target_rate`` beside the controls' numbers (``_target_columns``). A transfer
 cell's controls are its source's: placed with the source job's seed on the samples the
 source attacked.
+Jacobians: every row of a job carries the model's input-to-logit and per-block Jacobian
+norms on the job's attacked samples (``sweeper.jacobian.measure``, the ``jacobian_*``
+columns), projections drawn from the job's seed, so a cached model gives the same ones.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from sweeper import datasets, store
+from sweeper import datasets, jacobian, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
@@ -74,12 +77,12 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     model, trained, train_s, resumed, defense_reg = _trained_model(job, data, train_idx, context.model_cache,
                                                                    checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
-    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
-            **_defense_columns(job, defense_reg)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
+    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
+            **_defense_columns(job, defense_reg), **jacobian.measure(model, x, _job_seed(job))}
     own = [cell for cell in cells if cell.eval_bits is None]
     classifier = _classifier(model, data) if any(c.attack != CLEAN and (c.source is None or _has_controls(c))
                                                  for c in own) else None
@@ -106,7 +109,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
     """(cell, columns) for a dbwt job's cells at another bit width: the same weights
     quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
     The columns that describe the model change with it (configuration, test accuracy,
-    packed footprint); the .tflite is the preset's, so nothing is deployed here."""
+    packed footprint, Jacobians); the .tflite is the preset's, so nothing is deployed here."""
     from sweeper import footprint
     from sweeper.defenses.bit_width import at_bit_width
 
@@ -118,6 +121,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
             "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
             "flash_packed_kb": footprint.flash_kb(model),
             "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
+            **jacobian.measure(model, samples.x, _job_seed(job)),
         }
         for group in _attack_groups(cells):
             for cell, outcome in _evaluate(group, model, None, classifier, at, _job_seed(job),

@@ -222,3 +222,67 @@ def test_arts_l1_fgsm_and_pgd_are_labelled_single_coordinate(tmp_path):
         assert body.count(report.SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
     assert "![fgsm_l1 (single-coordinate) on digits, small_cnn]" in text  # the eps curve
     assert report.SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]
+# Per quantizer, per fold: (jacobian_fro, [block norms]); int4 / jr_layer halves the blocks.
+JACOBIANS = {"fp": [(30.0, [60.0, 30.0, 6.0]), (34.0, [70.0, 36.0, 7.0]), (32.0, [66.0, 33.0, 7.5])],
+             "int4": [(27.0, [48.0, 39.0, 8.0]), (33.0, [56.0, 40.0, 8.5]), (30.0, [52.0, 38.0, 8.2])]}
+
+
+def _jacobian_rows() -> list[dict]:
+    rows = []
+    for row in _rows():
+        fro, blocks = JACOBIANS[row["quantizer"]][row["fold"]]
+        rows.append({**row, "jacobian_fro": fro, "jacobian_fro_se": 0.0, "jacobian_projections": 16,
+                     "jacobian_blocks": ["conv2d", "conv2d", "dense"], "jacobian_block_fro": blocks,
+                     "jacobian_block_se": [0.01 * blocks[0], 0.002 * blocks[1], 0.0]})
+        if row["quantizer"] == "int4":
+            rows.append({**rows[-1], "cell_id": row["cell_id"] + "-l", "job_id": row["job_id"] + "-l",
+                         "config_id": "int4-l", "defense": "jr_layer", "defense_label": "jr_layer",
+                         "defense_params": '{"lambda": 0.001, "projections": 1}', "jacobian_fro": fro * 0.6,
+                         "jacobian_block_fro": [b / 2 for b in blocks],
+                         "jacobian_block_se": [0.005 * blocks[0], 0.001 * blocks[1], 0.0]})
+    return rows
+
+
+def _jacobian_tables(text: str) -> list[dict[str, dict[str, str]]]:
+    """The tables of the Jacobian section, in order (norms, ratio to fp, ratio to twin)."""
+    body = text.split("## Jacobian norms", 1)[1].split("\n## ", 1)[0]
+    tables = []
+    for block in re.findall(r"(?:^\|.*\n?)+", body, flags=re.M):
+        lines = [line.strip().strip("|").split(" | ") for line in block.strip().splitlines()]
+        header = [cell.strip() for cell in lines[0]]
+        tables.append({row[0].strip(): dict(zip(header, (c.strip() for c in row))) for row in lines[2:]})
+    return tables
+
+
+def test_the_jacobian_section_matches_direct_queries_and_pairs_folds(tmp_path):
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _jacobian_rows())
+    text = report.write(location.text, tmp_path / "report").read_text()
+    assert "### digits, small_cnn" in text and "Largest relative standard error of any estimate here" in text
+    norms, to_fp, to_twin = _jacobian_tables(text)
+    direct = _direct(location.text, "SELECT config_id, avg(f), stddev_samp(f), avg(b), stddev_samp(b) FROM "
+                                    "(SELECT DISTINCT config_id, fold, jacobian_fro AS f, jacobian_block_fro[1] AS b "
+                                    "FROM results) GROUP BY config_id")
+    labels = {"fp": "small_cnn / fp", "int4": "small_cnn / int4", "int4-l": "small_cnn / int4 / jr_layer"}
+    assert set(norms) == set(labels.values())
+    for config, (fro, fro_std, first, first_std) in direct.items():
+        row = norms[labels[config]]
+        for cell, (mean, std) in ((row["logits"], (fro, fro_std)), (row["1 conv2d"], (first, first_std))):
+            shown = [float(part) for part in cell.split(" ± ")]
+            assert shown == pytest.approx([mean, std], abs=0.051), (cell, mean, std)  # 3 significant digits
+    assert norms["small_cnn / fp"]["3 dense"] == "6.83 ± 0.76"
+    # paired per fold: mean of (int4 / fp) over the three folds
+    ratios = [JACOBIANS["int4"][f][1][0] / JACOBIANS["fp"][f][1][0] for f in range(3)]
+    import statistics
+
+    expected = f"{statistics.fmean(ratios):.2f} ± {statistics.stdev(ratios):.2f}"
+    assert to_fp["small_cnn / int4 ÷ fp/none"]["1 conv2d"] == expected
+    assert set(to_fp) == {"small_cnn / int4 ÷ fp/none"}  # jr_layer has no fp model with jr_layer here
+    assert to_twin == {"small_cnn / int4 / jr_layer ÷ int4/none": {
+        "model / quantizer ÷ reference": "small_cnn / int4 / jr_layer ÷ int4/none", "logits": "0.60 ± 0.00",
+        "1 conv2d": "0.50 ± 0.00", "2 conv2d": "0.50 ± 0.00", "3 dense": "0.50 ± 0.00"}}
+    assert "1.00%" in text  # the largest relative SE: 0.01 of block 1
+
+
+def test_a_store_without_jacobian_norms_has_no_such_section(rendered):
+    assert "## Jacobian norms" not in rendered[2]
