@@ -55,7 +55,7 @@ from sweeper.errors import UserError
 # (unbumped, the coordinator bumps once per merge) target_rate, target_n, control_target_rate,
 #    control_adv_acc: the patch scored as a targeted attack against its controls (null on
 #    other rows; older fragments read them as null).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
