@@ -322,7 +322,7 @@ for _profile in [
     ),
     MCUProfile(
         "arduino_nano33_ble_sense", 1024, 256, 256,
-        "Arduino Nano 33 BLE Sense: nRF52840 SoC, 1 MB flash, 256 KB total SRAM "
+        "Arduino Nano 33 BLE Sense: nRF52840 SoC (Cortex-M4F, 64 MHz), 1 MB flash, 256 KB total SRAM "
         "(the Mbed OS core and bootloader use part of both)",
         "Arduino ABX00031 Nano 33 BLE Sense product reference manual (datasheet)", "cortex-m4", 64,
     ),
