@@ -1,4 +1,5 @@
-"""Deployment: a trained QKeras model as a full-int8 TensorFlow Lite Micro build, measured.
+"""Deployment: a trained QKeras model as a full-int8 TensorFlow Lite Micro build, measured,
+its sub-byte builds, and its MACs and latency estimates.
 
 This package owns the path from a QKeras model to figures a microcontroller build
 actually needs, and to the predictions the deployed network makes. One file per step:

@@ -17,7 +17,7 @@ build's filters (batch norm folded, requantized per channel), not the QKeras wei
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -113,7 +113,6 @@ def _sub_byte(name: str, int8_flatbuffer: bytes, x_check: np.ndarray,
                   build_s=time.perf_counter() - started)
     if build.identical:
         return build
-    return Build(name, None, size, arena, False, False, build.agreement, len(same), summary,
-                 build.build_s, error=(f"refused: predicts differently from the int8 build on "
-                                       f"{int((~same).sum())} of {len(same)} check samples "
-                                       f"({summary})"))
+    return replace(build, flatbuffer=None, error=(
+        f"refused: predicts differently from the int8 build on {int((~same).sum())} of "
+        f"{len(same)} check samples ({summary})"))
