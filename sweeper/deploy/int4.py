@@ -80,7 +80,7 @@ def int4_flatbuffer(int8_flatbuffer: bytes) -> tuple[bytes, str]:
     if not packable:
         raise DeployError("no filter fits 4 bits: every one has a channel whose int8 values "
                           "are not an integer multiple of values in [-8, 7]")
-    inexact, largest, divided = 0, 1, set()
+    inexact, largest, biases_done = 0, 1, set()
     for item, d in packable:
         tensor = ops[item.op_index].inputs[1]
         values = tensor.array.astype(np.int64)
@@ -92,8 +92,8 @@ def int4_flatbuffer(int8_flatbuffer: bytes) -> tuple[bytes, str]:
         largest = max(largest, int(d.max()))
         for _, op in filter_ops(model):
             bias = op.inputs[2] if len(op.inputs) > 2 else None
-            if op.inputs[1] is tensor and bias is not None and id(bias) not in divided:
-                divided.add(id(bias))
+            if op.inputs[1] is tensor and bias is not None and id(bias) not in biases_done:
+                biases_done.add(id(bias))
                 inexact += _divide_bias(bias, d)
     summary = f"{len(packable)} of {len(everything)} filters packed"
     if largest > 1:
