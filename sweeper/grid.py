@@ -241,15 +241,18 @@ class AttackEntry(_Frozen):
         """The attack_label of its cells: a transfer entry's says where its examples come
         from (``fgsm<-fp``), a deployed one what it attacks (``square@deployed``), so
         neither shares a label with a white-box entry."""
-        base = self.label or self.name
         if self.target == DEPLOYED_TARGET:
-            return f"{base}@{DEPLOYED_TARGET}"
-        return f"{base}<-{self.source.label}" if self.source else base
+            return f"{self.white_box_key}@{DEPLOYED_TARGET}"
+        return f"{self.white_box_key}<-{self.source.label}" if self.source else self.white_box_key
 
     @property
     def white_box_key(self) -> str:
-        """The label of the white-box cells a transfer entry implies on its source."""
-        return self.label or self.name
+        """The label of the white-box cells a transfer entry implies on its source: the
+        label, or the name and what the attack's parameters add to it (a patch at a fixed
+        place: ``patch-fixed``)."""
+        from sweeper.attacks import default_label
+
+        return self.label or default_label(self.name, self.params)
 
     def resolved_norm(self) -> str:
         from sweeper.attacks import ATTACKS

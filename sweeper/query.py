@@ -15,7 +15,9 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
   a transfer attack's rows are their own points (``source_config_id`` is part of the key),
   with ``source_model``, ``source_quantizer`` and the transfer rate's mean over the folds
   where it is defined; they count in the worst case at their budget like any other attack
-  on the target (their examples are within the budget of the target's own inputs);
+  on the target (their examples are within the budget of the target's own inputs); a
+  targeted patch's point has its target rate's mean and spread, its controls' means and
+  the summed denominator ``target_n``;
 - ``fits``: each configuration that fits each MCU profile (computed from the footprint
   and the profiles, ``targeted`` when the grid named it), with its flash, RAM and accuracy;
 - ``diagnostics``: the gradient-masking checks (sweeper.diagnostics), one row per judgement;
@@ -180,10 +182,18 @@ _TRANSFER = """
                any_value(source_model) AS source_model, any_value(source_quantizer) AS source_quantizer,
                avg(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_mean,
                stddev_samp(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_std"""
+# A targeted patch's score beside its controls' (null on every other point); NaN rates (no
+# clean-correct non-target sample in a fold) are left out of the means.
+_TARGETS = """
+               avg(CASE WHEN isnan(target_rate) THEN NULL ELSE target_rate END) AS target_rate_mean,
+               stddev_samp(CASE WHEN isnan(target_rate) THEN NULL ELSE target_rate END) AS target_rate_std,
+               avg(CASE WHEN isnan(control_target_rate) THEN NULL ELSE control_target_rate END)
+                   AS control_target_rate_mean,
+               avg(control_adv_acc) AS control_adv_acc_mean, CAST(sum(target_n) AS BIGINT) AS target_n"""
 VIEWS = {  # in creation order: robust reads worst_case
     "worst_case": _WORST_CASE,
     "robust": f"""
-        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}
+        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}, {_TARGETS}
         FROM results GROUP BY ALL
         UNION ALL BY NAME
         SELECT * FROM worst_case""",

@@ -52,7 +52,10 @@ from sweeper.errors import UserError
 #    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
 # 4: transfer attacks: source_job_id, source_config_id, source_model, source_quantizer,
 #    transfer_rate (null on white-box rows; older fragments read them as null).
-SCHEMA_VERSION = 4
+# (unbumped, the coordinator bumps once per merge) target_rate, target_n, control_target_rate,
+#    control_adv_acc: the patch scored as a targeted attack against its controls (null on
+#    other rows; older fragments read them as null).
+SCHEMA_VERSION = 5
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
@@ -100,7 +103,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("defense_params", pa.string(), "every parameter of the defense, as JSON"),
     ("defense_reg", pa.float64(),
      "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
-     "estimate, dq: sum ||Q^T Q - I||^2 over the quantized kernels Q); null for other defenses"),
+     "estimate, jr_layer: sum over blocks of 1/2 ||J_k||_F^2, dq: sum ||Q^T Q - I||^2 over the quantized "
+     "kernels Q); null for other defenses"),
     ("eval_bits", pa.int32(),
      "dbwt: the bit width the shared weights were quantized at for this row (a configuration of its "
      "own); null: the preset's own width. flash_kb/ram_kb are the int8 .tflite's (the same at every "
@@ -110,11 +114,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
     ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
     ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
-    ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
+    ("attack_params", pa.string(),
+     "every parameter passed to ART, as JSON (a parameter added later is left out at its default: "
+     "the patch's placement random)"),
     ("target", pa.string(),
-     "what the attack queried: 'model' (the QKeras model) or 'deployed' (the int8 .tflite through the "
-     "TFLite interpreter; the row's clean_correct, adv_correct, adv_pred and accuracies are the build's, "
-     "equal to its deployed_* columns); rows written before the column read 'model'"),
+     "what the attack queried (not the patch's target class): 'model' (the QKeras model) or 'deployed' "
+     "(the int8 .tflite through the TFLite interpreter; the row's clean_correct, adv_correct, adv_pred and "
+     "accuracies are the build's, equal to its deployed_* columns); rows written before the column read 'model'"),
     ("source_job_id", pa.string(),
      "transfer attack: the job whose model crafted the examples (same dataset, fold, seed); null: white-box"),
     ("source_config_id", pa.string(), "transfer attack: the source's config_id (part of the point's key)"),
@@ -127,11 +133,40 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "the attack (the mean of adv_correct; denominator n_samples)"),
     ("attack_success_rate", pa.float64(),
      "share of clean-correct samples the attack made wrong (denominator: the clean-correct samples; "
-     "NaN if none were)"),
+     "NaN if none were); for the targeted patch any wrong class counts, its own score is target_rate"),
     ("transfer_rate", pa.float64(),
      "transfer attack: of the samples both models classify correctly unperturbed and whose example fools "
      "the source (the denominator), the share whose example also fools this model (NaN if none)"),
+    ("target_rate", pa.float64(),
+     "targeted patch: of the target_n attacked samples classified correctly clean whose true class is not "
+     "the target, the share classified as the target with the patch on (NaN if target_n is 0); null: "
+     "not a patch, or eps 0"),
+    ("target_n", pa.int32(),
+     "targeted patch: target_rate's denominator, the attacked samples classified correctly clean whose "
+     "true class is not the target"),
+    ("control_target_rate", pa.float64(),
+     "targeted patch: the highest target rate (same denominator) of its controls, a uniform-random patch "
+     "and solid patches at the clip range's low and high ends, of the same size at the same places"),
+    ("control_adv_acc", pa.float64(),
+     "targeted patch: the lowest robust accuracy (as adv_acc: right unperturbed and with the control; "
+     "denominator n_samples) of the same controls"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
+    ("jacobian_fro", pa.float64(),
+     "per trained model, on its attacked samples in evaluation mode: root mean square over the samples of "
+     "the Frobenius norm of the input-to-logit Jacobian, sqrt(mean ||d logits / d x||_F^2), through the "
+     "straight-through estimators (the gradient attacks see), with the quantized weights (sweeper.jacobian)"),
+    ("jacobian_fro_se", pa.float64(),
+     "standard error of jacobian_fro from its random projections (0: exact, the logits' basis vectors)"),
+    ("jacobian_blocks", pa.list_(pa.string()),
+     "the model's blocks in order, named by their weight layers (a block runs from one activation every "
+     "path passes through to the next; the last ends at the logits)"),
+    ("jacobian_block_fro", pa.list_(pa.float64()),
+     "per block, as jacobian_fro: sqrt(mean ||d block output / d block input||_F^2) over the attacked samples"),
+    ("jacobian_block_se", pa.list_(pa.float64()),
+     "per block: standard error of jacobian_block_fro from its random projections (0: exact)"),
+    ("jacobian_projections", pa.int32(),
+     "projections per sample behind each jacobian_* estimate (random unit vectors, or the basis vectors "
+     "where an output has at most this many values)"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
     ("adv_correct", pa.list_(pa.bool_()),

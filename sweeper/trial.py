@@ -20,6 +20,15 @@ outcomes (``_evaluate_deployed``).
 
 Bit widths: a dbwt job's cells with ``eval_bits`` run last, per width, with the same
 weights quantized at that width (``_evaluate_at_width``).
+
+Controls: a cell of an attack with controls (the patch) also classifies them, made on the
+same samples with the same seed, so at the same places (``_control_predictions``), and its
+row carries ``target_rate`` beside the controls' numbers (``_target_columns``). A transfer
+cell's controls are its source's: placed with the source job's seed on the samples the
+source attacked.
+Jacobians: every row of a job carries the model's input-to-logit and per-block Jacobian
+norms on the job's attacked samples (``sweeper.jacobian.measure``, the ``jacobian_*``
+columns), projections drawn from the job's seed, so a cached model gives the same ones.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from sweeper import datasets, store
+from sweeper import datasets, jacobian, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Train
@@ -73,15 +82,15 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     model, trained, train_s, resumed, defense_reg = _trained_model(job, data, train_idx, context.model_cache,
                                                                    checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
-    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
-            **_defense_columns(job, defense_reg)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
+    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
+            **_defense_columns(job, defense_reg), **jacobian.measure(model, x, _job_seed(job))}
     own = [cell for cell in cells if cell.eval_bits is None]
-    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None
-                                                 and c.target == MODEL_TARGET for c in own) else None
+    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.target == MODEL_TARGET
+                                                 and (c.source is None or _has_controls(c)) for c in own) else None
     build_classifier = functools.cache(lambda: _deployed_classifier(deployed, data))  # built once, if needed
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
@@ -93,7 +102,8 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
         for cell, columns in evaluated:
             report({**base, **_cell_columns(cell), **columns})
     for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
-        report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial)})
+        report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial,
+                                                           classifier)})
     widths = sorted({cell.eval_bits for cell in cells} - {None})
     for width in widths:
         at_width = [cell for cell in cells if cell.eval_bits == width]
@@ -108,7 +118,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
     """(cell, columns) for a dbwt job's cells at another bit width: the same weights
     quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
     The columns that describe the model change with it (configuration, test accuracy,
-    packed footprint); the .tflite is the preset's, so nothing is deployed here."""
+    packed footprint, Jacobians); the .tflite is the preset's, so nothing is deployed here."""
     from sweeper import footprint
     from sweeper.defenses.bit_width import at_bit_width
 
@@ -120,6 +130,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
             "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
             "flash_packed_kb": footprint.flash_kb(model),
             "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
+            **jacobian.measure(model, samples.x, _job_seed(job)),
         }
         for group in _attack_groups(cells):
             for cell, outcome in _evaluate(group, model, None, classifier, at, _job_seed(job),
@@ -154,7 +165,12 @@ def robust(clean_ok: np.ndarray, adv_pred: np.ndarray, y: np.ndarray) -> np.ndar
 # ---------------------------------------------------------------- training
 
 def _job_seed(job: TrainingJob) -> int:
-    return int(job.job_id[:8], 16) % (2**31 - 1)
+    return _seed_of(job.job_id)
+
+
+def _seed_of(job_id: str) -> int:
+    """The seed a job's training and attacks draw from (a transfer cell's controls: its source's)."""
+    return int(job_id[:8], 16) % (2**31 - 1)
 
 
 def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpoints: Checkpoints):
@@ -579,12 +595,13 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
     adv_pred, deployed_adv = _predictions(first, model, deployed, classifier, samples, x_adv)
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
     norms = _perturbation_norms(samples.x, x_adv)
+    controls = _control_predictions(first, model, classifier, samples, samples.clean_ok, seed)
     for cell in group:
         within, pred, columns = _within_budget(cell, samples, norms, adv_pred, deployed_adv)
         if keep is not None and cell.keeps_arrays:
             keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred,
                  samples.clean_ok)
-        yield cell, {**columns, "attack_s": attack_s}
+        yield cell, {**columns, **_target_columns(cell, samples, pred, controls), "attack_s": attack_s}
 
 
 def _predictions(cell: Cell, model, deployed, classifier, samples: _Samples, x_adv: np.ndarray):
@@ -619,7 +636,7 @@ def _evaluate_deployed(group: list[Cell], deployed, build_classifier: Callable[[
 def _no_build_columns(samples: _Samples) -> dict[str, Any]:
     """A deployed cell's columns when there is no build to attack: the sample count, no
     outcome (null, never zero: nothing was measured)."""
-    empty = {name: None for name in ("clean_acc", "adv_acc", "attack_success_rate", *store.OUTCOME_COLUMNS)}
+    empty = dict.fromkeys(("clean_acc", "adv_acc", "attack_success_rate", *store.OUTCOME_COLUMNS, *TARGET_COLUMNS))
     return {**empty, **_deployed_columns(samples, None), "n_samples": int(len(samples.y)), "attack_s": 0.0}
 
 
@@ -658,6 +675,54 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
     x_adv[ok] = attacks.run(cell.attack, classifier, samples.x[ok], samples.y[ok], eps, cell.norm,
                             dict(cell.params), seed, x_train=training_images() if needs else None)
     return x_adv
+
+
+def _has_controls(cell: Cell) -> bool:
+    from sweeper import attacks
+
+    return cell.attack != CLEAN and attacks.ATTACKS.get(cell.attack).controls is not None
+
+
+def _control_predictions(cell: Cell, model, classifier, samples: _Samples, attacked: np.ndarray,
+                         seed: int) -> list[np.ndarray] | None:
+    """The model's predictions on each of the cell's controls (``attacks.controls``: the
+    patch's random and solid patches), pasted where the attack pasted, on the samples it
+    perturbed (``attacked``; the others stay clean, as in its examples) with its seed.
+    Forward passes only. None for an attack without controls and at eps 0."""
+    from sweeper import attacks
+
+    if not _has_controls(cell) or cell.eps == 0:
+        return None
+    if not attacked.any():  # nothing was perturbed: each control is the clean input
+        return [samples.clean_pred]
+    made = attacks.controls(cell.attack, classifier, samples.x[attacked], cell.eps, cell.norm, dict(cell.params),
+                            seed)
+    predictions = []
+    for x_control in made.values():
+        x_all = samples.x.copy()
+        x_all[attacked] = x_control
+        predictions.append(_predict(model, x_all))
+    return predictions
+
+
+TARGET_COLUMNS = ("target_rate", "target_n", "control_target_rate", "control_adv_acc")
+
+
+def _target_columns(cell: Cell, samples: _Samples, pred: np.ndarray,
+                    controls: list[np.ndarray] | None) -> dict[str, Any]:
+    """A targeted attack with controls (the patch) scored against them (store.COLUMNS):
+    its target rate and denominator, the highest target rate and the lowest (robust, as
+    adv_acc's) accuracy of its controls. Null for every other row."""
+    if controls is None:
+        return dict.fromkeys(TARGET_COLUMNS)
+    from sweeper.attacks import target_rate
+
+    target = dict(cell.params)["target"]
+    rate, n = target_rate(samples.y, samples.clean_pred, pred, target)
+    rates = [target_rate(samples.y, samples.clean_pred, p, target)[0] for p in controls]
+    return {"target_rate": rate, "target_n": n,
+            "control_target_rate": float("nan") if n == 0 else max(rates),
+            "control_adv_acc": min(float(np.mean(robust(samples.clean_ok, p, samples.y))) for p in controls)}
 
 
 def _deployed_columns(samples: _Samples, deployed_pred: np.ndarray | None) -> dict[str, Any]:
@@ -712,9 +777,10 @@ def _keeper(folder: str, samples: _Samples):
     return keep
 
 
-def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None) -> dict[str, Any]:
+def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None, classifier=None) -> dict[str, Any]:
     """A transfer cell's columns: the target (this job's model and its .tflite) on its
-    source cell's stored examples, a forward pass each, and the transfer rate."""
+    source cell's stored examples, a forward pass each, and the transfer rate; for an
+    attack with controls, the target on the source's controls (same samples and places)."""
     started = time.perf_counter()
     source = _source_arrays(cell, samples, folder)
     x_adv = source["x_adv"]
@@ -726,7 +792,10 @@ def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None
                                       _deployed_predict(deployed, x_adv))
     rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok,
                          robust(samples.clean_ok, pred, samples.y))
-    return {**columns, "attack_s": attack_s, "transfer_rate": rate}
+    controls = _control_predictions(cell, model, classifier, samples, source["clean_correct"].astype(bool),
+                                    _seed_of(cell.source.job_id)) if _has_controls(cell) else None
+    return {**columns, **_target_columns(cell, samples, pred, controls), "attack_s": attack_s,
+            "transfer_rate": rate}
 
 
 def transfer_rate(source_clean: np.ndarray, source_adv: np.ndarray, target_clean: np.ndarray,

@@ -51,3 +51,13 @@ def test_every_query_view_and_diagnostic_flag_is_documented():
         assert f"| `{name}` |" in README, f"view {name} missing from README"
     for flag in CHECKS:
         assert f"| `{flag}` |" in README, f"diagnostic {flag} missing from README"
+
+
+def test_the_masking_reading_does_not_credit_stq_with_randomness_its_evaluation_lacks():
+    """stq's quantizers sample only in training (models.QModel), and its activations are
+    plain ternary: a reading that explains its numbers by stochastic activations is wrong."""
+    reading = (ROOT / "docs" / "masking" / "README.md").read_text()
+    assert "stochastic activations" not in reading
+    assert "deterministic network" in reading
+    stq = QUANTIZERS.get("stq")
+    assert stq.activation == "ternary(alpha=1)" and stq.kernel.startswith("stochastic_ternary")

@@ -7,13 +7,15 @@ One file per concern:
   ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
-  compiled on the classifier's model (no ART attack class).
+  compiled on the classifier's model (no ART attack class); ``apgd_l1.py``: its L1 parts
+  (the projection onto the L1 ball within the box, the sparse step, the step-size rule).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
 - ``black_box.py``: boundary and hopskipjump (with their seeded starts) and zoo.
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
-  images and pasted with a hard mask (``Patch``, ``patch_shape``).
-- ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
-  ``perturbation_norms``.
+  images and pasted with a hard mask at random or fixed places (``Patch``,
+  ``patch_shape``), its controls, and ``target_rate``, what it is scored by.
+- ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``controls`` (an
+  attack's same-budget controls) and ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
 - ``deployed.py``: ``make_deployed_classifier``, the int8 ``.tflite`` itself as an ART
@@ -33,7 +35,7 @@ from typing import Any
 
 from sweeper.attacks.apgd import APGD_CE, APGD_DLR
 from sweeper.attacks.black_box import BOUNDARY, HOP_SKIP_JUMP, ZOO, _generate_boundary  # noqa: F401
-from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, controls, perturbation_norms, run  # noqa: F401
 from sweeper.attacks.deployed import NoGradientError, make_deployed_classifier  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401
     PREDICT_CHUNK,
@@ -42,15 +44,18 @@ from sweeper.attacks.estimator import (  # noqa: F401
     make_stock_classifier,
 )
 from sweeper.attacks.gradient import CW_L2, FGSM, PGD
-from sweeper.attacks.patch import PATCH, Patch, patch_shape  # noqa: F401
+from sweeper.attacks.patch import PATCH, Patch, patch_shape, target_rate  # noqa: F401
 from sweeper.attacks.spec import (  # noqa: F401
     ATTACKS,
     PATCH_NORM,
     RELATIVE_FORMS,
     AttackSpec,
     art_params,
+    default_label,
     is_minimal,
     normalize_norm,
+    recorded_params,
+    single_coordinate,
     validate,
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401
