@@ -189,6 +189,28 @@ def test_target_values_and_transfer_sources_are_checked():
         grid.validate({**BASE, "quantizers": ["fp", "int8"], "attacks": [transfer]})
 
 
+def test_zoo_on_the_build_needs_a_finite_difference_above_the_input_step():
+    entry = {"name": "zoo", "eps": ["unbounded"], "target": "deployed"}
+    with pytest.raises(UserError, match=r"^grid: attacks\.0\.target: zoo's finite differences \(variable_h 0\.0001\) "
+                                        r"are smaller than the build's input step"):
+        grid.validate({**BASE, "attacks": [entry]})
+    grid.validate({**BASE, "attacks": [{**entry, "params": {"variable_h": 0.01}}]})
+    grid.validate({**BASE, "attacks": [{**entry, "target": "model"}]})  # the model: any step
+
+
+@pytest.mark.slow
+def test_zoo_moves_the_build_only_with_a_step_above_its_input_step(fp_build):
+    _, deployed, _, x, y = fp_build
+    right = deployed.predict(x).argmax(axis=1) == y
+    x, y = x[right][:6], y[right][:6]
+    params = {"max_iter": 10, "binary_search_steps": 2, "initial_const": 10.0, "learning_rate": 0.1}
+    fooled = {}
+    for h in (1e-4, 0.01):
+        x_adv = attacks.run("zoo", deployed, x, y, math.inf, "2", {**params, "variable_h": h}, seed=0)
+        fooled[h] = int(np.sum(deployed.predict(x_adv).argmax(axis=1) != y))
+    assert fooled[1e-4] == 0 and fooled[0.01] >= 3, fooled
+
+
 @pytest.mark.slow
 def test_the_cli_refuses_it_with_exit_2(tmp_path):
     from tests.conftest import write_grid
