@@ -492,3 +492,18 @@ def test_a_store_too_big_for_the_tight_limit_is_diagnosed_under_the_callers(tmp_
     monkeypatch.setattr(diagnostics, "_TIGHT_LIMIT", "1KB")
     assert same(diagnostics.diagnose_store(location, "1GB"), reference) and reference.num_rows > 20
     assert limits == ["1KB", "1GB"]
+
+
+def test_attacks_on_the_deployed_build_are_not_judged():
+    """Square on the int8 build leaving less accuracy than PGD on the QKeras model says
+    nothing about the model's gradients: the build is another network (and every point
+    of it would otherwise be judged against the model's)."""
+    on_build = point("square", 0.1, hits(10), label="square@deployed")
+    for row in on_build:
+        row["target"] = "deployed"
+    pgd = point("pgd", 0.1, hits(60))
+    assert fired("black_box_beats_white_box", point("square", 0.1, hits(10)), pgd)  # on the model: judged
+    assert not diagnostics.diagnose(table(on_build)).num_rows
+    assert not judged("black_box_beats_white_box", on_build, pgd)
+    rows = table(on_build, pgd, point("fgsm", 0.1, hits(70)))
+    assert same(diagnostics.diagnose(rows), reference_diagnostics.diagnose_reference(rows))
