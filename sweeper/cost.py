@@ -17,6 +17,8 @@ A job's estimate, in seconds on one CPU of the machine the constants were measur
   sample (counted from ART's loops, with the cell's parameters), plus one call latency per
   model call (per sample for attacks that run one sample at a time, per batch otherwise).
   A transfer cell attacks nothing: one forward pass per sample on its source's examples.
+  A cell that attacks the deployed build costs ``DEPLOYED_FACTOR`` times its attack on the
+  model (the TFLite reference kernels it queries are slower).
 
 Where the constants come from: ``UNIT_COSTS`` is the unit-cost table that
 ``bench/scale.py`` part 3 printed (docs/scale.md, section 2: one TensorFlow thread on a
@@ -91,6 +93,10 @@ BOUNDARY_FORWARDS_PER_STEP = 30
 # estimate: a binary search towards the input (about log2 of distance / threshold, ~15
 # on 8x8 inputs) and a few step-size halvings.
 HOP_SKIP_JUMP_SEARCH_CALLS = 20
+# MEASURED (bench/attacks.py deployed rows, README Benchmarks: Square on the int8 build
+# over Square on the compiled QKeras model, 1.3x to 5.1x): a cell attacking the deployed
+# build (target: deployed) queries the TFLite reference kernels, which are slower.
+DEPLOYED_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -238,8 +244,12 @@ def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
     training *= defense_factor(job.defense, dict(job.defense_params))
     evaluation = attack_seconds(Work(forwards=1, calls=1), math.ceil(pooled / job.k), costs)
     attacks = sum(attack_seconds(FORWARD if cell.source is not None else _cell_work(cell.attack, cell.params),
-                                 cell.samples, costs) for cell in cells)
+                                 cell.samples, costs) * _target_factor(cell) for cell in cells)
     return training, evaluation, attacks
+
+
+def _target_factor(cell) -> float:
+    return DEPLOYED_FACTOR if getattr(cell, "target", "model") == "deployed" else 1.0
 
 
 # MEASURED (bench/train_step.py --defenses all, stq_net int4, one run on busy cores: README,

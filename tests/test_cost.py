@@ -132,3 +132,16 @@ def test_a_defended_job_costs_its_training_step_times_the_defense():
     t2, e2, a2 = cost.job_breakdown(guarded, defended.cells_of(guarded.job_id))
     assert t2 == pytest.approx(4 * train) and (e2, a2) == (evaluation, attacks)  # 3 attack steps + the step
     assert cost.defense_factor("fgsm_at", {}) == 2.0 and cost.defense_factor("none", {}) == 1.0
+
+
+def test_an_attack_on_the_deployed_build_costs_more_than_on_the_model():
+    from sweeper import expand, grid
+
+    attacks = [{"name": "square", "eps": [0.1]}, {"name": "square", "eps": [0.1], "target": "deployed"}]
+    plan = expand.expand(grid.validate({"name": "c", "datasets": ["digits"], "models": ["small_cnn"],
+                                        "quantizers": ["int8"], "folds": {"k": 3, "only": [0]},
+                                        "attacks": attacks}), fingerprints=False)
+    [job] = plan.jobs
+    model, deployed = ([c for c in plan.cells if c.attack == "square" and c.target == target]
+                       for target in ("model", "deployed"))
+    assert cost.job_breakdown(job, deployed)[2] == pytest.approx(cost.DEPLOYED_FACTOR * cost.job_breakdown(job, model)[2])
