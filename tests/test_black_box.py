@@ -93,13 +93,16 @@ def test_boundary_is_arts_on_the_same_estimator(shape):
 
 @pytest.mark.parametrize("shape, norm, eps, params", [
     pytest.param((8, 8, 1), "inf", 0.1, {"max_iter": 40}, id="8x8-inf"),
-    pytest.param((8, 8, 1), "2", 0.5, {"max_iter": 40}, id="8x8-l2"),
+    # L2 on 16x16: on 8x8 ART's L2 start is 0/0 (1-pixel bumps), NaN, which sweeper's Square
+    # refuses (README: a non-finite candidate is never accepted), so there the two differ.
+    pytest.param((16, 16, 1), "2", 0.5, {"max_iter": 40}, id="16x16-l2"),
     pytest.param((49, 10, 1), "inf", 0.1, {"max_iter": 40, "p_init": NARROW_P_INIT},
                  id="49x10-inf-narrow"),
 ])
 def test_square_is_arts_on_the_same_estimator(shape, norm, eps, params):
     classifier, x, y = _untrained(shape)
     expected = _run("square", classifier, x, y, eps, norm, params, 5, art=True)
+    assert np.isfinite(expected).all()  # ART's own run stayed finite: the comparison means something
     np.testing.assert_array_equal(_run("square", classifier, x, y, eps, norm, params, 5), expected)
     assert (attacks.perturbation_norms(x, expected, norm) > 0).any()
     assert not np.array_equal(_run("square", classifier, x, y, eps, norm, params, 6), expected)

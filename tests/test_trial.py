@@ -22,7 +22,7 @@ GRID = {
         {"name": "fgsm", "eps": [0.1]},
         {"name": "pgd", "eps": [0.1], "params": {"max_iter": 3, "eps_step": "eps/4"}},
         {"name": "cw_l2", "eps": [0, 0.5, 1.0, "unbounded"],
-         "params": {"max_iter": 5, "binary_search_steps": 3, "learning_rate": 0.1}},
+         "params": {"max_iter": 5, "binary_search_steps": 3, "learning_rate": 0.1, "initial_const": 1.0}},
     ],
     "folds": {"k": 3, "only": [0]}, "train": {"epochs": 3, "learning_rate": 0.01}, "samples": 30,
 }
