@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sweeper.errors import UserError
 
@@ -42,7 +43,8 @@ def user_errors(command):
         except UserError as error:
             if _debug():
                 raise
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            # Escaped: the message quotes the user's text, which is never rich markup.
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True, emoji=False)
             raise typer.Exit(2)
 
     return wrapper

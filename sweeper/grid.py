@@ -14,23 +14,28 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from sweeper.errors import UserError
+from sweeper import safe_yaml
+from sweeper.errors import UserError, one_line, preview
+from sweeper.limits import INT_MAX, whole
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are refused in every float field (a learning rate of .inf trains NaNs).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 UNBOUNDED = "unbounded"
+MAX_EPOCHS = 1_000_000
 
 
 class Epsilon(_Frozen):
     """An attack budget: its value, and its label as written (``8/255`` stays ``8/255``).
     ``unbounded`` (value +inf) is for minimal-perturbation attacks; 0 is always clean."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)  # parse_epsilon checks
 
     value: float
     label: str
@@ -46,14 +51,14 @@ def parse_epsilon(raw: Any) -> Epsilon:
     if isinstance(raw, str) and raw.strip().lower() == UNBOUNDED:
         return Epsilon(value=math.inf, label=UNBOUNDED)
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {raw!r}")
+        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {preview(raw)}")
     try:
         value = float(Fraction(raw.strip()) if isinstance(raw, str) else raw)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', "
-                         f"got {raw!r}") from None
+                         f"got {preview(raw)}") from None
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {raw!r}")
+        raise ValueError(f"epsilon must be a finite number >= 0, got {preview(raw)}")
     return Epsilon(value=value, label=raw.strip() if isinstance(raw, str) else str(raw))
 
 
@@ -91,12 +96,12 @@ class DatasetChoice(_Frozen):
         spec = DATASETS.get(self.name)
         for key, value in self.options.items():
             if key not in spec.options:
-                raise ValueError(f"dataset {self.name!r}: unknown option {key!r}; "
+                raise ValueError(f"dataset {self.name!r}: unknown option {preview(key)}; "
                                  f"accepted: {', '.join(spec.options) or 'none'}")
             accepted = spec.choices.get(key)
             if accepted is not None and not any(value is a or (value == a and type(value) is type(a))
                                                 for a in accepted):
-                raise ValueError(f"dataset {self.name!r}: option {key!r} is {value!r}; "
+                raise ValueError(f"dataset {self.name!r}: option {preview(key)} is {preview(value)}; "
                                  f"accepted: {', '.join(map(str, accepted))}")
         return self
 
@@ -264,7 +269,8 @@ class ModelChoice(_Limited):
 
 
 class Folds(_Frozen):
-    k: int = Field(5, ge=2, description="K of K-fold cross-validation")
+    # At most what each dataset of the grid allows (feasibility.py).
+    k: int = Field(5, ge=2, le=INT_MAX, description="K of K-fold cross-validation")
     only: tuple[int, ...] | None = None  # fold indices to run; all K when absent
 
     @model_validator(mode="after")
@@ -281,8 +287,8 @@ class Folds(_Frozen):
 
 
 class Train(_Frozen):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=1, le=INT_MAX)
     optimizer: Literal["adam", "adamax", "sgd"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["constant", "cosine"] = "constant"
@@ -296,9 +302,9 @@ class Train(_Frozen):
     @field_validator("checkpoint_every", mode="before")
     @classmethod
     def _interval(cls, value: Any) -> int | str:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value == "auto" or whole(1).accepts(value):
             return value
-        raise ValueError(f"use 'auto' or a whole number of epochs >= 1, not {value!r}")
+        raise ValueError(f"use 'auto' or a whole number of epochs >= 1, not {preview(value)}")
 
 
 class Resources(_Frozen):
@@ -316,10 +322,10 @@ class Resources(_Frozen):
         # say so while the grid is read.
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < math.inf:
             raise ValueError(f"must be 0, a share of one GPU in (0, 1], or a whole number "
-                             f"of GPUs; got {raw!r}")
+                             f"of GPUs; got {preview(raw)}")
         if raw > 1 and raw != int(raw):
             raise ValueError(f"a fraction of a GPU must be at most 1; above 1, ask for whole "
-                             f"GPUs (got {raw!r})")
+                             f"GPUs (got {preview(raw)})")
         return raw
 
 
@@ -355,8 +361,8 @@ class DefenseEntry(_Limited):
 
 
 class Grid(_Frozen):
-    name: str
-    seed: int = 0
+    name: str = Field(max_length=100)  # a folder name
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what numpy and scikit-learn accept
     datasets: tuple[DatasetChoice, ...] = Field(min_length=1)
     models: tuple[ModelChoice, ...] = Field(min_length=1)
     quantizers: tuple[str, ...] = Field(min_length=1)
@@ -364,10 +370,10 @@ class Grid(_Frozen):
     folds: Folds = Folds()
     train: Train = Train()
     # attacked samples per training job: one count, or per dataset with an optional default
-    samples: int | dict[str, int] = 100
+    samples: int | dict[str, int] = 100  # each at most INT_MAX
     resources: Resources = Resources()
     mcus: tuple[str, ...] = ("stm32h7",)
-    data_dir: str | None = None
+    data_dir: str | None = Field(None, max_length=4096)
     # Training-time defenses: each trains every job it applies to once more. Default:
     # plain training only; list `none` beside others to keep the undefended baseline.
     defenses: tuple[DefenseEntry, ...] = Field(default_factory=lambda: (DefenseEntry(name="none"),), min_length=1)
@@ -378,7 +384,7 @@ class Grid(_Frozen):
         # The name is a folder under results/: '.', '..' or a hidden name would put the
         # default store in the working directory, its parent, or out of sight.
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"{name!r} is not usable as a folder name: use letters, digits, "
+            raise ValueError(f"{preview(name)} is not usable as a folder name: use letters, digits, "
                              f"'_', '-' and '.', not starting with '.'")
         return name
 
@@ -398,6 +404,8 @@ class Grid(_Frozen):
         counts = samples.values() if isinstance(samples, dict) else [samples]
         if any(count < 1 for count in counts):
             raise ValueError("attacked sample counts must be >= 1")
+        if any(count > INT_MAX for count in counts):
+            raise ValueError(f"attacked sample counts must be at most {INT_MAX}")
         if isinstance(samples, dict):
             _known_names(DATASETS, tuple(key for key in samples if key != "default"))
         return samples
@@ -433,8 +441,8 @@ class Grid(_Frozen):
         wanted_defense = source.defense_of(defense)
         if wanted_defense not in self.defenses_of(dataset, wanted[1]):
             known = ", ".join(entry.key for entry in self.defenses)
-            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {wanted_defense!r} (the source of "
-                             f"{model}/{quantizer} with {defense!r}) is not trained for dataset {dataset!r}; "
+            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {preview(wanted_defense)} (the source of "
+                             f"{model}/{quantizer} with {preview(defense)}) is not trained for dataset {dataset!r}; "
                              f"name the source's defense, one of: {known}")
 
     def defenses_of(self, dataset: str, quantizer: str) -> list[str]:
@@ -480,12 +488,26 @@ class Grid(_Frozen):
             if key == "none":
                 raise ValueError("'none' (the clean evaluation) is always included; do not list it")
             if keys.count(key) > 1:
-                raise ValueError(f"attack {key!r} appears twice; give each a distinct 'label'")
+                raise ValueError(f"attack {preview(key)} appears twice; give each a distinct 'label'")
         return entries
 
     @model_validator(mode="after")
     def _defenses(self) -> "Grid":
         return _defenses_fit(self)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path is not None and not path.isprintable():  # a NUL byte makes every file call fail
+            raise ValueError(f"{preview(path)} is not usable as a folder path (control characters)")
+        return path
+
+    @model_validator(mode="after")
+    def _feasible(self) -> "Grid":
+        from sweeper import feasibility
+
+        feasibility.check(self)  # last: it relies on every check above
+        return self
 
 
 def _defenses_fit(grid: Grid) -> Grid:
@@ -496,12 +518,12 @@ def _defenses_fit(grid: Grid) -> Grid:
     keys = [entry.key for entry in grid.defenses]
     for key in keys:
         if keys.count(key) > 1:
-            raise ValueError(f"defenses: {key!r} appears twice; give each a distinct 'label'")
+            raise ValueError(f"defenses: {preview(key)} appears twice; give each a distinct 'label'")
     seen: dict[str, str] = {}
     for entry in grid.defenses:  # the same training twice under two labels
         same = seen.setdefault(repr((entry.name, sorted(entry.resolved_params().items()))), entry.key)
         if same != entry.key:
-            raise ValueError(f"defenses: {same!r} and {entry.key!r} are the same defense with the same parameters")
+            raise ValueError(f"defenses: {preview(same)} and {preview(entry.key)} are the same defense with the same parameters")
     quantizers = {q for m in grid.models for q in (m.quantizers or grid.quantizers)}
     for entry in grid.defenses:
         for quantizer in sorted(set(entry.quantizers or quantizers) & quantizers):
@@ -533,20 +555,13 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     return validate(raw, source=str(path))
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """The grid file's bytes, read within safe_yaml's bounds (a launch records them)."""
+    return safe_yaml.read_file(Path(path))
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: grid file not found") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read grid file ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    raw = safe_yaml.load_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a grid file must be a YAML mapping (key: value lines)")
     return raw
@@ -562,8 +577,8 @@ def validate(raw: dict[str, Any], source: str = "grid") -> Grid:
 
 
 def _first_problem(error: ValidationError) -> str:
-    problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(_loc_part(part) for part in problem["loc"] if not str(part).startswith("function-"))
     message = problem["msg"].removeprefix("Value error, ")
     if problem["type"] == "extra_forbidden":
         message = "unknown key"
@@ -574,6 +589,13 @@ def _first_problem(error: ValidationError) -> str:
     elif problem["type"] == "missing":
         message = "required field is missing"
     return f"{where}: {message}" if where else message
+
+
+def _loc_part(part: Any) -> str:
+    """A step of an error's location: a user's key (samples.<dataset>, an unknown key)
+    may be long or hold line breaks, so it is quoted short."""
+    text = str(part)
+    return text if len(text) <= 40 and text.isprintable() and text.strip() == text and text else preview(part)
 
 
 def _parent_model(loc: tuple) -> type[BaseModel] | None:
@@ -604,20 +626,28 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply ``key.path=value`` (value in YAML syntax) to a raw grid mapping in place.
 
-    A path step into a list is an index (``attacks.0.eps``) or the label/name of an entry
-    (``attacks.pgd.eps``)."""
+    A path step into a list is an index (``attacks.0.eps``, ``attacks.-1.eps``) or the
+    label/name of an entry (``attacks.pgd.eps``). The value is read within the bounds of a
+    grid file (safe_yaml)."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {override!r}: expected key=value, e.g. train.epochs=2")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"--set {override!r}: value is not valid YAML") from None
+        raise UserError(f"--set {preview(override)}: expected key=value, e.g. train.epochs=2")
     parts = key.strip().split(".")
+    shown = _shown(key.strip())
+    if not all(part.strip() for part in parts):
+        raise UserError(f"--set {shown}: a field name in the path is empty")
+    if not key.isprintable():  # control characters, or bytes the terminal's encoding could not decode
+        raise UserError(f"--set {shown}: the field path holds characters no field name has")
+    value = safe_yaml.loads(text, f"--set {shown}", limit=safe_yaml.MAX_VALUE_BYTES) if text.strip() else None
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, ".".join(parts[: depth + 1]), create=True)
-    _assign(node, parts[-1], value, key.strip())
+        node = _step(node, part, _shown(".".join(parts[: depth + 1])), create=True)
+    _assign(node, parts[-1], value, shown)
+
+
+def _shown(path: str) -> str:
+    """A --set path as errors quote it: one line, bounded."""
+    return one_line(path, 80)
 
 
 def _step(node: Any, part: str, path: str, create: bool) -> Any:
@@ -642,7 +672,7 @@ def _assign(node: Any, part: str, value: Any, path: str) -> None:
 
 
 def _list_index(items: list, part: str, path: str) -> int:
-    if part.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,18}", part):  # ASCII digits only: int() takes others too
         index = int(part)
         if not -len(items) <= index < len(items):
             raise UserError(f"--set {path}: index {index} out of range (list has {len(items)})")
@@ -652,4 +682,4 @@ def _list_index(items: list, part: str, path: str) -> int:
             return index
         if item == part:
             return index
-    raise UserError(f"--set {path}: no entry named {part!r}")
+    raise UserError(f"--set {path}: no entry named {preview(part)}")

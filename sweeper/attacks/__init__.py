@@ -45,6 +45,7 @@ from sweeper.attacks.spec import (  # noqa: F401
     RELATIVE_FORMS,
     AttackSpec,
     art_params,
+    check_fit,
     is_minimal,
     normalize_norm,
     validate,

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from sweeper.attacks.spec import AttackSpec
+from sweeper.limits import FLAG, non_negative, positive, whole
 
 _LOG = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ BOUNDARY = AttackSpec(
     # epsilon is ART's step size towards the original, not a budget.
     defaults={"delta": 0.01, "epsilon": 0.01, "max_iter": 1000, "num_trial": 25,
               "init_size": 100},
+    limits={"delta": positive(), "epsilon": positive(), "max_iter": whole(1), "num_trial": whole(1),
+            "init_size": whole(1)},
     fixed={"targeted": False, "step_adapt": 0.667, "sample_size": 20, "min_epsilon": 0.0,
            "batch_size": 64, "verbose": False},
     uses_eps=False,
@@ -207,6 +210,9 @@ ZOO = AttackSpec(
     defaults={"confidence": 0.0, "max_iter": 10, "binary_search_steps": 10,
               "learning_rate": 0.01, "initial_const": 0.001, "nb_parallel": 128,
               "use_resize": False, "use_importance": False},
+    limits={"confidence": non_negative(), "max_iter": whole(1), "binary_search_steps": whole(1),
+            "learning_rate": positive(), "initial_const": positive(), "nb_parallel": whole(1),
+            "use_resize": FLAG, "use_importance": FLAG},
     fixed={"targeted": False, "abort_early": True, "batch_size": 1, "variable_h": 1e-4,
            "verbose": False},
     uses_eps=False,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from sweeper.defenses import DefenseSpec
 from sweeper.defenses.base import Defense
+from sweeper.limits import positive, whole
 
 
 class JacobianRegularization(Defense):
@@ -126,11 +127,11 @@ def kernel_matrices(model) -> list:
 
 SPECS = (
     DefenseSpec("jr", {"lambda": 0.01, "projections": 1},
-                {"lambda": ("float", 0.0, 1e6), "projections": ("int", 1, 64)},
+                {"lambda": positive(1e6), "projections": whole(1, 64)},
                 "Jacobian regularization: CE + lambda * 1/2 ||J||_F^2 (random projections)",
                 lambda p, clip, preset: JacobianRegularization(p["lambda"], p["projections"]),
                 "Hoffman, Roberts & Yaida 2019"),
-    DefenseSpec("dq", {"beta": 0.01}, {"beta": ("float", 0.0, 1e6)},
+    DefenseSpec("dq", {"beta": 0.01}, {"beta": positive(1e6)},
                 "Defensive Quantization: CE + beta * sum ||W^T W - I||^2 over the kernels",
                 lambda p, clip, preset: LipschitzPenalty(p["beta"]),
                 "Lin, Gan & Han 2019"),
