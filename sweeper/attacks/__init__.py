@@ -4,7 +4,9 @@ the fast ART estimator they run on.
 One file per concern:
 
 - ``spec.py``: ``AttackSpec``, the ``ATTACKS`` registry, what eps means per attack,
-  ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
+  ``validate`` (each parameter against its ``sweeper.limits.Limit``), ``check_fit`` (an
+  attack against a dataset's declared shape and classes), ``art_params`` and
+  budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
   compiled on the classifier's model (no ART attack class).
@@ -12,8 +14,8 @@ One file per concern:
 - ``black_box.py``: boundary (with its seeded start) and zoo.
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
   images and pasted with a hard mask (``Patch``, ``patch_shape``).
-- ``budget.py``: ``run`` (seed, call ART, hold the result to eps) and
-  ``perturbation_norms``.
+- ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``build_attack`` (the
+  attack object a run uses) and ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
 
@@ -30,7 +32,7 @@ from typing import Any
 
 from sweeper.attacks.apgd import APGD_CE, APGD_DLR
 from sweeper.attacks.black_box import BOUNDARY, ZOO, _generate_boundary  # noqa: F401
-from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, build_attack, perturbation_norms, run  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401
     PREDICT_CHUNK,
     _fast_classifier_class,

@@ -7,6 +7,14 @@ Each attack is an ``AttackSpec``: its accepted norms, the parameters a grid may 
 ART's defaults differ from the papers (BoundaryAttack is targeted by default, PGD runs
 100 steps). The family modules define the specs; the package registers them.
 
+What a grid may set is checked here, before anything trains, so that a trial never
+refuses it: each parameter against its ``limits`` entry (``sweeper.limits.Limit``: ranges
+that match what ART and the builders accept, e.g. at least one iteration, Square's
+``p_init`` in (0, 1)), or a ``param_checks`` function; and with ``check_fit`` the attack
+against each dataset's declared input shape and class count (the spec's ``fits``: the
+patch's size and target, the DLR loss's three classes), the same function the builder
+calls.
+
 What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
 
 - ``eps == 0`` is the clean evaluation for every attack: the clipped inputs, no ART call.
