@@ -29,6 +29,7 @@ class _Frozen(BaseModel):
 
 UNBOUNDED = "unbounded"
 MAX_EPOCHS = 1_000_000
+FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # numpy.finfo(float32)
 
 
 class Epsilon(_Frozen):
@@ -54,7 +55,7 @@ def parse_epsilon(raw: Any) -> Epsilon:
         raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {preview(raw)}")
     try:
         value = float(Fraction(raw.strip()) if isinstance(raw, str) else raw)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):  # OverflowError: beyond 1.8e308
         raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', "
                          f"got {preview(raw)}") from None
     if not value >= 0 or value == float("inf"):
@@ -62,14 +63,14 @@ def parse_epsilon(raw: Any) -> Epsilon:
     return Epsilon(value=value, label=raw.strip() if isinstance(raw, str) else str(raw))
 
 
-def _is_fraction(value: Any) -> bool:
+def _fraction(value: Any) -> float | None:
+    """A fraction written like a budget (``2/255``) as a float; None for anything else."""
     if not isinstance(value, str) or value.count("/") != 1:
-        return False
+        return None
     try:
-        Fraction(value.strip())
-        return True
-    except (ValueError, ZeroDivisionError):
-        return False
+        return float(Fraction(value.strip()))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
 class DatasetChoice(_Frozen):
@@ -187,8 +188,7 @@ class AttackEntry(_Frozen):
         # Lets step sizes be written like budgets: eps_step: 2/255.
         if not isinstance(raw, dict):
             return raw
-        return {key: parse_epsilon(value).value if _is_fraction(value) else value
-                for key, value in raw.items()}
+        return {key: value if _fraction(value) is None else _fraction(value) for key, value in raw.items()}
 
     @model_validator(mode="after")
     def _known(self) -> "AttackEntry":
@@ -290,9 +290,11 @@ class Train(_Frozen):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(64, ge=1, le=INT_MAX)
     optimizer: Literal["adam", "adamax", "sgd"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0)
+    # TensorFlow holds the rates as float32: a rate beyond its range is refused there (or,
+    # below its smallest normal number, rounds to a rate that trains nothing).
+    learning_rate: float = 1e-3
     schedule: Literal["constant", "cosine"] = "constant"
-    min_learning_rate: float = Field(1e-6, ge=0)  # floor of the cosine schedule
+    min_learning_rate: float = 1e-6  # floor of the cosine schedule
     # Epochs between checkpoints (weights, optimizer, epoch) of a training job, or "auto":
     # an interval that keeps saving under 2% of training time (sweeper.trial). Excluded
     # from dumps, so from job ids: resumed training ends with the same model, whatever
@@ -305,6 +307,22 @@ class Train(_Frozen):
         if value == "auto" or whole(1).accepts(value):
             return value
         raise ValueError(f"use 'auto' or a whole number of epochs >= 1, not {preview(value)}")
+
+    @field_validator("learning_rate", "min_learning_rate")
+    @classmethod
+    def _float32(cls, rate: float, info) -> float:
+        low = FLOAT32_TINY if info.field_name == "learning_rate" else 0
+        if not low <= rate <= FLOAT32_MAX:
+            raise ValueError(f"must be {'0 or ' if low == 0 else ''}a number TensorFlow's float32 holds, "
+                             f"{FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}; got {rate:g}")
+        return rate
+
+    @model_validator(mode="after")
+    def _floor_below_start(self) -> "Train":
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(f"min_learning_rate {self.min_learning_rate:g} is above learning_rate "
+                             f"{self.learning_rate:g}: the cosine schedule decays from learning_rate down to it")
+        return self
 
 
 class Resources(_Frozen):
