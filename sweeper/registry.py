@@ -38,7 +38,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable value is no name either
             raise UserError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
