@@ -1,7 +1,7 @@
 """Fuzzing grid input: the shipped grids, mutated one field at a time, through `sweeper
 validate` in process (issue 20, item 6).
 
-Each example takes a shipped grid (grids/*.yaml) and changes one thing: a field replaced
+Each example takes a shipped grid (grids/*.yaml) and changes one or two things: a field replaced
 by a bad or odd value, a field deleted, an unknown key added, a ``--set`` override, or the
 file's bytes (another encoding, a stray byte, cut short, a repeated line). The property:
 
@@ -12,7 +12,8 @@ file's bytes (another encoding, a stray byte, cut short, a repeated line). The p
   trial's ``attacks.run`` calls) on a real classifier of the dataset's declared shape,
   every defense through ``defenses.build`` and its ``setup`` on a model of its preset, the
   optimizer and schedule, the folds and attacked samples (on digits, the data at hand),
-  the data folder, the launch record. ``test_accepted_extremes_really_run`` trains and
+  the data folder, the launch record, each job's estimated cost (launch orders jobs by
+  it). ``test_accepted_extremes_really_run`` trains and
   attacks for real (1 epoch) at the extreme values validation accepts.
 
 Where the values come from, and how a new grid key adds its cases:
@@ -175,19 +176,26 @@ def _parameter_cases(raw: dict) -> list[tuple[tuple, Any]]:
     from sweeper.datasets import DATASETS
     from sweeper.defenses import DEFENSES
 
+    def entries(key: str) -> list[tuple[int, str, Any]]:  # (index, registered name, entry)
+        listed = raw.get(key) if isinstance(raw.get(key), list) else []
+        named = [(i, e if isinstance(e, str) else e.get("name") if isinstance(e, dict) else None, e)
+                 for i, e in enumerate(listed)]
+        registry = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS}[key]
+        return [(i, name, e) for i, name, e in named if isinstance(name, str) and name in registry]
+
     cases: list[tuple[tuple, Any]] = []
-    for index, entry in enumerate(raw.get("attacks") or []):
-        spec = ATTACKS.get(entry["name"])
+    for index, name, entry in entries("attacks"):
+        if not isinstance(entry, dict):
+            continue
+        spec = ATTACKS.get(name)
         for param in spec.defaults:
             values = _limit_values(spec.limits[param]) if param in spec.limits else \
                 [None, [1, 1], [1, 4], [8, 1], [1e300, 1e-300], [0, 1], "square"]
             cases += [(("attacks", index, "params", param), value) for value in values]
-    for index, entry in enumerate(raw.get("defenses") or []):
-        name = entry if isinstance(entry, str) else entry["name"]
+    for index, name, _ in entries("defenses"):
         for param, limit in DEFENSES.get(name).limits.items():
             cases += [(("defenses", index), {"name": name, "params": {param: value}}) for value in _limit_values(limit)]
-    for index, entry in enumerate(raw.get("datasets") or []):
-        name = entry if isinstance(entry, str) else entry["name"]
+    for index, name, _ in entries("datasets"):
         spec = DATASETS.get(name)
         for option in spec.options:
             values = [*spec.choices.get(option, ()), None, "yes", 1, [True]]
@@ -220,18 +228,32 @@ def _shipped(path: Path) -> dict:
 
 @st.composite
 def mutations(draw) -> tuple[bytes, list[str]]:
-    """A shipped grid with one thing changed: (file bytes, --set overrides)."""
-    source = draw(st.sampled_from(SHIPPED))
-    raw = copy.deepcopy(_shipped(source))
-    kind = draw(st.sampled_from(["field", "field", "parameter", "delete", "add", "override", "bytes"]))
+    """A shipped grid with one or two things changed (two let changes meet, e.g. another
+    dataset and a patch parameter): (file bytes, --set overrides)."""
+    raw = copy.deepcopy(_shipped(draw(st.sampled_from(SHIPPED))))
+    kinds = draw(st.lists(st.sampled_from(["field", "field", "parameter", "delete", "add", "override", "bytes"]),
+                          min_size=1, max_size=2))
     overrides: list[str] = []
-    if kind in ("field", "delete"):
+    for kind in kinds:
+        _change(draw, raw, kind, overrides)
+    text = _dump(raw)
+    data = text.encode()
+    if "bytes" in kinds:
+        data = _mangle(text, draw(st.sampled_from(["latin1", "utf16", "utf16le", "byte", "truncate", "line",
+                                                   "bom", "tab"])), draw(st.integers(0, len(data))),
+                       draw(st.sampled_from([b"\x00", b"\x01", b"\x7f", b"\x80", b"\xff", b"\xc3", b"{", b"&"])))
+    return data, overrides
+
+
+def _change(draw, raw: dict, kind: str, overrides: list[str]) -> None:
+    """One change of ``kind`` to the parsed grid, or one more --set override."""
+    if kind in ("field", "delete") and _paths(raw):
         path = draw(st.sampled_from(_paths(raw)))
         if kind == "delete":
             _delete(raw, path)
         else:
             _set(raw, path, draw(st.sampled_from(HOSTILE + FIELD_VALUES.get(_schema_key(path), []))))
-    elif kind == "parameter":
+    elif kind == "parameter" and _parameter_cases(raw):
         path, value = draw(st.sampled_from(_parameter_cases(raw)))
         _set(raw, path, value)
     elif kind == "add":
@@ -246,13 +268,6 @@ def mutations(draw) -> tuple[bytes, list[str]]:
         parts = tuple(int(part) if part.isdigit() else part for part in path.split("."))
         value = draw(st.sampled_from(HOSTILE + FIELD_VALUES.get(_schema_key(parts), [])))
         overrides.append(f"{path}={_flow(value)}")
-    text = _dump(raw)
-    data = text.encode()
-    if kind == "bytes":
-        data = _mangle(text, draw(st.sampled_from(["latin1", "utf16", "utf16le", "byte", "truncate", "line",
-                                                   "bom", "tab"])), draw(st.integers(0, len(data))),
-                       draw(st.sampled_from([b"\x00", b"\x01", b"\x7f", b"\x80", b"\xff", b"\xc3", b"{", b"&"])))
-    return data, overrides
 
 
 def _get(raw: Any, path: tuple) -> Any:
@@ -263,7 +278,9 @@ def _get(raw: Any, path: tuple) -> Any:
 
 def _set(raw: Any, path: tuple, value: Any) -> None:
     for part in path[:-1]:  # a parameter not in the grid yet: its params mapping is made
-        raw = raw.setdefault(part, {}) if isinstance(raw, dict) else raw[part]
+        if isinstance(raw, dict) and not isinstance(raw.get(part), (dict, list)):
+            raw[part] = {}
+        raw = raw[part]
     raw[path[-1]] = value
 
 
@@ -362,13 +379,15 @@ def test_mutated_grids_are_refused_in_one_line_or_can_launch(mutation):
 def _assert_launchable(path: Path, overrides: list[str]) -> None:
     """What launch and its trials build from the grid's input, built here the same way
     (module docstring); any refusal fails the test."""
-    from sweeper import attacks, datasets, defenses, expand, store, trial
+    from sweeper import attacks, cost, datasets, defenses, expand, store, trial
     from sweeper.grid import Train
     from sweeper.quantizers import QUANTIZERS
 
     loaded = grid.load(path, overrides)
     plan = expand.expand(loaded, fingerprints=False)
     store.new_launch(loaded, str(path), grid.read_bytes(path), overrides)
+    for job in plan.jobs:  # launch orders the jobs by their estimated cost
+        assert math.isfinite(cost.job_seconds(job, plan.cells_of(job.job_id)))
     datasets.resolve_data_dir(loaded.data_dir)
     shapes = {job.dataset_key: datasets.shape(job.dataset, dict(job.dataset_options)) for job in plan.jobs}
     by_job = {job.job_id: job for job in plan.jobs}
