@@ -1,9 +1,15 @@
 """Grid files: the YAML schema, loading with ``--set`` overrides, and validation.
 
-This is the one place user input is checked. A grid file is parsed with YAML's safe
-loader, overrides are applied to the raw mapping, and pydantic validates the result
-into a frozen ``Grid``; every later stage trusts it. Nothing here imports TensorFlow,
-ART or Ray. Expansion into cells lives in ``expand.py``.
+This is the one place user input is checked. A grid file and each ``--set`` value are
+read by ``safe_yaml`` (bounded size, strict UTF-8, bounded nesting and alias expansion,
+no repeated keys), overrides are applied to the raw mapping, and pydantic validates the
+result into a frozen ``Grid``: each field here, each attack and defense parameter against
+its declared ``Limit``, and last, ``feasibility.check``, the grid against what will run
+it (each dataset's declared shape, classes and fold limit; the plan's size), so that a
+trial never refuses what validation accepted. Every later stage trusts the ``Grid``.
+Every failure is one ``UserError`` line; user values in it are quoted with
+``errors.preview``. Nothing here imports TensorFlow, ART or Ray. Expansion into cells
+lives in ``expand.py``.
 """
 
 from __future__ import annotations
