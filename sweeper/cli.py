@@ -2,8 +2,10 @@
 
 Heavy libraries (TensorFlow, ART, Ray) are imported only by the commands that run
 trials, so ``sweeper --help``, ``validate`` and ``expand`` start quickly. Every user
-error is printed as one line and exits with code 2; ``--debug`` (or SWEEPER_DEBUG=1)
-shows the traceback instead.
+error is printed as one line and exits with code 2, and so is a full disk (exit 1) or
+a store sweeper may not write (exit 2, ``errors.storage_fault``); ``--debug`` (or
+SWEEPER_DEBUG=1) shows the traceback instead. Everything is printed through consoles
+that read no markup or emoji codes into user text (``progress.console``).
 """
 
 from __future__ import annotations
@@ -15,15 +17,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from sweeper.errors import UserError
+from sweeper.errors import UserError, storage_fault
+from sweeper.progress import console, styled
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Sweep quantized tiny networks x adversarial attacks on Ray Tune.")
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+err = console(stderr=True, soft_wrap=True)
+out = console(soft_wrap=True)
 
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
                          help="Override a grid field, e.g. --set train.epochs=2 --set folds.k=3")
@@ -34,7 +35,8 @@ def _debug() -> bool:
 
 
 def user_errors(command):
-    """Turn UserError into one line on stderr and exit code 2."""
+    """Turn UserError into one line on stderr and exit code 2, and a full disk or a
+    read-only store into one line naming the file (``storage_fault``'s exit code)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -43,11 +45,20 @@ def user_errors(command):
         except UserError as error:
             if _debug():
                 raise
-            # Escaped: the message quotes the user's text, which is never rich markup.
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True, emoji=False)
+            err.print(styled("error:", "red", str(error)))
             raise typer.Exit(2)
+        except OSError as error:
+            fault = storage_fault(error)
+            if fault is None or _debug():
+                raise
+            err.print(styled("error:", "red", fault[0]))
+            raise typer.Exit(fault[1])
 
     return wrapper
+
+
+def warn(message: str) -> None:
+    err.print(styled("warning:", "yellow", message))
 
 
 @app.callback()
@@ -71,8 +82,7 @@ def _results_path(plan, results: Optional[str]) -> str:
 def validate(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[List[str]] = SetOption):
     """Check a grid file without running anything (imports no TensorFlow or Ray)."""
     plan = _plan(grid_path, set, fingerprints=False)
-    out.print(f"{grid_path}: ok ({len(plan.cells)} cells in {len(plan.jobs)} training jobs)",
-              highlight=False)
+    out.print(f"{grid_path}: ok ({len(plan.cells)} cells in {len(plan.jobs)} training jobs)")
 
 
 @app.command()
@@ -92,12 +102,12 @@ def expand(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
     per_job = sorted({len(plan.cells_of(job.job_id)) for job in plan.jobs}) or [0]
     span = f"{per_job[0]}" if len(per_job) == 1 else f"{per_job[0]} to {per_job[-1]}"
     out.print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} trainings "
-              f"(each model trained once, then evaluated at {span} cells)", highlight=False)
+              f"(each model trained once, then evaluated at {span} cells)")
     for axis, count in plan.axis_counts().items():
-        out.print(f"  {axis:<24} {count}", highlight=False)
+        out.print(f"  {axis:<24} {count}")
     if stored:
         done = store.done_cell_ids(location) & {cell.cell_id for cell in plan.cells}
-        out.print(f"already in {location.text}: {len(done)}/{len(plan.cells)} cells", highlight=False)
+        out.print(f"already in {location.text}: {len(done)}/{len(plan.cells)} cells")
 
 
 @app.command()
@@ -117,11 +127,13 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
     out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
-              f"-> {path}", highlight=False)
+              f"-> {path}")
     provenance = store.new_launch(loaded.grid, str(grid_path), grid.read_bytes(grid_path), set or [])
     held = lease.Lease(store.locate(path), provenance.launch_id, loaded.grid.name)
     try:
         with held.acquire(wait=wait, on_wait=_waiting(path)):
+            if held.took_over:
+                warn(f"{path}/{lease.LEASE_FILE} was damaged ({held.took_over}); this launch took it over")
             plan = _plan(grid_path, set)
             from sweeper import sweep  # imports Ray: only now that the grid is known good
 
@@ -131,15 +143,15 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
     if held.lost:
-        err.print("[yellow]warning:[/yellow] this launch lost the store's lease to another one "
-                  "(it stalled longer than the lease's TTL); both may have computed the same cells, "
-                  "stored once each: `sweeper check` reports duplicates, `sweeper compact` drops them")
+        warn("this launch lost the store's lease to another one (it stalled longer than the lease's TTL); "
+             "both may have computed the same cells, stored once each: `sweeper check` reports duplicates, "
+             "`sweeper compact` drops them")
     raise typer.Exit(_summarise(report, path))
 
 
 def _waiting(path: str):
     def tell(holder) -> None:
-        err.print(f"waiting: {path} is in use by {holder.line()}", highlight=False)
+        err.print(f"waiting: {path} is in use by {holder.line()}")
 
     return tell
 
@@ -148,17 +160,16 @@ def _summarise(report, path: str) -> int:
     from sweeper.store import DAMAGED_DIR
 
     for fragment in report.damaged_fragments:
-        err.print(f"[yellow]warning:[/yellow] unreadable result fragment set aside "
-                  f"(moved to {DAMAGED_DIR}/), its cells recomputed: {fragment}")
+        warn(f"damaged result fragment set aside (moved to {DAMAGED_DIR}/), its cells recomputed: {fragment} "
+             f"({report.why.get(fragment, 'unreadable')})")
     done = report.already_done + report.computed
     if report.computed == 0 and report.complete:
-        out.print(f"{done}/{report.total_cells} cells already done; nothing to compute ({path})",
-                  highlight=False)
+        out.print(f"{done}/{report.total_cells} cells already done; nothing to compute ({path})")
         return 0
     out.print(f"computed {report.computed} cells with {report.trainings} trainings; "
-              f"{done}/{report.total_cells} cells done ({path})", highlight=False)
+              f"{done}/{report.total_cells} cells done ({path})")
     for line in report.failed_jobs:
-        err.print(f"[red]failed:[/red] {line}", highlight=False)
+        err.print(styled("failed:", "red", line))
     if report.failed_jobs:
         return 1
     if not report.complete:
@@ -172,11 +183,14 @@ def _summarise(report, path: str) -> int:
 @user_errors
 def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = typer.Argument(..., metavar="SQL"),
           format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet"),
-          output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                                help="Write to this file (required for parquet)"),
-          memory_limit: str = typer.Option("2GB", help="DuckDB memory limit, e.g. 512MB")):
+          output: Optional[str] = typer.Option(None, "--output", "-o",
+                                               help="Write to this new file (required for parquet); never "
+                                                    "inside a result store"),
+          force: bool = typer.Option(False, "--force", help="Replace --output if it is an existing regular file"),
+          memory_limit: str = typer.Option("2GB", help="DuckDB memory limit, e.g. 512MB or 2GiB (at least 16MiB)")):
     """Run read-only SQL over a result store. Tables: results (the rows), robust (mean and
     std across folds), fits (configurations fitting each MCU), diagnostics, launches, mcus."""
+    from sweeper import output as o
     from sweeper import query as q
 
     if format not in q.FORMATS:
@@ -185,17 +199,22 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
         raise UserError("--output: required with --format parquet (Parquet is written to a file)")
     if format == "table" and output is not None:
         raise UserError("--output: not with --format table; use csv, json or parquet")
-    table = q.run(results, sql, memory_limit)
+    limit = q.parse_memory_limit(memory_limit)
+    stores = o.local_store(results)
+    if output is not None:  # refused before the query runs, and checked again when written
+        o.check_target(output, "--output", force, stores)
+    table = q.run(results, sql, limit)
     if format == "parquet":
-        q.write_parquet(table, str(output))
-        err.print(f"wrote {table.num_rows} rows to {output}", highlight=False)
+        import pyarrow.parquet as pq
+
+        o.write(output, "--output", lambda temporary: pq.write_table(table, temporary), force, stores)
+        err.print(f"wrote {table.num_rows} rows to {output}")
     elif output is not None:
-        q.write_text(q.render(table, format), str(output))
-        err.print(f"wrote {table.num_rows} rows to {output}", highlight=False)
+        o.write_text(q.render(table, format), output, "--output", force, stores)
+        err.print(f"wrote {table.num_rows} rows to {output}")
     elif format == "table":
         # Off a terminal (pipes, files) print whole cells rather than wrap at 80 columns.
-        console = out if out.is_terminal else Console(width=100_000)
-        console.print(q.rich_table(table))
+        (out if out.is_terminal else console(width=100_000)).print(q.rich_table(table))
     else:
         sys.stdout.write(q.render(table, format))
 
@@ -203,15 +222,14 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
 @app.command()
 @user_errors
 def report(results: str = typer.Argument(..., metavar="RESULTS"),
-           out_dir: Path = typer.Option(..., "--out", help="Folder for report.md and figures/")):
+           out_dir: str = typer.Option(..., "--out", help="Folder for report.md and figures/ (its files are "
+                                                          "replaced; never inside a result store)")):
     """Write a Markdown report with PNG figures (the paper's tables, epsilon curves, the
     Pareto view against MCU budgets, gradient-masking flags) from the store alone."""
     from sweeper import report as r
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out: {out_dir} exists and is not a folder")
     path = r.write(results, out_dir)
-    out.print(f"wrote {path} and {len(list((out_dir / 'figures').glob('*.png')))} figures", highlight=False)
+    out.print(f"wrote {path} and {len(list((path.parent / r.FIGURES).glob('*.png')))} figures")
 
 
 @app.command()
@@ -224,24 +242,24 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
     store.require_results(location)
     report = store.check(location)
     out.print(f"{results}: {report.fragments} fragments, {report.rows} rows, "
-              f"{report.rows - sum(len(w) - 1 for w in report.duplicates.values())} cells", highlight=False)
+              f"{report.rows - sum(len(w) - 1 for w in report.duplicates.values())} cells")
     for path in report.damaged:
-        out.print(f"damaged: {path} (unreadable; the next launch or compact moves it to damaged/, and launch recomputes its cells)",
-                  highlight=False)
+        out.print(f"damaged: {path} ({report.why.get(path, 'unreadable')}; the next launch or compact moves it "
+                  "to damaged/, and launch recomputes its cells)")
     for cell, where in report.duplicates.items():
-        out.print(f"duplicate: cell {cell} in {', '.join(where)} (queries use the first)", highlight=False)
+        out.print(f"duplicate: cell {cell} in {', '.join(where)} (queries use the first)")
     for path in report.temporaries:
-        out.print(f"leftover of an unfinished write (never read, safe to delete): {path}", highlight=False)
+        out.print(f"leftover of an unfinished write (never read, safe to delete): {path}")
     for path in report.set_aside:
-        out.print(f"set aside by an earlier launch: {path}", highlight=False)
+        out.print(f"set aside by an earlier launch: {path}")
     for path in report.foreign:
-        out.print(f"not a sweeper file (no sweeper schema version in its footer; never read or deleted): "
-                  f"{path}", highlight=False)
+        out.print(f"not a sweeper file (not Parquet, or no sweeper schema version in its footer; never read, "
+                  f"moved or deleted): {path}")
     for line in report.overfull:
-        out.print(f"more rows than folds: {line}", highlight=False)
+        out.print(f"more rows than folds: {line}")
     for line in report.mixed_models:
-        out.print(f"mixed models: {line}", highlight=False)
-    out.print("ok" if report.healthy else "problems found", highlight=False)
+        out.print(f"mixed models: {line}")
+    out.print("ok" if report.healthy else "problems found")
     raise typer.Exit(0 if report.healthy else 1)
 
 
@@ -257,9 +275,10 @@ def compact(results: str = typer.Argument(..., metavar="RESULTS")):
     diagnostics.write(location, done.table)
     query.write_worst_case(location)
     out.print(f"{results}: {done.before} fragments -> {done.after} file(s), {done.rows} rows"
-              + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""), highlight=False)
+              + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""))
     for path in done.damaged:
-        err.print(f"[yellow]warning:[/yellow] unreadable fragment set aside, not compacted: {path}")
+        warn(f"damaged fragment set aside (moved to damaged/), not compacted: {path} "
+             f"({done.why.get(path, 'unreadable')})")
 
 
 @app.command()

@@ -4,7 +4,8 @@ Quantized networks often resist gradient attacks because their gradients are use
 (step functions, saturated activations), not because they are robust (Athalye, Carlini
 and Wagner, 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019). For each
 trained configuration (``store.CONFIG_COLUMNS``: every fold of one trained setup), five
-checks compare numbers the grid already has:
+checks compare numbers the grid already has, and a sixth asks whether a targeted patch
+is an attack at all:
 
 - ``single_step_beats_iterative``: an iterative white-box attack (PGD, C&W) with at least
   FGSM's budget (same norm, eps' >= eps; unbounded is above every budget) leaves more
@@ -17,13 +18,24 @@ checks compare numbers the grid already has:
 - ``accuracy_rises_with_eps``: one attack (same label and parameters) leaves more accuracy
   at a larger epsilon than at a smaller one. A bigger ball contains the smaller one.
 - ``adversarial_above_clean``: accuracy after the attack is above the clean accuracy of the
-  same samples.
+  same samples. Rows sweeper writes count a sample robust only if it is right unperturbed
+  too (``trial.robust``), so this fires only on rows of stores written before that rule.
 - ``large_eps_above_chance``: at a large budget (an L-inf-equivalent radius of at least
   ``LARGE_EPS`` of the row's own input range ``clip_max - clip_min`` per input value, or an
   unbounded minimal-perturbation attack) accuracy stays more than ``FAR_ABOVE_CHANCE``
   above chance. Every input can be changed at such a budget; a correct, strong enough
   attack should get near chance or below. Transfer attacks are not judged here: they do
   not adapt to the target, so failing at a large budget says nothing about its gradients.
+- ``patch_not_above_control``: a targeted patch (a row with ``target_n``) is not shown to
+  take more samples to its target than its best control, a random or solid patch of the
+  same size at the same places. Pooled over folds (each fold's earliest row): hits =
+  sum(round(target_rate * target_n)), control hits likewise from ``control_target_rate``,
+  n = sum(target_n). It *fires unless* the exact one-sided binomial test of the hits
+  against the controls' pooled rate (taken as known), p = P(X >= hits) for
+  X ~ Binomial(n, control hits / n), gives p < ``ALPHA`` and the patch's rate exceeds the
+  controls' by at least ``MIN_MARGIN``. No Holm adjustment (``p_adjusted`` is ``p_value``):
+  each patch is its own question, and the flag marks a patch that has not earned the
+  name; adjusting would only make it fire more often.
 
 A *point* is one configuration at one ``store.POINT_COLUMNS`` value (attack, label, norm,
 eps, parameters, sample count): points that differ in any of them are never merged. A
@@ -79,7 +91,10 @@ CHECKS = {
     "accuracy_rises_with_eps": "accuracy rises as epsilon grows",
     "adversarial_above_clean": "accuracy under attack is above clean accuracy",
     "large_eps_above_chance": "accuracy stays far above chance at a large budget",
+    "patch_not_above_control": "a targeted patch takes no more samples to its target than a random or solid "
+                               "patch at the same places",
 }
+_PATCH = len(CHECKS) - 1  # its family: judged per point, never Holm-adjusted (module doc)
 
 # One trained configuration: the folds of it are pooled together. Kept under this name
 # for importers (the report); the store owns the definition.
@@ -106,8 +121,8 @@ SCHEMA = pa.schema([
     # With the columns above these tell apart points that differ only in parameters or size.
     pa.field("attack_params", _REPEATED),
     pa.field("n_samples", pa.int32()),
-    pa.field("value", pa.float64()),  # that attack's accuracy on the n_pairs samples compared
-    pa.field("reference", pa.float64()),  # what it is compared with, on the same samples
+    pa.field("value", pa.float64()),  # that attack's accuracy on the n_pairs samples (P: its target rate)
+    pa.field("reference", pa.float64()),  # what it is compared with, on the same samples (P: the controls')
     pa.field("reference_label", pa.string()),  # where the reference comes from
     pa.field("p_value", pa.float64()),  # exact one-sided test, before adjustment
     pa.field("p_adjusted", pa.float64()),  # Holm-adjusted within the configuration and check
@@ -126,7 +141,8 @@ def plain(flags: pa.Table) -> pa.Table:
 # fold and sample_index packed into one sortable int64 key: sample_index < 2**40 (twins.py
 # and the tests' reference key samples the same way).
 FOLD_SHIFT = 40
-_SCALARS = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max"]
+_SCALARS = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max",
+            "target_rate", "target_n", "control_target_rate"]
 _OUTCOMES = ["sample_index", "clean_correct", "adv_correct"]
 
 
@@ -150,6 +166,10 @@ class Point:
     clean: np.ndarray  # clean_correct, aligned with keys
     adv: np.ndarray  # adv_correct, aligned with keys
     name: str = field(default="")  # label@eps, plus what tells it apart from a namesake
+    # A targeted patch's counts pooled over folds (P, module doc); 0 where it has none.
+    target_n: int = 0
+    target_hits: int = 0
+    control_hits: int = 0
 
     @property
     def spec(self):
@@ -307,6 +327,10 @@ def diagnose_store(location: store.Location, memory_limit: str = "1GB") -> pa.Ta
     are never held at once."""
     import duckdb
 
+    from sweeper import query
+
+    if not query.scannable(store.fragments(location)):  # a path DuckDB cannot name exactly: read it here
+        return diagnose(store.read(location).table)
     try:
         counts = _store_counts(location, _TIGHT_LIMIT)
     except duckdb.OutOfMemoryException:
@@ -335,7 +359,7 @@ def diagnose_relation(connection, relation: str) -> pa.Table:
     return _assemble(*counts) if counts else SCHEMA.empty_table()
 
 
-_TABLES = ("_dg_points", "_dg_samples", "_dg_info", "_dg_flags", "_dg_pairs")
+_TABLES = ("_dg_points", "_dg_samples", "_dg_info", "_dg_flags", "_dg_pairs", "_dg_targets")
 
 
 def _counts(connection, relation: str) -> tuple | None:
@@ -355,7 +379,9 @@ def _counts(connection, relation: str) -> tuple | None:
 
 
 def _quoted(values) -> str:
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+    from sweeper.query import sql_string
+
+    return ", ".join(sql_string(str(v)) for v in values)
 
 
 def _sql_points(connection, relation: str) -> None:
@@ -379,15 +405,40 @@ def _sql_points(connection, relation: str) -> None:
                sum((clean AND NOT adv)::INTEGER)::BIGINT AS b, sum((adv AND NOT clean)::INTEGER)::BIGINT AS c
         FROM _dg_samples GROUP BY pid""")
     _create_flags(connection)
+    _create_targets(connection, relation)
+
+
+def _create_targets(connection, relation: str) -> None:
+    """_dg_targets: P's counts per point of an attack with controls (module doc): each
+    fold's earliest row with a defined target rate, summed over folds."""
+    controlled = _quoted(name for name in ATTACKS.names() if ATTACKS.get(name).controls is not None) or "NULL"
+    patches = f"SELECT pid, members FROM _dg_points WHERE attack IN ({controlled})"
+    if not connection.execute(f"SELECT count(*) FROM ({patches})").fetchone()[0]:  # no patch: no second scan
+        connection.execute("CREATE OR REPLACE TEMP TABLE _dg_targets "
+                           "(pid BIGINT, target_n BIGINT, target_hits BIGINT, control_hits BIGINT)")
+        return
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dg_targets AS
+        SELECT pid, sum(n)::BIGINT AS target_n, sum(hits)::BIGINT AS target_hits,
+               sum(control)::BIGINT AS control_hits
+        FROM (SELECT m.pid, arg_min(r.target_n, r._order) AS n,
+                     arg_min(round(r.target_rate * r.target_n), r._order) AS hits,
+                     arg_min(round(r.control_target_rate * r.target_n), r._order) AS control
+              FROM (SELECT pid, unnest(members) AS _order FROM ({patches})) AS m
+              JOIN (SELECT _order, fold, target_n, target_rate, control_target_rate FROM {relation}
+                    WHERE target_n > 0 AND NOT isnan(target_rate) AND NOT isnan(control_target_rate)) AS r
+              USING (_order)
+              GROUP BY m.pid, r.fold)
+        GROUP BY pid""")
 
 
 def _fetch_points(connection) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """The points with samples, ordered by configuration (numbered in the order of its
     first point) and place in it (a point's place is the order of its first row): the
     columns the flags repeat as an Arrow table, and the numbers as numpy arrays (fetched
-    without Arrow: see ``_arrow``), nulls as 0 (NaN for ``input_range``)."""
+    without Arrow: see ``_arrow``), nulls as 0 (NaN for ``input_range``), with P's counts."""
     joined = ("FROM _dg_points AS p JOIN _dg_info AS i USING (pid) JOIN _dg_flags AS f USING (pid) "
-              "ORDER BY f.cfg, f.pos")
+              "LEFT JOIN _dg_targets AS t USING (pid) ORDER BY f.cfg, f.pos")
     relation_ = connection.sql(f"SELECT {_POINT_SELECT} {joined}")
     points = (getattr(relation_, "to_arrow_table", None) or relation_.arrow)()
     norms = " ".join(f"WHEN '{norm}' THEN {code}" for norm, code in _NORM_CODES.items())
@@ -396,7 +447,8 @@ def _fetch_points(connection) -> tuple[pa.Table, dict[str, np.ndarray]]:
                coalesce(p.n_classes, 0)::BIGINT AS n_classes, coalesce(p.n_features, 0)::BIGINT AS n_features,
                coalesce(p.input_range, 'nan'::DOUBLE) AS input_range, CASE p.norm {norms} ELSE 0 END AS norm,
                count(*) OVER (PARTITION BY f.cfg, p.attack_label, p.eps_label) AS namesakes,
-               p.source_config_id IS NOT NULL AS transfer
+               p.source_config_id IS NOT NULL AS transfer, coalesce(t.target_n, 0) AS target_n,
+               coalesce(t.target_hits, 0) AS target_hits, coalesce(t.control_hits, 0) AS control_hits
         {joined}""").fetchnumpy()
     return points, {name: np.asarray(values) for name, values in info.items()}
 
@@ -680,25 +732,34 @@ def _chunk(points: pa.Table, info: dict[str, np.ndarray], rows: np.ndarray, coun
     large, cfg_of = info["large"][rows], info["cfg"][rows]
     chance = 1 / info["classes"][rows][large]
     null = np.minimum(1.0, chance + FAR_ABOVE_CHANCE)
-    columns = {  # S, B, E (paired), then C (per point), then L (large points)
-        "family": np.concatenate([counted["family"], np.full(len(rows), 3), np.full(int(large.sum()), 4)]),
-        "cfg": np.concatenate([counted["cfg"], cfg_of, cfg_of[large]]),
-        "point": np.concatenate([counted["second"], rows, rows[large]]),
-        "reference_point": np.concatenate([counted["first"], np.full(len(rows) + int(large.sum()), -1)]),
-        "n": np.concatenate([counted["n"], n, n[large]]),
-        "value": np.concatenate([counted["second_right"] / counted["n"], adv / n, adv[large] / n[large]]),
-        "reference": np.concatenate([counted["first_right"] / counted["n"], clean / n, chance]),
+    patch = info["target_n"][rows] > 0
+    target_n, hits, control = (info[k][rows][patch] for k in ("target_n", "target_hits", "control_hits"))
+    others = len(rows) + int(large.sum()) + int(patch.sum())  # the points judged alone: C, L, P
+    columns = {  # S, B, E (paired), then C (per point), L (large points), P (patches)
+        "family": np.concatenate([counted["family"], np.full(len(rows), 3), np.full(int(large.sum()), 4),
+                                  np.full(int(patch.sum()), _PATCH)]),
+        "cfg": np.concatenate([counted["cfg"], cfg_of, cfg_of[large], cfg_of[patch]]),
+        "point": np.concatenate([counted["second"], rows, rows[large], rows[patch]]),
+        "reference_point": np.concatenate([counted["first"], np.full(others, -1)]),
+        "n": np.concatenate([counted["n"], n, n[large], target_n]),
+        "value": np.concatenate([counted["second_right"] / counted["n"], adv / n, adv[large] / n[large],
+                                 hits / target_n]),
+        "reference": np.concatenate([counted["first_right"] / counted["n"], clean / n, chance, control / target_n]),
         "p_value": np.concatenate([_mcnemar_p(counted["b"], counted["c"]),
                                    _mcnemar_p(info["b"][rows], info["c"][rows]),
-                                   _binomial_p(adv[large], n[large], null)]),
-        "null": np.concatenate([np.full(len(counted["n"]) + len(rows), np.nan), null]),
+                                   _binomial_p(adv[large], n[large], null),
+                                   _binomial_p(hits, target_n, control / target_n)]),
+        "null": np.concatenate([np.full(len(counted["n"]) + len(rows), np.nan), null,
+                                np.full(int(patch.sum()), np.nan)]),
     }
     order = np.lexsort((np.arange(len(columns["cfg"])), columns["family"], columns["cfg"]))  # stable
     columns = {name: values[order] for name, values in columns.items()}
-    columns["p_adjusted"] = _holm_grouped(columns["p_value"], columns["cfg"] * 5 + columns["family"])
+    alone = columns["family"] == _PATCH
+    columns["p_adjusted"] = np.where(alone, columns["p_value"],
+                                     _holm_grouped(columns["p_value"], columns["cfg"] * len(CHECKS) + columns["family"]))
     minimum = np.where(columns["family"] == 4, FAR_ABOVE_CHANCE, MIN_MARGIN)
-    effect = columns["value"] - columns["reference"]
-    columns["fired"] = (columns["p_adjusted"] < ALPHA) & (effect >= minimum - 1e-12)
+    shown = (columns["p_adjusted"] < ALPHA) & (columns["value"] - columns["reference"] >= minimum - 1e-12)
+    columns["fired"] = np.where(alone, ~shown, shown)  # P fires where the patch is *not* shown to beat
     return _flag_table(points, info, columns)
 
 
@@ -735,13 +796,13 @@ def _holm_grouped(p: np.ndarray, group: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-_REFERENCE_LABEL = {3: "clean", 4: "chance"}
+_REFERENCE_LABEL = {3: "clean", 4: "chance", _PATCH: "control"}
 
 
 def _flag_table(points: pa.Table, info: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> pa.Table:
     """The output table: configuration columns, the qualified point's columns, numbers, sentences."""
     at, family = _arrow(columns["point"]), _arrow(columns["family"])
-    labels = _strings([_REFERENCE_LABEL.get(f, "") for f in range(5)]).take(family)
+    labels = _strings([_REFERENCE_LABEL.get(f, "") for f in range(len(CHECKS))]).take(family)
     own = columns["reference_point"] >= 0
     references = pc.if_else(_arrow(own), info["name"].take(_arrow(np.where(own, columns["reference_point"], 0))),
                             labels)
@@ -756,11 +817,15 @@ def _flag_table(points: pa.Table, info: dict[str, np.ndarray], columns: dict[str
 
 
 _TAIL = " (p = {p:.2g}, Holm {p_adjusted:.2g})"
+# P's sentence (no Holm): the reference writes the same.
+PATCH_SENTENCE = ("{point} takes {value:.3f} of {n} clean-correct non-target samples to its target, "
+                  "its best control {ref:.3f} (p = {p:.2g})")
 _SENTENCES = [  # the sentence of each family, in str.format syntax (the reference writes the same)
     *[_TEXTS[family] + " on {n} shared samples" + _TAIL for family in _FAMILIES],
     "{point} leaves {value:.3f} accuracy, clean {ref:.3f}, on {n} samples" + _TAIL,
     "{point}{budget} leaves {value:.3f} accuracy on {n} samples; chance is {ref:.3f}, tested against {null:.3f}"
     + _TAIL,
+    PATCH_SENTENCE,
 ]
 _BUDGET = " (radius {radius:.2f} of the input range)"  # L's, where the budget is bounded
 

@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI prints these as one line and exits with code 2.
+"""User-facing errors: the CLI prints these as one line and exits with code 2. A full
+disk or a place sweeper may not write is one line too (``storage_fault``).
 
 Also how a user's value appears in an error: ``preview`` renders any value (a string of
 a megabyte, a list nested 900 deep, an integer of 5,000 digits) in a few dozen
@@ -8,9 +9,13 @@ value costs nothing and stays short. Every message that quotes user input uses i
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from typing import Any
 
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+REFUSED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 PREVIEW_CHARS = 40  # of a value quoted in an error message
 MESSAGE_CHARS = 1000  # of a whole message: a last bound, whatever a message quotes
 
@@ -81,3 +86,30 @@ def _bounded_items(items, brackets: str, budget: int, mapping: bool = False) -> 
         parts.append(piece)
         used += len(piece)
     return "".join(parts) + brackets[1]
+
+
+def storage_error(error: BaseException | None) -> OSError | None:
+    """The full disk, or read-only or forbidden place, anywhere in ``error``'s chain (Ray
+    Tune and TensorFlow wrap some errors), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in FULL | REFUSED:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def storage_fault(error: BaseException) -> tuple[str, int] | None:
+    """``storage_error`` as one line and an exit code; None for anything else. A full
+    disk exits 1: what was written before is kept, and a rerun resumes. A read-only or
+    forbidden place exits 2: it is refused before anything is written."""
+    found = storage_error(error)
+    if found is None:
+        return None
+    where, reason = found.filename or "the result store", os.strerror(found.errno)
+    if found.errno in FULL:
+        return (f"disk full while writing {where}: {reason}; what was stored before is kept: free space "
+                "and rerun the same command to resume (`sweeper check` lists the leftovers)"), 1
+    verb = "write" if found.errno == errno.EROFS else "access"
+    return f"cannot {verb} {where}: {reason}", 2

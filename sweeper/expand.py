@@ -51,7 +51,11 @@ from sweeper.grid import Epsilon, Grid
 #    features; minimal-perturbation attacks run once, budgets derived from their norms.
 # 4: each epoch shuffled by (job seed, epoch) (checkpointed training resumes exactly);
 #    leaner activation quantizers (fewer graph ops: stochastic draws and dropout differ).
-ID_VERSION = 4
+# 5: a sample is robust only if right on both its clean input and its example (transfer
+#    rows counted wrong-on-clean samples); dq penalises the quantized kernels; APGD's DLR
+#    guard survives compilation and no attack loses a finite fooling iterate to a NaN
+#    (Square L2 on 8x8 inputs); patch cells score target rates beside controls.
+ID_VERSION = 5
 # Libraries whose major.minor version is part of a job's identity: they train the model
 # (TensorFlow, QKeras), attack it (ART), and decide the folds (scikit-learn).
 ID_LIBRARIES = ("tensorflow", "qkeras", "adversarial-robustness-toolbox", "scikit-learn")
@@ -152,12 +156,14 @@ class Cell:
 
     def art_params(self) -> dict[str, Any]:
         """Everything passed to ART at this cell's eps: the grid's parameters (relative
-        ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins."""
+        ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins, less the
+        spec's ``late_params`` at their default (the patch's ``placement: random``), which
+        would change the ids of cells computed before they existed."""
         if self.attack == CLEAN:
             return {}
-        from sweeper.attacks import art_params
+        from sweeper.attacks import recorded_params
 
-        return art_params(self.attack, dict(self.params), self.eps)
+        return recorded_params(self.attack, dict(self.params), self.eps)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,18 @@ def _pyplot():
     return plt
 
 
+def _save(figure, path: Path) -> None:
+    """Write the PNG as every report file is written (sweeper.output: whole, and never
+    through a link or over a device), and free the figure."""
+    from sweeper import output
+
+    try:
+        output.write(str(path), "--out", lambda temporary: figure.savefig(temporary, dpi=110, format="png"),
+                     force=True)
+    finally:
+        _pyplot().close(figure)
+
+
 def _colour(quantizer: str):
     plt = _pyplot()
     names = QUANTIZERS.names()
@@ -51,8 +63,7 @@ def eps_curve(points: list[dict], path: Path, title: str, chance: float | None) 
              ylim=(-0.02, 1.02))
     axes.legend(fontsize=8, ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def pareto(configs: list[dict], mcus: list[dict], path: Path, title: str,
@@ -77,8 +88,7 @@ def pareto(configs: list[dict], mcus: list[dict], path: Path, title: str,
     axes.set_xscale("log")
     axes.set(xlabel="flash KB (deployed: int8 .tflite + runtime allowance)", ylabel="clean accuracy", title=title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
     return front
 
 
@@ -112,5 +122,4 @@ def transfer_matrix(values: list[list[float]], sources: list[str], targets: list
     axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, label="target accuracy")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)

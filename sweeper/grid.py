@@ -220,13 +220,16 @@ class AttackEntry(_Frozen):
     def key(self) -> str:
         """The attack_label of its cells: a transfer entry's says where its examples come
         from (``fgsm<-fp``), so it never shares a label with a white-box entry."""
-        base = self.label or self.name
-        return f"{base}<-{self.source.label}" if self.source else base
+        return f"{self.white_box_key}<-{self.source.label}" if self.source else self.white_box_key
 
     @property
     def white_box_key(self) -> str:
-        """The label of the white-box cells a transfer entry implies on its source."""
-        return self.label or self.name
+        """The label of the white-box cells a transfer entry implies on its source: the
+        label, or the name and what the attack's parameters add to it (a patch at a fixed
+        place: ``patch-fixed``)."""
+        from sweeper.attacks import default_label
+
+        return self.label or default_label(self.name, self.params)
 
     def resolved_norm(self) -> str:
         from sweeper.attacks import ATTACKS
@@ -662,7 +665,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise UserError(f"--set {shown}: a field name in the path is empty")
     if not key.isprintable():  # control characters, or bytes the terminal's encoding could not decode
         raise UserError(f"--set {shown}: the field path holds characters no field name has")
-    value = safe_yaml.loads(text, f"--set {shown}", limit=safe_yaml.MAX_VALUE_BYTES) if text.strip() else None
+    # A value's error quotes the whole override (short): the value is what it is about.
+    where = f"--set {preview(key.strip() + '=' + text, 60)}"
+    value = safe_yaml.loads(text, where, limit=safe_yaml.MAX_VALUE_BYTES) if text.strip() else None
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         node = _step(node, part, _shown(".".join(parts[: depth + 1])), create=True)

@@ -20,6 +20,11 @@ How taking it is made safe:
   on NFS); a stale one is replaced with ``os.replace``. Where the folder cannot be
   locked (some NFS setups refuse ``flock`` on a folder), creation stays exclusive but two
   launches taking over the same stale lease at the same moment could both succeed.
+- **A damaged lease** (not JSON, a field of the wrong type, a heartbeat that is not a
+  finite time or lies more than a TTL ahead, a pid no process can have, a folder where
+  the file belongs) is written by nothing that runs (writes are atomic), so it is stale:
+  it is taken over the same way, a folder moved into ``damaged/`` (never deleted), and
+  ``took_over`` says what was wrong, for the launch to report in one line.
 - **Object stores** have no portable write-if-absent. A launch that finds no lease (or a
   stale one) writes its own, waits ``SETTLE_S``, and reads it back: of two launches
   that both wrote, the one whose write came last wins and the other backs off. The
@@ -35,6 +40,7 @@ How taking it is made safe:
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -49,16 +55,18 @@ import pyarrow.fs as pafs
 from sweeper import store
 from sweeper.errors import UserError
 
-LEASE_FILE = ".lease.json"
+LEASE_FILE = store.LEASE_FILE
 TTL_S = 300.0  # long enough for a slow object store or a paused driver, short enough to wait out
 HEARTBEAT_S = 30.0  # a tenth of TTL_S: several missed refreshes before a lease goes stale
 SETTLE_S = 2.0  # object stores only: time for a racing writer's lease to land
 POLL_S = 5.0  # how often a waiting launch looks again
+PID_MAX = 2**31 - 1  # no system hands out a larger pid (os.kill overflows beyond it)
 
 
 @dataclass(frozen=True)
 class Holder:
-    """What a lease file says."""
+    """What a lease file says; ``damaged`` says what is wrong with one that cannot be
+    trusted (then the other fields mean nothing)."""
 
     launch_id: str
     host: str
@@ -66,14 +74,19 @@ class Holder:
     grid: str
     started: str  # ISO 8601, UTC
     heartbeat: float  # seconds since the epoch
+    damaged: str = ""
 
     def line(self) -> str:
+        if self.damaged:
+            return f"a damaged lease ({self.damaged})"
         age = max(0.0, time.time() - self.heartbeat)
         return (f"launch {self.launch_id} of grid {self.grid!r} (host {self.host}, pid {self.pid}, "
                 f"since {self.started}, heartbeat {age:.0f} s ago)")
 
     def stale(self, ttl: float) -> bool:
-        if time.time() - self.heartbeat > ttl:
+        # A heartbeat more than a TTL ahead comes from no clock this store shares: it would
+        # never go stale.
+        if self.damaged or abs(time.time() - self.heartbeat) > ttl:
             return True
         return self.host == socket.gethostname() and not _alive(self.pid)
 
@@ -86,6 +99,35 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
+
+
+def _damaged(why: str) -> Holder:
+    return Holder("damaged", "", 0, "", "", 0.0, why)
+
+
+_FIELDS = {"launch_id": str, "host": str, "pid": int, "grid": str, "started": str, "heartbeat": (int, float)}
+_KIND_NAMES = {name: {int: "an integer", str: "text"}.get(kind, "a number") for name, kind in _FIELDS.items()}
+
+
+def parse(data: bytes) -> Holder:
+    """A lease file's bytes as a Holder, every field checked; a damaged Holder (saying
+    why) for anything sweeper never writes."""
+    try:
+        record = json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
+        return _damaged("not JSON")
+    if not isinstance(record, dict) or set(record) != set(_FIELDS):
+        return _damaged(f"not a lease record: fields {', '.join(_FIELDS)} expected")
+    for name, kind in _FIELDS.items():
+        if isinstance(record[name], bool) or not isinstance(record[name], kind):
+            return _damaged(f"{name} {record[name]!r} is not {_KIND_NAMES[name]}")
+    if not 0 < record["pid"] <= PID_MAX:
+        return _damaged(f"pid {record['pid']} is out of range")
+    if not math.isfinite(record["heartbeat"]):
+        return _damaged(f"heartbeat {record['heartbeat']!r} is not a finite time")
+    if record["heartbeat"] - time.time() > TTL_S:  # it would never go stale
+        return _damaged(f"heartbeat {record['heartbeat']!r} lies more than {TTL_S:.0f} s in the future")
+    return Holder(**{**record, "heartbeat": float(record["heartbeat"])})
 
 
 class LeaseHeld(UserError):
@@ -106,6 +148,7 @@ class Lease:
         self.mine = Holder(launch_id, socket.gethostname(), os.getpid(), grid,
                            datetime.now(timezone.utc).isoformat(timespec="seconds"), time.time())
         self.held = self.lost = False
+        self.took_over = ""  # what was wrong with a damaged lease this one replaced
         self._created = False  # this lease made the store folder (removed again if left empty)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,31 +207,37 @@ class Lease:
     def _try_take(self) -> Holder | None:
         """None when the lease is now ours, else who holds it."""
         self.mine = Holder(**{**asdict(self.mine), "heartbeat": time.time()})
-        if self._local:
-            return self._locked(self._take_local)
-        current = self._read()
-        if current is not None and not current.stale(self.ttl):
-            return current
-        store.put_bytes(self.location, LEASE_FILE, self._bytes())
-        time.sleep(self.settle)  # let a racing writer's lease land, then see who won
-        current = self._read()
-        return None if current == self.mine else current
+        with store.naming(self._path()):  # a read-only or full store: one line naming the lease
+            if self._local:
+                return self._locked(self._take_local)
+            current = self._read()
+            if current is not None and not current.stale(self.ttl):
+                return current
+            store.put_bytes(self.location, LEASE_FILE, self._bytes())
+            self.took_over = current.damaged if current is not None else ""
+            time.sleep(self.settle)  # let a racing writer's lease land, then see who won
+            current = self._read()
+            return None if current == self.mine else current
 
     def _take_local(self) -> Holder | None:
         current = self._read()
         if current is not None and not current.stale(self.ttl):
             return current
+        if os.path.isdir(self._path()) and not os.path.islink(self._path()):  # damaged: kept, moved aside
+            os.makedirs(self.location.sub(store.DAMAGED_DIR), exist_ok=True)
+            os.rename(self._path(), self.location.sub(store.DAMAGED_DIR, f"{LEASE_FILE}-{uuid.uuid4().hex[:8]}"))
         temporary = self._write_temporary()
         try:
-            if current is None and not os.path.exists(self._path()):
+            if not os.path.lexists(self._path()):
                 os.link(temporary, self._path())  # exclusive create, whole content at once
             else:
-                os.replace(temporary, self._path())  # a stale or unreadable lease
+                os.replace(temporary, self._path())  # a stale or damaged lease
         except FileExistsError:  # a writer that does not take the lock got there first
             return self._read()
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
+        self.took_over = current.damaged if current is not None else ""
         return None
 
     def _refresh(self) -> None:
@@ -231,12 +280,17 @@ class Lease:
         return self.location.sub(LEASE_FILE)
 
     def _bytes(self) -> bytes:
-        return json.dumps(asdict(self.mine), sort_keys=True).encode()
+        return json.dumps({name: getattr(self.mine, name) for name in _FIELDS}, sort_keys=True).encode()
 
     def _write_temporary(self) -> str:
         temporary = self.location.sub(f"{LEASE_FILE}.{uuid.uuid4().hex[:8]}")
-        with open(temporary, "wb") as handle:
-            handle.write(self._bytes())
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(self._bytes())
+        except BaseException:  # a full disk: no half-written temporary left behind
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
         return temporary
 
     def _read(self) -> Holder | None:
@@ -244,12 +298,13 @@ class Lease:
 
 
 def read(location: store.Location) -> Holder | None:
-    """The store's lease, or None. A lease that cannot be parsed is written by nothing
-    that runs (writes are atomic), so it reads as an expired one."""
-    data = store.get_bytes(location, LEASE_FILE)
-    if data is None:
+    """The store's lease, or None. A lease that cannot be trusted (``parse``; or a folder
+    where the file belongs) is written by nothing that runs (writes are atomic), so it
+    reads as a damaged one, which is stale."""
+    kind = location.fs.get_file_info(location.sub(LEASE_FILE)).type
+    if kind == pafs.FileType.NotFound:
         return None
-    try:
-        return Holder(**json.loads(data))
-    except (ValueError, TypeError):
-        return Holder("unreadable", "", 0, "", "", 0.0)
+    if kind != pafs.FileType.File:
+        return _damaged(f"{LEASE_FILE} is a folder, not a file")
+    data = store.get_bytes(location, LEASE_FILE)
+    return None if data is None else parse(data)

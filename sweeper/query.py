@@ -13,7 +13,9 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
   a transfer attack's rows are their own points (``source_config_id`` is part of the key),
   with ``source_model``, ``source_quantizer`` and the transfer rate's mean over the folds
   where it is defined; they count in the worst case at their budget like any other attack
-  on the target (their examples are within the budget of the target's own inputs);
+  on the target (their examples are within the budget of the target's own inputs); a
+  targeted patch's point has its target rate's mean and spread, its controls' means and
+  the summed denominator ``target_n``;
 - ``fits``: each configuration that fits each MCU profile (computed from the footprint
   and the profiles, ``targeted`` when the grid named it), with its flash, RAM and accuracy;
 - ``diagnostics``: the gradient-masking checks (sweeper.diagnostics), one row per judgement;
@@ -22,6 +24,10 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
 
 External access is switched off and the configuration locked before the user's SQL runs,
 so a query reads these and nothing else, writes nowhere, and stays under its memory limit.
+No user string is spliced into SQL as text: the memory limit is parsed as a size and
+passed as a value, and every path reaches DuckDB through ``sql_string`` (quotes doubled)
+and ``scan_pattern`` (glob characters escaped), so a store under ``runs[old]/`` or
+``it's/`` reads exactly its own files.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import io
 import json
 import math
 import os
+import re
 from typing import Any
 
 from sweeper import store
@@ -38,6 +45,12 @@ from sweeper.errors import UserError
 
 FORMATS = ("table", "csv", "json", "parquet")
 DEFAULT_MEMORY_LIMIT = "2GB"
+# DuckDB's units: KB, MB... are powers of 1000, KiB, MiB... of 1024.
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE | re.ASCII)
+# Below this DuckDB cannot even set up the views (it fails to allocate its first blocks).
+MIN_MEMORY_LIMIT = 16 * 1024**2
 
 # The fold axis is averaged away; everything else that determines a result stays a key
 # (store.CONFIG_COLUMNS and store.POINT_COLUMNS), so rows that differ in parameters,
@@ -119,10 +132,18 @@ _TRANSFER = """
                any_value(source_model) AS source_model, any_value(source_quantizer) AS source_quantizer,
                avg(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_mean,
                stddev_samp(CASE WHEN isnan(transfer_rate) THEN NULL ELSE transfer_rate END) AS transfer_rate_std"""
+# A targeted patch's score beside its controls' (null on every other point); NaN rates (no
+# clean-correct non-target sample in a fold) are left out of the means.
+_TARGETS = """
+               avg(CASE WHEN isnan(target_rate) THEN NULL ELSE target_rate END) AS target_rate_mean,
+               stddev_samp(CASE WHEN isnan(target_rate) THEN NULL ELSE target_rate END) AS target_rate_std,
+               avg(CASE WHEN isnan(control_target_rate) THEN NULL ELSE control_target_rate END)
+                   AS control_target_rate_mean,
+               avg(control_adv_acc) AS control_adv_acc_mean, CAST(sum(target_n) AS BIGINT) AS target_n"""
 VIEWS = {  # in creation order: robust reads worst_case
     "worst_case": _WORST_CASE,
     "robust": f"""
-        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}
+        SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}, {_TARGETS}
         FROM results GROUP BY ALL
         UNION ALL BY NAME
         SELECT * FROM worst_case""",
@@ -142,7 +163,20 @@ VIEWS = {  # in creation order: robust reads worst_case
 }
 
 
-def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+def parse_memory_limit(text: str, minimum: int = MIN_MEMORY_LIMIT) -> int:
+    """``--memory-limit`` as bytes: a number and one of DuckDB's units (B, KB, MB, GB,
+    TB, KiB, MiB, GiB, TiB; any case), at least ``minimum``; else a one-line error."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise UserError(f"--memory-limit: {text!r} is not a size; write a number and a unit, e.g. 512MB or 2GiB "
+                        f"(units: {', '.join(u.upper().replace('I', 'i') for u in _UNITS)})")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < minimum:
+        raise UserError(f"--memory-limit: {text!r} is below the {minimum // 1024**2}MiB a query needs")
+    return size
+
+
+def connect(rows, launches: list[dict] | None = None, memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
             with_diagnostics: bool = True):
     """An in-memory DuckDB holding ``rows`` (a pyarrow Table) and every derived view,
     locked read-only. ``with_diagnostics`` False leaves out the one table that costs time
@@ -157,7 +191,7 @@ def connect(rows, launches: list[dict] | None = None, memory_limit: str = DEFAUL
 
 
 def connect_store(location: store.Location, launches: list[dict] | None = None,
-                  memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True,
+                  memory_limit: str | int = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True,
                   found: store.Survey | None = None):
     """As ``connect``, with ``results`` a view that scans the store's local fragments in
     place (``found``: the caller's survey of them, if it has one); the diagnostics are
@@ -172,7 +206,7 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
     if with_diagnostics:
         connection.register("diagnostics", diagnostics.diagnose_relation(connection, ORDERED))
     stored = _current_worst_case(location, found)
-    views = {"worst_case": f"SELECT * FROM read_parquet({_sql_list([stored])})"} if stored else {}
+    views = {"worst_case": f"SELECT * FROM read_parquet({_sql_list([scan_pattern(stored)])})"} if stored else {}
     return _finish(connection, launches, paths + ([stored] if stored else []), views)
 
 
@@ -203,6 +237,8 @@ def write_worst_case(location: store.Location) -> int:
     import pyarrow.parquet as pq
 
     found = store.survey(location)
+    if not scannable([fragment.path for fragment in found.fragments] + [location.sub(store.WORST_CASE_FILE)]):
+        return 0
     stored = _current_worst_case(location, found)
     if stored:  # already computed from exactly these rows
         return pq.read_metadata(stored).num_rows
@@ -216,23 +252,24 @@ def write_worst_case(location: store.Location) -> int:
     return table.num_rows
 
 
-def new_connection(memory_limit: str = DEFAULT_MEMORY_LIMIT):
+def new_connection(memory_limit: str | int = DEFAULT_MEMORY_LIMIT):
     """An in-memory DuckDB connection as every sweeper query uses: no progress bar, the
-    memory limit, and spills to the system's temporary folder (DuckDB's default for an
-    in-memory database is ``.tmp`` in the working directory: the user's checkout)."""
+    memory limit (bytes, or a size ``parse_memory_limit`` reads), and spills to the
+    system's temporary folder (DuckDB's default for an in-memory database is ``.tmp`` in
+    the working directory: the user's checkout). Both are passed as configuration
+    values, never as SQL text."""
     import tempfile
 
     import duckdb
 
-    connection = duckdb.connect(":memory:")
-    connection.execute("SET enable_progress_bar = false")  # output is the result alone
+    # The floor is the CLI's (parse_memory_limit); code may ask for less, e.g. to probe a tight limit.
+    limit = memory_limit if isinstance(memory_limit, int) else parse_memory_limit(memory_limit, minimum=1)
     spill = os.path.join(tempfile.gettempdir(), "sweeper-duckdb")
-    connection.execute(f"SET temp_directory = '{spill}'")
     try:
-        connection.execute(f"SET memory_limit = '{memory_limit}'")
+        connection = duckdb.connect(":memory:", config={"memory_limit": f"{limit}B", "temp_directory": spill})
     except duckdb.Error as error:
-        connection.close()
         raise UserError(f"--memory-limit: {str(error).splitlines()[0]}") from None
+    connection.execute("SET enable_progress_bar = false")  # output is the result alone
     return connection
 
 
@@ -250,8 +287,8 @@ def _finish(connection, launches: list[dict] | None, paths: list[str], views: di
     connection.register("mcus", pa.Table.from_pylist(mcus))
     for name, sql in {**VIEWS, **(views or {})}.items():  # ``views`` replace some (dict order kept)
         connection.execute(f"CREATE VIEW {name} AS {sql}")
-    if paths:
-        connection.execute(f"SET allowed_paths = {_sql_list(paths)}")
+    if paths:  # each file as DuckDB opens it, and as the pattern that names it
+        connection.execute(f"SET allowed_paths = {_sql_list(sorted({*paths, *map(scan_pattern, paths)}))}")
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
@@ -272,7 +309,7 @@ def ordered_rows_sql(connection, found: store.Survey) -> str:
     parts = [f"SELECT {', '.join(store.projection(set().union(*(f.columns for _, f in members)), 2 if older else 3))}, "
              f"{_sql_list([o for o, _ in members])}[file_index::BIGINT + 1]::BIGINT * {1 << 40} + file_row_number "
              "AS _order "
-             f"FROM read_parquet({_sql_list([f.path for _, f in members])}, union_by_name = true)"
+             f"FROM read_parquet({_sql_list([scan_pattern(f.path) for _, f in members])}, union_by_name = true)"
              for older, members in groups.items()]
     if not parts:
         return f"SELECT {', '.join(store.projection([], 3))}, 0::BIGINT AS _order WHERE false"
@@ -287,9 +324,34 @@ def _has_duplicates(connection, rows: str) -> bool:
     return dropped > 0
 
 
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal: the one quoting function for every string
+    sweeper writes into SQL (standard SQL: a quote is doubled, nothing else is special)."""
+    if "\x00" in value:
+        raise ValueError("a SQL string cannot hold NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _sql_list(values: list) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" if isinstance(v, str) else str(int(v))
-                           for v in values) + "]"
+    return "[" + ", ".join(sql_string(v) if isinstance(v, str) else str(int(v)) for v in values) + "]"
+
+
+_GLOB = "*?["  # what DuckDB reads as a pattern in a file name
+
+
+def scan_pattern(path: str) -> str:
+    """The pattern DuckDB's ``read_parquet`` reads as exactly ``path``: each glob character
+    in brackets (``[*]``), so ``runs[old]/`` is not read as ``runso/``, ``runsl/``...
+    A path with both a backslash and a glob character has no such pattern (``scannable``)."""
+    if not scannable([path]):
+        raise ValueError(f"DuckDB cannot scan {path!r} exactly")
+    return "".join(f"[{c}]" if c in _GLOB else c for c in path)
+
+
+def scannable(paths: list[str]) -> bool:
+    """DuckDB can read each of ``paths`` by a pattern that matches it alone (a backslash
+    is a separator inside DuckDB's globs, so it cannot sit beside an escaped character)."""
+    return not any("\\" in path and any(c in path for c in _GLOB) for path in paths)
 
 
 def _launch_table(launches: list[dict]):
@@ -315,20 +377,37 @@ def fetch(connection, sql: str):
         # DuckDB 2 renamed arrow() to to_arrow_table().
         return (getattr(relation, "to_arrow_table", None) or relation.arrow)()
     except duckdb.Error as error:
-        raise UserError(f"query failed: {str(error).splitlines()[0]}") from None
+        raise UserError(f"query failed: {_first_line(error)}") from None
 
 
-def open_store(results: str, memory_limit: str = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
+def _first_line(error: Exception) -> str:
+    import duckdb
+
+    line = str(error).splitlines()[0]
+    return line + " (raise --memory-limit)" if isinstance(error, duckdb.OutOfMemoryException) else line
+
+
+def open_store(results: str, memory_limit: str | int = DEFAULT_MEMORY_LIMIT, with_diagnostics: bool = True):
+    """A locked connection over the store at ``results`` (``connect_store``); one that
+    DuckDB cannot scan in place (another filesystem, a path it cannot name exactly) is
+    read into memory first. Any DuckDB failure while setting up is one line."""
+    import duckdb
     import pyarrow.fs as pafs
 
     location = store.locate(results)
     store.require_results(location)
-    if not isinstance(location.fs, pafs.LocalFileSystem):  # DuckDB reads local files without extensions
-        return connect(store.read(location).table, store.launches(location), memory_limit, with_diagnostics)
-    return connect_store(location, store.launches(location), memory_limit, with_diagnostics)
+    found = store.survey(location)
+    try:
+        # DuckDB reads local files without extensions
+        if not isinstance(location.fs, pafs.LocalFileSystem) or not scannable([f.path for f in found.fragments]):
+            return connect(store.read(location).table, store.launches(location, found), memory_limit,
+                           with_diagnostics)
+        return connect_store(location, store.launches(location, found), memory_limit, with_diagnostics, found)
+    except duckdb.Error as error:
+        raise UserError(f"reading {results} failed: {_first_line(error)}") from None
 
 
-def run(results: str, sql: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
+def run(results: str, sql: str, memory_limit: str | int = DEFAULT_MEMORY_LIMIT):
     """Run ``sql`` against the store at ``results``; returns a pyarrow Table. The
     diagnostics are computed only for a query that names them."""
     connection = open_store(results, memory_limit, with_diagnostics="diagnostics" in sql.lower())
@@ -336,35 +415,6 @@ def run(results: str, sql: str, memory_limit: str = DEFAULT_MEMORY_LIMIT):
         return fetch(connection, sql)
     finally:
         connection.close()
-
-
-def write_parquet(table, path: str) -> None:
-    """Write a query result as one Parquet file, atomically."""
-    import pyarrow.parquet as pq
-
-    _write_atomically(path, lambda temporary: pq.write_table(table, temporary))
-
-
-def write_text(text: str, path: str) -> None:
-    from pathlib import Path
-
-    _write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-
-
-def _write_atomically(path: str, write) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    import os
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"--output: folder {folder} does not exist")
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def render(table, fmt: str) -> str:
@@ -404,14 +454,16 @@ def _cell_text(value: Any) -> str:
 
 
 def rich_table(table):
-    """A rich Table for the terminal."""
+    """A rich Table for the terminal. Column names and values are the user's (an alias, a
+    label): Text objects, so rich never reads them as markup or emoji codes."""
     from rich.table import Table
+    from rich.text import Text
 
     out = Table(show_edge=False, header_style="bold")
     for name in table.column_names:
-        out.add_column(name, justify="right" if _numeric(table, name) else "left")
+        out.add_column(Text(name), justify="right" if _numeric(table, name) else "left")
     for record in table.to_pylist():
-        out.add_row(*[_cell_text(v) for v in record.values()])
+        out.add_row(*[Text(_cell_text(v)) for v in record.values()])
     return out
 
 

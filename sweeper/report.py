@@ -11,6 +11,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - does robustness survive deployment: the same accuracies of the int8 .tflite;
 - transfer attacks: a source x target matrix per attack and budget (examples crafted on
   the source, accuracy of the target and the transfer rate), as a table and a heatmap;
+- targeted patches: per dataset, each patch's target rate beside its controls' (a random
+  and solid patches at the same places), per placement, with the flag ``P`` where it does
+  not beat them;
 - accuracy against epsilon per attack, one line per quantizer, with the fold spread;
 - accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
   drawn in, and the configurations that fit each target (flash, and RAM against its
@@ -18,6 +21,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - defended against undefended twins (only when the store has defended rows): each
   defense's accuracy change per attack and budget, paired, whether a gain is
   gradient-only, and the masking flags of both (``sweeper.twins``);
+- Jacobian norms (only when the rows carry them, ``sweeper.jacobian``): per model, each
+  configuration's input-to-logit and per-block norms, and their paired per-fold ratios
+  to the fp configuration and to the undefended twin;
 - the gradient-masking diagnostics, and the provenance of every launch.
 
 Every number comes from the query views (``sweeper.query``), so a table can be checked
@@ -33,29 +39,62 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper import diagnostics, query, store, twins
+from sweeper import diagnostics, output, query, store, twins
+from sweeper.attacks import single_coordinate
+from sweeper.errors import UserError
 from sweeper.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
-           "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L"}
+           "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L",
+           "patch_not_above_control": "P"}
 CONFIG = store.CONFIG_COLUMNS
+# The columns of single-coordinate attacks (attacks.single_coordinate: ART's L1 FGSM and PGD)
+# carry this suffix, and their tables this note.
+SINGLE_COORDINATE = " (single-coordinate)"
+SINGLE_COORDINATE_NOTE = (
+    "(single-coordinate): ART's FGSM and PGD under L1, as the paper ran them. Each step puts its whole "
+    "size on the one input element with the largest gradient entry: nothing moves when that element "
+    "already sits at its bound of the input range, and FGSM never uses more than one element's range, "
+    "whatever eps. `apgd_ce` / `apgd_dlr` with norm 1 (APGD-L1, Croce & Hein 2021) measure the L1 threat.")
 # A table row: one configuration evaluated on one number of attacked samples (a smoke run
 # with fewer samples in the same store gets its own row, never a blend).
 ROW = [*CONFIG, "n_samples"]
 
 
+# The files a report writes in its folder, besides figures/*.png. The folder is the
+# report's: regenerating replaces these (and figures of the same names), never anything
+# else, and never a folder, link or device of one of these names (sweeper.output).
+OWNED = ("report.md", "defense_effect.csv", "defense_verdicts.csv")
+FIGURES = "figures"
+
+
 def write(results: str, out: str | Path) -> Path:
-    """Render the report for the store at ``results`` into ``out``; returns report.md."""
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    connection = query.open_store(results)
+    """Render the report for the store at ``results`` into ``out``; returns report.md.
+    Nothing is created under ``out`` unless the store has rows to report and ``out`` is a
+    place a report may go (``output.check_folder``)."""
+    connection = query.open_store(results)  # a missing or empty store: one line, before anything is written
     try:
+        [(rows,)] = connection.execute("SELECT count(*) FROM results").fetchall()
+        if not rows:
+            raise UserError(f"{results}: no readable rows to report (`sweeper check {results}` says why)")
+        out = Path(output.check_folder(str(out), "--out", _owned(Path(out)), stores=output.local_store(results)))
+        (out / FIGURES).mkdir(parents=True, exist_ok=True)
         sections = _Report(connection, out, results).sections()
     finally:
         connection.close()
     path = out / "report.md"
-    query.write_text("\n\n".join(sections) + "\n", str(path))
+    output.write_text("\n\n".join(sections) + "\n", str(path), "--out", force=True)
     return path
+
+
+def _owned(out: Path) -> list[str]:
+    figures = out / FIGURES
+    names = [*OWNED, FIGURES]
+    if figures.is_dir() and not figures.is_symlink():
+        names += [f"{FIGURES}/{name}" for name in sorted(p.name for p in figures.iterdir()) if name.endswith(".png")]
+    elif figures.exists() or figures.is_symlink():
+        raise UserError(f"--out: {figures} exists and is not a folder")
+    return [name for name in names if name != FIGURES]
 
 
 def fmt(mean: float | None, std: float | None = None) -> str:
@@ -92,8 +131,8 @@ class _Report:
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                    self._transfer(), self._eps_curves(), self._pareto(), self._defenses(), self._diagnostics(),
-                    self._provenance()]
+                    self._transfer(), self._patches(), self._eps_curves(), self._pareto(), self._defenses(),
+                    self._jacobians(), self._diagnostics(), self._provenance()]
         return [section for section in sections if section]  # a store without transfer rows has no such section
 
     # ------------------------------------------------------------ helpers
@@ -133,15 +172,17 @@ class _Report:
     def _attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
         """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run
         with different parameters gets one column per parameter set, never a blend."""
-        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in self.robust
-                  if r["attack"] != "none" and _dataset_name(r) == dataset}
+        mine = [r for r in self.robust if r["attack"] != "none" and _dataset_name(r) == dataset]
+        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in mine}
+        coordinate = {r["attack_label"] for r in mine if single_coordinate(r["attack"], r["norm"])}
         ordered = sorted(points, key=lambda p: (p[0], p[3], p[2]))
         variants = defaultdict(list)
         for label, eps_label, params, _ in ordered:
             variants[label, eps_label].append(params)
         return [(label, eps_label, params, f"{label}@{eps_label}" + (
                  f" (params {variants[label, eps_label].index(params) + 1})"
-                 if len(variants[label, eps_label]) > 1 else "")) for label, eps_label, params, _ in ordered]
+                 if len(variants[label, eps_label]) > 1 else "") + (SINGLE_COORDINATE if label in coordinate else ""))
+                for label, eps_label, params, _ in ordered]
 
     def _cell(self, config: dict, attack_label: str, eps_label: str, params: str) -> dict | None:
         return self.cells.get((_row_key(config), attack_label, eps_label, params))
@@ -206,7 +247,7 @@ class _Report:
                              *["" if c is None else _pair(c["adv_acc_mean"], c["deployed_adv_acc_mean"])
                                for c in cells]])
             parts += [f"### {dataset}", markdown_table(
-                ["model / quantizer", "clean"] + [title for *_, title in points], rows)]
+                ["model / quantizer", "clean"] + [title for *_, title in points], rows), *_notes(points)]
         return "\n\n".join(parts)
 
     def _transfer(self) -> str:
@@ -239,6 +280,39 @@ class _Report:
             parts += [f"### {dataset}: {title}", f"Parameters `{params}`, {n_samples} samples per fold.",
                       markdown_table(["source ↓ target →", *[self._label(t) for t in targets]], table),
                       f"![{title} on {dataset}](figures/{name})"]
+        return "\n\n".join(parts)
+
+    def _patches(self) -> str:
+        """Per dataset, every targeted patch point (white-box and transferred) as a target
+        rate beside its controls', per placement; the store's means over folds."""
+        patches = [r for r in self.robust if r.get("target_n") is not None and r["attack"] != "none"]
+        if not patches:
+            return ""
+        parts = ["## Targeted patches",
+                 "A universal targeted patch succeeds when the patched sample is classified as its target. "
+                 "**Target rate**: of the attacked samples the model classifies correctly clean whose true class "
+                 "is not the target (`n`, summed over folds), the share classified as the target with the patch on. "
+                 "**Control**: the best of a uniform-random patch and two solid ones (the input range's low and "
+                 "high ends) of the same size at exactly the same places; its target rate is the highest of "
+                 "them, its accuracy the lowest. Accuracy counts any wrong class (what occlusion also does), "
+                 "over all attacked samples. `random` places the patch anew on every sample; `fixed` at one "
+                 "place the attacker chose (`center`, or top, left). **P**: the patch is not shown to take more "
+                 "samples to its target than its control (see the diagnostics). Means over folds."]
+        for dataset in self._datasets():
+            mine = [r for r in patches if _dataset_name(r) == dataset]
+            if not mine:
+                continue
+            order = {_config_key(c): i for i, c in enumerate(self._configs(dataset, False))}
+            mine.sort(key=lambda r: (order.get(_config_key(r), 0), _placement(r) != "random", _placement(r),
+                                     r["attack_label"], r["eps"]))
+            rows = [[self._label(r), r["attack_label"], _placement(r), r["eps_label"], str(r["target_n"]),
+                     fmt(r["target_rate_mean"], r["target_rate_std"]), fmt(r["control_target_rate_mean"]),
+                     fmt(r["adv_acc_mean"]), fmt(r["control_adv_acc_mean"]),
+                     self._markers(r, r["attack_label"], r["eps_label"], r["attack_params"]).strip(" []")]
+                    for r in mine]
+            parts += [f"### {dataset}", markdown_table(
+                ["model / quantizer", "patch", "placement", "eps", "n", "target rate", "control target rate",
+                 "accuracy", "control accuracy", "flags"], rows)]
         return "\n\n".join(parts)
 
     def _transfer_matrix(self, rows: list[dict]) -> tuple[list[dict], list[dict], list[list[tuple]]]:
@@ -303,7 +377,7 @@ class _Report:
                 rows.append([self._label(config), clean(config),
                              *["" if cell is None else attacked(config, cell) for cell in cells]])
             header = ["model / quantizer", clean_header] + [title for *_, title in points]
-            parts += [f"### {dataset}", markdown_table(header, rows)]
+            parts += [f"### {dataset}", markdown_table(header, rows), *_notes(points)]
             parts += [f"- {title}: `{params}`" for label, eps_label, params, title in points if "(params" in title]
         return "\n\n".join(parts)
 
@@ -314,6 +388,7 @@ class _Report:
                  "One line per quantizer (mean over folds), the band is ± one standard deviation; "
                  "the dotted line is chance. Attacks with a single epsilon are in Table IV only."]
         curves: dict[tuple, list[dict]] = defaultdict(list)
+        noted = False
         for r in self.robust:
             if r["attack"] != "none" and 0 < r["eps"] < float("inf"):  # unbounded has no place on an axis
                 curves[_dataset_name(r), r["model"], r["attack_label"], r["n_samples"]].append(r)
@@ -323,9 +398,12 @@ class _Report:
             name = _file_name(f"eps-{dataset}-{model}-{label}.png")
             classes = self._classes(dataset)
             chance = 1 / classes if classes else None
+            if any(single_coordinate(p["attack"], p["norm"]) for p in points):
+                label += SINGLE_COORDINATE
+                noted = True
             figures.eps_curve(points, self.out / "figures" / name, f"{label} on {dataset}, {model}", chance)
             parts.append(f"![{label} on {dataset}, {model}](figures/{name})")
-        return "\n\n".join(parts)
+        return "\n\n".join(parts + ([SINGLE_COORDINATE_NOTE] if noted else []))
 
     def _classes(self, dataset: str) -> int:
         """The dataset's class count (0 if unknown: rows from a schema-1 store)."""
@@ -348,12 +426,19 @@ class _Report:
                  "smaller and more accurate)."]
         for dataset in self._datasets():
             configs = self._configs(dataset, False)
-            name = _file_name(f"pareto-{dataset}.png")
-            front = figures.pareto(configs, [mcus[t] for t in targets], self.out / "figures" / name,
-                                   f"clean accuracy against flash, {dataset}", self._label)
-            parts += [f"### {dataset}", f"![accuracy against flash, {dataset}](figures/{name})",
-                      "Pareto-optimal: " + ", ".join(f"{self._label(c)} ({c['flash_kb']:.1f} KB, "
-                                                     f"{fmt(c['test_acc_mean'])})" for c in front) + "."]
+            # Rows of older stores (schema <= 2) have no deployed flash: no place on the axis.
+            placed = [c for c in configs if c["flash_kb"] is not None and c["test_acc_mean"] is not None]
+            parts.append(f"### {dataset}")
+            if len(placed) < len(configs):
+                parts.append(f"{len(configs) - len(placed)} of {len(configs)} configurations have no deployed "
+                             "flash figure (rows of an older store) and are left out of the figure.")
+            if placed:
+                name = _file_name(f"pareto-{dataset}.png")
+                front = figures.pareto(placed, [mcus[t] for t in targets], self.out / "figures" / name,
+                                       f"clean accuracy against flash, {dataset}", self._label)
+                parts += [f"![accuracy against flash, {dataset}](figures/{name})",
+                          "Pareto-optimal: " + ", ".join(f"{self._label(c)} ({c['flash_kb']:.1f} KB, "
+                                                         f"{fmt(c['test_acc_mean'])})" for c in front) + "."]
             rows = []
             for target in targets:
                 fitting = [c for c in configs if target in self._fitting(c)]
@@ -372,7 +457,9 @@ class _Report:
                  "(Athalye, Carlini and Wagner, 2018). Each check compares numbers the grid has, on "
                  "the same attacked samples: a paired exact test (McNemar; a binomial test against "
                  "chance + 0.10 for L), Holm-adjusted within each configuration and check at "
-                 f"{diagnostics.ALPHA}, and a difference of at least {diagnostics.MIN_MARGIN}. Cells read "
+                 f"{diagnostics.ALPHA}, and a difference of at least {diagnostics.MIN_MARGIN}. P is the other "
+                 "way round: it fires unless a targeted patch's target rate beats its controls' by a binomial "
+                 f"test at {diagnostics.ALPHA} (not adjusted) and by at least {diagnostics.MIN_MARGIN}. Cells read "
                  "fired/judged; `-` means the grid has no numbers to judge that check.",
                  "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in diagnostics.CHECKS.items())]
         counts = {(*[s[c] for c in CONFIG], s["flag"]): s for s in diagnostics.summary(self.flags)}
@@ -399,8 +486,8 @@ class _Report:
             return ""
         compared = twins.compare(query.fetch(self.db, twins.ROWS_SQL))
         verdicts = twins.verdicts(compared)
-        query.write_text(query.render(compared, "csv"), str(self.out / "defense_effect.csv"))
-        query.write_text(query.render(verdicts, "csv"), str(self.out / "defense_verdicts.csv"))
+        for table, name in ((compared, "defense_effect.csv"), (verdicts, "defense_verdicts.csv")):
+            output.write_text(query.render(table, "csv"), str(self.out / name), "--out", force=True)
         parts = ["## Defended vs undefended",
                  "Each defended model against its twin: the same dataset, model, quantizer, training settings, "
                  "K and seed, trained without a defense (for dbwt's weights at another width, `@ 2-bit`, the "
@@ -450,6 +537,54 @@ class _Report:
                 "Gradient-masking flags, fired/judged per check: the defended model, then (its twin).",
                 markdown_table(["defended model", *MARKERS.values()], flags)]
 
+    def _jacobians(self) -> str:
+        """Per dataset and model: the Jacobian norms of every configuration, and the same
+        norms as ratios to the fp configuration and to the undefended twin, fold by fold."""
+        per_fold = self._records(f"SELECT {', '.join(ROW)}, fold, any_value(jacobian_fro) AS fro, "
+                                 "any_value(jacobian_fro_se) AS fro_se, any_value(jacobian_blocks) AS blocks, "
+                                 "any_value(jacobian_block_fro) AS block_fro, any_value(jacobian_block_se) AS "
+                                 "block_se, any_value(jacobian_projections) AS projections FROM results "
+                                 "WHERE jacobian_fro IS NOT NULL GROUP BY ALL")
+        if not per_fold:
+            return ""
+        folds: dict[tuple, dict[int, dict]] = defaultdict(dict)
+        for r in per_fold:
+            folds[_row_key(r)][r["fold"]] = r
+        worst_se = max(_relative_se(r) for r in per_fold)
+        parts = ["## Jacobian norms",
+                 "Is quantization a Jacobian regulariser? Per trained model, on its attacked samples in evaluation "
+                 "mode: the root mean square over the samples of the Frobenius norm of the input-to-logit Jacobian "
+                 "(`jacobian_fro`) and of each block's Jacobian, block output with respect to block input "
+                 "(`jacobian_block_fro`; a block runs from one activation every path passes through to the next, "
+                 "the last ends at the logits). Derivatives are the straight-through estimators' (the gradient an "
+                 "attack follows) with the quantized weights, not the true derivative of a quantized network (zero "
+                 "almost everywhere). Cells: mean ± sample standard deviation across folds. Ratios are paired: "
+                 "per fold (the same samples), the configuration's norm over the reference's, then mean ± std "
+                 f"across folds. Largest relative standard error of any estimate here, from its random "
+                 f"projections: {worst_se:.2%}."]
+        for dataset in self._datasets():
+            configs = [c for c in self._configs(dataset) if _row_key(c) in folds]
+            blocks_of = {_row_key(c): tuple(next(iter(folds[_row_key(c)].values()))["blocks"]) for c in configs}
+            for model, names in sorted({(c["model"], blocks_of[_row_key(c)]) for c in configs}):
+                # one table per model and block list (a changed architecture has other blocks)
+                mine = [c for c in configs if c["model"] == model and blocks_of[_row_key(c)] == names]
+                header = [f"{i + 1} {name}" for i, name in enumerate(names)]
+                norms = [[self._label(c), fmt(c["test_acc_mean"], c["test_acc_std"]),
+                          *_norm_cells(folds[_row_key(c)].values(), len(names))] for c in mine]
+                parts += [f"### {dataset}, {model}", "Norms (clean accuracy is on the whole held-out fold):",
+                          markdown_table(["model / quantizer", "clean accuracy", "logits", *header], norms)]
+                for title, reference in (("fp", _fp_reference), ("the undefended twin", _twin_reference)):
+                    rows = []
+                    for c in mine:
+                        ref = reference(c, mine)
+                        if ref is not None:
+                            rows.append([self._label(c) + f" ÷ {ref['quantizer']}/{ref['defense_label']}",
+                                         *_ratio_cells(folds[_row_key(c)], folds[_row_key(ref)], len(names))])
+                    if rows:
+                        parts += [f"Ratio to {title}:",
+                                  markdown_table(["model / quantizer ÷ reference", "logits", *header], rows)]
+        return "\n\n".join(parts)
+
     def _provenance(self) -> str:
         launches = self._records("SELECT * FROM launches ORDER BY started_at")
         rows = [[l["started_at"], l["grid_name"], l["grid_file"] or "(in code)", l["grid_sha256"][:12] or "-",
@@ -461,6 +596,63 @@ class _Report:
                             "grid files).",
                             markdown_table(["started (UTC)", "grid", "file", "sha256", "overrides", "versions"],
                                            rows)])
+
+
+def _notes(points: list[tuple[str, str, str, str]]) -> list[str]:
+    """The note a table of these attack points needs below it: single-coordinate columns."""
+    return [SINGLE_COORDINATE_NOTE] if any(title.endswith(SINGLE_COORDINATE) for *_, title in points) else []
+# Jacobian norms: what a configuration is compared with, and how cells read.
+_REFERENCE_KEY = ["dataset", "dataset_options", "model", "train", "k", "seed", "n_samples"]
+
+
+def _fp_reference(config: dict, configs: list[dict]) -> dict | None:
+    """The fp configuration trained with the same defense (None for fp itself)."""
+    same = [c for c in configs if c["quantizer"] == "fp" and config["quantizer"] != "fp"
+            and all(c[k] == config[k] for k in (*_REFERENCE_KEY, "defense_label", "defense_params"))
+            and c["eval_bits"] is None and config["eval_bits"] is None]
+    return same[0] if len(same) == 1 else None
+
+
+def _twin_reference(config: dict, configs: list[dict]) -> dict | None:
+    """The undefended configuration of the same preset (None for an undefended one)."""
+    same = [c for c in configs if c["defense"] == twins.NONE and config["defense"] != twins.NONE
+            and all(c[k] == config[k] for k in (*_REFERENCE_KEY, "quantizer"))
+            and c["eval_bits"] is None and config["eval_bits"] is None]
+    return same[0] if len(same) == 1 else None
+
+
+def _norm_cells(folds, blocks: int) -> list[str]:
+    folds = list(folds)
+    columns = [[f["fro"] for f in folds], *[[f["block_fro"][k] for f in folds] for k in range(blocks)]]
+    return [_spread(values, None) for values in columns]
+
+
+def _ratio_cells(mine: dict[int, dict], theirs: dict[int, dict], blocks: int) -> list[str]:
+    shared = sorted(set(mine) & set(theirs))
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    columns = [[ratio(mine[f]["fro"], theirs[f]["fro"]) for f in shared],
+               *[[ratio(mine[f]["block_fro"][k], theirs[f]["block_fro"][k]) for f in shared]
+                 for k in range(blocks)]]
+    return [_spread(values, 2) for values in columns]
+
+
+def _spread(values: list[float], decimals: int | None) -> str:
+    """mean ± sample standard deviation (no ± for one value), both to ``decimals``
+    places; None: as many as give the mean three significant digits."""
+    import math
+    import statistics
+
+    if not values or any(v != v for v in values):
+        return "n/a"
+    mean = statistics.fmean(values)
+    if decimals is None:
+        decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 2
+    return f"{mean:.{decimals}f}" + (f" ± {statistics.stdev(values):.{decimals}f}" if len(values) > 1 else "")
+
+
+def _relative_se(record: dict) -> float:
+    pairs = [(record["fro_se"], record["fro"]), *zip(record["block_se"] or [], record["block_fro"] or [])]
+    return max((se / value for se, value in pairs if se is not None and value), default=0.0)
 
 
 def _config_key(record: dict) -> tuple:
@@ -510,6 +702,15 @@ def _paper_flash(config: dict) -> str:
 
 def _kb(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.1f}"
+
+
+def _placement(record: dict) -> str:
+    """``random``, ``fixed center`` or ``fixed 2,3`` (top, left), from the row's parameters."""
+    params = json.loads(record["attack_params"] or "{}")
+    if params.get("placement", "random") != "fixed":
+        return "random"
+    position = params.get("position", "center")
+    return f"fixed {position}" if isinstance(position, str) else "fixed {},{}".format(*position)
 
 
 def _transfer_cell(accuracy: float, rate: float | None, white_box: bool) -> str:

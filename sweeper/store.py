@@ -7,8 +7,8 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
     RESULTS/checkpoints/            mid-training state of jobs in flight (sweeper.trial), removed when done
     RESULTS/adversarial/            source cells' adversarial examples, one compressed .npz per cell, for transfer attacks
     RESULTS/.lease.json             the running launch's lease (sweeper.lease)
-    RESULTS/damaged/                fragments that could not be read, set aside, never deleted
-    RESULTS/.staging/, _tune/       in-progress writes; Ray Tune's own state
+    RESULTS/damaged/                damaged fragments (and a damaged lease), set aside, never deleted
+    RESULTS/.staging/, _tune/       in-progress writes (each folder's .staging/); Ray Tune's own state
 
 Each finished training job's rows are written as one new fragment: written under a
 staging name, then renamed, so readers never see half a file and a crash loses at most
@@ -16,14 +16,23 @@ the jobs in flight. Every file records its provenance (the grid file's text and 
 library versions, the launch's start time) in its Parquet metadata. At the end of a sweep
 the fragments are compacted into one file (``compact``); until then reading skips (and
 reports) fragments that cannot be read and keeps the first row of a cell stored twice.
+
+What a fragment is, is decided in one place (``_inspect``), from a file's first bytes and
+footer alone: a file that is not Parquet, or Parquet without sweeper's schema version, is
+*foreign* (never read, moved or deleted); a Parquet file cut short, or whose footer is not
+one sweeper writes (version, provenance, column types, cell ids), is *damaged* (skipped,
+reported, set aside). A write that fails names its file (``naming``), so a full disk or a
+read-only store is one line; ``leftovers`` lists what unfinished writes left behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -43,7 +52,10 @@ from sweeper.errors import UserError
 #    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
 # 4: transfer attacks: source_job_id, source_config_id, source_model, source_quantizer,
 #    transfer_rate (null on white-box rows; older fragments read them as null).
-SCHEMA_VERSION = 4
+# (unbumped, the coordinator bumps once per merge) target_rate, target_n, control_target_rate,
+#    control_adv_acc: the patch scored as a targeted attack against its controls (null on
+#    other rows; older fragments read them as null).
+SCHEMA_VERSION = 5
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
@@ -53,6 +65,7 @@ DIAGNOSTICS_FILE = "diagnostics.parquet"
 WORST_CASE_FILE = "worst_case.parquet"
 META_ROWS = b"sweeper_rows_fingerprint"
 ADVERSARIAL_DIR = "adversarial"
+LEASE_FILE = ".lease.json"  # the running launch's lease (sweeper.lease)
 FRAGMENT_PREFIX = "part-"
 META_VERSION = b"sweeper_schema_version"
 META_LAUNCHES = b"sweeper_launches"  # JSON list of Launch records
@@ -90,7 +103,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("defense_params", pa.string(), "every parameter of the defense, as JSON"),
     ("defense_reg", pa.float64(),
      "the defense's regularizer, mean over the last training epoch (jr: 1/2 ||J||_F^2 "
-     "estimate, dq: sum ||W^T W - I||^2); null for other defenses"),
+     "estimate, jr_layer: sum over blocks of 1/2 ||J_k||_F^2, dq: sum ||Q^T Q - I||^2 over the quantized "
+     "kernels Q); null for other defenses"),
     ("eval_bits", pa.int32(),
      "dbwt: the bit width the shared weights were quantized at for this row (a configuration of its "
      "own); null: the preset's own width. flash_kb/ram_kb are the int8 .tflite's (the same at every "
@@ -100,7 +114,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("norm", pa.string(), "attack norm: inf, 1, 2 ('none' for the clean row)"),
     ("eps", pa.float64(), "budget under norm, on the row's scale; +inf means unbounded"),
     ("eps_label", pa.string(), "epsilon as written in the grid, e.g. 8/255 or unbounded"),
-    ("attack_params", pa.string(), "every parameter passed to ART, as JSON"),
+    ("attack_params", pa.string(),
+     "every parameter passed to ART, as JSON (a parameter added later is left out at its default: "
+     "the patch's placement random)"),
     ("source_job_id", pa.string(),
      "transfer attack: the job whose model crafted the examples (same dataset, fold, seed); null: white-box"),
     ("source_config_id", pa.string(), "transfer attack: the source's config_id (part of the point's key)"),
@@ -108,16 +124,50 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("source_quantizer", pa.string(), "transfer attack: the source's quantizer preset"),
     ("n_samples", pa.int32(), "number of attacked test samples"),
     ("clean_acc", pa.float64(), "accuracy on the attacked samples, unperturbed"),
-    ("adv_acc", pa.float64(), "accuracy on the same samples after the attack"),
+    ("adv_acc", pa.float64(),
+     "robust accuracy: share of the attacked samples classified correctly both unperturbed and after "
+     "the attack (the mean of adv_correct; denominator n_samples)"),
     ("attack_success_rate", pa.float64(),
-     "share of clean-correct samples the attack made wrong (NaN if none were correct)"),
+     "share of clean-correct samples the attack made wrong (denominator: the clean-correct samples; "
+     "NaN if none were); for the targeted patch any wrong class counts, its own score is target_rate"),
     ("transfer_rate", pa.float64(),
-     "transfer attack: share of the samples both models get right and whose example fools the source "
-     "that also fool this model (NaN if none)"),
+     "transfer attack: of the samples both models classify correctly unperturbed and whose example fools "
+     "the source (the denominator), the share whose example also fools this model (NaN if none)"),
+    ("target_rate", pa.float64(),
+     "targeted patch: of the target_n attacked samples classified correctly clean whose true class is not "
+     "the target, the share classified as the target with the patch on (NaN if target_n is 0); null: "
+     "not a patch, or eps 0"),
+    ("target_n", pa.int32(),
+     "targeted patch: target_rate's denominator, the attacked samples classified correctly clean whose "
+     "true class is not the target"),
+    ("control_target_rate", pa.float64(),
+     "targeted patch: the highest target rate (same denominator) of its controls, a uniform-random patch "
+     "and solid patches at the clip range's low and high ends, of the same size at the same places"),
+    ("control_adv_acc", pa.float64(),
+     "targeted patch: the lowest robust accuracy (as adv_acc: right unperturbed and with the control; "
+     "denominator n_samples) of the same controls"),
     ("test_acc", pa.float64(), "clean accuracy on the whole held-out fold"),
+    ("jacobian_fro", pa.float64(),
+     "per trained model, on its attacked samples in evaluation mode: root mean square over the samples of "
+     "the Frobenius norm of the input-to-logit Jacobian, sqrt(mean ||d logits / d x||_F^2), through the "
+     "straight-through estimators (the gradient attacks see), with the quantized weights (sweeper.jacobian)"),
+    ("jacobian_fro_se", pa.float64(),
+     "standard error of jacobian_fro from its random projections (0: exact, the logits' basis vectors)"),
+    ("jacobian_blocks", pa.list_(pa.string()),
+     "the model's blocks in order, named by their weight layers (a block runs from one activation every "
+     "path passes through to the next; the last ends at the logits)"),
+    ("jacobian_block_fro", pa.list_(pa.float64()),
+     "per block, as jacobian_fro: sqrt(mean ||d block output / d block input||_F^2) over the attacked samples"),
+    ("jacobian_block_se", pa.list_(pa.float64()),
+     "per block: standard error of jacobian_block_fro from its random projections (0: exact)"),
+    ("jacobian_projections", pa.int32(),
+     "projections per sample behind each jacobian_* estimate (random unit vectors, or the basis vectors "
+     "where an output has at most this many values)"),
     ("sample_index", pa.list_(pa.int64()), "per attacked sample: its index in the pooled dataset"),
     ("clean_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly, unperturbed"),
-    ("adv_correct", pa.list_(pa.bool_()), "per attacked sample: classified correctly after the attack"),
+    ("adv_correct", pa.list_(pa.bool_()),
+     "per attacked sample: robust, i.e. classified correctly both unperturbed and after the attack "
+     "(false wherever clean_correct is false, even if the example lands on the label)"),
     ("adv_pred", pa.list_(pa.int32()), "per attacked sample: the predicted class after the attack"),
     ("pert_linf", pa.list_(pa.float32()), "per attacked sample: L-inf norm of the perturbation used"),
     ("pert_l2", pa.list_(pa.float32()), "per attacked sample: L2 norm of the perturbation used"),
@@ -141,9 +191,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "seconds spent converting to TFLite (not when the .tflite came from the cache) and measuring the arena"),
     ("deployed_clean_acc", pa.float64(), "accuracy of the int8 .tflite on the attacked samples, unperturbed"),
     ("deployed_adv_acc", pa.float64(),
-     "accuracy of the int8 .tflite on this cell's adversarial examples (crafted on the QKeras model)"),
+     "robust accuracy of the int8 .tflite: share of the attacked samples it classifies correctly both "
+     "unperturbed and on this cell's adversarial example (crafted on the QKeras model); the mean of "
+     "deployed_adv_correct, denominator n_samples"),
     ("deployed_adv_correct", pa.list_(pa.bool_()),
-     "per attacked sample: the .tflite classifies this cell's adversarial example correctly"),
+     "per attacked sample: the .tflite classifies both the clean input and this cell's adversarial "
+     "example correctly (its own clean predictions, not the QKeras model's)"),
     ("mcu_targets", pa.list_(pa.string()), "MCU profiles the grid checks (fit is computed in SQL)"),
     ("model_cached", pa.bool_(), "the trained model was loaded from the cache, not trained"),
     ("train_s", pa.float64(), "seconds spent training this row's model (0 if cached)"),
@@ -281,11 +334,11 @@ class Location:
 
 
 def locate(results: str) -> Location:
+    if not results.strip():  # abspath("") is the working directory: never a store by accident
+        raise UserError("RESULTS: empty path; name the result store's folder")
     try:
         fs, path = pafs.FileSystem.from_uri(results)
     except (pa.ArrowInvalid, ValueError):
-        import os
-
         fs, path = pafs.LocalFileSystem(), os.path.abspath(results)
     return Location(fs, path.rstrip("/"), results)
 
@@ -330,15 +383,45 @@ def write_file(location: Location, relative: str, table: pa.Table) -> str:
 
 def put_bytes(location: Location, relative: str, data: bytes) -> str:
     """Write bytes to ``RESULTS/relative`` atomically (a unique staging name, then a
-    rename): two writers of one file never tear it, and a reader sees all of it or none."""
+    rename): two writers of one file never tear it, and a reader sees all of it or none.
+    A write that fails (a full disk) removes its staging file, and its error names the
+    file it was writing."""
     final = location.sub(relative)
     staging = location.sub(STAGING_DIR, f"{uuid.uuid4().hex[:8]}-{relative.rpartition('/')[2]}")
-    location.fs.create_dir(final.rpartition("/")[0], recursive=True)
-    location.fs.create_dir(location.sub(STAGING_DIR), recursive=True)
-    with location.fs.open_output_stream(staging) as stream:
-        stream.write(data)
-    location.fs.move(staging, final)
+    with naming(final):
+        location.fs.create_dir(final.rpartition("/")[0], recursive=True)
+        location.fs.create_dir(location.sub(STAGING_DIR), recursive=True)
+        try:
+            with location.fs.open_output_stream(staging) as stream:
+                stream.write(data)
+            location.fs.move(staging, final)
+        except BaseException:
+            _discard(location, staging)
+            raise
     return final
+
+
+def _discard(location: Location, path: str) -> None:
+    """Remove a staging file of ours that will never be renamed (it frees a full disk);
+    if even that fails, ``check`` lists it as a leftover."""
+    try:
+        if location.fs.get_file_info(path).type == pafs.FileType.File:
+            location.fs.delete_file(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def naming(path: str):
+    """An OSError raised inside names ``path``: pyarrow's errors name no file and a
+    temporary's name means nothing to the user, so a full disk or a read-only store is
+    reported with the file sweeper was writing."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, os.strerror(error.errno), path) from error
 
 
 def get_bytes(location: Location, relative: str) -> bytes | None:
@@ -413,12 +496,125 @@ class ReadResult:
     table: pa.Table
     damaged: tuple[str, ...]  # fragments that could not be read
     duplicates: int = 0  # rows dropped: their cell was already in an earlier fragment
-    foreign: tuple[str, ...] = ()  # Parquet files that are not sweeper's: never read, never touched
+    foreign: tuple[str, ...] = ()  # files that are not sweeper's: never read, never touched
     read: tuple[str, ...] = ()  # the sweeper fragments the table holds
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # damaged path -> what is wrong
 
 
 class ForeignFile(Exception):
-    """A readable Parquet file without sweeper's schema version in its footer."""
+    """A file among the fragments that is not sweeper's: not Parquet at all (its first
+    bytes are not Parquet's magic), or Parquet without sweeper's schema version in its
+    footer. Never read, moved or deleted; ``check`` lists it."""
+
+
+class DamagedFile(Exception):
+    """A Parquet file among the fragments that cannot be read as sweeper's rows: cut
+    short, or a footer sweeper never writes (a schema version that is not a number,
+    provenance that is not launch records, a column of the wrong type, no cell ids). The
+    message says why. Readers skip it, ``check`` reports it, compact and launch set it
+    aside (``set_aside``)."""
+
+
+PARQUET_MAGIC = b"PAR1"  # the first (and last) bytes of every Parquet file
+
+
+def _inspect(path: str, handle) -> tuple[pq.ParquetFile, "Fragment"]:
+    """Sort one open file out from its first bytes and its footer alone: the Fragment it
+    is (with the ParquetFile to read it from), or ForeignFile, or DamagedFile. The one
+    place that decides what a fragment is: every reader, ``check`` and compaction use it."""
+    if handle.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC:
+        raise ForeignFile(path)  # e.g. notes saved as part-notes.parquet: not ours to move
+    handle.seek(0)
+    try:
+        file = pq.ParquetFile(handle)
+        schema = file.schema_arrow
+    except (pa.ArrowException, OSError):
+        raise DamagedFile("unreadable Parquet footer (cut short?)") from None
+    metadata = schema.metadata or {}
+    if META_VERSION not in metadata:
+        raise ForeignFile(path)
+    version = _schema_version(metadata[META_VERSION])
+    launches = _parse_launches(metadata.get(META_LAUNCHES, b"[]"))
+    _check_columns(schema, version)
+    _check_cell_ids(file)
+    compaction = metadata.get(META_COMPACTION)
+    return file, Fragment(path, version, tuple(schema.names), file.metadata.num_rows,
+                          compaction.decode("utf-8", "replace") if compaction else None, launches)
+
+
+def _schema_version(raw: bytes) -> int:
+    text = raw.decode("utf-8", "replace")
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise DamagedFile(f"schema version {text!r} is not a positive integer")
+    return int(text)
+
+
+def _parse_launches(raw: bytes) -> tuple[dict[str, Any], ...]:
+    """The provenance records of a footer, checked field by field (``Launch``'s types):
+    a record the query's ``launches`` table cannot hold makes the file damaged."""
+    try:
+        records = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        raise DamagedFile("provenance (sweeper_launches) is not JSON") from None
+    if not isinstance(records, list) or not all(_is_launch(record) for record in records):
+        raise DamagedFile("provenance (sweeper_launches) is not a list of launch records")
+    return tuple(records)
+
+
+def _is_launch(record: Any) -> bool:
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("launch_id", "started_at")):
+        return False
+    texts = ("grid_name", "grid_file", "grid_sha256", "grid_text", "grid_resolved")
+    overrides, versions = record.get("overrides", []), record.get("versions", {})
+    return (all(isinstance(record.get(k, ""), str) for k in texts)
+            and isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
+            and isinstance(versions, dict))
+
+
+def _check_columns(schema: pa.Schema, version: int) -> None:
+    """Every column the current schema reads from this file has a type it casts to
+    losslessly in pyarrow and DuckDB alike; a fragment without string cell ids is no
+    fragment (compaction would fold its rows in as all-null cells)."""
+    present = {field.name: field.type for field in schema}
+    if "cell_id" not in present or not (pa.types.is_string(present["cell_id"])
+                                        or pa.types.is_large_string(present["cell_id"])):
+        raise DamagedFile("no cell_id column of strings")
+    renamed = _RENAMED if version < 3 else {}
+    gone = set(_CHANGED_MEANING) if version < 3 else set()
+    for field in SCHEMA:
+        source = renamed.get(field.name, field.name)
+        if field.name not in gone and source in present and not _compatible(present[source], field.type):
+            raise DamagedFile(f"column {source} is {present[source]}, not {field.type}")
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """``actual`` reads as ``expected`` without losing meaning: the same kind of value
+    (a narrower or wider integer, an integer as a float, any timestamp), or all nulls."""
+    types = pa.types
+    if actual == expected or types.is_null(actual):
+        return True
+    if types.is_dictionary(actual):
+        return _compatible(actual.value_type, expected)
+    if types.is_list(expected):
+        return (types.is_list(actual) or types.is_large_list(actual)) and _compatible(actual.value_type,
+                                                                                   expected.value_type)
+    kinds = [(types.is_string, lambda t: types.is_string(t) or types.is_large_string(t)),
+             (types.is_floating, lambda t: types.is_floating(t) or types.is_integer(t)),
+             (types.is_integer, types.is_integer), (types.is_timestamp, types.is_timestamp),
+             (types.is_boolean, types.is_boolean)]
+    return any(is_kind(expected) and accepts(actual) for is_kind, accepts in kinds)
+
+
+def _check_cell_ids(file: pq.ParquetFile) -> None:
+    """No null cell id, from the row groups' statistics (where the writer kept them; the
+    data is checked again when it is read)."""
+    metadata = file.metadata
+    columns = [j for j in range(metadata.num_columns) if metadata.schema.column(j).path == "cell_id"]
+    for group in range(metadata.num_row_groups):
+        for j in columns:
+            statistics = metadata.row_group(group).column(j).statistics
+            if statistics is not None and statistics.has_null_count and statistics.null_count:
+                raise DamagedFile("null cell_id")
 
 
 def _read_fragment(location: Location, path: str, columns: list[str] | None) -> pa.Table:
@@ -427,17 +623,22 @@ def _read_fragment(location: Location, path: str, columns: list[str] | None) -> 
     # Reading with the current schema fills columns an older fragment lacks with nulls
     # and leaves out the ones it no longer has.
     with location.fs.open_input_file(path) as handle:
-        file = pq.ParquetFile(handle)
-        if META_VERSION not in (file.schema_arrow.metadata or {}):
-            raise ForeignFile(path)
-        version = int(file.schema_arrow.metadata[META_VERSION])
-        present = set(file.schema_arrow.names)
-        renamed = _RENAMED if version < 3 else {}
+        file, fragment = _inspect(path, handle)
+        present = set(fragment.columns)
+        renamed = _RENAMED if fragment.version < 3 else {}
         wanted = [renamed.get(c, c) for c in (columns or SCHEMA.names)]
-        table = file.read(columns=[c for c in dict.fromkeys(wanted) if c in present])
+        try:
+            table = file.read(columns=[c for c in dict.fromkeys(wanted) if c in present])
+        except (pa.ArrowException, OSError):
+            raise DamagedFile("unreadable data (cut short?)") from None
+    if "cell_id" in table.column_names and table.column("cell_id").null_count:
+        raise DamagedFile("null cell_id")
     if renamed:
         table = _older_meanings(table, columns or SCHEMA.names)
-    return _conform(table, columns or SCHEMA.names)
+    try:
+        return _conform(table, columns or SCHEMA.names)
+    except pa.ArrowException as error:  # e.g. an integer that does not fit the schema's type
+        raise DamagedFile(f"values that do not fit the schema: {str(error).splitlines()[0]}") from None
 
 
 # Columns whose meaning changed in schema 3: read from older files under their new names
@@ -481,21 +682,23 @@ def read(location: Location, columns: list[str] | None = None) -> ReadResult:
 
 def read_fragments(location: Location, paths: list[str], columns: list[str] | None = None) -> ReadResult:
     wanted = None if columns is None else list(dict.fromkeys(["cell_id", *columns]))
-    tables, damaged, foreign, read_paths = [], [], [], []
+    tables, why, foreign, read_paths = [], {}, [], []
     for path in paths:
         try:
             tables.append(_read_fragment(location, path, wanted))
             read_paths.append(path)
         except ForeignFile:
             foreign.append(path)
+        except DamagedFile as error:
+            why[path] = str(error)
         except (pa.ArrowException, OSError):
-            damaged.append(path)
+            why[path] = "unreadable"
     schema = SCHEMA if wanted is None else pa.schema([SCHEMA.field(c) for c in wanted])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     table, dropped = _first_row_per_cell(table)
     if columns is not None:
         table = table.select(columns)
-    return ReadResult(table, tuple(damaged), dropped, tuple(foreign), tuple(read_paths))
+    return ReadResult(table, tuple(why), dropped, tuple(foreign), tuple(read_paths), why)
 
 
 def _first_row_per_cell(table: pa.Table) -> tuple[pa.Table, int]:
@@ -517,6 +720,7 @@ class Fragment:
     columns: tuple[str, ...]  # the columns it holds
     rows: int
     compaction: str | None = None  # the compaction that wrote it (META_COMPACTION), if one did
+    launches: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)  # its provenance
 
 
 @dataclass(frozen=True)
@@ -526,8 +730,9 @@ class Survey:
     stored twice counts (the earliest fragment, then the earliest row in it)."""
 
     fragments: tuple[Fragment, ...]
-    damaged: tuple[str, ...]  # the footer cannot be read (e.g. a torn file)
-    foreign: tuple[str, ...]  # no sweeper schema version in the footer: never read
+    damaged: tuple[str, ...]  # the footer cannot be read (e.g. a torn file) or is not one sweeper writes
+    foreign: tuple[str, ...]  # not Parquet, or no sweeper schema version in the footer: never read
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # damaged path -> what is wrong
 
     @property
     def fingerprint(self) -> str:
@@ -551,23 +756,19 @@ class Survey:
 
 def survey(location: Location, paths: list[str] | None = None) -> Survey:
     """Sort ``paths`` (default: every fragment) into readable, damaged and foreign by
-    reading their Parquet footers only."""
-    found, damaged, foreign = [], [], []
+    reading their first bytes and Parquet footers only (``_inspect``)."""
+    found, why, foreign = [], {}, []
     for path in fragments(location) if paths is None else paths:
         try:
             with location.fs.open_input_file(path) as handle:
-                metadata = pq.ParquetFile(handle).metadata
-                schema = metadata.schema.to_arrow_schema()
-        except (pa.ArrowException, OSError):
-            damaged.append(path)
-            continue
-        if META_VERSION not in (schema.metadata or {}):
+                found.append(_inspect(path, handle)[1])
+        except ForeignFile:
             foreign.append(path)
-            continue
-        compaction = schema.metadata.get(META_COMPACTION)
-        found.append(Fragment(path, int(schema.metadata[META_VERSION]), tuple(schema.names), metadata.num_rows,
-                              compaction.decode() if compaction else None))
-    return Survey(tuple(found), tuple(damaged), tuple(foreign))
+        except DamagedFile as error:
+            why[path] = str(error)
+        except (pa.ArrowException, OSError):
+            why[path] = "unreadable"
+    return Survey(tuple(found), tuple(why), tuple(foreign), why)
 
 
 def projection(fragment_columns: Iterable[str], version: int, columns: list[str] | None = None) -> list[str]:
@@ -603,24 +804,14 @@ def sql_type_of(dtype: pa.DataType) -> str:
     return _SQL_TYPES[dtype]
 
 
-def launches(location: Location) -> list[dict[str, Any]]:
-    """The provenance records of every readable fragment, oldest launch first."""
-    found: dict[str, dict[str, Any]] = {}
-    for path in fragments(location):
-        for record in _fragment_launches(location, path):
-            found.setdefault(record["launch_id"], record)
-    return sorted(found.values(), key=lambda record: record["started_at"])
-
-
-def _fragment_launches(location: Location, path: str) -> list[dict[str, Any]]:
-    try:
-        with location.fs.open_input_file(path) as handle:
-            metadata = pq.read_schema(handle).metadata or {}
-    except (pa.ArrowException, OSError):
-        return []
-    if META_VERSION not in metadata:
-        return []  # not a sweeper file
-    return json.loads(metadata.get(META_LAUNCHES, b"[]"))
+def launches(location: Location, found: Survey | None = None) -> list[dict[str, Any]]:
+    """The provenance records of every readable fragment (of ``found``, the caller's
+    survey, if it has one), oldest launch first."""
+    records: dict[str, dict[str, Any]] = {}
+    for fragment in (survey(location) if found is None else found).fragments:
+        for record in fragment.launches:
+            records.setdefault(record["launch_id"], record)
+    return sorted(records.values(), key=lambda record: record["started_at"])
 
 
 def done_cell_ids(location: Location) -> set[str]:
@@ -644,11 +835,12 @@ class CheckReport:
     rows: int
     damaged: tuple[str, ...]
     duplicates: dict[str, tuple[str, ...]]  # cell id -> the fragments holding it
-    temporaries: tuple[str, ...]  # leftovers of writes that never finished (harmless)
+    temporaries: tuple[str, ...]  # leftovers of writes that never finished (harmless; ``leftovers``)
     set_aside: tuple[str, ...]  # damaged fragments an earlier launch moved out of the way
-    foreign: tuple[str, ...] = ()  # Parquet files in rows/ that are not sweeper's (ignored)
+    foreign: tuple[str, ...] = ()  # files named like fragments that are not sweeper's (ignored)
     overfull: tuple[str, ...] = ()  # configuration points with more rows than folds
     mixed_models: tuple[str, ...] = ()  # jobs whose rows come from different trained weights
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # damaged path -> what is wrong
 
     @property
     def healthy(self) -> bool:
@@ -660,26 +852,38 @@ def check(location: Location) -> CheckReport:
     whether the rows still mean one thing each (a configuration point with more rows than
     folds, a job whose rows come from two different trained models)."""
     holders: dict[str, list[str]] = {}
-    damaged, foreign, rows = [], [], 0
     paths = fragments(location)
-    for path in paths:
+    found = survey(location, paths)
+    why, rows = dict(found.why), 0
+    for fragment in found.fragments:
         try:
-            cells = _read_fragment(location, path, ["cell_id"]).column("cell_id").to_pylist()
-        except ForeignFile:
-            foreign.append(path)
+            cells = _read_fragment(location, fragment.path, ["cell_id"]).column("cell_id").to_pylist()
+        except (ForeignFile, DamagedFile) as error:  # (foreign: replaced since the survey)
+            why[fragment.path] = str(error) if isinstance(error, DamagedFile) else "no longer a sweeper file"
             continue
         except (pa.ArrowException, OSError):
-            damaged.append(path)
+            why[fragment.path] = "unreadable"
             continue
         rows += len(cells)
         for cell in cells:
-            holders.setdefault(cell, []).append(path)
+            holders.setdefault(cell, []).append(fragment.path)
     duplicates = {cell: tuple(where) for cell, where in holders.items() if len(where) > 1}
-    table = read_fragments(location, [p for p in paths if p not in damaged and p not in foreign],
+    table = read_fragments(location, [f.path for f in found.fragments if f.path not in why],
                            [*CONFIG_COLUMNS, *POINT_COLUMNS, "fold", "job_id", "weights_sha256"]).table
-    return CheckReport(len(paths), rows, tuple(damaged), duplicates,
-                       tuple(_list(location, STAGING_DIR, "")), tuple(_list(location, DAMAGED_DIR, "")),
-                       tuple(foreign), _overfull(table), _mixed_models(table))
+    return CheckReport(len(paths), rows, tuple(p for p in paths if p in why), duplicates, leftovers(location),
+                       tuple(_list(location, DAMAGED_DIR, "")), found.foreign, _overfull(table),
+                       _mixed_models(table), why)
+
+
+def leftovers(location: Location) -> tuple[str, ...]:
+    """Files of writes that never finished (a crash, a full disk): staging files, under
+    RESULTS/.staging/ and the .staging/ of each folder (models/, adversarial/...), and
+    the lease's temporaries (.lease.json.*). Never read; safe to delete."""
+    found = _list(location, STAGING_DIR, "") + _list(location, None, f"{LEASE_FILE}.")
+    for info in location.fs.get_file_info(pafs.FileSelector(location.path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name != STAGING_DIR:
+            found += _list(location, f"{info.base_name}/{STAGING_DIR}", "")
+    return tuple(sorted(found))
 
 
 def _overfull(table: pa.Table) -> tuple[str, ...]:
@@ -703,9 +907,10 @@ def set_aside(location: Location, damaged: Iterable[str]) -> list[str]:
     recomputed); the bytes are kept for inspection, never deleted."""
     moved = []
     for path in damaged:
-        location.fs.create_dir(location.sub(DAMAGED_DIR), recursive=True)
         target = location.sub(DAMAGED_DIR, path.rpartition("/")[2])
-        location.fs.move(path, target)
+        with naming(target):
+            location.fs.create_dir(location.sub(DAMAGED_DIR), recursive=True)
+            location.fs.move(path, target)
         moved.append(target)
     return moved
 
@@ -719,6 +924,7 @@ class CompactReport:
     table: pa.Table = field(repr=False)  # every row now in the store, one per cell
     duplicates: int = 0  # rows dropped: their cell was stored twice
     damaged: tuple[str, ...] = ()  # set aside, as a launch would
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # damaged path -> what is wrong
 
     @property
     def rows(self) -> int:
@@ -743,15 +949,15 @@ def compact(location: Location, max_rows_per_file: int = 1_000_000) -> CompactRe
         return CompactReport(len(paths), len(merged.read), merged.table)
     set_aside(location, merged.damaged)
     table = merged.table.sort_by(SORT_KEYS)
-    records = [record for path in merged.read for record in _fragment_launches(location, path)]
-    launches_by_id = {record["launch_id"]: record for record in records}
-    metadata = {**_schema_with(launches_by_id.values()).metadata, META_COMPACTION: uuid.uuid4().hex.encode()}
+    records = launches(location, survey(location, list(merged.read)))
+    metadata = {**_schema_with(records).metadata, META_COMPACTION: uuid.uuid4().hex.encode()}
     table = table.replace_schema_metadata(metadata)
     written = [_write_table(location, table.slice(start, max_rows_per_file), "compacted")
                for start in range(0, table.num_rows, max_rows_per_file)]
     for path in merged.read:  # foreign files are not ours to delete
-        location.fs.delete_file(path)
-    return CompactReport(len(paths), len(written), table, merged.duplicates, merged.damaged)
+        with naming(path):
+            location.fs.delete_file(path)
+    return CompactReport(len(paths), len(written), table, merged.duplicates, merged.damaged, merged.why)
 
 
 def _one_compaction(location: Location, paths: list[str]) -> bool:

@@ -29,14 +29,14 @@ from typing import Any
 
 from ray import tune
 from rich.console import Console
-from rich.markup import escape
 
 from sweeper import WORKER_ENV, cost, placement, store
 from sweeper.datasets import load_all
-from sweeper.errors import UserError
+from sweeper.errors import UserError, storage_error
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.lease import Lease
-from sweeper.progress import CellProgress
+from sweeper.progress import CellProgress, styled
+from sweeper.progress import console as literal_console
 from sweeper.trial import CHECKPOINT_FILE, JobContext, run_job
 
 
@@ -48,6 +48,7 @@ class LaunchReport:
     trainings: int = 0  # models trained (not loaded from the cache) in this launch
     failed_jobs: list[str] = field(default_factory=list)  # one line per failed job
     damaged_fragments: tuple[str, ...] = ()
+    why: dict[str, str] = field(default_factory=dict)  # damaged fragment -> what is wrong with it
 
     @property
     def complete(self) -> bool:
@@ -105,13 +106,13 @@ def launch(plan: Plan, results: str, *, address: str | None = None, verbose: boo
 
 
 def _launch(plan, results, address, verbose, console, provenance) -> LaunchReport:
-    console = console or Console(stderr=True)
+    console = console or literal_console(stderr=True)
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
     done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
     # Damaged fragments are set aside so their cells are recomputed, and reported.
     store.set_aside(location, existing.damaged)
-    report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged)
+    report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged, why=existing.why)
     first, second, rerun = waves(plan, done, store.file_names(location, store.ADVERSARIAL_DIR))
     if not first and not second:
         if done:
@@ -132,6 +133,8 @@ def _launch(plan, results, address, verbose, console, provenance) -> LaunchRepor
             if work:
                 results = _tuner(plan, work, data, context, location, rows, verbose, wave).fit()
                 report.failed_jobs += [_failure_line(result, work) for result in results if result.error]
+            if rows.fault is not None:  # the store took no more rows: stop, and say where (cli)
+                raise rows.fault
     report.computed, report.trainings = rows.written, rows.trainings
     finish(location)
     return report
@@ -204,8 +207,7 @@ def check_resources(resources, *, local: bool, console: Console | None = None) -
     if local:
         raise UserError(missing + " (sweeper's local Ray cluster; use --address for a cluster that has them)")
     if console is not None:
-        console.print(f"[yellow]warning:[/yellow] {escape(missing)}; the sweep waits for one to join "
-                      "(Ctrl-C to stop)", highlight=False)
+        console.print(styled("warning:", "yellow", f"{missing}; the sweep waits for one to join (Ctrl-C to stop)"))
 
 
 def missing_resource(nodes: list[dict], cpus: float, gpus: float) -> str | None:
@@ -271,7 +273,7 @@ def _tuner(plan, work, data, context, location, rows, verbose, wave: int = 1):
             storage_path=f"{location.path}/_tune", storage_filesystem=location.fs,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[rows], verbose=2 if verbose else 0),
+            callbacks=[rows], stop=_StopOnFault(rows), verbose=2 if verbose else 0),
     )
 
 
@@ -282,9 +284,17 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
     placement.configure(placement.current())
     job, cells = work[config["job_index"]]
     node = ray.get_runtime_context().get_node_id()
-    run_job(job, cells, ray.get(data[job.dataset_key]), context,
-            report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}),
-            hooks=_TuneCheckpoints())
+    try:
+        run_job(job, cells, ray.get(data[job.dataset_key]), context,
+                report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}),
+                hooks=_TuneCheckpoints())
+    except OSError as error:
+        fault = storage_error(error)
+        if fault is None:
+            raise
+        # A full or read-only store fails every retry the same way: instead of failing the
+        # trial (Tune would train it again), tell the driver, which stops the sweep.
+        tune.report({STORAGE_FAULT: json.dumps([fault.errno, fault.filename])})
 
 
 class _TuneCheckpoints:
@@ -322,6 +332,19 @@ class _TuneCheckpoints:
             tune.report({"checkpoint_epoch": -1}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+class _StopOnFault(tune.Stopper):
+    """Ends the sweep once the store refused a write (``_StoreRows.fault``)."""
+
+    def __init__(self, rows: _StoreRows):
+        self.rows = rows
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.rows.fault is not None
+
+    def stop_all(self) -> bool:
+        return self.rows.fault is not None
+
+
 def _failure_line(result, work) -> str:
     job, _ = work[result.config["job_index"]]
     return f"{job.dataset}/{job.model}/{job.quantizer}/fold {job.fold}: {error_summary(result.error)}"
@@ -338,8 +361,13 @@ def error_summary(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
 
 
+STORAGE_FAULT = "storage_fault"  # a trial's report that the store refused a write: [errno, file]
+
+
 class _StoreRows(tune.Callback):
-    """Driver side: collect each trial's rows, write them when the trial ends."""
+    """Driver side: collect each trial's rows, write them when the trial ends. A write the
+    store refuses (a full disk, a read-only store), here or in a worker, is kept as
+    ``fault``: ``_StopOnFault`` stops the sweep, and the launch raises it."""
 
     def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch,
                  skip: set[str] = frozenset()):
@@ -349,6 +377,7 @@ class _StoreRows(tune.Callback):
         # cells recomputed only for their examples), whose rows are never written again
         self.stored: set[str] = set(skip)
         self.written = self.trainings = 0
+        self.fault: OSError | None = None
 
     def __getstate__(self):
         # Tune pickles its callbacks into the experiment state; a live progress display
@@ -356,6 +385,10 @@ class _StoreRows(tune.Callback):
         return {**self.__dict__, "progress": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if STORAGE_FAULT in result:  # a worker's write to the store failed (_trainable)
+            code, filename = json.loads(result[STORAGE_FAULT])
+            self.fault = self.fault or OSError(code, os.strerror(code), filename)
+            return
         if "row" not in result:
             return  # a training checkpoint, not a result row
         row = json.loads(result["row"])
@@ -377,10 +410,19 @@ class _StoreRows(tune.Callback):
         self._flush(trial)
 
     def _flush(self, trial) -> None:
-        rows = list(self.pending.pop(trial.trial_id, {}).values())
+        rows = list(self.pending.get(trial.trial_id, {}).values())
         if not rows:
             return
-        store.write_rows(self.location, rows, tag=rows[0]["job_id"], launch=self.provenance)
+        try:  # also after a fault: rows computed are kept if the store still takes them
+            store.write_rows(self.location, rows, tag=rows[0]["job_id"], launch=self.provenance)
+        except OSError as error:
+            if storage_error(error) is None:
+                raise
+            # Raised here, Tune would count it against the trial and retry it: the model
+            # trained again, to fail at the same write. Stop instead; a rerun resumes.
+            self.fault = self.fault or error
+            return
+        self.pending.pop(trial.trial_id)
         self.stored.update(row["cell_id"] for row in rows)
         self.written += len(rows)
         self.trainings += int(not rows[0]["model_cached"])

@@ -16,6 +16,15 @@ checks that it holds this job's samples, and costs a forward pass of the target.
 
 Bit widths: a dbwt job's cells with ``eval_bits`` run last, per width, with the same
 weights quantized at that width (``_evaluate_at_width``).
+
+Controls: a cell of an attack with controls (the patch) also classifies them, made on the
+same samples with the same seed, so at the same places (``_control_predictions``), and its
+row carries ``target_rate`` beside the controls' numbers (``_target_columns``). A transfer
+cell's controls are its source's: placed with the source job's seed on the samples the
+source attacked.
+Jacobians: every row of a job carries the model's input-to-logit and per-block Jacobian
+norms on the job's attacked samples (``sweeper.jacobian.measure``, the ``jacobian_*``
+columns), projections drawn from the job's seed, so a cached model gives the same ones.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from sweeper import datasets, store
+from sweeper import datasets, jacobian, store
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.expand import CLEAN, Cell, TrainingJob
 from sweeper.grid import Train
@@ -68,14 +77,15 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     model, trained, train_s, resumed, defense_reg = _trained_model(job, data, train_idx, context.model_cache,
                                                                    checkpoints)
     deployed = _deployed(job, model, data.x[train_idx], context.model_cache)
-    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
-            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
-            **_defense_columns(job, defense_reg)}
     subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
     x, y = data.x[subset], data.y[subset]
     samples = _Samples(subset, x, y, _predict(model, x), _deployed_predict(deployed, x))
+    base = {**_job_columns(job, context, data, model, test_idx, trained, train_s),
+            **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
+            **_defense_columns(job, defense_reg), **jacobian.measure(model, x, _job_seed(job))}
     own = [cell for cell in cells if cell.eval_bits is None]
-    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.source is None for c in own) else None
+    classifier = _classifier(model, data) if any(c.attack != CLEAN and (c.source is None or _has_controls(c))
+                                                 for c in own) else None
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
     for group in _attack_groups([cell for cell in own if cell.source is None]):
@@ -83,7 +93,8 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
                                        training_images):
             report({**base, **_cell_columns(cell), **columns})
     for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
-        report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial)})
+        report({**base, **_cell_columns(cell), **_transfer(cell, model, deployed, samples, context.adversarial,
+                                                           classifier)})
     widths = sorted({cell.eval_bits for cell in cells} - {None})
     for width in widths:
         at_width = [cell for cell in cells if cell.eval_bits == width]
@@ -98,7 +109,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
     """(cell, columns) for a dbwt job's cells at another bit width: the same weights
     quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
     The columns that describe the model change with it (configuration, test accuracy,
-    packed footprint); the .tflite is the preset's, so nothing is deployed here."""
+    packed footprint, Jacobians); the .tflite is the preset's, so nothing is deployed here."""
     from sweeper import footprint
     from sweeper.defenses.bit_width import at_bit_width
 
@@ -110,6 +121,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
             "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
             "flash_packed_kb": footprint.flash_kb(model),
             "ram_packed_kb": footprint.peak_activation_bits(model, fused=True) / footprint.BITS_PER_KB,
+            **jacobian.measure(model, samples.x, _job_seed(job)),
         }
         for group in _attack_groups(cells):
             for cell, outcome in _evaluate(group, model, None, classifier, at, _job_seed(job),
@@ -132,10 +144,24 @@ class _Samples:
         return self.clean_pred == self.y
 
 
+def robust(clean_ok: np.ndarray, adv_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample: robust in a cell, i.e. the model classifies both the clean input and
+    the cell's example correctly. The one definition every row's ``adv_correct`` (and the
+    deployed build's, with its own clean predictions) uses: a sample the model gets wrong
+    unperturbed is never robust, even where an example not crafted against it (transfer,
+    another model's patch) happens to land on its label."""
+    return clean_ok & (adv_pred == y)
+
+
 # ---------------------------------------------------------------- training
 
 def _job_seed(job: TrainingJob) -> int:
-    return int(job.job_id[:8], 16) % (2**31 - 1)
+    return _seed_of(job.job_id)
+
+
+def _seed_of(job_id: str) -> int:
+    """The seed a job's training and attacks draw from (a transfer cell's controls: its source's)."""
+    return int(job_id[:8], 16) % (2**31 - 1)
 
 
 def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpoints: Checkpoints):
@@ -559,11 +585,12 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
     deployed_adv = samples.deployed_clean_pred if first.attack == CLEAN else _deployed_predict(deployed, x_adv)
     norms = _perturbation_norms(samples.x, x_adv)
+    controls = _control_predictions(first, model, classifier, samples, samples.clean_ok, seed)
     for cell in group:
         within, pred, columns = _within_budget(cell, samples, norms, adv_pred, deployed_adv)
         if keep is not None and cell.keeps_arrays:
             keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred)
-        yield cell, {**columns, "attack_s": attack_s}
+        yield cell, {**columns, **_target_columns(cell, samples, pred, controls), "attack_s": attack_s}
 
 
 def _within_budget(cell: Cell, samples: _Samples, norms: dict[str, np.ndarray], adv_pred: np.ndarray,
@@ -597,11 +624,60 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
     return x_adv
 
 
+def _has_controls(cell: Cell) -> bool:
+    from sweeper import attacks
+
+    return cell.attack != CLEAN and attacks.ATTACKS.get(cell.attack).controls is not None
+
+
+def _control_predictions(cell: Cell, model, classifier, samples: _Samples, attacked: np.ndarray,
+                         seed: int) -> list[np.ndarray] | None:
+    """The model's predictions on each of the cell's controls (``attacks.controls``: the
+    patch's random and solid patches), pasted where the attack pasted, on the samples it
+    perturbed (``attacked``; the others stay clean, as in its examples) with its seed.
+    Forward passes only. None for an attack without controls and at eps 0."""
+    from sweeper import attacks
+
+    if not _has_controls(cell) or cell.eps == 0:
+        return None
+    if not attacked.any():  # nothing was perturbed: each control is the clean input
+        return [samples.clean_pred]
+    made = attacks.controls(cell.attack, classifier, samples.x[attacked], cell.eps, cell.norm, dict(cell.params),
+                            seed)
+    predictions = []
+    for x_control in made.values():
+        x_all = samples.x.copy()
+        x_all[attacked] = x_control
+        predictions.append(_predict(model, x_all))
+    return predictions
+
+
+TARGET_COLUMNS = ("target_rate", "target_n", "control_target_rate", "control_adv_acc")
+
+
+def _target_columns(cell: Cell, samples: _Samples, pred: np.ndarray,
+                    controls: list[np.ndarray] | None) -> dict[str, Any]:
+    """A targeted attack with controls (the patch) scored against them (store.COLUMNS):
+    its target rate and denominator, the highest target rate and the lowest (robust, as
+    adv_acc's) accuracy of its controls. Null for every other row."""
+    if controls is None:
+        return dict.fromkeys(TARGET_COLUMNS)
+    from sweeper.attacks import target_rate
+
+    target = dict(cell.params)["target"]
+    rate, n = target_rate(samples.y, samples.clean_pred, pred, target)
+    rates = [target_rate(samples.y, samples.clean_pred, p, target)[0] for p in controls]
+    return {"target_rate": rate, "target_n": n,
+            "control_target_rate": float("nan") if n == 0 else max(rates),
+            "control_adv_acc": min(float(np.mean(robust(samples.clean_ok, p, samples.y))) for p in controls)}
+
+
 def _deployed_columns(samples: _Samples, deployed_pred: np.ndarray | None) -> dict[str, Any]:
     if deployed_pred is None:
         return {"deployed_clean_acc": None, "deployed_adv_acc": None, "deployed_adv_correct": None}
-    ok = deployed_pred == samples.y
-    return {"deployed_clean_acc": float(np.mean(samples.deployed_clean_pred == samples.y)),
+    clean_ok = samples.deployed_clean_pred == samples.y  # the .tflite's own, not the QKeras model's
+    ok = robust(clean_ok, deployed_pred, samples.y)
+    return {"deployed_clean_acc": float(clean_ok.mean()),
             "deployed_adv_acc": float(ok.mean()), "deployed_adv_correct": ok.tolist()}
 
 
@@ -612,7 +688,8 @@ def _perturbation_norms(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarra
 
 
 def _outcome_columns(samples: _Samples, adv_pred: np.ndarray, norms: dict[str, np.ndarray]) -> dict[str, Any]:
-    clean_ok, adv_ok = samples.clean_ok, adv_pred == samples.y
+    clean_ok = samples.clean_ok
+    adv_ok = robust(clean_ok, adv_pred, samples.y)
     broken = np.sum(clean_ok & ~adv_ok)
     return {
         "n_samples": int(len(samples.y)), "clean_acc": float(clean_ok.mean()),
@@ -641,14 +718,15 @@ def _keeper(folder: str, samples: _Samples):
 
     def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray) -> None:
         store.put_arrays(location, f"{cell.cell_id}.npz", sample_index=samples.index, x_adv=x_used,
-                         clean_correct=samples.clean_ok, adv_correct=pred == samples.y)
+                         clean_correct=samples.clean_ok, adv_correct=robust(samples.clean_ok, pred, samples.y))
 
     return keep
 
 
-def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None) -> dict[str, Any]:
+def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None, classifier=None) -> dict[str, Any]:
     """A transfer cell's columns: the target (this job's model and its .tflite) on its
-    source cell's stored examples, a forward pass each, and the transfer rate."""
+    source cell's stored examples, a forward pass each, and the transfer rate; for an
+    attack with controls, the target on the source's controls (same samples and places)."""
     started = time.perf_counter()
     source = _source_arrays(cell, samples, folder)
     x_adv = source["x_adv"]
@@ -658,8 +736,12 @@ def _transfer(cell: Cell, model, deployed, samples: _Samples, folder: str | None
     # row never counts an example outside eps.
     _, pred, columns = _within_budget(cell, samples, _perturbation_norms(samples.x, x_adv), adv_pred,
                                       _deployed_predict(deployed, x_adv))
-    rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok, pred == samples.y)
-    return {**columns, "attack_s": attack_s, "transfer_rate": rate}
+    rate = transfer_rate(source["clean_correct"], source["adv_correct"], samples.clean_ok,
+                         robust(samples.clean_ok, pred, samples.y))
+    controls = _control_predictions(cell, model, classifier, samples, source["clean_correct"].astype(bool),
+                                    _seed_of(cell.source.job_id)) if _has_controls(cell) else None
+    return {**columns, **_target_columns(cell, samples, pred, controls), "attack_s": attack_s,
+            "transfer_rate": rate}
 
 
 def transfer_rate(source_clean: np.ndarray, source_adv: np.ndarray, target_clean: np.ndarray,

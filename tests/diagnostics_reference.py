@@ -22,6 +22,7 @@ from sweeper.diagnostics import (
     CONFIG_COLUMNS,
     FAR_ABOVE_CHANCE,
     MIN_MARGIN,
+    PATCH_SENTENCE,
     SCHEMA,
     _TEXTS,
     Point,
@@ -143,7 +144,22 @@ def _pool(config: tuple, point: tuple, rows: list[int], scalars: dict, samples: 
     return Point(config, *point, n_classes=scalars["n_classes"][first_row],
                  n_features=scalars["n_features"][first_row],
                  input_range=max(ranges) if len(ranges) == len(rows) else None,
-                 keys=keys, clean=samples["clean_correct"][chosen], adv=samples["adv_correct"][chosen])
+                 keys=keys, clean=samples["clean_correct"][chosen], adv=samples["adv_correct"][chosen],
+                 **_targets(point[0], rows, scalars))
+
+
+def _targets(attack: str, rows: list[int], scalars: dict) -> dict[str, int]:
+    """P's counts: per fold, its earliest row with a defined target rate; summed."""
+    if ATTACKS.get(attack).controls is None:
+        return {}
+    per_fold: dict = {}
+    for r in rows:  # in table order: the first of a fold is its earliest
+        n, rate, control = (scalars[c][r] for c in ("target_n", "target_rate", "control_target_rate"))
+        if n is not None and n > 0 and rate is not None and control is not None and rate == rate \
+                and control == control:
+            per_fold.setdefault(scalars["fold"][r], (n, round(rate * n), round(control * n)))
+    return {"target_n": sum(v[0] for v in per_fold.values()), "target_hits": sum(v[1] for v in per_fold.values()),
+            "control_hits": sum(v[2] for v in per_fold.values())}
 
 
 # ---------------------------------------------------------------- checks
@@ -152,7 +168,7 @@ def _checks(points: list[Point]) -> list[dict]:
     # Each check is its own family: its p-values are Holm-adjusted together.
     families = [_single_step(points), _black_box(points), _rising(points), _above_clean(points),
                 _large_eps(points)]
-    return [flag for family in families for flag in _decide(family)]
+    return [flag for family in families for flag in _decide(family)] + _patches(points)
 
 
 def _decide(family: list[dict]) -> list[dict]:
@@ -166,6 +182,21 @@ def _decide(family: list[dict]) -> list[dict]:
         out.append({**flag, "p_adjusted": float(p_adjusted), "fired": fired,
                     "detail": f"{flag['detail']} (p = {flag['p_value']:.2g}, Holm {p_adjusted:.2g})"})
     return out
+
+
+def _patches(points: list[Point]) -> list[dict]:
+    """P: fires unless the patch is shown to beat its controls; judged alone, no Holm."""
+    flags = []
+    for point in (p for p in points if p.target_n > 0):
+        n = point.target_n
+        value, reference = point.target_hits / n, point.control_hits / n
+        p_value = binomial_p(point.target_hits, n, reference)
+        shown = p_value < ALPHA and value - reference >= MIN_MARGIN - 1e-12
+        flag = _flag("patch_not_above_control", point, value, reference, "control", p_value, n, 0.0,
+                     PATCH_SENTENCE.format(point=point.name, value=value, n=n, ref=reference, p=p_value))
+        del flag["effect"], flag["minimum"]
+        flags.append({**flag, "p_adjusted": p_value, "fired": not shown})
+    return flags
 
 
 def _flag(check: str, point: Point, value: float, reference: float, reference_label: str, p_value: float,

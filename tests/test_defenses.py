@@ -22,7 +22,8 @@ SEED = 3
 # ---------------------------------------------------------------- registry (no TensorFlow)
 
 def test_unknown_names_and_parameters_are_one_line_errors():
-    with pytest.raises(UserError, match=r"^unknown defense 'jrr'; available: none, jr, dq, fgsm_at, pgd_at, dbwt$"):
+    with pytest.raises(UserError, match=r"^unknown defense 'jrr'; available: none, jr, jr_layer, dq, fgsm_at, pgd_at, "
+                                        r"dbwt$"):
         defenses.resolve("jrr")
     with pytest.raises(UserError, match=r"^defense 'jr': unknown parameter 'lamda'; accepted: lambda, projections$"):
         defenses.resolve("jr", {"lamda": 0.1})
@@ -37,8 +38,27 @@ def test_unknown_names_and_parameters_are_one_line_errors():
 
 def test_defaults_fill_in_and_budgets_may_be_fractions():
     assert defenses.resolve("none") == {}
+    assert defenses.resolve("jr_layer") == {"lambda": 0.001, "projections": 1}
     assert defenses.resolve("pgd_at", {"eps": "16/255"}) == {"eps": 16 / 255, "steps": 7, "step": 0.25}
     assert defenses.resolve("dbwt") == {"bits": [8, 4, 2], "period": 1}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"lambda": 0}, r"defense 'jr_layer': lambda must be a number in \(0, 1e\+06\]"),
+    ({"lambda": "a lot"}, r"defense 'jr_layer': lambda must be a number"),
+    ({"projections": 0}, r"defense 'jr_layer': projections must be a whole number in 1\.\.64, got 0$"),
+    ({"lamda": 0.1}, r"defense 'jr_layer': unknown parameter 'lamda'; accepted: lambda, projections$"),
+])
+def test_jr_layer_parameters_are_checked_when_the_grid_loads(tmp_path, tiny_grid, params, message):
+    from sweeper import grid
+    from tests.conftest import write_grid
+
+    path = write_grid(tmp_path, {**tiny_grid, "defenses": ["none", {"name": "jr_layer", "params": params}]})
+    with pytest.raises(UserError, match=message):
+        grid.load(path)
+    tiny_grid["defenses"] = ["none", {"name": "jr_layer", "params": {"lambda": "1/100"}}]
+    loaded = grid.load(write_grid(tmp_path, tiny_grid))
+    assert loaded.defenses[1].resolved_params() == {"lambda": 0.01, "projections": 1}
 
 
 def test_dbwt_refuses_a_preset_without_bit_widths():
@@ -58,7 +78,7 @@ def _split():
     return digits, train_idx, test_idx
 
 
-def _model():
+def _model(preset: str = PRESET):
     import tensorflow as tf
 
     from sweeper import models
@@ -66,18 +86,19 @@ def _model():
 
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(7)
-    return models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get(PRESET))
+    return models.build("small_cnn", (8, 8, 1), 10, QUANTIZERS.get(preset))
 
 
-def _trained(name: str | None, params: dict | None = None, settings: Train = SETTINGS, **kwargs):
+def _trained(name: str | None, params: dict | None = None, settings: Train = SETTINGS, preset: str = PRESET,
+             **kwargs):
     """(model, defense) trained on the training fold; name None: no defense argument."""
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import train
 
     digits, train_idx, _ = _split()
-    model = _model()
+    model = _model(preset)
     defense = None if name is None else defenses.build(name, params, clip_values=digits.clip_values,
-                                                       preset=QUANTIZERS.get(PRESET))
+                                                       preset=QUANTIZERS.get(preset))
     train(model, settings, digits.x[train_idx], digits.y[train_idx], 10, SEED, defense=defense, **kwargs)
     return model, defense
 
@@ -126,15 +147,118 @@ def test_jr_lowers_the_jacobian_penalty_against_its_undefended_twin():
     assert 0 < defense.summary["jr"] < undefended / 2  # the last epoch's mean, for the row
 
 
+def _deployed_gram(model) -> float:
+    """sum ||Q^T Q - I||^2 computed apart from the defense: numpy on the weights the
+    deployed build stores (deploy.plain.quantized_weights), Gram on the smaller side."""
+    from sweeper.deploy.plain import quantized_weights
+
+    total = 0.0
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            kernel = quantized_weights(layer)[0]
+            matrix = kernel.reshape(-1, kernel.shape[-1])
+            gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+            total += float(np.sum((gram - np.eye(len(gram))) ** 2))
+    return total
+
+
+def test_dq_penalises_the_kernels_the_layers_multiply_with():
+    import tensorflow as tf
+    from qkeras import QDepthwiseConv2D
+
+@pytest.mark.slow
+def test_jr_layer_lowers_the_hidden_blocks_jacobians_against_its_undefended_twin():
+    """The intended effect, measured as the rows measure it (evaluation mode, the
+    straight-through Jacobian): both conv blocks' norms at most 0.7x the twin's (measured:
+    16.7 and 13.3 against 34.6 and 26.1), and the penalty it trains on below half the
+    twin's. The dense block (10 outputs, the smallest term of the sum) barely moves."""
+    import tensorflow as tf
+
+    from sweeper import jacobian
+    from sweeper.defenses.regularizers import layer_jacobian_penalty
+
+    model, defense = _trained("jr_layer")
+    x, y = _held_out()
+    defended, undefended = jacobian.measure(model, x[:100], seed=1), jacobian.measure(_twin(), x[:100], seed=1)
+    for block in (0, 1):
+        assert defended["jacobian_block_fro"][block] < 0.7 * undefended["jacobian_block_fro"][block], \
+            (defended["jacobian_block_fro"], undefended["jacobian_block_fro"])
+    key = tf.constant([5, 6], tf.int64)  # the same projections for both models
+    penalty = lambda m: float(layer_jacobian_penalty(jacobian.block_model(m), x, key, 4)[1])  # noqa: E731
+    assert penalty(model) < penalty(_twin()) / 2, (penalty(model), penalty(_twin()))
+    assert 0 < defense.summary["jr_layer"]  # the last epoch's mean, for the row
+    accuracy = lambda m: float(np.mean(np.argmax(m.predict(x, verbose=0), axis=1) == y))  # noqa: E731
+    assert accuracy(model) > accuracy(_twin()) - 0.15  # measured: 0.87 against 0.97 after 4 epochs
+
+
 @pytest.mark.slow
 def test_dq_brings_the_kernels_closer_to_orthonormal():
     from sweeper.defenses.regularizers import kernel_matrices, lipschitz_penalty
 
-    model, defense = _trained("dq")
-    assert len(kernel_matrices(model)) == 3  # two convs and the dense layer
-    defended, undefended = float(lipschitz_penalty(model)), float(lipschitz_penalty(_twin()))
-    assert defended < undefended / 10, (defended, undefended)  # measured: 3.9 against 908
+    # ternary: the latent kernels are floats, the layers multiply with -1, 0, 1
+    model = _model("ternary")
+    assert [tuple(m.shape) for m in kernel_matrices(model)] == [(1, 9, 16), (1, 144, 32), (1, 512, 10)]
+    assert float(lipschitz_penalty(model)) == pytest.approx(_deployed_gram(model), rel=1e-6)
+    with tf.GradientTape() as tape:
+        penalty = lipschitz_penalty(model)
+    kernels = [v for v in model.trainable_variables if "kernel" in v.name]
+    # straight-through: the gradient reaches every latent kernel
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in tape.gradient(penalty, kernels))
+    # a depthwise kernel is one operator per channel: three channels whose 3x3 filters are
+    # each the same unit vector are each orthonormal (a (9, 3) matrix would not be)
+    inputs = tf.keras.Input((4, 4, 3))
+    depthwise = tf.keras.Model(inputs, QDepthwiseConv2D(3, use_bias=False)(inputs))
+    unit = np.zeros((3, 3, 3, 1), np.float32)
+    unit[0, 0] = 1.0
+    depthwise.layers[-1].depthwise_kernel.assign(unit)
+    assert [tuple(m.shape) for m in kernel_matrices(depthwise)] == [(3, 9, 1)]
+    assert float(lipschitz_penalty(depthwise)) == 0.0
+
+
+@functools.cache
+def _dq_and_twin(preset: str):
+    """(model trained with dq, its defense, the undefended twin): same batches, same start."""
+    model, defense = _trained("dq", preset=preset)
+    return model, defense, _trained(None, preset=preset)[0]
+
+
+def _test_accuracy(model) -> float:
+    x, y = _held_out()
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, lowered", [("ternary", 5), ("int4", 1.5)])
+def test_dq_lowers_the_quantized_networks_gram_and_keeps_clean_accuracy(preset, lowered):
+    model, defense, twin = _dq_and_twin(preset)
+    defended, undefended = _deployed_gram(model), _deployed_gram(twin)
+    # measured: ternary 15,496 against 244,889; int4 620 against 1,262
+    assert defended < undefended / lowered, (defended, undefended)
+    # measured: ternary 0.855 against 0.878, int4 0.970 against 0.973
+    assert _test_accuracy(model) > _test_accuracy(twin) - 0.05
     assert defense.summary["dq"] > 0
+    # every class still reads some feature: the quantized last layer has a non-zero
+    # weight in every column (penalising the latent weights emptied ternary's)
+    dense = [layer for layer in model.layers if hasattr(layer, "kernel")][-1]
+    from sweeper.deploy.plain import quantized_weights
+
+    assert (quantized_weights(dense)[0] != 0).any(axis=0).all()
+
+
+def test_dq_refuses_binary_weights_whose_norm_is_fixed():
+    from sweeper.quantizers import QUANTIZERS
+
+    with pytest.raises(UserError, match=r"^defense 'dq' needs kernels whose norms training can change; 'binary'"):
+        defenses.build("dq", preset=QUANTIZERS.get("binary"))
+    assert defenses.build("dq", preset=QUANTIZERS.get("sbinary")) is not None  # its scale adapts
+    from sweeper import grid
+
+    raw = {"name": "g", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp", "binary"],
+           "defenses": ["none", "dq"]}
+    with pytest.raises(UserError, match=r"^grid: defenses: defense 'dq' needs .*; limit it with quantizers"):
+        grid.validate(raw)
+    raw["defenses"][1] = {"name": "dq", "quantizers": ["fp"]}
+    assert grid.validate(raw).defenses[1].quantizers == ("fp",)
 
 
 def _fgsm_accuracy(model, eps: float) -> float:
@@ -241,7 +365,7 @@ def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_c
 def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tmp_path):
     """The rows at another width are the cached weights quantized there: the clean and
     FGSM outcomes an attack run at that width by hand gives, in a configuration of their own."""
-    from sweeper import attacks, expand, grid, models
+    from sweeper import attacks, expand, grid, jacobian, models
     from sweeper.defenses.bit_width import at_bit_width
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import JobContext, _job_seed, _load_cached, run_job
@@ -278,6 +402,10 @@ def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tm
                 fgsm = dict(plan.cells_of(job.job_id)[1].params)
                 x_adv[ok] = attacks.run("fgsm", classifier, x[ok], y[ok], 0.1, "inf", fgsm, _job_seed(job))
             adv = np.argmax(model.predict(x_adv, verbose=0), axis=1)
+            measured = jacobian.measure(model, x, _job_seed(job))  # the Jacobians at that width
         assert by[width, "none"]["clean_correct"] == (clean == y).tolist()
         assert by[width, "fgsm"]["adv_pred"] == adv.tolist()
+        assert by[width, "fgsm"]["jacobian_block_fro"] == measured["jacobian_block_fro"]
+        assert by[width, "none"]["jacobian_fro"] == measured["jacobian_fro"]
+    assert by[2, "none"]["jacobian_fro"] != by[None, "none"]["jacobian_fro"]
     assert by[8, "none"]["clean_correct"] != by[2, "none"]["clean_correct"]  # the width did change

@@ -32,9 +32,11 @@ def hits(correct: int, n: int = N, offset: int = 0) -> list[bool]:
 
 
 def point(attack, eps, adv, *, label=None, norm="inf", clean=None, params="{}", config="cfg", quantizer="int4",
-          clip=(0.0, 1.0), n_classes=10, n_features=64, folds=FOLDS, eps_label=None, outcomes=True, source=None):
+          clip=(0.0, 1.0), n_classes=10, n_features=64, folds=FOLDS, eps_label=None, outcomes=True, source=None,
+          target=None):
     """The rows (one per fold) of one point: ``adv`` (and ``clean``, default all correct) are
-    per-sample outcome lists, the same on every fold; sample_index counts from fold * 1000."""
+    per-sample outcome lists, the same on every fold; sample_index counts from fold * 1000.
+    ``target``: a patch's (hits, target_n, control hits) on every fold."""
     clean = [True] * len(adv) if clean is None else clean
     out = []
     for fold in range(folds):
@@ -48,6 +50,10 @@ def point(attack, eps, adv, *, label=None, norm="inf", clean=None, params="{}", 
                    eps_label=eps_label or ("unbounded" if math.isinf(eps) else str(eps)), attack_params=params,
                    n_samples=len(adv), clean_acc=float(np.mean(clean)), adv_acc=float(np.mean(adv)),
                    source_config_id=source)
+        if target is not None:
+            hit, n, control = target
+            row.update(target_n=n, target_rate=hit / n if n else math.nan,
+                       control_target_rate=control / n if n else math.nan)
         if outcomes:
             row.update(sample_index=[fold * 1000 + i for i in range(len(adv))], clean_correct=list(clean),
                        adv_correct=list(adv), adv_pred=[0] * len(adv))
@@ -198,6 +204,31 @@ def test_large_eps_is_judged_on_the_rows_own_scale():
     assert not judged("large_eps_above_chance", point("pgd", 2.4, hits(80), norm="2", clip=(0.0, 255.0)))
 
 
+def test_a_patch_that_does_not_beat_its_control_is_flagged():
+    # 3 folds of 40 clean-correct non-target samples each: 36 taken to the target against
+    # the controls' 4, a patch; 5 against 4 is occlusion, no better than a random square.
+    beats = point("patch", 0.25, hits(50), norm="patch", target=(36, 40, 4))
+    [flag] = judged("patch_not_above_control", beats)
+    assert not flag["fired"] and flag["reference_label"] == "control"
+    assert (flag["value"], flag["reference"], flag["n_pairs"]) == (0.9, 0.1, 120)
+    assert flag["p_adjusted"] == flag["p_value"] < 1e-9  # judged alone, never Holm-adjusted
+    [flag] = fired("patch_not_above_control", point("patch", 0.25, hits(50), norm="patch", target=(5, 40, 4)))
+    assert flag["detail"].startswith("patch@0.25 takes 0.125 of 120 clean-correct non-target samples to its "
+                                     "target, its best control 0.100 (p = ")
+    # A large rate on few samples is no evidence (2 of 2 against the controls' 1 of 2: p = 0.25),
+    # and a sure but tiny edge is below MIN_MARGIN (1 more of 100 per fold).
+    assert fired("patch_not_above_control", point("patch", 0.25, hits(50), norm="patch", target=(2, 2, 1), folds=1))
+    assert fired("patch_not_above_control", point("patch", 0.25, hits(50), norm="patch", target=(1, 100, 0)))
+    # Folds are pooled, each fold once: fold 0 stored again with another rate counts its first row.
+    pooled = point("patch", 0.25, hits(50), norm="patch", target=(36, 40, 4))
+    pooled.append(dict(pooled[0], cell_id="again", target_rate=0.0))
+    assert judged("patch_not_above_control", pooled)[0]["value"] == 0.9
+    # Not judged: rows without a target rate (other attacks, older stores), no denominator.
+    assert not judged("patch_not_above_control", point("patch", 0.25, hits(50), norm="patch"),
+                      point("fgsm", 0.1, hits(20)))
+    assert not judged("patch_not_above_control", point("patch", 0.25, hits(50), norm="patch", target=(0, 0, 0)))
+
+
 # ---------------------------------------------------------------- points, pooling, pairing
 
 def test_points_differing_in_attack_params_or_sample_count_are_never_merged():
@@ -334,7 +365,7 @@ def test_accuracy_rises_with_eps_false_alarm_rate_on_flat_curves():
 # ---------------------------------------------------------------- DuckDB against the reference
 
 ATTACK_NORMS = [("fgsm", "inf"), ("fgsm", "2"), ("pgd", "inf"), ("pgd", "2"), ("square", "inf"), ("cw_l2", "2"),
-                ("zoo", "2"), ("boundary", "2"), ("none", "none")]
+                ("zoo", "2"), ("boundary", "2"), ("patch", "patch"), ("none", "none")]
 
 
 def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
@@ -351,7 +382,10 @@ def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
             p_right = float(rng.uniform(0.05, 0.95))
             adv = list(rng.random(n) < p_right)
             source = str(rng.choice(["src-a", "src-b"])) if attack != "none" and rng.random() < 0.2 else None
+            target_n = int(rng.choice([0, 5, 40]))
+            target = (int(rng.integers(0, target_n + 1)), target_n, int(rng.integers(0, target_n + 1)))
             rows += point(attack, eps, adv, norm=norm, source=source,
+                          target=target if attack == "patch" and rng.random() < 0.9 else None,
                           label=f"{attack}<-{source}" if source and rng.random() < 0.5 else None, clean=list(rng.random(n) < 0.9), config=f"c{config}",
                           quantizer=f"q{config}", params=str(rng.choice(["{}", '{"max_iter": 3}'])),
                           clip=None if rng.random() < 0.1 else (0.0, float(rng.choice([1.0, 255.0]))),
@@ -370,7 +404,8 @@ def random_rows(rng: np.random.Generator, configs: int = 10) -> list[dict]:
             row["adv_correct"][int(rng.integers(len(row["adv_correct"])))] = None
         elif shape < 0.22:  # lists of unequal length: not judged
             row["clean_correct"] = row["clean_correct"][:-1]
-    twice = [dict(row, cell_id=row["cell_id"] + "-again", adv_correct=list(rng.random(len(row["adv_correct"])) < 0.5))
+    twice = [dict(row, cell_id=row["cell_id"] + "-again", adv_correct=list(rng.random(len(row["adv_correct"])) < 0.5),
+                  target_rate=None if row["target_rate"] is None else 1 - row["target_rate"])
              for row in rows[::7] if row["sample_index"] is not None]
     strange = [dict(rows[0], attack="deepfool", cell_id="unknown-attack")]
     return rows + twice + strange
@@ -382,7 +417,7 @@ def test_duckdb_gives_exactly_the_reference_table(seed):
     order = np.random.default_rng(seed + 100).permutation(len(rows))
     shuffled = table([rows[i] for i in order])
     reference = reference_diagnostics.diagnose_reference(shuffled)
-    assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == 5
+    assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == len(diagnostics.CHECKS)
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert same(diagnostics.diagnose(shuffled), reference)
 
@@ -413,7 +448,8 @@ def uniform_rows(rng: np.random.Generator) -> list[dict]:
             for eps in (0.05, 0.3, math.inf):
                 rows[config, attack, eps] = point(
                     attack, eps, list(rng.random(12) < rng.uniform(0.1, 0.9)), norm=norm, config=config,
-                    quantizer=config, clean=list(rng.random(12) < 0.9))
+                    quantizer=config, clean=list(rng.random(12) < 0.9),
+                    target=(int(rng.integers(0, 11)), 10, int(rng.integers(0, 4))) if attack == "patch" else None)
     row = rows["u1", "pgd", 0.05][1]  # the same samples and outcomes, listed backwards
     for name in ("sample_index", "clean_correct", "adv_correct"):
         row[name] = row[name][::-1]
@@ -427,7 +463,8 @@ def uniform_rows(rng: np.random.Generator) -> list[dict]:
 def test_the_bit_string_path_gives_exactly_the_reference_table():
     rows = table(uniform_rows(np.random.default_rng(11)))
     reference = reference_diagnostics.diagnose_reference(rows)
-    assert len(set(reference.column("config_id").to_pylist())) == 4 and len(set(reference.column("flag"))) == 5
+    assert len(set(reference.column("config_id").to_pylist())) == 4
+    assert len(set(reference.column("flag"))) == len(diagnostics.CHECKS)
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert same(diagnostics.diagnose(rows), reference)
 

@@ -240,7 +240,7 @@ def test_defense_parameters_change_ids_and_labels_do_not(tmp_path, tiny_grid):
 
 
 @pytest.mark.parametrize("defenses, message", [
-    (["jrr"], "defenses.0: unknown defense 'jrr'; available: none, jr, dq, fgsm_at, pgd_at, dbwt"),
+    (["jrr"], "defenses.0: unknown defense 'jrr'; available: none, jr, jr_layer, dq, fgsm_at, pgd_at, dbwt"),
     ([{"name": "fgsm_at", "params": {"eps": 2}}], "defenses.0: defense 'fgsm_at': eps must be a number in"),
     (["dbwt"], "defenses: defense 'dbwt' switches bit widths, so it needs a fixed-point preset"),
     (["jr", "jr"], "defenses: 'jr' appears twice"),

@@ -283,10 +283,14 @@ HOSTILE_OVERRIDES = [  # (--set, message after "<path>: " or from "--set")
     ("attacks.--1.eps=[0.1]", r"--set attacks.--1: no entry named '--1'"),
     ("attacks..eps=[0.1]", r"--set attacks..eps: a field name in the path is empty"),
     ("attacks.0.params=" + _bomb("c"),
-     r"--set attacks.0.params: holds more than 10000 values with its aliases expanded at line 1, column \d+"),
-    ("attacks.0.eps=" + "[" * 100 + "]" * 100, r"--set attacks.0.eps: nested deeper than 32 levels at line 1, column 33"),
-    ("attacks.0.params.x=" + "y" * 100_000, r"--set attacks.0.params.x: value larger than 64 KiB"),
-    ("seed={a: 1, a: 2}", r"--set seed: key 'a' appears twice in one mapping at line 1, column 8"),
+     r"--set 'attacks.0.params=\[&c0 \[1,1,1,1,1,1,1,1,1\], &c1 \[\*c0,\*c0,\.\.\.: holds more than 10000 values "
+     r"with its aliases expanded at line 1, column \d+"),
+    ("attacks.0.eps=" + "[" * 100 + "]" * 100,
+     r"--set 'attacks.0.eps=\[{42}\.\.\.: nested deeper than 32 levels at line 1, column 33"),
+    ("attacks.0.params.x=" + "y" * 100_000, r"--set 'attacks.0.params.x=y{37}\.\.\.: value larger than 64 KiB"),
+    ("seed={a: 1, a: 2}", r"--set 'seed={a: 1, a: 2}': key 'a' appears twice in one mapping at line 1, column 8"),
+    ("name=[bold]x :x:", r"--set 'name=\[bold\]x :x:': YAML syntax error at line 1, column 7: expected <block end>, "
+                         r"but found '<scalar>'"),
 ]
 
 

@@ -1,8 +1,9 @@
 """The adversarial patch: its size for a budget, the hard-mask overlay changing exactly the
 patch's area on every dataset shape (ART's reflect-filled overlay changed 69% of the
-pixels for a 9% patch), seeded placements, the clip range, the targeted effect on a
-trained digits model, non-square patches, and the trial training it on the training
-fold."""
+pixels for a 9% patch), seeded placements, random or fixed, the clip range, the targeted
+effect on a trained digits model, non-square patches, the trial training it on the
+training fold, and its score: the target rate (clean-correct non-target samples) beside
+random and solid controls pasted at exactly its places."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper import attacks, grid
-from sweeper.attacks import patch_shape
+from sweeper import attacks, expand, grid
+from sweeper.attacks import patch_shape, target_rate
 from sweeper.errors import UserError
 
 # dataset: (input shape, clip range). The MFCC-shaped model gets a range other than [0, 1]
@@ -68,11 +69,72 @@ def test_impossible_patches_are_one_line_errors(args, message):
     ({"batch_size": 10**6}, None, r"parameter 'batch_size' must be a whole number in 1..4096, got 1000000"),
     ({"shape": [1e300, 1e-300]}, None, r"parameter 'shape' must be \[height, width\], two numbers > 0"),
     ({}, 2.0, r"eps must be at most 1, got 2.0"),
+    ({"placement": "centre"}, None, r"parameter 'placement' must be one of: random, fixed, got 'centre'"),
+    ({"placement": "fixed", "position": [1]}, None, r"parameter 'position' must be 'center' or \[top, left\]"),
+    ({"placement": "fixed", "position": [-1, 0]}, None, r"parameter 'position' must be 'center' or \[top, left\]"),
+    ({"placement": "fixed", "position": [1.5, 0]}, None, r"parameter 'position' must be 'center' or \[top, left\]"),
+    ({"position": [1, 2]}, None, r"parameter 'position' needs placement: fixed, got \[1, 2\]$"),
 ])
 def test_validation_names_the_bad_field(params, eps, message):
     with pytest.raises(UserError, match=rf"^attack 'patch': {message}"):
         attacks.validate("patch", None, params, eps=eps)
     attacks.validate("patch", "patch", {"shape": [49, 10], "target": 3, "learning_rate": 1}, eps=0.1)
+
+
+def test_a_fixed_placement_is_labelled_and_enters_the_id_while_random_ids_stay():
+    # The literal ids of today's (random) patch cells, computed before placements existed:
+    # the default must not recompute stored results.
+    def cell(params, label="patch"):
+        entry = grid.AttackEntry(name="patch", eps=[0.25], params=params)
+        return expand.Cell("0123456789abcdef", "patch", label, "patch", 0.25, "0.25",
+                           tuple(sorted(entry.resolved_params().items())), 20)
+
+    assert expand.stable_id(cell({"steps": 100}).identity()) == "c04ea187c740d067"
+    assert expand.stable_id(cell({"steps": 100, "placement": "random"}).identity()) == "c04ea187c740d067"
+    assert "placement" not in cell({"steps": 100}).art_params()
+    fixed = cell({"steps": 100, "placement": "fixed"})
+    corner = cell({"steps": 100, "placement": "fixed", "position": [0, 0]})
+    assert len({expand.stable_id(c.identity()) for c in (cell({"steps": 100}), fixed, corner)}) == 3
+    assert fixed.art_params()["placement"] == "fixed" and corner.art_params()["position"] == [0, 0]
+    raw = {"name": "g", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp"],
+           "attacks": [{"name": "patch", "eps": [0.25]}, {"name": "patch", "eps": [0.25], "params": {"placement": "fixed"}},
+                       {"name": "patch", "eps": [0.25], "params": {"placement": "fixed", "position": [0, 4]}},
+                       {"name": "patch", "eps": [0.25], "params": {"placement": "fixed"}, "source": {"quantizer": "fp"}}]}
+    labels = [entry.key for entry in grid.validate(raw).attacks]
+    assert labels == ["patch", "patch-fixed", "patch-fixed-0-4", "patch-fixed<-fp"]
+    raw["attacks"].append({"name": "patch", "eps": [0.1], "params": {"placement": "fixed"}})
+    with pytest.raises(UserError, match=r"attack 'patch-fixed' appears twice; give each a distinct 'label'$"):
+        grid.validate(raw)
+
+
+def test_target_rate_counts_only_clean_correct_samples_of_other_classes():
+    # target 0. Samples: 0-1 of the target class (right clean, the patch keeps one there);
+    # 2 misclassified clean as the target; 3 misclassified clean as 5; 4-7 right clean,
+    # of which the patch takes 4 and 5 to the target and 6 to another class.
+    y = np.array([0, 0, 1, 2, 3, 4, 5, 6])
+    clean = np.array([0, 0, 0, 5, 3, 4, 5, 6])
+    patched = np.array([0, 3, 0, 0, 0, 0, 9, 6])
+    rate, n = target_rate(y, clean, patched, 0)
+    assert (rate, n) == (0.5, 4)  # 2 of samples 4-7; 1 and 2 (already the target) and 3 left out
+    assert target_rate(y, clean, clean, 0) == (0.0, 4)
+    rate, n = target_rate(np.zeros(3, int), np.zeros(3, int), np.zeros(3, int), 0)
+    assert n == 0 and rate != rate  # no sample to take to the target: NaN
+
+
+def test_target_columns_keep_the_best_control_and_the_worst_accuracy():
+    from sweeper.trial import _Samples, _target_columns
+
+    # The last sample (of the target class) is wrong clean: it is in no target rate, and
+    # a control landing on its label does not make it robust (as in adv_acc).
+    y = np.array([1, 2, 3, 4, 0])
+    samples = _Samples(np.arange(5), np.zeros((5, 8, 8, 1)), y, np.array([1, 2, 3, 4, 3]), None)
+    cell = expand.Cell("j", "patch", "patch", "patch", 0.25, "0.25", (("target", 0),), 5)
+    patched = np.array([0, 0, 0, 4, 0])
+    controls = [np.array([0, 2, 3, 4, 0]), np.array([1, 0, 0, 0, 0])]  # target rates 1/4, 3/4
+    columns = _target_columns(cell, samples, patched, controls)
+    assert columns == {"target_rate": 0.75, "target_n": 4, "control_target_rate": 0.75,
+                       "control_adv_acc": 0.2}  # robust accuracies 3/5 and 1/5: the lower
+    assert _target_columns(cell, samples, patched, None) == dict.fromkeys(columns)  # not a patch
 
 
 def test_the_patch_norm_is_its_own():
@@ -304,3 +366,117 @@ def test_trial_trains_the_patch_on_the_training_fold(monkeypatch):
     assert row["adv_acc"] <= row["clean_acc"]
     assert max(row["pert_l1"]) > 0  # the patch was pasted
     assert set(row["sample_index"]).isdisjoint(train_idx)
+
+
+# --------------------------------------------------------------------------- placements and controls
+
+
+@pytest.mark.slow
+def test_a_fixed_patch_is_trained_and_pasted_where_the_grid_says():
+    classifier, x_train, x = _trained("digits")
+    for position, corner in (("center", (2, 2)), ([0, 4], (0, 4))):
+        params = {**QUICK, "placement": "fixed", "position": position}
+        x_adv = attacks.run("patch", classifier, x[:10], None, 0.25, None, params, seed=0, x_train=x_train)
+        changed = _changed(x[:10], x_adv)
+        window = np.zeros((8, 8), bool)
+        window[corner[0]:corner[0] + 4, corner[1]:corner[1] + 4] = True
+        assert changed.any() and not (changed & ~window).any()  # only inside the 4x4 window, on every sample
+    with pytest.raises(UserError, match=r"^attack 'patch': parameter 'position' \[6, 0\] puts the 4x4 patch "
+                                        r"outside the 8x8 input \(top at most 4, left at most 4\)$"):
+        attacks.run("patch", classifier, x[:4], None, 0.25, None, {"placement": "fixed", "position": [6, 0]},
+                    seed=0, x_train=x_train)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", ["random", "fixed"])
+def test_controls_on_colour_images_sit_exactly_where_the_patch_does(placement):
+    # 32x32x3: a 16x16 patch at 25%. Inputs at mid-range, so each solid control changes
+    # every pixel it covers; the trained patch changes a subset of the same rectangles.
+    classifier, x_train, _ = _trained("cifar10")
+    params = {**QUICK, "placement": placement}
+    x = np.full((12, 32, 32, 3), 0.5, np.float32)
+    x_adv = attacks.run("patch", classifier, x, None, 0.25, None, params, seed=5, x_train=x_train)
+    made = attacks.controls("patch", classifier, x, 0.25, None, params, seed=5)
+    assert list(made) == ["random", "black", "white"]
+    black, white = _changed(x, made["black"]), _changed(x, made["white"])
+    np.testing.assert_array_equal(black, white)
+    assert all(_box(mask) == (16, 16) and mask.sum() == 256 for mask in black)
+    assert not (_changed(x, x_adv) & ~black).any()  # the trained patch inside the controls' places
+    assert made["black"].min() == 0.0 and made["white"].max() == 1.0  # the clip range's ends
+    assert not (_changed(x, made["random"]) & ~black).any()
+    corners = {tuple(np.argwhere(mask)[0]) for mask in black}
+    assert corners == {(8, 8)} if placement == "fixed" else len(corners) > 1
+    # another seed: other random places (and never any for a fixed patch)
+    other = _changed(x, attacks.controls("patch", classifier, x, 0.25, None, params, seed=6)["black"])
+    assert np.array_equal(other, black) == (placement == "fixed")
+
+
+# --------------------------------------------------------------------------- scored in the trial
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A digits grid (fp and int8, 3 epochs): a patch at the centre, and fp's random patch
+    transferred to int8, run through the trial; every attacks.run and attacks.controls call
+    recorded."""
+    from sweeper import datasets
+    from sweeper.trial import JobContext, run_job
+
+    raw = {"name": "scored", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp", "int8"],
+           "attacks": [{"name": "patch", "eps": [0.25], "params": {"steps": 60, "placement": "fixed"}},
+                       {"name": "patch", "eps": [0.25], "params": {"steps": 20}, "source": {"quantizer": "fp"}}],
+           "folds": {"k": 3, "only": [0]}, "train": {"epochs": 3, "learning_rate": 0.003}, "samples": 100}
+    plan = expand.expand(grid.validate(raw))
+    data = datasets.load("digits")
+    context = JobContext("scored", ("stm32h7",), adversarial=str(tmp_path_factory.mktemp("adversarial")))
+    calls, original = [], (attacks.run, attacks.controls)
+
+    def recording(kind, function):
+        def call(name, classifier, x, *args, **kwargs):
+            calls.append((kind, x.copy(), kwargs.get("seed", args[-1] if args else None)))
+            return function(name, classifier, x, *args, **kwargs)
+        return call
+
+    attacks.run, attacks.controls = recording("run", original[0]), recording("controls", original[1])
+    try:
+        rows = []
+        for job in plan.jobs:  # fp first: it is the source
+            run_job(job, plan.cells_of(job.job_id), data, context, rows.append)
+    finally:
+        attacks.run, attacks.controls = original
+    return {(r["quantizer"], r["attack_label"]): r for r in rows}, data, calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantizer", ["fp", "int8"])
+def test_a_patch_at_a_fixed_place_beats_its_controls_on_digits(scored, quantizer):
+    rows, data, _ = scored
+    row = rows[quantizer, "patch-fixed"]
+    print(f"\n{quantizer}: target rate {row['target_rate']:.3f} of {row['target_n']}, controls "
+          f"{row['control_target_rate']:.3f}; accuracy {row['adv_acc']:.3f}, controls {row['control_adv_acc']:.3f}")
+    assert row["target_rate"] >= row["control_target_rate"] + 0.3
+    assert '"placement": "fixed"' in row["attack_params"]
+    # the row's rate, recomputed from its per-sample columns and the true labels
+    y = data.y[row["sample_index"]]
+    base = np.array(row["clean_correct"]) & (y != 0)
+    assert row["target_n"] == base.sum() > 50
+    assert row["target_rate"] == pytest.approx(np.mean(np.array(row["adv_pred"])[base] == 0))
+    assert 0 <= row["control_adv_acc"] <= row["clean_acc"]
+    assert rows[quantizer, "none"]["target_rate"] is None  # only patch rows carry a target rate
+
+
+@pytest.mark.slow
+def test_a_transferred_patch_is_scored_against_controls_at_its_sources_places(scored):
+    rows, _, calls = scored
+    source, transfer = rows["fp", "patch"], rows["int8", "patch<-fp"]
+    assert transfer["source_quantizer"] == "fp" and transfer["target_n"] > 0
+    assert 0 <= transfer["control_target_rate"] <= 1 and transfer["control_adv_acc"] is not None
+    # Every control is made on the samples its patch was pasted on, with its seed (so at its
+    # places): fp's patch-fixed and patch, int8's patch-fixed, then int8's patch<-fp, whose
+    # patch was fp's: its controls take fp's samples and seed, not int8's own.
+    runs = [(x, seed) for kind, x, seed in calls if kind == "run"]
+    made = [(x, seed) for kind, x, seed in calls if kind == "controls"]
+    assert (len(runs), len(made)) == (3, 4)
+    for (x_run, seed_run), (x_made, seed_made) in zip(runs + [runs[1]], made):
+        assert seed_made == seed_run and np.array_equal(x_made, x_run)
+    assert made[3][1] != made[2][1]  # int8's own seed is another

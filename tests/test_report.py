@@ -160,3 +160,129 @@ def test_rows_at_another_bit_width_are_a_configuration_of_their_own(tmp_path):
     assert list(table)[:2] == ["small_cnn / int4 / dbwt", "small_cnn / int4 / dbwt @ 8-bit"]
     assert table["small_cnn / int4 / dbwt @ 8-bit"]["pgd@0.1"].startswith("0.020 ")
     assert table["small_cnn / int4 / dbwt"]["pgd@0.1"].startswith("0.700 ")  # never averaged together
+
+
+def _patch_rows() -> list[dict]:
+    """Per configuration and fold, a random patch (occlusion: no better than its controls)
+    and one at the centre (far better), with their target rates over 80 samples."""
+    rows = []
+    for row in (r for r in _rows() if r["attack"] == "none"):
+        for label, params, rate, control in (("patch", '{"target": 0}', 0.05, 0.10),
+                                             ("patch-fixed", '{"placement": "fixed", "target": 0}', 0.90, 0.10)):
+            rate += 0.0125 * row["fold"]  # one more of 80 per fold: a spread across folds
+            rows.append({**row, "cell_id": f"{row['cell_id']}-{label}", "attack": "patch", "attack_label": label,
+                         "norm": "patch", "eps": 0.25, "eps_label": "0.25", "attack_params": params,
+                         "adv_acc": 0.5, "adv_correct": _first(0.5), "target_rate": rate, "target_n": 80,
+                         "control_target_rate": control, "control_adv_acc": 0.4})
+    return rows
+
+
+def test_patches_are_shown_as_target_rates_beside_their_controls_per_placement(tmp_path):
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _rows() + _patch_rows())
+    text = report.write(location.text, tmp_path / "report").read_text()
+    body = text.split("## Targeted patches", 1)[1].split("\n## ", 1)[0]
+    lines = body.split("### digits\n", 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = {(row["model / quantizer"], row["placement"]): row for row in
+             (dict(zip(header, (cell.strip() for cell in line.strip("|").split(" | ")))) for line in lines[2:])}
+    assert set(table) == {(f"small_cnn / {q}", p) for q in ("fp", "int4") for p in ("random", "fixed center")}
+    direct = query.run(location.text, "SELECT quantizer, attack_label, avg(target_rate) AS m, "
+                                      "stddev_samp(target_rate) AS s, avg(control_target_rate) AS c, "
+                                      "sum(target_n) AS n FROM results WHERE attack = 'patch' GROUP BY ALL")
+    for d in direct.to_pylist():
+        row = table[f"small_cnn / {d['quantizer']}", "random" if d["attack_label"] == "patch" else "fixed center"]
+        assert row["target rate"] == f"{d['m']:.3f} ± {d['s']:.3f}" and row["control target rate"] == f"{d['c']:.3f}"
+        assert (row["patch"], row["n"], row["accuracy"], row["control accuracy"]) == \
+            (d["attack_label"], str(d["n"]), "0.500", "0.400")
+        # the random patch takes fewer samples to the target than its controls: flagged
+        assert ("P" in row["flags"]) == (d["attack_label"] == "patch")
+    assert "**P** `patch_not_above_control`" in text
+    assert "**P** patch@0.25 takes 0.062 of 240 clean-correct non-target samples to its target" in text
+
+
+def test_a_store_without_patches_has_no_patch_section(rendered):
+    assert "## Targeted patches" not in rendered[2]
+def test_arts_l1_fgsm_and_pgd_are_labelled_single_coordinate(tmp_path):
+    # The same rows, under labels a grid might give: fgsm and pgd under L1 (ART's
+    # single-coordinate steps) and an APGD-L1 column, which is an L1 attack proper.
+    relabel = {"fgsm": ("fgsm", "fgsm_l1", "1"), "pgd": ("apgd_ce", "apgd_l1", "1")}
+    rows = [{**row, **dict(zip(("attack", "attack_label", "norm"), relabel[row["attack"]]))}
+            if row["attack"] in relabel else row for row in _rows()]
+    rows += [{**row, "cell_id": row["cell_id"] + "-pgd1", "attack": "pgd", "attack_label": "pgd_l1", "norm": "1"}
+             for row in _rows() if row["attack"] == "pgd"]
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, rows)
+    text = report.write(location.text, tmp_path / "report").read_text()
+    for section in ("Table IV", "Table V", "Does robustness survive deployment"):
+        header = set(next(iter(_table(text, section).values())))
+        assert {"fgsm_l1@0.1 (single-coordinate)", "fgsm_l1@0.2 (single-coordinate)",
+                "pgd_l1@0.1 (single-coordinate)", "apgd_l1@0.1"} <= header
+        body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+        assert body.count(report.SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
+    assert "![fgsm_l1 (single-coordinate) on digits, small_cnn]" in text  # the eps curve
+    assert report.SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]
+# Per quantizer, per fold: (jacobian_fro, [block norms]); int4 / jr_layer halves the blocks.
+JACOBIANS = {"fp": [(30.0, [60.0, 30.0, 6.0]), (34.0, [70.0, 36.0, 7.0]), (32.0, [66.0, 33.0, 7.5])],
+             "int4": [(27.0, [48.0, 39.0, 8.0]), (33.0, [56.0, 40.0, 8.5]), (30.0, [52.0, 38.0, 8.2])]}
+
+
+def _jacobian_rows() -> list[dict]:
+    rows = []
+    for row in _rows():
+        fro, blocks = JACOBIANS[row["quantizer"]][row["fold"]]
+        rows.append({**row, "jacobian_fro": fro, "jacobian_fro_se": 0.0, "jacobian_projections": 16,
+                     "jacobian_blocks": ["conv2d", "conv2d", "dense"], "jacobian_block_fro": blocks,
+                     "jacobian_block_se": [0.01 * blocks[0], 0.002 * blocks[1], 0.0]})
+        if row["quantizer"] == "int4":
+            rows.append({**rows[-1], "cell_id": row["cell_id"] + "-l", "job_id": row["job_id"] + "-l",
+                         "config_id": "int4-l", "defense": "jr_layer", "defense_label": "jr_layer",
+                         "defense_params": '{"lambda": 0.001, "projections": 1}', "jacobian_fro": fro * 0.6,
+                         "jacobian_block_fro": [b / 2 for b in blocks],
+                         "jacobian_block_se": [0.005 * blocks[0], 0.001 * blocks[1], 0.0]})
+    return rows
+
+
+def _jacobian_tables(text: str) -> list[dict[str, dict[str, str]]]:
+    """The tables of the Jacobian section, in order (norms, ratio to fp, ratio to twin)."""
+    body = text.split("## Jacobian norms", 1)[1].split("\n## ", 1)[0]
+    tables = []
+    for block in re.findall(r"(?:^\|.*\n?)+", body, flags=re.M):
+        lines = [line.strip().strip("|").split(" | ") for line in block.strip().splitlines()]
+        header = [cell.strip() for cell in lines[0]]
+        tables.append({row[0].strip(): dict(zip(header, (c.strip() for c in row))) for row in lines[2:]})
+    return tables
+
+
+def test_the_jacobian_section_matches_direct_queries_and_pairs_folds(tmp_path):
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _jacobian_rows())
+    text = report.write(location.text, tmp_path / "report").read_text()
+    assert "### digits, small_cnn" in text and "Largest relative standard error of any estimate here" in text
+    norms, to_fp, to_twin = _jacobian_tables(text)
+    direct = _direct(location.text, "SELECT config_id, avg(f), stddev_samp(f), avg(b), stddev_samp(b) FROM "
+                                    "(SELECT DISTINCT config_id, fold, jacobian_fro AS f, jacobian_block_fro[1] AS b "
+                                    "FROM results) GROUP BY config_id")
+    labels = {"fp": "small_cnn / fp", "int4": "small_cnn / int4", "int4-l": "small_cnn / int4 / jr_layer"}
+    assert set(norms) == set(labels.values())
+    for config, (fro, fro_std, first, first_std) in direct.items():
+        row = norms[labels[config]]
+        for cell, (mean, std) in ((row["logits"], (fro, fro_std)), (row["1 conv2d"], (first, first_std))):
+            shown = [float(part) for part in cell.split(" ± ")]
+            assert shown == pytest.approx([mean, std], abs=0.051), (cell, mean, std)  # 3 significant digits
+    assert norms["small_cnn / fp"]["3 dense"] == "6.83 ± 0.76"
+    # paired per fold: mean of (int4 / fp) over the three folds
+    ratios = [JACOBIANS["int4"][f][1][0] / JACOBIANS["fp"][f][1][0] for f in range(3)]
+    import statistics
+
+    expected = f"{statistics.fmean(ratios):.2f} ± {statistics.stdev(ratios):.2f}"
+    assert to_fp["small_cnn / int4 ÷ fp/none"]["1 conv2d"] == expected
+    assert set(to_fp) == {"small_cnn / int4 ÷ fp/none"}  # jr_layer has no fp model with jr_layer here
+    assert to_twin == {"small_cnn / int4 / jr_layer ÷ int4/none": {
+        "model / quantizer ÷ reference": "small_cnn / int4 / jr_layer ÷ int4/none", "logits": "0.60 ± 0.00",
+        "1 conv2d": "0.50 ± 0.00", "2 conv2d": "0.50 ± 0.00", "3 dense": "0.50 ± 0.00"}}
+    assert "1.00%" in text  # the largest relative SE: 0.01 of block 1
+
+
+def test_a_store_without_jacobian_norms_has_no_such_section(rendered):
+    assert "## Jacobian norms" not in rendered[2]

@@ -200,6 +200,51 @@ def test_transfer_rate_counts_samples_both_get_right_and_the_source_loses():
     assert math.isnan(transfer_rate(source_clean, np.ones(6, bool), target_clean, target_adv))
 
 
+class _ReadsItsLabel:
+    """A classifier whose prediction is written in its input: class round(10 * first pixel).
+    So a constructed input says exactly what the target predicts on it."""
+
+    def predict(self, x, **_):
+        return np.eye(10)[np.rint(10 * x[:, 0, 0, 0]).astype(int)]
+
+
+def _written(classes) -> np.ndarray:
+    x = np.full((len(classes), 2, 2, 1), 0.5, np.float32)
+    x[:, 0, 0, 0] = np.asarray(classes) / 10
+    return x
+
+
+def test_a_sample_the_target_gets_wrong_unperturbed_is_not_robust_to_a_transfer(tmp_path, monkeypatch):
+    from sweeper import trial
+
+    y = np.array([0, 1, 2, 3])
+    # the target: right on samples 0 and 2 unperturbed, wrong on 1 and 3; its int8 build
+    # is also wrong on sample 2
+    samples = trial._Samples(np.arange(4), _written([0, 5, 2, 7]), y, np.array([0, 5, 2, 7]),
+                             np.array([0, 5, 9, 7]))
+    # the source's examples: sample 0 fooled, sample 1 lands on its label (the case at
+    # issue), 2 and 3 keep their classes
+    x_adv = _written([4, 1, 2, 7])
+    store.put_arrays(store.locate(str(tmp_path)), "source-cell.npz", sample_index=samples.index, x_adv=x_adv,
+                     clean_correct=np.ones(4, bool), adv_correct=np.array([0, 0, 1, 1], bool))
+    source = expand.Source("source-cell", "source-job", "source-config", "small_cnn", "fp")
+    cell = expand.Cell("job", "fgsm", "fgsm<-fp", "inf", 1.0, "1.0", (), 4, "cell", source=source)
+    deployed = object()  # its predictions come from the same reader
+    monkeypatch.setattr(trial, "_deployed_predict", lambda d, x: np.argmax(_ReadsItsLabel().predict(x), 1)
+                        if d is deployed else None)
+    row = trial._transfer(cell, _ReadsItsLabel(), deployed, samples, str(tmp_path))
+    assert row["adv_pred"] == [4, 1, 2, 7]  # right on sample 1's example...
+    assert row["adv_correct"] == [False, False, True, False]  # ...yet not robust: wrong unperturbed
+    assert row["adv_acc"] == 0.25 and row["clean_acc"] == 0.5
+    assert row["attack_success_rate"] == 0.5  # of the 2 clean-correct samples, 1 fooled
+    # the .tflite by its own clean predictions: wrong on sample 2 unperturbed, so not robust there
+    assert row["deployed_adv_correct"] == [False, False, False, False] and row["deployed_adv_acc"] == 0.0
+    # of the samples both get right unperturbed and whose example fools the source (sample 0)
+    assert row["transfer_rate"] == 1.0
+    # adv_acc never exceeds clean_acc in any cell
+    assert not (np.array(row["adv_correct"]) & ~np.array(row["clean_correct"])).any()
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.mark.slow

@@ -29,7 +29,12 @@ GRID = {
 
 
 @pytest.fixture(scope="module")
-def job_rows():
+def model_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def job_rows(model_cache):
     plan = expand.expand(grid.validate(GRID))
     [job] = plan.jobs
     calls = []
@@ -42,11 +47,38 @@ def job_rows():
     attacks.run = counting
     try:
         rows = []
-        run_job(job, plan.cells_of(job.job_id), datasets.load("digits"), JobContext("trial", ("stm32h7",)),
-                rows.append)
+        run_job(job, plan.cells_of(job.job_id), datasets.load("digits"),
+                JobContext("trial", ("stm32h7",), model_cache=model_cache), rows.append)
     finally:
         attacks.run = original
     return plan, {(r["attack_label"], r["eps_label"]): r for r in rows}, calls
+
+
+def test_rows_carry_the_jacobian_norms_of_their_model_on_the_attacked_samples(job_rows, model_cache):
+    """One measurement per job, on its attacked samples with its seed: the cached model
+    measured again gives the same columns; small_cnn has three blocks, the last (dense,
+    10 outputs) and the logits measured exactly, the conv blocks estimated."""
+    from sweeper import jacobian, models
+    from sweeper.quantizers import QUANTIZERS
+    from sweeper.trial import _job_seed, _load_cached
+
+    plan, rows, _ = job_rows
+    [job] = plan.jobs
+    names = [c for c in store.SCHEMA.names if c.startswith("jacobian_")]
+    first = next(iter(rows.values()))
+    assert all({c: r[c] for c in names} == {c: first[c] for c in names} for r in rows.values())
+    assert first["jacobian_blocks"] == ["conv2d", "conv2d", "dense"]
+    assert len(first["jacobian_block_fro"]) == len(first["jacobian_block_se"]) == 3
+    assert first["jacobian_fro_se"] == 0 and first["jacobian_block_se"][2] == 0
+    assert all(0 < se < 0.05 * value for se, value in zip(first["jacobian_block_se"][:2],
+                                                            first["jacobian_block_fro"][:2]))
+    data = datasets.load("digits")
+    model = models.build("small_cnn", data.input_shape, data.nb_classes, QUANTIZERS.get("int8"))
+    assert _load_cached(model, model_cache, job.job_id)
+    again = jacobian.measure(model, data.x[first["sample_index"]], _job_seed(job))
+    assert {c: first[c] for c in names} == again
+    table = store.to_table([first])
+    assert table.column("jacobian_block_fro").type == store.SCHEMA.field("jacobian_block_fro").type
 
 
 def test_minimal_attacks_run_once_and_budgets_are_derived_from_their_norms(job_rows):
@@ -77,8 +109,8 @@ def test_outcomes_agree_with_the_row(job_rows):
         assert row["adv_acc"] == pytest.approx(np.mean(row["adv_correct"]))
         assert row["clean_acc"] == pytest.approx(np.mean(row["clean_correct"]))
         y = datasets.load("digits").y[row["sample_index"]]
-        assert list(np.array(row["adv_pred"]) == y) == row["adv_correct"]
-        # only samples the model got right are attacked
+        # robust: right unperturbed and on the example (trial.robust)
+        assert list(np.array(row["clean_correct"]) & (np.array(row["adv_pred"]) == y)) == row["adv_correct"]
         assert not (np.array(row["adv_correct"]) & ~np.array(row["clean_correct"])).any()
         if row["attack"] in ("fgsm", "pgd"):
             assert max(row["pert_linf"]) <= row["eps"] * (1 + attacks.BUDGET_RTOL) + 1e-6

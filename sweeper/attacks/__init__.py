@@ -9,13 +9,16 @@ One file per concern:
   budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
-  compiled on the classifier's model (no ART attack class).
+  compiled on the classifier's model (no ART attack class); ``apgd_l1.py``: its L1 parts
+  (the projection onto the L1 ball within the box, the sparse step, the step-size rule).
 - ``square.py``: square, and ``AnyShapeSquareAttack`` (ART's Square on non-square inputs).
 - ``black_box.py``: boundary (with its seeded start) and zoo.
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
-  images and pasted with a hard mask (``Patch``, ``patch_shape``).
+  images and pasted with a hard mask at random or fixed places (``Patch``,
+  ``patch_shape``), its controls, and ``target_rate``, what it is scored by.
 - ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``build_attack`` (the
-  attack object a run uses) and ``perturbation_norms``.
+  attack object a run uses), ``controls`` (an attack's same-budget controls) and
+  ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
 
@@ -32,7 +35,14 @@ from typing import Any
 
 from sweeper.attacks.apgd import APGD_CE, APGD_DLR
 from sweeper.attacks.black_box import BOUNDARY, ZOO, _generate_boundary  # noqa: F401
-from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, build_attack, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.budget import (  # noqa: F401
+    BUDGET_RTOL,
+    _within_budget,
+    build_attack,
+    controls,
+    perturbation_norms,
+    run,
+)
 from sweeper.attacks.estimator import (  # noqa: F401
     PREDICT_CHUNK,
     _fast_classifier_class,
@@ -40,7 +50,7 @@ from sweeper.attacks.estimator import (  # noqa: F401
     make_stock_classifier,
 )
 from sweeper.attacks.gradient import CW_L2, FGSM, PGD
-from sweeper.attacks.patch import PATCH, Patch, patch_shape  # noqa: F401
+from sweeper.attacks.patch import PATCH, Patch, patch_shape, target_rate  # noqa: F401
 from sweeper.attacks.spec import (  # noqa: F401
     ATTACKS,
     PATCH_NORM,
@@ -48,8 +58,11 @@ from sweeper.attacks.spec import (  # noqa: F401
     AttackSpec,
     art_params,
     check_fit,
+    default_label,
     is_minimal,
     normalize_norm,
+    recorded_params,
+    single_coordinate,
     validate,
 )
 from sweeper.attacks.square import SQUARE, _square_attack_class, _tile_side, _tile_start  # noqa: F401

@@ -5,12 +5,14 @@ attack itself, run on the classifier's Keras model with compiled TensorFlow.
 
 Ported from fra31/auto-attack, ``autoattack/autopgd_base.py``, class ``APGDAttack``
 (``attack_single_run`` and ``perturb`` with ``best_loss=False``), commit
-a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09), norms Linf and L2 only. As there:
-a random start on the sphere of radius eps, a first step of 2*eps, momentum 0.75, the
-step halved at checkpoints (``checkpoints``) when the loss oscillated (rho = 0.75) or the
-best loss did not improve since an unhalved checkpoint, the halved samples restarting
-from their best point; restarts attack only the samples still classified correctly; a
-fooled sample returns its last misclassified iterate.
+a39220048b3c9f2cca9a4d3a54604793c68eca7e (2023-01-09): norms Linf and L2 here, and L1
+(Croce & Hein 2021), whose start, step and step-size rule are in apgd_l1.py. As there,
+for L-inf and L2: a random start on the sphere of radius eps, a first step of 2*eps,
+momentum 0.75, the step halved at checkpoints (``checkpoints``) when the loss oscillated
+(rho = 0.75) or the best loss did not improve since an unhalved checkpoint, the halved
+samples restarting from their best point. For every norm: restarts attack only the
+samples still classified correctly; a fooled sample returns its last misclassified
+iterate.
 
 Deliberate deviations:
 
@@ -23,8 +25,14 @@ Deliberate deviations:
   output), not its clean input: robust accuracy is unchanged (every iterate was
   classified correctly), and the deployed int8 model (``deployed_adv_acc``) is then
   shown an attacked input, as with PGD and Square.
-- Not ported: L1 (and ``use_largereps``), EOT (``eot_iter`` is 1), ``best_loss=True``,
-  the targeted losses, logging and the zero-gradient warning.
+- The DLR denominator is ``max(z_pi1 - z_pi3, 1e-12)``, not ``z_pi1 - z_pi3 + 1e-12``:
+  compiled, TensorFlow rewrote the sum away (``dlr_loss``).
+- A non-finite iterate (or one with non-finite logits) is never taken for a fooling point
+  or a best point, and the run restarts it from its best point (``_record``): a fooled
+  sample always returns its last finite misclassified iterate. The reference would carry
+  a NaN to the end and could return it.
+- Not ported: L1's ``use_largereps`` (apgd_l1.py), EOT (``eot_iter`` is 1),
+  ``best_loss=True``, the targeted losses, logging and the zero-gradient warning.
 
 Reproduced on purpose: the first oscillation check of a run compares its first loss
 with ``loss_steps[-1]``, a row not yet written (zeros), as the reference's indexing does.
@@ -38,10 +46,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sweeper.attacks import apgd_l1
 from sweeper.attacks.spec import AttackSpec
 from sweeper.limits import whole
 
 MOMENTUM = 0.75  # the reference's alpha: weight of the new step against the last move
+DLR_FLOOR = 1e-12  # the reference's guard on the DLR denominator (dlr_loss)
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -64,11 +74,20 @@ def checkpoints(n_iter: int) -> dict[int, int]:
 
 
 def dlr_loss(logits, labels):
-    """-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12) per sample (TensorFlow).
+    """-(z_y - max_{i != y} z_i) / max(z_pi1 - z_pi3, 1e-12) per sample (TensorFlow).
 
     z_pi1 >= z_pi2 >= z_pi3 are the three largest logits; the loss is invariant to shifting
     and scaling the logits. top_k has a gradient, so this is differentiable like the
     reference's sort.
+
+    The reference guards the denominator as ``z_pi1 - z_pi3 + 1e-12``. Compiled, that
+    guard vanished: TensorFlow's graph optimizer rewrites ``(a - b) + 1e-12`` as
+    ``a - (b - 1e-12)``, and ``b - 1e-12`` rounds to ``b`` in float32, so three tied top
+    logits (common on ternary and binary networks, whose logits are sums of a few levels)
+    gave an infinite loss and a NaN gradient, and the next iterate was NaN. ``max`` is not
+    rewritten: the value is the reference's up to float32 rounding, and at an exact tie the
+    denominator is 1e-12 as there (it then passes no gradient, where the reference's passes
+    N * 1e24, whose squares overflow float32 in an L2 step).
     """
     import tensorflow as tf
 
@@ -76,7 +95,7 @@ def dlr_loss(logits, labels):
     z_y = tf.gather(logits, labels, batch_dims=1)
     y_on_top = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
     best_other = tf.where(y_on_top, top[:, 1], top[:, 0])
-    return -(z_y - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+    return -(z_y - best_other) / tf.maximum(top[:, 0] - top[:, 2], DLR_FLOOR)
 
 
 def _per_sample_norm(v, norm: str):
@@ -108,7 +127,9 @@ def _compiled(classifier, loss: str, norm: str) -> tuple[Callable, Callable]:
 
     evaluate(x_adv, y) -> (logits, per-sample loss, gradient of their sum w.r.t. x_adv);
     advance(x, x_adv, x_adv_old, grad, step, a, eps, lo, hi, y) takes one APGD step and
-    evaluates there. One compiled call per iteration: eager TF costs more than the model.
+    evaluates there (under L1, ``a`` is the share ``topk`` of elements a step moves, one
+    per sample: L1 has no momentum). One compiled call per iteration: eager TF costs more
+    than the model.
     """
     cache = _COMPILED.setdefault(classifier, {})
     if (loss, norm) not in cache:
@@ -132,6 +153,9 @@ def _trace(model, input_shape: tuple, loss: str, norm: str) -> tuple[Callable, C
         return logits, losses, tape.gradient(total, x_adv)
 
     def advance(x, x_adv, x_adv_old, grad, step, a, eps, lo, hi, y):
+        if norm == "1":  # a is topk here: L1 has no momentum
+            x_1 = apgd_l1.sparse_step(x, x_adv, grad, step, a, eps, lo, hi)
+            return (x_1, *evaluate(x_1, y))
         step = tf.reshape(step, [-1] + [1] * len(input_shape))
         direction = tf.sign(grad) if norm == "inf" else _normalize(grad, norm)
         x_1 = _project(x, x_adv + step * direction, eps, lo, hi, norm)
@@ -141,10 +165,24 @@ def _trace(model, input_shape: tuple, loss: str, norm: str) -> tuple[Callable, C
 
     batch = tf.TensorSpec([None, *input_shape], tf.float32)
     labels, scalar = tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)
+    per_sample = tf.TensorSpec([None], tf.float32)
     return (tf.function(evaluate, input_signature=[batch, labels]),
-            tf.function(advance, input_signature=[batch, batch, batch, batch,
-                                                  tf.TensorSpec([None], tf.float32),
-                                                  scalar, scalar, scalar, scalar, labels]))
+            tf.function(advance, input_signature=[batch, batch, batch, batch, per_sample,
+                                                  per_sample if norm == "1" else scalar,
+                                                  scalar, scalar, scalar, labels]))
+
+
+def _l1_projection(classifier) -> Callable:
+    """apgd_l1.l1_projection compiled for this classifier's input shape (the L1 start)."""
+    import tensorflow as tf
+
+    cache = _COMPILED.setdefault(classifier, {})
+    if "l1_projection" not in cache:
+        batch = tf.TensorSpec([None, *classifier.input_shape], tf.float32)
+        scalar = tf.TensorSpec([], tf.float32)
+        cache["l1_projection"] = tf.function(apgd_l1.l1_projection,
+                                             input_signature=[batch, batch, scalar, scalar, scalar])
+    return cache["l1_projection"]
 
 
 @dataclass
@@ -163,6 +201,8 @@ class _Run:
     loss_steps: np.ndarray  # (n_iter, batch)
     loss_best_last_check: np.ndarray
     reduced_last_check: np.ndarray
+    topk: np.ndarray | None = None  # L1: share of elements a step moves, per sample
+    sp_old: np.ndarray | None = None  # L1: changed elements of the best point at the last check
 
 
 @dataclass
@@ -171,7 +211,7 @@ class APGD:
 
     classifier: Any
     loss: str  # "ce" or "dlr"
-    norm: str  # "inf" or "2"
+    norm: str  # "inf", "2" or "1"
     eps: float
     max_iter: int
     restarts: int
@@ -215,25 +255,36 @@ class APGD:
         lo, hi = _bounds(self.classifier)
         x_adv = self._random_start(x, rng, lo, hi)
         logits, loss, grad = (np.array(t) for t in evaluate(x_adv, y))
-        run = _Run(x_adv=x_adv, x_adv_old=x_adv, grad=grad,
-                   step=np.full(len(x), 2 * self.eps, np.float32),  # the reference's 2*eps
+        l1 = self.norm == "1"
+        first_step = (apgd_l1.STEP_FACTOR if l1 else 2) * self.eps  # the reference's alpha * eps
+        run = _Run(x_adv=x_adv, x_adv_old=x_adv, grad=grad, step=np.full(len(x), first_step, np.float32),
                    x_best=x_adv.copy(), grad_best=grad.copy(), loss_best=loss.copy(),
-                   x_best_adv=x_adv.copy(), acc=logits.argmax(axis=1) == y,
+                   x_best_adv=x_adv.copy(), acc=~(_finite(logits) & (logits.argmax(axis=1) != y)),
                    loss_steps=np.zeros((self.max_iter, len(x)), np.float32),
                    loss_best_last_check=loss.copy(), reduced_last_check=np.ones(len(x), bool))
-        schedule = checkpoints(self.max_iter)
+        if l1:
+            run.topk = np.full(len(x), apgd_l1.TOPK_START, np.float32)
+            run.sp_old = np.full(len(x), x[0].size, np.float32)
+        schedule = apgd_l1.checkpoints(self.max_iter) if l1 else checkpoints(self.max_iter)
         for i in range(self.max_iter):
-            a = MOMENTUM if i > 0 else 1.0
+            a = run.topk if l1 else MOMENTUM if i > 0 else 1.0
             x_new, logits, loss, grad = (np.array(t) for t in advance(
                 x, run.x_adv, run.x_adv_old, run.grad, run.step, a, self.eps, lo, hi, y))
             run.x_adv_old, run.x_adv, run.grad = run.x_adv, x_new, grad
             _record(run, i, logits, loss, y)
-            if i in schedule:
+            if i in schedule and l1:
+                apgd_l1.adapt_sparsity(run, x, self.eps)
+            elif i in schedule:
                 _check_step_size(run, i, schedule[i], self.rho)
         return run
 
     def _random_start(self, x, rng, lo, hi) -> np.ndarray:
-        """x plus a random direction scaled to norm eps (uniform for Linf, Gaussian for L2)."""
+        """x plus a random direction scaled to norm eps (uniform for Linf, Gaussian for L2),
+        or under L1 a Gaussian draw projected onto the eps ball within the box."""
+        if self.norm == "1":
+            t = rng.standard_normal(x.shape, dtype=np.float32)
+            delta = _l1_projection(self.classifier)(x, t, self.eps, lo, hi)
+            return np.clip(x + t + np.array(delta), lo, hi).astype(np.float32)
         if self.norm == "inf":
             t = 2 * rng.random(x.shape, dtype=np.float32) - 1
             size = np.abs(t).reshape(len(x), -1).max(axis=1)
@@ -245,15 +296,32 @@ class APGD:
 
 
 def _record(run: _Run, i: int, logits, loss, y) -> None:
-    """Book-keeping after iteration i: fooled samples, and each sample's best loss."""
-    pred = logits.argmax(axis=1) == y
-    run.acc &= pred
-    run.x_best_adv[~pred] = run.x_adv[~pred]
+    """Book-keeping after iteration i: fooled samples, and each sample's best loss.
+
+    Only a finite iterate with finite logits counts: a NaN input can still give finite
+    logits (ReLU maps NaN to 0) and NaN logits give argmax 0, so either could pass for a
+    fooling point and overwrite the last finite one, which a non-finite example then lost
+    for good (budget.run counts it as the clean input). A non-finite iterate restarts from
+    the sample's best point and its gradient, as a halved step does; the reference would
+    carry the NaN to the end of the run.
+    """
+    finite = _finite(run.x_adv) & _finite(logits)
+    fooled = finite & (logits.argmax(axis=1) != y)
+    run.acc &= ~fooled
+    run.x_best_adv[fooled] = run.x_adv[fooled]
     run.loss_steps[i] = loss
-    better = loss > run.loss_best
+    better = finite & (loss > run.loss_best)
     run.x_best[better] = run.x_adv[better]
     run.grad_best[better] = run.grad[better]
     run.loss_best[better] = loss[better]
+    lost = ~_finite(run.x_adv)
+    run.x_adv[lost] = run.x_best[lost]
+    run.grad[lost] = run.grad_best[lost]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """Per sample: every value finite."""
+    return np.isfinite(values).reshape(len(values), -1).all(axis=1)
 
 
 def _check_step_size(run: _Run, i: int, k: int, rho: float) -> None:
@@ -309,7 +377,7 @@ def _generate(attack: APGD, classifier, x, y, params, seed) -> np.ndarray:
 def _spec(loss: str, description: str) -> AttackSpec:
     return AttackSpec(
         name=f"apgd_{loss}",
-        norms=("inf", "2"),
+        norms=("inf", "2", "1"),
         defaults={"max_iter": 100, "restarts": 1},  # the reference's n_iter and n_restarts
         limits={"max_iter": whole(1), "restarts": whole(1)},
         fits=_fits_dlr if loss == "dlr" else None,

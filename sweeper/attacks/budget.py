@@ -1,8 +1,9 @@
 """Running an attack: ``run`` seeds the RNGs, builds the attack through its spec, calls
 ART, and holds the result to the clip box and to what eps means (spec.py): projected onto
 the ball for budget attacks, rejected outside it for minimal ones and for the patch (whose
-"patch" budget is a share of pixels, not a ball). ``perturbation_norms`` measures the
-examples.
+"patch" budget is a share of pixels, not a ball). ``controls`` makes an attack's controls
+(spec.py: the patch's random and solid patches) under the same rules. ``perturbation_norms``
+measures the examples.
 """
 
 from __future__ import annotations
@@ -49,14 +50,32 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
 
 
 def build_attack(name: str, classifier: Any, eps: float, norm: str, params: Mapping[str, Any], seed: int):
-    """The attack object ``run`` uses: the spec's builder with every ART keyword
-    (``art_params``), any refusal (ART's own parameter checks, a patch too large for the
-    input) one UserError line. Grid validation checks all of these first."""
+    """The attack object ``run`` (and ``controls``) uses: the spec's builder with every ART
+    keyword (``art_params``), any refusal (ART's own parameter checks, a patch too large
+    for the input) one UserError line. Grid validation checks all of these first."""
     spec = ATTACKS.get(name)
     try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
         return spec.build(classifier, float(eps), norm, params, seed)
     except ValueError as error:
         raise UserError(f"attack {spec.name!r}: {error}") from None
+
+
+def controls(name: str, classifier: Any, x: np.ndarray, eps: float, norm: Any, params: Mapping[str, Any],
+             seed: int) -> dict[str, np.ndarray]:
+    """The attack's controls for x (``AttackSpec.controls``) as ``run`` with the same seed
+    would place its examples: {name: examples}, each held to the clip box and the budget
+    like run's. {} for an attack without controls, and at eps 0 (nothing is perturbed)."""
+    validate(name, norm, params, eps=eps)
+    spec = ATTACKS.get(name)
+    x = np.asarray(x, dtype=np.float32)
+    if spec.controls is None or eps == 0 or len(x) == 0:
+        return {}
+    norm = normalize_norm(norm) or spec.norms[0]
+    full = art_params(name, params, eps)
+    attack = build_attack(name, classifier, eps, norm, full, seed)
+    return {control: _within_budget(x, _clip(x_control, classifier), eps, norm, project=spec.uses_eps,
+                                    classifier=classifier)
+            for control, x_control in spec.controls(attack, classifier, x, full, seed).items()}
 
 
 def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra) -> np.ndarray:
@@ -66,7 +85,11 @@ def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra
         x_adv = spec.generate(attack, classifier, x, y, params, seed, **extra)
     else:
         x_adv = attack.generate(x=x, y=y)
-    # ART's Square L2 divides by zero on 1-pixel tiles: a non-finite example is a failure.
+    # A non-finite example counts as a failed attack: the clean input. sweeper's own search
+    # loops never return one, they keep their last finite iterate (APGD's book-keeping,
+    # Square's acceptance), so no finite fooling iterate is lost here. ART's attacks
+    # (FGSM and PGD zero NaN steps themselves; C&W, ZOO, Boundary) return only their final
+    # examples: a non-finite one has no finite iterate to fall back on.
     finite = np.isfinite(x_adv).reshape(len(x), -1).all(axis=1)
     return np.where(_per_sample(finite, x.ndim), x_adv, x)
 

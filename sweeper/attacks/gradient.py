@@ -1,5 +1,11 @@
 """The white-box attacks, which follow the model's gradients: FGSM and PGD (budget
 attacks) and Carlini & Wagner L2 (minimal perturbation). Their specs and ART builders.
+
+Under L1, ART's FGSM and PGD steps are single-coordinate (``single_coordinate_norms``):
+each puts its whole size on the one input element with the largest gradient entry, and
+changes nothing when that element already sits at its clip bound. The grids keep them as
+the paper ran them; the report labels their columns, and ``apgd_ce`` / ``apgd_dlr`` with
+norm 1 are the L1 attack proper.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ FGSM = AttackSpec(
     uses_eps=True,
     black_box=False,
     single_step=True,
+    single_coordinate_norms=("1",),  # ART's L1 step: one element (FastGradientMethod._apply_norm)
     build=_build_fgsm,
     description="Fast Gradient (Sign) Method, one step of size eps (Goodfellow et al. 2015)",
 )
@@ -51,6 +58,7 @@ PGD = AttackSpec(
     uses_eps=True,
     black_box=False,
     relative=("eps_step",),  # eps_step: eps/4 scales the step with each budget of the grid
+    single_coordinate_norms=("1",),  # FGSM's L1 step, repeated (APGD-L1 is the L1 attack)
     build=_build_pgd,
     description="Projected Gradient Descent, numpy variant (Madry et al. 2018)",
 )

@@ -1,14 +1,15 @@
 """The adversarial patch attack (Brown et al. 2017, "Adversarial Patch"): its spec, the
-patch's size for a budget (``patch_shape``), and ``Patch``, which trains one universal
-targeted patch on training-fold images and pastes it on the attacked samples.
+patch's size for a budget (``patch_shape``), ``Patch``, which trains one universal
+targeted patch on training-fold images and pastes it on the attacked samples, its
+controls, and ``target_rate``, what the patch is scored by.
 
 What sweeper means by it:
 
 - One patch of ph x pw pixels (all channels) is trained per run, by Adam ascent on the
   mean log-probability of the ``target`` class over batches of training-fold images, each
-  image with the patch at a seeded uniformly random place (Brown et al.'s expectation
-  over locations; no rotation or scaling, which inputs of 8x8 pixels or 49x10 MFCCs do
-  not need). Its pixels stay in the classifier's ``clip_values``.
+  image with the patch at a place given by ``placement`` (below; no rotation or scaling,
+  which inputs of 8x8 pixels or 49x10 MFCCs do not need). Its pixels stay in the
+  classifier's ``clip_values``.
 - ``eps`` is the share of the input's area (height x width) the patch covers, in (0, 1]:
   the patch is the largest one of proportions ``shape`` (h:w) with whole-pixel sides and
   at most eps * height * width pixels (each side is floored, so it never exceeds eps).
@@ -17,11 +18,24 @@ What sweeper means by it:
   up to 1: square patches on square images, and 49:10 rectangles on 49x10 MFCCs. An
   explicit ``shape: [h, w]`` (e.g. [1, 1] for squares on MFCCs) that makes the patch
   taller or wider than the input is an error naming ``shape``.
-- Each attacked sample gets the trained patch at its own place, uniformly random and
-  drawn from the seed: the same seed gives the same patch and places.
+- ``placement`` is part of the threat model. ``random`` (the default): in training and on
+  each attacked sample the patch goes to its own uniformly random place, drawn from the
+  seed (Brown et al.'s expectation over locations: a patch that must work anywhere).
+  ``fixed``: always at ``position``, ``center`` (the default: top (height - ph) // 2, left
+  (width - pw) // 2) or ``[top, left]`` in pixels; the attacker chooses the place, and the
+  patch is trained there. A position where the patch does not fit is an error naming
+  ``position`` when the attack is built (the patch's size needs the input's shape).
 - The patch is pasted with a hard rectangular mask, exactly: the covered pixels are the
   patch's, every other pixel is the input's (no interpolation, no reflected or tiled
   mask, unlike ART's AdversarialPatchTensorFlowV2; see the README).
+- **Scored as a targeted attack** (``target_rate``): of the attacked samples the model
+  classifies correctly clean whose true class is not ``target``, the share it classifies
+  as ``target`` with the patch on. A misclassification into another class is occlusion,
+  not the patch's success.
+- **Controls** (``_controls``): the same-size patches an attack must beat, pasted at
+  exactly the trained patch's places (the same seeded stream): a uniform-random patch
+  (drawn from the seed) and two solid ones, at ``clip_values``' low and high ends ("black"
+  and "white"). They cost forward passes only.
 
 Paste and training step are ``tf.function`` s traced once per classifier (the patch's
 size and the batch are dynamic dimensions), on the model's logits with each QKeras
@@ -87,6 +101,48 @@ def check_shape(value: Any) -> str | None:
             f"{MAX_ASPECT:g} to 1)")
 
 
+PLACEMENTS = ("random", "fixed")
+CENTER = "center"
+CONTROLS = ("random", "black", "white")  # the controls' names, in the order they are made
+
+
+def check_placement(value: Any) -> str | None:
+    return None if value in PLACEMENTS else f"must be one of: {', '.join(PLACEMENTS)}"
+
+
+def check_position(value: Any) -> str | None:
+    if value == CENTER or (isinstance(value, (list, tuple)) and len(value) == 2
+                           and all(whole(0).accepts(v) for v in value)):
+        return None
+    return "must be 'center' or [top, left], two whole pixels >= 0 (the patch's top-left corner)"
+
+
+def check_together(params) -> tuple[str, str] | None:
+    """A position other than the default needs ``placement: fixed``."""
+    if params["position"] != CENTER and params["placement"] != "fixed":
+        return "position", "needs placement: fixed"
+    return None
+
+
+def label_suffix(params) -> str:
+    """``-fixed`` (at the centre) or ``-fixed-TOP-LEFT``; nothing for random places."""
+    if params["placement"] != "fixed":
+        return ""
+    return "-fixed" if params["position"] == CENTER else "-fixed-{}-{}".format(*params["position"])
+
+
+def fixed_corner(size: tuple[int, int], image_size, position) -> tuple[int, int]:
+    """(top, left) of a fixed placement; ValueError naming ``position`` if it does not fit."""
+    (height, width), (ph, pw) = image_size, size
+    if position == CENTER:
+        return (height - ph) // 2, (width - pw) // 2
+    top, left = position
+    if top + ph > height or left + pw > width:
+        raise ValueError(f"parameter 'position' {preview(list(position))} puts the {ph}x{pw} patch outside the "
+                         f"{height}x{width} input (top at most {height - ph}, left at most {width - pw})")
+    return int(top), int(left)
+
+
 @dataclass
 class Patch:
     """A patch attack bound to a classifier and a size; ``train`` then ``apply``."""
@@ -98,6 +154,8 @@ class Patch:
     learning_rate: float  # Adam's step, as a share of the clip range
     batch_size: int
     max_train: int  # training images drawn (seeded) from the ones given
+    placement: str = "random"  # PLACEMENTS (module doc)
+    position: Any = CENTER  # a fixed placement's corner: CENTER or (top, left)
 
     def train(self, x_train: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The universal patch (ph, pw, channels), float32 within clip_values."""
@@ -116,17 +174,34 @@ class Patch:
         return np.asarray(patch)
 
     def places(self, n: int, image_size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Top and left corners of n placements, uniform over every place that fits."""
+        """Top and left corners of n placements: uniform over every place that fits (drawn
+        from rng), or the fixed corner (rng untouched)."""
         (height, width), (ph, pw) = image_size, self.size
+        if self.placement == "fixed":
+            top, left = fixed_corner(self.size, image_size, self.position)
+            return np.full(n, top, np.int32), np.full(n, left, np.int32)
         return (rng.integers(0, height - ph + 1, n).astype(np.int32),
                 rng.integers(0, width - pw + 1, n).astype(np.int32))
 
     def apply(self, x: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """x with the patch pasted on each sample at its own random place."""
-        paste, _ = _compiled(self.classifier)
+        """x with the patch pasted on each sample at its own place (``places``)."""
         x = np.asarray(x, np.float32)
-        tops, lefts = self.places(len(x), x.shape[1:3], rng)
-        return np.asarray(paste(x, np.asarray(patch, np.float32), tops, lefts))
+        return self.paste(x, patch, *self.places(len(x), x.shape[1:3], rng))
+
+    def paste(self, x: np.ndarray, patch: np.ndarray, tops: np.ndarray, lefts: np.ndarray) -> np.ndarray:
+        """x with the patch's top-left corner at (tops[i], lefts[i]) on sample i."""
+        paste, _ = _compiled(self.classifier)
+        return np.asarray(paste(np.asarray(x, np.float32), np.asarray(patch, np.float32), tops, lefts))
+
+
+def target_rate(y: np.ndarray, clean_pred: np.ndarray, pred: np.ndarray, target: int) -> tuple[float, int]:
+    """(rate, n): of the n samples the model classifies correctly clean whose true class is
+    not ``target``, the share predicted as ``target`` in ``pred``; NaN when n is 0. A
+    sample already misclassified clean (as the target or not) is no success of the patch,
+    and a target-class sample cannot be taken to its own class."""
+    base = (clean_pred == y) & (y != target)
+    n = int(base.sum())
+    return (float(np.sum(base & (pred == target)) / n) if n else float("nan")), n
 
 
 def _paste(images, patch, tops, lefts):
@@ -199,10 +274,18 @@ def _fits(params, eps: float, input_shape: tuple, nb_classes: int) -> str | None
     if eps == 0:
         return None  # the clean evaluation: no patch
     try:
-        patch_shape(eps, *input_shape[:2], params["shape"])
+        size = patch_shape(eps, *input_shape[:2], params["shape"])
+        if params["placement"] == "fixed":
+            fixed_corner(size, input_shape[:2], params["position"])  # fits, or one line naming position
     except ValueError as error:
         return str(error)
     return None
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    """Independent streams for training, placements and the random control: the places
+    do not depend on how long training drew, and the controls take the trained patch's."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
 
 
 def _build(classifier, eps, norm, params, seed) -> Patch:
@@ -210,14 +293,25 @@ def _build(classifier, eps, norm, params, seed) -> Patch:
     if problem:
         raise ValueError(problem)
     height, width = classifier.input_shape[:2]
-    return Patch(classifier, patch_shape(eps, height, width, params["shape"]), params["target"],
-                 params["steps"], params["learning_rate"], params["batch_size"], params["max_train"])
+    size = patch_shape(eps, height, width, params["shape"])
+    return Patch(classifier, size, params["target"], params["steps"], params["learning_rate"],
+                 params["batch_size"], params["max_train"], params["placement"], params["position"])
 
 
 def _generate(attack: Patch, classifier, x, y, params, seed, *, x_train) -> np.ndarray:
-    # Independent streams: the placements do not depend on how long training drew.
-    train_rng, place_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    train_rng, place_rng, _ = _streams(seed)
     return attack.apply(x, attack.train(x_train, train_rng), place_rng)
+
+
+def _controls(attack: Patch, classifier, x, params, seed) -> dict[str, np.ndarray]:
+    """CONTROLS, each pasted at exactly the places ``_generate`` gives x with this seed."""
+    _, place_rng, control_rng = _streams(seed)
+    x = np.asarray(x, np.float32)
+    tops, lefts = attack.places(len(x), x.shape[1:3], place_rng)
+    lo, hi = _bounds(classifier)
+    shape = (*attack.size, x.shape[-1])
+    patches = {"random": control_rng.uniform(lo, hi, shape), "black": np.full(shape, lo), "white": np.full(shape, hi)}
+    return {name: attack.paste(x, patches[name], tops, lefts) for name in CONTROLS}
 
 
 PATCH = AttackSpec(
@@ -226,12 +320,16 @@ PATCH = AttackSpec(
     # Brown et al. train for many epochs; 200 Adam steps of 64 images reach a patch that
     # fools the tiny models tested within seconds (tests/test_patch.py).
     defaults={"target": 0, "steps": 200, "learning_rate": 0.05, "batch_size": 64,
-              "max_train": 512, "shape": None},
+              "max_train": 512, "shape": None, "placement": "random", "position": CENTER},
     limits={"target": whole(0, what="a class index"), "steps": whole(1), "learning_rate": positive(),
             # a batch of images in memory at once, and Adam's step on each
             "batch_size": whole(1, 4096), "max_train": whole(1)},
-    param_checks={"shape": check_shape},
+    param_checks={"shape": check_shape, "placement": check_placement, "position": check_position},
     fits=_fits,
+    late_params=("placement", "position"),  # today's random patches keep their cell ids
+    check_params=check_together,
+    label_suffix=label_suffix,
+    controls=_controls,
     fixed={"targeted": True},
     uses_eps=True,
     black_box=False,

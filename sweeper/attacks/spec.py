@@ -32,6 +32,10 @@ What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
   A finite ``eps`` is such a budget applied here: an example whose ``||x_adv - x||``
   exceeds it is replaced by the clean input, i.e. counts as a failed attack.
 
+Parameters a spec adds after its cells' ids were fixed (``late_params``: the patch's
+``placement`` and ``position``) stay out of a cell's identity and its ``attack_params``
+while at their default (``recorded_params``), so grids that do not set them keep their ids.
+
 A parameter listed in a spec's ``relative`` (PGD's ``eps_step``) may also be written
 relative to the budget (``eps/4``, ``eps*0.25``, ``0.25*eps``, ``eps``); ``art_params``
 resolves it for a given eps.
@@ -80,6 +84,23 @@ class AttackSpec:
     # Trained on training-fold images (the patch): run() passes them to generate as x_train.
     needs_training_data: bool = False
     max_eps: float = math.inf  # the patch's eps is a share of the input: at most 1
+    # Parameters added after cell ids were fixed: at their default they are left out of a
+    # cell's identity and its attack_params (``recorded_params``), so the cells of grids
+    # that do not set them keep their ids.
+    late_params: tuple[str, ...] = ()
+    # The full parameters -> (parameter, why they do not go together) or None: checks
+    # across parameters (the patch's position only with placement: fixed).
+    check_params: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
+    # The full parameters -> what a grid entry's default label appends to the name
+    # (the patch at a fixed place: "-fixed"), so two entries need no hand-written labels.
+    label_suffix: Callable[[Mapping[str, Any]], str] | None = None
+    # (attack, classifier, x, params, seed) -> {name: examples}: controls of the same
+    # budget that the attack must beat, made without gradients or training (the patch: a
+    # uniform-random and two solid patches at its own placements). None: no controls.
+    controls: Callable[..., dict[str, np.ndarray]] | None = None
+    # Norms under which each step moves a single input element (ART's FGSM and PGD under L1:
+    # the whole step on the largest gradient entry, nothing if that element is at its bound).
+    single_coordinate_norms: tuple[str, ...] = ()
 
 
 # The patch's "norm": eps is a share of the input's area, not an L-p radius (patch.py).
@@ -102,6 +123,12 @@ def normalize_norm(norm: Any) -> str | None:
             return "inf"
         return str(int(norm)) if float(norm).is_integer() else str(norm)
     return str(norm).strip().lower()
+
+
+def single_coordinate(name: str, norm: str | None) -> bool:
+    """Each step of this attack under this norm moves one input element (False for names
+    outside the registry: the clean evaluation, worst-case rows)."""
+    return name in ATTACKS and normalize_norm(norm) in ATTACKS.get(name).single_coordinate_norms
 
 
 def is_minimal(name: str) -> bool:
@@ -165,6 +192,11 @@ def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | No
         problem = _param_error(spec, param, value)
         if problem:
             raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {preview(value)}")
+    full = {**spec.defaults, **params}
+    clash = spec.check_params(full) if spec.check_params else None
+    if clash:
+        param, problem = clash
+        raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {preview(full[param])}")
     if eps is None:
         return
     real = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
@@ -186,6 +218,21 @@ def check_fit(name: str, params: Mapping[str, Any], eps: float, input_shape: tup
     problem = spec.fits({**spec.defaults, **params}, eps, tuple(input_shape), nb_classes) if spec.fits else None
     if problem:
         raise UserError(f"attack {name!r}: {problem}")
+
+
+def recorded_params(name: str, params: Mapping[str, Any], eps: float | None = None) -> dict[str, Any]:
+    """``art_params`` without the spec's ``late_params`` that are at their default: what a
+    cell's identity and its row's ``attack_params`` record (module doc of expand.py)."""
+    spec = ATTACKS.get(name)
+    full = art_params(name, params, eps)
+    return {k: v for k, v in full.items() if not (k in spec.late_params and v == spec.defaults[k])}
+
+
+def default_label(name: str, params: Mapping[str, Any]) -> str:
+    """The label of a grid entry that sets none: the name, plus what the spec's
+    ``label_suffix`` says about its parameters."""
+    spec = ATTACKS.get(name)
+    return name + (spec.label_suffix({**spec.defaults, **params}) if spec.label_suffix else "")
 
 
 def _unbounded_budget_error(name: str) -> None:

@@ -109,8 +109,10 @@ def _square_attack_class() -> type:
         out once per norm there, is ``_restart`` here, and each norm's start and step are
         the blocks of ART's code before and inside that loop. On square inputs it makes the
         same random draws in the same order, so it returns ART's examples exactly (tests
-        check it). Channels-first estimators, norm 1 and a loss of one's own use ART's code
-        unchanged; there are no progress bars (sweeper pins verbose=False).
+        check it), except that it never accepts a non-finite candidate (``_keep_improved``:
+        its L2 start is NaN where the narrow side is under 10 pixels, as on 8x8 digits).
+        Channels-first estimators, norm 1 and a loss of one's own use ART's code unchanged;
+        there are no progress bars (sweeper pins verbose=False).
 
         One prediction per iteration where ART makes three: ART predicts every x_adv for
         the robust mask, then the robust ones again for the loss before the step, then the
@@ -153,9 +155,19 @@ def _square_attack_class() -> type:
         def _keep_improved(self, x_adv, logits, robust, x_robust, logits_robust, x_new,
                            y_robust) -> None:
             """Greedy random search: accept x_new where the margin loss went down; x_adv
-            and its logits are updated together."""
+            and its logits are updated together.
+
+            A non-finite candidate is never accepted (ART accepts it). The L2 start lays
+            bumps of side narrow // 5 (ART: height // 5), which is 1 on 8x8 digits, and a
+            1-pixel bump is 0/0: every start is NaN there. A NaN input can still get finite logits (ReLU maps NaN
+            to 0), often misclassified: ART took it as a success and stopped attacking the
+            sample, whose NaN example then counted as the clean input (budget.run), so
+            Square L2 on digits measured clean accuracy. Rejected, the search goes on from
+            the last finite point; where no candidate is NaN, this is ART's search exactly.
+            """
             logits_new = self.estimator.predict(x_new, batch_size=self.batch_size)
-            improved = (_margin(logits_new, y_robust) - _margin(logits_robust, y_robust)) < 0.0
+            finite = np.isfinite(x_new).reshape(len(x_new), -1).all(axis=1)
+            improved = finite & ((_margin(logits_new, y_robust) - _margin(logits_robust, y_robust)) < 0.0)
             x_robust[improved] = x_new[improved]
             x_adv[robust] = x_robust
             logits_robust[improved] = logits_new[improved]

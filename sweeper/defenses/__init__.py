@@ -11,7 +11,8 @@ and retrace, 7-8x slower than a compiled step (DEPLOY_AND_ATTACK_NOTES.md).
 |---|---|---|
 | ``none`` | | plain training (``train`` skips the wrapper: bit-identical to no defense) |
 | ``jr`` | regularizers.py | CE + lambda * 1/2 ||J||_F^2, random-projection estimate |
-| ``dq`` | regularizers.py | CE + beta * sum ||W^T W - I||^2 over the kernels |
+| ``jr_layer`` | regularizers.py | CE + lambda * sum_k 1/2 ||J_k||_F^2 over the blocks (sweeper.jacobian) |
+| ``dq`` | regularizers.py | CE + beta * sum ||Q^T Q - I||^2 over the quantized kernels |
 | ``fgsm_at`` | adversarial.py | CE on FGSM examples from a random start (fast AT) |
 | ``pgd_at`` | adversarial.py | CE on PGD examples (Madry AT) |
 | ``dbwt`` | bit_width.py | CE at a bit width that cycles over shared weights |
@@ -111,10 +112,15 @@ def build(name: str, params: Mapping[str, Any] | None = None, *,
 
 def check_preset(name: str, preset: Any) -> None:
     """Raise a one-line ``UserError`` when a defense cannot train a preset (``dbwt``
-    needs bit widths to switch); cheap, no TensorFlow: grids call it when validating."""
+    needs bit widths to switch, ``dq`` kernels whose norms can change); cheap, no
+    TensorFlow: grids call it when validating."""
     if name == "dbwt" and not (preset.kernel or "").startswith("quantized_bits"):
         raise UserError(f"defense 'dbwt' switches bit widths, so it needs a fixed-point preset "
                         f"(int8, int4, int2), not {preset.name!r}")
+    if name == "dq" and (preset.kernel or "").startswith("binary("):
+        # +-alpha weights with a fixed alpha: every column's norm is alpha * sqrt(fan-in)
+        raise UserError(f"defense 'dq' needs kernels whose norms training can change; {preset.name!r} "
+                        f"weights are +-1 whatever the training, so each column's norm stays sqrt(fan-in)")
 
 
 _add(DefenseSpec(NONE, {}, {}, "plain training (no defense)"))

@@ -1,4 +1,5 @@
-"""Deployment: a trained QKeras model as a full-int8 TensorFlow Lite Micro build, measured.
+"""Deployment: a trained QKeras model as a full-int8 TensorFlow Lite Micro build, measured,
+its sub-byte builds, and its MACs and latency estimates.
 
 This package owns the path from a QKeras model to figures a microcontroller build
 actually needs, and to the predictions the deployed network makes. One file per step:
@@ -17,7 +18,15 @@ actually needs, and to the predictions the deployed network makes. One file per 
   fast fused-int8 liveness estimate for when conversion fails.
 - ``run.py``: ``evaluate(flatbuffer, x, y)``, the int8 ``.tflite``'s predictions (batch
   of one, as on an MCU) and accuracy; ``quantize_input``.
-- ``common.py``: ``DeployError``, ``one_line``, ``quiet``.
+- ``builds.py``: ``builds(int8_flatbuffer, x_check) -> [Build]``, the int8 build and its
+  sub-byte variants (``FORMATS``): ``lut.py`` (TFLM's LUT compression, DECODE ops) and
+  ``int4.py`` (packed INT4 filters), each measured and refused unless TFLM's interpreter
+  (``tflm.py``, a child process) predicts exactly as with the int8 build; ``filters.py``,
+  the int8 build's filter tensors and the flatbuffer editing both share.
+- ``macs.py``: ``macs(flatbuffer)``, multiply-accumulates counted from the graph;
+  ``latency.py``: ``latency_ms(macs, mcu, runtime)``, an estimate calibrated on cited
+  MLPerf Tiny results per core and runtime.
+- ``common.py``: ``DeployError``, ``one_line``, ``quiet``, ``child``.
 - here: ``deploy(model, representative) -> Deployment``, all of the above for a trial,
   never raising (a failure is a one-line ``error``), and ``measure(flatbuffer)``, the
   same figures for a flatbuffer already built (a cached one). They live here, not in a
@@ -37,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeper.deploy.arena import ARENA_SEARCH_MAX, arena_bytes, estimate_ram_bytes  # noqa: F401
+from sweeper.deploy.builds import FORMATS, Build, builds  # noqa: F401
 from sweeper.deploy.common import DeployError, one_line, quiet  # noqa: F401
 from sweeper.deploy.convert import (  # noqa: F401
     _rescale_biases,
@@ -55,6 +65,8 @@ from sweeper.deploy.plain import (  # noqa: F401
     quantized_weights,
     strip,
 )
+from sweeper.deploy.latency import RUNTIMES, estimate, latency_ms  # noqa: F401
+from sweeper.deploy.macs import mac_counts, macs  # noqa: F401
 from sweeper.deploy.run import Evaluation, evaluate, quantize_input  # noqa: F401
 
 REPRESENTATIVE_SAMPLES = 200  # calibration samples deploy() uses (conversion time grows with them)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-import sweeper
-from sweeper.deploy.common import DeployError, one_line
+from sweeper.deploy.common import DeployError, child, one_line
 
 ARENA_SEARCH_MAX = 64 * 1024 * 1024  # bytes; a model needing more is reported as failing
 
@@ -28,17 +27,9 @@ def arena_bytes(flatbuffer: bytes, timeout_s: float = 300.0) -> int:
     tflite-micro and tries each size in a forked grandchild (POSIX only): ``python -m
     sweeper.deploy arena`` (``__main__.py``), with this process's sweeper checkout first
     on its PYTHONPATH."""
-    import subprocess
-
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(sweeper.__file__)))
-    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-m", "sweeper.deploy", "arena"], input=flatbuffer,
-                          capture_output=True, timeout=timeout_s,
-                          env={**os.environ, "PYTHONPATH": path})
-    answer = done.stdout.decode().strip()
-    if done.returncode != 0 or not answer.isdigit():
-        reason = (done.stderr.decode().strip().splitlines() or [answer or "no answer"])[-1]
-        raise DeployError(f"TFLM arena search failed: {reason}")
+    answer = child("arena", flatbuffer, timeout_s, "TFLM arena search").decode().strip()
+    if not answer.isdigit():
+        raise DeployError(f"TFLM arena search failed: {answer or 'no answer'}")
     return int(answer)
 
 
