@@ -252,15 +252,15 @@ def _change(draw, raw: dict, kind: str, overrides: list[str]) -> None:
         if kind == "delete":
             _delete(raw, path)
         else:
-            _set(raw, path, draw(st.sampled_from(HOSTILE + FIELD_VALUES.get(_schema_key(path), []))))
+            _set(raw, path, _fresh(draw, HOSTILE + FIELD_VALUES.get(_schema_key(path), [])))
     elif kind == "parameter" and _parameter_cases(raw):
         path, value = draw(st.sampled_from(_parameter_cases(raw)))
-        _set(raw, path, value)
+        _set(raw, path, copy.deepcopy(value))
     elif kind == "add":
         mappings = [path for path in [()] + _paths(raw) if isinstance(_get(raw, path), dict)]
         where = draw(st.sampled_from(mappings))
         _get(raw, where)[draw(st.sampled_from(["colour", "[/x]", "seed", "params", "k" * 2000]))] = \
-            draw(st.sampled_from(HOSTILE))
+            _fresh(draw, HOSTILE)
     elif kind == "override":
         path = draw(st.sampled_from([".".join(map(str, p)) for p in _paths(raw)] + [
             "attacks.--1.eps", "attacks..x", "attacks.-1.eps", "attacks.99.eps", "seed.x", "a.b.c", "attacks.pgd",
@@ -268,6 +268,11 @@ def _change(draw, raw: dict, kind: str, overrides: list[str]) -> None:
         parts = tuple(int(part) if part.isdigit() else part for part in path.split("."))
         value = draw(st.sampled_from(HOSTILE + FIELD_VALUES.get(_schema_key(parts), [])))
         overrides.append(f"{path}={_flow(value)}")
+
+
+def _fresh(draw, values: list) -> Any:
+    """One of ``values``, copied: a later change must not edit the shared tables."""
+    return copy.deepcopy(draw(st.sampled_from(values)))
 
 
 def _get(raw: Any, path: tuple) -> Any:
