@@ -322,6 +322,9 @@ RUN_TIME_REFUSALS = [  # issue 20, item 4: accepted by validate, refused by a tr
      "number > 0, got -1"),
     (PATCH % "target: 99", "attacks.0: attack 'patch': parameter 'target' 99 is not a class of the 10-class "
      "model (dataset 'digits': 8x8x1 inputs, 10 classes)"),
+    (PATCH % "placement: fixed, position: [7, 7]",
+     "attacks.0: attack 'patch': parameter 'position' [7, 7] puts the 4x4 patch outside the 8x8 input (top at "
+     "most 4, left at most 4) (dataset 'digits': 8x8x1 inputs, 10 classes)"),
     ("attacks=[{name: square, eps: [0.1], params: {p_init: 1}}]",
      "attacks.0: attack 'square': parameter 'p_init' must be a number in (0, 1), got 1"),
     ("attacks=[{name: boundary, eps: [unbounded], params: {num_trial: 0}}]",
