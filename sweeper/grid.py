@@ -468,8 +468,8 @@ class Grid(_Frozen):
         wanted_defense = source.defense_of(defense)
         if wanted_defense not in self.defenses_of(dataset, wanted[1]):
             known = ", ".join(entry.key for entry in self.defenses)
-            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {preview(wanted_defense)} (the source of "
-                             f"{model}/{quantizer} with {preview(defense)}) is not trained for dataset {dataset!r}; "
+            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {preview(wanted_defense)} (the source "
+                             f"of {model}/{quantizer} with {preview(defense)}) is not trained for dataset {dataset!r}; "
                              f"name the source's defense, one of: {known}")
 
     def defenses_of(self, dataset: str, quantizer: str) -> list[str]:
@@ -550,7 +550,8 @@ def _defenses_fit(grid: Grid) -> Grid:
     for entry in grid.defenses:  # the same training twice under two labels
         same = seen.setdefault(repr((entry.name, sorted(entry.resolved_params().items()))), entry.key)
         if same != entry.key:
-            raise ValueError(f"defenses: {preview(same)} and {preview(entry.key)} are the same defense with the same parameters")
+            raise ValueError(f"defenses: {preview(same)} and {preview(entry.key)} are the same defense with the "
+                             f"same parameters")
     quantizers = {q for m in grid.models for q in (m.quantizers or grid.quantizers)}
     for entry in grid.defenses:
         for quantizer in sorted(set(entry.quantizers or quantizers) & quantizers):

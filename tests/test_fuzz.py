@@ -194,7 +194,8 @@ def _parameter_cases(raw: dict) -> list[tuple[tuple, Any]]:
             cases += [(("attacks", index, "params", param), value) for value in values]
     for index, name, _ in entries("defenses"):
         for param, limit in DEFENSES.get(name).limits.items():
-            cases += [(("defenses", index), {"name": name, "params": {param: value}}) for value in _limit_values(limit)]
+            cases += [(("defenses", index), {"name": name, "params": {param: value}})
+                      for value in _limit_values(limit)]
     for index, name, _ in entries("datasets"):
         spec = DATASETS.get(name)
         for option in spec.options:
@@ -497,7 +498,8 @@ EXTREMES = {  # each accepted parameter at the edge validation allows, on digits
         {"name": "fgsm", "eps": [1e-9], "params": {"num_random_init": 1}},
         {"name": "pgd", "eps": [1.0], "params": {"max_iter": 1, "eps_step": 1e-300, "num_random_init": 0}},
         {"name": "square", "eps": [1.0], "params": {"max_iter": 1, "p_init": 1e-300, "nb_restarts": 1}},
-        {"name": "square", "label": "square_l2", "norm": 2, "eps": [1e-9], "params": {"max_iter": 1, "p_init": 0.999}},
+        {"name": "square", "label": "square_l2", "norm": 2, "eps": [1e-9],
+         "params": {"max_iter": 1, "p_init": 0.999}},
         {"name": "cw_l2", "eps": ["unbounded"], "params": {"max_iter": 1, "binary_search_steps": 1, "confidence": 0,
                                                           "learning_rate": 1e-300, "initial_const": 1e300}},
         {"name": "boundary", "eps": ["unbounded"], "params": {"max_iter": 1, "num_trial": 1, "init_size": 1,
@@ -529,7 +531,8 @@ def test_accepted_extremes_really_run(tmp_path):
         run_job(job, plan.cells_of(job.job_id), data, JobContext("extremes", ("stm32h7",)), rows.append)
         assert len(rows) == len(plan.cells_of(job.job_id))
         own = [row for row in rows if row["eval_bits"] is None]
-        assert {row["attack_label"] for row in own} == {"none"} | {e.get("label", e["name"]) for e in EXTREMES["attacks"]}
+        labels = {entry.get("label", entry["name"]) for entry in EXTREMES["attacks"]}
+        assert {row["attack_label"] for row in own} == {"none"} | labels
         # each attack ran on samples the model got right (a misclassified one is not attacked)
         assert all(row["clean_acc"] > 0 and 0 <= row["adv_acc"] <= row["clean_acc"] for row in own), \
             [(row["attack_label"], row["clean_acc"], row["adv_acc"]) for row in own]

@@ -239,7 +239,8 @@ HOSTILE_FILES = [  # (id, bytes of the file from the tiny grid's YAML text, mess
      r"conversion\) at line 2, column 7"),
     ("a control character", lambda t: t.replace("seed: 0", "seed: \x01").encode(),
      r"character '\\x01' at line 2, column 7 is not allowed in YAML"),
-    ("a 900 KB value quoted short", lambda t: t.replace("{max_iter: 3}", "{max_iter: " + "k" * 900_000 + "}").encode(),
+    ("a 900 KB value quoted short",
+     lambda t: t.replace("{max_iter: 3}", "{max_iter: " + "k" * 900_000 + "}").encode(),
      r"attacks.1: attack 'pgd': parameter 'max_iter' must be a whole number >= 1, got 'k{36}\.\.\."),
 ]
 
