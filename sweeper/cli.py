@@ -122,13 +122,13 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
                                      "for it to end [default: exit 2 naming it]")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
-    from sweeper import lease, store
+    from sweeper import grid, lease, store
 
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
     out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
               f"-> {path}")
-    provenance = store.new_launch(loaded.grid, str(grid_path), grid_path.read_bytes(), set or [])
+    provenance = store.new_launch(loaded.grid, str(grid_path), grid.read_bytes(grid_path), set or [])
     held = lease.Lease(store.locate(path), provenance.launch_id, loaded.grid.name)
     try:
         with held.acquire(wait=wait, on_wait=_waiting(path)):

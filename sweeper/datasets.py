@@ -23,7 +23,9 @@ about [-124, 25], one coefficient far wider than another, so the loader returns 
 (``clip_values`` their min and max) and ``prepare_fold`` min-max scales each of the 10
 coefficients with statistics of the *training fold only* (a test sample must not shape
 its own scaling), clipping test samples into [0, 1]. ``Dataset.scaling`` records the
-rule; ``shape`` gives input shape and class count without loading anything.
+rule; ``shape`` gives input shape and class count without loading anything, and
+``most_folds`` the largest K that the official files allow (every test fold can hold
+every class), so a grid is checked before anything is loaded.
 
 Groups. Samples that share a source must not straddle a split, or a model is tested on
 what it has already heard. ``gsc`` clips are named ``<speaker>_nohash_<n>.wav``, so its
@@ -58,7 +60,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sweeper.errors import NotAvailableError, UserError
+from sweeper.errors import NotAvailableError, UserError, preview
 from sweeper.registry import Registry
 
 
@@ -105,6 +107,9 @@ class DatasetSpec:
     prepare: Callable[[Dataset, np.ndarray], Dataset] = _unchanged
     # shape(**options) -> (input_shape, nb_classes), without loading; None: not declared
     shape: Callable[..., tuple[tuple[int, ...], int]] | None = None
+    # most_folds(**options) -> (K, why): the most folds for which every test fold can hold
+    # every class, from the official files' counts, without loading; None: not declared
+    most_folds: Callable[..., tuple[int, str]] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -225,7 +230,7 @@ BT601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights for R, G, B
 
 def _check_grayscale(grayscale: Any) -> None:
     if not isinstance(grayscale, bool):
-        raise UserError(f"option 'grayscale' must be true or false, not {grayscale!r}")
+        raise UserError(f"option 'grayscale' must be true or false, not {preview(grayscale)}")
 
 
 def _image_shape(grayscale: bool = False) -> tuple[tuple[int, ...], int]:
@@ -420,7 +425,19 @@ def _gsc_groups(clips: Sequence[tuple[Path, int]], noise: Mapping[Path, np.ndarr
 def _check_labels(labels: Any) -> None:
     if labels not in GSC_WORDS:
         raise UserError(f"dataset 'gsc': option 'labels' must be one of "
-                        f"{', '.join(GSC_WORDS)}, not {labels!r}")
+                        f"{', '.join(GSC_WORDS)}, not {preview(labels)}")
+
+
+GSC_SPEAKERS = 2_618  # in v0.02 (Warden 2018)
+GSC_NOISE_FILES = 6  # background-noise recordings in v0.02's _background_noise_
+
+
+def _gsc_most_folds(labels: str = "paper") -> tuple[int, str]:
+    _check_labels(labels)
+    if labels == "mlperf":  # a recording is a group: each fold's silence needs one of its own
+        return GSC_NOISE_FILES, (f"silence is cut from {GSC_NOISE_FILES} background-noise recordings, "
+                                 f"each kept within one fold")
+    return GSC_SPEAKERS, f"its {GSC_SPEAKERS} speakers are each kept within one fold"
 
 
 def _gsc_shape(labels: str = "paper") -> tuple[tuple[int, ...], int]:
@@ -479,27 +496,32 @@ def _scale_mfccs(data: Dataset, train_idx: np.ndarray) -> Dataset:
 DATASETS.add("digits", DatasetSpec(
     "digits", _load_digits, {},
     "scikit-learn's bundled 8x8 handwritten digits (embedded, offline)",
-    shape=lambda: ((8, 8, 1), 10)))
+    shape=lambda: ((8, 8, 1), 10),
+    most_folds=lambda: (174, "its smallest class (digit 8) has 174 images")))
 DATASETS.add("cifar10", DatasetSpec(
     "cifar10", _load_cifar10, {"grayscale": False},
     "CIFAR-10 python batches, train+test pooled, 32x32 RGB (or BT.601 grayscale) in [0, 1]",
-    {"grayscale": (False, True)}, shape=_image_shape))
+    {"grayscale": (False, True)}, shape=_image_shape,
+    most_folds=lambda grayscale=False: (6000, "each class has 6000 images")))
 DATASETS.add("svhn", DatasetSpec(
     "svhn", _load_svhn, {"grayscale": False},
     "SVHN cropped digits (train+test .mat, no extra), 32x32 RGB (or grayscale) in [0, 1]",
-    {"grayscale": (False, True)}, shape=_image_shape))
+    {"grayscale": (False, True)}, shape=_image_shape,
+    # train_32x32.mat holds 4,659 nines and test_32x32.mat 1,595 (extra is left out)
+    most_folds=lambda grayscale=False: (6254, "its smallest class (digit 9) has 6254 images")))
 DATASETS.add("gsc", DatasetSpec(
     "gsc", _load_gsc, {"labels": "paper"},
     "Google Speech Commands v0.02 as MLPerf Tiny 49x10 MFCCs, speaker-grouped, scaled to "
     "[0, 1] per coefficient on each training fold; labels: paper (yes, no, zero..nine) or "
     "mlperf (10 words, silence, unknown)",
-    {"labels": ("paper", "mlperf")}, prepare=_scale_mfccs, shape=_gsc_shape))
+    {"labels": ("paper", "mlperf")}, prepare=_scale_mfccs, shape=_gsc_shape,
+    most_folds=_gsc_most_folds))
 
 
 def _with_defaults(spec: DatasetSpec, options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise UserError(f"dataset {spec.name!r}: unknown option {unknown[0]!r}; "
+        raise UserError(f"dataset {spec.name!r}: unknown option {preview(unknown[0])}; "
                         f"accepted: {', '.join(spec.options) or 'none'}")
     return {**spec.options, **options}
 
@@ -520,6 +542,15 @@ def shape(name: str, options: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()
     if spec.shape is None:
         raise UserError(f"dataset {name!r} does not declare its shape; load it instead")
     return spec.shape(**options)
+
+
+def most_folds(name: str, options: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()
+               ) -> tuple[int, str] | None:
+    """(K, why): the most folds a dataset with its options allows, so that every test
+    fold can hold every class; None when the dataset does not declare it."""
+    spec = DATASETS.get(name)
+    options = _with_defaults(spec, dict(options))
+    return None if spec.most_folds is None else spec.most_folds(**options)
 
 
 def prepare_fold(data: Dataset, train_idx: np.ndarray) -> Dataset:

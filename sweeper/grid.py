@@ -1,9 +1,15 @@
 """Grid files: the YAML schema, loading with ``--set`` overrides, and validation.
 
-This is the one place user input is checked. A grid file is parsed with YAML's safe
-loader, overrides are applied to the raw mapping, and pydantic validates the result
-into a frozen ``Grid``; every later stage trusts it. Nothing here imports TensorFlow,
-ART or Ray. Expansion into cells lives in ``expand.py``.
+This is the one place user input is checked. A grid file and each ``--set`` value are
+read by ``safe_yaml`` (bounded size, strict UTF-8, bounded nesting and alias expansion,
+no repeated keys), overrides are applied to the raw mapping, and pydantic validates the
+result into a frozen ``Grid``: each field here, each attack and defense parameter against
+its declared ``Limit``, and last, ``feasibility.check``, the grid against what will run
+it (each dataset's declared shape, classes and fold limit; the plan's size), so that a
+trial never refuses what validation accepted. Every later stage trusts the ``Grid``.
+Every failure is one ``UserError`` line; user values in it are quoted with
+``errors.preview``. Nothing here imports TensorFlow, ART or Ray. Expansion into cells
+lives in ``expand.py``.
 """
 
 from __future__ import annotations
@@ -14,26 +20,32 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from sweeper.errors import UserError
+from sweeper import safe_yaml
+from sweeper.errors import UserError, one_line, preview
+from sweeper.limits import INT_MAX, whole
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are refused in every float field (a learning rate of .inf trains NaNs).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 UNBOUNDED = "unbounded"
 # What an attack entry attacks (its ``target``): the QKeras model (default), or the int8
 # .tflite built from it, queried through the TFLite interpreter (black-box attacks only).
 MODEL_TARGET, DEPLOYED_TARGET = "model", "deployed"
+MAX_EPOCHS = 1_000_000
+FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # numpy.finfo(float32)
 
 
 class Epsilon(_Frozen):
     """An attack budget: its value, and its label as written (``8/255`` stays ``8/255``).
     ``unbounded`` (value +inf) is for minimal-perturbation attacks; 0 is always clean."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)  # parse_epsilon checks
 
     value: float
     label: str
@@ -49,25 +61,25 @@ def parse_epsilon(raw: Any) -> Epsilon:
     if isinstance(raw, str) and raw.strip().lower() == UNBOUNDED:
         return Epsilon(value=math.inf, label=UNBOUNDED)
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {raw!r}")
+        raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', got {preview(raw)}")
     try:
         value = float(Fraction(raw.strip()) if isinstance(raw, str) else raw)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):  # OverflowError: beyond 1.8e308
         raise ValueError(f"epsilon must be a number, a fraction like 8/255 or 'unbounded', "
-                         f"got {raw!r}") from None
+                         f"got {preview(raw)}") from None
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {raw!r}")
+        raise ValueError(f"epsilon must be a finite number >= 0, got {preview(raw)}")
     return Epsilon(value=value, label=raw.strip() if isinstance(raw, str) else str(raw))
 
 
-def _is_fraction(value: Any) -> bool:
+def _fraction(value: Any) -> float | None:
+    """A fraction written like a budget (``2/255``) as a float; None for anything else."""
     if not isinstance(value, str) or value.count("/") != 1:
-        return False
+        return None
     try:
-        Fraction(value.strip())
-        return True
-    except (ValueError, ZeroDivisionError):
-        return False
+        return float(Fraction(value.strip()))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
 class DatasetChoice(_Frozen):
@@ -94,12 +106,12 @@ class DatasetChoice(_Frozen):
         spec = DATASETS.get(self.name)
         for key, value in self.options.items():
             if key not in spec.options:
-                raise ValueError(f"dataset {self.name!r}: unknown option {key!r}; "
+                raise ValueError(f"dataset {self.name!r}: unknown option {preview(key)}; "
                                  f"accepted: {', '.join(spec.options) or 'none'}")
             accepted = spec.choices.get(key)
             if accepted is not None and not any(value is a or (value == a and type(value) is type(a))
                                                 for a in accepted):
-                raise ValueError(f"dataset {self.name!r}: option {key!r} is {value!r}; "
+                raise ValueError(f"dataset {self.name!r}: option {preview(key)} is {preview(value)}; "
                                  f"accepted: {', '.join(map(str, accepted))}")
         return self
 
@@ -213,8 +225,7 @@ class AttackEntry(_Frozen):
         # Lets step sizes be written like budgets: eps_step: 2/255.
         if not isinstance(raw, dict):
             return raw
-        return {key: parse_epsilon(value).value if _is_fraction(value) else value
-                for key, value in raw.items()}
+        return {key: value if _fraction(value) is None else _fraction(value) for key, value in raw.items()}
 
     @model_validator(mode="after")
     def _known(self) -> "AttackEntry":
@@ -301,7 +312,8 @@ class ModelChoice(_Limited):
 
 
 class Folds(_Frozen):
-    k: int = Field(5, ge=2, description="K of K-fold cross-validation")
+    # At most what each dataset of the grid allows (feasibility.py).
+    k: int = Field(5, ge=2, le=INT_MAX, description="K of K-fold cross-validation")
     only: tuple[int, ...] | None = None  # fold indices to run; all K when absent
 
     @model_validator(mode="after")
@@ -318,12 +330,14 @@ class Folds(_Frozen):
 
 
 class Train(_Frozen):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=1, le=INT_MAX)
     optimizer: Literal["adam", "adamax", "sgd"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0)
+    # TensorFlow holds the rates as float32: a rate beyond its range is refused there (or,
+    # below its smallest normal number, rounds to a rate that trains nothing).
+    learning_rate: float = 1e-3
     schedule: Literal["constant", "cosine"] = "constant"
-    min_learning_rate: float = Field(1e-6, ge=0)  # floor of the cosine schedule
+    min_learning_rate: float = 1e-6  # floor of the cosine schedule
     # Epochs between checkpoints (weights, optimizer, epoch) of a training job, or "auto":
     # an interval that keeps saving under 2% of training time (sweeper.trial). Excluded
     # from dumps, so from job ids: resumed training ends with the same model, whatever
@@ -333,9 +347,25 @@ class Train(_Frozen):
     @field_validator("checkpoint_every", mode="before")
     @classmethod
     def _interval(cls, value: Any) -> int | str:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value == "auto" or whole(1).accepts(value):
             return value
-        raise ValueError(f"use 'auto' or a whole number of epochs >= 1, not {value!r}")
+        raise ValueError(f"use 'auto' or a whole number of epochs >= 1, not {preview(value)}")
+
+    @field_validator("learning_rate", "min_learning_rate")
+    @classmethod
+    def _float32(cls, rate: float, info) -> float:
+        low = FLOAT32_TINY if info.field_name == "learning_rate" else 0
+        if not low <= rate <= FLOAT32_MAX:
+            raise ValueError(f"must be {'0 or ' if low == 0 else ''}a number TensorFlow's float32 holds, "
+                             f"{FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}; got {rate:g}")
+        return rate
+
+    @model_validator(mode="after")
+    def _floor_below_start(self) -> "Train":
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(f"min_learning_rate {self.min_learning_rate:g} is above learning_rate "
+                             f"{self.learning_rate:g}: the cosine schedule decays from learning_rate down to it")
+        return self
 
 
 class Resources(_Frozen):
@@ -353,10 +383,10 @@ class Resources(_Frozen):
         # say so while the grid is read.
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < math.inf:
             raise ValueError(f"must be 0, a share of one GPU in (0, 1], or a whole number "
-                             f"of GPUs; got {raw!r}")
+                             f"of GPUs; got {preview(raw)}")
         if raw > 1 and raw != int(raw):
             raise ValueError(f"a fraction of a GPU must be at most 1; above 1, ask for whole "
-                             f"GPUs (got {raw!r})")
+                             f"GPUs (got {preview(raw)})")
         return raw
 
 
@@ -392,8 +422,8 @@ class DefenseEntry(_Limited):
 
 
 class Grid(_Frozen):
-    name: str
-    seed: int = 0
+    name: str = Field(max_length=100)  # a folder name
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what numpy and scikit-learn accept
     datasets: tuple[DatasetChoice, ...] = Field(min_length=1)
     models: tuple[ModelChoice, ...] = Field(min_length=1)
     quantizers: tuple[str, ...] = Field(min_length=1)
@@ -401,10 +431,10 @@ class Grid(_Frozen):
     folds: Folds = Folds()
     train: Train = Train()
     # attacked samples per training job: one count, or per dataset with an optional default
-    samples: int | dict[str, int] = 100
+    samples: int | dict[str, int] = 100  # each at most INT_MAX
     resources: Resources = Resources()
     mcus: tuple[str, ...] = ("stm32h7",)
-    data_dir: str | None = None
+    data_dir: str | None = Field(None, max_length=4096)
     # Training-time defenses: each trains every job it applies to once more. Default:
     # plain training only; list `none` beside others to keep the undefended baseline.
     defenses: tuple[DefenseEntry, ...] = Field(default_factory=lambda: (DefenseEntry(name="none"),), min_length=1)
@@ -415,7 +445,7 @@ class Grid(_Frozen):
         # The name is a folder under results/: '.', '..' or a hidden name would put the
         # default store in the working directory, its parent, or out of sight.
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"{name!r} is not usable as a folder name: use letters, digits, "
+            raise ValueError(f"{preview(name)} is not usable as a folder name: use letters, digits, "
                              f"'_', '-' and '.', not starting with '.'")
         return name
 
@@ -435,6 +465,8 @@ class Grid(_Frozen):
         counts = samples.values() if isinstance(samples, dict) else [samples]
         if any(count < 1 for count in counts):
             raise ValueError("attacked sample counts must be >= 1")
+        if any(count > INT_MAX for count in counts):
+            raise ValueError(f"attacked sample counts must be at most {INT_MAX}")
         if isinstance(samples, dict):
             _known_names(DATASETS, tuple(key for key in samples if key != "default"))
         return samples
@@ -470,8 +502,8 @@ class Grid(_Frozen):
         wanted_defense = source.defense_of(defense)
         if wanted_defense not in self.defenses_of(dataset, wanted[1]):
             known = ", ".join(entry.key for entry in self.defenses)
-            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {wanted_defense!r} (the source of "
-                             f"{model}/{quantizer} with {defense!r}) is not trained for dataset {dataset!r}; "
+            raise ValueError(f"{where}: {wanted[0]}/{wanted[1]} with defense {preview(wanted_defense)} (the source "
+                             f"of {model}/{quantizer} with {preview(defense)}) is not trained for dataset {dataset!r}; "
                              f"name the source's defense, one of: {known}")
 
     def defenses_of(self, dataset: str, quantizer: str) -> list[str]:
@@ -517,12 +549,26 @@ class Grid(_Frozen):
             if key == "none":
                 raise ValueError("'none' (the clean evaluation) is always included; do not list it")
             if keys.count(key) > 1:
-                raise ValueError(f"attack {key!r} appears twice; give each a distinct 'label'")
+                raise ValueError(f"attack {preview(key)} appears twice; give each a distinct 'label'")
         return entries
 
     @model_validator(mode="after")
     def _defenses(self) -> "Grid":
         return _defenses_fit(self)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path is not None and not path.isprintable():  # a NUL byte makes every file call fail
+            raise ValueError(f"{preview(path)} is not usable as a folder path (control characters)")
+        return path
+
+    @model_validator(mode="after")
+    def _feasible(self) -> "Grid":
+        from sweeper import feasibility
+
+        feasibility.check(self)  # last: it relies on every check above
+        return self
 
 
 def _defenses_fit(grid: Grid) -> Grid:
@@ -533,12 +579,13 @@ def _defenses_fit(grid: Grid) -> Grid:
     keys = [entry.key for entry in grid.defenses]
     for key in keys:
         if keys.count(key) > 1:
-            raise ValueError(f"defenses: {key!r} appears twice; give each a distinct 'label'")
+            raise ValueError(f"defenses: {preview(key)} appears twice; give each a distinct 'label'")
     seen: dict[str, str] = {}
     for entry in grid.defenses:  # the same training twice under two labels
         same = seen.setdefault(repr((entry.name, sorted(entry.resolved_params().items()))), entry.key)
         if same != entry.key:
-            raise ValueError(f"defenses: {same!r} and {entry.key!r} are the same defense with the same parameters")
+            raise ValueError(f"defenses: {preview(same)} and {preview(entry.key)} are the same defense with the "
+                             f"same parameters")
     quantizers = {q for m in grid.models for q in (m.quantizers or grid.quantizers)}
     for entry in grid.defenses:
         for quantizer in sorted(set(entry.quantizers or quantizers) & quantizers):
@@ -580,20 +627,13 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     return validate(raw, source=str(path))
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """The grid file's bytes, read within safe_yaml's bounds (a launch records them)."""
+    return safe_yaml.read_file(Path(path))
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: grid file not found") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read grid file ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    raw = safe_yaml.load_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a grid file must be a YAML mapping (key: value lines)")
     return raw
@@ -609,8 +649,8 @@ def validate(raw: dict[str, Any], source: str = "grid") -> Grid:
 
 
 def _first_problem(error: ValidationError) -> str:
-    problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(_loc_part(part) for part in problem["loc"] if not str(part).startswith("function-"))
     message = problem["msg"].removeprefix("Value error, ")
     if problem["type"] == "extra_forbidden":
         message = "unknown key"
@@ -621,6 +661,13 @@ def _first_problem(error: ValidationError) -> str:
     elif problem["type"] == "missing":
         message = "required field is missing"
     return f"{where}: {message}" if where else message
+
+
+def _loc_part(part: Any) -> str:
+    """A step of an error's location: a user's key (samples.<dataset>, an unknown key)
+    may be long or hold line breaks, so it is quoted short."""
+    text = str(part)
+    return text if len(text) <= 40 and text.isprintable() and text.strip() == text and text else preview(part)
 
 
 def _parent_model(loc: tuple) -> type[BaseModel] | None:
@@ -651,20 +698,30 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply ``key.path=value`` (value in YAML syntax) to a raw grid mapping in place.
 
-    A path step into a list is an index (``attacks.0.eps``) or the label/name of an entry
-    (``attacks.pgd.eps``)."""
+    A path step into a list is an index (``attacks.0.eps``, ``attacks.-1.eps``) or the
+    label/name of an entry (``attacks.pgd.eps``). The value is read within the bounds of a
+    grid file (safe_yaml)."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {override!r}: expected key=value, e.g. train.epochs=2")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"--set {override!r}: value is not valid YAML") from None
+        raise UserError(f"--set {preview(override)}: expected key=value, e.g. train.epochs=2")
     parts = key.strip().split(".")
+    shown = _shown(key.strip())
+    if not all(part.strip() for part in parts):
+        raise UserError(f"--set {shown}: a field name in the path is empty")
+    if not key.isprintable():  # control characters, or bytes the terminal's encoding could not decode
+        raise UserError(f"--set {shown}: the field path holds characters no field name has")
+    # A value's error quotes the whole override (short): the value is what it is about.
+    where = f"--set {preview(key.strip() + '=' + text, 60)}"
+    value = safe_yaml.loads(text, where, limit=safe_yaml.MAX_VALUE_BYTES) if text.strip() else None
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, ".".join(parts[: depth + 1]), create=True)
-    _assign(node, parts[-1], value, key.strip())
+        node = _step(node, part, _shown(".".join(parts[: depth + 1])), create=True)
+    _assign(node, parts[-1], value, shown)
+
+
+def _shown(path: str) -> str:
+    """A --set path as errors quote it: one line, bounded."""
+    return one_line(path, 80)
 
 
 def _step(node: Any, part: str, path: str, create: bool) -> Any:
@@ -689,7 +746,7 @@ def _assign(node: Any, part: str, value: Any, path: str) -> None:
 
 
 def _list_index(items: list, part: str, path: str) -> int:
-    if part.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,18}", part):  # ASCII digits only: int() takes others too
         index = int(part)
         if not -len(items) <= index < len(items):
             raise UserError(f"--set {path}: index {index} out of range (list has {len(items)})")
@@ -699,4 +756,4 @@ def _list_index(items: list, part: str, path: str) -> int:
             return index
         if item == part:
             return index
-    raise UserError(f"--set {path}: no entry named {part!r}")
+    raise UserError(f"--set {path}: no entry named {preview(part)}")

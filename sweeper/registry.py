@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from sweeper.errors import UserError
+from sweeper.errors import UserError, preview
 
 T = TypeVar("T")
 
@@ -38,17 +38,20 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable value is no name either
             raise UserError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        return f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+        return f"unknown {self.kind} {preview(name)}; available: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable value (a list where a name belongs) is no name
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

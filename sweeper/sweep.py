@@ -32,10 +32,10 @@ from rich.console import Console
 
 from sweeper import WORKER_ENV, cost, placement, store
 from sweeper.datasets import load_all
-from sweeper.errors import storage_error
+from sweeper.errors import UserError, storage_error
 from sweeper.expand import Cell, Plan, TrainingJob
 from sweeper.lease import Lease
-from sweeper.progress import CellProgress
+from sweeper.progress import CellProgress, styled
 from sweeper.progress import console as literal_console
 from sweeper.trial import CHECKPOINT_FILE, JobContext, run_job
 
@@ -118,10 +118,11 @@ def _launch(plan, results, address, verbose, console, provenance) -> LaunchRepor
         if done:
             finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
+    local = _init_ray(address, verbose)
+    check_resources(plan.grid.resources, local=local, console=console)  # before loading any data
     data = load_all(plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
                          launch_id=provenance.launch_id, adversarial=location.uri(store.ADVERSARIAL_DIR))
-    _init_ray(address, verbose)
     data = _put_each(data)
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
         rows = _StoreRows(location, progress, provenance, skip=rerun)
@@ -167,11 +168,13 @@ def finish(location: store.Location) -> store.CompactReport:
 
 
 
-def _init_ray(address: str | None, verbose: bool) -> None:
+def _init_ray(address: str | None, verbose: bool) -> bool:
+    """Connect to Ray, or start a local instance; True when that local instance is
+    sweeper's own (a cluster of this machine alone, which never grows)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet only
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)},
@@ -179,6 +182,68 @@ def _init_ray(address: str | None, verbose: bool) -> None:
              logging_level=logging.INFO if verbose else logging.ERROR)
     if not verbose:  # failed trials are summarised in one line each by the CLI
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def check_resources(resources, *, local: bool, console: Console | None = None) -> None:
+    """Fail fast, in one line, when no node of the Ray cluster can hold one trial
+    (``resources.cpus`` CPUs and ``resources.gpus`` GPUs on one node): Tune would wait for
+    it forever at "cells 0/N (starting)". A cluster that may add nodes is given the
+    benefit of the doubt: one whose autoscaler published its node types is checked against
+    them; on another cluster (``--address``) that may autoscale unseen, a warning says
+    what is missing and the sweep waits. Sweeper's own local cluster never grows."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    missing = missing_resource(nodes, resources.cpus, resources.gpus)
+    if missing is None:
+        return
+    node_types = _autoscaler_node_types()
+    if node_types is not None and not local:
+        if missing_resource(node_types, resources.cpus, resources.gpus) is None:
+            return  # the autoscaler can add a node that fits
+        raise UserError(f"{missing}, nor can the cluster's autoscaler add one "
+                        f"({_most(node_types)} on its largest node type)")
+    if local:
+        raise UserError(missing + " (sweeper's local Ray cluster; use --address for a cluster that has them)")
+    if console is not None:
+        console.print(styled("warning:", "yellow", f"{missing}; the sweep waits for one to join (Ctrl-C to stop)"))
+
+
+def missing_resource(nodes: list[dict], cpus: float, gpus: float) -> str | None:
+    """None if some node (Ray's resource mapping) holds ``cpus`` CPUs and ``gpus`` GPUs;
+    else one line naming the missing resource and what the nodes have."""
+    if any(node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus for node in nodes):
+        return None
+    if gpus > 0 and not any(node.get("GPU", 0) >= gpus for node in nodes):
+        field, asked = "resources.gpus", f"{gpus:g} GPUs"
+    elif not any(node.get("CPU", 0) >= cpus for node in nodes):
+        field, asked = "resources.cpus", f"{cpus:g} CPUs"
+    else:  # enough of each, never on one node
+        field, asked = "resources", f"{cpus:g} CPUs and {gpus:g} GPUs on one node"
+    return f"{field}: each trial asks for {asked}, but no node of the Ray cluster has them ({_most(nodes)})"
+
+
+def _most(nodes: list[dict]) -> str:
+    if not nodes:
+        return "it has no node"
+    cpus = max(node.get("CPU", 0) for node in nodes)
+    gpus = max(node.get("GPU", 0) for node in nodes)
+    return f"{len(nodes)} node{'s' * (len(nodes) != 1)}, at most {cpus:g} CPUs and {gpus:g} GPUs each"
+
+
+def _autoscaler_node_types() -> list[dict] | None:
+    """The resources of each node type an autoscaler may launch, when it published them
+    (Ray's autoscaler v2 and KubeRay do, in the GCS); None when unknown."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # a private API: unknown, never an error
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
 
 
 def _put_each(data: dict) -> dict:

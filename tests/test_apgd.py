@@ -152,7 +152,9 @@ class NoModel:
 @pytest.mark.parametrize("params", [{"max_iter": 0}, {"restarts": 0}])
 def test_bad_iteration_counts_are_user_errors(params):
     x = np.zeros((2, 8, 8, 1), np.float32)
-    with pytest.raises(UserError, match=r"^attack 'apgd_ce': max_iter and restarts must be at least 1$"):
+    (name, value), = params.items()
+    with pytest.raises(UserError, match=rf"^attack 'apgd_ce': parameter '{name}' must be a whole number >= 1, "
+                                        rf"got {value}$"):
         attacks.run("apgd_ce", NoModel(), x, None, 0.1, "inf", params, seed=0)
 
 

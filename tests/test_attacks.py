@@ -114,8 +114,11 @@ def test_unknown_attack_lists_the_available_ones():
     ("l2", {}, None, r"attack 'pgd': unsupported norm 'l2'; accepted: inf, 1, 2"),
     (None, {"max_iters": 3}, None,
      r"attack 'pgd': unknown parameter 'max_iters'; accepted: eps_step, max_iter, num_random_init"),
-    (None, {"max_iter": 2.5}, None, r"parameter 'max_iter' must be an integer, got 2.5"),
-    (None, {"max_iter": True}, None, r"parameter 'max_iter' must be a number, got True"),
+    (None, {"max_iter": 2.5}, None, r"parameter 'max_iter' must be a whole number >= 1, got 2.5"),
+    (None, {"max_iter": True}, None, r"parameter 'max_iter' must be a whole number >= 1, got True"),
+    (None, {"max_iter": -5}, None, r"parameter 'max_iter' must be a whole number >= 1, got -5"),
+    (None, {"eps_step": 0}, None, r"parameter 'eps_step' must be a number > 0 or relative to eps"),
+    (None, {"eps_step": float("nan")}, None, r"parameter 'eps_step' must be a number > 0 .*, got nan"),
     (None, {"targeted": True}, None, r"unknown parameter 'targeted'"),
     (None, {}, -0.1, r"eps must be a finite number >= 0, got -0.1"),
 ])
@@ -222,15 +225,15 @@ def test_relative_step_resolves_exactly_and_absolute_steps_stay():
 
 
 @pytest.mark.parametrize("name, params, message", [
-    ("pgd", {"eps_step": "eps/0"}, r"parameter 'eps_step' must be a number or relative to eps "
+    ("pgd", {"eps_step": "eps/0"}, r"parameter 'eps_step' must be a number > 0 or relative to eps "
                                    r"\(eps, eps/k, eps\*k or k\*eps with a number k > 0\), got 'eps/0'$"),
-    ("pgd", {"eps_step": "eps-0.1"}, r"'eps_step' must be a number or relative to eps"),
-    ("pgd", {"eps_step": "2*eps/4"}, r"'eps_step' must be a number or relative to eps"),
-    ("pgd", {"eps_step": "eps/-4"}, r"'eps_step' must be a number or relative to eps"),
-    ("pgd", {"eps_step": "epsilon/4"}, r"'eps_step' must be a number or relative to eps"),
-    ("pgd", {"max_iter": "eps/4"}, r"parameter 'max_iter' must be an integer, got 'eps/4'"),
-    ("fgsm", {"num_random_init": "eps"}, r"parameter 'num_random_init' must be an integer"),
-    ("boundary", {"epsilon": "eps/4"}, r"parameter 'epsilon' must be a number, got 'eps/4'"),
+    ("pgd", {"eps_step": "eps-0.1"}, r"'eps_step' must be a number > 0 or relative to eps"),
+    ("pgd", {"eps_step": "2*eps/4"}, r"'eps_step' must be a number > 0 or relative to eps"),
+    ("pgd", {"eps_step": "eps/-4"}, r"'eps_step' must be a number > 0 or relative to eps"),
+    ("pgd", {"eps_step": "epsilon/4"}, r"'eps_step' must be a number > 0 or relative to eps"),
+    ("pgd", {"max_iter": "eps/4"}, r"parameter 'max_iter' must be a whole number >= 1, got 'eps/4'"),
+    ("fgsm", {"num_random_init": "eps"}, r"parameter 'num_random_init' must be a whole number >= 0"),
+    ("boundary", {"epsilon": "eps/4"}, r"parameter 'epsilon' must be a finite number > 0, got 'eps/4'"),
 ])
 def test_relative_values_only_where_the_spec_allows_them(name, params, message):
     with pytest.raises(UserError, match=rf"^attack '{name}': .*{message}"):

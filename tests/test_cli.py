@@ -86,3 +86,65 @@ def test_compact_merges_fragments_and_writes_the_diagnostics(tmp_path):
     assert sweeper("check", location.text).returncode == 0
     missing = sweeper("compact", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
+
+
+# ---------------------------------------------------------------- hostile grid input, in process
+
+def _validate_in(directory, *args):
+    """`sweeper validate ARGS` run in process with ``directory`` as the working folder."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    here = os.getcwd()
+    os.chdir(directory)
+    try:
+        return CliRunner().invoke(app, ["validate", *args])
+    finally:
+        os.chdir(here)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/dev/zero"], "error: /dev/zero: not a regular file (a character device); give the path of a grid file"),
+    (["grid.yaml", "--set", "name='[/x] :x:'"],
+     "error: grid.yaml: name: '[/x] :x:' is not usable as a folder name: use letters, digits, '_', '-' and '.', "
+     "not starting with '.'"),
+    (["grid.yaml", "--set", "attacks.--1.eps=1"], "error: --set attacks.--1: no entry named '--1'"),
+])
+def test_hostile_input_is_one_literal_line_and_exit_2(tmp_path, tiny_grid, args, message):
+    write_grid(tmp_path, tiny_grid)
+    result = _validate_in(tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    # the user's text printed as written: no rich markup, no emoji code
+    assert result.stderr == message + "\n" and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
+
+
+def test_missing_resource_names_it_and_what_the_nodes_have():
+    from sweeper.sweep import missing_resource
+
+    one_cpu_node = [{"CPU": 2.0, "memory": 1e9}]
+    assert missing_resource(one_cpu_node, 1, 2) == (
+        "resources.gpus: each trial asks for 2 GPUs, but no node of the Ray cluster has them "
+        "(1 node, at most 2 CPUs and 0 GPUs each)")
+    assert missing_resource(one_cpu_node, 4, 0).startswith("resources.cpus: each trial asks for 4 CPUs")
+    assert missing_resource([{"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}], 2, 1).startswith(
+        "resources: each trial asks for 2 CPUs and 1 GPUs on one node")
+    assert missing_resource([{"CPU": 2.0, "GPU": 1.0}], 1, 0.25) is None
+    assert missing_resource(one_cpu_node, 2, 0) is None
+
+
+@pytest.mark.slow
+def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid):
+    """Before: Tune waited forever at "cells 0/2 (starting)"; now exit 2 once Ray is up."""
+    path = write_grid(tmp_path, tiny_grid)
+    result = sweeper("launch", str(path), "--set", "resources.gpus=2", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: resources.gpus: each trial asks for 2 GPUs, but no node of the Ray cluster has them "
+        "(1 node, at most "), lines
+    assert "0 GPUs each) (sweeper's local Ray cluster" in lines[0]
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["grid.yaml"]

@@ -31,7 +31,8 @@ def test_unknown_names_and_parameters_are_one_line_errors():
         defenses.resolve("fgsm_at", {"eps": 0})
     with pytest.raises(UserError, match=r"^defense 'pgd_at': steps must be a whole number in 1\.\.1000, got 2\.5$"):
         defenses.resolve("pgd_at", {"steps": 2.5})
-    with pytest.raises(UserError, match=r"^defense 'dbwt': bits must list at least two distinct bit widths"):
+    with pytest.raises(UserError, match=r"^defense 'dbwt': bits must be bit widths, a list of at least two "
+                                        r"distinct whole numbers in 2\.\.16, got \[4, 4\]$"):
         defenses.resolve("dbwt", {"bits": [4, 4]})
 
 

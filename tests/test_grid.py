@@ -187,3 +187,178 @@ def test_every_shipped_grid_validates_and_expands(path):
 
     plan = expand.expand(grid.load(path), fingerprints=False)
     assert plan.jobs and all(plan.cells_of(job.job_id) for job in plan.jobs)
+
+
+# ---------------------------------------------------------------- hostile and careless input
+# Issue 20, items 3 and 4: each case with its whole one-line message. Before the fix the
+# files hung validate (alias bombs, /dev/zero, a large file), raised tracebacks (encodings,
+# deep nesting, odd --set paths) or were accepted (a repeated key, and every item-4 value,
+# which then failed in a trial or trained nothing).
+
+def _bomb(anchor: str, levels: int = 9) -> str:
+    """A billion-laughs YAML flow list: 9**levels values once its aliases are expanded."""
+    return (f"[&{anchor}0 [1,1,1,1,1,1,1,1,1], "
+            + ", ".join(f"&{anchor}{i + 1} [" + ",".join([f"*{anchor}{i}"] * 9) + "]" for i in range(levels))
+            + "]")
+
+
+def _tiny_text(tiny_grid) -> str:
+    import yaml
+
+    tiny_grid["attacks"][1]["params"] = {"max_iter": 3}  # the line the alias bomb extends
+    return yaml.safe_dump(tiny_grid, sort_keys=False, default_flow_style=None, width=10_000)
+
+
+HOSTILE_FILES = [  # (id, bytes of the file from the tiny grid's YAML text, message after "<path>: ")
+    ("alias bomb in attack params",
+     lambda t: t.replace("{max_iter: 3}", "{max_iter: 3, x: " + _bomb("a") + "}").encode(),
+     r"holds more than 10000 values with its aliases expanded at line \d+, column \d+"),
+    ("alias bomb in a dataset option",
+     lambda t: t.replace("datasets: [digits]", "datasets: [{name: digits, x: " + _bomb("b") + "}]").encode(),
+     r"holds more than 10000 values with its aliases expanded at line 3, column \d+"),
+    ("a grid over 1 MiB", lambda t: t.encode() + b"#" * (1 << 20),
+     r"larger than 1 MiB, the most a grid file may be"),
+    ("latin-1", lambda t: ("# Thé grid\n" + t).encode("latin-1"),
+     r"not UTF-8 text: byte 0xe9 at offset 4 \(line 1\); save it as UTF-8"),
+    ("invalid UTF-8 further down", lambda t: t.encode().replace(b"tiny", b"ti\xffny"),
+     r"not UTF-8 text: byte 0xff at offset 8 \(line 1\); save it as UTF-8"),
+    ("UTF-16 with a byte-order mark", lambda t: t.encode("utf-16"),
+     r"is UTF-16 text \(it starts with a UTF-16 byte-order mark\); save it as UTF-8"),
+    ("UTF-16 without one", lambda t: t.encode("utf-16-le"),
+     r"NUL byte at offset 1 \(line 1\); UTF-16 text\? save it as UTF-8"),
+    ("900-deep nesting", lambda t: (t + "x: " + "[" * 900 + "]" * 900 + "\n").encode(),
+     r"nested deeper than 32 levels at line \d+, column 35"),
+    ("seed twice", lambda t: t.replace("seed: 0", "seed: 0\nseed: 1").encode(),
+     r"key 'seed' appears twice in one mapping at line 3, column 1"),
+    ("a key that repeats after quoting", lambda t: t.replace("seed: 0", "seed: 0\n'seed': 1").encode(),
+     r"key 'seed' appears twice in one mapping at line 3, column 1"),
+    ("an alias to its own node", lambda t: (t + "x: &r [1, *r]\n").encode(),
+     r"an alias refers to a node that contains it at line \d+, column \d+"),
+    ("an integer of 5000 digits", lambda t: t.replace("seed: 0", "seed: " + "9" * 5000).encode(),
+     r"cannot read the value '9+\.\.\. \(Exceeds the limit \(4300 digits\) for integer string "
+     r"conversion\) at line 2, column 7"),
+    ("a control character", lambda t: t.replace("seed: 0", "seed: \x01").encode(),
+     r"character '\\x01' at line 2, column 7 is not allowed in YAML"),
+    ("a 900 KB value quoted short",
+     lambda t: t.replace("{max_iter: 3}", "{max_iter: " + "k" * 900_000 + "}").encode(),
+     r"attacks.1: attack 'pgd': parameter 'max_iter' must be a whole number >= 1, got 'k{36}\.\.\."),
+]
+
+
+@pytest.mark.parametrize("make, message", [case[1:] for case in HOSTILE_FILES], ids=[c[0] for c in HOSTILE_FILES])
+def test_hostile_files_are_refused_quickly_in_one_line(tmp_path, tiny_grid, make, message):
+    import time
+
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(make(_tiny_text(tiny_grid)))
+    started = time.perf_counter()
+    with pytest.raises(UserError) as caught:
+        grid.load(path)
+    assert time.perf_counter() - started < 10  # the bounds hold before any expansion
+    assert re.fullmatch(re.escape(f"{path}: ") + message, str(caught.value)), str(caught.value)[:500]
+
+
+def test_a_device_or_a_folder_is_refused_without_reading_it(tmp_path):
+    with pytest.raises(UserError, match=r"^/dev/zero: not a regular file \(a character device\); "
+                                        r"give the path of a grid file$"):
+        grid.load("/dev/zero")
+    with pytest.raises(UserError, match=r": is a folder, not a grid file$"):
+        grid.load(tmp_path)
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path, tiny_grid):
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + _tiny_text(tiny_grid).encode())
+    assert grid.load(path).name == "tiny"
+
+
+def test_yaml_merge_keys_may_still_override_merged_keys(tmp_path, tiny_grid):
+    text = _tiny_text(tiny_grid) + "train: {<<: {epochs: 5, batch_size: 8}, epochs: 2}\n"
+    path = tmp_path / "grid.yaml"
+    path.write_text(text.replace("train: {epochs: 1, batch_size: 64}\n", ""))
+    loaded = grid.load(path)
+    assert (loaded.train.epochs, loaded.train.batch_size) == (2, 8)
+
+
+HOSTILE_OVERRIDES = [  # (--set, message after "<path>: " or from "--set")
+    ("attacks.--1.eps=[0.1]", r"--set attacks.--1: no entry named '--1'"),
+    ("attacks..eps=[0.1]", r"--set attacks..eps: a field name in the path is empty"),
+    ("attacks.0.params=" + _bomb("c"),
+     r"--set 'attacks.0.params=\[&c0 \[1,1,1,1,1,1,1,1,1\], &c1 \[\*c0,\*c0,\.\.\.: holds more than 10000 values "
+     r"with its aliases expanded at line 1, column \d+"),
+    ("attacks.0.eps=" + "[" * 100 + "]" * 100,
+     r"--set 'attacks.0.eps=\[{42}\.\.\.: nested deeper than 32 levels at line 1, column 33"),
+    ("attacks.0.params.x=" + "y" * 100_000, r"--set 'attacks.0.params.x=y{37}\.\.\.: value larger than 64 KiB"),
+    ("seed={a: 1, a: 2}", r"--set 'seed={a: 1, a: 2}': key 'a' appears twice in one mapping at line 1, column 8"),
+    ("name=[bold]x :x:", r"--set 'name=\[bold\]x :x:': YAML syntax error at line 1, column 7: expected <block end>, "
+                         r"but found '<scalar>'"),
+]
+
+
+@pytest.mark.parametrize("override, message", HOSTILE_OVERRIDES, ids=[o[:40] for o, _ in HOSTILE_OVERRIDES])
+def test_hostile_overrides_are_refused_in_one_line(tmp_path, tiny_grid, override, message):
+    with pytest.raises(UserError) as caught:
+        grid.load(write_grid(tmp_path, tiny_grid), [override])
+    assert re.fullmatch(message, str(caught.value)), str(caught.value)[:500]
+
+
+PATCH = "attacks=[{name: patch, eps: [0.25], params: {%s}}]"
+RUN_TIME_REFUSALS = [  # issue 20, item 4: accepted by validate, refused by a trial (or training nothing)
+    ("attacks=[{name: patch, eps: [1.0], params: {shape: [1, 4]}}]",
+     "attacks.0: attack 'patch': parameter 'shape' [1, 4] gives a 4x16 patch at eps 1.0, larger than the "
+     "8x8 input (dataset 'digits': 8x8x1 inputs, 10 classes)"),
+    ("attacks=[{name: patch, eps: [0.01]}]",
+     "attacks.0: attack 'patch': eps 0.01 covers less than one pixel of the 8x8 input (dataset 'digits': "
+     "8x8x1 inputs, 10 classes)"),
+    ("attacks.pgd.params.eps_step=0", "attacks.1: attack 'pgd': parameter 'eps_step' must be a number > 0 or "
+     "relative to eps (eps, eps/k, eps*k or k*eps with a number k > 0), got 0"),
+    ("attacks.pgd.params.eps_step=-1", "attacks.1: attack 'pgd': parameter 'eps_step' must be a number > 0 or "
+     "relative to eps (eps, eps/k, eps*k or k*eps with a number k > 0), got -1"),
+    ("attacks.pgd.params.eps_step=.nan", "attacks.1: attack 'pgd': parameter 'eps_step' must be a number > 0 or "
+     "relative to eps (eps, eps/k, eps*k or k*eps with a number k > 0), got nan"),
+    ("attacks.pgd.params.max_iter=-5", "attacks.1: attack 'pgd': parameter 'max_iter' must be a whole number "
+     ">= 1, got -5"),
+    (PATCH % "steps: 0", "attacks.0: attack 'patch': parameter 'steps' must be a whole number >= 1, got 0"),
+    (PATCH % "learning_rate: -1", "attacks.0: attack 'patch': parameter 'learning_rate' must be a finite "
+     "number > 0, got -1"),
+    (PATCH % "target: 99", "attacks.0: attack 'patch': parameter 'target' 99 is not a class of the 10-class "
+     "model (dataset 'digits': 8x8x1 inputs, 10 classes)"),
+    (PATCH % "placement: fixed, position: [7, 7]",
+     "attacks.0: attack 'patch': parameter 'position' [7, 7] puts the 4x4 patch outside the 8x8 input (top at "
+     "most 4, left at most 4) (dataset 'digits': 8x8x1 inputs, 10 classes)"),
+    ("attacks=[{name: square, eps: [0.1], params: {p_init: 1}}]",
+     "attacks.0: attack 'square': parameter 'p_init' must be a number in (0, 1), got 1"),
+    ("attacks=[{name: boundary, eps: [unbounded], params: {num_trial: 0}}]",
+     "attacks.0: attack 'boundary': parameter 'num_trial' must be a whole number >= 1, got 0"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("seed=4294967296", "seed: Input should be less than or equal to 4294967295"),
+    ("folds.k=1000", "folds.k: 1000 folds are more than dataset 'digits' allows: its smallest class (digit 8) "
+     "has 174 images, so at most 174 folds can each test every class"),
+    ("defenses=[none, {name: jr, quantizers: [int2]}]",
+     "defenses.1: 'jr' is limited to quantizers int2, which no model of the grid is trained with: it would "
+     "train nothing"),
+    ("train.learning_rate=.inf", "train.learning_rate: Input should be a finite number"),
+    ("train.epochs=10000000", "train.epochs: Input should be less than or equal to 1000000"),
+    ("data_dir=\"a\\0b\"", "data_dir: 'a\\x00b' is not usable as a folder path (control characters)"),
+]
+
+
+@pytest.mark.parametrize("override, message", RUN_TIME_REFUSALS, ids=[o[:50] for o, _ in RUN_TIME_REFUSALS])
+def test_what_a_trial_would_refuse_is_refused_by_validation(tmp_path, tiny_grid, override, message):
+    path = write_grid(tmp_path, tiny_grid)
+    with pytest.raises(UserError) as caught:
+        grid.load(path, [override])
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_plan_too_large_is_refused_before_it_is_expanded(tmp_path, tiny_grid):
+    path = write_grid(tmp_path, tiny_grid)
+    overrides = ["folds.k=174", "folds.only=null", "models=[small_cnn, resnet8, dscnn, stq_net]",
+                 "quantizers=[fp, int8, int4]", "defenses=[none, jr, dq, fgsm_at, pgd_at]"]
+    with pytest.raises(UserError) as caught:
+        grid.load(path, overrides)
+    # 4 models x 3 quantizers x 5 defenses x 174 folds; 4 cells each (clean, 2 fgsm, 1 pgd)
+    assert str(caught.value) == (f"{path}: the grid makes 10440 trainings and at least 41760 cells; one grid "
+                                 f"makes at most 10000 trainings and 1000000 cells: split it, or run some folds "
+                                 f"(folds.only)")
+    assert len(grid.load(path, overrides[:-1]).folds.indices()) == 174  # 2088 trainings are fine

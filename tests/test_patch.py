@@ -61,9 +61,13 @@ def test_impossible_patches_are_one_line_errors(args, message):
     ({"shape": [1]}, None, r"parameter 'shape' must be \[height, width\], two numbers > 0"),
     ({"shape": [0, 1]}, None, r"parameter 'shape' must be \[height, width\]"),
     ({"shape": "square"}, None, r"parameter 'shape' must be \[height, width\]"),
-    ({"target": -1}, None, r"parameter 'target' must be a class index"),
+    ({"target": -1}, None, r"parameter 'target' must be a class index, a whole number >= 0, got -1"),
     ({"target": 1.5}, None, r"parameter 'target' must be a class index"),
-    ({"steps": 2.5}, None, r"parameter 'steps' must be an integer"),
+    ({"steps": 2.5}, None, r"parameter 'steps' must be a whole number >= 1, got 2.5"),
+    ({"steps": 0}, None, r"parameter 'steps' must be a whole number >= 1, got 0"),
+    ({"learning_rate": -1}, None, r"parameter 'learning_rate' must be a finite number > 0, got -1"),
+    ({"batch_size": 10**6}, None, r"parameter 'batch_size' must be a whole number in 1..4096, got 1000000"),
+    ({"shape": [1e300, 1e-300]}, None, r"parameter 'shape' must be \[height, width\], two numbers > 0"),
     ({}, 2.0, r"eps must be at most 1, got 2.0"),
     ({"placement": "centre"}, None, r"parameter 'placement' must be one of: random, fixed, got 'centre'"),
     ({"placement": "fixed", "position": [1]}, None, r"parameter 'position' must be 'center' or \[top, left\]"),
@@ -313,8 +317,8 @@ def test_non_square_inputs_take_an_explicit_shape_and_refuse_one_too_large():
                                         r"patch at eps 0.5, larger than the 49x10 input$"):
         attacks.run("patch", classifier, x[:8], None, 0.5, None, {"shape": [1, 1]}, seed=0, x_train=x_train)
     for params, message in (({"target": 12}, "parameter 'target' 12 is not a class"),
-                            ({"steps": 0}, "parameter 'steps' must be at least 1, got 0"),
-                            ({"learning_rate": 0.0}, "parameter 'learning_rate' must be > 0")):
+                            ({"steps": 0}, "parameter 'steps' must be a whole number >= 1, got 0"),
+                            ({"learning_rate": 0.0}, "parameter 'learning_rate' must be a finite number > 0")):
         with pytest.raises(UserError, match=rf"^attack 'patch': {message}"):
             attacks.run("patch", classifier, x[:8], None, 0.1, None, params, seed=0, x_train=x_train)
 

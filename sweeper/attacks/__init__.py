@@ -4,7 +4,9 @@ the fast ART estimator they run on.
 One file per concern:
 
 - ``spec.py``: ``AttackSpec``, the ``ATTACKS`` registry, what eps means per attack,
-  ``validate``, ``art_params`` and budget-relative parameters (``eps_step: eps/4``).
+  ``validate`` (each parameter against its ``sweeper.limits.Limit``), ``check_fit`` (an
+  attack against a dataset's declared shape and classes), ``art_params`` and
+  budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.
 - ``apgd.py``: apgd_ce and apgd_dlr, AutoAttack's APGD ported from the reference code and
   compiled on the classifier's model (no ART attack class); ``apgd_l1.py``: its L1 parts
@@ -14,8 +16,9 @@ One file per concern:
 - ``patch.py``: patch, a universal targeted adversarial patch trained on training-fold
   images and pasted with a hard mask at random or fixed places (``Patch``,
   ``patch_shape``), its controls, and ``target_rate``, what it is scored by.
-- ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``controls`` (an
-  attack's same-budget controls) and ``perturbation_norms``.
+- ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``build_attack`` (the
+  attack object a run uses), ``controls`` (an attack's same-budget controls) and
+  ``perturbation_norms``.
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
 - ``deployed.py``: ``make_deployed_classifier``, the int8 ``.tflite`` itself as an ART
@@ -35,7 +38,14 @@ from typing import Any
 
 from sweeper.attacks.apgd import APGD_CE, APGD_DLR
 from sweeper.attacks.black_box import BOUNDARY, HOP_SKIP_JUMP, ZOO, _generate_boundary  # noqa: F401
-from sweeper.attacks.budget import BUDGET_RTOL, _within_budget, controls, perturbation_norms, run  # noqa: F401
+from sweeper.attacks.budget import (  # noqa: F401
+    BUDGET_RTOL,
+    _within_budget,
+    build_attack,
+    controls,
+    perturbation_norms,
+    run,
+)
 from sweeper.attacks.deployed import NoGradientError, make_deployed_classifier  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401
     PREDICT_CHUNK,
@@ -51,6 +61,7 @@ from sweeper.attacks.spec import (  # noqa: F401
     RELATIVE_FORMS,
     AttackSpec,
     art_params,
+    check_fit,
     default_label,
     is_minimal,
     normalize_norm,

@@ -48,6 +48,7 @@ import numpy as np
 
 from sweeper.attacks import apgd_l1
 from sweeper.attacks.spec import AttackSpec
+from sweeper.limits import whole
 
 MOMENTUM = 0.75  # the reference's alpha: weight of the new step against the last move
 DLR_FLOOR = 1e-12  # the reference's guard on the DLR denominator (dlr_loss)
@@ -353,13 +354,16 @@ def _label_indices(y: np.ndarray) -> np.ndarray:
     return y.argmax(axis=1) if y.ndim == 2 else y.astype(int)
 
 
+def _fits_dlr(params, eps, input_shape, nb_classes: int) -> str | None:
+    """The DLR loss divides by the gap between the top and third logits."""
+    return None if nb_classes >= 3 else f"the DLR loss needs at least 3 classes; the model has {nb_classes}"
+
+
 def _builder(loss: str) -> Callable[..., APGD]:
     def build(classifier, eps, norm, params, seed) -> APGD:
-        if params["max_iter"] < 1 or params["restarts"] < 1:
-            raise ValueError("max_iter and restarts must be at least 1")
-        if loss == "dlr" and classifier.nb_classes < 3:
-            raise ValueError(f"the DLR loss needs at least 3 classes; the model has "
-                             f"{classifier.nb_classes}")
+        problem = _fits_dlr(params, eps, classifier.input_shape, classifier.nb_classes) if loss == "dlr" else None
+        if problem:
+            raise ValueError(problem)
         return APGD(classifier, loss, norm, eps, params["max_iter"], params["restarts"],
                     params["rho"], params["batch_size"])
 
@@ -375,6 +379,8 @@ def _spec(loss: str, description: str) -> AttackSpec:
         name=f"apgd_{loss}",
         norms=("inf", "2", "1"),
         defaults={"max_iter": 100, "restarts": 1},  # the reference's n_iter and n_restarts
+        limits={"max_iter": whole(1), "restarts": whole(1)},
+        fits=_fits_dlr if loss == "dlr" else None,
         fixed={"targeted": False, "rho": 0.75, "batch_size": 128},
         uses_eps=True,
         black_box=False,

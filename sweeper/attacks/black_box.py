@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
+from sweeper.limits import FLAG, non_negative, positive, whole
 
 _LOG = logging.getLogger(__name__)
 
@@ -220,6 +221,8 @@ BOUNDARY = AttackSpec(
     # epsilon is ART's step size towards the original, not a budget.
     defaults={"delta": 0.01, "epsilon": 0.01, "max_iter": 1000, "num_trial": 25,
               "init_size": 100},
+    limits={"delta": positive(), "epsilon": positive(), "max_iter": whole(1), "num_trial": whole(1),
+            "init_size": whole(1)},
     fixed={"targeted": False, "step_adapt": 0.667, "sample_size": 20, "min_epsilon": 0.0,
            "batch_size": 64, "verbose": False},
     uses_eps=False,
@@ -234,6 +237,7 @@ HOP_SKIP_JUMP = AttackSpec(
     # ART's defaults, which are the paper's (Chen, Jordan and Wainwright 2020: 100 initial
     # evaluations per gradient estimate, growing with sqrt(iteration), capped at 10,000).
     defaults={"max_iter": 50, "max_eval": 10000, "init_eval": 100, "init_size": 100},
+    limits={"max_iter": whole(1), "max_eval": whole(1), "init_eval": whole(1), "init_size": whole(1)},
     fixed={"targeted": False, "batch_size": 64, "verbose": False},
     uses_eps=False,
     black_box=True,
@@ -266,6 +270,9 @@ ZOO = AttackSpec(
     defaults={"confidence": 0.0, "max_iter": 10, "binary_search_steps": 10,
               "learning_rate": 0.01, "initial_const": 0.001, "nb_parallel": 128,
               "use_resize": False, "use_importance": False, "variable_h": 1e-4},
+    limits={"confidence": non_negative(), "max_iter": whole(1), "binary_search_steps": whole(1),
+            "learning_rate": positive(), "initial_const": positive(), "nb_parallel": whole(1),
+            "use_resize": FLAG, "use_importance": FLAG, "variable_h": positive()},
     fixed={"targeted": False, "abort_early": True, "batch_size": 1, "verbose": False},
     uses_eps=False,
     black_box=True,

@@ -49,6 +49,17 @@ def run(name: str, classifier: Any, x: np.ndarray, y: np.ndarray | None, eps: fl
                           classifier=classifier)
 
 
+def build_attack(name: str, classifier: Any, eps: float, norm: str, params: Mapping[str, Any], seed: int):
+    """The attack object ``run`` (and ``controls``) uses: the spec's builder with every ART
+    keyword (``art_params``), any refusal (ART's own parameter checks, a patch too large
+    for the input) one UserError line. Grid validation checks all of these first."""
+    spec = ATTACKS.get(name)
+    try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
+        return spec.build(classifier, float(eps), norm, params, seed)
+    except ValueError as error:
+        raise UserError(f"attack {spec.name!r}: {error}") from None
+
+
 def controls(name: str, classifier: Any, x: np.ndarray, eps: float, norm: Any, params: Mapping[str, Any],
              seed: int) -> dict[str, np.ndarray]:
     """The attack's controls for x (``AttackSpec.controls``) as ``run`` with the same seed
@@ -61,10 +72,7 @@ def controls(name: str, classifier: Any, x: np.ndarray, eps: float, norm: Any, p
         return {}
     norm = normalize_norm(norm) or spec.norms[0]
     full = art_params(name, params, eps)
-    try:
-        attack = spec.build(classifier, float(eps), norm, full, seed)
-    except ValueError as error:
-        raise UserError(f"attack {spec.name!r}: {error}") from None
+    attack = build_attack(name, classifier, eps, norm, full, seed)
     return {control: _within_budget(x, _clip(x_control, classifier), eps, norm, project=spec.uses_eps,
                                     classifier=classifier)
             for control, x_control in spec.controls(attack, classifier, x, full, seed).items()}
@@ -72,10 +80,7 @@ def controls(name: str, classifier: Any, x: np.ndarray, eps: float, norm: Any, p
 
 def _generate(spec: AttackSpec, classifier, x, y, eps, norm, params, seed, extra) -> np.ndarray:
     _seed_everything(seed)
-    try:  # minimal attacks ignore eps: only budget attacks get here with a finite one
-        attack = spec.build(classifier, float(eps), norm, params, seed)
-    except ValueError as error:  # ART's own parameter checks (e.g. max_iter <= 0)
-        raise UserError(f"attack {spec.name!r}: {error}") from None
+    attack = build_attack(spec.name, classifier, eps, norm, params, seed)
     if spec.generate is not None:
         x_adv = spec.generate(attack, classifier, x, y, params, seed, **extra)
     else:

@@ -11,6 +11,7 @@ norm 1 are the L1 attack proper.
 from __future__ import annotations
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
+from sweeper.limits import non_negative, positive, whole
 
 
 def _build_fgsm(classifier, eps, norm, params, seed):
@@ -36,6 +37,7 @@ FGSM = AttackSpec(
     name="fgsm",
     norms=("inf", "1", "2"),
     defaults={"num_random_init": 0},
+    limits={"num_random_init": whole(0)},
     fixed={"targeted": False, "minimal": False, "batch_size": 128, "summary_writer": False},
     uses_eps=True,
     black_box=False,
@@ -49,6 +51,8 @@ PGD = AttackSpec(
     norms=("inf", "1", "2"),
     # One random start, as in Madry et al.; num_random_init=0 gives BIM (start at x).
     defaults={"max_iter": 7, "eps_step": 2 / 255, "num_random_init": 1},
+    # At least one step: zero steps would be the clean evaluation, which eps 0 already is.
+    limits={"max_iter": whole(1), "eps_step": positive(), "num_random_init": whole(0)},
     fixed={"targeted": False, "decay": None, "random_eps": False, "batch_size": 128,
            "summary_writer": False, "verbose": False},
     uses_eps=True,
@@ -63,6 +67,8 @@ CW_L2 = AttackSpec(
     norms=("2",),
     defaults={"confidence": 0.0, "max_iter": 10, "binary_search_steps": 10,
               "learning_rate": 0.01, "initial_const": 0.01},
+    limits={"confidence": non_negative(), "max_iter": whole(1), "binary_search_steps": whole(1),
+            "learning_rate": positive(), "initial_const": positive()},
     # ART's C&W keeps its constants and line search per sample, so batch_size only changes
     # speed: 128 gave the same examples as ART's default of 1, about 8x faster.
     fixed={"targeted": False, "max_halving": 5, "max_doubling": 5, "batch_size": 128,

@@ -45,7 +45,6 @@ weight quantized once per trace, as in the compiled estimator.
 from __future__ import annotations
 
 import math
-import numbers
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -53,6 +52,8 @@ from typing import Any, Callable
 import numpy as np
 
 from sweeper.attacks.spec import PATCH_NORM, AttackSpec
+from sweeper.errors import preview
+from sweeper.limits import positive, whole
 
 _COMPILED: "weakref.WeakKeyDictionary[Any, tuple[Callable, Callable]]" = weakref.WeakKeyDictionary()
 ADAM = (0.9, 0.999, 1e-8)  # Kingma & Ba's beta1, beta2 and epsilon
@@ -84,15 +85,20 @@ def patch_shape(eps: float, height: int, width: int, shape=None) -> tuple[int, i
     return ph, pw
 
 
+MAX_ASPECT = 1e6  # of an explicit shape: beyond it, the patch's side arithmetic overflows
+
+
 def check_shape(value: Any) -> str | None:
-    """Why ``value`` is not a patch shape [h, w] (two numbers > 0); None if it is."""
+    """Why ``value`` is not a patch shape [h, w] (two numbers > 0, neither more than
+    MAX_ASPECT times the other); None if it is."""
     if value is None:
         return None
     if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
-                    for v in value)):
+            and all(positive().accepts(v) for v in value)
+            and max(value) <= MAX_ASPECT * min(value)):
         return None
-    return "must be [height, width], two numbers > 0 (the patch's proportions)"
+    return (f"must be [height, width], two numbers > 0 (the patch's proportions, at most "
+            f"{MAX_ASPECT:g} to 1)")
 
 
 PLACEMENTS = ("random", "fixed")
@@ -105,8 +111,8 @@ def check_placement(value: Any) -> str | None:
 
 
 def check_position(value: Any) -> str | None:
-    if value == CENTER or (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in value)):
+    if value == CENTER or (isinstance(value, (list, tuple)) and len(value) == 2
+                           and all(whole(0).accepts(v) for v in value)):
         return None
     return "must be 'center' or [top, left], two whole pixels >= 0 (the patch's top-left corner)"
 
@@ -132,15 +138,9 @@ def fixed_corner(size: tuple[int, int], image_size, position) -> tuple[int, int]
         return (height - ph) // 2, (width - pw) // 2
     top, left = position
     if top + ph > height or left + pw > width:
-        raise ValueError(f"parameter 'position' {list(position)} puts the {ph}x{pw} patch outside the "
+        raise ValueError(f"parameter 'position' {preview(list(position))} puts the {ph}x{pw} patch outside the "
                          f"{height}x{width} input (top at most {height - ph}, left at most {width - pw})")
     return int(top), int(left)
-
-
-def check_target(value: Any) -> str | None:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
-        return None
-    return "must be a class index (an integer >= 0)"
 
 
 @dataclass
@@ -263,6 +263,25 @@ def _bounds(classifier) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _fits(params, eps: float, input_shape: tuple, nb_classes: int) -> str | None:
+    """Why a patch with ``params`` at ``eps`` cannot be trained on inputs of
+    ``input_shape`` with ``nb_classes`` classes (None: it can). Grids check it for every
+    dataset an entry covers; ``_build`` raises the same message."""
+    if len(input_shape) != 3:
+        return f"needs height x width x channels inputs, got {preview(tuple(input_shape))}"
+    if params["target"] >= nb_classes:
+        return f"parameter 'target' {params['target']} is not a class of the {nb_classes}-class model"
+    if eps == 0:
+        return None  # the clean evaluation: no patch
+    try:
+        size = patch_shape(eps, *input_shape[:2], params["shape"])
+        if params["placement"] == "fixed":
+            fixed_corner(size, input_shape[:2], params["position"])  # fits, or one line naming position
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _streams(seed: int) -> list[np.random.Generator]:
     """Independent streams for training, placements and the random control: the places
     do not depend on how long training drew, and the controls take the trained patch's."""
@@ -270,20 +289,11 @@ def _streams(seed: int) -> list[np.random.Generator]:
 
 
 def _build(classifier, eps, norm, params, seed) -> Patch:
-    if len(classifier.input_shape) != 3:
-        raise ValueError(f"needs height x width x channels inputs, got {tuple(classifier.input_shape)}")
+    problem = _fits(params, eps, tuple(classifier.input_shape), classifier.nb_classes)
+    if problem:
+        raise ValueError(problem)
     height, width = classifier.input_shape[:2]
-    if params["target"] >= classifier.nb_classes:
-        raise ValueError(f"parameter 'target' {params['target']} is not a class of the "
-                         f"{classifier.nb_classes}-class model")
-    for name in ("steps", "batch_size", "max_train"):
-        if params[name] < 1:
-            raise ValueError(f"parameter {name!r} must be at least 1, got {params[name]}")
-    if not params["learning_rate"] > 0:
-        raise ValueError(f"parameter 'learning_rate' must be > 0, got {params['learning_rate']}")
     size = patch_shape(eps, height, width, params["shape"])
-    if params["placement"] == "fixed":
-        fixed_corner(size, (height, width), params["position"])  # fits, or one line naming position
     return Patch(classifier, size, params["target"], params["steps"], params["learning_rate"],
                  params["batch_size"], params["max_train"], params["placement"], params["position"])
 
@@ -311,8 +321,11 @@ PATCH = AttackSpec(
     # fools the tiny models tested within seconds (tests/test_patch.py).
     defaults={"target": 0, "steps": 200, "learning_rate": 0.05, "batch_size": 64,
               "max_train": 512, "shape": None, "placement": "random", "position": CENTER},
-    param_checks={"shape": check_shape, "target": check_target, "placement": check_placement,
-                  "position": check_position},
+    limits={"target": whole(0, what="a class index"), "steps": whole(1), "learning_rate": positive(),
+            # a batch of images in memory at once, and Adam's step on each
+            "batch_size": whole(1, 4096), "max_train": whole(1)},
+    param_checks={"shape": check_shape, "placement": check_placement, "position": check_position},
+    fits=_fits,
     late_params=("placement", "position"),  # today's random patches keep their cell ids
     check_params=check_together,
     label_suffix=label_suffix,

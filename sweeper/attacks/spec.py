@@ -7,6 +7,14 @@ Each attack is an ``AttackSpec``: its accepted norms, the parameters a grid may 
 ART's defaults differ from the papers (BoundaryAttack is targeted by default, PGD runs
 100 steps). The family modules define the specs; the package registers them.
 
+What a grid may set is checked here, before anything trains, so that a trial never
+refuses it: each parameter against its ``limits`` entry (``sweeper.limits.Limit``: ranges
+that match what ART and the builders accept, e.g. at least one iteration, Square's
+``p_init`` in (0, 1)), or a ``param_checks`` function; and with ``check_fit`` the attack
+against each dataset's declared input shape and class count (the spec's ``fits``: the
+patch's size and target, the DLR loss's three classes), the same function the builder
+calls.
+
 What ``eps`` means (``run`` in budget.py enforces it, whatever ART returned):
 
 - ``eps == 0`` is the clean evaluation for every attack: the clipped inputs, no ART call.
@@ -43,7 +51,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from sweeper.errors import UserError
+from sweeper.errors import UserError, preview
+from sweeper.limits import Limit
 from sweeper.registry import Registry
 
 
@@ -64,8 +73,14 @@ class AttackSpec:
     single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
     # Parameters a grid may write relative to the budget (eps_step: eps/4), see RELATIVE_FORMS.
     relative: tuple[str, ...] = ()
-    # param -> why a value is bad (None: good), for parameters the default's type cannot judge.
+    # What each parameter of ``defaults`` accepts (sweeper.limits), unless param_checks judges it.
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    # param -> why a value is bad (None: good), for parameters no Limit describes (a shape).
     param_checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    # (resolved params, eps, input_shape, nb_classes) -> why the attack cannot run on such
+    # inputs (None: it can). Grids call it for every dataset an entry covers, before
+    # anything trains; the builder raises the same message.
+    fits: Callable[[Mapping[str, Any], float, tuple[int, ...], int], str | None] | None = None
     # Trained on training-fold images (the patch): run() passes them to generate as x_train.
     needs_training_data: bool = False
     max_eps: float = math.inf  # the patch's eps is a share of the input: at most 1
@@ -113,19 +128,6 @@ def normalize_norm(norm: Any) -> str | None:
     return str(norm).strip().lower()
 
 
-def _type_error(value: Any, default: Any) -> str | None:
-    """Why value cannot replace default, judged by the default's type; None if it can."""
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else "must be true or false"
-    if isinstance(value, bool):
-        return "must be a number"
-    if isinstance(default, int):
-        return None if isinstance(value, numbers.Integral) else "must be an integer"
-    if isinstance(default, float):
-        return None if isinstance(value, numbers.Real) else "must be a number"
-    return None
-
-
 def single_coordinate(name: str, norm: str | None) -> bool:
     """Each step of this attack under this norm moves one input element (False for names
     outside the registry: the clean evaluation, worst-case rows)."""
@@ -143,7 +145,7 @@ def _minimal_names() -> str:
 
 # A relative parameter: "eps", "eps/k", "eps*k" or "k*eps", k a plain positive number.
 RELATIVE_FORMS = "eps, eps/k, eps*k or k*eps with a number k > 0"
-_RELATIVE_ERROR = f"must be a number or relative to eps ({RELATIVE_FORMS})"
+_RELATIVE_ERROR = f"must be a number > 0 or relative to eps ({RELATIVE_FORMS})"
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _RELATIVE = re.compile(
     rf"(?:(?P<left>{_NUMBER})\s*\*\s*)?eps(?:\s*(?P<op>[*/])\s*(?P<right>{_NUMBER}))?")
@@ -172,7 +174,8 @@ def _param_error(spec: AttackSpec, param: str, value: Any) -> str | None:
         return None if _relative(value) else _RELATIVE_ERROR
     if param in spec.param_checks:
         return spec.param_checks[param](value)
-    return _type_error(value, spec.defaults[param])
+    problem = spec.limits[param].problem(value)
+    return _RELATIVE_ERROR if problem and param in spec.relative else problem
 
 
 def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | None = None) -> None:
@@ -184,28 +187,40 @@ def validate(name: str, norm: Any, params: Mapping[str, Any], *, eps: float | No
     key = normalize_norm(norm)
     if key is not None and key not in spec.norms:
         accepted = ", ".join(spec.norms)
-        raise UserError(f"attack {name!r}: unsupported norm {norm!r}; accepted: {accepted}")
+        raise UserError(f"attack {name!r}: unsupported norm {preview(norm)}; accepted: {accepted}")
     for param, value in params.items():
         if param not in spec.defaults:
             accepted = ", ".join(sorted(spec.defaults))
-            raise UserError(f"attack {name!r}: unknown parameter {param!r}; accepted: {accepted}")
+            raise UserError(f"attack {name!r}: unknown parameter {preview(param)}; accepted: {accepted}")
         problem = _param_error(spec, param, value)
         if problem:
-            raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {value!r}")
+            raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {preview(value)}")
     full = {**spec.defaults, **params}
     clash = spec.check_params(full) if spec.check_params else None
     if clash:
         param, problem = clash
-        raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {full[param]!r}")
+        raise UserError(f"attack {name!r}: parameter {param!r} {problem}, got {preview(full[param])}")
     if eps is None:
         return
     real = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
     if not (real and eps >= 0):  # also rejects NaN
-        raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {eps!r}")
+        raise UserError(f"attack {name!r}: eps must be a finite number >= 0, got {preview(eps)}")
     if math.isinf(eps) and spec.uses_eps:
         _unbounded_budget_error(name)
     if eps > spec.max_eps:
-        raise UserError(f"attack {name!r}: eps must be at most {spec.max_eps:g}, got {eps!r}")
+        raise UserError(f"attack {name!r}: eps must be at most {spec.max_eps:g}, got {preview(eps)}")
+
+
+def check_fit(name: str, params: Mapping[str, Any], eps: float, input_shape: tuple[int, ...],
+              nb_classes: int) -> None:
+    """Raise a one-line UserError when the attack, with ``params`` (a grid's, defaults
+    filled in by this function) and ``eps``, cannot run on inputs of ``input_shape`` with
+    ``nb_classes`` classes: what its builder would refuse in a trial, said before any
+    training. Needs no TensorFlow (a dataset's declared shape is enough)."""
+    spec = ATTACKS.get(name)
+    problem = spec.fits({**spec.defaults, **params}, eps, tuple(input_shape), nb_classes) if spec.fits else None
+    if problem:
+        raise UserError(f"attack {name!r}: {problem}")
 
 
 def recorded_params(name: str, params: Mapping[str, Any], eps: float | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import random
 import numpy as np
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
+from sweeper.limits import positive, whole
 
 
 def _build_square(classifier, eps, norm, params, seed):
@@ -26,6 +27,8 @@ SQUARE = AttackSpec(
     name="square",
     norms=("inf", "2"),
     defaults={"max_iter": 1000, "p_init": 0.8, "nb_restarts": 1},
+    # ART refuses p_init outside (0, 1): it is the share of pixels the first squares cover.
+    limits={"max_iter": whole(1), "p_init": positive(1, high_open=True), "nb_restarts": whole(1)},
     fixed={"adv_criterion": None, "loss": None, "batch_size": 128, "verbose": False},
     uses_eps=True,
     black_box=True,

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Mapping
 
-from sweeper.errors import UserError
+from sweeper.errors import UserError, preview
+from sweeper.limits import Limit
 from sweeper.registry import Registry
 
 NONE = "none"
@@ -43,9 +44,7 @@ class DefenseSpec:
 
     name: str
     defaults: Mapping[str, Any]
-    # parameter -> (kind, low, high); kind "float" (low < v <= high), "int" (low <= v <= high)
-    # or "bits" (a list of distinct whole bit widths, each in low..high, at least two)
-    limits: Mapping[str, tuple[str, float, float]]
+    limits: Mapping[str, Limit]  # what each parameter accepts (sweeper.limits)
     description: str
     # (params, clip_values, preset) -> base.Defense; None: plain training
     build: Callable[..., Any] | None = None
@@ -67,45 +66,36 @@ def resolve(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any
     unknown = sorted(set(params) - set(spec.defaults))
     if unknown:
         accepted = ", ".join(spec.defaults) or "none"
-        raise UserError(f"defense {name!r}: unknown parameter {unknown[0]!r}; accepted: {accepted}")
+        raise UserError(f"defense {name!r}: unknown parameter {preview(unknown[0])}; accepted: {accepted}")
     return {key: _checked(name, key, params.get(key, default), spec.limits[key])
             for key, default in spec.defaults.items()}
 
 
-def _checked(defense: str, key: str, value: Any, limit: tuple[str, float, float]) -> Any:
-    kind, low, high = limit
-    where = f"defense {defense!r}: {key}"
-    if kind == "bits":
-        widths = value if isinstance(value, (list, tuple)) else None
-        if (widths is None or len(widths) < 2 or len(set(widths)) != len(widths)
-                or not all(_is_int(b) and low <= b <= high for b in widths)):
-            raise UserError(f"{where} must list at least two distinct bit widths in "
-                            f"{int(low)}..{int(high)}, got {value!r}")
-        return [int(b) for b in widths]
-    if kind == "int":
-        if not (_is_int(value) and low <= value <= high):
-            raise UserError(f"{where} must be a whole number in {int(low)}..{int(high)}, got {value!r}")
-        return int(value)
-    number = _number(value)
-    if number is None or not low < number <= high:
-        raise UserError(f"{where} must be a number in ({low:g}, {high:g}] (a fraction such as "
-                        f"8/255 is fine), got {value!r}")
-    return number
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _checked(defense: str, key: str, value: Any, limit: Limit) -> Any:
+    if limit.kind == "number":  # budgets may be fractions, as attack budgets
+        number = _number(value)
+        if number is None or limit.problem(number):
+            raise UserError(f"defense {defense!r}: {key} must be {limit.text()} (a fraction such as "
+                            f"8/255 is fine), got {preview(value)}")
+        return number
+    problem = limit.problem(value)
+    if problem:
+        raise UserError(f"defense {defense!r}: {key} {problem}, got {preview(value)}")
+    return [int(b) for b in value] if limit.kind == "widths" else value
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range
+            return None
+    if isinstance(value, str) and len(value) < 100:
         try:
             return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             return None
     return None
 

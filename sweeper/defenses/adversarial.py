@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from sweeper.defenses import DefenseSpec
 from sweeper.defenses.base import Defense
+from sweeper.limits import positive, whole
 
 
 class AdversarialTraining(Defense):
@@ -78,11 +79,11 @@ def _pgd(p, clip, preset):
 
 SPECS = (
     DefenseSpec("fgsm_at", {"eps": 8 / 255, "step": 1.25},
-                {"eps": ("float", 0.0, 1.0), "step": ("float", 0.0, 10.0)},
+                {"eps": positive(1.0), "step": positive(10.0)},
                 "fast adversarial training: FGSM from a random start, step * eps (Wong et al.)",
                 _fgsm, "Wong, Rice & Kolter 2020"),
     DefenseSpec("pgd_at", {"eps": 8 / 255, "steps": 7, "step": 0.25},
-                {"eps": ("float", 0.0, 1.0), "steps": ("int", 1, 1000), "step": ("float", 0.0, 10.0)},
+                {"eps": positive(1.0), "steps": whole(1, 1000), "step": positive(10.0)},
                 "PGD adversarial training: L-inf PGD from a random start, steps of step * eps (Madry et al.)",
                 _pgd, "Madry et al. 2018"),
 )

@@ -37,6 +37,7 @@ import numpy as np
 
 from sweeper.defenses import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
+from sweeper.limits import Limit, whole
 
 
 class DynamicBitWidth(Defense):
@@ -153,7 +154,7 @@ def _build(p, clip, preset):
 
 SPECS = (
     DefenseSpec("dbwt", {"bits": [8, 4, 2], "period": 1},
-                {"bits": ("bits", 2, 16), "period": ("int", 1, 1_000_000)},
+                {"bits": Limit("widths", 2, 16, what="bit widths"), "period": whole(1, 1_000_000)},
                 "dynamic bit-width training: shared weights trained at bit widths that cycle",
                 _build, "QADT-R (arXiv 2503.07058), schedule sweeper's"),
 )

@@ -87,6 +87,7 @@ from __future__ import annotations
 from sweeper.defenses import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
 from sweeper.jacobian import block_model, projection_estimate
+from sweeper.limits import positive, whole
 
 
 class JacobianRegularization(Defense):
@@ -229,16 +230,16 @@ def _build_dq(p, clip, preset):
 
 SPECS = (
     DefenseSpec("jr", {"lambda": 0.01, "projections": 1},
-                {"lambda": ("float", 0.0, 1e6), "projections": ("int", 1, 64)},
+                {"lambda": positive(1e6), "projections": whole(1, 64)},
                 "Jacobian regularization: CE + lambda * 1/2 ||J||_F^2 (random projections)",
                 lambda p, clip, preset: JacobianRegularization(p["lambda"], p["projections"]),
                 "Hoffman, Roberts & Yaida 2019"),
     DefenseSpec("jr_layer", {"lambda": 0.001, "projections": 1},
-                {"lambda": ("float", 0.0, 1e6), "projections": ("int", 1, 64)},
+                {"lambda": positive(1e6), "projections": whole(1, 64)},
                 "per-block Jacobian regularization: CE + lambda * sum_k 1/2 ||J_k||_F^2 (random projections)",
                 lambda p, clip, preset: LayerJacobianRegularization(p["lambda"], p["projections"]),
                 "Pau, Ayaz, Zakariyya et al. 2025 (per-layer JR); estimator of Hoffman et al. 2019"),
-    DefenseSpec("dq", {"beta": 1e-4}, {"beta": ("float", 0.0, 1e6)},
+    DefenseSpec("dq", {"beta": 1e-4}, {"beta": positive(1e6)},
                 "Defensive Quantization: CE + beta * sum ||Q^T Q - I||^2 over the quantized kernels",
                 _build_dq,
                 "Lin, Gan & Han 2019"),
