@@ -162,10 +162,6 @@ def _deployed_gram(model) -> float:
     return total
 
 
-def test_dq_penalises_the_kernels_the_layers_multiply_with():
-    import tensorflow as tf
-    from qkeras import QDepthwiseConv2D
-
 @pytest.mark.slow
 def test_jr_layer_lowers_the_hidden_blocks_jacobians_against_its_undefended_twin():
     """The intended effect, measured as the rows measure it (evaluation mode, the
@@ -191,8 +187,10 @@ def test_jr_layer_lowers_the_hidden_blocks_jacobians_against_its_undefended_twin
     assert accuracy(model) > accuracy(_twin()) - 0.15  # measured: 0.87 against 0.97 after 4 epochs
 
 
-@pytest.mark.slow
-def test_dq_brings_the_kernels_closer_to_orthonormal():
+def test_dq_penalises_the_kernels_the_layers_multiply_with():
+    import tensorflow as tf
+    from qkeras import QDepthwiseConv2D
+
     from sweeper.defenses.regularizers import kernel_matrices, lipschitz_penalty
 
     # ternary: the latent kernels are floats, the layers multiply with -1, 0, 1
