@@ -30,7 +30,7 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
     import tensorflow as tf
 
     from sweeper import models
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import Checkpoints, snapshot, train
 

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper import datasets, deploy, expand, grid, trial  # noqa: E402
+from sweeper import datasets, deploy, trial  # noqa: E402
+from sweeper.plan import expand, grid  # noqa: E402
 
 
 def _undeployed(job, model, x_train, cache):

@@ -49,15 +49,16 @@ def trained(preset: str, epochs: int, seed: int):
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
-    from sweeper import grid, models, quantizers, trial
+    from sweeper.plan import entries
+    from sweeper import models, quantizers, trial
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]
     y = data.target.astype(np.int64)
     tf.keras.utils.set_random_seed(seed)
     model = models.build("small_cnn", (8, 8, 1), 10, quantizers.QUANTIZERS.get(preset))
-    settings = grid.Train(epochs=epochs, batch_size=64, optimizer="adamax", learning_rate=0.003,
-                          schedule="cosine", min_learning_rate=1e-6)
+    settings = entries.Train(epochs=epochs, batch_size=64, optimizer="adamax", learning_rate=0.003,
+                             schedule="cosine", min_learning_rate=1e-6)
     trial.train(model, settings, x[:1500], y[:1500], 10, seed)
     return attacks.make_classifier(model, 10, (8, 8, 1), (0.0, 1.0)), x[1500:], y[1500:]
 

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper import datasets, expand, grid  # noqa: E402
+from sweeper import datasets  # noqa: E402
+from sweeper.plan import expand, grid  # noqa: E402
 from sweeper.trial import JobContext, run_job  # noqa: E402
 
 

@@ -23,7 +23,7 @@ of the paper's network scale. Prints figures and ratios; it is not a timed test.
 4. ZOO per sample with the paper grid's settings on a full-size, untrained stq_net (fp and
    stq presets, one random sample), counting the forward passes it asks for.
 5. The schedule (no timing, no Ray): the paper grid's 270 jobs in ``sweep.pending_work``'s
-   order (by ``sweeper.cost``), in the order it used before (stochastic preset, then
+   order (by ``sweeper.plan.cost``), in the order it used before (stochastic preset, then
    cells), in grid order and in LPT order (true costs), simulated as greedy list
    scheduling on 2/16/64/128 slots (``cost.makespan``). True costs: the per-job hours of
    docs/scale.md section 2, then with the faster stq step, then with per-job noise.
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sweeper  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper import expand, grid  # noqa: E402
+from sweeper.plan import expand, grid  # noqa: E402
 
 PRESETS = ["fp", "int8", "int4", "int2", "ternary", "stq", "binary", "sbinary"]
 
@@ -315,7 +315,7 @@ def part_model(steps: int, only: str | None) -> None:
     import tensorflow as tf
 
     from sweeper import attacks, models
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import train
 
@@ -405,7 +405,7 @@ def part_zoo(presets: list[str]) -> None:
 
 # ------------------------------------------------------------------ 5. the schedule
 
-# The "true" cost of a paper-grid job in the simulation: sweeper.cost's estimate from the
+# The "true" cost of a paper-grid job in the simulation: sweeper.plan.cost's estimate from the
 # unit costs measured by bench/train_step.py and part 3 (EXTRAPOLATED), so in the first
 # scenario the estimate is right by construction and the others make it wrong.
 SLOTS = (2, 16, 64, 128)
@@ -417,8 +417,8 @@ NOISE_SIGMA, NOISE_DRAWS = 0.3, 200
 
 def true_hours(job, stq_step: float, plan) -> float:
     """The extrapolated hours of a paper-grid job of ``plan`` (training, evaluation and its
-    cells' attacks, by sweeper.cost); ``stq_step`` scales the stochastic presets' training."""
-    from sweeper import cost
+    cells' attacks, by sweeper.plan.cost); ``stq_step`` scales the stochastic presets' training."""
+    from sweeper.plan import cost
     from sweeper.quantizers import QUANTIZERS
 
     training, evaluation, attacks = cost.job_breakdown(job, plan.cells_of(job.job_id))
@@ -428,11 +428,12 @@ def true_hours(job, stq_step: float, plan) -> float:
 
 def part_hours() -> None:
     """The paper grid's core-hours per (dataset, model, preset) and in total, from
-    sweeper.cost's unit costs (measured) and counts: what docs/scale.md section 2 quotes."""
-    from sweeper import cost, sweep
+    sweeper.plan.cost's unit costs (measured) and counts: what docs/scale.md section 2 quotes."""
+    from sweeper.plan import cost
+    from sweeper import sweep
 
     plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
-    print("== 6. Hours: the paper grid by sweeper.cost (one CPU per trial; unit costs: cost.UNIT_COSTS)")
+    print("== 6. Hours: the paper grid by sweeper.plan.cost (one CPU per trial; unit costs: cost.UNIT_COSTS)")
     parts = {job.job_id: cost.job_breakdown(job, plan.cells_of(job.job_id)) for job in plan.jobs}
     groups: dict[tuple, list] = {}
     for job in plan.jobs:
@@ -457,7 +458,7 @@ def part_hours() -> None:
 
 
 def schedule_orders(plan) -> dict[str, list]:
-    """The paper grid's jobs in sweeper's order (sweep.pending_work, by sweeper.cost), in
+    """The paper grid's jobs in sweeper's order (sweep.pending_work, by sweeper.plan.cost), in
     the order it used before (stochastic preset first, then more cells), and as listed."""
     from sweeper import sweep
     from sweeper.quantizers import QUANTIZERS
@@ -471,7 +472,7 @@ def schedule_orders(plan) -> dict[str, list]:
 
 def makespans(orders: dict[str, list], hours: dict[str, float], slots: int) -> dict[str, float]:
     """Makespan of each order, and of LPT (longest first by the true hours)."""
-    from sweeper.cost import makespan
+    from sweeper.plan.cost import makespan
 
     found = {name: makespan([hours[job.job_id] for job in jobs], slots) for name, jobs in orders.items()}
     found["lpt"] = makespan(sorted(hours.values(), reverse=True), slots)
@@ -480,7 +481,7 @@ def makespans(orders: dict[str, list], hours: dict[str, float], slots: int) -> d
 
 def part_schedule() -> None:
     print("== 5. Schedule: greedy list scheduling of the paper grid's 270 jobs on N one-CPU slots "
-          "(sweeper.cost.makespan), hours from sweeper.cost (part 6)")
+          "(sweeper.plan.cost.makespan), hours from sweeper.plan.cost (part 6)")
     plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
     orders = schedule_orders(plan)
     for title, stq_step in [("as extrapolated (the cost model's own figures)", 1.0),

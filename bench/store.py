@@ -214,7 +214,7 @@ def run(folder: Path, args) -> None:
 
 
 def _grid():
-    from sweeper import grid
+    from sweeper.plan import grid
 
     return grid.Grid.model_validate({"name": "bench", "datasets": ["digits"], "models": ["small_cnn"],
                                      "quantizers": ["fp"], "attacks": [{"name": "fgsm", "eps": [0.1]}]})

@@ -83,7 +83,7 @@ def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
 
     from sweeper import models
     from sweeper.attacks.estimator import make_classifier
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import train
 
@@ -130,7 +130,7 @@ def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, b
     from sweeper import defenses, models
     from sweeper.defenses import base
     from sweeper.errors import UserError
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import train
 

@@ -68,7 +68,7 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
 
 
 def _plan(grid_path: Path, overrides: Optional[List[str]], fingerprints: bool = True):
-    from sweeper import expand, grid
+    from sweeper.plan import expand, grid
 
     return expand.expand(grid.load(grid_path, overrides or []), fingerprints=fingerprints)
 
@@ -122,7 +122,8 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
                                      "for it to end [default: exit 2 naming it]")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
-    from sweeper import grid, lease, store
+    from sweeper.plan import grid
+    from sweeper import lease, store
 
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)

@@ -30,10 +30,11 @@ from typing import Any
 from ray import tune
 from rich.console import Console
 
-from sweeper import WORKER_ENV, cost, placement, store
+from sweeper import WORKER_ENV, placement, store
+from sweeper.plan import cost
 from sweeper.datasets import load_all
 from sweeper.errors import UserError, storage_error
-from sweeper.expand import Cell, Plan, TrainingJob
+from sweeper.plan.expand import Cell, Plan, TrainingJob
 from sweeper.lease import Lease
 from sweeper.progress import CellProgress, styled
 from sweeper.progress import console as literal_console
@@ -57,7 +58,7 @@ class LaunchReport:
 
 def pending_work(plan: Plan, done: set[str]) -> list[tuple[TrainingJob, list[Cell]]]:
     """Training jobs with at least one cell not yet in the store, with those cells, the
-    longest first by ``sweeper.cost``'s estimate, so that no long job starts last while
+    longest first by ``sweeper.plan.cost``'s estimate, so that no long job starts last while
     other workers sit idle. Jobs of equal estimate keep the plan's order."""
     return _by_job(plan, [cell for cell in plan.cells if cell.cell_id not in done])
 

@@ -46,8 +46,9 @@ import numpy as np
 
 from sweeper import datasets, jacobian, store
 from sweeper.attacks import BUDGET_RTOL
-from sweeper.expand import CLEAN, Cell, TrainingJob
-from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Train
+from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
+from sweeper.plan.entries import Train
+from sweeper.plan.expand import Cell, TrainingJob
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             **_footprint_columns(model, deployed), "resumed_from_epoch": resumed,
             **_defense_columns(job, defense_reg), **jacobian.measure(model, x, _job_seed(job))}
     own = [cell for cell in cells if cell.eval_bits is None]
-    classifier = _classifier(model, data) if any(c.attack != CLEAN and c.target == MODEL_TARGET
+    classifier = _classifier(model, data) if any(c.attack != NONE and c.target == MODEL_TARGET
                                                  and (c.source is None or _has_controls(c)) for c in own) else None
     build_classifier = functools.cache(lambda: _deployed_classifier(deployed, data))  # built once, if needed
     keep = _keeper(context.adversarial, samples) if context.adversarial else None
@@ -124,7 +125,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
 
     with at_bit_width(model, width):
         at = _Samples(samples.index, samples.x, samples.y, _predict(model, samples.x), None)
-        classifier = _classifier(model, data) if any(c.attack != CLEAN for c in cells) else None
+        classifier = _classifier(model, data) if any(c.attack != NONE for c in cells) else None
         columns = {
             "config_id": job.config_id_at(width), "eval_bits": width,
             "test_acc": _accuracy(model, data.x[test_idx], data.y[test_idx]),
@@ -211,7 +212,7 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpo
 
 
 def _cached_defense_reg(cache: str, job: TrainingJob) -> float | None:
-    data = store.get_bytes(store.locate(cache), f"{job.job_id}.defense.json") if job.defense != CLEAN else None
+    data = store.get_bytes(store.locate(cache), f"{job.job_id}.defense.json") if job.defense != NONE else None
     return json.loads(data).get("defense_reg") if data else None
 
 
@@ -520,7 +521,7 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _job_columns(job, context, data, model, test_idx, trained, train_s) -> dict[str, Any]:
-    from sweeper.expand import ID_VERSION
+    from sweeper.plan.expand import ID_VERSION
 
     return {
         "job_id": job.job_id, "config_id": job.config_id, "id_version": ID_VERSION,
@@ -573,7 +574,7 @@ def _attack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
 
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
-        minimal = cell.attack != CLEAN and is_minimal(cell.attack)
+        minimal = cell.attack != NONE and is_minimal(cell.attack)
         key = (cell.attack, cell.norm, cell.params, cell.target) if minimal else (cell.cell_id,)
         groups.setdefault(key, []).append(cell)
     return list(groups.values())
@@ -590,7 +591,7 @@ def _evaluate(group: list[Cell], model, deployed, classifier, samples: _Samples,
 
     first = group[0]
     started = time.perf_counter()
-    x_adv = _adversarial(first, classifier, samples, math.inf if first.attack != CLEAN
+    x_adv = _adversarial(first, classifier, samples, math.inf if first.attack != NONE
                          and is_minimal(first.attack) else first.eps, seed, training_images)
     adv_pred, deployed_adv = _predictions(first, model, deployed, classifier, samples, x_adv)
     attack_s = time.perf_counter() - started  # shared by every eps of a minimal attack
@@ -608,7 +609,7 @@ def _predictions(cell: Cell, model, deployed, classifier, samples: _Samples, x_a
     """(the attacked network's predictions on x_adv, the deployed build's). On a deployed
     cell both are the build's, from the attack's own estimator (batched: checked bit for
     bit against one sample at a time when it was built)."""
-    if cell.attack == CLEAN:
+    if cell.attack == NONE:
         return samples.clean_pred, samples.deployed_clean_pred
     if cell.target == DEPLOYED_TARGET:
         pred = np.argmax(classifier.predict(x_adv), axis=1)
@@ -668,7 +669,7 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
     from sweeper import attacks
 
     ok = samples.clean_ok
-    if cell.attack == CLEAN or not ok.any():
+    if cell.attack == NONE or not ok.any():
         return samples.x
     needs = attacks.ATTACKS.get(cell.attack).needs_training_data and training_images is not None
     x_adv = samples.x.copy()
@@ -680,7 +681,7 @@ def _adversarial(cell: Cell, classifier, samples: _Samples, eps: float, seed: in
 def _has_controls(cell: Cell) -> bool:
     from sweeper import attacks
 
-    return cell.attack != CLEAN and attacks.ATTACKS.get(cell.attack).controls is not None
+    return cell.attack != NONE and attacks.ATTACKS.get(cell.attack).controls is not None
 
 
 def _control_predictions(cell: Cell, model, classifier, samples: _Samples, attacked: np.ndarray,

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from sweeper import expand, grid, store
+from sweeper.plan import expand, grid
+from sweeper import store
 from tests.conftest import write_grid
 
 pytestmark = pytest.mark.slow

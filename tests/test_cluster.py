@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from sweeper import datasets, expand, grid, store
+from sweeper import datasets, store
+from sweeper.plan import expand, grid
 from tests.conftest import launch_until_first_fragment, write_grid
 from tests.data_formats import write_cifar10
 

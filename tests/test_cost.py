@@ -8,7 +8,8 @@ import importlib.util
 
 import pytest
 
-from sweeper import cost, expand, grid, sweep
+from sweeper.plan import cost, expand, grid
+from sweeper import sweep
 from tests.conftest import ROOT, TINY_GRID
 
 
@@ -135,7 +136,7 @@ def test_a_defended_job_costs_its_training_step_times_the_defense():
 
 
 def test_an_attack_on_the_deployed_build_costs_more_than_on_the_model():
-    from sweeper import expand, grid
+    from sweeper.plan import expand, grid
 
     attacks = [{"name": "square", "eps": [0.1]}, {"name": "square", "eps": [0.1], "target": "deployed"}]
     plan = expand.expand(grid.validate({"name": "c", "datasets": ["digits"], "models": ["small_cnn"],

@@ -12,7 +12,7 @@ import pytest
 
 from sweeper import datasets, defenses
 from sweeper.errors import UserError
-from sweeper.grid import Train
+from sweeper.plan.entries import Train
 
 PRESET = "int8"
 SETTINGS = Train(epochs=4, learning_rate=0.01)
@@ -50,7 +50,7 @@ def test_defaults_fill_in_and_budgets_may_be_fractions():
     ({"lamda": 0.1}, r"defense 'jr_layer': unknown parameter 'lamda'; accepted: lambda, projections$"),
 ])
 def test_jr_layer_parameters_are_checked_when_the_grid_loads(tmp_path, tiny_grid, params, message):
-    from sweeper import grid
+    from sweeper.plan import grid
     from tests.conftest import write_grid
 
     path = write_grid(tmp_path, {**tiny_grid, "defenses": ["none", {"name": "jr_layer", "params": params}]})
@@ -249,7 +249,7 @@ def test_dq_refuses_binary_weights_whose_norm_is_fixed():
     with pytest.raises(UserError, match=r"^defense 'dq' needs kernels whose norms training can change; 'binary'"):
         defenses.build("dq", preset=QUANTIZERS.get("binary"))
     assert defenses.build("dq", preset=QUANTIZERS.get("sbinary")) is not None  # its scale adapts
-    from sweeper import grid
+    from sweeper.plan import grid
 
     raw = {"name": "g", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp", "binary"],
            "defenses": ["none", "dq"]}
@@ -339,7 +339,7 @@ def test_a_resumed_defended_training_ends_with_the_uninterrupted_weights(tmp_pat
 
 @pytest.mark.slow
 def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_cached(tmp_path):
-    from sweeper import expand, grid
+    from sweeper.plan import expand, grid
     from sweeper.trial import JobContext, run_job
 
     raw = {"name": "defended", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": [PRESET],
@@ -363,7 +363,8 @@ def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_c
 def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tmp_path):
     """The rows at another width are the cached weights quantized there: the clean and
     FGSM outcomes an attack run at that width by hand gives, in a configuration of their own."""
-    from sweeper import attacks, expand, grid, jacobian, models
+    from sweeper import attacks, jacobian, models
+    from sweeper.plan import expand, grid
     from sweeper.defenses.bit_width import at_bit_width
     from sweeper.quantizers import QUANTIZERS
     from sweeper.trial import JobContext, _job_seed, _load_cached, run_job

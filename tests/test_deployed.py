@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper import attacks, expand, grid
+from sweeper import attacks
+from sweeper.plan import expand, grid
 from sweeper.errors import UserError
 
 CLIP = (0.0, 1.0)

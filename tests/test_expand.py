@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sweeper import expand, grid
+from sweeper.plan import expand, grid
 from sweeper.errors import UserError
 from tests.conftest import write_grid
 

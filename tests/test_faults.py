@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import expand, grid, store
+from sweeper.plan import expand, grid
+from sweeper import store
 from sweeper.trial import CHECKPOINT_FILE, TrainState
 from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids

@@ -23,7 +23,7 @@ Where the values come from, and how a new grid key adds its cases:
 - ``FIELD_VALUES``: per schema key (``folds.k``, ``train.epochs``, ...), the edge values
   that matter to it. ``test_every_schema_key_has_fuzz_values`` fails for a key of the
   ``Grid`` schema without an entry: **a new grid key adds its values there**.
-- The registries: each attack and defense parameter's ``Limit`` (sweeper.limits) gives
+- The registries: each attack and defense parameter's ``Limit`` (sweeper.plan.limits) gives
   its edges, inside and out (``_limit_values``), and each dataset option its accepted
   values. ``test_every_parameter_declares_its_limit`` fails for a parameter without one:
   **a new attack or defense parameter declares its Limit and is fuzzed from then on**.
@@ -50,7 +50,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sweeper import grid
+from sweeper.plan import grid
 from tests.conftest import ROOT
 
 SHIPPED = sorted((ROOT / "grids").glob("*.yaml"))
@@ -142,7 +142,7 @@ def _schema_keys(model=None, prefix: str = "") -> set[str]:
     """Every key of the grid schema, lists written ``*`` (``attacks.*.eps``)."""
     from pydantic import BaseModel
 
-    from sweeper.grid import Grid, _model_in
+    from sweeper.plan.grid import Grid, _model_in
 
     keys = set()
     for name, field in (model or Grid).model_fields.items():
@@ -386,8 +386,9 @@ def test_mutated_grids_are_refused_in_one_line_or_can_launch(mutation):
 def _assert_launchable(path: Path, overrides: list[str]) -> None:
     """What launch and its trials build from the grid's input, built here the same way
     (module docstring); any refusal fails the test."""
-    from sweeper import attacks, cost, datasets, defenses, expand, store, trial
-    from sweeper.grid import Train
+    from sweeper import attacks, datasets, defenses, store, trial
+    from sweeper.plan import cost, expand
+    from sweeper.plan.entries import Train
     from sweeper.quantizers import QUANTIZERS
 
     loaded = grid.load(path, overrides)
@@ -522,7 +523,7 @@ def test_accepted_extremes_really_run(tmp_path):
     parameters validation accepts: no refusal reaches a trial. The training batch at its
     extreme (2**31 - 1) is left to the fuzz (its optimizer is built there): one batch a
     epoch trains too little for any sample to be classified right, and attacked."""
-    from sweeper import expand
+    from sweeper.plan import expand
     from sweeper.trial import JobContext, run_job
 
     plan = expand.expand(grid.validate(copy.deepcopy(EXTREMES)))

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sweeper import grid
+from sweeper.plan import entries, grid
 from sweeper.errors import UserError
 from tests.conftest import ROOT, write_grid
 
@@ -27,7 +27,7 @@ def test_demo_grid_is_valid():
     ("unbounded", float("inf"), "unbounded"),
 ])
 def test_epsilon_parsing_keeps_the_label_as_written(raw, value, label):
-    eps = grid.parse_epsilon(raw)
+    eps = entries.parse_epsilon(raw)
     assert eps.value == pytest.approx(value)
     assert eps.label == label
 
@@ -35,7 +35,7 @@ def test_epsilon_parsing_keeps_the_label_as_written(raw, value, label):
 @pytest.mark.parametrize("raw", [-0.1, "-8/255", "8/0", "abc", True, None, float("inf")])
 def test_bad_epsilons_are_rejected(raw):
     with pytest.raises(ValueError):
-        grid.parse_epsilon(raw)
+        entries.parse_epsilon(raw)
 
 
 # (override, text the one-line error must contain)
@@ -168,7 +168,7 @@ def test_minimal_attacks_take_unbounded_and_relative_steps(tmp_path, tiny_grid):
 
 
 def test_the_checkpoint_interval_is_validated_but_not_part_of_job_ids(tmp_path, tiny_grid):
-    from sweeper import expand
+    from sweeper.plan import expand
 
     path = write_grid(tmp_path, tiny_grid)
     assert grid.load(path).train.checkpoint_every == "auto"
@@ -183,7 +183,7 @@ def test_the_checkpoint_interval_is_validated_but_not_part_of_job_ids(tmp_path, 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.yaml")), ids=lambda path: path.name)
 def test_every_shipped_grid_validates_and_expands(path):
-    from sweeper import expand
+    from sweeper.plan import expand
 
     plan = expand.expand(grid.load(path), fingerprints=False)
     assert plan.jobs and all(plan.cells_of(job.job_id) for job in plan.jobs)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper import attacks, expand, grid
+from sweeper import attacks
+from sweeper.plan import entries, expand, grid
 from sweeper.attacks import patch_shape, target_rate
 from sweeper.errors import UserError
 
@@ -85,7 +86,7 @@ def test_a_fixed_placement_is_labelled_and_enters_the_id_while_random_ids_stay()
     # The literal ids of today's (random) patch cells, computed before placements existed:
     # the default must not recompute stored results.
     def cell(params, label="patch"):
-        entry = grid.AttackEntry(name="patch", eps=[0.25], params=params)
+        entry = entries.AttackEntry(name="patch", eps=[0.25], params=params)
         return expand.Cell("0123456789abcdef", "patch", label, "patch", 0.25, "0.25",
                            tuple(sorted(entry.resolved_params().items())), 20)
 
@@ -337,7 +338,8 @@ def test_the_patch_is_trained_on_the_training_images_given():
 
 @pytest.mark.slow
 def test_trial_trains_the_patch_on_the_training_fold(monkeypatch):
-    from sweeper import datasets, expand
+    from sweeper import datasets
+    from sweeper.plan import expand
     from sweeper.trial import JobContext, run_job
 
     raw = {"name": "patch", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["int8"],

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeper import grid
+from sweeper.plan import grid
 from sweeper.errors import UserError
 from sweeper.placement import Assignment, PlacementError, configure, current
 from tests.conftest import write_grid

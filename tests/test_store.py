@@ -115,7 +115,7 @@ def test_check_and_set_aside_damaged_fragments(tmp_path):
 # ---------------------------------------------------------------- provenance and compaction
 
 def _launch(text: str = "name: g\n", overrides=("train.epochs=1",)):
-    from sweeper import grid
+    from sweeper.plan import grid
 
     spec = grid.Grid.model_validate({"name": "g", "datasets": ["digits"], "models": ["small_cnn"],
                                      "quantizers": ["fp"], "attacks": [{"name": "fgsm", "eps": [0.1]}]})

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from sweeper import expand, grid, store
+from sweeper.plan import expand, grid
+from sweeper import store
 from tests.conftest import write_grid
 from tests.test_cli import sweeper
 

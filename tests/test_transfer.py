@@ -12,7 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from sweeper import expand, grid, query, store, sweep
+from sweeper.plan import entries, expand, grid
+from sweeper import query, store, sweep
 from sweeper.errors import UserError
 from sweeper.trial import transfer_rate
 from tests.conftest import TINY_GRID, write_grid
@@ -116,7 +117,7 @@ def test_expansion_implies_the_source_cells_and_skips_a_model_that_is_its_own_so
 def test_existing_ids_do_not_change():
     # Literal ids from the code before transfer attacks: a white-box cell's identity
     # must not change, or every stored result would be recomputed.
-    entry = grid.AttackEntry(name="pgd", eps=["8/255"], params={"max_iter": 3, "eps_step": "eps/4"})
+    entry = entries.AttackEntry(name="pgd", eps=["8/255"], params={"max_iter": 3, "eps_step": "eps/4"})
     cell = expand.Cell("0123456789abcdef", "pgd", "pgd", "inf", 8 / 255, "8/255",
                        tuple(sorted(entry.resolved_params().items())), 20)
     assert expand.stable_id(cell.identity()) == "80b8f2a0b2fbc14e"

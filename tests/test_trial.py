@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from sweeper import attacks, datasets, expand, grid, store
+from sweeper import attacks, datasets, store
+from sweeper.plan import expand, grid
 from sweeper.trial import JobContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -285,7 +286,7 @@ class _DiesAfter:
 
 
 def test_a_checkpoint_round_trips_weights_optimizer_and_epoch(tmp_path):
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.trial import Checkpoints, TrainState, restore, snapshot, train
 
     digits = datasets.load("digits")
@@ -324,7 +325,7 @@ def test_training_interrupted_at_epoch_k_and_resumed_ends_with_identical_weights
     replays the same batches in the same order on the same single-threaded CPU kernels.
     (Stochastic presets and dropout draw from TensorFlow's stateful random ops, which
     a checkpoint cannot capture: they resume with fresh draws, not tested here.)"""
-    from sweeper.grid import Train
+    from sweeper.plan.entries import Train
     from sweeper.trial import Checkpoints, train
 
     digits = datasets.load("digits")

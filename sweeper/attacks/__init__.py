@@ -4,7 +4,7 @@ the fast ART estimator they run on.
 One file per concern:
 
 - ``spec.py``: ``AttackSpec``, the ``ATTACKS`` registry, what eps means per attack,
-  ``validate`` (each parameter against its ``sweeper.limits.Limit``), ``check_fit`` (an
+  ``validate`` (each parameter against its ``sweeper.plan.limits.Limit``), ``check_fit`` (an
   attack against a dataset's declared shape and classes), ``art_params`` and
   budget-relative parameters (``eps_step: eps/4``).
 - ``gradient.py``: the white-box attacks, fgsm, pgd and cw_l2.

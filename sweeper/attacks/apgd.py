@@ -48,7 +48,7 @@ import numpy as np
 
 from sweeper.attacks import apgd_l1
 from sweeper.attacks.spec import AttackSpec
-from sweeper.limits import whole
+from sweeper.plan.limits import whole
 
 MOMENTUM = 0.75  # the reference's alpha: weight of the new step against the last move
 DLR_FLOOR = 1e-12  # the reference's guard on the DLR denominator (dlr_loss)

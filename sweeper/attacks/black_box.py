@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
-from sweeper.limits import FLAG, non_negative, positive, whole
+from sweeper.plan.limits import FLAG, non_negative, positive, whole
 
 _LOG = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ norm 1 are the L1 attack proper.
 from __future__ import annotations
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
-from sweeper.limits import non_negative, positive, whole
+from sweeper.plan.limits import non_negative, positive, whole
 
 
 def _build_fgsm(classifier, eps, norm, params, seed):

@@ -53,7 +53,7 @@ import numpy as np
 
 from sweeper.attacks.spec import PATCH_NORM, AttackSpec
 from sweeper.errors import preview
-from sweeper.limits import positive, whole
+from sweeper.plan.limits import positive, whole
 
 _COMPILED: "weakref.WeakKeyDictionary[Any, tuple[Callable, Callable]]" = weakref.WeakKeyDictionary()
 ADAM = (0.9, 0.999, 1e-8)  # Kingma & Ba's beta1, beta2 and epsilon

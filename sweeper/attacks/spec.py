@@ -8,7 +8,7 @@ ART's defaults differ from the papers (BoundaryAttack is targeted by default, PG
 100 steps). The family modules define the specs; the package registers them.
 
 What a grid may set is checked here, before anything trains, so that a trial never
-refuses it: each parameter against its ``limits`` entry (``sweeper.limits.Limit``: ranges
+refuses it: each parameter against its ``limits`` entry (``sweeper.plan.limits.Limit``: ranges
 that match what ART and the builders accept, e.g. at least one iteration, Square's
 ``p_init`` in (0, 1)), or a ``param_checks`` function; and with ``check_fit`` the attack
 against each dataset's declared input shape and class count (the spec's ``fits``: the
@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from sweeper.errors import UserError, preview
-from sweeper.limits import Limit
+from sweeper.plan.limits import Limit
 from sweeper.registry import Registry
 
 
@@ -73,7 +73,7 @@ class AttackSpec:
     single_step: bool = False  # one gradient step (FGSM): should never beat an iterative attack
     # Parameters a grid may write relative to the budget (eps_step: eps/4), see RELATIVE_FORMS.
     relative: tuple[str, ...] = ()
-    # What each parameter of ``defaults`` accepts (sweeper.limits), unless param_checks judges it.
+    # What each parameter of ``defaults`` accepts (sweeper.plan.limits), unless param_checks judges it.
     limits: Mapping[str, Limit] = field(default_factory=dict)
     # param -> why a value is bad (None: good), for parameters no Limit describes (a shape).
     param_checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import random
 import numpy as np
 
 from sweeper.attacks.spec import AttackSpec, _art_norm
-from sweeper.limits import positive, whole
+from sweeper.plan.limits import positive, whole
 
 
 def _build_square(classifier, eps, norm, params, seed):

@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import Any, Callable, Mapping
 
 from sweeper.errors import UserError, preview
-from sweeper.limits import Limit
+from sweeper.plan.limits import Limit
 from sweeper.registry import Registry
 
 NONE = "none"
@@ -44,7 +44,7 @@ class DefenseSpec:
 
     name: str
     defaults: Mapping[str, Any]
-    limits: Mapping[str, Limit]  # what each parameter accepts (sweeper.limits)
+    limits: Mapping[str, Limit]  # what each parameter accepts (sweeper.plan.limits)
     description: str
     # (params, clip_values, preset) -> base.Defense; None: plain training
     build: Callable[..., Any] | None = None

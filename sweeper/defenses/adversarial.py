@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from sweeper.defenses import DefenseSpec
 from sweeper.defenses.base import Defense
-from sweeper.limits import positive, whole
+from sweeper.plan.limits import positive, whole
 
 
 class AdversarialTraining(Defense):

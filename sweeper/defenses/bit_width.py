@@ -37,7 +37,7 @@ import numpy as np
 
 from sweeper.defenses import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
-from sweeper.limits import Limit, whole
+from sweeper.plan.limits import Limit, whole
 
 
 class DynamicBitWidth(Defense):

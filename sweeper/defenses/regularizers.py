@@ -87,7 +87,7 @@ from __future__ import annotations
 from sweeper.defenses import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
 from sweeper.jacobian import block_model, projection_estimate
-from sweeper.limits import positive, whole
+from sweeper.plan.limits import positive, whole
 
 
 class JacobianRegularization(Defense):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from sweeper.errors import UserError, preview
 
 if TYPE_CHECKING:
-    from sweeper.grid import Grid
+    from sweeper.plan.grid import Grid
 
 MAX_JOBS = 10_000  # trainings of one grid (Tune keeps ~86 KB of driver memory per trial)
 MAX_CELLS = 1_000_000  # rows of one grid (expanding them takes ~20 s)
@@ -53,14 +53,15 @@ def _folds_fit(grid: Grid) -> None:
 
 
 def _defenses_and_datasets_used(grid: Grid) -> None:
-    names = [choice.name for choice in grid.datasets]
-    for index, name in enumerate(names):
-        if not grid.trained(name):
-            raise ValueError(f"datasets.{index}: no model is trained on {name!r} (each model is limited "
+    setups = list(grid.setups())
+    trained = {dataset.name for dataset, *_ in setups}
+    for index, choice in enumerate(grid.datasets):
+        if choice.name not in trained:
+            raise ValueError(f"datasets.{index}: no model is trained on {choice.name!r} (each model is limited "
                              f"to other datasets)")
+    used = {defense.key for *_, defense in setups}
     for index, entry in enumerate(grid.defenses):
-        if not any(entry.key in grid.defenses_of(name, quantizer)
-                   for name in names for _, quantizer in grid.trained(name)):
+        if entry.key not in used:
             limits = " and ".join(f"{kind} {_listed(values)}" for kind, values in
                                   (("quantizers", entry.quantizers), ("datasets", entry.datasets)) if values)
             raise ValueError(f"defenses.{index}: {preview(entry.key)} is limited to {limits}, which no model "
@@ -90,12 +91,10 @@ def _plan_size(grid: Grid) -> None:
     out of the count: it is a lower bound, cheap whatever the grid."""
     folds = len(grid.folds.indices())
     jobs = cells = 0
-    for choice in grid.datasets:
+    for dataset, *_ in grid.setups():
         per_job = 1 + sum(len(entry.eps) for entry in grid.attacks if entry.source is None
-                          and (entry.datasets is None or choice.name in entry.datasets))
-        for _, quantizer in grid.trained(choice.name):
-            trainings = folds * len(grid.defenses_of(choice.name, quantizer))
-            jobs, cells = jobs + trainings, cells + trainings * per_job
+                          and (entry.datasets is None or dataset.name in entry.datasets))
+        jobs, cells = jobs + folds, cells + folds * per_job
     if jobs > MAX_JOBS or cells > MAX_CELLS:
         raise ValueError(f"the grid makes {jobs} trainings and at least {cells} cells; one grid makes at most "
                          f"{MAX_JOBS} trainings and {MAX_CELLS} cells: split it, or run some folds "

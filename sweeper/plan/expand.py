@@ -47,7 +47,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sweeper.errors import UserError
-from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Epsilon, Grid
+from sweeper.keys import DEPLOYED_TARGET, ID_LIBRARIES, MODEL_TARGET, NONE, version_of
+from sweeper.plan.entries import Epsilon
+from sweeper.plan.grid import Grid
 
 # Bump when a change to sweeper alters what a job or cell computes: old results then
 # stop matching and are recomputed instead of silently mixed with new ones.
@@ -61,10 +63,6 @@ from sweeper.grid import DEPLOYED_TARGET, MODEL_TARGET, Epsilon, Grid
 #    guard survives compilation and no attack loses a finite fooling iterate to a NaN
 #    (Square L2 on 8x8 inputs); patch cells score target rates beside controls.
 ID_VERSION = 5
-# Libraries whose major.minor version is part of a job's identity: they train the model
-# (TensorFlow, QKeras), attack it (ART), and decide the folds (scikit-learn).
-ID_LIBRARIES = ("tensorflow", "qkeras", "adversarial-robustness-toolbox", "scikit-learn")
-CLEAN = "none"
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,8 @@ class TrainingJob:
     # The training-time defense (sweeper.defenses): its registry name, its grid label and
     # every parameter, sorted. It enters the ids only when it is not "none", so the ids of
     # grids without defenses are what they were before defenses existed.
-    defense: str = CLEAN
-    defense_label: str = CLEAN
+    defense: str = NONE
+    defense_label: str = NONE
     defense_params: tuple[tuple[str, Any], ...] = ()
 
     @property
@@ -115,7 +113,7 @@ class TrainingJob:
         return stable_id({**self.config_identity(), "eval_bits": eval_bits})
 
     def defense_identity(self) -> dict[str, Any]:
-        if self.defense == CLEAN:
+        if self.defense == NONE:
             return {}
         return {"defense": {"name": self.defense, "params": dict(self.defense_params)}}
 
@@ -168,7 +166,7 @@ class Cell:
         ones such as ``eps_step: eps/4`` resolved) and the ones sweeper pins, less the
         spec's ``late_params`` at their default (the patch's ``placement: random``), which
         would change the ids of cells computed before they existed."""
-        if self.attack == CLEAN:
+        if self.attack == NONE:
             return {}
         from sweeper.attacks import recorded_params
 
@@ -215,16 +213,8 @@ def stable_id(identity: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def library_minor_versions() -> dict[str, str]:
-    """major.minor of each of ID_LIBRARIES (a patch release does not change results)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ID_LIBRARIES:
-        try:
-            found[package] = ".".join(version(package).split(".")[:2])
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    """major.minor of each of ``keys.ID_LIBRARIES`` (a patch release does not change results)."""
+    return {package: ".".join(version_of(package).split(".")[:2]) for package in ID_LIBRARIES}
 
 
 def expand(grid: Grid, fingerprints: bool = True) -> Plan:
@@ -251,29 +241,16 @@ def _reject_duplicates(cells: tuple[Cell, ...]) -> None:
 
 def _jobs(grid: Grid, fingerprints: bool):
     train = tuple(sorted(grid.train.model_dump().items()))
-    for dataset in grid.datasets:
+    for dataset, model, quantizer, defense in grid.setups():
         options = tuple(sorted(dataset.resolved_options().items()))
-        for model in grid.models:
-            if model.datasets is not None and dataset.name not in model.datasets:
-                continue
-            for quantizer in model.quantizers or grid.quantizers:
-                fingerprint = _fingerprint(dataset.name, options, model.name, quantizer) if fingerprints else ""
-                for defense in _defenses_of(grid, dataset.name, quantizer):
-                    for fold in grid.folds.indices():
-                        job = TrainingJob(dataset.name, options, model.name, quantizer, fold,
-                                          grid.folds.k, grid.seed, train, fingerprint, **defense)
-                        job = _with_id(job, "job_id")
-                        yield replace(job, config_id=stable_id(job.config_identity()))
-
-
-def _defenses_of(grid: Grid, dataset: str, quantizer: str) -> list[dict[str, Any]]:
-    """The TrainingJob defense fields of every defense entry that applies to a
-    (dataset, quantizer)."""
-    applies = set(grid.defenses_of(dataset, quantizer))
-    return [{"defense": entry.name, "defense_label": entry.key,
-             "defense_params": tuple(sorted((k, tuple(v) if isinstance(v, list) else v)  # hashable
-                                            for k, v in entry.resolved_params().items()))}
-            for entry in grid.defenses if entry.key in applies]
+        fingerprint = _fingerprint(dataset.name, options, model, quantizer) if fingerprints else ""
+        params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)  # hashable
+                              for k, v in defense.resolved_params().items()))
+        for fold in grid.folds.indices():
+            job = TrainingJob(dataset.name, options, model, quantizer, fold, grid.folds.k, grid.seed, train,
+                              fingerprint, defense=defense.name, defense_label=defense.key, defense_params=params)
+            job = _with_id(job, "job_id")
+            yield replace(job, config_id=stable_id(job.config_identity()))
 
 
 def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> str:
@@ -288,7 +265,7 @@ def _cells(grid: Grid, job: TrainingJob) -> list[Cell]:
     """A job's white-box cells (the clean one first), and for a dbwt job the same cells
     again at each of its other bit widths."""
     samples = grid.samples_for(job.dataset)
-    own = [_with_id(Cell(job.job_id, CLEAN, CLEAN, "none", 0.0, "0", (), samples), "cell_id")]
+    own = [_with_id(Cell(job.job_id, NONE, NONE, NONE, 0.0, "0", (), samples), "cell_id")]
     for entry in grid.attacks:
         if entry.source is not None or (entry.datasets is not None and job.dataset not in entry.datasets):
             continue  # transfer entries: _transfer_cells
