@@ -69,7 +69,8 @@ def train_digits_model(seed: int, model_name: str, preset: str):
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
-    from sweeper import models, quantizers
+    from sweeper import models
+    from sweeper.models import quantizers
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]

@@ -31,7 +31,7 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
 
     from sweeper import models
     from sweeper.plan.entries import Train
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import Checkpoints, snapshot, train
 
     tf.keras.backend.clear_session()

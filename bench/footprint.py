@@ -45,7 +45,7 @@ import sweeper  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow l
 from sweeper import deploy, models  # noqa: E402
 from sweeper.deploy.macs import PUBLISHED_MACS  # noqa: E402
 from sweeper.footprint import measure  # noqa: E402
-from sweeper.quantizers import QUANTIZERS  # noqa: E402
+from sweeper.models.quantizers import QUANTIZERS  # noqa: E402
 
 # QKeras's QInitializer calls a layer's initializer again after rescaling it for the
 # quantizer's range (deliberately the same draw); tf-keras warns about each such layer.

@@ -50,7 +50,8 @@ def trained(preset: str, epochs: int, seed: int):
     from sklearn.datasets import load_digits
 
     from sweeper.plan import entries
-    from sweeper import models, quantizers, trial
+    from sweeper import models, trial
+    from sweeper.models import quantizers
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]

@@ -29,7 +29,7 @@ extrapolating core-hours on this kind of machine only).
                                [--threads 1 2] [--repeats 7] [--steps 10] [--quick]
 
 ``--stock`` adds rows PRESET/qk: the same preset built with QKeras's stock quantizers
-instead of sweeper's lean ones (sweeper.quantizers.lean), in the same interleaved run.
+instead of sweeper's lean ones (sweeper.models.quantizers.lean), in the same interleaved run.
 ``--quick`` (overrides --models, --presets, --repeats, --steps): small_cnn and stq_net,
 presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
 
@@ -84,13 +84,13 @@ def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
     from sweeper import models
     from sweeper.attacks.estimator import make_classifier
     from sweeper.plan.entries import Train
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import train
 
     shape, classes = SHAPES[model_name]
     stock = preset_name.endswith(STOCK)
     if stock:  # QKeras's own quantizers, as before sweeper's lean ones
-        import sweeper.quantizers as quantizers
+        import sweeper.models.quantizers as quantizers
 
         lean_make = quantizers.make
         models.make = quantizers.make = quantizers.make_original
@@ -131,7 +131,7 @@ def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, b
     from sweeper.defenses import base
     from sweeper.errors import UserError
     from sweeper.plan.entries import Train
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import train
 
     shape, classes = SHAPES[model_name]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from sweeper.quantizers import QUANTIZERS
+from sweeper.models.quantizers import QUANTIZERS
 
 
 def _pyplot():

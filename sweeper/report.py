@@ -21,7 +21,7 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - defended against undefended twins (only when the store has defended rows): each
   defense's accuracy change per attack and budget, paired, whether a gain is
   gradient-only, and the masking flags of both (``sweeper.twins``);
-- Jacobian norms (only when the rows carry them, ``sweeper.jacobian``): per model, each
+- Jacobian norms (only when the rows carry them, ``sweeper.models.jacobian``): per model, each
   configuration's input-to-logit and per-block norms, and their paired per-fold ratios
   to the fp configuration and to the undefended twin;
 - the gradient-masking diagnostics, and the provenance of every launch.
@@ -42,7 +42,7 @@ from pathlib import Path
 from sweeper import diagnostics, output, query, store, twins
 from sweeper.attacks import single_coordinate
 from sweeper.errors import UserError
-from sweeper.quantizers import QUANTIZERS
+from sweeper.models.quantizers import QUANTIZERS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
            "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L",

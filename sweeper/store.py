@@ -154,7 +154,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("jacobian_fro", pa.float64(),
      "per trained model, on its attacked samples in evaluation mode: root mean square over the samples of "
      "the Frobenius norm of the input-to-logit Jacobian, sqrt(mean ||d logits / d x||_F^2), through the "
-     "straight-through estimators (the gradient attacks see), with the quantized weights (sweeper.jacobian)"),
+     "straight-through estimators (the gradient attacks see), with the quantized weights (sweeper.models.jacobian)"),
     ("jacobian_fro_se", pa.float64(),
      "standard error of jacobian_fro from its random projections (0: exact, the logits' basis vectors)"),
     ("jacobian_blocks", pa.list_(pa.string()),

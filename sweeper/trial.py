@@ -27,7 +27,7 @@ row carries ``target_rate`` beside the controls' numbers (``_target_columns``). 
 cell's controls are its source's: placed with the source job's seed on the samples the
 source attacked.
 Jacobians: every row of a job carries the model's input-to-logit and per-block Jacobian
-norms on the job's attacked samples (``sweeper.jacobian.measure``, the ``jacobian_*``
+norms on the job's attacked samples (``sweeper.models.jacobian.measure``, the ``jacobian_*``
 columns), projections drawn from the job's seed, so a cached model gives the same ones.
 """
 
@@ -44,7 +44,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from sweeper import datasets, jacobian, store
+from sweeper import datasets, store
+from sweeper.models import jacobian
 from sweeper.attacks import BUDGET_RTOL
 from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
 from sweeper.plan.entries import Train
@@ -178,7 +179,7 @@ def _trained_model(job: TrainingJob, data, train_idx, cache: str | None, checkpo
     """(model, trained, train_s, the epoch training resumed from or None, the defense's
     regularizer over the last epoch or None)."""
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     import tensorflow as tf
 

@@ -155,7 +155,8 @@ def _trained_stq_model(shape):
     label is the brightest of 10 bands): trained weights, so the attacks have work to do."""
     import tensorflow as tf
 
-    from sweeper import models, quantizers
+    from sweeper import models
+    from sweeper.models import quantizers
 
     tf.keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).uniform(*CLIP, (600, *shape)).astype(np.float32)

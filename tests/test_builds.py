@@ -17,7 +17,7 @@ from sweeper.deploy.filters import filters, read, write  # noqa: E402
 from sweeper.deploy.int4 import int4_flatbuffer, pack, unpack  # noqa: E402
 from sweeper.deploy.lut import lut_flatbuffer  # noqa: E402
 from sweeper.deploy.tflm import tflm_outputs  # noqa: E402
-from sweeper.quantizers import QUANTIZERS  # noqa: E402
+from sweeper.models.quantizers import QUANTIZERS  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The initializer .* is unseeded")]
 CHECK = 100  # held-out digits every build is checked on

@@ -62,7 +62,7 @@ def test_jr_layer_parameters_are_checked_when_the_grid_loads(tmp_path, tiny_grid
 
 
 def test_dbwt_refuses_a_preset_without_bit_widths():
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     with pytest.raises(UserError, match=r"^defense 'dbwt' switches bit widths, .* not 'ternary'$"):
         defenses.build("dbwt", preset=QUANTIZERS.get("ternary"))
@@ -82,7 +82,7 @@ def _model(preset: str = PRESET):
     import tensorflow as tf
 
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(7)
@@ -92,7 +92,7 @@ def _model(preset: str = PRESET):
 def _trained(name: str | None, params: dict | None = None, settings: Train = SETTINGS, preset: str = PRESET,
              **kwargs):
     """(model, defense) trained on the training fold; name None: no defense argument."""
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import train
 
     digits, train_idx, _ = _split()
@@ -170,7 +170,7 @@ def test_jr_layer_lowers_the_hidden_blocks_jacobians_against_its_undefended_twin
     twin's. The dense block (10 outputs, the smallest term of the sum) barely moves."""
     import tensorflow as tf
 
-    from sweeper import jacobian
+    from sweeper.models import jacobian
     from sweeper.defenses.regularizers import layer_jacobian_penalty
 
     model, defense = _trained("jr_layer")
@@ -244,7 +244,7 @@ def test_dq_lowers_the_quantized_networks_gram_and_keeps_clean_accuracy(preset, 
 
 
 def test_dq_refuses_binary_weights_whose_norm_is_fixed():
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     with pytest.raises(UserError, match=r"^defense 'dq' needs kernels whose norms training can change; 'binary'"):
         defenses.build("dq", preset=QUANTIZERS.get("binary"))
@@ -363,10 +363,11 @@ def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_c
 def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tmp_path):
     """The rows at another width are the cached weights quantized there: the clean and
     FGSM outcomes an attack run at that width by hand gives, in a configuration of their own."""
-    from sweeper import attacks, jacobian, models
+    from sweeper import attacks, models
+    from sweeper.models import jacobian
     from sweeper.plan import expand, grid
     from sweeper.defenses.bit_width import at_bit_width
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import JobContext, _job_seed, _load_cached, run_job
 
     raw = {"name": "cycled", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["int4"],

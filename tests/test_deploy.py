@@ -15,7 +15,7 @@ pytest.importorskip("qkeras")
 pytest.importorskip("tflite_micro")
 
 from sweeper import models  # noqa: E402
-from sweeper.quantizers import QUANTIZERS  # noqa: E402
+from sweeper.models.quantizers import QUANTIZERS  # noqa: E402
 
 # MLPerf Tiny v1.0 reference int8 models (mlcommons/tiny, benchmark/training/
 # image_classification/trained_models/pretrainedResnet_quant.tflite and keyword_spotting/

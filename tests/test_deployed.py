@@ -39,7 +39,8 @@ def fp_build():
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
-    from sweeper import deploy, models, quantizers
+    from sweeper import deploy, models
+    from sweeper.models import quantizers
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]

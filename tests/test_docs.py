@@ -6,7 +6,7 @@ import re
 
 from sweeper.attacks import ATTACKS
 from sweeper.footprint import MCUS
-from sweeper.quantizers import QUANTIZERS
+from sweeper.models.quantizers import QUANTIZERS
 from sweeper.store import COLUMNS
 from tests.conftest import ROOT
 

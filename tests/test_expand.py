@@ -175,7 +175,7 @@ def _wider(builder):
         import tensorflow as tf
 
         from sweeper.models import _qconv, _qdense, qmodel_class
-        from sweeper.quantizers import activation
+        from sweeper.models.quantizers import activation
 
         inputs = tf.keras.Input(shape=input_shape)
         x = activation(preset)(_qconv(preset, 17, 3)(inputs))
@@ -186,7 +186,7 @@ def _wider(builder):
 
 def test_fingerprint_ignores_keras_layer_names():
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     preset = QUANTIZERS.get("int4")
     first = models.model_fingerprint(models.build("small_cnn", (8, 8, 1), 10, preset))

@@ -245,7 +245,7 @@ def test_fused_int8_liveness_matches_the_mlperf_arena_head(name, shape, classes,
     """Batch norm and activations folded into the producing layer, 1 byte per element:
     the peak equals the activation memory TFLM plans for the reference models."""
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     model = models.build(name, shape, classes, QUANTIZERS.get("fp"))
     assert peak_activation_bits(model, fused=True, bits=8) == head_bytes * 8

@@ -389,7 +389,7 @@ def _assert_launchable(path: Path, overrides: list[str]) -> None:
     from sweeper import attacks, datasets, defenses, store, trial
     from sweeper.plan import cost, expand
     from sweeper.plan.entries import Train
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     loaded = grid.load(path, overrides)
     plan = expand.expand(loaded, fingerprints=False)
@@ -439,7 +439,7 @@ def _digits():
 @functools.cache
 def _model(input_shape: tuple, nb_classes: int, quantizer: str = "fp"):
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     return models.build("small_cnn", input_shape, nb_classes, QUANTIZERS.get(quantizer))
 

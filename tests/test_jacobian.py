@@ -1,4 +1,4 @@
-"""Jacobian norms (sweeper.jacobian): the blocks of every registered model, the chain rule
+"""Jacobian norms (sweeper.models.jacobian): the blocks of every registered model, the chain rule
 that makes them blocks, and the measurement behind the jacobian_* columns checked against
 its control: the exact Jacobian (tf batch_jacobian, every entry) on a tiny model, and its
 stated standard error against the spread of repeated estimates."""
@@ -10,7 +10,8 @@ import functools
 import numpy as np
 import pytest
 
-from sweeper import datasets, jacobian
+from sweeper import datasets
+from sweeper.models import jacobian
 
 SAMPLES = 40
 
@@ -19,7 +20,7 @@ def _model(name: str, shape: tuple, preset: str, seed: int = 0):
     import tensorflow as tf
 
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     tf.keras.utils.set_random_seed(seed)
     return models.build(name, shape, 10, QUANTIZERS.get(preset))

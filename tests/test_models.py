@@ -8,7 +8,7 @@ import pytest
 
 from sweeper import models
 from sweeper.footprint import WEIGHT_QUANTIZER_ATTR, leaf_layers, short_weight_name
-from sweeper.quantizers import QUANTIZERS, make
+from sweeper.models.quantizers import QUANTIZERS, make
 
 tf = pytest.importorskip("tensorflow")
 

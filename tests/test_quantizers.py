@@ -1,4 +1,4 @@
-"""The lean activation quantizers (sweeper.quantizers.lean): bit-identical outputs and
+"""The lean activation quantizers (sweeper.models.quantizers.lean): bit-identical outputs and
 gradients to QKeras's own on fixed inputs, the same draws for stochastic_binary under the
 same seed, unchanged model fingerprints, and identical weights after real training."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweeper import models, quantizers
-from sweeper.quantizers import QUANTIZERS, make, make_original
+from sweeper import models
+from sweeper.models import quantizers
+from sweeper.models.quantizers import QUANTIZERS, make, make_original
 
 tf = pytest.importorskip("tensorflow")
 

@@ -23,7 +23,7 @@ def converted():
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
     from sweeper import deploy, models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     built = {}
     for name, (shape, classes) in SHAPES.items():

@@ -316,7 +316,7 @@ def _check_missing_examples_are_recomputed(path, plan, location, arrays_dir):
 
 def _cached_model(job, results):
     from sweeper import datasets, models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import _load_cached
 
     shape, classes = datasets.shape(job.dataset, dict(job.dataset_options))

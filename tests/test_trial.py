@@ -59,8 +59,9 @@ def test_rows_carry_the_jacobian_norms_of_their_model_on_the_attacked_samples(jo
     """One measurement per job, on its attacked samples with its seed: the cached model
     measured again gives the same columns; small_cnn has three blocks, the last (dense,
     10 outputs) and the logits measured exactly, the conv blocks estimated."""
-    from sweeper import jacobian, models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models import jacobian
+    from sweeper import models
+    from sweeper.models.quantizers import QUANTIZERS
     from sweeper.trial import _job_seed, _load_cached
 
     plan, rows, _ = job_rows
@@ -256,7 +257,7 @@ def _small_model(preset: str = "int4"):
     import tensorflow as tf
 
     from sweeper import models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(7)

@@ -11,7 +11,7 @@ and retrace, 7-8x slower than a compiled step (DEPLOY_AND_ATTACK_NOTES.md).
 |---|---|---|
 | ``none`` | | plain training (``train`` skips the wrapper: bit-identical to no defense) |
 | ``jr`` | regularizers.py | CE + lambda * 1/2 ||J||_F^2, random-projection estimate |
-| ``jr_layer`` | regularizers.py | CE + lambda * sum_k 1/2 ||J_k||_F^2 over the blocks (sweeper.jacobian) |
+| ``jr_layer`` | regularizers.py | CE + lambda * sum_k 1/2 ||J_k||_F^2 over the blocks (sweeper.models.jacobian) |
 | ``dq`` | regularizers.py | CE + beta * sum ||Q^T Q - I||^2 over the quantized kernels |
 | ``fgsm_at`` | adversarial.py | CE on FGSM examples from a random start (fast AT) |
 | ``pgd_at`` | adversarial.py | CE on PGD examples (Madry AT) |
@@ -104,7 +104,7 @@ def build(name: str, params: Mapping[str, Any] | None = None, *,
           clip_values: tuple[float, float] = (0.0, 1.0), preset: Any = None):
     """The defense's training step for ``train(..., defense=...)``: a ``base.Defense``,
     or None for ``none`` (plain training). ``preset``: the model's quantizer preset
-    (``sweeper.quantizers.Preset``), which ``dbwt`` needs."""
+    (``sweeper.models.quantizers.Preset``), which ``dbwt`` needs."""
     spec = DEFENSES.get(name)
     resolved = resolve(name, params)
     return None if spec.build is None else spec.build(resolved, tuple(clip_values), preset)

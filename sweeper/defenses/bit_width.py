@@ -129,7 +129,7 @@ def preset_width(preset) -> int | None:
 
 def presets_by_width() -> dict[int, str]:
     """{width: the first registered preset of that one width} ({8: "int8", 4: "int4", ...})."""
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     found: dict[int, str] = {}
     for name in QUANTIZERS.names():

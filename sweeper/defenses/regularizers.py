@@ -23,7 +23,7 @@
       loss = CE + lambda * sum_k R_k,   R_k = 1/2 ||J_k||_F^2 ~ 1/2 * D_k / (n B) * sum_i sum_b ||v_ib^T J_k,b||^2
 
   J_k,b the Jacobian of block k's output (D_k values) with respect to its input at sample
-  b's activations (``sweeper.jacobian``: what a block is), v_ib uniform on the unit sphere
+  b's activations (``sweeper.models.jacobian``: what a block is), v_ib uniform on the unit sphere
   of R^{D_k}, with the same estimator as ``jr`` (``jacobian.projection_estimate``), block
   k's projections from the k-th split of the step's key. The product of the blocks'
   Jacobians is the input-to-logit one, so sum_k R_k bounds ||J||_F through
@@ -86,7 +86,7 @@ from __future__ import annotations
 
 from sweeper.defenses import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
-from sweeper.jacobian import block_model, projection_estimate
+from sweeper.models.jacobian import block_model, projection_estimate
 from sweeper.plan.limits import positive, whole
 
 

@@ -140,7 +140,7 @@ def _timed_like(preset: str) -> str:
         return preset
     if preset in PRESET_LIKE:
         return PRESET_LIKE[preset]
-    from sweeper.quantizers import QUANTIZERS  # a preset added later: judge by its kind
+    from sweeper.models.quantizers import QUANTIZERS  # a preset added later: judge by its kind
 
     return "stq" if QUANTIZERS.get(preset).stochastic else "int8"
 

@@ -130,7 +130,7 @@ class Source(_Frozen):
     @model_validator(mode="after")
     def _known(self) -> "Source":
         from sweeper.models import MODELS
-        from sweeper.quantizers import QUANTIZERS
+        from sweeper.models.quantizers import QUANTIZERS
 
         if self.model is None and self.quantizer is None and self.defense is None:
             raise ValueError("name the source's model, quantizer and/or defense, e.g. {quantizer: fp}")
@@ -287,7 +287,7 @@ class _Limited(_Frozen):
 
     def _known_limits(self) -> None:
         from sweeper.datasets import DATASETS
-        from sweeper.quantizers import QUANTIZERS
+        from sweeper.models.quantizers import QUANTIZERS
 
         known_names(QUANTIZERS, self.quantizers or ())
         known_names(DATASETS, self.datasets or ())

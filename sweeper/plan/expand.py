@@ -53,7 +53,7 @@ from sweeper.plan.grid import Grid
 
 # Bump when a change to sweeper alters what a job or cell computes: old results then
 # stop matching and are recomputed instead of silently mixed with new ones.
-# 2: the stq and sbinary activations became batch-independent (sweeper.quantizers).
+# 2: the stq and sbinary activations became batch-independent (sweeper.models.quantizers).
 # 3: model fingerprints and library versions in job ids; GSC grouped folds and scaled
 #    features; minimal-perturbation attacks run once, budgets derived from their norms.
 # 4: each epoch shuffled by (job seed, epoch) (checkpointed training resumes exactly);
@@ -97,7 +97,7 @@ class TrainingJob:
         """Everything that determines the trained model except the fold."""
         from dataclasses import asdict
 
-        from sweeper.quantizers import QUANTIZERS
+        from sweeper.models.quantizers import QUANTIZERS
 
         preset = {k: v for k, v in asdict(QUANTIZERS.get(self.quantizer)).items() if k != "description"}
         return {"v": ID_VERSION, "dataset": self.dataset, "dataset_options": dict(self.dataset_options),
@@ -255,7 +255,7 @@ def _jobs(grid: Grid, fingerprints: bool):
 
 def _fingerprint(dataset: str, options: tuple, model: str, quantizer: str) -> str:
     from sweeper import datasets, models
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     input_shape, nb_classes = datasets.shape(dataset, dict(options))
     return models.fingerprint(model, input_shape, nb_classes, QUANTIZERS.get(quantizer))
@@ -283,7 +283,7 @@ def evaluation_widths(job: TrainingJob) -> list[int]:
     if job.defense != "dbwt":
         return []
     from sweeper.defenses.bit_width import other_widths
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     return other_widths(list(dict(job.defense_params)["bits"]), QUANTIZERS.get(job.quantizer))
 

@@ -144,7 +144,7 @@ class Grid(_Frozen):
     @field_validator("quantizers")
     @classmethod
     def _quantizers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        from sweeper.quantizers import QUANTIZERS
+        from sweeper.models.quantizers import QUANTIZERS
 
         return known_names(QUANTIZERS, names)
 
@@ -188,7 +188,7 @@ class Grid(_Frozen):
 def _defenses_fit(grid: Grid) -> Grid:
     """Defense labels are unique, and each defense suits every preset it applies to."""
     from sweeper.defenses import check_preset
-    from sweeper.quantizers import QUANTIZERS
+    from sweeper.models.quantizers import QUANTIZERS
 
     keys = [entry.key for entry in grid.defenses]
     for key in keys:

@@ -1,8 +1,12 @@
-"""Models: QKeras network builders, registered by name, that output logits.
+"""Models: the networks sweeper trains. This module owns the QKeras network builders,
+registered by name, that output logits, ``QModel`` (stochastic quantizers stochastic in
+training only) and model fingerprints; ``quantizers.py`` the quantizer presets a builder
+takes; ``jacobian.py`` what a model's blocks are and its Jacobian norms.
 
 Every builder takes the dataset's input shape and class count and a quantizer preset,
 and returns a ``QModel``. Outputs are logits (no softmax): softmax outputs mask
-gradients for white-box attacks.
+gradients for white-box attacks. TensorFlow and QKeras are imported when a model is
+built, never when the package is imported.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from sweeper.quantizers import Preset, activation, make
+from sweeper.models.quantizers import Preset, activation, make
 from sweeper.registry import Registry
 
 # build(input_shape, nb_classes, preset) -> QModel
