@@ -5,7 +5,7 @@ For resnet8 (32x32x3, 10 classes), dscnn (49x10x1, 12), small_cnn (8x8x1, 10) an
 data (enough for real biases and batch-norm statistics; sizes do not depend on training):
 
 * ``packed KB``: weights at their quantizer's bit width, densely packed
-  (``sweeper.footprint.measure``): what a runtime with sub-byte kernels would store;
+  (``sweeper.deploy.footprint.measure``): what a runtime with sub-byte kernels would store;
 * ``int8 KB``/``arena``: the full-int8 TFLite flatbuffer ``sweeper.deploy`` builds and
   the smallest TFLite Micro arena (KB) that allocates it (host build, reference kernels);
 * ``lut KB``/``arena``, ``int4 KB``/``arena``: the sub-byte builds of that flatbuffer
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import sweeper  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import deploy, models  # noqa: E402
 from sweeper.deploy.macs import PUBLISHED_MACS  # noqa: E402
-from sweeper.footprint import measure  # noqa: E402
+from sweeper.deploy.footprint import measure  # noqa: E402
 from sweeper.models.quantizers import QUANTIZERS  # noqa: E402
 
 # QKeras's QInitializer calls a layer's initializer again after rescaling it for the

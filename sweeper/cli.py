@@ -287,7 +287,7 @@ def mcu():
     """List the MCU profiles grids can target."""
     from rich.table import Table
 
-    from sweeper.footprint import MCUS
+    from sweeper.deploy.mcus import MCUS
 
     table = Table(show_edge=False, header_style="bold")
     for column in ("name", "flash KB", "RAM KB", "largest RAM block KB", "description", "source"):

@@ -329,7 +329,7 @@ def _finish(connection, launches: list[dict] | None, paths: list[str], views: di
     but the store's fragments (``paths``) can be read, nothing written, nothing reset."""
     import pyarrow as pa
 
-    from sweeper.footprint import MCUS
+    from sweeper.deploy.mcus import MCUS
 
     connection.register("launches", _launch_table(launches or []))
     mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),

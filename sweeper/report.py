@@ -207,7 +207,7 @@ class _Report:
             "[Gradient-masking diagnostics](#gradient-masking-diagnostics)."])
 
     def _table_iii(self) -> str:
-        from sweeper import footprint
+        from sweeper.deploy import footprint
 
         parts = ["## Table III analogue: memory and clean accuracy",
                  "Three footprints per model. **Deployed** (what the MCU fit uses): flash is the full-int8 "

@@ -121,7 +121,7 @@ def _evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], mode
     quantized at ``width`` (``bit_width.at_bit_width``), attacked on the same samples.
     The columns that describe the model change with it (configuration, test accuracy,
     packed footprint, Jacobians); the .tflite is the preset's, so nothing is deployed here."""
-    from sweeper import footprint
+    from sweeper.deploy import footprint
     from sweeper.defenses.bit_width import at_bit_width
 
     with at_bit_width(model, width):
@@ -490,7 +490,7 @@ def _deployed_predict(deployment, x: np.ndarray) -> np.ndarray | None:
 
 def _footprint_columns(model, deployment) -> dict[str, Any]:
     """The three footprints: deployed (what the MCU fit uses), measured, packed."""
-    from sweeper import footprint
+    from sweeper.deploy import footprint
 
     kb = footprint.BITS_PER_KB
     measured = deployment.error is None

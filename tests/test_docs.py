@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from sweeper.attacks import ATTACKS
-from sweeper.footprint import MCUS
+from sweeper.deploy.mcus import MCUS
 from sweeper.models.quantizers import QUANTIZERS
 from sweeper.store import COLUMNS
 from tests.conftest import ROOT

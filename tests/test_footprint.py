@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads)
+from sweeper.deploy.mcus import MCUS
 from sweeper.errors import UserError
-from sweeper.footprint import (
+from sweeper.deploy.footprint import (
     BITS_PER_KB,
     FLOAT_BITS,
-    MCUS,
     Footprint,
     measure,
     peak_activation_bits,
@@ -211,7 +211,7 @@ def test_ram_parallel_branches_count_each_tensor_at_its_own_bits():
 
 
 def test_importing_footprint_does_not_import_tensorflow():
-    code = "import sys, sweeper.footprint; print('tensorflow' in sys.modules)"
+    code = "import sys, sweeper.deploy.footprint; print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sweeper import models
-from sweeper.footprint import WEIGHT_QUANTIZER_ATTR, leaf_layers, short_weight_name
+from sweeper.deploy.footprint import WEIGHT_QUANTIZER_ATTR, leaf_layers, short_weight_name
 from sweeper.models.quantizers import QUANTIZERS, make
 
 tf = pytest.importorskip("tensorflow")

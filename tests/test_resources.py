@@ -10,7 +10,7 @@ import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow load
 from sweeper.deploy.latency import CALIBRATIONS, RUNTIMES, calibration, estimate, latency_ms
 from sweeper.deploy.macs import PUBLISHED_MACS, REFERENCE_MACS
 from sweeper.errors import UserError
-from sweeper.footprint import MCUS
+from sweeper.deploy.mcus import MCUS
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The initializer .* is unseeded")]
 

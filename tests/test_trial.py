@@ -164,7 +164,7 @@ def test_a_retried_trial_has_its_rows_stored_before_the_retry(tmp_path, job_rows
 # ---------------------------------------------------------------- deployment
 
 def test_rows_carry_the_deployed_footprint_and_accuracy(job_rows):
-    from sweeper import footprint
+    from sweeper.deploy import footprint
 
     _, rows, _ = job_rows
     clean = rows["none", "0"]

@@ -201,7 +201,7 @@ def kernel_matrices(model) -> list:
     import tensorflow as tf
     from tf_keras.src import backend as keras_backend
 
-    from sweeper.footprint import WEIGHT_QUANTIZER_ATTR
+    from sweeper.deploy.footprint import WEIGHT_QUANTIZER_ATTR
 
     stacks = []
     # Inference phase: a stochastic quantizer (stq) gives its deterministic weights, the

@@ -92,6 +92,6 @@ def estimate_ram_bytes(model) -> int:
     converter does) and 1 byte per element: an estimate of the arena's activation part,
     for when conversion fails. It leaves out the arena's persistent part (tensor and op
     structs, quantization parameters: a few KB) and any unfused op a deployment adds."""
-    from sweeper.footprint import peak_activation_bits
+    from sweeper.deploy.footprint import peak_activation_bits
 
     return peak_activation_bits(model, fused=True, bits=8) // 8

@@ -113,7 +113,7 @@ def runtimes_for(core: str) -> list[str]:
 def estimate(macs: int, mcu, runtime: str) -> LatencyEstimate:
     """The latency of ``macs`` multiply-accumulates on ``mcu`` (a name or an
     ``MCUProfile``) with ``runtime``: MACs x cycles per MAC / the MCU's clock."""
-    from sweeper.footprint import MCUS
+    from sweeper.deploy.mcus import MCUS
 
     profile = MCUS.get(mcu) if isinstance(mcu, str) else mcu
     found = calibration(profile.core, runtime)

@@ -151,7 +151,7 @@ class Grid(_Frozen):
     @field_validator("mcus")
     @classmethod
     def _mcus(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        from sweeper.footprint import MCUS
+        from sweeper.deploy.mcus import MCUS
 
         return known_names(MCUS, names)
 
