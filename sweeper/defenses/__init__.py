@@ -1,5 +1,7 @@
-"""Training-time defenses: the ``DEFENSES`` registry, checking a defense's parameters,
-and building the compiled training step that ``sweeper.trial.train`` runs.
+"""Training-time defenses: the ``DEFENSES`` registry (``spec.py``: what a defense is,
+checking its parameters and presets), building the compiled training step that
+``sweeper.run.training.train`` runs, and evaluating a model at the other bit widths a
+defense trains it for (``evaluation_widths``, ``at_width``).
 
 A defense changes how a model is trained, never the model: each one is a custom
 ``train_step`` (base.py's ``DefendedModel``) compiled by Keras's ``fit`` on sweeper's own
@@ -21,84 +23,17 @@ Every budget (``eps``) is a fraction of the dataset's clip range (``clip_values`
 eps 8/255 is 8/255 * (clip_max - clip_min) in input units. All sweeper datasets lie in
 [0, 1], so it is also the input value, as attack budgets are.
 
-This module imports neither TensorFlow nor QKeras: grids validate defenses without them.
+This module registers the defenses; it imports neither TensorFlow nor QKeras: grids
+validate defenses without them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from sweeper.errors import UserError, preview
-from sweeper.plan.limits import Limit
-from sweeper.registry import Registry
-
-NONE = "none"
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    """One defense: the parameters a grid may set (with sweeper's defaults), the range
-    each accepts, and how to build its training step."""
-
-    name: str
-    defaults: Mapping[str, Any]
-    limits: Mapping[str, Limit]  # what each parameter accepts (sweeper.plan.limits)
-    description: str
-    # (params, clip_values, preset) -> base.Defense; None: plain training
-    build: Callable[..., Any] | None = None
-    reference: str = ""
-
-
-DEFENSES: Registry[DefenseSpec] = Registry("defense")
-
-
-def _add(spec: DefenseSpec) -> None:
-    DEFENSES.add(spec.name, spec)
-
-
-def resolve(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every parameter of a defense, sweeper's defaults filled in, each checked; bad
-    input raises a one-line ``UserError`` naming the defense and the parameter."""
-    spec = DEFENSES.get(name)
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        accepted = ", ".join(spec.defaults) or "none"
-        raise UserError(f"defense {name!r}: unknown parameter {preview(unknown[0])}; accepted: {accepted}")
-    return {key: _checked(name, key, params.get(key, default), spec.limits[key])
-            for key, default in spec.defaults.items()}
-
-
-def _checked(defense: str, key: str, value: Any, limit: Limit) -> Any:
-    if limit.kind == "number":  # budgets may be fractions, as attack budgets
-        number = _number(value)
-        if number is None or limit.problem(number):
-            raise UserError(f"defense {defense!r}: {key} must be {limit.text()} (a fraction such as "
-                            f"8/255 is fine), got {preview(value)}")
-        return number
-    problem = limit.problem(value)
-    if problem:
-        raise UserError(f"defense {defense!r}: {key} {problem}, got {preview(value)}")
-    return [int(b) for b in value] if limit.kind == "widths" else value
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float range
-            return None
-    if isinstance(value, str) and len(value) < 100:
-        try:
-            return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError, OverflowError):
-            return None
-    return None
-
+from sweeper.defenses import adversarial, bit_width, regularizers
+from sweeper.defenses.spec import DEFENSES, DefenseSpec, check_preset, resolve  # noqa: F401  (the API)
+from sweeper.keys import NONE
 
 def build(name: str, params: Mapping[str, Any] | None = None, *,
           clip_values: tuple[float, float] = (0.0, 1.0), preset: Any = None):
@@ -110,22 +45,19 @@ def build(name: str, params: Mapping[str, Any] | None = None, *,
     return None if spec.build is None else spec.build(resolved, tuple(clip_values), preset)
 
 
-def check_preset(name: str, preset: Any) -> None:
-    """Raise a one-line ``UserError`` when a defense cannot train a preset (``dbwt``
-    needs bit widths to switch, ``dq`` kernels whose norms can change); cheap, no
-    TensorFlow: grids call it when validating."""
-    if name == "dbwt" and not (preset.kernel or "").startswith("quantized_bits"):
-        raise UserError(f"defense 'dbwt' switches bit widths, so it needs a fixed-point preset "
-                        f"(int8, int4, int2), not {preset.name!r}")
-    if name == "dq" and (preset.kernel or "").startswith("binary("):
-        # +-alpha weights with a fixed alpha: every column's norm is alpha * sqrt(fan-in)
-        raise UserError(f"defense 'dq' needs kernels whose norms training can change; {preset.name!r} "
-                        f"weights are +-1 whatever the training, so each column's norm stays sqrt(fan-in)")
+def evaluation_widths(name: str, params: Mapping[str, Any], preset: Any) -> list[int]:
+    """The bit widths besides the preset's own at which a model trained with the defense
+    is evaluated too (the spec's ``widths``: dbwt's other widths); none for the others."""
+    spec = DEFENSES.get(name)
+    return [] if spec.widths is None else spec.widths(params, preset)
 
 
-_add(DefenseSpec(NONE, {}, {}, "plain training (no defense)"))
+def at_width(name: str, model, width: int):
+    """A context in which ``model``, trained with the defense, computes at ``width``."""
+    return DEFENSES.get(name).at_width(model, width)
 
-from sweeper.defenses import adversarial, bit_width, regularizers  # noqa: E402  (registers the rest)
 
+DEFENSES.add(NONE, DefenseSpec(NONE, {}, {}, "plain training (no defense)"))
 for _spec in (*regularizers.SPECS, *adversarial.SPECS, *bit_width.SPECS):
-    _add(_spec)
+    DEFENSES.add(_spec.name, _spec)
+del _spec

@@ -27,7 +27,7 @@ stateless draws from (seed, step), so a resumed training repeats them.
 
 from __future__ import annotations
 
-from sweeper.defenses import DefenseSpec
+from sweeper.defenses.spec import DefenseSpec
 from sweeper.defenses.base import Defense
 from sweeper.plan.limits import positive, whole
 

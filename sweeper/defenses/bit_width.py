@@ -35,7 +35,7 @@ import re
 
 import numpy as np
 
-from sweeper.defenses import DefenseSpec, check_preset
+from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
 from sweeper.plan.limits import Limit, whole
 
@@ -146,6 +146,12 @@ def other_widths(bits: list[int], preset) -> list[int]:
     return [int(b) for b in bits if b != own]
 
 
+def _preset_problem(preset) -> str | None:
+    if not (preset.kernel or "").startswith("quantized_bits"):
+        return f"switches bit widths, so it needs a fixed-point preset (int8, int4, int2), not {preset.name!r}"
+    return None
+
+
 def _build(p, clip, preset):
     if preset is not None:
         check_preset("dbwt", preset)
@@ -156,5 +162,6 @@ SPECS = (
     DefenseSpec("dbwt", {"bits": [8, 4, 2], "period": 1},
                 {"bits": Limit("widths", 2, 16, what="bit widths"), "period": whole(1, 1_000_000)},
                 "dynamic bit-width training: shared weights trained at bit widths that cycle",
-                _build, "QADT-R (arXiv 2503.07058), schedule sweeper's"),
+                _build, "QADT-R (arXiv 2503.07058), schedule sweeper's", preset_problem=_preset_problem,
+                widths=lambda p, preset: other_widths(list(p["bits"]), preset), at_width=at_bit_width),
 )

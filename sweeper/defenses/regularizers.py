@@ -84,7 +84,7 @@
 
 from __future__ import annotations
 
-from sweeper.defenses import DefenseSpec, check_preset
+from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
 from sweeper.models.jacobian import block_model, projection_estimate
 from sweeper.plan.limits import positive, whole
@@ -222,6 +222,14 @@ def kernel_matrices(model) -> list:
     return stacks
 
 
+def _dq_problem(preset) -> str | None:
+    if (preset.kernel or "").startswith("binary("):
+        # +-alpha weights with a fixed alpha: every column's norm is alpha * sqrt(fan-in)
+        return (f"needs kernels whose norms training can change; {preset.name!r} weights are +-1 whatever "
+                f"the training, so each column's norm stays sqrt(fan-in)")
+    return None
+
+
 def _build_dq(p, clip, preset):
     if preset is not None:
         check_preset("dq", preset)
@@ -242,5 +250,5 @@ SPECS = (
     DefenseSpec("dq", {"beta": 1e-4}, {"beta": positive(1e6)},
                 "Defensive Quantization: CE + beta * sum ||Q^T Q - I||^2 over the quantized kernels",
                 _build_dq,
-                "Lin, Gan & Han 2019"),
+                "Lin, Gan & Han 2019", preset_problem=_dq_problem),
 )

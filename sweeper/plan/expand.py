@@ -30,9 +30,9 @@ int8 .tflite instead of its QKeras model. ``Cell.target`` enters the identity on
 is ``deployed``, so every id of a grid without such entries is what it was; the label says
 it (``square@deployed``, grid.py).
 
-Bit widths (defense ``dbwt``): a dbwt job's white-box cells are repeated at each width of
-its ``bits`` other than the preset's own, with ``Cell.eval_bits`` set (in the cell's
-identity only then). Their rows belong to a configuration of their own
+Bit widths (a defense with other ``widths``, dbwt): such a job's white-box cells are
+repeated at each width of its ``bits`` other than the preset's own, with ``Cell.eval_bits``
+set (in the cell's identity only then). Their rows belong to a configuration of their own
 (``TrainingJob.config_id_at``): the same weights quantized at another width are another
 model, never averaged with the preset's. Transfer cells evaluate the preset's width only.
 """
@@ -278,14 +278,12 @@ def _cells(grid: Grid, job: TrainingJob) -> list[Cell]:
 
 
 def evaluation_widths(job: TrainingJob) -> list[int]:
-    """The bit widths besides the preset's own at which a job's model is evaluated: a
-    dbwt job's other widths; none for any other defense."""
-    if job.defense != "dbwt":
-        return []
-    from sweeper.defenses.bit_width import other_widths
+    """The bit widths besides the preset's own at which a job's model is evaluated: what
+    its defense asks for (dbwt's other widths); none for most defenses."""
+    from sweeper import defenses
     from sweeper.models.quantizers import QUANTIZERS
 
-    return other_widths(list(dict(job.defense_params)["bits"]), QUANTIZERS.get(job.quantizer))
+    return defenses.evaluation_widths(job.defense, dict(job.defense_params), QUANTIZERS.get(job.quantizer))
 
 
 def _attack_cell(job_id: str, entry, eps: Epsilon, params, samples: int, label: str | None = None) -> Cell:
