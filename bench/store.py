@@ -39,6 +39,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from sweeper import store  # noqa: E402
+from sweeper.store.fragments import write_table  # noqa: E402
+from sweeper.store.provenance import schema_with  # noqa: E402
 
 QUANTIZERS = ["fp", "int8", "int4", "int2", "ternary", "stq", "binary", "sbinary"]
 POINTS = [("none", "none", 0.0)] + [("fgsm", "inf", e) for e in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)] + \
@@ -100,12 +102,12 @@ def synthetic_table(n_rows: int, samples: int, seed: int = 0) -> pa.Table:
 
 def write_fragments(location, table: pa.Table, fragments: int, launch) -> int:
     """Write ``table`` as ``fragments`` files of whole jobs, as finished jobs would."""
-    table = table.replace_schema_metadata(store._schema_with([launch]).metadata)
+    table = table.replace_schema_metadata(schema_with([launch]).metadata)
     per_job = len(POINTS)
     size = max(1, table.num_rows // per_job // fragments) * per_job
     written = 0
     for start in range(0, table.num_rows, size):
-        store._write_table(location, table.slice(start, size), "bench")
+        write_table(location, table.slice(start, size), "bench")
         written += 1
     return written
 

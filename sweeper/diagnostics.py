@@ -3,7 +3,7 @@
 Quantized networks often resist gradient attacks because their gradients are useless
 (step functions, saturated activations), not because they are robust (Athalye, Carlini
 and Wagner, 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019). For each
-trained configuration (``store.CONFIG_COLUMNS``: every fold of one trained setup), five
+trained configuration (``CONFIG_COLUMNS``: every fold of one trained setup), five
 checks compare numbers the grid already has, and a sixth asks whether a targeted patch
 is an attack at all:
 
@@ -41,7 +41,7 @@ Rows of attacks on the deployed build (``target`` 'deployed') are not judged: th
 are about the QKeras model's gradients, and the int8 build is another network (its own
 worst case is query's ``worst@deployed``).
 
-A *point* is one configuration at one ``store.POINT_COLUMNS`` value (attack, label, norm,
+A *point* is one configuration at one ``POINT_COLUMNS`` value (attack, label, norm,
 eps, parameters, sample count): points that differ in any of them are never merged. A
 point pools the per-sample outcomes of all its folds, each sample keyed by
 ``(fold, sample_index)``. Points at eps 0 are clean evaluations and are not judged.
@@ -82,6 +82,7 @@ import pyarrow.compute as pc
 
 from sweeper import store
 from sweeper.attacks import ATTACKS
+from sweeper.keys import CONFIG_COLUMNS, POINT_COLUMNS
 
 ALPHA = 0.05  # family-wise error rate per configuration and check (Holm)
 MIN_MARGIN = 0.02  # an accuracy difference smaller than this is never a flag
@@ -100,9 +101,6 @@ CHECKS = {
 }
 _PATCH = len(CHECKS) - 1  # its family: judged per point, never Holm-adjusted (module doc)
 
-# One trained configuration: the folds of it are pooled together. Kept under this name
-# for importers (the report); the store owns the definition.
-CONFIG_COLUMNS = store.CONFIG_COLUMNS
 
 # The flags repeat few strings (a configuration's columns, the check, the attack) across
 # many rows: those are dictionary-encoded, which keeps the flags of a 1 M-row store about
@@ -145,7 +143,7 @@ def plain(flags: pa.Table) -> pa.Table:
 # fold and sample_index packed into one sortable int64 key: sample_index < 2**40 (twins.py
 # and the tests' reference key samples the same way).
 FOLD_SHIFT = 40
-_SCALARS = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max",
+_SCALARS = [*CONFIG_COLUMNS, *POINT_COLUMNS, "fold", "n_classes", "n_features", "clip_min", "clip_max",
             "target_rate", "target_n", "control_target_rate"]
 _OUTCOMES = ["sample_index", "clean_correct", "adv_correct"]
 
@@ -294,7 +292,7 @@ _TEXTS = {  # the sentence of a paired comparison
 # (tests/diagnostics_reference.py) is the definition, point by point in Python:
 # tests/test_diagnostics.py checks that both give the same table.
 
-_POINT_KEY = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
+_POINT_KEY = [*CONFIG_COLUMNS, *POINT_COLUMNS]
 _KEY_FOLD = 1 << FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_index, as _flat_samples
 
 
@@ -696,7 +694,7 @@ def _names(points: pa.Table, info: dict[str, np.ndarray]) -> pa.Array:
         return names
     by_config = defaultdict(list)  # rows are in configuration order: so are the groups
     for row, cfg in zip(points.take(_arrow(rows)).to_pylist(), info["cfg"][rows].tolist()):
-        by_config[cfg].append(Point(config=(), **{c: row[c] for c in store.POINT_COLUMNS}, n_classes=None,
+        by_config[cfg].append(Point(config=(), **{c: row[c] for c in POINT_COLUMNS}, n_classes=None,
                                     n_features=None, input_range=None, keys=None, clean=None, adv=None))
     for group in by_config.values():
         _name(group)

@@ -45,6 +45,7 @@ from typing import Any
 
 from sweeper import store
 from sweeper.errors import UserError
+from sweeper.keys import CONFIG_COLUMNS, POINT_COLUMNS
 
 FORMATS = ("table", "csv", "json", "parquet")
 DEFAULT_MEMORY_LIMIT = "2GB"
@@ -56,10 +57,10 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE | re.ASCII)
 MIN_MEMORY_LIMIT = 16 * 1024**2
 
 # The fold axis is averaged away; everything else that determines a result stays a key
-# (store.CONFIG_COLUMNS and store.POINT_COLUMNS), so rows that differ in parameters,
+# (CONFIG_COLUMNS and POINT_COLUMNS), so rows that differ in parameters,
 # sample count or code version are never averaged together.
-_CONFIG = ", ".join(store.CONFIG_COLUMNS)
-_POINT = ", ".join(store.POINT_COLUMNS)
+_CONFIG = ", ".join(CONFIG_COLUMNS)
+_POINT = ", ".join(POINT_COLUMNS)
 _ACCURACIES = """
                len(list_distinct(list(fold)))::INTEGER AS folds, count(*)::INTEGER AS rows,
                CAST(sum(n_samples) AS BIGINT) AS samples,
@@ -85,7 +86,7 @@ _ACCURACIES = """
 # attacked the model), and the deployed int8 build (``worst@deployed(...)``: every row's
 # deployed_adv_correct, i.e. the build under transfer from the QKeras model's examples,
 # and the rows that attacked the build itself, whose outcomes are the build's).
-_KEY = [*store.CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"]
+_KEY = [*CONFIG_COLUMNS, "fold", "norm", "eps", "n_samples"]
 _SAME = " AND ".join(f"a.{c} IS NOT DISTINCT FROM covered.{c}" for c in _KEY)  # NULL-safe: schema-2 keys
 # Only (configuration, fold, norm, eps) groups with at least two attacks make a worst
 # case: a cheap first pass on one hash of few columns (config_id, fold, norm, eps,
@@ -167,7 +168,7 @@ def _worst_case_sql(group: WorstCase) -> str:
                          per_fold.attack_success_rate,
                          {"per_fold.adv_acc" if group.deployed else "NULL::DOUBLE"} AS deployed_adv_acc
                   FROM covered JOIN per_fold USING (gid))
-        SELECT {', '.join('covered.' + c for c in store.CONFIG_COLUMNS)}, 'worst_case' AS attack,
+        SELECT {', '.join('covered.' + c for c in CONFIG_COLUMNS)}, 'worst_case' AS attack,
                '{group.label}' || covers || ')' AS attack_label, covered.norm AS norm, covered.eps AS eps,
                eps_label, '{{"covers": "' || covers || '"}}' AS attack_params,
                covered.n_samples AS n_samples, '{group.target}' AS target, {accuracies}
@@ -201,7 +202,7 @@ VIEWS = {  # in creation order: robust reads worst_case
     # a corrected profile changes the answer for every stored model.
     "fits": f"""
         SELECT m.name AS mcu, list_contains(r.mcu_targets, m.name) AS targeted,
-               {', '.join('r.' + c for c in store.CONFIG_COLUMNS)}, r.footprint_source,
+               {', '.join('r.' + c for c in CONFIG_COLUMNS)}, r.footprint_source,
                max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
                any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_block_kb) AS mcu_ram_block_kb,
                count(DISTINCT r.fold)::INTEGER AS folds, avg(r.test_acc) AS test_acc_mean,
@@ -272,7 +273,7 @@ def _current_worst_case(location: store.Location, found: store.Survey) -> str | 
     except (OSError, ValueError):  # absent, or unreadable: computed instead
         return None
     current = (schema.metadata or {}).get(store.META_ROWS) == found.fingerprint.encode()
-    return path if current and {*store.CONFIG_COLUMNS, "target"} <= set(schema.names) else None
+    return path if current and {*CONFIG_COLUMNS, "target"} <= set(schema.names) else None
 
 
 def write_worst_case(location: store.Location) -> int:

@@ -39,15 +39,16 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper import diagnostics, output, query, store, twins
+from sweeper import diagnostics, output, query, twins
 from sweeper.attacks import single_coordinate
 from sweeper.errors import UserError
 from sweeper.models.quantizers import QUANTIZERS
+from sweeper.keys import CONFIG_COLUMNS
 
 MARKERS = {"single_step_beats_iterative": "S", "black_box_beats_white_box": "B",
            "accuracy_rises_with_eps": "E", "adversarial_above_clean": "C", "large_eps_above_chance": "L",
            "patch_not_above_control": "P"}
-CONFIG = store.CONFIG_COLUMNS
+CONFIG = CONFIG_COLUMNS
 # The columns of single-coordinate attacks (attacks.single_coordinate: ART's L1 FGSM and PGD)
 # carry this suffix, and their tables this note.
 SINGLE_COORDINATE = " (single-coordinate)"

@@ -47,7 +47,7 @@ import numpy as np
 from sweeper import datasets, store
 from sweeper.models import jacobian
 from sweeper.attacks import BUDGET_RTOL
-from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
+from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE, OUTCOME_COLUMNS
 from sweeper.plan.entries import Train
 from sweeper.plan.expand import Cell, TrainingJob
 
@@ -638,7 +638,7 @@ def _evaluate_deployed(group: list[Cell], deployed, build_classifier: Callable[[
 def _no_build_columns(samples: _Samples) -> dict[str, Any]:
     """A deployed cell's columns when there is no build to attack: the sample count, no
     outcome (null, never zero: nothing was measured)."""
-    empty = dict.fromkeys(("clean_acc", "adv_acc", "attack_success_rate", *store.OUTCOME_COLUMNS, *TARGET_COLUMNS))
+    empty = dict.fromkeys(("clean_acc", "adv_acc", "attack_success_rate", *OUTCOME_COLUMNS, *TARGET_COLUMNS))
     return {**empty, **_deployed_columns(samples, None), "n_samples": int(len(samples.y)), "attack_s": 0.0}
 
 

@@ -2,7 +2,7 @@
 attacks that do not use the model's gradients, or only under those that do?
 
 A *defended configuration* is one with ``defense`` other than ``none``. Its *twin* is the
-configuration equal to it in every ``store.CONFIG_COLUMNS`` except ``config_id``,
+configuration equal to it in every ``CONFIG_COLUMNS`` except ``config_id``,
 ``defense``, ``defense_label`` and ``defense_params``, trained with ``defense`` ``none``
 (same dataset, options, model, quantizer, training settings, K and seed). A dbwt
 configuration at another bit width (``eval_bits`` W: the shared weights quantized at W)
@@ -12,7 +12,7 @@ on the same samples. A configuration without a twin gives no rows; configuration
 differ in anything else (model, quantizer, seed...) are never paired. Where several undefended configurations qualify
 (same names, other code or libraries, so other ``config_id``), each is a twin of its own.
 
-``compare`` pairs the two at every *point* both have: the same ``store.POINT_COLUMNS``
+``compare`` pairs the two at every *point* both have: the same ``POINT_COLUMNS``
 except ``source_config_id`` (a transfer attack's ``attack_label`` already names its
 source, e.g. ``fgsm<-fp+none``, and the two models' transfer rows share that source, not
 its config_id when the source is defended too). The clean evaluation (attack ``none``,
@@ -58,23 +58,23 @@ from sweeper import store
 from sweeper.attacks import ATTACKS
 from sweeper.defenses.bit_width import presets_by_width
 from sweeper.diagnostics import ALPHA, FOLD_SHIFT, MIN_MARGIN, binomial_p, holm
+from sweeper.keys import ABSENT_MEANS, CONFIG_COLUMNS, POINT_COLUMNS
 
 NONE = "none"  # the clean evaluation's attack, and plain training's defense
 KINDS = ("clean", "gradient", "black-box", "transfer")  # in the order the tables list them
-CONFIG_COLUMNS = store.CONFIG_COLUMNS
 _DEFENSE_COLUMNS = ("config_id", "defense", "defense_label", "defense_params")
 TWIN_KEY = [c for c in CONFIG_COLUMNS if c not in _DEFENSE_COLUMNS]  # what a twin shares
-MATCH_COLUMNS = [c for c in store.POINT_COLUMNS if c != "source_config_id"]  # what a pair shares
-_SOURCE = store.POINT_COLUMNS.index("source_config_id")
+MATCH_COLUMNS = [c for c in POINT_COLUMNS if c != "source_config_id"]  # what a pair shares
+_SOURCE = POINT_COLUMNS.index("source_config_id")
 _DEFENSE = CONFIG_COLUMNS.index("defense")
 _CONFIG_ID = CONFIG_COLUMNS.index("config_id")
 _OUTCOMES = ["fold", "sample_index", "clean_correct", "adv_correct"]
-_NEEDED = [*CONFIG_COLUMNS, *store.POINT_COLUMNS, *_OUTCOMES]
+_NEEDED = [*CONFIG_COLUMNS, *POINT_COLUMNS, *_OUTCOMES]
 
 SCHEMA = pa.schema([
     *[store.SCHEMA.field(name) for name in CONFIG_COLUMNS],  # the defended configuration
     pa.field("twin_config_id", pa.string()),
-    *[store.SCHEMA.field(name) for name in store.POINT_COLUMNS],  # the defended point's
+    *[store.SCHEMA.field(name) for name in POINT_COLUMNS],  # the defended point's
     pa.field("kind", pa.string()),  # clean, gradient, black-box, transfer
     pa.field("n_pairs", pa.int64()),  # samples both models were evaluated on
     pa.field("twin_acc", pa.float64()),
@@ -158,15 +158,15 @@ def mcnemar_two_sided(b: int, c: int) -> float:
 def _usable(rows: pa.Table) -> pa.Table:
     """The rows that can be paired: the clean evaluation or a registered attack at eps > 0,
     with per-sample outcomes as long as their sample indices. Defense columns an older
-    table lacks read as ``store.ABSENT_MEANS``; any other missing column is an error."""
-    missing = [c for c in _NEEDED if c not in rows.column_names and c not in store.ABSENT_MEANS
+    table lacks read as ``ABSENT_MEANS``; any other missing column is an error."""
+    missing = [c for c in _NEEDED if c not in rows.column_names and c not in ABSENT_MEANS
                and c != "source_config_id"]
     if missing:
         raise ValueError(f"twins.compare: rows lack column {missing[0]!r}")
     columns = {}
     for name in _NEEDED:
         column = rows.column(name) if name in rows.column_names else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
-        columns[name] = pc.fill_null(column, store.ABSENT_MEANS[name]) if name in store.ABSENT_MEANS else column
+        columns[name] = pc.fill_null(column, ABSENT_MEANS[name]) if name in ABSENT_MEANS else column
     table = pa.table(columns)
     attack, clean = table.column("attack"), pc.equal(table.column("attack"), NONE)
     outcome = pc.if_else(clean, table.column("clean_correct"), table.column("adv_correct"))
@@ -187,11 +187,11 @@ def _points(table: pa.Table) -> dict[tuple, dict[tuple, dict]]:
     folds = np.asarray(pc.fill_null(table.column("fold"), -1)).astype(np.int64)
     keys = (np.repeat(folds, lengths) << FOLD_SHIFT) + np.asarray(flat_index.fill_null(-1)).astype(np.int64)
     right = np.asarray(flat_right.fill_null(False)).astype(bool)
-    scalars = {name: table.column(name).to_pylist() for name in [*CONFIG_COLUMNS, *store.POINT_COLUMNS]}
+    scalars = {name: table.column(name).to_pylist() for name in [*CONFIG_COLUMNS, *POINT_COLUMNS]}
     groups: dict[tuple, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
     for row in range(table.num_rows):
         config = tuple(scalars[c][row] for c in CONFIG_COLUMNS)
-        groups[config][tuple(scalars[c][row] for c in store.POINT_COLUMNS)].append(row)
+        groups[config][tuple(scalars[c][row] for c in POINT_COLUMNS)].append(row)
     points: dict[tuple, dict[tuple, dict]] = {}
     for config, by_point in groups.items():
         points[config] = {}
@@ -219,7 +219,7 @@ def _pairs(config: tuple, mine: dict[tuple, dict], twin: tuple, theirs: dict[tup
         c = int(np.count_nonzero(~twin_right & defended))
         n = len(at_a)
         rows.append({**dict(zip(CONFIG_COLUMNS, config)), "twin_config_id": twin[_CONFIG_ID],
-                     **dict(zip(store.POINT_COLUMNS, point)), "kind": _kind(point), "n_pairs": n,
+                     **dict(zip(POINT_COLUMNS, point)), "kind": _kind(point), "n_pairs": n,
                      "twin_acc": float(twin_right.mean()), "defended_acc": float(defended.mean()),
                      "change": (c - b) / n, "b": b, "c": c, "p_value": mcnemar_two_sided(b, c)})
     return rows

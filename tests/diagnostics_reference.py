@@ -31,6 +31,7 @@ from sweeper.diagnostics import (
     holm,
     mcnemar_p,
 )
+from sweeper import keys
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _points_by_config(rows: pa.Table) -> dict[tuple, list[Point]]:
         return {}
     samples = _flat_samples(table)
     scalars = {name: table.column(name).to_pylist() for name in _SCALARS}
-    point_of = [*CONFIG_COLUMNS, *store.POINT_COLUMNS]
+    point_of = [*CONFIG_COLUMNS, *keys.POINT_COLUMNS]
     row_groups: dict[tuple, list[int]] = defaultdict(list)
     for index, key in enumerate(zip(*(scalars[name] for name in point_of))):
         row_groups[key].append(index)

@@ -20,6 +20,7 @@ import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import attacks
 from sweeper.plan import expand, grid
 from sweeper.errors import UserError
+from sweeper import keys
 
 CLIP = (0.0, 1.0)
 SHAPE = (8, 8, 1)
@@ -354,7 +355,7 @@ def test_a_model_without_a_build_gets_deployed_rows_without_outcomes(trial_rows,
     assert calls == [("square", "FastTensorFlowV2Classifier")]  # nothing to attack on the build
     assert row["deploy_error"] == "DeployError: op FOO is not supported" and row["target"] == "deployed"
     assert row["n_samples"] == 40 and row["attack_s"] == 0.0
-    for name in ("clean_acc", "adv_acc", "attack_success_rate", "deployed_adv_acc", *store.OUTCOME_COLUMNS):
+    for name in ("clean_acc", "adv_acc", "attack_success_rate", "deployed_adv_acc", *keys.OUTCOME_COLUMNS):
         assert row[name] is None, name
     assert rows["square"]["adv_acc"] is not None  # the model's own cell is computed as ever
     store.to_table([rows["square"], row])  # the row fits the schema

@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import binomtest
 
 from sweeper import diagnostics, query, store
+from sweeper import keys
 from tests import diagnostics_reference as reference_diagnostics
 
 FOLDS = 3
@@ -294,7 +295,7 @@ def test_a_schema_2_table_gives_no_flags_and_no_error():
     assert diagnostics.diagnose(legacy).num_rows == 0
     assert diagnostics.diagnose(legacy).schema.equals(diagnostics.SCHEMA)
     # Without the new columns at all (an older reader's table), too.
-    assert diagnostics.diagnose(legacy.drop_columns([*store.OUTCOME_COLUMNS, "clip_min", "clip_max"])).num_rows == 0
+    assert diagnostics.diagnose(legacy.drop_columns([*keys.OUTCOME_COLUMNS, "clip_min", "clip_max"])).num_rows == 0
     assert diagnostics.diagnose(store.SCHEMA.empty_table()).num_rows == 0
     # Mixed with new rows: the new ones are judged, the old ones skipped.
     mixed = pa.concat_tables([legacy, table(point("fgsm", 0.1, hits(20)), point("pgd", 0.1, hits(60)))])

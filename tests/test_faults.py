@@ -19,6 +19,7 @@ import pytest
 from sweeper.plan import expand, grid
 from sweeper import store
 from sweeper.trial import CHECKPOINT_FILE, TrainState
+from sweeper.store.rows import read_fragment
 from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids
 from tests.test_cli import sweeper
@@ -49,7 +50,7 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid)
     results = tmp_path / "results"
     assert sweeper("launch", str(path), "--results", str(results)).returncode == 0
     victim = sorted(results.glob("rows/part-*.parquet"))[0]
-    lost = len(store._read_fragment(store.locate(str(results)), str(victim), ["cell_id"]))
+    lost = len(read_fragment(store.locate(str(results)), str(victim), ["cell_id"]))
     victim.write_bytes(victim.read_bytes()[:300])  # a crash mid-write
 
     checked = sweeper("check", str(results))

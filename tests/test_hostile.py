@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeper import store
+from sweeper.store.fragments import _coerce
+from sweeper import keys
 from tests.conftest import write_grid
 from tests.test_store import make_row
 
@@ -469,11 +471,11 @@ def test_a_refused_write_stops_the_sweep_instead_of_failing_the_trial(tmp_path):
 def _schema_2_store(folder: Path) -> None:
     from tests.test_report import _rows
 
-    gone = {*store.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max", "weights_sha256", "tflite_kb", "arena_kb",
+    gone = {*keys.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max", "weights_sha256", "tflite_kb", "arena_kb",
             "flash_packed_kb", "ram_packed_kb", "footprint_source", "deployed_clean_acc", "deployed_adv_acc",
             "deployed_adv_correct", "defense", "defense_label", "defense_params", "defense_reg", "eval_bits",
             "source_job_id", "source_config_id", "source_model", "source_quantizer", "transfer_rate"}
-    rows = [store._coerce({k: v for k, v in row.items() if k not in gone}) for row in _rows()]
+    rows = [_coerce({k: v for k, v in row.items() if k not in gone}) for row in _rows()]
     (folder / "rows").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata({"sweeper_schema_version": "2"}),
                    folder / "rows" / "part-00000000T000000-v2-00000000.parquet")

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 
 from sweeper import query, store
 from sweeper.errors import UserError
+from sweeper.store.fragments import _coerce
+from sweeper import keys
 from tests.test_store import make_row
 
 
@@ -214,9 +216,9 @@ def test_the_store_is_scanned_in_place_with_every_guarantee_of_read(tmp_path):
     torn.write_bytes(open(good, "rb").read()[:100])
     foreign = _foreign_file(tmp_path)
     old = make_row("z", flash_kb=7.0)
-    for column in [*store.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max"]:
+    for column in [*keys.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max"]:
         del old[column]
-    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+    pq.write_table(pa.Table.from_pylist([_coerce(old)]).replace_schema_metadata(
         {"sweeper_schema_version": "2"}), tmp_path / "rows" / "part-00000000T000000-v2-00000000.parquet")
 
     columns = ["cell_id", "adv_acc", "flash_kb", "flash_packed_kb", "sample_index"]

@@ -3,13 +3,16 @@ compaction, and other tools reading the same rows."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweeper import store
+from sweeper import keys, store
+from sweeper.store.fragments import _coerce
+from tests.conftest import ROOT
 
 
 def make_row(cell_id: str, **overrides) -> dict:
@@ -135,6 +138,8 @@ def test_every_fragment_records_its_launch(tmp_path):
     assert record["overrides"] == ["train.epochs=1"] and record["grid_file"] == "grids/g.yaml"
     assert '"name":"g"' in record["grid_resolved"]
     assert set(record["versions"]) >= {"sweeper", "tensorflow", "qkeras", "art", "ray", "python", "sweeper_commit"}
+    if (ROOT / ".git").exists():  # run from a checkout: the commit is found wherever the module lives
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", record["versions"]["sweeper_commit"])
     assert record["started_at"].endswith("+00:00")
     assert pq.read_schema(path).metadata[b"sweeper_schema_version"] == str(store.SCHEMA_VERSION).encode()
 
@@ -190,9 +195,9 @@ def test_compaction_sets_damaged_fragments_aside_and_moves_legacy_ones(tmp_path)
     torn.write_bytes(open(good, "rb").read()[:200])
     legacy = tmp_path / "part-00000000T000000-old-00000000.parquet"  # schema 1 layout
     old = make_row("z", fits_mcus=["stm32h7"])  # a column schema 3 dropped
-    for column in ("launch_id", "n_classes", "n_features", *store.OUTCOME_COLUMNS, "config_id"):
+    for column in ("launch_id", "n_classes", "n_features", *keys.OUTCOME_COLUMNS, "config_id"):
         del old[column]
-    old_table = pa.Table.from_pylist([store._coerce(old)])
+    old_table = pa.Table.from_pylist([_coerce(old)])
     pq.write_table(old_table.replace_schema_metadata({"sweeper_schema_version": "1"}), legacy)
 
     report = store.compact(location)
@@ -271,11 +276,11 @@ def test_check_reports_points_with_more_rows_than_folds_and_mixed_models(tmp_pat
 def test_schema_2_rows_read_with_nulls_for_the_new_columns(tmp_path):
     location = store.locate(str(tmp_path))
     old = make_row("z", fits_mcus=["stm32h7"])
-    for column in [*store.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max", "weights_sha256"]:
+    for column in [*keys.OUTCOME_COLUMNS, "config_id", "clip_min", "clip_max", "weights_sha256"]:
         del old[column]
     path = tmp_path / "rows" / "part-00000000T000000-v2-00000000.parquet"
     path.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+    pq.write_table(pa.Table.from_pylist([_coerce(old)]).replace_schema_metadata(
         {"sweeper_schema_version": "2"}), path)
     [row] = store.read(location).table.to_pylist()
     assert row["cell_id"] == "z" and row["adv_correct"] is None and row["clip_max"] is None
@@ -318,7 +323,7 @@ def test_rows_older_than_defenses_read_as_trained_without_one(tmp_path):
         del old[column]
     path = tmp_path / "rows" / "part-00000000T000000-v3-00000000.parquet"
     path.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([store._coerce(old)]).replace_schema_metadata(
+    pq.write_table(pa.Table.from_pylist([_coerce(old)]).replace_schema_metadata(
         {"sweeper_schema_version": "3"}), path)
     store.write_rows(location, [make_row("y", defense="jr", defense_label="jr",
                                          defense_params='{"lambda": 0.01, "projections": 1}', defense_reg=9.5)])

@@ -14,6 +14,7 @@ import pytest
 from sweeper import attacks, datasets, store
 from sweeper.plan import expand, grid
 from sweeper.trial import JobContext, run_job
+from sweeper import keys
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +108,7 @@ def test_outcomes_agree_with_the_row(job_rows):
     [job] = plan.jobs
     for row in rows.values():
         n = row["n_samples"]
-        assert all(len(row[c]) == n for c in store.OUTCOME_COLUMNS)
+        assert all(len(row[c]) == n for c in keys.OUTCOME_COLUMNS)
         assert row["adv_acc"] == pytest.approx(np.mean(row["adv_correct"]))
         assert row["clean_acc"] == pytest.approx(np.mean(row["clean_correct"]))
         y = datasets.load("digits").y[row["sample_index"]]
