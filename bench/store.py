@@ -119,7 +119,8 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import duckdb, numpy, pyarrow, scipy.special
-from sweeper import diagnostics, query, report, store
+from sweeper.analysis import diagnostics, query, report
+from sweeper import store
 results = {results!r}
 started = time.perf_counter()
 {action}

@@ -191,8 +191,9 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
           memory_limit: str = typer.Option("2GB", help="DuckDB memory limit, e.g. 512MB or 2GiB (at least 16MiB)")):
     """Run read-only SQL over a result store. Tables: results (the rows), robust (mean and
     std across folds), fits (configurations fitting each MCU), diagnostics, launches, mcus."""
-    from sweeper import output as o
-    from sweeper import query as q
+    from sweeper.analysis import duck
+    from sweeper.analysis import output as o
+    from sweeper.analysis import query as q
 
     if format not in q.FORMATS:
         raise UserError(f"--format: unknown format {format!r}; available: {', '.join(q.FORMATS)}")
@@ -200,7 +201,7 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
         raise UserError("--output: required with --format parquet (Parquet is written to a file)")
     if format == "table" and output is not None:
         raise UserError("--output: not with --format table; use csv, json or parquet")
-    limit = q.parse_memory_limit(memory_limit)
+    limit = duck.parse_memory_limit(memory_limit)
     stores = o.local_store(results)
     if output is not None:  # refused before the query runs, and checked again when written
         o.check_target(output, "--output", force, stores)
@@ -227,7 +228,7 @@ def report(results: str = typer.Argument(..., metavar="RESULTS"),
                                                           "replaced; never inside a result store)")):
     """Write a Markdown report with PNG figures (the paper's tables, epsilon curves, the
     Pareto view against MCU budgets, gradient-masking flags) from the store alone."""
-    from sweeper import report as r
+    from sweeper.analysis import report as r
 
     path = r.write(results, out_dir)
     out.print(f"wrote {path} and {len(list((path.parent / r.FIGURES).glob('*.png')))} figures")
@@ -268,7 +269,8 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
 @user_errors
 def compact(results: str = typer.Argument(..., metavar="RESULTS")):
     """Merge a store's fragments into one sorted file (launch does this when it ends)."""
-    from sweeper import diagnostics, query, store
+    from sweeper.analysis import diagnostics, query
+    from sweeper import store
 
     location = store.locate(results)
     store.require_results(location)

@@ -160,7 +160,7 @@ def _with_sources(work, stored_arrays: set[str]) -> tuple[list, list[str]]:
 def finish(location: store.Location) -> store.CompactReport:
     """End of a sweep: one compacted file of rows, and what is derived from them (the
     diagnostics, the worst case over attacks)."""
-    from sweeper import diagnostics, query
+    from sweeper.analysis import diagnostics, query
 
     compacted = store.compact(location)
     diagnostics.write(location, compacted.table)

@@ -1,5 +1,5 @@
 """The diagnostics computed point by point in Python: ``diagnose_reference(rows)``, the
-definition that ``sweeper.diagnostics.diagnose`` (DuckDB, column-wise) must match exactly.
+definition that ``sweeper.analysis.diagnostics.diagnose`` (DuckDB, column-wise) must match exactly.
 It holds every sample in memory, so it lives with the tests that use it as their oracle
 (tests/test_diagnostics.py), not in the package."""
 
@@ -12,26 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweeper import store
+from sweeper import keys, store
+from sweeper.analysis.checks import (ALPHA, FAR_ABOVE_CHANCE, FOLD_SHIFT, MIN_MARGIN, OUTCOMES, PATCH_SENTENCE, SCALARS,
+                                     TEXTS, Point, name_points)
+from sweeper.analysis.flags import SCHEMA
+from sweeper.analysis.stats import binomial_p, holm, mcnemar_p
 from sweeper.attacks import ATTACKS
-from sweeper.diagnostics import (
-    FOLD_SHIFT,
-    _OUTCOMES,
-    _SCALARS,
-    ALPHA,
-    CONFIG_COLUMNS,
-    FAR_ABOVE_CHANCE,
-    MIN_MARGIN,
-    PATCH_SENTENCE,
-    SCHEMA,
-    _TEXTS,
-    Point,
-    _name,
-    binomial_p,
-    holm,
-    mcnemar_p,
-)
-from sweeper import keys
+from sweeper.keys import CONFIG_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -84,9 +71,9 @@ def _usable(rows: pa.Table) -> pa.Table:
     columns read as null, so tables of older schemas give no points rather than an error."""
     columns = {name: rows.column(name) if name in rows.column_names
                else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
-               for name in [*dict.fromkeys(_SCALARS), *_OUTCOMES]}
+               for name in [*dict.fromkeys(SCALARS), *OUTCOMES]}
     table = pa.table(columns)
-    lengths = [pc.list_value_length(table.column(name)) for name in _OUTCOMES]
+    lengths = [pc.list_value_length(table.column(name)) for name in OUTCOMES]
     keep = pc.and_(pc.is_in(table.column("attack"), pa.array(ATTACKS.names())),
                    pc.fill_null(pc.greater(table.column("eps"), 0.0), False))
     keep = pc.and_(keep, pc.fill_null(pc.equal(table.column("target"), "model"), True))
@@ -100,7 +87,7 @@ def _points_by_config(rows: pa.Table) -> dict[tuple, list[Point]]:
     if not table.num_rows:
         return {}
     samples = _flat_samples(table)
-    scalars = {name: table.column(name).to_pylist() for name in _SCALARS}
+    scalars = {name: table.column(name).to_pylist() for name in SCALARS}
     point_of = [*CONFIG_COLUMNS, *keys.POINT_COLUMNS]
     row_groups: dict[tuple, list[int]] = defaultdict(list)
     for index, key in enumerate(zip(*(scalars[name] for name in point_of))):
@@ -111,14 +98,14 @@ def _points_by_config(rows: pa.Table) -> dict[tuple, list[Point]]:
         if len(point.keys):
             by_config[point.config].append(point)
     for points in by_config.values():
-        _name(points)
+        name_points(points)
     return by_config
 
 
 def _flat_samples(table: pa.Table) -> dict[str, np.ndarray]:
     """The outcome lists flattened to numpy once (no per-row Python lists), with each
     row's slice given by ``offsets`` and each sample's (fold, sample_index) key."""
-    flat = {name: pc.list_flatten(table.column(name)) for name in _OUTCOMES}
+    flat = {name: pc.list_flatten(table.column(name)) for name in OUTCOMES}
     valid = np.ones(len(flat["sample_index"]), dtype=bool)
     for values in flat.values():  # a null inside a list is an unknown outcome: left out
         valid &= pc.is_valid(values).to_numpy(zero_copy_only=False)
@@ -230,7 +217,7 @@ def _single_step(points: list[Point]) -> list[dict]:
         for many in points:
             if not (_white(many) and not many.spec.single_step and many.norm == one.norm and many.eps >= one.eps):
                 continue
-            flags.append(_compare("single_step_beats_iterative", one, many, _TEXTS["single_step_beats_iterative"]))
+            flags.append(_compare("single_step_beats_iterative", one, many, TEXTS["single_step_beats_iterative"]))
     return [f for f in flags if f]
 
 
@@ -244,7 +231,7 @@ def _black_box(points: list[Point]) -> list[dict]:
             continue
         # The best white-box attack on these samples: the one leaving the least accuracy.
         _, best = min(pairs, key=lambda pair_point: pair_point[0].second.mean())
-        flags.append(_compare("black_box_beats_white_box", black, best, _TEXTS["black_box_beats_white_box"]))
+        flags.append(_compare("black_box_beats_white_box", black, best, TEXTS["black_box_beats_white_box"]))
     return flags
 
 
@@ -257,7 +244,7 @@ def _rising(points: list[Point]) -> list[dict]:
     for curve in curves.values():
         for high in curve:
             for low in (p for p in curve if p.eps < high.eps):
-                flags.append(_compare("accuracy_rises_with_eps", low, high, _TEXTS["accuracy_rises_with_eps"]))
+                flags.append(_compare("accuracy_rises_with_eps", low, high, TEXTS["accuracy_rises_with_eps"]))
     return [f for f in flags if f]
 
 

@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import binomtest
 
-from sweeper import diagnostics, query, store
-from sweeper import keys
+from sweeper import keys, store
+from sweeper.analysis import checks, diagnostics, flags, query, stats
+from sweeper.analysis.flags import SCHEMA as FLAG_SCHEMA
+from sweeper.analysis.flags import plain
 from tests import diagnostics_reference as reference_diagnostics
 
 FOLDS = 3
@@ -22,9 +24,9 @@ N = 100  # attacked samples per fold
 
 
 
-def same(flags: pa.Table, other: pa.Table) -> bool:
+def same(table: pa.Table, other: pa.Table) -> bool:
     """The same flags, dictionary-encoded or not (their dictionaries' order may differ)."""
-    return diagnostics.plain(flags).equals(diagnostics.plain(other))
+    return plain(table).equals(plain(other))
 
 def hits(correct: int, n: int = N, offset: int = 0) -> list[bool]:
     """n outcomes, ``correct`` of them True, starting at ``offset`` (wrapping): with offset 0
@@ -78,19 +80,19 @@ def old_rule_fires(high: float, low: float, n_high: int, n_low: int) -> bool:
     """The rule this module used before: a difference counts beyond twice its standard
     error, the two accuracies taken as independent, and at least MIN_MARGIN."""
     se = math.sqrt(high * (1 - high) / n_high + low * (1 - low) / n_low)
-    return high - low > max(diagnostics.MIN_MARGIN, 2 * se)
+    return high - low > max(checks.MIN_MARGIN, 2 * se)
 
 
 # ---------------------------------------------------------------- statistics
 
 def test_holm_and_the_exact_tests_on_known_numbers():
-    assert diagnostics.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert diagnostics.holm([0.5]) == pytest.approx([0.5]) and len(diagnostics.holm([])) == 0
-    assert diagnostics.mcnemar_p(0, 5) == pytest.approx(1 / 32)  # 5 discordant pairs, all one way
-    assert diagnostics.mcnemar_p(5, 0) == 1.0 and diagnostics.mcnemar_p(0, 0) == 1.0
-    assert diagnostics.binomial_p(3, 3, 0.5) == pytest.approx(1 / 8)
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5]) == pytest.approx([0.5]) and len(stats.holm([])) == 0
+    assert stats.mcnemar_p(0, 5) == pytest.approx(1 / 32)  # 5 discordant pairs, all one way
+    assert stats.mcnemar_p(5, 0) == 1.0 and stats.mcnemar_p(0, 0) == 1.0
+    assert stats.binomial_p(3, 3, 0.5) == pytest.approx(1 / 8)
     for k, n, p0 in [(164, 300, 0.5), (75, 300, 0.2), (1, 1, 0.5), (2000, 2400, 0.2)]:
-        assert diagnostics.binomial_p(k, n, p0) == pytest.approx(
+        assert stats.binomial_p(k, n, p0) == pytest.approx(
             binomtest(k, n, p0, alternative="greater").pvalue, rel=1e-9, abs=1e-300)
 
 
@@ -293,7 +295,7 @@ def test_a_schema_2_table_gives_no_flags_and_no_error():
             *point("cw_l2", 0.0, hits(90), norm="2", outcomes=False)]  # schema 2: eps 0 was unbounded
     legacy = pa.Table.from_pylist([{**row, **old} for row in rows], schema=store.SCHEMA)
     assert diagnostics.diagnose(legacy).num_rows == 0
-    assert diagnostics.diagnose(legacy).schema.equals(diagnostics.SCHEMA)
+    assert diagnostics.diagnose(legacy).schema.equals(FLAG_SCHEMA)
     # Without the new columns at all (an older reader's table), too.
     assert diagnostics.diagnose(legacy.drop_columns([*keys.OUTCOME_COLUMNS, "clip_min", "clip_max"])).num_rows == 0
     assert diagnostics.diagnose(store.SCHEMA.empty_table()).num_rows == 0
@@ -359,7 +361,7 @@ def test_accuracy_rises_with_eps_false_alarm_rate_on_flat_curves():
     print(f"\nflat curves, {configs} configurations of 6 eps x {FOLDS} folds x {N} samples: E fired in "
           f"{rate:.3f} of them (old rule: {old:.3f}); {time.perf_counter() - started:.1f} s")
     # Holm keeps the family-wise rate at most ALPHA; slack: three binomial standard errors.
-    assert rate <= diagnostics.ALPHA + 3 * math.sqrt(diagnostics.ALPHA * (1 - diagnostics.ALPHA) / configs)
+    assert rate <= checks.ALPHA + 3 * math.sqrt(checks.ALPHA * (1 - checks.ALPHA) / configs)
     assert old > 0.1  # the rule it replaces, on the same data
 
 
@@ -418,7 +420,7 @@ def test_duckdb_gives_exactly_the_reference_table(seed):
     order = np.random.default_rng(seed + 100).permutation(len(rows))
     shuffled = table([rows[i] for i in order])
     reference = reference_diagnostics.diagnose_reference(shuffled)
-    assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == len(diagnostics.CHECKS)
+    assert reference.num_rows > 50 and len(set(reference.column("flag").to_pylist())) == len(checks.CHECKS)
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert same(diagnostics.diagnose(shuffled), reference)
 
@@ -465,7 +467,7 @@ def test_the_bit_string_path_gives_exactly_the_reference_table():
     rows = table(uniform_rows(np.random.default_rng(11)))
     reference = reference_diagnostics.diagnose_reference(rows)
     assert len(set(reference.column("config_id").to_pylist())) == 4
-    assert len(set(reference.column("flag"))) == len(diagnostics.CHECKS)
+    assert len(set(reference.column("flag"))) == len(checks.CHECKS)
     assert 0 < sum(reference.column("fired").to_pylist()) < reference.num_rows
     assert same(diagnostics.diagnose(rows), reference)
 
@@ -476,7 +478,7 @@ def test_configurations_written_in_chunks_give_the_same_table(monkeypatch):
     rows = table(random_rows(np.random.default_rng(3), configs=4) + uniform_rows(np.random.default_rng(4)))
     whole = diagnostics.diagnose(rows)
     assert len(set(whole.column("config_id").to_pylist())) == 8 and whole.num_rows > 100
-    monkeypatch.setattr(diagnostics, "_CHUNK_POINTS", 1)
+    monkeypatch.setattr(flags, "_CHUNK_POINTS", 1)
     chunked = diagnostics.diagnose(rows)
     assert chunked.column("detail").num_chunks >= 8  # one chunk per configuration
     assert same(chunked, whole) and same(chunked, reference_diagnostics.diagnose_reference(rows))

@@ -44,8 +44,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_every_query_view_and_diagnostic_flag_is_documented():
-    from sweeper.diagnostics import CHECKS
-    from sweeper.query import VIEWS
+    from sweeper.analysis.checks import CHECKS
+    from sweeper.analysis.views import VIEWS
 
     for name in [*VIEWS, "diagnostics", "launches", "mcus"]:
         assert f"| `{name}` |" in README, f"view {name} missing from README"

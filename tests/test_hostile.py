@@ -77,14 +77,14 @@ def test_memory_limit_is_a_size_never_sql(tmp_path, monkeypatch, limit, reason):
 
 
 def test_memory_limits_in_duckdbs_units():
-    from sweeper import query
+    from sweeper.analysis import duck
 
-    assert query.parse_memory_limit("2GB") == 2 * 1000**3
-    assert query.parse_memory_limit(" 512 mib ") == 512 * 1024**2
-    assert query.parse_memory_limit("1.5GiB") == int(1.5 * 1024**3)
+    assert duck.parse_memory_limit("2GB") == 2 * 1000**3
+    assert duck.parse_memory_limit(" 512 mib ") == 512 * 1024**2
+    assert duck.parse_memory_limit("1.5GiB") == int(1.5 * 1024**3)
     for bad in ("2 GB;", "1e3MB", "GB", "2", "2 parsecs", "16MB'"):
         with pytest.raises(Exception, match="--memory-limit"):
-            query.parse_memory_limit(bad)
+            duck.parse_memory_limit(bad)
 
 
 def test_a_store_path_with_quotes_and_glob_characters_reads_exactly_its_own_files(tmp_path, monkeypatch):

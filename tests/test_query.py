@@ -11,7 +11,8 @@ import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweeper import query, store
+from sweeper.analysis import query
+from sweeper import store
 from sweeper.errors import UserError
 from sweeper.store.fragments import _coerce
 from sweeper import keys

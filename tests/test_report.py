@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from sweeper import query, report, store
+from sweeper.analysis import query, report
+from sweeper.analysis.tables import SINGLE_COORDINATE_NOTE
+from sweeper import store
 from tests.test_cli import sweeper
 from tests.test_store import make_row
 
@@ -219,9 +221,9 @@ def test_arts_l1_fgsm_and_pgd_are_labelled_single_coordinate(tmp_path):
         assert {"fgsm_l1@0.1 (single-coordinate)", "fgsm_l1@0.2 (single-coordinate)",
                 "pgd_l1@0.1 (single-coordinate)", "apgd_l1@0.1"} <= header
         body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-        assert body.count(report.SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
+        assert body.count(SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
     assert "![fgsm_l1 (single-coordinate) on digits, small_cnn]" in text  # the eps curve
-    assert report.SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]
+    assert SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]
 # Per quantizer, per fold: (jacobian_fro, [block norms]); int4 / jr_layer halves the blocks.
 JACOBIANS = {"fp": [(30.0, [60.0, 30.0, 6.0]), (34.0, [70.0, 36.0, 7.0]), (32.0, [66.0, 33.0, 7.5])],
              "int4": [(27.0, [48.0, 39.0, 8.0]), (33.0, [56.0, 40.0, 8.5]), (30.0, [52.0, 38.0, 8.2])]}

@@ -168,7 +168,7 @@ def test_compaction_merges_dedupes_sorts_and_keeps_every_launch(tmp_path):
 
 
 def test_files_of_one_compaction_are_known_unique_and_not_rewritten(tmp_path):
-    from sweeper import query
+    from sweeper.analysis import query
 
     location = store.locate(str(tmp_path))
     store.write_rows(location, [make_row("a"), make_row("b")], launch=_launch("a"))
@@ -315,7 +315,7 @@ def test_projection_reads_older_schemas_as_read_does():
 
 
 def test_rows_older_than_defenses_read_as_trained_without_one(tmp_path):
-    from sweeper import query
+    from sweeper.analysis import query
 
     location = store.locate(str(tmp_path))
     old = make_row("z")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sweeper.plan import entries, expand, grid
-from sweeper import query, store, sweep
+from sweeper.analysis import query
+from sweeper import store, sweep
 from sweeper.errors import UserError
 from sweeper.trial import transfer_rate
 from tests.conftest import TINY_GRID, write_grid

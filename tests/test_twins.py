@@ -1,4 +1,4 @@
-"""Defended against undefended twins (sweeper.twins): who is paired with whom, on which
+"""Defended against undefended twins (sweeper.analysis.twins): who is paired with whom, on which
 samples, with which test and family, and when a gain is called gradient-only; and the
 report's section built from them."""
 
@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from scipy.stats import binomtest
 
-from sweeper import diagnostics, report, store, twins
+from sweeper import store
+from sweeper.analysis import checks, report, stats, tables, twins
 from tests.test_diagnostics import hits, point, table
 from tests.test_store import make_row
 
@@ -61,7 +62,7 @@ def test_a_gain_under_pgd_only_is_flagged_gradient_only():
     # per fold: twin right on 0-19, defended on 10-89 -> b = 10, c = 70
     assert (pgd["b"], pgd["c"], pgd["change"]) == (20, 140, pytest.approx(0.6))
     assert pgd["p_value"] == pytest.approx(binomtest(140, 160, 0.5).pvalue, rel=1e-9)
-    assert pgd["significant"] and pgd["p_adjusted"] < diagnostics.ALPHA
+    assert pgd["significant"] and pgd["p_adjusted"] < checks.ALPHA
     square = rows["square"]
     assert (square["kind"], square["b"], square["c"], square["change"]) == ("black-box", 10, 10, 0.0)
     assert square["p_value"] == 1.0 and not square["significant"]
@@ -206,9 +207,9 @@ def test_e_holm_adjusts_within_each_defended_configuration_only():
     mine = [r for r in compared if r["config_id"] == "jr"]
     [alone] = [r for r in compared if r["config_id"] == "fgsm_at"]
     assert len(mine) == 3
-    assert [r["p_adjusted"] for r in mine] == pytest.approx(list(diagnostics.holm([r["p_value"] for r in mine])))
+    assert [r["p_adjusted"] for r in mine] == pytest.approx(list(stats.holm([r["p_value"] for r in mine])))
     assert alone["p_adjusted"] == alone["p_value"]
-    everything = diagnostics.holm([r["p_value"] for r in compared])
+    everything = stats.holm([r["p_value"] for r in compared])
     assert alone["p_adjusted"] != pytest.approx(everything[compared.index(alone)])  # one family would differ
     assert any(r["p_adjusted"] > r["p_value"] for r in mine)
 
@@ -233,7 +234,7 @@ def test_f_report_has_the_section_and_the_csvs(tmp_path):
     assert "| 0.200 -> 0.200 (+0.000, p_adj 1) |" in section  # square, not bold
     assert "0.950 -> 0.930" in section  # the clean point
     flags = [line for line in section.splitlines() if line.startswith("| small_cnn / int4 / jr |")][-1]
-    assert flags.count("(") == len(report.MARKERS)  # each check: the defended model's count, then its twin's
+    assert flags.count("(") == len(tables.MARKERS)  # each check: the defended model's count, then its twin's
     with open(path.parent / "defense_effect.csv") as handle:
         effect = list(csv.DictReader(handle))
     assert {r["attack_label"]: r["significant"] for r in effect} == {"none": "False", "pgd": "True", "square": "False"}

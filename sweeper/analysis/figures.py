@@ -23,9 +23,9 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> None:
-    """Write the PNG as every report file is written (sweeper.output: whole, and never
+    """Write the PNG as every report file is written (sweeper.analysis.output: whole, and never
     through a link or over a device), and free the figure."""
-    from sweeper import output
+    from sweeper.analysis import output
 
     try:
         output.write(str(path), "--out", lambda temporary: figure.savefig(temporary, dpi=110, format="png"),

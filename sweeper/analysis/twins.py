@@ -19,7 +19,7 @@ its config_id when the source is defended too). The clean evaluation (attack ``n
 eps 0) is a point too, compared on ``clean_correct``; attacks compare ``adv_correct``.
 A point label that occurs twice in one configuration (two sources, one label) is
 ambiguous and not compared. A point pools its folds; each sample is keyed by
-``(fold, sample_index)`` and taken once (its earliest row, as ``sweeper.diagnostics``
+``(fold, sample_index)`` and taken once (its earliest row, as ``sweeper.analysis.diagnostics``
 does), and only the samples both models were evaluated on are compared. On those n pairs:
 
 - ``twin_acc``, ``defended_acc``: the accuracies; ``change = defended_acc - twin_acc``;
@@ -30,7 +30,7 @@ does), and only the samples both models were evaluated on are compared. On those
 - ``p_adjusted``: Holm's step-down adjustment over every comparison of one defended
   configuration (all its points, against all its twins): one family per defended
   configuration, never shared between two;
-- ``significant``: ``p_adjusted < diagnostics.ALPHA`` and ``|change| >= diagnostics.MIN_MARGIN``;
+- ``significant``: ``p_adjusted < checks.ALPHA`` and ``|change| >= checks.MIN_MARGIN``;
 - ``kind``: ``clean``; ``transfer`` (``source_config_id`` set); ``black-box`` (the attack's
   ``ATTACKS`` spec says so); else ``gradient`` (white-box). Attacks sweeper no longer
   registers are left out, as the diagnostics leave them out.
@@ -57,10 +57,10 @@ import pyarrow.compute as pc
 from sweeper import store
 from sweeper.attacks import ATTACKS
 from sweeper.defenses.bit_width import presets_by_width
-from sweeper.diagnostics import ALPHA, FOLD_SHIFT, MIN_MARGIN, binomial_p, holm
-from sweeper.keys import ABSENT_MEANS, CONFIG_COLUMNS, POINT_COLUMNS
+from sweeper.analysis.checks import ALPHA, FOLD_SHIFT, MIN_MARGIN
+from sweeper.analysis.stats import holm, mcnemar_two_sided
+from sweeper.keys import ABSENT_MEANS, CONFIG_COLUMNS, NONE, POINT_COLUMNS
 
-NONE = "none"  # the clean evaluation's attack, and plain training's defense
 KINDS = ("clean", "gradient", "black-box", "transfer")  # in the order the tables list them
 _DEFENSE_COLUMNS = ("config_id", "defense", "defense_label", "defense_params")
 TWIN_KEY = [c for c in CONFIG_COLUMNS if c not in _DEFENSE_COLUMNS]  # what a twin shares
@@ -148,11 +148,6 @@ def compare(rows: pa.Table) -> pa.Table:
                        significant=bool(adjusted < ALPHA and abs(row["change"]) >= MIN_MARGIN - 1e-12))
         out += found
     return pa.Table.from_pylist(out, schema=SCHEMA)
-
-
-def mcnemar_two_sided(b: int, c: int) -> float:
-    """Exact two-sided McNemar: min(1, 2 P(X >= max(b, c))), X ~ Binomial(b + c, 1/2)."""
-    return min(1.0, 2 * binomial_p(max(b, c), b + c, 0.5)) if b + c else 1.0
 
 
 def _usable(rows: pa.Table) -> pa.Table:
@@ -294,35 +289,3 @@ def _verdict(key: tuple, rows: list[dict]) -> dict:
                     for name, field in (("attack", "attack_label"), ("twin_acc", "twin_acc"),
                                         ("defended_acc", "defended_acc"), ("p_adjusted", "p_adjusted"))})
     return out
-
-
-# ---------------------------------------------------------------- for the report
-
-def cell(row: dict) -> str:
-    """``0.200 -> 0.800 (+0.600, p_adj 1.2e-30)``, bold where significant."""
-    text = f"{row['twin_acc']:.3f} -> {row['defended_acc']:.3f} ({row['change']:+.3f}, p_adj {row['p_adjusted']:.2g})"
-    return f"**{text}**" if row["significant"] else text
-
-
-def column(row: dict) -> tuple:
-    """A compared row's column in the report: kind, then budget, then label (sortable)."""
-    return (KINDS.index(row["kind"]), row["norm"], row["eps"], row["attack_label"], row["eps_label"],
-            row["attack_params"], row["n_samples"])
-
-
-def headers(columns: list[tuple]) -> list[str]:
-    """``label@eps`` (``clean``), with the parameters and sample count where two columns
-    would otherwise share a header."""
-    names = ["clean" if c[0] == 0 else f"{c[3]}@{c[4]}" for c in columns]
-    return [n + (f" ({c[6]} samples, `{c[5]}`)" if names.count(n) > 1 else "") for n, c in zip(names, columns)]
-
-
-def flag_counts(flags: list[dict], config_id: str) -> dict[str, tuple[int, int]]:
-    """Of the diagnostics' ``flags`` (records of the ``diagnostics`` view), per check, how
-    many fired and how many were judged for the configuration ``config_id``."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for flag in flags:
-        if flag["config_id"] == config_id:
-            counts[flag["flag"]][0] += int(flag["fired"])
-            counts[flag["flag"]][1] += 1
-    return {check: (fired, judged) for check, (fired, judged) in counts.items()}
