@@ -32,7 +32,8 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
     from sweeper import models
     from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import Checkpoints, snapshot, train
+    from sweeper.run.checkpoints import Checkpoints, snapshot
+    from sweeper.run.training import train
 
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(0)
@@ -50,7 +51,7 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
 
 
 def report(label: str, epoch_s: float, save_s: float) -> None:
-    from sweeper.trial import CHECKPOINT_SHARE, auto_interval
+    from sweeper.run.checkpoints import CHECKPOINT_SHARE, auto_interval
 
     every = auto_interval(save_s, epoch_s)
     print(f"{label:<34} epoch {epoch_s:8.3f} s  save {save_s * 1000:7.1f} ms  "

@@ -1,5 +1,5 @@
 """Benchmark: bytes of datasets a node pulls, one object of all datasets (before) against
-one object per dataset (now, ``sweep._put_each``).
+one object per dataset (now, ``ray_tune.put_each``).
 
 Starts a head and a second node on this machine with ``ray start`` (as
 tests/test_cluster.py does), puts stand-in datasets shaped like the paper grid's (CIFAR-10
@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweeper.datasets import Dataset  # noqa: E402
-from sweeper.sweep import _put_each  # noqa: E402
+from sweeper.run.ray_tune import put_each  # noqa: E402
 
 PAPER = {"cifar10": (60_000, (32, 32, 1)), "svhn": (99_289, (32, 32, 1)),
          "gsc": (46_900, (49, 10, 1))}  # samples, input shape (docs/scale.md section 3)
@@ -77,7 +77,7 @@ def run(ray, data: dict, other: dict) -> list[tuple[tuple[str, ...], int, int]]:
             if one_object:  # before: tune.with_parameters(data=...) put the whole dict
                 refs = dict.fromkeys(data, ray.put(data))
             else:
-                refs = _put_each(data)
+                refs = put_each(data)
             ray.get([trial.remote([refs[name]], name) for name in scenario])
             per_mode.append(pulled(ray, other) - before)
             del refs  # freed on every node before the next measurement

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper import datasets, deploy, trial  # noqa: E402
+from sweeper import datasets, deploy  # noqa: E402
+from sweeper.run import trial  # noqa: E402
 from sweeper.plan import expand, grid  # noqa: E402
 
 
@@ -36,19 +37,19 @@ def main() -> None:
     plan = expand.expand(grid.load(args.grid, args.set))
     data = datasets.load_all(plan.grid.data_dir, [job.dataset_key for job in plan.jobs])
     context = trial.JobContext(plan.grid.name, plan.grid.mcus, model_cache=None)
-    real = trial._deployed
+    real = trial.deploy_once
     seconds = {"with deployment": 0.0, "without": 0.0}
     deploy_s = 0.0
     for job in plan.jobs:
         for label, step in (("with deployment", real), ("without", _undeployed)):
-            trial._deployed = step
+            trial.deploy_once = step
             rows: list[dict] = []
             started = time.perf_counter()
             trial.run_job(job, plan.cells_of(job.job_id), data[job.dataset_key], context, rows.append)
             seconds[label] += time.perf_counter() - started
             if label == "with deployment":
                 deploy_s += rows[0]["deploy_s"]
-    trial._deployed = real
+    trial.deploy_once = real
     with_s, without_s = seconds["with deployment"], seconds["without"]
     print(f"{len(plan.jobs)} jobs, {len(plan.cells)} cells of {plan.grid.name}")
     print(f"  with deployment     {with_s:8.1f} s")

@@ -50,7 +50,8 @@ def trained(preset: str, epochs: int, seed: int):
     from sklearn.datasets import load_digits
 
     from sweeper.plan import entries
-    from sweeper import models, trial
+    from sweeper import models
+    from sweeper.run import training
     from sweeper.models import quantizers
 
     data = load_digits()
@@ -60,7 +61,7 @@ def trained(preset: str, epochs: int, seed: int):
     model = models.build("small_cnn", (8, 8, 1), 10, quantizers.QUANTIZERS.get(preset))
     settings = entries.Train(epochs=epochs, batch_size=64, optimizer="adamax", learning_rate=0.003,
                              schedule="cosine", min_learning_rate=1e-6)
-    trial.train(model, settings, x[:1500], y[:1500], 10, seed)
+    training.train(model, settings, x[:1500], y[:1500], 10, seed)
     return attacks.make_classifier(model, 10, (8, 8, 1), (0.0, 1.0)), x[1500:], y[1500:]
 
 

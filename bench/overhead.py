@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from sweeper import datasets  # noqa: E402
 from sweeper.plan import expand, grid  # noqa: E402
-from sweeper.trial import JobContext, run_job  # noqa: E402
+from sweeper.run.trial import JobContext, run_job  # noqa: E402
 
 
 def sequential(plan) -> tuple[float, int, int]:

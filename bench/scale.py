@@ -16,7 +16,7 @@ of the paper's network scale. Prints figures and ratios; it is not a timed test.
    18 rows of 1.5 KB, as a paper-grid job does.
 3. Unit costs of the paper grid's networks on its input shapes (``UNIT_CONFIGS``:
    ``stq_net`` 32x32x1 with fp, int8 and stq, ``stq_net`` 49x10x1, ``resnet8``,
-   ``dscnn``): one training step of batch 64 through ``sweeper.trial.train`` (marginal
+   ``dscnn``): one training step of batch 64 through ``sweeper.run.training.train`` (marginal
    cost: two trainings of different length, the difference divided by the extra steps,
    so compilation is excluded), and the forward / gradient cost per sample through
    sweeper's compiled ART classifier. Random data: timing only.
@@ -114,7 +114,7 @@ def _validate_expand(raw: dict):
 
 
 def measure_expansion(label: str, raw: dict) -> dict:
-    from sweeper import sweep
+    from sweeper.run import sweep
 
     gc.collect()
     rss0 = _rss()
@@ -317,11 +317,11 @@ def part_model(steps: int, only: str | None) -> None:
     from sweeper import attacks, models
     from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import train
+    from sweeper.run.training import train
 
     tf.config.threading.set_intra_op_parallelism_threads(1)  # one trial = one CPU
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    print(f"== 3. Unit costs: training step (batch 64, sweeper.trial.train, Adamax + cosine) and "
+    print(f"== 3. Unit costs: training step (batch 64, sweeper.run.training.train, Adamax + cosine) and "
           f"forward/gradient per sample (sweeper's compiled ART classifier); 1 TF thread, "
           f"as in a 1-CPU trial; tensorflow {tf.__version__}")
     rng = np.random.default_rng(0)
@@ -430,7 +430,7 @@ def part_hours() -> None:
     """The paper grid's core-hours per (dataset, model, preset) and in total, from
     sweeper.plan.cost's unit costs (measured) and counts: what docs/scale.md section 2 quotes."""
     from sweeper.plan import cost
-    from sweeper import sweep
+    from sweeper.run import sweep
 
     plan = expand.expand(grid.load(ROOT / "grids" / "paper.yaml"), fingerprints=False)
     print("== 6. Hours: the paper grid by sweeper.plan.cost (one CPU per trial; unit costs: cost.UNIT_COSTS)")
@@ -460,7 +460,7 @@ def part_hours() -> None:
 def schedule_orders(plan) -> dict[str, list]:
     """The paper grid's jobs in sweeper's order (sweep.pending_work, by sweeper.plan.cost), in
     the order it used before (stochastic preset first, then more cells), and as listed."""
-    from sweeper import sweep
+    from sweeper.run import sweep
     from sweeper.models.quantizers import QUANTIZERS
 
     work = [(job, plan.cells_of(job.job_id)) for job in plan.jobs]

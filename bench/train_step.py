@@ -6,7 +6,7 @@ CIFAR-10/SVHN; dscnn on 49x10x1 MFCCs, 12 classes; small_cnn on 8x8x1 digits) an
 preset it measures, at batch 64:
 
 - **train**: one step of the real Keras training function, compiled by
-  ``sweeper.trial.train`` (Adamax, cosine schedule, cross-entropy on logits), i.e. what
+  ``sweeper.run.training.train`` (Adamax, cosine schedule, cross-entropy on logits), i.e. what
   ``model.fit`` runs per batch, without fit's callbacks;
 - **forward** / **grad**: ``predict`` and ``loss_gradient`` of the estimator the attacks
   use (``sweeper.attacks.estimator.make_classifier``, compiled forward and gradient).
@@ -36,7 +36,7 @@ presets fp/int8/stq/sbinary, 3 repeats of 5 steps.
 ``--defenses jr dq ...`` (or ``all``) adds kinds train+DEFENSE: one step of each
 training-time defense (``sweeper.defenses``, default parameters: jr with 1 projection,
 pgd_at with 7 steps, dbwt cycling 8/4/2 bits) on its own copy of the model, compiled as
-``trial.train`` compiles it, timed in the same interleaved rounds; a second table gives
+``training.train`` compiles it, timed in the same interleaved rounds; a second table gives
 each one's cost relative to the plain train step of the same preset. A defense a preset
 cannot take (dbwt needs a fixed-point preset) is n/a.
 """
@@ -75,7 +75,7 @@ QUICK = {"models": ["small_cnn", "stq_net"], "presets": ["fp", "int8", "stq", "s
 # ---------------------------------------------------------------- worker side
 
 def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
-    """Build, compile (through trial.train, one real fit step) and warm up one model
+    """Build, compile (through training.train, one real fit step) and warm up one model
     (and one per defense): returns {kind: zero-argument callable running one call of
     that kind}."""
     import numpy as np
@@ -85,7 +85,7 @@ def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
     from sweeper.attacks.estimator import make_classifier
     from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import train
+    from sweeper.run.training import train
 
     shape, classes = SHAPES[model_name]
     stock = preset_name.endswith(STOCK)
@@ -123,7 +123,7 @@ def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
 
 def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, batches):
     """One compiled training step of ``defense_name`` on a fresh copy of the model, as
-    ``trial.train`` builds it (the same wrapper, optimizer and loss); None when the
+    ``training.train`` builds it (the same wrapper, optimizer and loss); None when the
     defense cannot train this preset."""
     import tensorflow as tf
 
@@ -132,7 +132,7 @@ def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, b
     from sweeper.errors import UserError
     from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import train
+    from sweeper.run.training import train
 
     shape, classes = SHAPES[model_name]
     preset = QUANTIZERS.get(preset_name.removesuffix(STOCK))

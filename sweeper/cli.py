@@ -5,7 +5,7 @@ trials, so ``sweeper --help``, ``validate`` and ``expand`` start quickly. Every 
 error is printed as one line and exits with code 2, and so is a full disk (exit 1) or
 a store sweeper may not write (exit 2, ``errors.storage_fault``); ``--debug`` (or
 SWEEPER_DEBUG=1) shows the traceback instead. Everything is printed through consoles
-that read no markup or emoji codes into user text (``progress.console``).
+that read no markup or emoji codes into user text (``sweeper.console``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 
 from sweeper.errors import UserError, storage_fault
-from sweeper.progress import console, styled
+from sweeper.console import console, styled
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Sweep quantized tiny networks x adversarial attacks on Ray Tune.")
@@ -119,11 +119,18 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
                                                  "ray://HOST:10001) [default: start a local one]"),
            verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray and TensorFlow logs."),
            wait: bool = typer.Option(False, "--wait", help="If another launch holds the store, wait "
-                                     "for it to end [default: exit 2 naming it]")):
+                                     "for it to end [default: exit 2 naming it]"),
+           local: bool = typer.Option(False, "--local", help="Run the trials in this process, one after "
+                                      "another, without Ray (debugging: no retries, no cluster)")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
+    from sweeper import store
     from sweeper.plan import grid
-    from sweeper import lease, store
+    from sweeper.run import lease
+    from sweeper.run.runners import InProcessRunner, RayTuneRunner
+
+    if local and address is not None:
+        raise UserError("--local: runs in this process, so it takes no --address")
 
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
@@ -136,10 +143,10 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
             if held.took_over:
                 warn(f"{path}/{lease.LEASE_FILE} was damaged ({held.took_over}); this launch took it over")
             plan = _plan(grid_path, set)
-            from sweeper import sweep  # imports Ray: only now that the grid is known good
+            from sweeper.run import sweep
 
-            report = sweep.launch(plan, path, address=address, verbose=verbose, console=err,
-                                  provenance=provenance, held=True)
+            runner = InProcessRunner() if local else RayTuneRunner(address, verbose)
+            report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
@@ -269,14 +276,12 @@ def check(results: str = typer.Argument(..., metavar="RESULTS")):
 @user_errors
 def compact(results: str = typer.Argument(..., metavar="RESULTS")):
     """Merge a store's fragments into one sorted file (launch does this when it ends)."""
-    from sweeper.analysis import diagnostics, query
     from sweeper import store
+    from sweeper.run.sweep import finish
 
     location = store.locate(results)
     store.require_results(location)
-    done = store.compact(location)
-    diagnostics.write(location, done.table)
-    query.write_worst_case(location)
+    done = finish(location)
     out.print(f"{results}: {done.before} fragments -> {done.after} file(s), {done.rows} rows"
               + (f", {done.duplicates} duplicate rows dropped" if done.duplicates else ""))
     for path in done.damaged:

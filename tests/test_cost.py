@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 
 from sweeper.plan import cost, expand, grid
-from sweeper import sweep
+from sweeper.run import sweep
 from tests.conftest import ROOT, TINY_GRID
 
 

@@ -93,7 +93,7 @@ def _trained(name: str | None, params: dict | None = None, settings: Train = SET
              **kwargs):
     """(model, defense) trained on the training fold; name None: no defense argument."""
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import train
+    from sweeper.run.training import train
 
     digits, train_idx, _ = _split()
     model = _model(preset)
@@ -123,7 +123,7 @@ def test_none_and_the_wrapper_with_the_plain_step_are_plain_training_bit_for_bit
     # The wrapper itself, running the plain cross-entropy step: same batches, loss and
     # optimizer updates as model.fit, so the same weights to the bit.
     wrapped = _model()
-    from sweeper.trial import train
+    from sweeper.run.training import train
 
     digits, train_idx, _ = _split()
     train(wrapped, SETTINGS, digits.x[train_idx], digits.y[train_idx], 10, SEED, defense=Defense())
@@ -326,7 +326,7 @@ class _DiesAfter:
 def test_a_resumed_defended_training_ends_with_the_uninterrupted_weights(tmp_path, name, params):
     """Random starts are drawn from (seed, step) and dbwt's cycle from the optimizer's
     step count, both restored by a checkpoint: so the resumed run is bitwise the same."""
-    from sweeper.trial import Checkpoints
+    from sweeper.run.checkpoints import Checkpoints
 
     settings = Train(epochs=3, learning_rate=0.01)
     uninterrupted, _ = _trained(name, params, settings)
@@ -340,7 +340,7 @@ def test_a_resumed_defended_training_ends_with_the_uninterrupted_weights(tmp_pat
 @pytest.mark.slow
 def test_a_defended_job_stores_its_defense_and_regularizer_and_keeps_them_when_cached(tmp_path):
     from sweeper.plan import expand, grid
-    from sweeper.trial import JobContext, run_job
+    from sweeper.run.trial import JobContext, run_job
 
     raw = {"name": "defended", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": [PRESET],
            "defenses": [{"name": "jr", "label": "jr_strong", "params": {"lambda": 0.1}}],
@@ -368,7 +368,8 @@ def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tm
     from sweeper.plan import expand, grid
     from sweeper.defenses.bit_width import at_bit_width
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import JobContext, _job_seed, _load_cached, run_job
+    from sweeper.run.cache import ModelCache
+    from sweeper.run.trial import JobContext, run_job
 
     raw = {"name": "cycled", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["int4"],
            "defenses": ["dbwt"], "attacks": [{"name": "fgsm", "eps": [0.1]}],
@@ -389,7 +390,7 @@ def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tm
     assert by[8, "none"]["flash_kb"] == by[None, "none"]["flash_kb"]  # int8 .tflite at every width
 
     model = models.build("small_cnn", data.input_shape, data.nb_classes, QUANTIZERS.get("int4"))
-    assert _load_cached(model, str(tmp_path), job.job_id)
+    assert ModelCache(str(tmp_path)).load_weights(model, job.job_id)
     index = np.array(by[None, "none"]["sample_index"])
     x, y = data.x[index], data.y[index]
     for width in (8, 2):
@@ -400,9 +401,9 @@ def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tm
             x_adv = x.copy()
             if ok.any():
                 fgsm = dict(plan.cells_of(job.job_id)[1].params)
-                x_adv[ok] = attacks.run("fgsm", classifier, x[ok], y[ok], 0.1, "inf", fgsm, _job_seed(job))
+                x_adv[ok] = attacks.run("fgsm", classifier, x[ok], y[ok], 0.1, "inf", fgsm, job.draw_seed)
             adv = np.argmax(model.predict(x_adv, verbose=0), axis=1)
-            measured = jacobian.measure(model, x, _job_seed(job))  # the Jacobians at that width
+            measured = jacobian.measure(model, x, job.draw_seed)  # the Jacobians at that width
         assert by[width, "none"]["clean_correct"] == (clean == y).tolist()
         assert by[width, "fgsm"]["adv_pred"] == adv.tolist()
         assert by[width, "fgsm"]["jacobian_block_fro"] == measured["jacobian_block_fro"]

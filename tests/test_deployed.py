@@ -250,12 +250,12 @@ def test_ids_are_unchanged_unless_the_target_is_deployed():
 
 
 def test_a_minimal_attack_runs_once_per_target_and_dbwt_widths_skip_the_build():
-    from sweeper.trial import _attack_groups
+    from sweeper.run.evaluate import attack_groups
 
     attacks_ = [{"name": "boundary", "norm": "2", "eps": [0.5, "unbounded"]},
                 {"name": "boundary", "norm": "2", "eps": [0.5, "unbounded"], "target": "deployed"}]
     plan = expand.expand(grid.validate({**BASE, "attacks": attacks_}), fingerprints=False)
-    groups = _attack_groups([c for c in plan.cells if c.attack != "none"])
+    groups = attack_groups([c for c in plan.cells if c.attack != "none"])
     assert sorted((g[0].target, len(g)) for g in groups) == [("deployed", 2), ("model", 2)]
 
     dbwt = expand.expand(grid.validate({**BASE, "quantizers": ["int4"], "attacks": attacks_,
@@ -278,7 +278,7 @@ def _run_trial(tmp_path, cache: str):
     from unittest import mock
 
     from sweeper import datasets
-    from sweeper.trial import JobContext, run_job
+    from sweeper.run.trial import JobContext, run_job
 
     plan = expand.expand(grid.validate(TRIAL))
     [job] = plan.jobs

@@ -18,7 +18,7 @@ import pytest
 
 from sweeper.plan import expand, grid
 from sweeper import store
-from sweeper.trial import CHECKPOINT_FILE, TrainState
+from sweeper.run.checkpoints import CHECKPOINT_FILE, TrainState
 from sweeper.store.rows import read_fragment
 from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids

@@ -386,8 +386,9 @@ def test_mutated_grids_are_refused_in_one_line_or_can_launch(mutation):
 def _assert_launchable(path: Path, overrides: list[str]) -> None:
     """What launch and its trials build from the grid's input, built here the same way
     (module docstring); any refusal fails the test."""
-    from sweeper import attacks, datasets, defenses, store, trial
+    from sweeper import attacks, datasets, defenses, store
     from sweeper.plan import cost, expand
+    from sweeper.run import training
     from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
 
@@ -403,7 +404,7 @@ def _assert_launchable(path: Path, overrides: list[str]) -> None:
     for cell in plan.cells:
         job = by_job[cell.job_id]
         minimal = cell.attack != "none" and attacks.is_minimal(cell.attack)
-        eps = math.inf if minimal else cell.eps  # as trial._evaluate runs it
+        eps = math.inf if minimal else cell.eps  # as run.evaluate.evaluate runs it
         key = repr((cell.attack, cell.norm, eps, cell.params, shapes[job.dataset_key]))  # params may hold lists
         if cell.attack == "none" or eps == 0 or key in built:
             continue  # eps 0 is the clean evaluation: no attack is built
@@ -418,7 +419,7 @@ def _assert_launchable(path: Path, overrides: list[str]) -> None:
             defense.setup(_model(*shapes[job.dataset_key], job.quantizer))
     for settings_ in {job.train for job in plan.jobs}:
         train = Train(**dict(settings_))
-        trial._optimizer(train, train.epochs * max(1, math.ceil(1000 / train.batch_size)))
+        training._optimizer(train, train.epochs * max(1, math.ceil(1000 / train.batch_size)))
     digits = [job for job in plan.jobs if job.dataset == "digits"]
     if digits:
         y = _digits().y
@@ -524,7 +525,7 @@ def test_accepted_extremes_really_run(tmp_path):
     extreme (2**31 - 1) is left to the fuzz (its optimizer is built there): one batch a
     epoch trains too little for any sample to be classified right, and attacked."""
     from sweeper.plan import expand
-    from sweeper.trial import JobContext, run_job
+    from sweeper.run.trial import JobContext, run_job
 
     plan = expand.expand(grid.validate(copy.deepcopy(EXTREMES)))
     data = _digits()

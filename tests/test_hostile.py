@@ -205,7 +205,7 @@ def test_progress_labels_print_literally():
 
     from rich.console import Console
 
-    from sweeper.progress import CellProgress
+    from sweeper.run.progress import CellProgress
 
     buffer = io.StringIO()
     with CellProgress(Console(file=buffer, force_terminal=True, width=200), total=2, done=0) as progress:
@@ -296,7 +296,7 @@ def _lease(path: Path, **fields) -> None:
     ({"grid": ["g"]}, "grid ['g'] is not text"),
 ])
 def test_a_damaged_lease_is_reported_and_taken_over(tmp_path, fields, reason):
-    from sweeper import lease
+    from sweeper.run import lease
 
     _lease(tmp_path, **fields)
     held = lease.Lease(store.locate(str(tmp_path)), "new", "g").acquire()
@@ -309,7 +309,7 @@ def test_a_damaged_lease_is_reported_and_taken_over(tmp_path, fields, reason):
 
 
 def test_a_lease_that_is_a_folder_is_moved_aside_and_taken_over(tmp_path):
-    from sweeper import lease
+    from sweeper.run import lease
 
     (tmp_path / ".lease.json").mkdir()
     (tmp_path / ".lease.json" / "kept.txt").write_text("someone's")
@@ -323,15 +323,15 @@ def test_a_lease_that_is_a_folder_is_moved_aside_and_taken_over(tmp_path):
 def _fake_sweep(monkeypatch, launch) -> None:
     """`sweeper launch` without TensorFlow or Ray: the plan without fingerprints, and
     ``launch`` as sweep.launch."""
-    import sweeper
+    import sweeper.run
     from sweeper import cli
 
     real_plan = cli._plan
     monkeypatch.setattr(cli, "_plan", lambda path, overrides, fingerprints=True: real_plan(path, overrides, False))
-    fake = types.ModuleType("sweeper.sweep")
+    fake = types.ModuleType("sweeper.run.sweep")
     fake.launch = launch
-    monkeypatch.setitem(sys.modules, "sweeper.sweep", fake)
-    monkeypatch.setattr(sweeper, "sweep", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "sweeper.run.sweep", fake)
+    monkeypatch.setattr(sweeper.run, "sweep", fake, raising=False)
 
 
 def _report(done: int = 0, total: int = 8):
@@ -417,7 +417,7 @@ def test_compact_on_a_full_disk_or_a_read_only_store_is_one_line(tmp_path, monke
 
 
 def test_launch_on_a_read_only_store_is_one_line(tmp_path, tiny_grid, monkeypatch):
-    from sweeper import lease
+    from sweeper.run import lease
 
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", path)
@@ -449,20 +449,23 @@ def test_a_refused_write_stops_the_sweep_instead_of_failing_the_trial(tmp_path):
     """The driver's callback keeps a refused write (its own, or a worker's) as the fault
     the launch raises, and the stopper ends the sweep: Tune would otherwise retry the
     trial, training the model again to fail at the same write."""
-    from sweeper import sweep
+    from sweeper.run import ray_tune
+    from sweeper.run.rows import RowSink
 
     location = store.locate(str(tmp_path / "r"))
-    rows = sweep._StoreRows(_refusing(location, errno.ENOSPC), types.SimpleNamespace(advance=lambda *_: None),
-                            store.new_launch(types.SimpleNamespace(name="g", model_dump_json=lambda: "{}")))
-    stopper, trial = sweep._StopOnFault(rows), types.SimpleNamespace(trial_id="t1")
+    rows = RowSink(_refusing(location, errno.ENOSPC), types.SimpleNamespace(advance=lambda *_: None),
+                   store.new_launch(types.SimpleNamespace(name="g", model_dump_json=lambda: "{}")))
+    callback = ray_tune._TuneRows(rows)
+    stopper, trial = ray_tune._StopOnFault(rows), types.SimpleNamespace(trial_id="t1")
     assert not stopper.stop_all()
     row = make_row("a")
-    rows.on_trial_result(0, [], trial, {"row": json.dumps(row)})
-    rows.on_trial_complete(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"row": json.dumps(row)})
+    callback.on_trial_complete(0, [], trial)
     assert rows.fault.errno == errno.ENOSPC and rows.fault.filename.startswith(f"{location.path}/rows/part-")
     assert stopper.stop_all() and stopper("t1", {}) and rows.written == 0 and "a" in rows.pending["t1"]
-    worker = sweep._StoreRows(location, rows.progress, rows.provenance)
-    worker.on_trial_result(0, [], trial, {sweep.STORAGE_FAULT: json.dumps([errno.ENOSPC, "/r/models/j.weights.h5"])})
+    worker = RowSink(location, rows.progress, rows.provenance)
+    ray_tune._TuneRows(worker).on_trial_result(
+        0, [], trial, {ray_tune.STORAGE_FAULT: json.dumps([errno.ENOSPC, "/r/models/j.weights.h5"])})
     assert (worker.fault.errno, worker.fault.filename) == (errno.ENOSPC, "/r/models/j.weights.h5")
 
 

@@ -123,19 +123,19 @@ def test_target_rate_counts_only_clean_correct_samples_of_other_classes():
 
 
 def test_target_columns_keep_the_best_control_and_the_worst_accuracy():
-    from sweeper.trial import _Samples, _target_columns
+    from sweeper.run.evaluate import Samples, target_columns
 
     # The last sample (of the target class) is wrong clean: it is in no target rate, and
     # a control landing on its label does not make it robust (as in adv_acc).
     y = np.array([1, 2, 3, 4, 0])
-    samples = _Samples(np.arange(5), np.zeros((5, 8, 8, 1)), y, np.array([1, 2, 3, 4, 3]), None)
+    samples = Samples(np.arange(5), np.zeros((5, 8, 8, 1)), y, np.array([1, 2, 3, 4, 3]), None)
     cell = expand.Cell("j", "patch", "patch", "patch", 0.25, "0.25", (("target", 0),), 5)
     patched = np.array([0, 0, 0, 4, 0])
     controls = [np.array([0, 2, 3, 4, 0]), np.array([1, 0, 0, 0, 0])]  # target rates 1/4, 3/4
-    columns = _target_columns(cell, samples, patched, controls)
+    columns = target_columns(cell, samples, patched, controls)
     assert columns == {"target_rate": 0.75, "target_n": 4, "control_target_rate": 0.75,
                        "control_adv_acc": 0.2}  # robust accuracies 3/5 and 1/5: the lower
-    assert _target_columns(cell, samples, patched, None) == dict.fromkeys(columns)  # not a patch
+    assert target_columns(cell, samples, patched, None) == dict.fromkeys(columns)  # not a patch
 
 
 def test_the_patch_norm_is_its_own():
@@ -340,7 +340,7 @@ def test_the_patch_is_trained_on_the_training_images_given():
 def test_trial_trains_the_patch_on_the_training_fold(monkeypatch):
     from sweeper import datasets
     from sweeper.plan import expand
-    from sweeper.trial import JobContext, run_job
+    from sweeper.run.trial import JobContext, run_job
 
     raw = {"name": "patch", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["int8"],
            "attacks": [{"name": "patch", "eps": [0.25], "params": {"steps": 10, "shape": [1, 1]}}],
@@ -422,7 +422,7 @@ def scored(tmp_path_factory):
     transferred to int8, run through the trial; every attacks.run and attacks.controls call
     recorded."""
     from sweeper import datasets
-    from sweeper.trial import JobContext, run_job
+    from sweeper.run.trial import JobContext, run_job
 
     raw = {"name": "scored", "datasets": ["digits"], "models": ["small_cnn"], "quantizers": ["fp", "int8"],
            "attacks": [{"name": "patch", "eps": [0.25], "params": {"steps": 60, "placement": "fixed"}},

@@ -18,7 +18,7 @@ import pytest
 
 from sweeper.plan import grid
 from sweeper.errors import UserError
-from sweeper.placement import Assignment, PlacementError, configure, current
+from sweeper.run.placement import Assignment, PlacementError, configure, current
 from tests.conftest import write_grid
 
 Device = namedtuple("Device", "name device_type")  # tf's PhysicalDevice has these fields
@@ -113,7 +113,7 @@ def test_a_reused_actor_keeps_its_gpu_and_refuses_another():
 def test_real_tensorflow_on_cpu_takes_the_thread_count_and_no_gpu():
     # A fresh process: TensorFlow must not be initialised yet, as in a new trial actor.
     script = ("import sweeper, tensorflow as tf\n"
-              "from sweeper.placement import Assignment, configure\n"
+              "from sweeper.run.placement import Assignment, configure\n"
               "print(configure(Assignment(cpus=2)).gpus, "
               "tf.config.threading.get_intra_op_parallelism_threads(), "
               "tf.config.threading.get_inter_op_parallelism_threads(), "

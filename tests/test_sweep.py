@@ -79,7 +79,7 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
 
 
 def test_a_failed_job_is_summarised_by_its_telling_line():
-    from sweeper.sweep import error_summary
+    from sweeper.run.rows import error_summary
 
     wrapped = ("Failure # 1\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
                "AssertionError: Exception encountered when calling layer 'q_activation'.\n"

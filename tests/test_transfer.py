@@ -14,9 +14,10 @@ import pytest
 
 from sweeper.plan import entries, expand, grid
 from sweeper.analysis import query
-from sweeper import store, sweep
+from sweeper import store
+from sweeper.run import sweep
 from sweeper.errors import UserError
-from sweeper.trial import transfer_rate
+from sweeper.run.transfer import transfer_rate
 from tests.conftest import TINY_GRID, write_grid
 
 TRANSFER = {"name": "fgsm", "eps": [0.1, 0.2], "source": {"quantizer": "fp"}}
@@ -173,7 +174,8 @@ def test_a_recomputed_source_cell_is_not_stored_again(tmp_path):
 
     from rich.console import Console
 
-    from sweeper.progress import CellProgress
+    from sweeper.run.progress import CellProgress
+    from sweeper.run.rows import RowSink
 
     def row(cell_id):
         return {**{name: None for name, _, _ in store.COLUMNS}, "cell_id": cell_id, "job_id": "j", "dataset": "digits",
@@ -182,12 +184,11 @@ def test_a_recomputed_source_cell_is_not_stored_again(tmp_path):
 
     location = store.locate(str(tmp_path))
     progress = CellProgress(Console(file=io.StringIO()), total=2, done=1)
-    rows = sweep._StoreRows(location, progress, store.new_launch(grid.validate(copy.deepcopy(TINY_GRID))),
-                            skip={"stored-source"})
-    trial = SimpleNamespace(trial_id="t")
+    rows = RowSink(location, progress, store.new_launch(grid.validate(copy.deepcopy(TINY_GRID))),
+                   skip={"stored-source"})
     for cell_id in ("stored-source", "new-cell"):
-        rows.on_trial_result(0, [], trial, {"row": json.dumps(row(cell_id))})
-    rows.on_trial_complete(0, [], trial)
+        rows.add("t", row(cell_id))
+    rows.flush("t")
     assert store.read(location, ["cell_id"]).table.column("cell_id").to_pylist() == ["new-cell"]
     assert rows.written == 1 and progress.done == 2
 
@@ -217,13 +218,13 @@ def _written(classes) -> np.ndarray:
 
 
 def test_a_sample_the_target_gets_wrong_unperturbed_is_not_robust_to_a_transfer(tmp_path, monkeypatch):
-    from sweeper import trial
+    from sweeper.run import evaluate, transfer
 
     y = np.array([0, 1, 2, 3])
     # the target: right on samples 0 and 2 unperturbed, wrong on 1 and 3; its int8 build
     # is also wrong on sample 2
-    samples = trial._Samples(np.arange(4), _written([0, 5, 2, 7]), y, np.array([0, 5, 2, 7]),
-                             np.array([0, 5, 9, 7]))
+    samples = evaluate.Samples(np.arange(4), _written([0, 5, 2, 7]), y, np.array([0, 5, 2, 7]),
+                               np.array([0, 5, 9, 7]))
     # the source's examples: sample 0 fooled, sample 1 lands on its label (the case at
     # issue), 2 and 3 keep their classes
     x_adv = _written([4, 1, 2, 7])
@@ -232,9 +233,9 @@ def test_a_sample_the_target_gets_wrong_unperturbed_is_not_robust_to_a_transfer(
     source = expand.Source("source-cell", "source-job", "source-config", "small_cnn", "fp")
     cell = expand.Cell("job", "fgsm", "fgsm<-fp", "inf", 1.0, "1.0", (), 4, "cell", source=source)
     deployed = object()  # its predictions come from the same reader
-    monkeypatch.setattr(trial, "_deployed_predict", lambda d, x: np.argmax(_ReadsItsLabel().predict(x), 1)
+    monkeypatch.setattr(transfer, "deployed_predict", lambda d, x: np.argmax(_ReadsItsLabel().predict(x), 1)
                         if d is deployed else None)
-    row = trial._transfer(cell, _ReadsItsLabel(), deployed, samples, str(tmp_path))
+    row = transfer.transfer(cell, _ReadsItsLabel(), deployed, samples, str(tmp_path))
     assert row["adv_pred"] == [4, 1, 2, 7]  # right on sample 1's example...
     assert row["adv_correct"] == [False, False, True, False]  # ...yet not robust: wrong unperturbed
     assert row["adv_acc"] == 0.25 and row["clean_acc"] == 0.5
@@ -289,7 +290,8 @@ def _check_missing_examples_are_recomputed(path, plan, location, arrays_dir):
     """An older store: a source cell's row is stored, its examples are not, and a new target
     (int2) needs them. The first wave recomputes that source cell (in-process here: the
     launch machinery is tested above), and its examples come out as they were."""
-    from sweeper import datasets, trial
+    from sweeper import datasets
+    from sweeper.run import trial
 
     source = next(c for c in plan.cells if c.keeps_arrays)
     saved = store.get_arrays(store.locate(location.uri(store.ADVERSARIAL_DIR)), f"{source.cell_id}.npz")
@@ -318,11 +320,11 @@ def _check_missing_examples_are_recomputed(path, plan, location, arrays_dir):
 def _cached_model(job, results):
     from sweeper import datasets, models
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import _load_cached
+    from sweeper.run.cache import ModelCache
 
     shape, classes = datasets.shape(job.dataset, dict(job.dataset_options))
     model = models.build(job.model, shape, classes, QUANTIZERS.get(job.quantizer))
-    assert _load_cached(model, str(results / "models"), job.job_id)
+    assert ModelCache(str(results / "models")).load_weights(model, job.job_id)
     return model
 
 

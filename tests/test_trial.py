@@ -13,7 +13,7 @@ import pytest
 
 from sweeper import attacks, datasets, store
 from sweeper.plan import expand, grid
-from sweeper.trial import JobContext, run_job
+from sweeper.run.trial import JobContext, run_job
 from sweeper import keys
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_rows_carry_the_jacobian_norms_of_their_model_on_the_attacked_samples(jo
     from sweeper.models import jacobian
     from sweeper import models
     from sweeper.models.quantizers import QUANTIZERS
-    from sweeper.trial import _job_seed, _load_cached
+    from sweeper.run.cache import ModelCache
 
     plan, rows, _ = job_rows
     [job] = plan.jobs
@@ -77,8 +77,8 @@ def test_rows_carry_the_jacobian_norms_of_their_model_on_the_attacked_samples(jo
                                                             first["jacobian_block_fro"][:2]))
     data = datasets.load("digits")
     model = models.build("small_cnn", data.input_shape, data.nb_classes, QUANTIZERS.get("int8"))
-    assert _load_cached(model, model_cache, job.job_id)
-    again = jacobian.measure(model, data.x[first["sample_index"]], _job_seed(job))
+    assert ModelCache(model_cache).load_weights(model, job.job_id)
+    again = jacobian.measure(model, data.x[first["sample_index"]], job.draw_seed)
     assert {c: first[c] for c in names} == again
     table = store.to_table([first])
     assert table.column("jacobian_block_fro").type == store.SCHEMA.field("jacobian_block_fro").type
@@ -128,7 +128,7 @@ def test_outcomes_agree_with_the_row(job_rows):
 
 
 def test_a_plan_without_fingerprints_cannot_launch(tmp_path):
-    from sweeper import sweep
+    from sweeper.run import sweep
 
     with pytest.raises(ValueError, match="fingerprints"):
         sweep.launch(expand.expand(grid.validate(GRID), fingerprints=False), str(tmp_path))
@@ -141,8 +141,9 @@ def test_a_retried_trial_has_its_rows_stored_before_the_retry(tmp_path, job_rows
 
     from rich.console import Console
 
-    from sweeper.progress import CellProgress
-    from sweeper.sweep import _StoreRows
+    from sweeper.run.progress import CellProgress
+    from sweeper.run.ray_tune import _TuneRows
+    from sweeper.run.rows import RowSink
 
     import json
 
@@ -150,7 +151,7 @@ def test_a_retried_trial_has_its_rows_stored_before_the_retry(tmp_path, job_rows
     _, rows, _ = job_rows
     trial = SimpleNamespace(trial_id="t1")
     with CellProgress(Console(file=io.StringIO()), total=len(rows), done=0) as progress:
-        callback = _StoreRows(location, progress, store.new_launch(grid.validate(GRID)))
+        callback = _TuneRows(RowSink(location, progress, store.new_launch(grid.validate(GRID))))
         for row in list(rows.values())[:3]:
             callback.on_trial_result(0, [], trial, {"row": json.dumps(row)})
         callback.on_trial_recover(0, [], trial)
@@ -222,7 +223,7 @@ def test_a_model_the_converter_rejects_gets_an_estimate_and_a_reason(monkeypatch
 # ---------------------------------------------------------------- checkpoints
 
 def test_the_auto_interval_keeps_a_save_under_two_percent_of_the_epochs_between():
-    from sweeper.trial import CHECKPOINT_SHARE, auto_interval
+    from sweeper.run.checkpoints import CHECKPOINT_SHARE, auto_interval
 
     for save_s, epoch_s in [(0.05, 1.0), (0.5, 0.1), (2.0, 0.01), (0.001, 30.0), (0.2, 0.5)]:
         every = auto_interval(save_s, epoch_s)
@@ -242,7 +243,7 @@ def _saves(schedule, epochs: range, epoch_s: float, save_s: float) -> list[int]:
 
 
 def test_the_schedule_saves_after_epoch_one_then_at_the_measured_interval():
-    from sweeper.trial import CheckpointSchedule
+    from sweeper.run.checkpoints import CheckpointSchedule
 
     auto = CheckpointSchedule("auto", start=0, epochs=1000)
     # the first epoch (slow: it traces the graph) is followed by a save that measures one
@@ -289,7 +290,8 @@ class _DiesAfter:
 
 def test_a_checkpoint_round_trips_weights_optimizer_and_epoch(tmp_path):
     from sweeper.plan.entries import Train
-    from sweeper.trial import Checkpoints, TrainState, restore, snapshot, train
+    from sweeper.run.checkpoints import Checkpoints, TrainState, restore, snapshot
+    from sweeper.run.training import train
 
     digits = datasets.load("digits")
     trained = _small_model()
@@ -328,7 +330,8 @@ def test_training_interrupted_at_epoch_k_and_resumed_ends_with_identical_weights
     (Stochastic presets and dropout draw from TensorFlow's stateful random ops, which
     a checkpoint cannot capture: they resume with fresh draws, not tested here.)"""
     from sweeper.plan.entries import Train
-    from sweeper.trial import Checkpoints, train
+    from sweeper.run.checkpoints import Checkpoints
+    from sweeper.run.training import train
 
     digits = datasets.load("digits")
     x, y = digits.x[:400], digits.y[:400]

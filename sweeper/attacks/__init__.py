@@ -17,8 +17,8 @@ One file per concern:
   images and pasted with a hard mask at random or fixed places (``Patch``,
   ``patch_shape``), its controls, and ``target_rate``, what it is scored by.
 - ``budget.py``: ``run`` (seed, call ART, hold the result to eps), ``build_attack`` (the
-  attack object a run uses), ``controls`` (an attack's same-budget controls) and
-  ``perturbation_norms``.
+  attack object a run uses), ``controls`` (an attack's same-budget controls),
+  ``perturbation_norms`` and ``within`` (the one budget rule).
 - ``estimator.py``: ``make_classifier`` (the compiled ``FastTensorFlowV2Classifier``) and
   ``make_stock_classifier``.
 - ``deployed.py``: ``make_deployed_classifier``, the int8 ``.tflite`` itself as an ART
@@ -45,6 +45,7 @@ from sweeper.attacks.budget import (  # noqa: F401
     controls,
     perturbation_norms,
     run,
+    within,
 )
 from sweeper.attacks.deployed import NoGradientError, make_deployed_classifier  # noqa: F401
 from sweeper.attacks.estimator import (  # noqa: F401

@@ -121,13 +121,20 @@ def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarra
     return np.linalg.norm(delta, ord=_art_norm(norm), axis=1)
 
 
+def within(sizes: np.ndarray, eps: float) -> np.ndarray:
+    """Which perturbations of ``sizes`` (``perturbation_norms``) lie within ``eps``, up to
+    ``BUDGET_RTOL``: the one rule every budget check uses (here, and the trial's post-hoc
+    budget); a size that is not a number is outside."""
+    return np.asarray(sizes) <= eps * (1 + BUDGET_RTOL)
+
+
 def _within_budget(x, x_adv, eps, norm, *, project: bool, classifier) -> np.ndarray:
     """Project onto the eps ball (budgeted attacks) or reject what lies outside it (the
     others, and the patch: a share of pixels has no ball to project onto)."""
     if eps is None or math.isinf(eps):  # unbounded (minimal attacks only)
         return x_adv
     sizes = perturbation_norms(x, x_adv, norm)
-    outside = sizes > eps * (1 + BUDGET_RTOL)
+    outside = ~within(sizes, eps)
     if not outside.any():
         return x_adv
     x_adv = x_adv.copy()

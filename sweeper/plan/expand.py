@@ -90,6 +90,11 @@ class TrainingJob:
         """Which loaded dataset this job needs: its name and options."""
         return self.dataset, self.dataset_options
 
+    @property
+    def draw_seed(self) -> int:
+        """The seed the job's training, deployment and attacks draw from (``seed_of``)."""
+        return seed_of(self.job_id)
+
     def identity(self) -> dict[str, Any]:
         return {**self.config_identity(), "fold": self.fold}
 
@@ -204,6 +209,11 @@ class Plan:
             "attacks (with none)": len({c.attack_label for c in self.cells}),
             "attack x epsilon points": len(attack_points),
         }
+
+
+def seed_of(job_id: str) -> int:
+    """The seed a job draws from, from its id: a transfer cell's controls use its source's."""
+    return int(job_id[:8], 16) % (2**31 - 1)
 
 
 def stable_id(identity: dict[str, Any]) -> str:

@@ -1,13 +1,6 @@
-"""What sweeper prints on the user's terminal: consoles that print user text literally,
-and the progress of a sweep (cells done / total, elapsed, time left).
-
-User text (paths, grid names and labels, error messages, query results) reaches the
-terminal through ``console()``, which reads no markup, emoji codes or highlighting into
-it: a path ``[/x].yaml`` or a label ``:x:`` prints as written. sweeper's own styles are
-Text objects (``styled``), never markup in a string.
-
-Progress: a live bar on a terminal; on a pipe or in CI, a plain line every 5% of the
-cells so logs stay short but show the sweep is alive.
+"""The progress of a sweep on the terminal (cells done / total, elapsed, time left): a
+live bar on a terminal; on a pipe or in CI, a plain line every 5% of the cells so logs
+stay short but show the sweep is alive. Labels are printed literally (``sweeper.console``).
 """
 
 from __future__ import annotations
@@ -17,17 +10,6 @@ import time
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
-
-
-def console(stderr: bool = False, **options) -> Console:
-    """A console that prints every string literally (no markup, emoji or highlighting)."""
-    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, **options)
-
-
-def styled(label: str, style: str, message: str) -> Text:
-    """``label`` in ``style``, then ``message`` as written: e.g. a red ``error:``."""
-    return Text.assemble((label, style), " ", message)
 
 
 class CellProgress:

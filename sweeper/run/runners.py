@@ -1,0 +1,91 @@
+"""How a sweep's jobs run. ``sweep.launch`` decides what runs, in which waves and order,
+and keeps the store (lease, provenance, rows, compaction); a ``Runner`` runs each wave's
+(job, cells) work and reports every row to the driver's ``RowSink``. Two runners:
+
+- ``RayTuneRunner``: Ray Tune trials, one per job, on a local Ray instance or a cluster
+  (``--address``), each retried up to twice; real sweeps. Its Ray side is ``ray_tune.py``,
+  imported when a launch starts, so the CLI and this module stay free of Ray.
+- ``InProcessRunner``: ``run_job`` in this process, one job after another in the wave's
+  order, no retries: tests, and ``sweeper launch --local`` for debugging (a breakpoint or
+  a traceback in a trial is the launch's own).
+
+Both see the same work in the same order and write the same rows (but ``node``, Ray's
+node id, empty in process).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from sweeper.errors import storage_error
+from sweeper.run.rows import RowSink, failure_line
+from sweeper.run.trial import JobContext, run_job
+
+
+class Runner(Protocol):
+    def start(self, plan, console) -> None:
+        """Before any data is loaded: connect, and refuse in one line (``UserError``) what
+        can never run (a trial no node can hold)."""
+
+    def share(self, data: dict) -> dict:
+        """The loaded datasets (dataset key -> ``Dataset``) as the jobs will receive them."""
+
+    def run(self, plan, work: list, data: dict, context: JobContext, rows: RowSink, wave: int) -> list[str]:
+        """Run a wave's (job, cells) ``work`` in its order, every row to ``rows`` (``add``
+        as it comes, ``flush`` when its job ends); one line per failed job. Stops starting
+        jobs once ``rows.fault`` is set (the store refused a write)."""
+
+
+class InProcessRunner:
+    """Every job in this process, in order (module docstring)."""
+
+    def start(self, plan, console) -> None:
+        pass  # this process is the only worker: it holds whatever a trial asks for
+
+    def share(self, data: dict) -> dict:
+        return data
+
+    def run(self, plan, work: list, data: dict, context: JobContext, rows: RowSink, wave: int) -> list[str]:
+        failures = []
+        for job, cells in work:
+            if rows.fault is not None:
+                break
+            try:
+                # rows travel as Ray's do, through JSON: the same values reach the store
+                run_job(job, cells, data[job.dataset_key], context,
+                        report=lambda row, key=job.job_id: rows.add(key, json.loads(json.dumps(row))))
+            except Exception as error:  # a failed job is one line, as a failed trial is
+                fault = storage_error(error)
+                if fault is None:
+                    failures.append(failure_line(job, error))
+                else:  # a full or read-only store fails every job the same way: stop
+                    rows.fault = rows.fault or fault
+            finally:
+                rows.flush(job.job_id)  # the rows it finished are real results: keep them
+        return failures
+
+
+class RayTuneRunner:
+    """Ray Tune trials (``ray_tune.py``); ``address``: a cluster (``auto``, ``HOST:PORT``,
+    ``ray://HOST:10001``), None to start a local instance; ``verbose``: Ray's and
+    TensorFlow's logs on the terminal."""
+
+    def __init__(self, address: str | None = None, verbose: bool = False):
+        self.address, self.verbose = address, verbose
+
+    def start(self, plan, console) -> None:
+        from sweeper.run import ray_tune  # Ray, only now that a launch runs
+
+        local = ray_tune.init_ray(self.address, self.verbose)
+        ray_tune.check_resources(plan.grid.resources, local=local, console=console)
+
+    def share(self, data: dict) -> dict:
+        from sweeper.run import ray_tune
+
+        return ray_tune.put_each(data)
+
+    def run(self, plan, work: list, data: dict, context: JobContext, rows: RowSink, wave: int) -> list[str]:
+        from sweeper.run import ray_tune
+
+        return ray_tune.run_wave(plan, work, data, context, rows, self.verbose, wave)
