@@ -148,3 +148,11 @@ def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid
         "(1 node, at most "), lines
     assert "0 GPUs each) (sweeper's local Ray cluster" in lines[0]
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["grid.yaml"]
+
+
+def test_a_local_launch_takes_no_address_and_writes_nothing(tmp_path, tiny_grid):
+    result = sweeper("launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--address", "auto",
+                     "--results", str(tmp_path / "r"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --local: runs in this process, so it takes no --address"
+    assert not (tmp_path / "r").exists()

@@ -46,9 +46,10 @@ def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.Com
 
 
 def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid):
+    # the store's side of a launch: in process (no Ray needed)
     path = write_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
-    assert sweeper("launch", str(path), "--results", str(results)).returncode == 0
+    assert sweeper("launch", str(path), "--results", str(results), "--local").returncode == 0
     victim = sorted(results.glob("rows/part-*.parquet"))[0]
     lost = len(read_fragment(store.locate(str(results)), str(victim), ["cell_id"]))
     victim.write_bytes(victim.read_bytes()[:300])  # a crash mid-write
@@ -57,7 +58,7 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid)
     assert checked.returncode == 1 and f"damaged: {victim}" in checked.stdout
     assert len(_rows(results)) == 8 - lost  # reading still works
 
-    again = sweeper("launch", str(path), "--results", str(results))
+    again = sweeper("launch", str(path), "--results", str(results), "--local")
     assert again.returncode == 0, again.stderr
     assert f"computed {lost} cells with 0 trainings" in again.stdout  # the model was cached
     assert "set aside" in again.stderr

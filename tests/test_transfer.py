@@ -259,7 +259,7 @@ def test_transfer_rows_line_up_source_and_target_samples(tmp_path, monkeypatch):
     raw["train"] = {"epochs": 2, "batch_size": 64}
     path = write_grid(tmp_path, raw)
     plan = expand.expand(grid.load(path))
-    launched = sweeper("launch", str(path), "--results", "results", cwd=tmp_path)
+    launched = sweeper("launch", str(path), "--results", "results", "--local", cwd=tmp_path)  # the waves need no Ray
     assert launched.returncode == 0, launched.stderr
     assert f"computed {len(plan.cells)} cells with 2 trainings" in launched.stdout
     location = store.locate("results")
@@ -274,7 +274,7 @@ def test_transfer_rows_line_up_source_and_target_samples(tmp_path, monkeypatch):
     _check_robust_and_worst_case(transfers, rows)
     written = {p.name: p.stat().st_mtime_ns for p in arrays_dir.glob("*.npz")}
 
-    again = sweeper("launch", str(path), "--results", "results", cwd=tmp_path)
+    again = sweeper("launch", str(path), "--results", "results", "--local", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"{len(plan.cells)}/{len(plan.cells)} cells already done" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in arrays_dir.glob("*.npz")} == written  # written once
