@@ -90,22 +90,39 @@ from sweeper.models.jacobian import block_model, projection_estimate
 from sweeper.plan.limits import positive, whole
 
 
-class JacobianRegularization(Defense):
-    name = "jr"
-    metric_names = ("jr",)
-    regularizer = "jr"
+class Regularized(Defense):
+    """The step jr, jr_layer and dq share: cross-entropy on the model's logits plus
+    ``weight`` times the defense's penalty of the batch (``penalized``), which is also the
+    regularizer a row stores (``defense_reg``)."""
 
-    def __init__(self, lam: float, projections: int):
+    def __init__(self, weight: float):
         super().__init__()
-        self.lam, self.projections = lam, projections
+        self.weight = weight
+        self.metric_names = (self.name,)
+        self.regularizer = self.name
+
+    def penalized(self, model, x, key):
+        """(logits in training mode, the penalty) of one batch."""
+        raise NotImplementedError
 
     def gradients(self, model, loss_fn, x, y, key, step):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            logits, reg = jacobian_penalty(model, x, key, self.projections, training=True)
-            loss = loss_fn(y, logits) + self.lam * reg
-        return loss, tape.gradient(loss, model.trainable_variables), {"jr": reg}
+            logits, penalty = self.penalized(model, x, key)
+            loss = loss_fn(y, logits) + self.weight * penalty
+        return loss, tape.gradient(loss, model.trainable_variables), {self.name: penalty}
+
+
+class JacobianRegularization(Regularized):
+    name = "jr"
+
+    def __init__(self, lam: float, projections: int):
+        super().__init__(lam)
+        self.projections = projections
+
+    def penalized(self, model, x, key):
+        return jacobian_penalty(model, x, key, self.projections, training=True)
 
 
 def jacobian_penalty(model, x, key, projections: int = 1, training: bool = False):
@@ -121,26 +138,19 @@ def jacobian_penalty(model, x, key, projections: int = 1, training: bool = False
     return logits, projection_estimate(tape, logits, x, key, projections, half=0.5)
 
 
-class LayerJacobianRegularization(Defense):
+class LayerJacobianRegularization(Regularized):
     name = "jr_layer"
-    metric_names = ("jr_layer",)
-    regularizer = "jr_layer"
 
     def __init__(self, lam: float, projections: int):
-        super().__init__()
-        self.lam, self.projections = lam, projections
+        super().__init__(lam)
+        self.projections = projections
         self.blocks = None
 
     def setup(self, model) -> None:
         self.blocks = block_model(model)  # shares the model's layers and variables
 
-    def gradients(self, model, loss_fn, x, y, key, step):
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            logits, reg = layer_jacobian_penalty(self.blocks, x, key, self.projections, training=True)
-            loss = loss_fn(y, logits) + self.lam * reg
-        return loss, tape.gradient(loss, model.trainable_variables), {"jr_layer": reg}
+    def penalized(self, model, x, key):
+        return layer_jacobian_penalty(self.blocks, x, key, self.projections, training=True)
 
 
 def layer_jacobian_penalty(blocks, x, key, projections: int = 1, training: bool = False):
@@ -160,22 +170,12 @@ def layer_jacobian_penalty(blocks, x, key, projections: int = 1, training: bool 
     return outputs[-1], total
 
 
-class LipschitzPenalty(Defense):
+class LipschitzPenalty(Regularized):
     name = "dq"
-    metric_names = ("dq",)
-    regularizer = "dq"
 
-    def __init__(self, beta: float):
-        super().__init__()
-        self.beta = beta
-
-    def gradients(self, model, loss_fn, x, y, key, step):
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            penalty = lipschitz_penalty(model)
-            loss = loss_fn(y, model(x, training=True)) + self.beta * penalty
-        return loss, tape.gradient(loss, model.trainable_variables), {"dq": penalty}
+    def penalized(self, model, x, key):
+        penalty = lipschitz_penalty(model)
+        return model(x, training=True), penalty
 
 
 def lipschitz_penalty(model):

@@ -20,12 +20,12 @@ A job's estimate, in seconds on one CPU of the machine the constants were measur
   A cell that attacks the deployed build costs ``DEPLOYED_FACTOR`` times its attack on the
   model (the TFLite reference kernels it queries are slower).
 
-Where the constants come from: ``UNIT_COSTS`` is the unit-cost table that
-``bench/scale.py`` part 3 printed (docs/scale.md, section 2: one TensorFlow thread on a
+Where the constants come from: ``UNIT_COSTS`` (``unit_costs.csv``) is the unit-cost table
+that ``bench/scale.py`` part 3 printed (docs/scale.md, section 2: one TensorFlow thread on a
 shared 2-core machine, step costs varying up to 2x between runs); ``POOLED_SAMPLES`` and
 the query counts are counted (docs/scale.md, section 1). Only the ratios between jobs
 matter for the order, not the absolute seconds. To use new measurements (e.g. per-preset
-step costs from ``bench/train_step.py``), replace the rows of ``UNIT_COSTS``: an exact
+step costs from ``bench/train_step.py``), replace the rows of ``unit_costs.csv``: an exact
 (model, input, preset) row always wins over a derived one.
 """
 
@@ -35,44 +35,25 @@ import functools
 import heapq
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 # ---------------------------------------------------------------- the constants
 
-# SOURCE (fp rows): bench/scale.py part 3, the run printed in docs/scale.md section 2 (1 TF
-# thread, 2 shared cores, TensorFlow 2.21, random inputs). Every other row is its model's fp
-# row times the preset's ratio to fp from bench/train_step.py (medians of 7 interleaved
-# rounds, 1 thread: train step, forward, gradient; the batch-1 call latency is scaled by
-# the forward ratio, an assumption). Replace rows when re-measured.
-# (model, input shape, preset): (s per training step of batch 64, forward ms per sample
-# (batch 100), gradient ms per sample (batch 100), ms per batch-1 call)
-UNIT_COSTS: dict[tuple[str, tuple[int, ...], str], tuple[float, float, float, float]] = {
-    ("stq_net", (32, 32, 1), "fp"): (0.060, 0.240, 0.513, 1.07),
-    ("stq_net", (49, 10, 1), "fp"): (0.049, 0.115, 0.264, 0.66),
-    ("resnet8", (32, 32, 1), "fp"): (0.056, 0.221, 0.635, 0.71),
-    ("dscnn", (49, 10, 1), "fp"): (0.031, 0.089, 0.261, 0.98),
-    ('stq_net', (32, 32, 1), 'int8'): (0.0672, 0.341, 0.698, 1.52),
-    ('stq_net', (32, 32, 1), 'int4'): (0.0642, 0.324, 0.687, 1.44),
-    ('stq_net', (32, 32, 1), 'int2'): (0.0606, 0.312, 0.682, 1.39),
-    ('stq_net', (32, 32, 1), 'ternary'): (0.0552, 0.314, 0.626, 1.4),
-    ('stq_net', (32, 32, 1), 'stq'): (0.0648, 0.326, 0.652, 1.46),
-    ('stq_net', (32, 32, 1), 'binary'): (0.0558, 0.283, 0.61, 1.26),
-    ('stq_net', (32, 32, 1), 'sbinary'): (0.0738, 0.286, 0.626, 1.27),
-    ('resnet8', (32, 32, 1), 'int8'): (0.0633, 0.29, 0.749, 0.93),
-    ('resnet8', (32, 32, 1), 'int4'): (0.0622, 0.285, 0.768, 0.92),
-    ('resnet8', (32, 32, 1), 'int2'): (0.0661, 0.305, 0.8, 0.98),
-    ('resnet8', (32, 32, 1), 'ternary'): (0.0622, 0.285, 0.73, 0.92),
-    ('resnet8', (32, 32, 1), 'stq'): (0.0605, 0.281, 0.762, 0.9),
-    ('resnet8', (32, 32, 1), 'binary'): (0.0566, 0.27, 0.699, 0.87),
-    ('resnet8', (32, 32, 1), 'sbinary'): (0.0655, 0.267, 0.711, 0.86),
-    ('dscnn', (49, 10, 1), 'int8'): (0.0356, 0.134, 0.329, 1.47),
-    ('dscnn', (49, 10, 1), 'int4'): (0.0341, 0.124, 0.347, 1.36),
-    ('dscnn', (49, 10, 1), 'int2'): (0.0375, 0.125, 0.342, 1.38),
-    ('dscnn', (49, 10, 1), 'ternary'): (0.0332, 0.133, 0.303, 1.46),
-    ('dscnn', (49, 10, 1), 'stq'): (0.0322, 0.135, 0.313, 1.49),
-    ('dscnn', (49, 10, 1), 'binary'): (0.0326, 0.119, 0.256, 1.31),
-    ('dscnn', (49, 10, 1), 'sbinary'): (0.0446, 0.117, 0.269, 1.28),
-}
+def _unit_costs() -> dict[tuple[str, tuple[int, ...], str], tuple[float, float, float, float]]:
+    """``unit_costs.csv`` (beside this module; where its rows come from is said there):
+    (model, input shape, preset) -> (s per training step of batch 64, forward ms per sample,
+    gradient ms per sample, ms per batch-1 call)."""
+    import csv
+
+    with open(Path(__file__).with_name("unit_costs.csv"), newline="", encoding="utf-8") as file:
+        rows = csv.DictReader(line for line in file if not line.startswith("#"))
+        return {(row["model"], tuple(int(d) for d in row["input"].split("x")), row["preset"]):
+                (float(row["step_s"]), float(row["forward_ms"]), float(row["gradient_ms"]), float(row["call_ms"]))
+                for row in rows}
+
+
+UNIT_COSTS = _unit_costs()  # measured: replace the file's rows when re-measured
 # The only network timed with several presets; other models take its preset ratios.
 REFERENCE = ("stq_net", (32, 32, 1))
 MEASURED_BATCH = 64

@@ -16,7 +16,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +25,8 @@ from sweeper.store.files import Location, list_files, write_file
 from sweeper.store.provenance import Launch, schema_with
 from sweeper.store.schema import (COLUMNS, FRAGMENT_PREFIX, META_COMPACTION, META_LAUNCHES, META_VERSION, ROWS_DIR,
                                   SCHEMA, sources)
+
+T = TypeVar("T")
 
 
 def fragments(location: Location) -> list[str]:
@@ -199,18 +201,29 @@ class Survey:
 def survey(location: Location, paths: list[str] | None = None) -> Survey:
     """Sort ``paths`` (default: every fragment) into readable, damaged and foreign by
     reading their first bytes and Parquet footers only (``inspect``)."""
+    def footer(path: str) -> Fragment:
+        with location.fs.open_input_file(path) as handle:
+            return inspect(path, handle)[1]
+
+    found, why, foreign = sort_out(fragments(location) if paths is None else paths, footer)
+    return Survey(tuple(fragment for _, fragment in found), tuple(why), tuple(foreign), why)
+
+
+def sort_out(paths: Iterable[str], read: Callable[[str], T]) -> tuple[list[tuple[str, T]], dict[str, str], list[str]]:
+    """``read`` each of ``paths``, sorting them as ``inspect`` decides: (path, what ``read``
+    gave) for each fragment read, why each damaged one is damaged (an unreadable file is
+    damaged too), and the foreign files, never read."""
     found, why, foreign = [], {}, []
-    for path in fragments(location) if paths is None else paths:
+    for path in paths:
         try:
-            with location.fs.open_input_file(path) as handle:
-                found.append(inspect(path, handle)[1])
+            found.append((path, read(path)))
         except ForeignFile:
             foreign.append(path)
         except DamagedFile as error:
             why[path] = str(error)
         except (pa.ArrowException, OSError):
             why[path] = "unreadable"
-    return Survey(tuple(found), tuple(why), tuple(foreign), why)
+    return found, why, foreign
 
 
 

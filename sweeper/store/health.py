@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from sweeper.keys import CONFIG_COLUMNS, POINT_COLUMNS
 from sweeper.store.files import Location, list_files, naming
-from sweeper.store.fragments import DamagedFile, ForeignFile, fragments, launches, survey, write_table
+from sweeper.store.fragments import fragments, launches, sort_out, survey, write_table
 from sweeper.store.provenance import schema_with
 from sweeper.store.rows import read_fragment, read_fragments
 from sweeper.store.schema import DAMAGED_DIR, LEASE_FILE, META_COMPACTION, STAGING_DIR
@@ -46,19 +46,14 @@ def check(location: Location) -> CheckReport:
     holders: dict[str, list[str]] = {}
     paths = fragments(location)
     found = survey(location, paths)
-    why, rows = dict(found.why), 0
-    for fragment in found.fragments:
-        try:
-            cells = read_fragment(location, fragment.path, ["cell_id"]).column("cell_id").to_pylist()
-        except (ForeignFile, DamagedFile) as error:  # (foreign: replaced since the survey)
-            why[fragment.path] = str(error) if isinstance(error, DamagedFile) else "no longer a sweeper file"
-            continue
-        except (pa.ArrowException, OSError):
-            why[fragment.path] = "unreadable"
-            continue
+    read, damaged, replaced = sort_out((f.path for f in found.fragments),
+                                       lambda path: read_fragment(location, path, ["cell_id"]).column("cell_id"))
+    why = {**found.why, **damaged, **dict.fromkeys(replaced, "no longer a sweeper file")}  # replaced since the survey
+    rows = 0
+    for path, cells in read:
         rows += len(cells)
-        for cell in cells:
-            holders.setdefault(cell, []).append(fragment.path)
+        for cell in cells.to_pylist():
+            holders.setdefault(cell, []).append(path)
     duplicates = {cell: tuple(where) for cell, where in holders.items() if len(where) > 1}
     table = read_fragments(location, [f.path for f in found.fragments if f.path not in why],
                            [*CONFIG_COLUMNS, *POINT_COLUMNS, "fold", "job_id", "weights_sha256"]).table

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from sweeper.errors import UserError
 from sweeper.store.files import Location
-from sweeper.store.fragments import DamagedFile, ForeignFile, fragments, inspect
+from sweeper.store.fragments import DamagedFile, fragments, inspect, sort_out
 from sweeper.store.schema import FRAGMENT_PREFIX, ROWS_DIR, SCHEMA, conform, sources
 
 
@@ -54,17 +54,8 @@ def read(location: Location, columns: list[str] | None = None) -> ReadResult:
 
 def read_fragments(location: Location, paths: list[str], columns: list[str] | None = None) -> ReadResult:
     wanted = None if columns is None else list(dict.fromkeys(["cell_id", *columns]))
-    tables, why, foreign, read_paths = [], {}, [], []
-    for path in paths:
-        try:
-            tables.append(read_fragment(location, path, wanted))
-            read_paths.append(path)
-        except ForeignFile:
-            foreign.append(path)
-        except DamagedFile as error:
-            why[path] = str(error)
-        except (pa.ArrowException, OSError):
-            why[path] = "unreadable"
+    found, why, foreign = sort_out(paths, lambda path: read_fragment(location, path, wanted))
+    tables, read_paths = [table for _, table in found], [path for path, _ in found]
     schema = SCHEMA if wanted is None else pa.schema([SCHEMA.field(c) for c in wanted])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     table, dropped = _first_row_per_cell(table)
