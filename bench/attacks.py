@@ -29,7 +29,7 @@ accuracies (each by its own network) and the load average.
 
 C&W and the black-box attacks on the stock estimator are the slow ones; --cw-samples
 and --bb-samples run them, with both, on the first N samples only. TensorFlow runs one
-intra-op thread by default, as in a trial holding one CPU (placement.py); --threads 0
+intra-op thread by default, as in a trial holding one CPU (sweeper/run/placement.py); --threads 0
 keeps TensorFlow's own default (one per core), for both estimators alike.
 """
 
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the deployed rows")
     parser.add_argument("--threads", type=int, default=1,
                         help="TensorFlow intra-op threads (default 1: what a one-CPU trial "
-                             "gets, placement.py); 0 leaves TensorFlow's default")
+                             "gets, sweeper/run/placement.py); 0 leaves TensorFlow's default")
     args = parser.parse_args()
     if args.threads:
         import tensorflow as tf

@@ -21,7 +21,7 @@ def test_every_result_column_is_documented():
 
 def test_the_robust_outcome_columns_say_they_need_the_clean_input_right_too():
     # adv_correct and its kind count a sample robust only if it is right unperturbed as
-    # well (trial.robust); their descriptions, here and in the README, must say so
+    # well (run.evaluate.robust); their descriptions, here and in the README, must say so
     schema = README.split("## Results", 1)[1].split("### Querying")[0]
     described = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (.*) \|$", schema, flags=re.M))
     for name, _, description in COLUMNS:

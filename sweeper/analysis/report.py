@@ -231,7 +231,7 @@ class Report:
     def _table_iv(self) -> str:
         return self._per_point_table(
             "## Table IV analogue: accuracy under attack",
-            "Columns are attack@epsilon; `none` is the clean accuracy of the attacked samples.", "none",
+            f"Columns are attack@epsilon; `{NONE}` is the clean accuracy of the attacked samples.", NONE,
             clean=lambda c: fmt(c["clean_acc_mean"], c["clean_acc_std"]),
             attacked=lambda c, r: fmt(r["adv_acc_mean"], r["adv_acc_std"])
             + self.markers(c, r["attack_label"], r["eps_label"], r["attack_params"]))

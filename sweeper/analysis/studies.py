@@ -13,7 +13,7 @@ from collections import defaultdict
 from sweeper.analysis import checks, figures, output, query, twins
 from sweeper.analysis.tables import (MARKERS, ROW, config_key, dataset_name, file_name, fired_text, fmt, markdown_table,
                                      row_key, spread)
-from sweeper.keys import CONFIG_COLUMNS, NONE
+from sweeper.keys import CONFIG_COLUMNS, DEPLOYED_TARGET, NONE
 
 
 def transfer(report) -> str:
@@ -53,7 +53,7 @@ def transfer_matrix(report, rows: list[dict]) -> tuple[list[dict], list[dict], l
     clean = {r["config_id"]: r for r in report.robust if r["attack"] == NONE}
     first = rows[0]
     white = {r["config_id"]: r for r in report.robust if r["attack"] == first["attack"] and not r.get("source_config_id")
-             and r.get("target") != "deployed"  # the diagonal is the source model's own, not its build's
+             and r.get("target") != DEPLOYED_TARGET  # the diagonal is the source model's own, not its build's
              and (r["norm"], r["eps_label"], r["attack_params"], r["n_samples"]) ==
              (first["norm"], first["eps_label"], first["attack_params"], first["n_samples"])}
     order = {c["config_id"]: i for i, c in enumerate(report.configs(dataset_name(first), False))}

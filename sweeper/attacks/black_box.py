@@ -245,7 +245,7 @@ HOP_SKIP_JUMP = AttackSpec(
     generate=_generate_hop_skip_jump,
     description="HopSkipJump, decision-based (Chen et al. 2020); eps is a post-hoc budget",
 )
-# The int8 build's input step: every dataset's inputs lie in [0, 1] (datasets.py), which
+# The int8 build's input step: every dataset's inputs lie in [0, 1] (sweeper.datasets), which
 # the int8 input tensor covers in 255 steps (its calibrated range is at most that wide).
 INPUT_STEP = 1 / 255
 

@@ -15,7 +15,7 @@ every call runs one sample at a time (``batched`` False, and a warning says so).
 
 The build has no gradient: ``loss_gradient`` and ``class_gradient`` raise
 ``NoGradientError``. Only black-box attacks (``AttackSpec.black_box``) may target it;
-grid.py refuses the others. How far gradient attacks crafted on the QKeras model carry
+the grid's attack entries refuse the others (sweeper.plan.entries). How far gradient attacks crafted on the QKeras model carry
 over to the build is what every row's ``deployed_adv_acc`` measures (transfer).
 
 TensorFlow and ART are imported on first use (``_deployed_classifier_class``).

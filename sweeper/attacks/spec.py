@@ -102,7 +102,7 @@ class AttackSpec:
     # the whole step on the largest gradient entry, nothing if that element is at its bound).
     single_coordinate_norms: tuple[str, ...] = ()
     # Why these (resolved) parameters cannot attack the int8 build (target: deployed), or
-    # None; checked by grid.py for black-box attacks on the build.
+    # None; checked by the grid's attack entries (sweeper.plan.entries) for black-box attacks on the build.
     deployed_problem: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
@@ -225,7 +225,7 @@ def check_fit(name: str, params: Mapping[str, Any], eps: float, input_shape: tup
 
 def recorded_params(name: str, params: Mapping[str, Any], eps: float | None = None) -> dict[str, Any]:
     """``art_params`` without the spec's ``late_params`` that are at their default: what a
-    cell's identity and its row's ``attack_params`` record (module doc of expand.py)."""
+    cell's identity and its row's ``attack_params`` record (module doc of sweeper.plan.expand)."""
     spec = ATTACKS.get(name)
     full = art_params(name, params, eps)
     return {k: v for k, v in full.items() if not (k in spec.late_params and v == spec.defaults[k])}

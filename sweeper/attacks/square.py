@@ -119,8 +119,8 @@ def _square_attack_class() -> type:
         candidates. The first two are logits of inputs already predicted, so the logits of
         x_adv are kept (``logits``) and updated where a candidate is accepted. This returns
         ART's examples as long as a sample's logits do not depend on the other samples of
-        its batch, which holds for inference (activation scales are fixed, quantizers.py)
-        and is what the tests check bitwise.
+        its batch, which holds for inference (activation scales are fixed,
+        sweeper.models.quantizers) and is what the tests check bitwise.
         """
 
         def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:

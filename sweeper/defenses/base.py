@@ -2,7 +2,7 @@
 ``wrap``, the Keras model whose compiled ``train_step`` runs a defense on sweeper's model.
 
 The wrapper holds the model, never copies it: its variables are the model's, so the
-optimizer, checkpoints (``trial.snapshot``/``restore``) and the cached weights see the
+optimizer, checkpoints (``run.checkpoints.snapshot``/``restore``) and the cached weights see the
 same variables as in plain training. Randomness (projections, random starts) is
 stateless, drawn from (seed, optimizer iteration): a training resumed from a checkpoint
 draws what an uninterrupted one draws, as the seeded shuffles do.
@@ -15,7 +15,7 @@ from typing import Any
 
 class Defense:
     """A built defense. Subclasses override ``gradients``; the base class is plain
-    training (cross-entropy on the model's logits, as ``trial.train`` compiles it), which
+    training (cross-entropy on the model's logits, as ``run.training.train`` compiles it), which
     tests use to check the wrapper against ``model.fit``.
 
     ``metric_names``: extra per-step values ``gradients`` returns; the wrapper averages

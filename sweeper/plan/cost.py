@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
+
 # ---------------------------------------------------------------- the constants
 
 def _unit_costs() -> dict[tuple[str, tuple[int, ...], str], tuple[float, float, float, float]]:
@@ -157,7 +159,7 @@ def attack_work(attack: str, params: Mapping[str, Any]) -> Work:
     """Queries per sample at most, counted from ART's loops (docs/scale.md section 1).
     Attacks early-stop on success, so these are upper bounds, alike for every job."""
     get = lambda name, default: params.get(name, default)  # noqa: E731
-    if attack == "none":
+    if attack == NONE:
         return Work(forwards=1, calls=1)
     if attack == "fgsm":
         return Work(gradients=1, calls=1)
@@ -230,13 +232,13 @@ def job_breakdown(job, cells: Iterable) -> tuple[float, float, float]:
 
 
 def _target_factor(cell) -> float:
-    return DEPLOYED_FACTOR if getattr(cell, "target", "model") == "deployed" else 1.0
+    return DEPLOYED_FACTOR if getattr(cell, "target", MODEL_TARGET) == DEPLOYED_TARGET else 1.0
 
 
 # MEASURED (bench/train_step.py --defenses all, stq_net int4, one run on busy cores: README,
 # Defenses): a defended training step over a plain one. Adversarial training pays one
 # forward and backward pass per attack step on top of the training step.
-DEFENSE_FACTORS = {"none": 1.0, "jr": 3.3, "dq": 1.2, "dbwt": 1.05}
+DEFENSE_FACTORS = {NONE: 1.0, "jr": 3.3, "dq": 1.2, "dbwt": 1.05}
 
 
 def defense_factor(defense: str, params: Mapping[str, Any]) -> float:

@@ -365,7 +365,7 @@ class Train(_Frozen):
 
 class Resources(_Frozen):
     """What one trial holds. ``gpus``: 0 (none), a share of one GPU in (0, 1] (several
-    trials per GPU; placement.py turns memory growth on so they can share it), or a whole
+    trials per GPU; sweeper.run.placement turns memory growth on so they can share it), or a whole
     number of GPUs, as Ray accepts them."""
 
     cpus: float = Field(1, gt=0)

@@ -161,7 +161,7 @@ class Grid(_Frozen):
         keys = [entry.key for entry in entries]
         for key in keys:
             if key == NONE:
-                raise ValueError("'none' (the clean evaluation) is always included; do not list it")
+                raise ValueError(f"'{NONE}' (the clean evaluation) is always included; do not list it")
             if keys.count(key) > 1:
                 raise ValueError(f"attack {preview(key)} appears twice; give each a distinct 'label'")
         return entries
