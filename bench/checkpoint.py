@@ -30,8 +30,8 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
     import tensorflow as tf
 
     from sweeper import models
-    from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan.entries import Train
     from sweeper.run.checkpoints import Checkpoints, snapshot
     from sweeper.run.training import train
 

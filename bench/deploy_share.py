@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sweeper import datasets, deploy  # noqa: E402
-from sweeper.run import trial  # noqa: E402
 from sweeper.plan import expand, grid  # noqa: E402
+from sweeper.run import trial  # noqa: E402
 
 
 def _undeployed(job, model, x_train, cache):

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import sweeper  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import deploy, models  # noqa: E402
-from sweeper.deploy.macs import PUBLISHED_MACS  # noqa: E402
 from sweeper.deploy.footprint import measure  # noqa: E402
+from sweeper.deploy.macs import PUBLISHED_MACS  # noqa: E402
 from sweeper.models.quantizers import QUANTIZERS  # noqa: E402
 
 # QKeras's QInitializer calls a layer's initializer again after rescaling it for the

@@ -49,10 +49,10 @@ def trained(preset: str, epochs: int, seed: int):
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
-    from sweeper.plan import entries
     from sweeper import models
-    from sweeper.run import training
     from sweeper.models import quantizers
+    from sweeper.plan import entries
+    from sweeper.run import training
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[..., None]

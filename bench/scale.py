@@ -315,8 +315,8 @@ def part_model(steps: int, only: str | None) -> None:
     import tensorflow as tf
 
     from sweeper import attacks, models
-    from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan.entries import Train
     from sweeper.run.training import train
 
     tf.config.threading.set_intra_op_parallelism_threads(1)  # one trial = one CPU
@@ -418,8 +418,8 @@ NOISE_SIGMA, NOISE_DRAWS = 0.3, 200
 def true_hours(job, stq_step: float, plan) -> float:
     """The extrapolated hours of a paper-grid job of ``plan`` (training, evaluation and its
     cells' attacks, by sweeper.plan.cost); ``stq_step`` scales the stochastic presets' training."""
-    from sweeper.plan import cost
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan import cost
 
     training, evaluation, attacks = cost.job_breakdown(job, plan.cells_of(job.job_id))
     scale = stq_step if QUANTIZERS.get(job.quantizer).stochastic else 1.0
@@ -460,8 +460,8 @@ def part_hours() -> None:
 def schedule_orders(plan) -> dict[str, list]:
     """The paper grid's jobs in sweeper's order (sweep.pending_work, by sweeper.plan.cost), in
     the order it used before (stochastic preset first, then more cells), and as listed."""
-    from sweeper.run import sweep
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.run import sweep
 
     work = [(job, plan.cells_of(job.job_id)) for job in plan.jobs]
     old = sorted(work, key=lambda item: (QUANTIZERS.get(item[0].quantizer).stochastic, len(item[1])),

@@ -119,8 +119,8 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import duckdb, numpy, pyarrow, scipy.special
-from sweeper.analysis import diagnostics, query, report
 from sweeper import store
+from sweeper.analysis import diagnostics, query, report
 results = {results!r}
 started = time.perf_counter()
 {action}

@@ -83,8 +83,8 @@ def _setup(model_name: str, preset_name: str, defense_names: list[str] = ()):
 
     from sweeper import models
     from sweeper.attacks.estimator import make_classifier
-    from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan.entries import Train
     from sweeper.run.training import train
 
     shape, classes = SHAPES[model_name]
@@ -130,8 +130,8 @@ def _defended_step(model_name: str, preset_name: str, defense_name: str, x, y, b
     from sweeper import defenses, models
     from sweeper.defenses import base
     from sweeper.errors import UserError
-    from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan.entries import Train
     from sweeper.run.training import train
 
     shape, classes = SHAPES[model_name]

@@ -18,8 +18,8 @@ from typing import List, Optional
 
 import typer
 
-from sweeper.errors import UserError, storage_fault
 from sweeper.console import console, styled
+from sweeper.errors import UserError, storage_fault
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Sweep quantized tiny networks x adversarial attacks on Ray Tune.")
@@ -198,9 +198,7 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
           memory_limit: str = typer.Option("2GB", help="DuckDB memory limit, e.g. 512MB or 2GiB (at least 16MiB)")):
     """Run read-only SQL over a result store. Tables: results (the rows), robust (mean and
     std across folds), fits (configurations fitting each MCU), diagnostics, launches, mcus."""
-    from sweeper.analysis import duck
-    from sweeper.analysis import output as o
-    from sweeper.analysis import query as q
+    from sweeper.analysis import duck, output as o, query as q
 
     if format not in q.FORMATS:
         raise UserError(f"--format: unknown format {format!r}; available: {', '.join(q.FORMATS)}")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from sweeper.plan import expand, grid
 from sweeper import store
+from sweeper.plan import expand, grid
 from tests.conftest import write_grid
 
 pytestmark = pytest.mark.slow

@@ -170,8 +170,8 @@ def test_jr_layer_lowers_the_hidden_blocks_jacobians_against_its_undefended_twin
     twin's. The dense block (10 outputs, the smallest term of the sum) barely moves."""
     import tensorflow as tf
 
-    from sweeper.models import jacobian
     from sweeper.defenses.regularizers import layer_jacobian_penalty
+    from sweeper.models import jacobian
 
     model, defense = _trained("jr_layer")
     x, y = _held_out()
@@ -364,10 +364,10 @@ def test_a_dbwt_job_stores_rows_at_each_bit_width_from_its_one_set_of_weights(tm
     """The rows at another width are the cached weights quantized there: the clean and
     FGSM outcomes an attack run at that width by hand gives, in a configuration of their own."""
     from sweeper import attacks, models
-    from sweeper.models import jacobian
-    from sweeper.plan import expand, grid
     from sweeper.defenses.bit_width import at_bit_width
+    from sweeper.models import jacobian
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan import expand, grid
     from sweeper.run.cache import ModelCache
     from sweeper.run.trial import JobContext, run_job
 

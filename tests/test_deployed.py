@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper import attacks
-from sweeper.plan import expand, grid
+from sweeper import attacks, keys
 from sweeper.errors import UserError
-from sweeper import keys
+from sweeper.plan import expand, grid
 
 CLIP = (0.0, 1.0)
 SHAPE = (8, 8, 1)

@@ -15,8 +15,7 @@ from scipy.stats import binomtest
 
 from sweeper import keys, store
 from sweeper.analysis import checks, diagnostics, flags, query, stats
-from sweeper.analysis.flags import SCHEMA as FLAG_SCHEMA
-from sweeper.analysis.flags import plain
+from sweeper.analysis.flags import SCHEMA as FLAG_SCHEMA, plain
 from tests import diagnostics_reference as reference_diagnostics
 
 FOLDS = 3

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sweeper.plan import expand, grid
 from sweeper.errors import UserError
+from sweeper.plan import expand, grid
 from tests.conftest import write_grid
 
 # (overrides, expected cells, expected training jobs)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.plan import expand, grid
 from sweeper import store
+from sweeper.plan import expand, grid
 from sweeper.run.checkpoints import CHECKPOINT_FILE, TrainState
 from sweeper.store.rows import read_fragment
 from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid

@@ -387,10 +387,10 @@ def _assert_launchable(path: Path, overrides: list[str]) -> None:
     """What launch and its trials build from the grid's input, built here the same way
     (module docstring); any refusal fails the test."""
     from sweeper import attacks, datasets, defenses, store
-    from sweeper.plan import cost, expand
-    from sweeper.run import training
-    from sweeper.plan.entries import Train
     from sweeper.models.quantizers import QUANTIZERS
+    from sweeper.plan import cost, expand
+    from sweeper.plan.entries import Train
+    from sweeper.run import training
 
     loaded = grid.load(path, overrides)
     plan = expand.expand(loaded, fingerprints=False)

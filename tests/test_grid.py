@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from sweeper.plan import entries, grid
 from sweeper.errors import UserError
+from sweeper.plan import entries, grid
 from tests.conftest import ROOT, write_grid
 
 

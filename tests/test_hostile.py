@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweeper import store
+from sweeper import keys, store
 from sweeper.store.fragments import _coerce
-from sweeper import keys
 from tests.conftest import write_grid
 from tests.test_store import make_row
 

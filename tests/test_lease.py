@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from sweeper.run import lease
 from sweeper import store
+from sweeper.run import lease
 from tests.conftest import write_grid
 from tests.test_cli import sweeper
 from tests.test_store import make_row

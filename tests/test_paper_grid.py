@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sweeper.plan import expand, grid
 from sweeper import store
+from sweeper.plan import expand, grid
 from tests.conftest import ROOT
 from tests.data_formats import write_cifar10, write_gsc
 from tests.test_cli import sweeper

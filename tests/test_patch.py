@@ -14,9 +14,9 @@ import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import attacks
-from sweeper.plan import entries, expand, grid
 from sweeper.attacks import patch_shape, target_rate
 from sweeper.errors import UserError
+from sweeper.plan import entries, expand, grid
 
 # dataset: (input shape, clip range). The MFCC-shaped model gets a range other than [0, 1]
 # (gsc's MFCCs are standardised) so that a patch assuming [0, 1] would show.

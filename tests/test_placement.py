@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeper.plan import grid
 from sweeper.errors import UserError
+from sweeper.plan import grid
 from sweeper.run.placement import Assignment, PlacementError, configure, current
 from tests.conftest import write_grid
 

@@ -11,11 +11,10 @@ import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sweeper import keys, store
 from sweeper.analysis import query
-from sweeper import store
 from sweeper.errors import UserError
 from sweeper.store.fragments import _coerce
-from sweeper import keys
 from tests.test_store import make_row
 
 

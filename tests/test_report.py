@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from sweeper import store
 from sweeper.analysis import query, report
 from sweeper.analysis.tables import SINGLE_COORDINATE_NOTE
-from sweeper import store
 from tests.test_cli import sweeper
 from tests.test_store import make_row
 

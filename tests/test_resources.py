@@ -9,8 +9,8 @@ import pytest
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads)
 from sweeper.deploy.latency import CALIBRATIONS, RUNTIMES, calibration, estimate, latency_ms
 from sweeper.deploy.macs import PUBLISHED_MACS, REFERENCE_MACS
-from sweeper.errors import UserError
 from sweeper.deploy.mcus import MCUS
+from sweeper.errors import UserError
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The initializer .* is unseeded")]
 

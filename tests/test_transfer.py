@@ -12,11 +12,11 @@ import re
 import numpy as np
 import pytest
 
-from sweeper.plan import entries, expand, grid
-from sweeper.analysis import query
 from sweeper import store
-from sweeper.run import sweep
+from sweeper.analysis import query
 from sweeper.errors import UserError
+from sweeper.plan import entries, expand, grid
+from sweeper.run import sweep
 from sweeper.run.transfer import transfer_rate
 from tests.conftest import TINY_GRID, write_grid
 

@@ -11,10 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from sweeper import attacks, datasets, store
+from sweeper import attacks, datasets, keys, store
 from sweeper.plan import expand, grid
 from sweeper.run.trial import JobContext, run_job
-from sweeper import keys
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +59,8 @@ def test_rows_carry_the_jacobian_norms_of_their_model_on_the_attacked_samples(jo
     """One measurement per job, on its attacked samples with its seed: the cached model
     measured again gives the same columns; small_cnn has three blocks, the last (dense,
     10 outputs) and the logits measured exactly, the conv blocks estimated."""
-    from sweeper.models import jacobian
     from sweeper import models
+    from sweeper.models import jacobian
     from sweeper.models.quantizers import QUANTIZERS
     from sweeper.run.cache import ModelCache
 

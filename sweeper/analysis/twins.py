@@ -55,10 +55,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sweeper import store
-from sweeper.attacks import ATTACKS
-from sweeper.defenses.bit_width import presets_by_width
 from sweeper.analysis.checks import ALPHA, FOLD_SHIFT, MIN_MARGIN
 from sweeper.analysis.stats import holm, mcnemar_two_sided
+from sweeper.attacks import ATTACKS
+from sweeper.defenses.bit_width import presets_by_width
 from sweeper.keys import ABSENT_MEANS, CONFIG_COLUMNS, NONE, POINT_COLUMNS
 
 KINDS = ("clean", "gradient", "black-box", "transfer")  # in the order the tables list them

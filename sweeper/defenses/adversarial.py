@@ -27,8 +27,8 @@ stateless draws from (seed, step), so a resumed training repeats them.
 
 from __future__ import annotations
 
-from sweeper.defenses.spec import DefenseSpec
 from sweeper.defenses.base import Defense
+from sweeper.defenses.spec import DefenseSpec
 from sweeper.plan.limits import positive, whole
 
 

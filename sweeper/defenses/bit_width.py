@@ -35,8 +35,8 @@ import re
 
 import numpy as np
 
-from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
+from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.plan.limits import Limit, whole
 
 

@@ -84,8 +84,8 @@
 
 from __future__ import annotations
 
-from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.defenses.base import Defense
+from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.models.jacobian import block_model, projection_estimate
 from sweeper.plan.limits import positive, whole
 

@@ -19,10 +19,10 @@ from ray import tune
 from rich.console import Console
 
 from sweeper import WORKER_ENV
+from sweeper.console import styled
 from sweeper.errors import UserError, storage_error
 from sweeper.run import placement
 from sweeper.run.checkpoints import CHECKPOINT_FILE
-from sweeper.console import styled
 from sweeper.run.rows import RowSink, failure_line
 from sweeper.run.trial import run_job
 
