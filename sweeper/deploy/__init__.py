@@ -26,6 +26,10 @@ actually needs, and to the predictions the deployed network makes. One file per 
 - ``macs.py``: ``macs(flatbuffer)``, multiply-accumulates counted from the graph;
   ``latency.py``: ``latency_ms(macs, mcu, runtime)``, an estimate calibrated on cited
   MLPerf Tiny results per core and runtime.
+- ``footprint.py``: the footprint counted from the QKeras model's layers (packed flash and
+  RAM at the quantized widths, the int8 estimates when conversion fails, the runtime
+  allowance and arena margin); ``mcus.py``: the MCU profiles fit is judged against
+  (``mcus.yaml``).
 - ``common.py``: ``DeployError``, ``one_line``, ``quiet``, ``child``.
 - here: ``deploy(model, representative) -> Deployment``, all of the above for a trial,
   never raising (a failure is a one-line ``error``), and ``measure(flatbuffer)``, the
