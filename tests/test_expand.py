@@ -74,7 +74,7 @@ def test_ids_ignore_what_does_not_matter(tmp_path, tiny_grid):
 
 def test_ids_are_stable_across_processes(tmp_path, tiny_grid):
     path = write_grid(tmp_path, tiny_grid)
-    script = ("import sys; from sweeper import grid, expand; "
+    script = ("import sys; from sweeper.plan import expand, grid; "
               f"print(','.join(c.cell_id for c in expand.expand(grid.load({str(path)!r})).cells))")
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               env={"PYTHONHASHSEED": seed, "PATH": ""}, check=True).stdout
