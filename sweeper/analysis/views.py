@@ -188,7 +188,8 @@ _CONFIG_BUILDS = f"""
         UNION ALL BY NAME
         SELECT {', '.join('c.' + col for col in CONFIG_COLUMNS)}, b.deploy_format,
                b.accepted_folds = c.folds AS accepted, c.folds, b.built_folds, b.accepted_folds,
-               'measured' AS footprint_source, b.flash_kb, b.ram_kb, b.flatbuffer_kb, b.arena_kb, b.macs,
+               CASE WHEN b.flash_kb IS NOT NULL THEN 'measured' END AS footprint_source,  -- none: not built
+               b.flash_kb, b.ram_kb, b.flatbuffer_kb, b.arena_kb, b.macs,
                b.agreement_min, b.check_samples, b.errors, c.test_acc_mean, c.test_acc_std, c.mcu_targets
         FROM configs AS c JOIN built AS b ON b.config_id = c.config_id AND b.deploy_format <> '{INT8}'"""
 # The fit, once: a build fits an MCU when it is accepted and its deployed flash and RAM
@@ -219,7 +220,7 @@ VIEWS = {  # in creation order: robust reads worst_case, fits and latency read c
                list_contains(c.mcu_targets, m.name) AS targeted, m.core, m.clock_mhz, k.runtime,
                k.cycles_per_mac, k.board AS calibration_board,
                c.macs * k.cycles_per_mac / (m.clock_mhz * 1000.0) AS latency_ms_estimate,
-               'estimate: ' || k.runtime || ' on ' || m.name || ' (' || m.core || ', ' || m.clock_mhz::VARCHAR
+               'estimate: ' || k.runtime || ' on ' || m.name || ' (' || m.core || ', ' || printf('%g', m.clock_mhz)
                    || ' MHz), ' || printf('%.2f', k.cycles_per_mac) || ' cycles/MAC from MLPerf Tiny on '
                    || k.board || '; int8 kernels: DECODE and INT4 unpacking not counted' AS assumes
         FROM config_builds AS c JOIN mcus AS m ON true JOIN latency_calibrations AS k ON k.core = m.core

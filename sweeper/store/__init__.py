@@ -31,6 +31,7 @@ from sweeper.store.builds import (  # noqa: F401
     BUILD_SCHEMA,
     BUILDS_DIR,
     BuildsRead,
+    build_files,
     build_jobs,
     compact_builds,
     job_file,
