@@ -159,6 +159,22 @@ def test_the_pareto_front_keeps_exactly_the_points_nothing_beats():
     assert figures.pareto_front([], "x", "y") == []
 
 
+def test_the_worst_case_wins_a_tie_with_its_attack_that_differs_only_in_the_last_bit():
+    from sweeper.analysis.shipping import budget_worst
+
+    from sweeper.keys import CONFIG_COLUMNS
+
+    point = {**dict.fromkeys(CONFIG_COLUMNS), "config_id": "c", "norm": "inf", "eps": 0.1, "n_samples": 100,
+             "target": "model"}
+    square = {**point, "attack": "square", "attack_label": "square", "adv_acc_mean": 0.6266666666666666}
+    worst = {**point, "attack": "worst_case", "attack_label": "worst(boundary+square)",
+             "adv_acc_mean": 0.6266666666666667}  # the same 188 of 300 samples, summed in another order
+    boundary = {**point, "attack": "boundary", "attack_label": "boundary", "adv_acc_mean": 0.9}
+    for order in ([square, worst, boundary], [worst, square, boundary]):
+        [held] = budget_worst(order).values()
+        assert held["model"]["attack_label"] == "worst(boundary+square)"
+
+
 @pytest.fixture(scope="module")
 def reported(shipped, tmp_path_factory):
     path = report.write(shipped.text, tmp_path_factory.mktemp("report"))
