@@ -152,7 +152,9 @@ def budget(points: list[dict], mcus: list[dict], latency_label: str | None, path
     handles += [plt.Line2D([], [], marker="o", linestyle="", color="grey", label="QKeras worst case"),
                 plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="grey",
                            label="deployed worst case")]
-    panels[0][-1].legend(handles=handles, fontsize=7, loc="center right")
+    handles += [plt.Line2D([], [], marker="s", linestyle="", color=_colour(q), label=q)  # colour: quantizer
+                for q in dict.fromkeys(p["quantizer"] for p in points)]
+    panels[0][-1].legend(handles=handles, fontsize=6, loc="center right")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     _save(figure, path)
