@@ -1,6 +1,7 @@
 """Names every layer shares, each defined once: what ``none`` stands for, what an attack
-targets, the keys of a configuration and of a point of the results, the per-sample
-outcome columns, and the libraries whose versions a result records.
+targets, the int8 build's format, the keys of a configuration and of a point of the
+results, the per-sample outcome columns, and the libraries whose versions a result
+records.
 
 Plain Python: the grid schema, the store, the trial and the SQL all import from here, so
 nothing here may import more than the standard library.
@@ -16,6 +17,9 @@ NONE = "none"
 # What an attack entry attacks (its ``target``): the QKeras model (default), or the int8
 # .tflite built from it, queried through the TFLite interpreter (black-box attacks only).
 MODEL_TARGET, DEPLOYED_TARGET = "model", "deployed"
+# The converter's full-int8 build of a model: the deploy format the sub-byte builds
+# (sweeper.deploy.builds: lut, int4) are checked against, and the one the rows measure.
+INT8 = "int8"
 
 # What a "configuration" is: one trained setup, every fold of it. config_id hashes
 # everything that determines the trained model except the fold (code fingerprint and

@@ -103,8 +103,10 @@ def test_table_iv_and_v_match_direct_queries_and_carry_the_flags(rendered):
 def test_figures_and_fits(rendered):
     _, path, text = rendered
     figures = sorted(p.name for p in (path.parent / "figures").iterdir())
-    # pgd has one eps: no curve; worst(fgsm+pgd) at 0.1 is one point too
-    assert figures == ["eps-digits-small_cnn-fgsm.png", "pareto-digits.png"]
+    # pgd has one eps: no curve; worst(fgsm+pgd) at 0.1 is one point too; robustness against
+    # the budget at each of the two budgets (the int8 builds of the rows: no build records)
+    assert figures == ["budget-digits-Linf-0.1.png", "budget-digits-Linf-0.2.png", "eps-digits-small_cnn-fgsm.png",
+                       "pareto-digits.png"]
     for name in figures:
         assert (path.parent / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(figures/{name})" in text
@@ -117,7 +119,7 @@ def test_report_command(rendered, tmp_path):
     results, _, text = rendered
     done = sweeper("report", results, "--out", str(tmp_path / "again"))
     assert done.returncode == 0, done.stderr
-    assert "wrote" in done.stdout and "2 figures" in done.stdout
+    assert "wrote" in done.stdout and "4 figures" in done.stdout
     assert (tmp_path / "again" / "report.md").read_text() == text  # regenerated: the same report
     missing = sweeper("report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2"))
     assert missing.returncode == 2 and "no sweeper results here" in missing.stderr

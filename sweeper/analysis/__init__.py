@@ -4,7 +4,8 @@ writing a row. One DuckDB connection module (``duck.py``) and the views of the r
 the gradient-masking checks, defined (``checks.py``), computed in DuckDB
 (``diagnostics.py``) and assembled as flags (``flags.py``); defended models against their
 undefended twins (``twins.py``); the Markdown report (``report.py``, its studies in
-``studies.py``, shared table helpers in ``tables.py``) and its figures (``figures.py``);
+``studies.py``, its sections on what ships in ``shipping.py``, shared table helpers in
+``tables.py``) and its figures (``figures.py``);
 and the files a user names for the output (``output.py``).
 
 DuckDB, SciPy and matplotlib are imported when first used, never at import.

@@ -1,7 +1,9 @@
 """Figures for the report, drawn with matplotlib (headless) from the query views' records.
 
-Each function takes plain records (dicts from the ``robust`` view), writes one PNG and
-returns what the report needs to say about it. Colours follow the quantizer registry's
+Each function takes plain records (dicts from the query views), writes one PNG and
+returns what the report needs to say about it: epsilon curves, accuracy against flash,
+robust accuracy against each deployed resource (``budget``, with ``pareto_front``), and
+the transfer heatmap. Colours follow the quantizer registry's
 order, so a preset has the same colour in every figure.
 """
 
@@ -92,14 +94,84 @@ def pareto(configs: list[dict], mcus: list[dict], path: Path, title: str,
     return front
 
 
-def pareto_front(configs: list[dict]) -> list[dict]:
-    """Configurations no other beats on both flash (smaller) and accuracy (higher)."""
+def pareto_front(points: list[dict], x: str = "flash_kb", y: str = "test_acc_mean") -> list[dict]:
+    """The points no other beats: none has ``x`` no larger and ``y`` no smaller, one of
+    them strictly (points equal in both are all kept); by ``x``, smallest first."""
     front, best = [], float("-inf")
-    for config in sorted(configs, key=lambda c: (c["flash_kb"], -c["test_acc_mean"])):
-        if config["test_acc_mean"] > best:
-            front.append(config)
-            best = config["test_acc_mean"]
+    for point in sorted(points, key=lambda p: (p[x], -p[y])):
+        if point[y] > best:
+            front.append(point)
+            best = point[y]
+        elif front and (point[x], point[y]) == (front[-1][x], front[-1][y]):
+            front.append(point)  # an equal of a member: nothing beats it either
     return front
+
+
+# The robustness-against-budget panels: axis name -> (point key, axis label, MCU limit key).
+BUDGET_AXES = {
+    "flash": ("flash_kb", "deployed flash KB (.tflite + runtime allowance)", "flash_kb"),
+    "RAM": ("ram_kb", "deployed RAM KB (TFLM arena + margin)", "ram_block_kb"),
+    "latency": ("latency_ms", None, None),  # its label names the runtime and MCU it assumes
+}
+BUILD_MARKERS = {"int8": "o", "lut": "s", "int4": "^"}
+
+
+def budget(points: list[dict], mcus: list[dict], latency_label: str | None, path: Path, title: str,
+           label: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """Robust accuracy against each resource (``BUDGET_AXES``), one panel each, one
+    marker per point and build: filled the QKeras worst case (``model_acc``), hollow the
+    deployed one (``deployed_acc``); each MCU's limit dashed; the Pareto front of
+    (resource, ``shipped``) as a step line, its members labelled. Returns each panel's
+    front. The latency panel is drawn only with ``latency_label`` and points that have one."""
+    plt = _pyplot()
+    axes_used = [axis for axis, (key, _, _) in BUDGET_AXES.items()
+                 if any(p.get(key) is not None for p in points) and (axis != "latency" or latency_label)]
+    figure, panels = plt.subplots(1, len(axes_used), figsize=(4.6 * len(axes_used), 4.4), sharey=True,
+                                  squeeze=False)
+    fronts = {}
+    for panel, axis in zip(panels[0], axes_used):
+        key, axis_label, limit = BUDGET_AXES[axis]
+        placed = [p for p in points if p.get(key) is not None]
+        for point in placed:
+            _budget_point(panel, point, point[key])
+        fronts[axis] = pareto_front([p for p in placed if p["shipped"] is not None], key, "shipped")
+        panel.step([p[key] for p in fronts[axis]], [p["shipped"] for p in fronts[axis]], where="post",
+                   color="black", linewidth=1, alpha=0.7)
+        for point in fronts[axis]:
+            panel.annotate(label(point), (point[key], point["shipped"]), fontsize=6, textcoords="offset points",
+                           xytext=(3, 3))
+        for index, mcu in enumerate(mcus if limit else []):
+            panel.axvline(mcu[limit], color=f"C{index}", linestyle="--", linewidth=1)
+            panel.annotate(mcu["name"], (mcu[limit], 0.98), rotation=90, fontsize=6, va="top",
+                           xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(-8, 0))
+        panel.set_xscale("log")
+        panel.set_xlabel(axis_label or latency_label, fontsize=8)
+        panel.set_title(axis, fontsize=9)
+    panels[0][0].set(ylabel="robust accuracy (worst case)", ylim=(-0.02, 1.02))
+    handles = [plt.Line2D([], [], marker=m, linestyle="", color="grey", label=f) for f, m in BUILD_MARKERS.items()]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color="grey", label="QKeras worst case"),
+                plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="grey",
+                           label="deployed worst case")]
+    handles += [plt.Line2D([], [], marker="s", linestyle="", color=_colour(q), label=q)  # colour: quantizer
+                for q in dict.fromkeys(p["quantizer"] for p in points)]
+    panels[0][-1].legend(handles=handles, fontsize=6, loc="center right")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    _save(figure, path)
+    return fronts
+
+
+def _budget_point(panel, point: dict, x: float) -> None:
+    """A build's QKeras (filled) and deployed (hollow) worst case at ``x``, joined."""
+    colour, marker = _colour(point["quantizer"]), BUILD_MARKERS.get(point["deploy_format"], "D")
+    both = [y for y in (point["model_acc"], point["deployed_acc"]) if y is not None]
+    if len(both) == 2:
+        panel.plot([x, x], both, color=colour, linewidth=0.6, alpha=0.5)
+    if point["model_acc"] is not None:
+        panel.scatter([x], [point["model_acc"]], marker=marker, color=colour, s=28)
+    if point["deployed_acc"] is not None:
+        panel.scatter([x], [point["deployed_acc"]], marker=marker, facecolors="none", edgecolors=[colour], s=80,
+                      linewidths=1.4)  # larger: a ring around the filled marker where both are equal
 
 
 def transfer_matrix(values: list[list[float]], sources: list[str], targets: list[str], path: Path,

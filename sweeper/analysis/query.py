@@ -18,11 +18,19 @@ filesystems (S3, GCS...) are read with pyarrow into memory first. The names:
   on the target (their examples are within the budget of the target's own inputs); a
   targeted patch's point has its target rate's mean and spread, its controls' means and
   the summed denominator ``target_n``;
-- ``fits``: each configuration that fits each MCU profile (computed from the footprint
-  and the profiles, ``targeted`` when the grid named it), with its flash, RAM and accuracy;
+- ``builds``: the store's build records (``store.builds``), one per training job and
+  build format (int8, lut, int4), accepted or not;
+- ``config_builds``: per configuration and build format, what it can ship over its folds
+  (the int8 build's figures from the rows, the sub-byte builds' from the records);
+- ``fits``: each accepted build of each configuration that fits each MCU profile
+  (computed from the footprints and the profiles, ``targeted`` when the grid named it),
+  with its format, flash, RAM and accuracy;
+- ``latency``: each configuration's estimated latency on each MCU profile with each
+  runtime calibrated for its core (``latency_calibrations``), labelled an estimate;
 - ``diagnostics``: the gradient-masking checks (sweeper.analysis.diagnostics), one row per judgement;
 - ``launches``: the provenance of every launch (grid file and hash, versions, start time);
-- ``mcus``: the MCU profiles sweeper knows.
+- ``mcus``: the MCU profiles sweeper knows (with core and clock);
+  ``latency_calibrations``: the published MLPerf Tiny results latency is estimated from.
 
 External access is switched off and the configuration locked (``_seal``) before the
 user's SQL runs, so a query reads these and nothing else, writes nowhere, and stays under
@@ -50,15 +58,16 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def connect(rows, launches: list[dict] | None = None, memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
-            with_diagnostics: bool = True):
-    """An in-memory DuckDB holding ``rows`` (a pyarrow Table) and every derived view,
+            with_diagnostics: bool = True, builds=None):
+    """An in-memory DuckDB holding ``rows`` (a pyarrow Table), the build records
+    ``builds`` (a Table in ``store.BUILD_SCHEMA``; None: none) and every derived view,
     locked read-only. ``with_diagnostics`` False leaves out the one table that costs time
     to build."""
     connection = new_connection(memory_limit)
     connection.register("results", rows)
     if with_diagnostics:
         connection.register("diagnostics", diagnostics.diagnose(rows))
-    return _seal(connection, launches, [])
+    return _seal(connection, launches, [], builds=builds)
 
 
 def connect_store(location: store.Location, launches: list[dict] | None = None,
@@ -76,7 +85,8 @@ def connect_store(location: store.Location, launches: list[dict] | None = None,
         connection.register("diagnostics", diagnostics.diagnose_relation(connection, ORDERED))
     stored = _current_worst_case(location, found)
     views = {"worst_case": f"SELECT * FROM read_parquet({sql_list([scan_pattern(stored)])})"} if stored else {}
-    return _seal(connection, launches, paths + ([stored] if stored else []), views)
+    return _seal(connection, launches, paths + ([stored] if stored else []), views,
+                 store.read_builds(location).table)
 
 
 def _current_worst_case(location: store.Location, found: store.Survey) -> str | None:
@@ -123,18 +133,15 @@ def write_worst_case(location: store.Location) -> int:
 
 
 
-def _seal(connection, launches: list[dict] | None, paths: list[str], views: dict[str, str] | None = None):
-    """Add the launches, the MCU profiles and the views, then lock the connection: no file
-    but the store's fragments (``paths``) can be read, nothing written, nothing reset."""
-    import pyarrow as pa
-
-    from sweeper.deploy.mcus import MCUS
-
+def _seal(connection, launches: list[dict] | None, paths: list[str], views: dict[str, str] | None = None,
+          builds=None):
+    """Add the launches, the build records, the MCU profiles, the latency calibrations and
+    the views, then lock the connection: no file but the store's fragments (``paths``) can
+    be read, nothing written, nothing reset."""
     connection.register("launches", _launch_table(launches or []))
-    mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
-             "ram_block_kb": float(MCUS.get(name).ram_block_kb), "description": MCUS.get(name).description,
-             "source": MCUS.get(name).source} for name in MCUS.names()]
-    connection.register("mcus", pa.Table.from_pylist(mcus))
+    connection.register("builds", store.BUILD_SCHEMA.empty_table() if builds is None else builds)
+    for name, table in _profiles().items():
+        connection.register(name, table)
     for name, sql in {**VIEWS, **(views or {})}.items():  # ``views`` replace some (dict order kept)
         connection.execute(f"CREATE VIEW {name} AS {sql}")
     if paths:  # each file as DuckDB opens it, and as the pattern that names it
@@ -143,6 +150,23 @@ def _seal(connection, launches: list[dict] | None, paths: list[str], views: dict
     connection.execute("SET lock_configuration = true")
     return connection
 
+
+
+def _profiles() -> dict:
+    """The MCU profiles (``mcus``) and the published latency calibrations
+    (``latency_calibrations``, ``deploy.latency.CALIBRATIONS``) as tables."""
+    import pyarrow as pa
+
+    from sweeper.deploy.latency import CALIBRATIONS
+    from sweeper.deploy.mcus import MCUS
+
+    mcus = [{"name": name, "flash_kb": float(MCUS.get(name).flash_kb), "ram_kb": float(MCUS.get(name).ram_kb),
+             "ram_block_kb": float(MCUS.get(name).ram_block_kb), "description": MCUS.get(name).description,
+             "source": MCUS.get(name).source, "core": MCUS.get(name).core,
+             "clock_mhz": float(MCUS.get(name).clock_mhz)} for name in MCUS.names()]
+    calibrations = [{"runtime": c.runtime, "core": c.core, "board": c.board, "clock_mhz": float(c.clock_mhz),
+                     "cycles_per_mac": c.cycles_per_mac, "source": c.source} for c in CALIBRATIONS]
+    return {"mcus": pa.Table.from_pylist(mcus), "latency_calibrations": pa.Table.from_pylist(calibrations)}
 
 
 def _launch_table(launches: list[dict]):
@@ -172,7 +196,7 @@ def open_store(results: str, memory_limit: str | int = DEFAULT_MEMORY_LIMIT, wit
         # DuckDB reads local files without extensions
         if not isinstance(location.fs, pafs.LocalFileSystem) or not scannable([f.path for f in found.fragments]):
             return connect(store.read(location).table, store.launches(location, found), memory_limit,
-                           with_diagnostics)
+                           with_diagnostics, store.read_builds(location).table)
         return connect_store(location, store.launches(location, found), memory_limit, with_diagnostics, found)
     except duckdb.Error as error:
         raise UserError(f"reading {results} failed: {first_line(error)}") from None

@@ -9,6 +9,8 @@ Zakariyya et al., 2025), for whatever grid the store holds:
   beside the numbers they qualify;
 - Table V analogue: variance across folds of every accuracy;
 - does robustness survive deployment: the same accuracies of the int8 .tflite;
+- how robust is the build you flash: the QKeras model's worst case beside its build's
+  (``shipping.py``, only with attacks on the build);
 - transfer attacks: a source x target matrix per attack and budget (examples crafted on
   the source, accuracy of the target and the transfer rate), as a table and a heatmap;
 - targeted patches: per dataset, each patch's target rate beside its controls' (a random
@@ -16,8 +18,12 @@ Zakariyya et al., 2025), for whatever grid the store holds:
   not beat them;
 - accuracy against epsilon per attack, one line per quantizer, with the fold spread;
 - accuracy against deployed flash (the Pareto view) with each MCU target's flash budget
-  drawn in, and the configurations that fit each target (flash, and RAM against its
-  largest contiguous block);
+  drawn in, and the configurations that fit each target with some build (flash, and RAM
+  against its largest contiguous block);
+- builds (only with build records): every build format per configuration, accepted or
+  why not, its sizes, MACs, latency estimate and fit; and robustness against the budget:
+  the worst case per build against deployed flash, RAM and estimated latency, with the
+  Pareto front (``shipping.py``);
 - defended against undefended twins (only when the store has defended rows): each
   defense's accuracy change per attack and budget, paired, whether a gain is
   gradient-only, and the masking flags of both (``sweeper.analysis.twins``);
@@ -28,7 +34,7 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 
 The paper's tables, the deployment, epsilon and flash views, the diagnostics and the
 provenance are written here; the studies (transfer, patches, defenses, Jacobians) are
-``studies.py``'s sections, the shared table helpers ``tables.py``'s, the figures
+``studies.py``'s sections, what ships (the flashed build, builds, budget) ``shipping.py``'s, the shared table helpers ``tables.py``'s, the figures
 ``figures.py``'s. Every number comes from the query views (``sweeper.analysis.query``), so
 a table can be checked against a direct SQL query. Means are over folds; ``±`` is the sample standard deviation
 across folds (absent when the store has one fold).
@@ -41,14 +47,14 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper.analysis import checks, figures, output, query, studies
+from sweeper.analysis import checks, figures, output, query, shipping, studies
 from sweeper.analysis.tables import (MARKERS, SINGLE_COORDINATE, SINGLE_COORDINATE_NOTE, config_key, dataset_name,
                                      file_name, fired_judged, fired_text, fmt, kb, markdown_table, named_key, notes,
                                      point_key, row_key, setup_names)
 from sweeper.attacks import single_coordinate
 from sweeper.deploy.footprint import ARENA_MARGIN, RUNTIME_FLASH_KB
 from sweeper.errors import UserError
-from sweeper.keys import NONE
+from sweeper.keys import INT8, NONE
 from sweeper.models.quantizers import QUANTIZERS
 
 # The files a report writes in its folder, besides figures/*.png. The folder is the
@@ -111,7 +117,8 @@ class Report:
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
-                    studies.transfer(self), studies.patches(self), self._eps_curves(), self._pareto(), studies.defenses(self),
+                    shipping.flashed(self), studies.transfer(self), studies.patches(self), self._eps_curves(),
+                    self._pareto(), shipping.builds(self), shipping.budget(self), studies.defenses(self),
                     studies.jacobians(self), self._diagnostics(), self._provenance()]
         return [section for section in sections if section]  # a store without transfer rows has no such section
 
@@ -172,14 +179,26 @@ class Report:
         return f" [{''.join(fired)}]" if fired else ""
 
     def _fitting(self, config: dict) -> list[str]:
-        return self._fits.get(config_key(config), [])
+        """The grid's MCU targets some build of ``config`` fits."""
+        return list(self._fits.get(config_key(config), {}))
+
+    def _fit_text(self, config: dict) -> str:
+        """Those MCUs, each with the builds that fit it where the int8 build does not."""
+        return ", ".join(mcu if INT8 in builds else f"{mcu} ({'+'.join(builds)})"
+                         for mcu, builds in self._fits.get(config_key(config), {}).items()) or "none"
 
     @cached_property
-    def _fits(self) -> dict[tuple, list[str]]:
-        fitting = defaultdict(list)
-        for r in self.records("SELECT * FROM fits WHERE targeted ORDER BY mcu"):
-            fitting[config_key(r)].append(r["mcu"])
+    def _fits(self) -> dict[tuple, dict[str, list[str]]]:
+        fitting = defaultdict(dict)  # configuration -> MCU -> the builds that fit it
+        for r in self.records("SELECT * FROM fits WHERE targeted ORDER BY mcu, deploy_format"):
+            fitting[config_key(r)].setdefault(r["mcu"], []).append(r["deploy_format"])
         return fitting
+
+    def targets(self) -> list[str]:
+        """The MCU profiles the grid targets (``mcu_targets``), known ones only, by name."""
+        known = {r["name"] for r in self.records("SELECT name FROM mcus")}
+        return sorted({r["m"] for r in self.records("SELECT DISTINCT unnest(mcu_targets) AS m FROM results")}
+                      & known)
 
     def _classes(self, dataset: str) -> int:
         """The dataset's class count (0 if unknown: rows from a schema-1 store)."""
@@ -221,7 +240,7 @@ class Report:
                      c["footprint_source"] or "n/a", kb(c["tflite_kb"]), kb(c["arena_kb"]),
                      kb(c["flash_packed_kb"]), kb(c["ram_packed_kb"]), _paper_flash(c),
                      fmt(c["test_acc_mean"], c["test_acc_std"]), str(c["folds"]),
-                     ", ".join(self._fitting(c)) or "none"] for c in self.configs(dataset, False)]
+                     self._fit_text(c)] for c in self.configs(dataset, False)]
             parts += [f"### {dataset}", markdown_table(
                 ["model / quantizer", "params", "flash KB", "RAM KB", "source", ".tflite KB", "arena KB",
                  "packed flash KB", "packed RAM KB", "paper flash KB", "clean accuracy", "folds", "fits"],
@@ -301,8 +320,7 @@ class Report:
 
     def _pareto(self) -> str:
         mcus = {r["name"]: r for r in self.records("SELECT * FROM mcus")}
-        targets = sorted({m for r in self.records("SELECT DISTINCT unnest(mcu_targets) AS m FROM results")
-                          for m in [r["m"]] if m in mcus})
+        targets = self.targets()
         parts = ["## Accuracy against flash: what fits where",
                  "Clean accuracy against flash size; dashed lines are the flash budgets of the grid's MCU "
                  "targets, and the step line joins the Pareto-optimal configurations (no other is both "

@@ -1,13 +1,16 @@
-"""The derived views of a store's rows, as SQL over ``results``: ``robust`` (every point's
-mean and spread across folds, and the worst case over attacks at each budget, of the
-QKeras model and of its deployed build: ``WORST_CASES``) and ``fits`` (which
-configurations fit which MCU profile). ``query.py`` creates them on every connection."""
+"""The derived views of a store's rows, as SQL over ``results`` and the build records
+``builds``: ``robust`` (every point's mean and spread across folds, and the worst case over
+attacks at each budget, of the QKeras model and of its deployed build: ``WORST_CASES``),
+``config_builds`` (what each configuration can ship, per build format), ``fits`` (which
+build of which configuration fits which MCU profile: ``FITS``) and ``latency`` (estimated
+from MACs and the profiles' cores, clocks and ``latency_calibrations``). ``query.py``
+creates them on every connection."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeper.keys import CONFIG_COLUMNS, DEPLOYED_TARGET, MODEL_TARGET, NONE, POINT_COLUMNS
+from sweeper.keys import CONFIG_COLUMNS, DEPLOYED_TARGET, INT8, MODEL_TARGET, NONE, POINT_COLUMNS
 
 # The fold axis is averaged away; everything else that determines a result stays a key
 # (CONFIG_COLUMNS and POINT_COLUMNS), so rows that differ in parameters,
@@ -146,25 +149,80 @@ _TARGETS = """
                avg(CASE WHEN isnan(control_target_rate) THEN NULL ELSE control_target_rate END)
                    AS control_target_rate_mean,
                avg(control_adv_acc) AS control_adv_acc_mean, CAST(sum(target_n) AS BIGINT) AS target_n"""
-VIEWS = {  # in creation order: robust reads worst_case
+# What a configuration can ship, per build format (``config_builds``): the int8 build's
+# deployed figures from the rows (measured, or estimated where the converter refused:
+# footprint_source, as the fit has always judged them), and each sub-byte build from the
+# store's build records (``builds``), over the folds: its largest figures, and accepted
+# only if every fold of the configuration has an accepted build of it (a refused build
+# never fits). MACs come from the records (the same for every build of a job).
+_BUILT = f"""
+        SELECT config_id, deploy_format, count(DISTINCT fold)::INTEGER AS built_folds,
+               (count(DISTINCT fold) FILTER (WHERE accepted))::INTEGER AS accepted_folds,
+               max(flatbuffer_kb) AS flatbuffer_kb, max(arena_kb) AS arena_kb, max(flash_kb) AS flash_kb,
+               max(ram_kb) AS ram_kb, min(agreement) AS agreement_min,
+               CAST(sum(check_samples) AS BIGINT) AS check_samples, max(macs) AS macs,
+               nullif(array_to_string(list_sort(list_distinct(list(error) FILTER (WHERE error IS NOT NULL))), '; '),
+                      '') AS errors
+        FROM builds WHERE config_id IS NOT NULL GROUP BY ALL"""
+_CONFIG_BUILDS = f"""
+        WITH jobs AS (
+            SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, tflite_kb, arena_kb,
+                            footprint_source, mcu_targets FROM results),
+        configs AS (
+            SELECT {_CONFIG}, count(DISTINCT fold)::INTEGER AS folds,
+                   (count(DISTINCT fold) FILTER (WHERE flash_kb IS NOT NULL AND ram_kb IS NOT NULL))::INTEGER AS placed,
+                   avg(test_acc) AS test_acc_mean, stddev_samp(test_acc) AS test_acc_std,
+                   list_sort(list_distinct(flatten(list(mcu_targets) FILTER (WHERE mcu_targets IS NOT NULL))))
+                       AS mcu_targets,
+                   max(flash_kb) AS flash_kb, max(ram_kb) AS ram_kb, max(tflite_kb) AS flatbuffer_kb,
+                   max(arena_kb) AS arena_kb,
+                   nullif(array_to_string(list_sort(list_distinct(list(footprint_source))), '+'), '')
+                       AS footprint_source
+            FROM jobs GROUP BY ALL),
+        built AS ({_BUILT})
+        SELECT {', '.join('c.' + col for col in CONFIG_COLUMNS)}, '{INT8}' AS deploy_format,
+               c.placed = c.folds AS accepted, c.folds, c.placed AS built_folds, c.placed AS accepted_folds,
+               c.footprint_source, c.flash_kb, c.ram_kb, c.flatbuffer_kb, c.arena_kb, b.macs, b.agreement_min,
+               b.check_samples, b.errors, c.test_acc_mean, c.test_acc_std, c.mcu_targets
+        FROM configs AS c LEFT JOIN built AS b ON b.config_id = c.config_id AND b.deploy_format = '{INT8}'
+        UNION ALL BY NAME
+        SELECT {', '.join('c.' + col for col in CONFIG_COLUMNS)}, b.deploy_format,
+               b.accepted_folds = c.folds AS accepted, c.folds, b.built_folds, b.accepted_folds,
+               CASE WHEN b.flash_kb IS NOT NULL THEN 'measured' END AS footprint_source,  -- none: not built
+               b.flash_kb, b.ram_kb, b.flatbuffer_kb, b.arena_kb, b.macs,
+               b.agreement_min, b.check_samples, b.errors, c.test_acc_mean, c.test_acc_std, c.mcu_targets
+        FROM configs AS c JOIN built AS b ON b.config_id = c.config_id AND b.deploy_format <> '{INT8}'"""
+# The fit, once: a build fits an MCU when it is accepted and its deployed flash and RAM
+# (allowance and margin included) are within the MCU's flash and largest contiguous RAM
+# block (a TFLM arena is one block).
+FITS = "c.accepted AND c.flash_kb <= m.flash_kb AND c.ram_kb <= m.ram_block_kb"
+VIEWS = {  # in creation order: robust reads worst_case, fits and latency read config_builds
     "worst_case": _WORST_CASE,
     "robust": f"""
         SELECT {_CONFIG}, {_POINT}, {_ACCURACIES}, {_TRANSFER}, {_TARGETS}
         FROM results GROUP BY ALL
         UNION ALL BY NAME
         SELECT * FROM worst_case""",
-    # Fit is computed here from the footprint and the MCU profiles, never frozen in a row:
-    # a corrected profile changes the answer for every stored model.
+    # Fit is computed here from the footprints and the MCU profiles, never frozen in a row:
+    # a corrected profile changes the answer for every stored model. One row per build
+    # that fits: a configuration fits an MCU if some build of it does.
+    "config_builds": _CONFIG_BUILDS,
     "fits": f"""
-        SELECT m.name AS mcu, list_contains(r.mcu_targets, m.name) AS targeted,
-               {', '.join('r.' + c for c in CONFIG_COLUMNS)}, r.footprint_source,
-               max(r.flash_kb) AS flash_kb, max(r.ram_kb) AS ram_kb,
-               any_value(m.flash_kb) AS mcu_flash_kb, any_value(m.ram_block_kb) AS mcu_ram_block_kb,
-               count(DISTINCT r.fold)::INTEGER AS folds, avg(r.test_acc) AS test_acc_mean,
-               stddev_samp(r.test_acc) AS test_acc_std
-        FROM (SELECT DISTINCT {_CONFIG}, fold, job_id, test_acc, flash_kb, ram_kb, footprint_source,
-                              mcu_targets FROM results) AS r
-        JOIN mcus AS m ON r.flash_kb <= m.flash_kb AND r.ram_kb <= m.ram_block_kb
-        GROUP BY ALL""",
+        SELECT m.name AS mcu, list_contains(c.mcu_targets, m.name) AS targeted,
+               {', '.join('c.' + col for col in CONFIG_COLUMNS)}, c.deploy_format, c.footprint_source,
+               c.flash_kb, c.ram_kb, m.flash_kb AS mcu_flash_kb, m.ram_block_kb AS mcu_ram_block_kb,
+               c.folds, c.test_acc_mean, c.test_acc_std
+        FROM config_builds AS c JOIN mcus AS m ON {FITS}""",
+    # An estimate, never a measurement: MACs x the cycles per MAC a published MLPerf Tiny
+    # result implies for the MCU's core and a runtime, over the MCU's clock (deploy.latency).
+    "latency": f"""
+        SELECT {', '.join('c.' + col for col in CONFIG_COLUMNS)}, c.macs, m.name AS mcu,
+               list_contains(c.mcu_targets, m.name) AS targeted, m.core, m.clock_mhz, k.runtime,
+               k.cycles_per_mac, k.board AS calibration_board,
+               c.macs * k.cycles_per_mac / (m.clock_mhz * 1000.0) AS latency_ms_estimate,
+               'estimate: ' || k.runtime || ' on ' || m.name || ' (' || m.core || ', ' || printf('%g', m.clock_mhz)
+                   || ' MHz), ' || printf('%.2f', k.cycles_per_mac) || ' cycles/MAC from MLPerf Tiny on '
+                   || k.board || '; int8 kernels: DECODE and INT4 unpacking not counted' AS assumes
+        FROM config_builds AS c JOIN mcus AS m ON true JOIN latency_calibrations AS k ON k.core = m.core
+        WHERE c.deploy_format = '{INT8}' AND c.macs IS NOT NULL""",
 }
-

@@ -27,13 +27,13 @@ from sweeper.deploy.common import DeployError, one_line
 from sweeper.deploy.int4 import int4_flatbuffer
 from sweeper.deploy.lut import lut_flatbuffer
 from sweeper.deploy.tflm import tflm_outputs
+from sweeper.keys import INT8  # the converter's build, the reference the others are checked against
 from sweeper.registry import Registry
 
 # format -> int8 flatbuffer -> (sub-byte flatbuffer, one-line summary); raises DeployError
 FORMATS: Registry[Callable[[bytes], tuple[bytes, str]]] = Registry("deploy format")
 FORMATS.add("lut", lut_flatbuffer)
 FORMATS.add("int4", int4_flatbuffer)
-INT8 = "int8"  # the converter's build, the reference the others are checked against
 
 
 @dataclass(frozen=True)

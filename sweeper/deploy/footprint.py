@@ -11,7 +11,8 @@ This module owns:
   ``peak_activation_bits(model, fused=True, bits=8)``), and the allowances added to the
   measured ones (``RUNTIME_FLASH_KB``, ``ARENA_MARGIN``): the measured .tflite and TFLM
   arena come from ``sweeper.deploy``;
-* ``packed_kb(model)``: the packed columns of a result row.
+* ``packed_kb(model)``: the packed columns of a result row; ``deployed_kb``: the flash and
+  RAM the MCU fit uses for a measured build (allowance and margin added).
 
 The MCU profiles these are checked against are ``mcus.py``'s; fit itself is judged in
 SQL, by the store's ``fits`` view (``sweeper.analysis.query``), from a row's footprint and
@@ -267,3 +268,10 @@ def packed_kb(model) -> dict[str, float]:
     """A result row's packed figures: ``flash_packed_kb`` (every weight at its bit width)
     and ``ram_packed_kb`` (peak fused activations at theirs), in KB."""
     return {"flash_packed_kb": flash_kb(model), "ram_packed_kb": peak_activation_bits(model, fused=True) / BITS_PER_KB}
+
+
+def deployed_kb(flatbuffer_bytes: int, arena_bytes: int) -> tuple[float, float]:
+    """What the MCU fit uses for a measured build, (flash KB, RAM KB): its .tflite plus
+    the runtime allowance, its TFLM arena plus the margin. The one rule for every build
+    (the int8 one of a row, and each ``deploy.builds`` record)."""
+    return flatbuffer_bytes / 1024 + RUNTIME_FLASH_KB, arena_bytes / 1024 * (1 + ARENA_MARGIN)

@@ -2,7 +2,8 @@
 lease, provenance and compaction) and its runners (``runners.py``: Ray Tune trials, or in
 this process; ``ray_tune.py`` is the Ray side), the row sink (``rows.py``), the trial
 (``trial.py``) and what it composes (``training.py``, ``cache.py``, ``checkpoints.py``,
-``evaluate.py``, ``transfer.py``, ``columns.py``), a trial's worker setup
+``evaluate.py``, ``transfer.py``, ``columns.py``, and each job's builds: ``builds.py``),
+a trial's worker setup
 (``placement.py``), the store's lease (``lease.py``) and the progress display
 (``progress.py``). TensorFlow and Ray are imported when a job or a Ray launch runs, never
 at import.

@@ -1,7 +1,8 @@
-"""The model cache: a job's trained weights, its defense's summary and its int8 .tflite,
-kept in the store as ``models/<job_id>.weights.h5``, ``.defense.json`` and ``.tflite`` so
-that a relaunch's new cells of a trained model train and convert nothing (and a user can
-flash the .tflite). Each is written atomically (``store.put_bytes``)."""
+"""The model cache: a job's trained weights, its defense's summary and its builds, kept in
+the store as ``models/<job_id>.weights.h5``, ``.defense.json``, ``.tflite`` (int8) and
+``.<format>.tflite`` (each accepted sub-byte build, ``tflite_name``) so that a relaunch's
+new cells of a trained model train and convert nothing (and a user can flash a .tflite).
+Each is written atomically (``store.put_bytes``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import json
 import tempfile
 
 from sweeper import store
+from sweeper.keys import INT8
+
+
+def tflite_name(job_id: str, deploy_format: str = INT8) -> str:
+    """A build's file: ``<job_id>.tflite`` for the int8 build (its name since before sub-byte
+    builds), ``<job_id>.<format>.tflite`` for the others (``deploy.FORMATS``)."""
+    return f"{job_id}.tflite" if deploy_format == INT8 else f"{job_id}.{deploy_format}.tflite"
 
 
 class ModelCache:
@@ -48,12 +56,15 @@ class ModelCache:
             store.put_bytes(self.location, f"{job_id}.defense.json",
                             json.dumps({"defense_reg": reg, **summary}).encode())
 
-    def tflite(self, job_id: str) -> bytes | None:
-        return self._get(f"{job_id}.tflite")
+    def tflite(self, job_id: str, deploy_format: str = INT8) -> bytes | None:
+        return self._get(tflite_name(job_id, deploy_format))
 
-    def save_tflite(self, job_id: str, flatbuffer: bytes) -> None:
-        if self.location is not None:
-            store.put_bytes(self.location, f"{job_id}.tflite", flatbuffer)
+    def save_tflite(self, job_id: str, flatbuffer: bytes, deploy_format: str = INT8) -> str | None:
+        """Keep a build's .tflite; its file name in the cache, or None (no cache)."""
+        if self.location is None:
+            return None
+        store.put_bytes(self.location, tflite_name(job_id, deploy_format), flatbuffer)
+        return tflite_name(job_id, deploy_format)
 
     def _get(self, name: str) -> bytes | None:
         return None if self.location is None else store.get_bytes(self.location, name)

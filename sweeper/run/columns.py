@@ -53,8 +53,7 @@ def footprint_columns(model, deployment) -> dict[str, Any]:
     kb = footprint.BITS_PER_KB
     measured = deployment.error is None
     if measured:
-        flash = deployment.flatbuffer_bytes / 1024 + footprint.RUNTIME_FLASH_KB
-        ram = deployment.arena_bytes / 1024 * (1 + footprint.ARENA_MARGIN)
+        flash, ram = footprint.deployed_kb(deployment.flatbuffer_bytes, deployment.arena_bytes)
     else:  # the converter refused: int8 estimates of the same quantities
         flash = footprint.int8_weight_bits(model) / kb + footprint.RUNTIME_FLASH_KB
         ram = footprint.peak_activation_bits(model, fused=True, bits=8) / kb * (1 + footprint.ARENA_MARGIN)

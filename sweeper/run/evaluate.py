@@ -89,8 +89,9 @@ def evaluate(group: list[Cell], model, deployed, classifier, samples: Samples, s
     """(cell, columns) for each cell of one group: the accuracies and per-sample outcomes
     of the attacked network (the QKeras model; the build on a deployed cell, whose
     ``samples`` are then the build's: ``_evaluate_deployed``) and of its deployed .tflite
-    on the same adversarial examples. ``keep(cell, x_used, pred, clean_ok)`` stores a
-    source cell's examples as its row counts them."""
+    on the same adversarial examples. ``keep(cell, x_used, pred, clean_ok)`` gets every
+    cell's examples as its row counts them (a source cell's are stored, every cell's
+    check the builds)."""
     from sweeper.attacks import is_minimal
 
     first = group[0]
@@ -103,7 +104,7 @@ def evaluate(group: list[Cell], model, deployed, classifier, samples: Samples, s
     controls = control_predictions(first, model, classifier, samples, samples.clean_ok, seed)
     for cell in group:
         within, pred, columns = held_to_budget(cell, samples, norms, adv_pred, deployed_adv)
-        if keep is not None and cell.keeps_arrays:
+        if keep is not None:  # each keeper picks its cells (transfer's: source cells)
             keep(cell, np.where(within.reshape(-1, *[1] * (x_adv.ndim - 1)), x_adv, samples.x), pred,
                  samples.clean_ok)
         yield cell, {**columns, **target_columns(cell, samples, pred, controls), "attack_s": attack_s}

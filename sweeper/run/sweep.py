@@ -124,7 +124,8 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance) -> La
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
                          launch_id=provenance.launch_id, checkpoints=location.uri("checkpoints"),
                          checkpoint_every=plan.grid.train.checkpoint_every,
-                         adversarial=location.uri(store.ADVERSARIAL_DIR))
+                         adversarial=location.uri(store.ADVERSARIAL_DIR), results=location.uri(),
+                         built=store.build_jobs(location))
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
         rows = RowSink(location, progress, provenance, skip=rerun)
         for wave, work in enumerate([first, second], start=1):
@@ -157,9 +158,10 @@ def _with_sources(work, stored_arrays: set[str]) -> tuple[list, list[str]]:
 
 
 def finish(location: store.Location) -> store.CompactReport:
-    """End of a sweep: one compacted file of rows, and what is derived from them (the
-    diagnostics, the worst case over attacks)."""
+    """End of a sweep: one compacted file of rows (and one of build records), and what is
+    derived from them (the diagnostics, the worst case over attacks)."""
     compacted = store.compact(location)
+    store.compact_builds(location)
     diagnostics.write(location, compacted.table)
     query.write_worst_case(location)
     return compacted

@@ -25,6 +25,8 @@ def keeper(folder: str, samples: Samples):
     location = store.locate(folder)
 
     def keep(cell: Cell, x_used: np.ndarray, pred: np.ndarray, clean_ok: np.ndarray) -> None:
+        if not cell.keeps_arrays:  # only source cells: a transfer cell needs their examples
+            return
         store.put_arrays(location, f"{cell.cell_id}.npz", sample_index=samples.index, x_adv=x_used,
                          clean_correct=clean_ok, adv_correct=robust(clean_ok, pred, samples.y))
 

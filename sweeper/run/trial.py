@@ -1,6 +1,8 @@
 """The trial: train one model (or load it from the cache), deploy it once (or measure the
 cached .tflite), then attack it at every cell of its training job, producing one result
-row per cell. Rows are handed to ``report`` one at a time as they are computed.
+row per cell, and record its builds (``builds.py``: the int8 build and its sub-byte
+variants, checked on the inputs its cells evaluated, in the store's builds/). Rows are
+handed to ``report`` one at a time as they are computed.
 
 Plain Python and TensorFlow, no Ray: a runner (``runners.py``) calls ``run_job`` for each
 job, in a Ray Tune trial or in this process, and ``bench/overhead.py`` calls it directly.
@@ -28,6 +30,7 @@ from sweeper import datasets
 from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
 from sweeper.models import jacobian
 from sweeper.plan.expand import Cell, TrainingJob
+from sweeper.run.builds import CheckInputs, record_builds
 from sweeper.run.cache import ModelCache
 from sweeper.run.checkpoints import CheckpointHooks, Checkpoints
 from sweeper.run.columns import cell_columns, defense_columns, footprint_columns, job_columns
@@ -48,6 +51,8 @@ class JobContext:
     checkpoints: str | None = None  # folder (path or URI) for training checkpoints; None: none
     checkpoint_every: int | str = "auto"  # the grid's train.checkpoint_every
     adversarial: str | None = None  # folder (path or URI) of source cells' examples; None: none
+    results: str | None = None  # the store (path or URI) whose builds/ records the job's builds; None: no builds
+    built: frozenset[str] = frozenset()  # jobs whose builds the store held when the launch began
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
                                                       and (c.source is None or has_controls(c)) for c in own) else None
     build_classifier = functools.cache(lambda: deployed_classifier(deployed, data))  # built once, if needed
     keep = keeper(context.adversarial, samples) if context.adversarial else None
+    check = CheckInputs(x)  # what the builds are checked on: these samples and every example below
+    keep = check.wrap(keep) if context.results else keep
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
     for group in attack_groups([cell for cell in own if cell.source is None]):
         if group[0].target == DEPLOYED_TARGET:
@@ -89,6 +96,8 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             evaluated = evaluate(group, model, deployed, classifier, samples, job.draw_seed, keep, training_images)
         for cell, columns in evaluated:
             report({**base, **cell_columns(cell), **columns})
+    if context.results:  # once per trained model, after its own cells made their examples
+        record_builds(job, base, deployed, check, cache, context.results, context.built)
     for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
         report({**base, **cell_columns(cell), **transfer(cell, model, deployed, samples, context.adversarial,
                                                          classifier)})

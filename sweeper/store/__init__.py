@@ -4,7 +4,8 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
     RESULTS/rows/part-*.parquet     the rows: point pandas, polars, DuckDB or Spark here
     RESULTS/diagnostics.parquet     gradient-masking flags (sweeper.analysis.diagnostics), derived
     RESULTS/worst_case.parquet      the worst case over attacks (sweeper.analysis.query), derived
-    RESULTS/models/                 trained weights and .tflite files, so new cells of a model train nothing
+    RESULTS/models/                 trained weights and .tflite files (int8, and each accepted sub-byte build)
+    RESULTS/builds/                 per training job, one record per build (int8, lut, int4): sizes, checks, MACs
     RESULTS/checkpoints/            mid-training state of jobs in flight (sweeper.run.checkpoints), removed when done
     RESULTS/adversarial/            source cells' adversarial examples, one compressed .npz per cell, for transfer attacks
     RESULTS/.lease.json             the running launch's lease (sweeper.run.lease)
@@ -14,7 +15,8 @@ Parquet dataset with one fixed schema, one row per cell, plus what a sweep keeps
 One file per concern: ``schema.py`` (the columns, the version and its history),
 ``provenance.py`` (``Launch``: where rows came from, in every file's footer), ``files.py``
 (``Location``, atomic blobs), ``fragments.py`` (what a fragment is, writing one),
-``rows.py`` (reading the rows), ``health.py`` (``check``, ``set_aside``, ``compact``).
+``rows.py`` (reading the rows), ``health.py`` (``check``, ``set_aside``, ``compact``),
+``builds.py`` (the build records, a dataset of their own: a build is per model, not per cell).
 Every file records its provenance in its Parquet metadata. At the end of a sweep the
 fragments are compacted into one file; until then reading skips (and reports) fragments
 that cannot be read and keeps the first row of a cell stored twice. A write that fails
@@ -24,6 +26,18 @@ unfinished writes left behind. This module re-exports the store's API.
 
 from __future__ import annotations
 
+from sweeper.store.builds import (  # noqa: F401
+    BUILD_COLUMNS,
+    BUILD_SCHEMA,
+    BUILDS_DIR,
+    BuildsRead,
+    build_files,
+    build_jobs,
+    compact_builds,
+    job_file,
+    read_builds,
+    write_builds,
+)
 from sweeper.store.files import (  # noqa: F401
     Location,
     delete_bytes,

@@ -54,17 +54,18 @@ def _type(name: str) -> pa.DataType:
     return pa.list_(_type(name[5:-1])) if name.startswith("list<") else _TYPES[name]
 
 
-def _columns() -> list[tuple[str, pa.DataType, str]]:
-    """The columns as ``columns.yaml`` (beside this module) lists them: a table of data,
-    read once at import."""
+def read_columns(file_name: str) -> list[tuple[str, pa.DataType, str]]:
+    """(name, type, meaning) of each column, as a table of data beside this module lists
+    them (``columns.yaml``: the rows; ``build_columns.yaml``: the build records), read once
+    at import."""
     import yaml
 
-    listed = yaml.safe_load((Path(__file__).with_name("columns.yaml")).read_text(encoding="utf-8"))
+    listed = yaml.safe_load((Path(__file__).with_name(file_name)).read_text(encoding="utf-8"))
     return [(name, _type(column["type"]), column["meaning"]) for name, column in listed.items()]
 
 
 # (name, type, description), in order: the README's schema table is generated from it.
-COLUMNS: list[tuple[str, pa.DataType, str]] = _columns()
+COLUMNS: list[tuple[str, pa.DataType, str]] = read_columns("columns.yaml")
 SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in COLUMNS],
                    metadata={META_VERSION: str(SCHEMA_VERSION)})
 
