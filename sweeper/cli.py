@@ -154,7 +154,24 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
         warn("this launch lost the store's lease to another one (it stalled longer than the lease's TTL); "
              "both may have computed the same cells, stored once each: `sweeper check` reports duplicates, "
              "`sweeper compact` drops them")
-    raise typer.Exit(_summarise(report, path))
+    code = _summarise(report, path)
+    if report.already_done + report.computed:
+        out.print(next_steps(path, loaded.grid.name))
+    raise typer.Exit(code)
+
+
+# The example query the line after a launch suggests: robust accuracy per configuration and point.
+NEXT_QUERY = "SELECT model, quantizer, defense_label, attack_label, eps_label, adv_acc_mean FROM robust ORDER BY ALL"
+
+
+def next_steps(path: str, name: str) -> str:
+    """The line after a launch: where its results are and the commands that read them,
+    shell-quoted so they paste as they are."""
+    import shlex
+
+    store, report_dir = shlex.quote(path), shlex.quote(str(Path("reports") / name))
+    return (f"results in {path}; next: sweeper report {store} --out {report_dir}  |  "
+            f"sweeper query {store} {shlex.quote(NEXT_QUERY)}  |  sweeper card {store}")
 
 
 def _waiting(path: str):
@@ -229,7 +246,7 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
 @app.command()
 @user_errors
 def report(results: str = typer.Argument(..., metavar="RESULTS"),
-           out_dir: str = typer.Option(..., "--out", help="Folder for report.md and figures/ (its files are "
+           out_dir: str = typer.Option(..., "--out", help="Folder for report.md, figures/ and tables/ (its files are "
                                                           "replaced; never inside a result store)")):
     """Write a Markdown report with PNG figures (the paper's tables, epsilon curves, the
     Pareto view against MCU budgets, gradient-masking flags) from the store alone."""
@@ -237,6 +254,30 @@ def report(results: str = typer.Argument(..., metavar="RESULTS"),
 
     path = r.write(results, out_dir)
     out.print(f"wrote {path} and {len(list((path.parent / r.FIGURES).glob('*.png')))} figures")
+
+
+@app.command()
+@user_errors
+def card(results: str = typer.Argument(..., metavar="RESULTS"),
+         out_file: Optional[str] = typer.Option(None, "--out", help="Write the cards to this new JSON file "
+                                                "[default: standard output]; never inside a result store"),
+         force: bool = typer.Option(False, "--force", help="Replace --out if it is an existing regular file")):
+    """Write a results card per configuration (JSON: clean and robust accuracy per threat
+    model and budget, the worst case and the attacks it covers, footprint, MCU fit,
+    AutoAttack's sanity checks, versions), valid against sweeper/analysis/card.schema.json."""
+    from sweeper.analysis import card as c
+    from sweeper.analysis import output as o
+
+    stores = o.local_store(results)
+    if out_file is not None:  # refused before the store is read, and checked again when written
+        o.check_target(out_file, "--out", force, stores)
+    found = c.cards(results)
+    text = c.render(found)
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    o.write_text(text, out_file, "--out", force, stores)
+    err.print(f"wrote {len(found)} cards to {out_file}")
 
 
 @app.command()
