@@ -121,7 +121,12 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
            wait: bool = typer.Option(False, "--wait", help="If another launch holds the store, wait "
                                      "for it to end [default: exit 2 naming it]"),
            local: bool = typer.Option(False, "--local", help="Run the trials in this process, one after "
-                                      "another, without Ray (debugging: no retries, no cluster)")):
+                                      "another, without Ray (debugging: no retries, no cluster)"),
+           log: Optional[str] = typer.Option(None, "--log", help="Also log each job's parameters and each "
+                                             "cell's metrics to mlflow or tensorboard (the store stays the "
+                                             "source of truth)"),
+           log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Folder for --log tensorboard's "
+                                                 "event files [default: runs/<grid name>]")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
     from sweeper import store
@@ -134,6 +139,7 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
 
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
+    tracker = _tracker(log, log_dir, loaded.grid.name)
     out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
               f"-> {path}")
     provenance = store.new_launch(loaded.grid, str(grid_path), grid.read_bytes(grid_path), set or [])
@@ -146,7 +152,8 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
             from sweeper.run import sweep
 
             runner = InProcessRunner() if local else RayTuneRunner(address, verbose)
-            report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True)
+            report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True,
+                                  tracker=tracker)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
@@ -154,10 +161,25 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
         warn("this launch lost the store's lease to another one (it stalled longer than the lease's TTL); "
              "both may have computed the same cells, stored once each: `sweeper check` reports duplicates, "
              "`sweeper compact` drops them")
+    if report.tracker_failed:
+        warn(f"--log {log}: stopped logging ({report.tracker_failed}); the store has every row")
     code = _summarise(report, path)
     if report.already_done + report.computed:
         out.print(next_steps(path, loaded.grid.name))
     raise typer.Exit(code)
+
+
+def _tracker(log: Optional[str], log_dir: Optional[str], grid_name: str):
+    """``--log``'s tracker, or None; checked before anything runs (sweeper.run.tracking)."""
+    if log is None:
+        if log_dir is not None:
+            raise UserError("--log-dir: only with --log tensorboard")
+        return None
+    if log_dir is not None and log != "tensorboard":
+        raise UserError("--log-dir: only with --log tensorboard")
+    from sweeper.run import tracking
+
+    return tracking.make(log, grid_name, log_dir)
 
 
 # The example query the line after a launch suggests: robust accuracy per configuration and point.
