@@ -104,3 +104,24 @@ def test_stochastic_presets_are_deterministic_where_attacks_query_them():
 
 def test_no_samples_give_null_columns():
     assert sanity.measure(None, np.zeros((0, 8, 8, 1)), np.zeros(0)) == dict.fromkeys(sanity.COLUMNS)
+
+
+def test_the_report_shows_the_checks_beside_the_masking_flags(tmp_path):
+    """Pooled per configuration over its folds' models: zero-gradient samples out of the
+    attacked samples, and whether any model's output is a simplex or randomized."""
+    from sweeper import store
+    from sweeper.analysis import report
+    from tests.test_report import _rows
+
+    shares = {"fp": (0.0, 0.0, 0.0), "int4": (0.02, 0.05, 0.0)}  # of 100 attacked samples per fold
+    rows = [{**row, "zero_grad_share": shares[row["quantizer"]][row["fold"]], "output_is_simplex": False,
+             "randomized": row["quantizer"] == "int4" and row["fold"] == 1} for row in _rows()]
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, rows)
+    text = report.write(location.text, tmp_path / "report").read_text()
+    section = text.split("## Gradient-masking diagnostics", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| dataset"))
+    assert header.endswith("| zero grad | simplex | randomized |")
+    cells = {line.split(" | ")[1]: line.strip(" |").split(" | ")[-3:] for line in section.splitlines()
+             if line.startswith("| digits |")}
+    assert cells == {"small_cnn / fp": ["0/300", "no", "no"], "small_cnn / int4": ["7/300", "no", "yes"]}
