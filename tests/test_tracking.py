@@ -120,6 +120,17 @@ def test_a_missing_library_is_one_line_naming_the_extra(tmp_path, tiny_grid, mon
     assert not (tmp_path / "results").exists()
 
 
+def test_a_refusing_tracking_store_is_one_line_before_anything_runs(tmp_path, tiny_grid, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://tracking")  # no tracking store of that kind
+    result = CliRunner().invoke(app, ["launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--log", "mlflow"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: --log mlflow: the tracking store refused (") and "MLFLOW_TRACKING_URI" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.slow
 def test_a_real_local_launch_logs_its_jobs_and_cells_to_mlflow(tmp_path, tiny_grid, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from sweeper.errors import UserError
 from sweeper.keys import NONE
+from sweeper.run.rows import error_summary
 
 PARAMS = ("dataset", "model", "quantizer", "defense_label", "fold", "k", "seed", "config_id", "job_id", "n_samples")
 JOB_METRICS = ("test_acc", "flash_kb", "ram_kb", "params", "train_s", "zero_grad_share")
@@ -81,9 +82,13 @@ class MLflowTracker:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise UserError("--log mlflow: MLflow is not installed; pip install 'sweeper[mlflow]'") from None
-        self.client = MlflowClient()
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment = found.experiment_id if found else self.client.create_experiment(experiment)
+        try:  # the tracking store answers now, or the launch does not start
+            self.client = MlflowClient()
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment = found.experiment_id if found else self.client.create_experiment(experiment)
+        except Exception as error:  # MLflow's own errors (a server down, a file store refused)
+            raise UserError(f"--log mlflow: the tracking store refused ({error_summary(error)}); "
+                            "set MLFLOW_TRACKING_URI") from None
         self.runs: dict[str, str] = {}  # job_id -> run id: a retried job's later rows join its run
 
     def log(self, rows: list[dict]) -> None:
