@@ -2,7 +2,8 @@
 parser (pylatexenc, the test extra), their cells checked against the Markdown's numbers and
 a direct query, and compiled with pdflatex where one is installed, inside a two-column
 page of ``latex.TEXTWIDTH_PT``: no table may be overfull, and a table too wide for the page
-is split (the same table forced into one tabular is overfull: the check can fail)."""
+is split (the same table forced into one tabular is overfull: the check can fail); and a
+long figure title is wrapped inside its figure."""
 
 from __future__ import annotations
 
@@ -156,3 +157,23 @@ def test_every_table_compiles_and_none_is_wider_than_the_page(tables, tmp_path, 
     monkeypatch.setattr(latex, "chunks", lambda table, budget=0: [list(range(len(table.header)))])
     (tmp_path / "doc.log").unlink()
     assert "Overfull \\hbox" in _compile(tmp_path, [latex.render(_wide())])
+
+
+def test_a_long_figure_title_is_wrapped_inside_the_figure():
+    """Figures are the other half of a paper's page: a worst-case label as a title runs off
+    both edges unless wrapped (figures.fit_title)."""
+    from sweeper.analysis import figures
+
+    plt = figures._pyplot()
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    long = "digits, small_cnn: worst(apgd_ce+apgd_dlr+fgsm<-fp+pgd+pgd<-fp+square) @ L-inf, 100 samples"
+    figures.fit_title(figure, axes, long)
+    title = axes.title
+    renderer = figure.canvas.get_renderer()
+    # wrapped, and nothing lost: the same characters but for whitespace
+    assert "\n" in title.get_text() and "".join(title.get_text().split()) == "".join(long.split())
+    box = title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= figure.get_figwidth() * figure.dpi  # inside the figure
+    figures.fit_title(figure, axes, "digits, small_cnn")
+    assert "\n" not in axes.title.get_text()  # a short title stays on one line
+    plt.close(figure)
