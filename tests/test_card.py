@@ -105,3 +105,27 @@ def test_the_command_prints_or_writes_a_new_file_never_inside_the_store(results,
     inside = runner.invoke(app, ["card", results, "--out", f"{results}/cards.json"])
     assert inside.exit_code == 2 and "inside the result store" in inside.output
     assert not (tmp_path.parent / "cards.json").exists()
+
+
+def test_per_build_footprints_fill_the_card_where_the_store_has_a_builds_view(results, monkeypatch):
+    """Issue 22's query layer adds ``config_builds`` (per configuration and build format)
+    and a ``deploy_format`` per ``fits`` row; stood in for here by views over the rows."""
+    opened = query.open_store
+
+    def with_builds(path, *args, **kwargs):
+        connection = opened(path, *args, **kwargs)
+        connection.execute("CREATE TEMP VIEW config_builds AS SELECT DISTINCT config_id, quantizer, "
+                           "'int8' AS deploy_format, true AS accepted, flash_kb, ram_kb, mcu_targets FROM results "
+                           "UNION ALL SELECT DISTINCT config_id, quantizer, 'int4', true, flash_packed_kb, "
+                           "ram_packed_kb, mcu_targets FROM results WHERE quantizer = 'int4'")
+        return connection
+
+    monkeypatch.setattr(query, "open_store", with_builds)
+    monkeypatch.setattr(card, "BUILDS_VIEW", "config_builds")
+    found = card.cards(results)
+    jsonschema.Draft202012Validator(card.schema()).validate(found)
+    builds = {c["configuration"]["quantizer"]: c["footprint"]["builds"] for c in found}
+    assert builds["fp"] == [{"deploy_format": "int8", "accepted": True, "flash_kb": 1500.0, "ram_kb": 1.0}]
+    assert [b["deploy_format"] for b in builds["int4"]] == ["int8", "int4"]
+    assert builds["int4"][1]["flash_kb"] == 1.25  # the packed build's, not the int8 one's
+    assert all("formats" in m for c in found for m in c["mcu_fit"])  # per-build fits are asked for

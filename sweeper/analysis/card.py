@@ -2,7 +2,8 @@
 RobustBench's (``robustbench/eval.py``: clean accuracy, robust accuracy under a named
 threat model and budget, the number of samples, the attacks run), extended with what
 sweeper measures: the worst case over the attacks run and the attacks it covers, the
-deployed int8 build's accuracies and worst case, the footprint, which MCU profiles it fits,
+deployed int8 build's accuracies and worst case, the footprint (per build format where the
+store's query layer has a ``config_builds`` view), which MCU profiles it fits,
 AutoAttack's sanity checks, the fold statistics, the library versions and the config id.
 ``card.schema.json`` (shipped beside this file) is the JSON Schema of the document
 ``sweeper card`` writes, an array of cards; every field's meaning and denominator is
@@ -34,12 +35,16 @@ from typing import Any
 
 from sweeper.analysis import budgets, query, sanity
 from sweeper.analysis.tables import MARKERS, ROW, config_key, row_key
-from sweeper.keys import NONE
+from sweeper.keys import CONFIG_COLUMNS, NONE
 
 CARD_VERSION = 1
 SCHEMA_FILE = "card.schema.json"
 VERSIONS = ("sweeper", "tensorflow", "qkeras", "art", "sklearn", "ray")  # <name>_version row columns
-BUILDS_VIEW = "builds"  # per-build footprints, where the store's query layer has such a view
+# Per configuration and build format (int8, sub-byte builds): what it can ship, where the
+# store's query layer has such a view; its rows, less the configuration's columns and what
+# the card says elsewhere, are a card's footprint.builds.
+BUILDS_VIEW = "config_builds"
+_NOT_BUILD = {*CONFIG_COLUMNS, "n_samples", "test_acc_mean", "test_acc_std", "mcu_targets"}
 
 
 def schema() -> dict:
@@ -67,9 +72,12 @@ class _Reader:
         self.jobs = self.records(
             f"SELECT {', '.join(ROW)}, fold, {', '.join(f'{v}_version' for v in VERSIONS)}, "
             f"mcu_targets FROM results WHERE attack = '{NONE}'")
-        self.fits = defaultdict(set)
-        for r in self.records("SELECT config_id, mcu FROM fits"):
+        self.fits = defaultdict(set)  # config_id -> MCUs it fits
+        self.formats = defaultdict(set)  # (config_id, MCU) -> the build formats that fit it, where known
+        for r in self.records("SELECT * FROM fits"):
             self.fits[r["config_id"]].add(r["mcu"])
+            if r.get("deploy_format"):
+                self.formats[r["config_id"], r["mcu"]].add(r["deploy_format"])
         self.mcus = [r["name"] for r in self.records("SELECT name FROM mcus ORDER BY name")]
         self.flags = defaultdict(set)
         for r in self.records("SELECT * FROM diagnostics WHERE fired"):
@@ -81,14 +89,16 @@ class _Reader:
         return query.fetch(self.db, sql).to_pylist()
 
     def _builds(self) -> dict[str, list[dict]] | None:
-        """Per config_id, the rows of the ``builds`` view where the store has one (per-build
+        """Per config_id, its rows of ``BUILDS_VIEW`` where the store has one (per-build
         footprints); None where it has none."""
         names = {r["name"] for r in self.records("SELECT table_name AS name FROM information_schema.tables")}
         if BUILDS_VIEW not in names:
             return None
         found = defaultdict(list)
         for r in self.records(f"SELECT * FROM {BUILDS_VIEW}"):
-            found[r["config_id"]].append({k: v for k, v in r.items() if k not in ROW})
+            found[r["config_id"]].append({k: _plain(v) for k, v in r.items() if k not in _NOT_BUILD})
+        for records in found.values():  # the int8 build first, then the others by name
+            records.sort(key=lambda b: (b.get("deploy_format") != "int8", str(b.get("deploy_format"))))
         return found
 
     def configurations(self) -> dict[tuple, list[dict]]:
@@ -117,12 +127,18 @@ class _Reader:
                 "deployed_accuracy": _number(clean["deployed_clean_acc_mean"])},
             "threat_models": self._threats(key, points),
             "footprint": self._footprint(first),
-            "mcu_fit": [{"mcu": mcu, "fits": mcu in self.fits[first["config_id"]],
-                         "targeted": any(mcu in (j["mcu_targets"] or []) for j in jobs)} for mcu in self.mcus],
+            "mcu_fit": [self._fit(first["config_id"], mcu, jobs) for mcu in self.mcus],
             "sanity": _sanity(self.sanity.get(config_key(first))),
             "versions": {name: sorted({j[f"{name}_version"] for j in jobs if j[f"{name}_version"]})
                          for name in VERSIONS},
         }
+
+    def _fit(self, config_id: str, mcu: str, jobs: list[dict]) -> dict:
+        fit = {"mcu": mcu, "fits": mcu in self.fits[config_id],
+               "targeted": any(mcu in (j["mcu_targets"] or []) for j in jobs)}
+        if self.builds is not None:  # per-build fits: which formats fit
+            fit["formats"] = sorted(self.formats.get((config_id, mcu), ()))
+        return fit
 
     def _threats(self, key: tuple, points: list[dict]) -> list[dict]:
         threats: dict[tuple, dict] = {}
@@ -172,6 +188,11 @@ def _sanity(entry: dict | None) -> dict | None:
         return None
     return {"models": entry["models"], "zero_grad_samples": entry["zero"], "samples": entry["samples"],
             "zero_grad_share": entry["share"], "output_is_simplex": entry["simplex"], "randomized": entry["randomized"]}
+
+
+def _plain(value):
+    """A view's value as JSON has it (NaN as null)."""
+    return _number(value) if isinstance(value, float) else value
 
 
 def _object(text: str | None) -> dict:
