@@ -129,3 +129,21 @@ def test_per_build_footprints_fill_the_card_where_the_store_has_a_builds_view(re
     assert [b["deploy_format"] for b in builds["int4"]] == ["int8", "int4"]
     assert builds["int4"][1]["flash_kb"] == 1.25  # the packed build's, not the int8 one's
     assert all("formats" in m for c in found for m in c["mcu_fit"])  # per-build fits are asked for
+
+
+def test_the_deployed_worst_case_is_the_builds_and_covers_the_attacks_on_it(tmp_path):
+    """test_query's rows: fgsm and pgd on the model (transferred to the build), square on the
+    build itself; the build's worst case keeps only sample 0 of 4."""
+    from tests.test_query import _deployed_rows
+
+    location = store.locate(str(tmp_path / "results"))
+    store.write_rows(location, _deployed_rows())
+    [found] = card.cards(location.text)
+    jsonschema.Draft202012Validator(card.schema()).validate([found])
+    threat = next(t for t in found["threat_models"] if t["eps"] == 0.1)
+    assert threat["worst_case"]["attacks"] == ["fgsm", "pgd"] and threat["worst_case"]["robust_accuracy"] == 0.5
+    deployed = threat["deployed_worst_case"]
+    assert deployed["attacks"] == ["fgsm", "pgd", "square@deployed"] and deployed["robust_accuracy"] == 0.25
+    square = next(a for a in threat["attacks"] if a["label"] == "square@deployed")
+    assert square["target"] == "deployed"
+    assert deployed["robust_accuracy"] <= min(a["deployed_robust_accuracy"] for a in threat["attacks"])
