@@ -3,7 +3,7 @@ training job whose metrics are its stored cells, read back with the libraries' o
 (MlflowClient on a local file store; TensorFlow's event-file reader for TensorBoard); a
 failing tracker stops logging without failing the sweep; `--log` input errors are one line
 before anything runs. The driver tests use test_sweep's jobs that report rows without
-training; one slow test runs a real `sweeper launch --local --log mlflow`."""
+training; one slow test runs a real `sweeper launch --local --log mlflow` in its own process."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sweeper.cli import app
 from sweeper.run import sweep, tracking
 from sweeper.run.runners import InProcessRunner
 from tests.conftest import write_grid
+from tests.test_cli import sweeper
 from tests.test_sweep import _Jobs, _plan
 
 
@@ -133,11 +134,11 @@ def test_a_refusing_tracking_store_is_one_line_before_anything_runs(tmp_path, ti
 
 @pytest.mark.slow
 def test_a_real_local_launch_logs_its_jobs_and_cells_to_mlflow(tmp_path, tiny_grid, monkeypatch, mlflow_store):
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--log", "mlflow",
-                                      "--results", "results"])
-    assert result.exit_code == 0, result.output
-    runs, stored = _runs(mlflow_store, "tiny"), _stored("results")
+    # its own process, as a user runs it (the tracking URI from the environment)
+    result = sweeper("launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--log", "mlflow",
+                     "--results", "results", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs, stored = _runs(mlflow_store, "tiny"), _stored(str(tmp_path / "results"))
     assert set(runs) == set(stored) and len(runs) == 2  # fp and int4, fold 0
     for job, metrics in stored.items():
         assert runs[job].data.metrics == pytest.approx(metrics)
