@@ -121,7 +121,12 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
            wait: bool = typer.Option(False, "--wait", help="If another launch holds the store, wait "
                                      "for it to end [default: exit 2 naming it]"),
            local: bool = typer.Option(False, "--local", help="Run the trials in this process, one after "
-                                      "another, without Ray (debugging: no retries, no cluster)")):
+                                      "another, without Ray (debugging: no retries, no cluster)"),
+           log: Optional[str] = typer.Option(None, "--log", help="Also log each job's parameters and each "
+                                             "cell's metrics to mlflow or tensorboard (the store stays the "
+                                             "source of truth)"),
+           log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Folder for --log tensorboard's "
+                                                 "event files [default: runs/<grid name>]")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
     from sweeper import store
@@ -134,6 +139,7 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
 
     loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
+    tracker = _tracker(log, log_dir, loaded.grid.name)
     out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
               f"-> {path}")
     provenance = store.new_launch(loaded.grid, str(grid_path), grid.read_bytes(grid_path), set or [])
@@ -146,7 +152,8 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
             from sweeper.run import sweep
 
             runner = InProcessRunner() if local else RayTuneRunner(address, verbose)
-            report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True)
+            report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True,
+                                  tracker=tracker)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
@@ -154,7 +161,39 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
         warn("this launch lost the store's lease to another one (it stalled longer than the lease's TTL); "
              "both may have computed the same cells, stored once each: `sweeper check` reports duplicates, "
              "`sweeper compact` drops them")
-    raise typer.Exit(_summarise(report, path))
+    if report.tracker_failed:
+        warn(f"--log {log}: stopped logging ({report.tracker_failed}); the store has every row")
+    code = _summarise(report, path)
+    if report.already_done + report.computed:
+        out.print(next_steps(path, loaded.grid.name))
+    raise typer.Exit(code)
+
+
+def _tracker(log: Optional[str], log_dir: Optional[str], grid_name: str):
+    """``--log``'s tracker, or None; checked before anything runs (sweeper.run.tracking)."""
+    if log is None:
+        if log_dir is not None:
+            raise UserError("--log-dir: only with --log tensorboard")
+        return None
+    if log_dir is not None and log != "tensorboard":
+        raise UserError("--log-dir: only with --log tensorboard")
+    from sweeper.run import tracking
+
+    return tracking.make(log, grid_name, log_dir)
+
+
+# The example query the line after a launch suggests: robust accuracy per configuration and point.
+NEXT_QUERY = "SELECT model, quantizer, defense_label, attack_label, eps_label, adv_acc_mean FROM robust ORDER BY ALL"
+
+
+def next_steps(path: str, name: str) -> str:
+    """The line after a launch: where its results are and the commands that read them,
+    shell-quoted so they paste as they are."""
+    import shlex
+
+    store, report_dir = shlex.quote(path), shlex.quote(str(Path("reports") / name))
+    return (f"results in {path}; next: sweeper report {store} --out {report_dir}  |  "
+            f"sweeper query {store} {shlex.quote(NEXT_QUERY)}  |  sweeper card {store}")
 
 
 def _waiting(path: str):
@@ -229,7 +268,7 @@ def query(results: str = typer.Argument(..., metavar="RESULTS"), sql: str = type
 @app.command()
 @user_errors
 def report(results: str = typer.Argument(..., metavar="RESULTS"),
-           out_dir: str = typer.Option(..., "--out", help="Folder for report.md and figures/ (its files are "
+           out_dir: str = typer.Option(..., "--out", help="Folder for report.md, figures/ and tables/ (its files are "
                                                           "replaced; never inside a result store)")):
     """Write a Markdown report with PNG figures (the paper's tables, epsilon curves, the
     Pareto view against MCU budgets, gradient-masking flags) from the store alone."""
@@ -237,6 +276,30 @@ def report(results: str = typer.Argument(..., metavar="RESULTS"),
 
     path = r.write(results, out_dir)
     out.print(f"wrote {path} and {len(list((path.parent / r.FIGURES).glob('*.png')))} figures")
+
+
+@app.command()
+@user_errors
+def card(results: str = typer.Argument(..., metavar="RESULTS"),
+         out_file: Optional[str] = typer.Option(None, "--out", help="Write the cards to this new JSON file "
+                                                "[default: standard output]; never inside a result store"),
+         force: bool = typer.Option(False, "--force", help="Replace --out if it is an existing regular file")):
+    """Write a results card per configuration (JSON: clean and robust accuracy per threat
+    model and budget, the worst case and the attacks it covers, footprint, MCU fit,
+    AutoAttack's sanity checks, versions), valid against sweeper/analysis/card.schema.json."""
+    from sweeper.analysis import card as c
+    from sweeper.analysis import output as o
+
+    stores = o.local_store(results)
+    if out_file is not None:  # refused before the store is read, and checked again when written
+        o.check_target(out_file, "--out", force, stores)
+    found = c.cards(results)
+    text = c.render(found)
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    o.write_text(text, out_file, "--out", force, stores)
+    err.print(f"wrote {len(found)} cards to {out_file}")
 
 
 @app.command()

@@ -83,21 +83,27 @@ def test_table_iii_matches_a_direct_query(rendered):
 
 
 def test_table_iv_and_v_match_direct_queries_and_carry_the_flags(rendered):
+    """One table per budget: a column per attack at it, the worst case under a short label."""
     results, _, text = rendered
-    accuracy, variance = _table(text, "Table IV"), _table(text, "Table V")
-    direct = query.run(results, "SELECT quantizer, attack_label || '@' || eps_label AS point, avg(adv_acc) AS m, "
+    budgets = {"0.1": "digits, L-inf eps 0.1", "0.2": "digits, L-inf eps 0.2"}
+    accuracy = {eps: _table(text, "Table IV", title) for eps, title in budgets.items()}
+    variance = {eps: _table(text, "Table V", title) for eps, title in budgets.items()}
+    direct = query.run(results, "SELECT quantizer, attack_label, eps_label, avg(adv_acc) AS m, "
                                 "stddev_samp(adv_acc) AS s, var_samp(adv_acc) AS v FROM results "
                                 "WHERE attack <> 'none' GROUP BY ALL").to_pylist()
     assert len(direct) == 6
     for d in direct:
-        cell = accuracy[f"small_cnn / {d['quantizer']}"][d["point"]]
+        cell = accuracy[d["eps_label"]][f"small_cnn / {d['quantizer']}"][d["attack_label"]]
         assert re.sub(r" \[\w+\]$", "", cell) == f"{d['m']:.3f} ± {d['s']:.3f}"
-        assert variance[f"small_cnn / {d['quantizer']}"][d["point"]] == f"{d['v']:.2e}"
-    assert accuracy["small_cnn / int4"]["pgd@0.1"].endswith("[S]")  # FGSM beat PGD on int4
-    assert not accuracy["small_cnn / fp"]["pgd@0.1"].endswith("]")
+        assert variance[d["eps_label"]][f"small_cnn / {d['quantizer']}"][d["attack_label"]] == f"{d['v']:.2e}"
+    assert set(accuracy["0.2"]["small_cnn / fp"]) == {"model / quantizer", "clean", "fgsm"}  # no pgd at 0.2
+    assert accuracy["0.1"]["small_cnn / int4"]["pgd"].endswith("[S]")  # FGSM beat PGD on int4
+    assert not accuracy["0.1"]["small_cnn / fp"]["pgd"].endswith("]")
     assert "**S** iterative pgd@0.1 leaves 0.700 accuracy, single-step fgsm@0.1 with no more budget 0.100" in text
-    # the worst case over FGSM and PGD at 0.1: per sample, the lower of the two
-    assert accuracy["small_cnn / int4"]["worst(fgsm+pgd)@0.1"].startswith("0.100 ± 0.020")
+    # the worst case over FGSM and PGD at 0.1: per sample, the lower of the two; its short
+    # label's legend names the attacks it covers
+    assert accuracy["0.1"]["small_cnn / int4"]["W1"].startswith("0.100 ± 0.020")
+    assert "W1: worst case of the QKeras model over fgsm, pgd;" in text
 
 
 def test_figures_and_fits(rendered):
@@ -133,11 +139,11 @@ def test_table_iii_shows_every_footprint_and_the_deployment_section(rendered):
     assert (row["flash KB"], row["source"], row[".tflite KB"], row["packed flash KB"]) == \
         ("5.0", "measured", "2.5", "1.2")
     assert row["paper flash KB"] == ""  # the paper's figures are for stq_net only
-    deployed = _table(text, "Does robustness survive deployment?")
+    deployed = _table(text, "Does robustness survive deployment?", "digits, L-inf eps 0.1")
     direct = query.run(results, "SELECT avg(adv_acc) AS q, avg(deployed_adv_acc) AS d FROM results "
                                 "WHERE quantizer = 'int4' AND attack = 'pgd'").to_pylist()[0]
-    assert deployed["small_cnn / int4"]["pgd@0.1"] == f"{direct['q']:.3f} -> {direct['d']:.3f}"
-    assert "worst(" not in "".join(deployed["small_cnn / int4"])  # no deployed worst case is computed
+    assert deployed["small_cnn / int4"]["pgd"] == f"{direct['q']:.3f} -> {direct['d']:.3f}"
+    assert "W1" not in deployed["small_cnn / int4"]  # the model's worst case has no deployed counterpart
 
 
 def test_rows_of_a_defended_model_are_labelled_with_the_defense(tmp_path):
@@ -148,9 +154,9 @@ def test_rows_of_a_defended_model_are_labelled_with_the_defense(tmp_path):
                 for row in rows if row["quantizer"] == "int4"]
     location = store.locate(str(tmp_path / "results"))
     store.write_rows(location, rows + defended)
-    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV")
-    assert table["small_cnn / int4 / jr"]["pgd@0.1"].startswith("0.010 ")
-    assert table["small_cnn / int4"]["pgd@0.1"].startswith("0.700 ")  # the undefended rows stay apart
+    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV", "digits, L-inf eps 0.1")
+    assert table["small_cnn / int4 / jr"]["pgd"].startswith("0.010 ")
+    assert table["small_cnn / int4"]["pgd"].startswith("0.700 ")  # the undefended rows stay apart
 
 
 def test_rows_at_another_bit_width_are_a_configuration_of_their_own(tmp_path):
@@ -160,10 +166,10 @@ def test_rows_at_another_bit_width_are_a_configuration_of_their_own(tmp_path):
                  "adv_acc": 0.02} for row in rows]
     location = store.locate(str(tmp_path / "results"))
     store.write_rows(location, rows + at_eight)
-    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV")
+    table = _table(report.write(location.text, tmp_path / "report").read_text(), "Table IV", "digits, L-inf eps 0.1")
     assert list(table)[:2] == ["small_cnn / int4 / dbwt", "small_cnn / int4 / dbwt @ 8-bit"]
-    assert table["small_cnn / int4 / dbwt @ 8-bit"]["pgd@0.1"].startswith("0.020 ")
-    assert table["small_cnn / int4 / dbwt"]["pgd@0.1"].startswith("0.700 ")  # never averaged together
+    assert table["small_cnn / int4 / dbwt @ 8-bit"]["pgd"].startswith("0.020 ")
+    assert table["small_cnn / int4 / dbwt"]["pgd"].startswith("0.700 ")  # never averaged together
 
 
 def _patch_rows() -> list[dict]:
@@ -218,12 +224,13 @@ def test_arts_l1_fgsm_and_pgd_are_labelled_single_coordinate(tmp_path):
     location = store.locate(str(tmp_path / "results"))
     store.write_rows(location, rows)
     text = report.write(location.text, tmp_path / "report").read_text()
+    note = "†" + SINGLE_COORDINATE_NOTE.removeprefix("(single-coordinate)")
     for section in ("Table IV", "Table V", "Does robustness survive deployment"):
-        header = set(next(iter(_table(text, section).values())))
-        assert {"fgsm_l1@0.1 (single-coordinate)", "fgsm_l1@0.2 (single-coordinate)",
-                "pgd_l1@0.1 (single-coordinate)", "apgd_l1@0.1"} <= header
+        header = set(next(iter(_table(text, section, "digits, L1 eps 0.1").values())))
+        assert {"fgsm_l1 †", "pgd_l1 †", "apgd_l1"} <= header
+        assert "fgsm_l1 †" in next(iter(_table(text, section, "digits, L1 eps 0.2").values()))
         body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-        assert body.count(SINGLE_COORDINATE_NOTE) == 1  # once per dataset's table
+        assert body.count(note) == 2  # once below each of the two L1 budgets' tables
     assert "![fgsm_l1 (single-coordinate) on digits, small_cnn]" in text  # the eps curve
     assert SINGLE_COORDINATE_NOTE in text.split("## Accuracy against epsilon", 1)[1]
 # Per quantizer, per fold: (jacobian_fro, [block norms]); int4 / jr_layer halves the blocks.

@@ -8,6 +8,7 @@ TensorFlow."""
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 
@@ -82,6 +83,20 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     # the cached model is the same model: same clean accuracy on the same samples
     old_clean = {r["job_id"]: r["clean_acc"] for r in rows}
     assert all(r["clean_acc"] == old_clean[r["job_id"]] for r in new)
+    _next_steps_run(extended.stdout, results, tmp_path)
+
+
+def _next_steps_run(stdout: str, results: str, tmp_path) -> None:
+    """The line after a launch names the store, and the commands it suggests run as pasted."""
+    [line] = [line for line in stdout.splitlines() if line.startswith("results in ")]
+    where, commands = line.removeprefix("results in ").split("; next: ")
+    assert where == results
+    commands = [shlex.split(command) for command in commands.split("  |  ")]
+    assert [command[:3] for command in commands] == [["sweeper", verb, results] for verb in ("report", "query", "card")]
+    for command in commands:
+        done = sweeper(*command[1:], cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+    assert (tmp_path / "reports" / "tiny" / "report.md").exists()
 
 
 # ---------------------------------------------------------------- the driver, in process

@@ -36,6 +36,19 @@ def _save(figure, path: Path) -> None:
         _pyplot().close(figure)
 
 
+def fit_title(figure, axes, text: str, size: float = 10) -> None:
+    """Set ``axes``' title, wrapped onto as many lines as keep it inside the figure's width
+    (a long attack label would otherwise run off both edges)."""
+    import textwrap
+
+    title = axes.set_title(text, fontsize=size)
+    limit = 0.95 * figure.get_figwidth() * figure.dpi
+    drawn = title.get_window_extent(figure.canvas.get_renderer()).width
+    if drawn > limit:
+        chars = max(10, int(len(text) * limit / drawn))
+        title.set_text("\n".join(textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=False)))
+
+
 def _colour(quantizer: str):
     plt = _pyplot()
     names = QUANTIZERS.names()
@@ -61,8 +74,8 @@ def eps_curve(points: list[dict], path: Path, title: str, chance: float | None) 
                           color=_colour(quantizer), alpha=0.15)
     if chance:
         axes.axhline(chance, color="grey", linestyle=":", linewidth=1)
-    axes.set(xlabel=f"epsilon (L{line[0]['norm']})", ylabel="accuracy under attack", title=title,
-             ylim=(-0.02, 1.02))
+    axes.set(xlabel=f"epsilon (L{line[0]['norm']})", ylabel="accuracy under attack", ylim=(-0.02, 1.02))
+    fit_title(figure, axes, title)
     axes.legend(fontsize=8, ncol=2)
     figure.tight_layout()
     _save(figure, path)
@@ -88,7 +101,8 @@ def pareto(configs: list[dict], mcus: list[dict], path: Path, title: str,
         axes.annotate(f"{mcu['name']} flash", (mcu["flash_kb"], 0.02), rotation=90, fontsize=7,
                       xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(-8, 0))
     axes.set_xscale("log")
-    axes.set(xlabel="flash KB (deployed: int8 .tflite + runtime allowance)", ylabel="clean accuracy", title=title)
+    axes.set(xlabel="flash KB (deployed: int8 .tflite + runtime allowance)", ylabel="clean accuracy")
+    fit_title(figure, axes, title)
     figure.tight_layout()
     _save(figure, path)
     return front
@@ -191,7 +205,7 @@ def transfer_matrix(values: list[list[float]], sources: list[str], targets: list
     axes.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
     axes.set_yticks(range(len(sources)), sources, fontsize=8)
     axes.set(xlabel="target", ylabel="source")
-    axes.set_title(title, fontsize=9)
+    fit_title(figure, axes, title, 9)
     figure.colorbar(image, ax=axes, label="target accuracy")
     figure.tight_layout()
     _save(figure, path)

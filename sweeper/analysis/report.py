@@ -1,4 +1,5 @@
-"""Report: a Markdown file with PNG figures, regenerated from a result store alone.
+"""Report: a Markdown file with PNG figures, and every table also as LaTeX and CSV
+(``latex.py``: ``tables/<stem>.tex`` and ``.csv``), regenerated from a result store alone.
 
 Sections mirror the tables and figures of the paper this tool was built for (Pau, Ayaz,
 Zakariyya et al., 2025), for whatever grid the store holds:
@@ -6,8 +7,9 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - Table III analogue: the deployed (int8 .tflite, TFLM arena), measured and packed
   footprints, the paper's flash, and clean accuracy per dataset, model and quantizer;
 - Table IV analogue: clean and per-attack accuracy, with the gradient-masking flags
-  beside the numbers they qualify;
-- Table V analogue: variance across folds of every accuracy;
+  beside the numbers they qualify, one table per dataset and budget with the worst case
+  over attacks under a short label (``budgets.py``);
+- Table V analogue: variance across folds of every accuracy (cut the same way);
 - does robustness survive deployment: the same accuracies of the int8 .tflite;
 - how robust is the build you flash: the QKeras model's worst case beside its build's
   (``shipping.py``, only with attacks on the build);
@@ -30,7 +32,8 @@ Zakariyya et al., 2025), for whatever grid the store holds:
 - Jacobian norms (only when the rows carry them, ``sweeper.models.jacobian``): per model, each
   configuration's input-to-logit and per-block norms, and their paired per-fold ratios
   to the fp configuration and to the undefended twin;
-- the gradient-masking diagnostics, and the provenance of every launch.
+- the gradient-masking diagnostics beside AutoAttack's sanity checks of each trained model
+  (``sweeper.models.sanity``), and the provenance of every launch.
 
 The paper's tables, the deployment, epsilon and flash views, the diagnostics and the
 provenance are written here; the studies (transfer, patches, defenses, Jacobians) are
@@ -47,9 +50,9 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
 
-from sweeper.analysis import checks, figures, output, query, shipping, studies
-from sweeper.analysis.tables import (MARKERS, SINGLE_COORDINATE, SINGLE_COORDINATE_NOTE, config_key, dataset_name,
-                                     file_name, fired_judged, fired_text, fmt, kb, markdown_table, named_key, notes,
+from sweeper.analysis import budgets, checks, figures, latex, output, query, sanity, shipping, studies
+from sweeper.analysis.tables import (MARKERS, SINGLE_COORDINATE, SINGLE_COORDINATE_NOTE, Num, Table, config_key,
+                                     dataset_name, file_name, fired_judged, fired_text, fmt, kb, named_key,
                                      point_key, row_key, setup_names)
 from sweeper.attacks import single_coordinate
 from sweeper.deploy.footprint import ARENA_MARGIN, RUNTIME_FLASH_KB
@@ -62,6 +65,7 @@ from sweeper.models.quantizers import QUANTIZERS
 # else, and never a folder, link or device of one of these names (sweeper.analysis.output).
 OWNED = ("report.md", "defense_effect.csv", "defense_verdicts.csv")
 FIGURES = "figures"
+TABLES = "tables"  # each table's .tex and .csv (latex.py)
 
 
 def write(results: str, out: str | Path) -> Path:
@@ -75,22 +79,28 @@ def write(results: str, out: str | Path) -> Path:
             raise UserError(f"{results}: no readable rows to report (`sweeper check {results}` says why)")
         out = Path(output.check_folder(str(out), "--out", _owned(Path(out)), stores=output.local_store(results)))
         (out / FIGURES).mkdir(parents=True, exist_ok=True)
-        sections = Report(connection, out, results).sections()
+        (out / TABLES).mkdir(exist_ok=True)
+        report = Report(connection, out, results)
+        sections = report.sections()
     finally:
         connection.close()
+    for table in report.tables:
+        for suffix, text in ((".tex", latex.render(table)), (".csv", latex.render_csv(table))):
+            output.write_text(text, str(out / TABLES / f"{table.stem}{suffix}"), "--out", force=True)
     path = out / "report.md"
     output.write_text("\n\n".join(sections) + "\n", str(path), "--out", force=True)
     return path
 
 
 def _owned(out: Path) -> list[str]:
-    figures = out / FIGURES
-    names = [*OWNED, FIGURES]
-    if figures.is_dir() and not figures.is_symlink():
-        names += [f"{FIGURES}/{name}" for name in sorted(p.name for p in figures.iterdir()) if name.endswith(".png")]
-    elif figures.exists() or figures.is_symlink():
-        raise UserError(f"--out: {figures} exists and is not a folder")
-    return [name for name in names if name != FIGURES]
+    names = list(OWNED)
+    for folder, suffixes in ((FIGURES, (".png",)), (TABLES, (".tex", ".csv"))):
+        path = out / folder
+        if path.is_dir() and not path.is_symlink():
+            names += [f"{folder}/{name}" for name in sorted(p.name for p in path.iterdir()) if name.endswith(suffixes)]
+        elif path.exists() or path.is_symlink():
+            raise UserError(f"--out: {path} exists and is not a folder")
+    return names
 
 
 class Report:
@@ -107,6 +117,8 @@ class Report:
             self.versions[named_key(r)].add(r["config_id"])
         self.cells = {(row_key(r), *point_key(r)): r for r in self.robust}
         self.flag_counts = fired_judged(self.flags)
+        self.worst = budgets.WorstLabels(self.robust)
+        self.tables: list[Table] = []  # every table written, in order (also as LaTeX and CSV)
         self.fired: dict[tuple, set[str]] = defaultdict(set)
         for f in self.flags:
             if f["fired"]:
@@ -114,6 +126,16 @@ class Report:
 
     def records(self, sql: str) -> list[dict]:
         return query.fetch(self.db, sql).to_pylist()
+
+    def table(self, caption: str, header: list[str], rows: list[list], notes: list[str] = (),
+              best: dict[int, str] | None = None) -> str:
+        """A table of the report, kept for its LaTeX and CSV files (``latex.py``); returns
+        its Markdown with ``notes`` below it. ``best``: column index -> "max"/"min", the
+        value set in bold in LaTeX."""
+        stem = f"{len(self.tables) + 1:02d}-" + file_name(caption.lower())[:80].strip("_")
+        table = Table(stem, caption, header, rows, list(notes), best or {})
+        self.tables.append(table)
+        return "\n\n".join([table.markdown(), *notes])
 
     def sections(self) -> list[str]:
         sections = [self._header(), self._table_iii(), self._table_iv(), self._table_v(), self._deployment(),
@@ -156,27 +178,16 @@ class Report:
                                             r["eval_bits"] is not None, r["eval_bits"] or 0,
                                             r["config_id"] or "", r["n_samples"]))
 
-    def attack_points(self, dataset: str) -> list[tuple[str, str, str, str]]:
-        """Columns: (attack_label, eps_label, attack_params, header). An attack@eps run
-        with different parameters gets one column per parameter set, never a blend."""
-        mine = [r for r in self.robust if r["attack"] != NONE and dataset_name(r) == dataset]
-        points = {(r["attack_label"], r["eps_label"], r["attack_params"], r["eps"]) for r in mine}
-        coordinate = {r["attack_label"] for r in mine if single_coordinate(r["attack"], r["norm"])}
-        ordered = sorted(points, key=lambda p: (p[0], p[3], p[2]))
-        variants = defaultdict(list)
-        for label, eps_label, params, _ in ordered:
-            variants[label, eps_label].append(params)
-        return [(label, eps_label, params, f"{label}@{eps_label}" + (
-                 f" (params {variants[label, eps_label].index(params) + 1})"
-                 if len(variants[label, eps_label]) > 1 else "") + (SINGLE_COORDINATE if label in coordinate else ""))
-                for label, eps_label, params, _ in ordered]
-
     def cell(self, config: dict, attack_label: str, eps_label: str, params: str) -> dict | None:
         return self.cells.get((row_key(config), attack_label, eps_label, params))
 
     def markers(self, config: dict, attack_label: str, eps_label: str, params: str) -> str:
-        fired = sorted(self.fired.get((row_key(config), attack_label, eps_label, params), ()))
-        return f" [{''.join(fired)}]" if fired else ""
+        fired = self.letters(config, attack_label, eps_label, params)
+        return f" [{fired}]" if fired else ""
+
+    def letters(self, config: dict, attack_label: str, eps_label: str, params: str) -> str:
+        """The letters of the flags fired on a point of a configuration, sorted."""
+        return "".join(sorted(self.fired.get((row_key(config), attack_label, eps_label, params), ())))
 
     def _fitting(self, config: dict) -> list[str]:
         """The grid's MCU targets some build of ``config`` fits."""
@@ -239,61 +250,68 @@ class Report:
             rows = [[self.label(c), f"{c['params']:,}", kb(c["flash_kb"]), kb(c["ram_kb"]),
                      c["footprint_source"] or "n/a", kb(c["tflite_kb"]), kb(c["arena_kb"]),
                      kb(c["flash_packed_kb"]), kb(c["ram_packed_kb"]), _paper_flash(c),
-                     fmt(c["test_acc_mean"], c["test_acc_std"]), str(c["folds"]),
+                     Num(c["test_acc_mean"], c["test_acc_std"]), str(c["folds"]),
                      self._fit_text(c)] for c in self.configs(dataset, False)]
-            parts += [f"### {dataset}", markdown_table(
+            parts += [f"### {dataset}", self.table(
+                f"Table III analogue, {dataset}: memory and clean accuracy",
                 ["model / quantizer", "params", "flash KB", "RAM KB", "source", ".tflite KB", "arena KB",
                  "packed flash KB", "packed RAM KB", "paper flash KB", "clean accuracy", "folds", "fits"],
-                rows)]
+                rows, best={10: "max"})]
         return "\n\n".join(parts)
 
     def _table_iv(self) -> str:
-        return self._per_point_table(
-            "## Table IV analogue: accuracy under attack",
-            f"Columns are attack@epsilon; `{NONE}` is the clean accuracy of the attacked samples.", NONE,
-            clean=lambda c: fmt(c["clean_acc_mean"], c["clean_acc_std"]),
-            attacked=lambda c, r: fmt(r["adv_acc_mean"], r["adv_acc_std"])
-            + self.markers(c, r["attack_label"], r["eps_label"], r["attack_params"]))
+        return self._per_budget_tables(
+            "## Table IV analogue: accuracy under attack", "Table IV analogue",
+            "One table per dataset and budget; columns are the attacks run at it, then the worst case over "
+            "them (short labels, listed below each table). `clean` is the clean accuracy of the attacked samples. "
+            "In LaTeX the highest value of each column is bold.",
+            clean=lambda c: Num(c["clean_acc_mean"], c["clean_acc_std"]),
+            attacked=lambda c, r: Num(r["adv_acc_mean"], r["adv_acc_std"],
+                                      self.letters(c, r["attack_label"], r["eps_label"], r["attack_params"])),
+            best="max")
 
     def _table_v(self) -> str:
-        return self._per_point_table(
-            "## Table V analogue: variance across folds",
-            "Sample variance of the accuracy across folds (clean: the whole held-out fold).", "clean",
+        return self._per_budget_tables(
+            "## Table V analogue: variance across folds", "Table V analogue",
+            "Sample variance of the accuracy across folds (clean: the whole held-out fold), per dataset and budget.",
             clean=lambda c: _variance(None if c["test_acc_std"] is None else c["test_acc_std"] ** 2),
             attacked=lambda c, r: _variance(r["adv_acc_var"]))
-
-    def _per_point_table(self, heading: str, note: str, clean_header: str, clean, attacked) -> str:
-        """One table per dataset: a row per configuration, a column per attack@epsilon."""
-        parts = [heading, note]
-        for dataset in self.datasets():
-            points = self.attack_points(dataset)
-            rows = []
-            for config in self.configs(dataset):
-                cells = [self.cell(config, label, eps_label, params) for label, eps_label, params, _ in points]
-                rows.append([self.label(config), clean(config),
-                             *["" if cell is None else attacked(config, cell) for cell in cells]])
-            header = ["model / quantizer", clean_header] + [title for *_, title in points]
-            parts += [f"### {dataset}", markdown_table(header, rows), *notes(points)]
-            parts += [f"- {title}: `{params}`" for label, eps_label, params, title in points if "(params" in title]
-        return "\n\n".join(parts)
 
     def _deployment(self) -> str:
         """Does robustness survive deployment? The same samples and adversarial examples,
         classified by the QKeras model and by its int8 .tflite."""
-        parts = ["## Does robustness survive deployment?",
-                 "Accuracy of the QKeras model -> its full-int8 .tflite (TFLite interpreter, int8 input "
-                 "and output), on the same attacked samples: clean, and on the adversarial examples crafted "
-                 "on the QKeras model. Means over folds."]
+        return self._per_budget_tables(
+            "## Does robustness survive deployment?", "QKeras model -> int8 .tflite",
+            "Accuracy of the QKeras model -> its full-int8 .tflite (TFLite interpreter, int8 input "
+            "and output), on the same attacked samples: clean, and on the adversarial examples crafted "
+            "on the QKeras model. Means over folds. The model's worst case has no deployed counterpart "
+            "and is left out; `D` columns are the build's own worst case.",
+            clean=lambda c: _pair(c["clean_acc_mean"], c["deployed_clean_acc_mean"]),
+            attacked=lambda c, r: _pair(r["adv_acc_mean"], r["deployed_adv_acc_mean"]),
+            keep=lambda point: not point.label.startswith(budgets.MODEL_WORST))
+
+    def _per_budget_tables(self, heading: str, caption: str, note: str, clean, attacked, best: str | None = None,
+                           keep=lambda point: True) -> str:
+        """One table per dataset and budget (``budgets.py``): a row per configuration, the
+        clean column, then a column per attack at that budget and the worst cases."""
+        parts = [heading, note]
         for dataset in self.datasets():
-            points = [p for p in self.attack_points(dataset) if not p[0].startswith("worst(")]
-            rows = []
-            for config in self.configs(dataset):
-                cells = [self.cell(config, label, eps_label, params) for label, eps_label, params, _ in points]
-                rows.append([self.label(config), _pair(config["clean_acc_mean"], config["deployed_clean_acc_mean"]),
-                             *["" if c is None else _pair(c["adv_acc_mean"], c["deployed_adv_acc_mean"])
-                               for c in cells]])
-            parts += [f"### {dataset}", markdown_table(
-                ["model / quantizer", "clean"] + [title for *_, title in points], rows), *notes(points)]
+            for budget in budgets.budgets(self.robust, dataset, self.worst):
+                points = [p for p in budget.points if keep(p)]
+                rows = []
+                for config in self.configs(dataset):
+                    cells = [self.cell(config, p.label, p.eps_label, p.params) for p in points]
+                    if any(cells):
+                        rows.append([self.label(config), clean(config),
+                                     *["" if cell is None else attacked(config, cell) for cell in cells]])
+                if not points or not rows:
+                    continue
+                header = ["model / quantizer", "clean", *[p.header for p in points]]
+                title = f"{dataset}, {budget.title}"
+                shown = budgets.Budget(budget.norm, budget.eps, budget.eps_label, tuple(points))
+                parts += [f"### {title}", self.table(
+                    f"{caption}, {title}", header, rows, budgets.legend(shown, self.worst),
+                    best={i: best for i in range(1, len(header))} if best else None)]
         return "\n\n".join(parts)
 
     def _eps_curves(self) -> str:
@@ -305,9 +323,12 @@ class Report:
         for r in self.robust:
             if r["attack"] != NONE and 0 < r["eps"] < float("inf"):  # unbounded has no place on an axis
                 curves[dataset_name(r), r["model"], r["attack_label"], r["n_samples"]].append(r)
+        shown = set()
         for (dataset, model, label, _), points in sorted(curves.items()):
             if len({p["eps"] for p in points}) < 2:
                 continue
+            shown.add(label)
+            label = self.worst.name(label)  # a worst case's short name: titles and file names stay short
             name = file_name(f"eps-{dataset}-{model}-{label}.png")
             classes = self._classes(dataset)
             chance = 1 / classes if classes else None
@@ -316,7 +337,9 @@ class Report:
                 noted = True
             figures.eps_curve(points, self.out / "figures" / name, f"{label} on {dataset}, {model}", chance)
             parts.append(f"![{label} on {dataset}, {model}](figures/{name})")
-        return "\n\n".join(parts + ([SINGLE_COORDINATE_NOTE] if noted else []))
+        legend = self.worst.legend(shown)
+        return "\n\n".join(parts + (["\n".join(f"- {line}" for line in legend)] if legend else [])
+                           + ([SINGLE_COORDINATE_NOTE] if noted else []))
 
     def _pareto(self) -> str:
         mcus = {r["name"]: r for r in self.records("SELECT * FROM mcus")}
@@ -348,8 +371,9 @@ class Report:
                              f"{len(fitting)} of {len(configs)}",
                              ", ".join(self.label(c) for c in fitting) or "none",
                              "" if best is None else f"{self.label(best)} ({fmt(best['test_acc_mean'])})"])
-            parts.append(markdown_table(["MCU", "flash KB", "largest RAM block KB", "fit", "configurations that fit",
-                                         "most accurate that fits"], rows))
+            parts.append(self.table(f"What fits where, {dataset}", ["MCU", "flash KB", "largest RAM block KB", "fit",
+                                                                    "configurations that fit",
+                                                                    "most accurate that fits"], rows))
         return "\n\n".join(parts)
 
     def _diagnostics(self) -> str:
@@ -362,13 +386,16 @@ class Report:
                  "way round: it fires unless a targeted patch's target rate beats its controls' by a binomial "
                  f"test at {checks.ALPHA} (not adjusted) and by at least {checks.MIN_MARGIN}. Cells read "
                  "fired/judged; `-` means the grid has no numbers to judge that check.",
-                 "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in checks.CHECKS.items())]
+                 "\n".join(f"- **{MARKERS[c]}** `{c}`: {text}" for c, text in checks.CHECKS.items()),
+                 sanity.LEGEND]
         rows = []
+        checked = sanity.per_config(self.db)
         for dataset in self.datasets():
             for config in self.configs(dataset, False):
                 cells = [fired_text(self.flag_counts.get((config_key(config), check))) for check in checks.CHECKS]
-                rows.append([dataset, self.label(config), *cells])
-        parts.append(markdown_table(["dataset", "model / quantizer", *MARKERS.values()], rows))
+                rows.append([dataset, self.label(config), *cells, *sanity.cells(checked.get(config_key(config)))])
+        parts.append(self.table("Gradient-masking diagnostics and sanity checks, fired/judged per check",
+                                ["dataset", "model / quantizer", *MARKERS.values(), *sanity.HEADER], rows))
         fired = [f for f in self.flags if f["fired"]]
         parts.append("### Flags that fired" if fired else "No flag fired.")
         if fired:
@@ -385,8 +412,8 @@ class Report:
         return "\n\n".join(["## Provenance", "Every launch whose rows are in the store (from the Parquet "
                             "metadata; `sweeper query RESULTS \"SELECT grid_text FROM launches\"` shows the "
                             "grid files).",
-                            markdown_table(["started (UTC)", "grid", "file", "sha256", "overrides", "versions"],
-                                           rows)])
+                            self.table("Provenance: every launch", ["started (UTC)", "grid", "file", "sha256",
+                                                                    "overrides", "versions"], rows)])
 
 
 # The paper's Table III flash for its stq_net (KB), by preset.

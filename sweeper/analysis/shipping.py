@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sweeper.analysis import figures
-from sweeper.analysis.tables import config_key, dataset_name, file_name, fmt, kb, markdown_table
+from sweeper.analysis.tables import config_key, dataset_name, file_name, fmt, kb
 from sweeper.keys import DEPLOYED_TARGET, INT8, MODEL_TARGET, NONE
 
 WHICH = {MODEL_TARGET: "QKeras worst case", DEPLOYED_TARGET: "deployed worst case"}
@@ -92,7 +92,8 @@ def flashed(report) -> str:
         notes = [f"- L{norm} @ {labels[(norm, eps)]}: " + "; ".join(
                  f"{WHICH[t]}: {', '.join(f'`{c}`' for c in sorted(covers[(norm, eps), t]))}"
                  for t in WHICH if covers[(norm, eps), t]) for norm, eps in budgets]
-        parts += [f"### {dataset}", markdown_table(header, rows), "\n".join(notes)]
+        parts += [f"### {dataset}", report.table(f"The flashed build's worst case, {dataset}", header, rows,
+                                                 ["\n".join(notes)])]
     return "\n\n".join(parts)
 
 
@@ -128,7 +129,8 @@ def builds(report) -> str:
                   _ms(latency.get(config_key(r))) if r["accepted"] else "",
                   ", ".join(fits.get((config_key(r), r["deploy_format"]), [])) or "none",
                   _short(r["errors"]) if not r["accepted"] else ""] for r in mine]
-        parts += [f"### {dataset}", markdown_table(
+        parts += [f"### {dataset}", report.table(
+            f"Builds, {dataset}",
             ["model / quantizer", "build", "accepted folds", ".tflite KB", "arena KB", "flash KB", "RAM KB",
              "agreement", "checked", "MACs", "latency ms (estimate)", "fits", "why not"], table)]
     return "\n\n".join(parts)
@@ -175,7 +177,8 @@ def budget(report) -> str:
                 for p in front)] for axis, front in fronts.items()]
         if drawn:
             parts += [f"### {dataset}", *drawn,
-                      markdown_table(["budget", "against", "Pareto front, cheapest first"], rows)]
+                      report.table(f"Pareto front of robustness against the budget, {dataset}",
+                                   ["budget", "against", "Pareto front, cheapest first"], rows)]
     return "\n\n".join(parts) if len(parts) > 1 else ""
 
 

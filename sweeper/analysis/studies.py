@@ -11,8 +11,7 @@ import json
 from collections import defaultdict
 
 from sweeper.analysis import checks, figures, output, query, twins
-from sweeper.analysis.tables import (MARKERS, ROW, config_key, dataset_name, file_name, fired_text, fmt, markdown_table,
-                                     row_key, spread)
+from sweeper.analysis.tables import MARKERS, ROW, config_key, dataset_name, file_name, fired_text, fmt, row_key, spread
 from sweeper.keys import CONFIG_COLUMNS, DEPLOYED_TARGET, NONE
 
 
@@ -42,7 +41,8 @@ def transfer(report) -> str:
                                 report.out / "figures" / name, f"{title} on {dataset}: target accuracy")
         table = [[report.label(s), *[_transfer_cell(*cell) for cell in line]] for s, line in zip(sources, values)]
         parts += [f"### {dataset}: {title}", f"Parameters `{params}`, {n_samples} samples per fold.",
-                  markdown_table(["source ↓ target →", *[report.label(t) for t in targets]], table),
+                  report.table(f"Transfer, {dataset}: {title}, target accuracy (transfer rate)",
+                               ["source ↓ target →", *[report.label(t) for t in targets]], table),
                   f"![{title} on {dataset}](figures/{name})"]
     return "\n\n".join(parts)
 
@@ -103,7 +103,8 @@ def patches(report) -> str:
                  fmt(r["adv_acc_mean"]), fmt(r["control_adv_acc_mean"]),
                  report.markers(r, r["attack_label"], r["eps_label"], r["attack_params"]).strip(" []")]
                 for r in mine]
-        parts += [f"### {dataset}", markdown_table(
+        parts += [f"### {dataset}", report.table(
+            f"Targeted patches, {dataset}: target rate against controls",
             ["model / quantizer", "patch", "placement", "eps", "n", "target rate", "control target rate",
              "accuracy", "control accuracy", "flags"], rows)]
     return "\n\n".join(parts)
@@ -132,13 +133,13 @@ def defenses(report) -> str:
         mine = [r for r in records if dataset_name(r) == dataset]
         if mine:
             verdicts = [v for v in judged if dataset_name(v) == dataset]
-            parts += [f"### {dataset}", *defense_tables(report, mine, verdicts)]
+            parts += [f"### {dataset}", *defense_tables(report, mine, verdicts, dataset)]
     if len(parts) == 1:
         parts.append("No defended model has an undefended twin in this store.")
     return "\n\n".join(parts)
 
 
-def defense_tables(report, records: list[dict], judged: list[dict]) -> list[str]:
+def defense_tables(report, records: list[dict], judged: list[dict], dataset: str) -> list[str]:
     """The changes (a row per defended model and twin, a column per point), the
     verdicts, and the flags per check letter."""
     order = lambda config: (config["model"], config["quantizer"], config["defense_label"],  # noqa: E731
@@ -162,11 +163,14 @@ def defense_tables(report, records: list[dict], judged: list[dict]) -> list[str]
         mine, theirs = _flags_of(report.flag_counts, defended), _flags_of(report.flag_counts, twin)
         flags.append([name(config, twin), *[f"{fired_text(mine.get(check))} ({fired_text(theirs.get(check))})"
                                             for check in MARKERS]])
-    return [markdown_table(["defended model", *_headers(columns)], changes),
-            markdown_table(["defended model", "budget", "verdict", "gradient attack (largest change up)",
-                            "black-box or transfer (largest change up)"], verdicts),
+    return [report.table(f"Defended vs undefended, {dataset}: paired changes",
+                         ["defended model", *_headers(columns)], changes),
+            report.table(f"Defended vs undefended, {dataset}: verdicts",
+                         ["defended model", "budget", "verdict", "gradient attack (largest change up)",
+                          "black-box or transfer (largest change up)"], verdicts),
             "Gradient-masking flags, fired/judged per check: the defended model, then (its twin).",
-            markdown_table(["defended model", *MARKERS.values()], flags)]
+            report.table(f"Defended vs undefended, {dataset}: masking flags (twin in brackets)",
+                         ["defended model", *MARKERS.values()], flags)]
 
 
 def jacobians(report) -> str:
@@ -204,7 +208,8 @@ def jacobians(report) -> str:
             norms = [[report.label(c), fmt(c["test_acc_mean"], c["test_acc_std"]),
                       *_norm_cells(folds[row_key(c)].values(), len(names))] for c in mine]
             parts += [f"### {dataset}, {model}", "Norms (clean accuracy is on the whole held-out fold):",
-                      markdown_table(["model / quantizer", "clean accuracy", "logits", *header], norms)]
+                      report.table(f"Jacobian norms, {dataset}, {model}",
+                                   ["model / quantizer", "clean accuracy", "logits", *header], norms)]
             for title, reference in (("fp", _fp_reference), ("the undefended twin", _twin_reference)):
                 rows = []
                 for c in mine:
@@ -214,7 +219,8 @@ def jacobians(report) -> str:
                                      *_ratio_cells(folds[row_key(c)], folds[row_key(ref)], len(names))])
                 if rows:
                     parts += [f"Ratio to {title}:",
-                              markdown_table(["model / quantizer ÷ reference", "logits", *header], rows)]
+                              report.table(f"Jacobian norm ratios to {title}, {dataset}, {model}",
+                                           ["model / quantizer ÷ reference", "logits", *header], rows)]
     return "\n\n".join(parts)
 
 

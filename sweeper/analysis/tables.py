@@ -1,14 +1,16 @@
-"""What the report's tables share: how a number and a table are written, the keys that
-place a record in a table (configuration, row, point, dataset), the setup names that tell
-configurations apart, the masking flags' letters and their counts per configuration, and
-file names for figures."""
+"""What the report's tables share: how a number and a table are written (``Num``: a mean,
+its spread and the flags on it; ``Table``: one table of the report, which ``latex.py`` also
+writes as LaTeX and CSV), the keys that place a record in a table (configuration, row,
+point, dataset), the setup names that tell configurations apart, the masking flags' letters
+and their counts per configuration, and file names for figures and tables."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import defaultdict
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Union
 
 from sweeper.keys import CONFIG_COLUMNS
 
@@ -35,9 +37,43 @@ def fmt(mean: float | None, std: float | None = None) -> str:
     return f"{mean:.3f}" if std is None or std != std else f"{mean:.3f} ± {std:.3f}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+@dataclass(frozen=True)
+class Num:
+    """A number of a table: a mean over folds, its standard deviation across folds (None:
+    one fold, or none shown) and the letters of the masking flags on it. Written ``fmt``'s
+    way in Markdown, ``0.953 ± 0.012 [S]``; LaTeX and CSV read the parts."""
+
+    mean: float | None
+    std: float | None = None
+    flags: str = ""
+
+    def __str__(self) -> str:
+        return fmt(self.mean, self.std) + (f" [{self.flags}]" if self.flags else "")
+
+
+Cell = Union[str, Num]
+
+
+@dataclass
+class Table:
+    """One table of the report: its caption, header, rows (text or ``Num`` cells), the
+    legend lines below it, and per column index "max" or "min" where the best value of the
+    column is set in bold (LaTeX). ``stem`` names its LaTeX and CSV files."""
+
+    stem: str
+    caption: str
+    header: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    best: dict[int, str] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        return markdown_table(self.header, self.rows)
+
+
+def markdown_table(header: list[str], rows: list[list[Cell]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

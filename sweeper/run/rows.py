@@ -23,8 +23,9 @@ class RowSink:
     cells recomputed only for their examples), whose rows are never written again."""
 
     def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch,
-                 skip: set[str] = frozenset()):
+                 skip: set[str] = frozenset(), tracker=None):
         self.location, self.progress, self.provenance = location, progress, provenance
+        self.tracker, self.tracker_failed = tracker, None  # --log (sweeper.run.tracking)
         self.pending: dict[str, dict[str, dict]] = defaultdict(dict)  # attempt -> cell -> row
         # cell ids written in this launch, and those stored before, never written again
         self.stored: set[str] = set(skip)
@@ -34,7 +35,7 @@ class RowSink:
     def __getstate__(self):
         # Ray Tune pickles its callbacks, this with them, into the experiment state; a live
         # progress display (locks, a terminal) cannot and need not travel.
-        return {**self.__dict__, "progress": None}
+        return {**self.__dict__, "progress": None, "tracker": None}
 
     def add(self, key: str, row: dict) -> None:
         """One row, as it comes; a retried attempt reports its cells again: kept once."""
@@ -67,6 +68,27 @@ class RowSink:
         self.stored.update(row["cell_id"] for row in rows)
         self.written += len(rows)
         self.trainings += int(not rows[0]["model_cached"])
+        self.track(rows)
+
+    def track(self, rows: list[dict]) -> None:
+        """Stored rows to the tracker, if any; the store is the source of truth, so a
+        tracker that fails is switched off (``tracker_failed`` says why), the sweep goes on."""
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.log(rows)
+        except Exception as error:  # any library's error: tracking is optional
+            self.tracker, self.tracker_failed = None, error_summary(error)
+
+    def close_tracker(self) -> str | None:
+        """Finish the tracker's runs; why it was switched off, if it was."""
+        if self.tracker is not None:
+            try:
+                self.tracker.close()
+            except Exception as error:
+                self.tracker_failed = error_summary(error)
+            self.tracker = None
+        return self.tracker_failed
 
 
 def failure_line(job: TrainingJob, error: BaseException) -> str:

@@ -45,6 +45,7 @@ class LaunchReport:
     computed: int = 0
     trainings: int = 0  # models trained (not loaded from the cache) in this launch
     failed_jobs: list[str] = field(default_factory=list)  # one line per failed job
+    tracker_failed: str | None = None  # why --log's tracker was switched off (sweeper.run.tracking)
     damaged_fragments: tuple[str, ...] = ()
     why: dict[str, str] = field(default_factory=dict)  # damaged fragment -> what is wrong with it
 
@@ -88,23 +89,24 @@ def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
 
 
 def launch(plan: Plan, results: str, *, runner: Runner | None = None, console: Console | None = None,
-           provenance: store.Launch | None = None, held: bool = False) -> LaunchReport:
+           provenance: store.Launch | None = None, held: bool = False, tracker=None) -> LaunchReport:
     """Run the plan's pending cells with ``runner`` (default: ``RayTuneRunner()``, a local
     Ray instance); ``provenance`` (the grid file and overrides) is kept in the metadata of
     every file written. Ends by compacting the store. Holds the store's lease
     (``sweeper.run.lease``) throughout, raising ``LeaseHeld`` if another launch has it,
-    unless ``held``: the caller holds it already."""
+    unless ``held``: the caller holds it already. ``tracker``: where stored rows are also
+    logged (``sweeper.run.tracking``; closed when the sweep ends)."""
     if not plan.fingerprinted:
         raise ValueError("launch needs a plan expanded with model fingerprints")
     provenance = provenance or store.new_launch(plan.grid)
     runner = runner or RayTuneRunner()
     if held:
-        return _launch(plan, results, runner, console, provenance)
+        return _launch(plan, results, runner, console, provenance, tracker)
     with Lease(store.locate(results), provenance.launch_id, plan.grid.name):
-        return _launch(plan, results, runner, console, provenance)
+        return _launch(plan, results, runner, console, provenance, tracker)
 
 
-def _launch(plan: Plan, results: str, runner: Runner, console, provenance) -> LaunchReport:
+def _launch(plan: Plan, results: str, runner: Runner, console, provenance, tracker=None) -> LaunchReport:
     console = console or literal_console(stderr=True)
     location = store.locate(results)
     existing = store.read(location, ["cell_id"])
@@ -127,15 +129,18 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance) -> La
                          adversarial=location.uri(store.ADVERSARIAL_DIR), results=location.uri(),
                          built=store.build_jobs(location))
     with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
-        rows = RowSink(location, progress, provenance, skip=rerun)
-        for wave, work in enumerate([first, second], start=1):
-            if wave == 2:  # only transfer cells whose source stored its examples can run
-                work, orphans = _with_sources(work, store.file_names(location, store.ADVERSARIAL_DIR))
-                report.failed_jobs += orphans
-            if work:
-                report.failed_jobs += runner.run(plan, work, data, context, rows, wave)
-            if rows.fault is not None:  # the store took no more rows: stop, and say where (cli)
-                raise rows.fault
+        rows = RowSink(location, progress, provenance, skip=rerun, tracker=tracker)
+        try:
+            for wave, work in enumerate([first, second], start=1):
+                if wave == 2:  # only transfer cells whose source stored its examples can run
+                    work, orphans = _with_sources(work, store.file_names(location, store.ADVERSARIAL_DIR))
+                    report.failed_jobs += orphans
+                if work:
+                    report.failed_jobs += runner.run(plan, work, data, context, rows, wave)
+                if rows.fault is not None:  # the store took no more rows: stop, and say where (cli)
+                    raise rows.fault
+        finally:  # interrupted too: the tracker's runs end with what was stored
+            report.tracker_failed = rows.close_tracker()
     report.computed, report.trainings = rows.written, rows.trainings
     finish(location)
     return report

@@ -15,7 +15,8 @@ Cells at other bit widths (``eval_bits``, a defense's ``widths``: dbwt) run last
 width, with the same weights quantized at that width (``defenses.at_width``). Every row of
 a job carries the model's input-to-logit and per-block Jacobian norms on the job's attacked
 samples (``sweeper.models.jacobian.measure``), projections drawn from the job's seed, so a
-cached model gives the same ones.
+cached model gives the same ones, and AutoAttack's sanity checks of the model on the same
+samples (``sweeper.models.sanity.measure``: zero gradients, probabilities, randomness).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from sweeper import datasets
 from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
-from sweeper.models import jacobian
+from sweeper.models import jacobian, sanity
 from sweeper.plan.expand import Cell, TrainingJob
 from sweeper.run.builds import CheckInputs, record_builds
 from sweeper.run.cache import ModelCache
@@ -80,7 +81,8 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     samples = Samples(subset, x, y, predict(model, x), deployed_predict(deployed, x))
     base = {**job_columns(job, context, data, model, test_idx, trained.trained, trained.train_s),
             **footprint_columns(model, deployed), "resumed_from_epoch": trained.resumed,
-            **defense_columns(job, trained.defense_reg), **jacobian.measure(model, x, job.draw_seed)}
+            **defense_columns(job, trained.defense_reg), **jacobian.measure(model, x, job.draw_seed),
+            **sanity.measure(model, x, y)}
     own = [cell for cell in cells if cell.eval_bits is None]
     classifier = model_classifier(model, data) if any(c.attack != NONE and c.target == MODEL_TARGET
                                                       and (c.source is None or has_controls(c)) for c in own) else None
@@ -114,7 +116,7 @@ def evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], model
     """(cell, columns) for a job's cells at another bit width: the same weights quantized
     at ``width`` (``defenses.at_width``), attacked on the same samples. The columns that
     describe the model change with it (configuration, test accuracy, packed footprint,
-    Jacobians); the .tflite is the preset's, so nothing is deployed here."""
+    Jacobians, sanity checks); the .tflite is the preset's, so nothing is deployed here."""
     from sweeper import defenses
     from sweeper.deploy import footprint
 
@@ -125,6 +127,7 @@ def evaluate_at_width(job: TrainingJob, width: int, cells: Sequence[Cell], model
             "config_id": job.config_id_at(width), "eval_bits": width,
             "test_acc": accuracy(model, data.x[test_idx], data.y[test_idx]),
             **footprint.packed_kb(model), **jacobian.measure(model, samples.x, job.draw_seed),
+            **sanity.measure(model, samples.x, samples.y),
         }
         for group in attack_groups(cells):
             for cell, outcome in evaluate(group, model, None, classifier, at, job.draw_seed,

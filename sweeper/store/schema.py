@@ -25,10 +25,12 @@ from sweeper.keys import ABSENT_MEANS
 #    deployed (TFLite int8) figures, the packed ones moved to flash_packed_kb/ram_packed_kb.
 # 4: transfer attacks: source_job_id, source_config_id, source_model, source_quantizer,
 #    transfer_rate (null on white-box rows; older fragments read them as null).
-# (unbumped, the coordinator bumps once per merge) target_rate, target_n, control_target_rate,
-#    control_adv_acc: the patch scored as a targeted attack against its controls (null on
-#    other rows; older fragments read them as null).
-SCHEMA_VERSION = 5
+# 5: target_rate, target_n, control_target_rate, control_adv_acc: the patch scored as a
+#    targeted attack against its controls; Jacobian norms; robust = right clean and attacked
+#    (null on other rows; older fragments read them as null).
+# 6: AutoAttack's sanity checks per trained model (zero_grad_share, output_is_simplex,
+#    randomized); older fragments read them as null. Build records live in builds/, apart.
+SCHEMA_VERSION = 6
 ROWS_DIR = "rows"
 STAGING_DIR = ".staging"
 DAMAGED_DIR = "damaged"
