@@ -1,0 +1,383 @@
+"""A vectorised numpy port of TFLite's reference int8 kernels: ``Int8Program(flatbuffer)``
+runs an int8 ``.tflite`` on a whole batch of int8 inputs with numpy, computing the integer
+arithmetic of ``tensorflow/lite/kernels/internal/reference/integer_ops`` (the kernels
+``OpResolverType.BUILTIN_REF`` runs and TFLM's are ported from), so that its int8 outputs
+are the interpreter's bit for bit, at a fraction of the scalar loops' time.
+
+Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (int32
+accumulation of (input - input zero point) x (filter - filter zero point), plus the int32
+bias, requantized per channel), ADD and MUL (with broadcasting), RESHAPE: the ops of every
+preset's int8 build of ``small_cnn`` and ``stq_net`` but ``stq_net``'s ``fp`` one (its
+LOGISTIC runs gemmlowp's fixed-point logistic, not ported). Any other op, type or layout
+raises ``Unsupported`` when the program is built.
+
+The arithmetic, as TFLite's (double rounding: ``TFLITE_SINGLE_ROUNDING`` is not set):
+multipliers from ``QuantizeMultiplier`` on the double effective scale (``frexp``, Q31
+significand rounded half away from zero, shifts below -31 flushed to zero);
+``MultiplyByQuantizedMultiplier`` = ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(
+x * 2^left_shift, multiplier), right_shift)`` with int32 wrap-around on the shift;
+activations clamped to ``CalculateActivationRangeQuantized``'s range; SAME padding's
+top/left pad = total // 2, padded taps skipped (they add 0). Dot products run as float64
+matrix products: every partial sum of the integer terms is checked, when built, to stay
+below 2^53 in magnitude, where float64 is exact whatever BLAS's summation order.
+
+Nothing here proves the port exact for a given build: ``sweeper.attacks.deployed`` runs it
+beside the interpreter on check inputs and uses it only when every int8 output agrees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE")
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+EXACT_FLOAT64 = 2 ** 53  # integers below this add exactly in float64
+
+
+class Unsupported(ValueError):
+    """The flatbuffer has an op, type or layout the port does not cover (the message says which)."""
+
+
+# ----------------------------------------------------------------- fixed-point arithmetic
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: (Q31 significand, shift) of a double multiplier."""
+    if real == 0.0:
+        return 0, 0
+    q, shift = math.frexp(real)
+    q_fixed = int(math.floor(abs(q) * 2 ** 31 + 0.5)) * (1 if q >= 0 else -1)  # TfLiteRound
+    if q_fixed == 2 ** 31:
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return q_fixed, shift
+
+
+def wrap32(x: np.ndarray) -> np.ndarray:
+    """int64 values reduced to int32 with two's-complement wrap-around (C++ int32 arithmetic)."""
+    return ((x + 2 ** 31) & (2 ** 32 - 1)) - 2 ** 31
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp's: the high 32 bits of 2ab, rounded, (ab + nudge) / 2^31 truncated toward 0."""
+    ab = a * b
+    nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp's: x / 2^exponent rounded half away from zero."""
+    mask = (np.int64(1) << exponent) - 1
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + ((x & mask) > threshold)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite's double-rounding ``MultiplyByQuantizedMultiplier`` on int32 values (int64
+    arrays); multiplier and shift broadcast (one per channel, along the last axis)."""
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    return rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(wrap32(x << left), multiplier), right)
+
+
+# ------------------------------------------------------------------------- the flatbuffer
+
+
+class _Tensor:
+    """One tensor of subgraph 0: shape, type name, quantization, constant values (or None)."""
+
+    def __init__(self, model, subgraph, index: int, schema, type_names: dict):
+        tensor = subgraph.Tensors(index)
+        self.index = index
+        self.shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+        self.type = type_names[tensor.Type()]
+        quantization = tensor.Quantization()
+        has_scale = quantization is not None and quantization.ScaleLength() > 0
+        self.scales = quantization.ScaleAsNumpy().astype(np.float32) if has_scale else None
+        self.zero_points = quantization.ZeroPointAsNumpy().astype(np.int64) if has_scale else None
+        buffer = model.Buffers(tensor.Buffer())
+        data = buffer.DataAsNumpy() if buffer is not None and buffer.DataLength() else None
+        dtypes = {"INT8": np.int8, "INT32": np.int32, "INT64": np.int64}
+        if data is None:
+            self.values = None
+        elif self.type not in dtypes:
+            raise Unsupported(f"a constant tensor of type {self.type}")
+        else:
+            self.values = np.frombuffer(data.tobytes(), dtype=dtypes[self.type]).reshape(self.shape)
+
+    @property
+    def scale(self) -> float:
+        return float(self.scales[0])
+
+    @property
+    def zero_point(self) -> int:
+        return int(self.zero_points[0])
+
+
+def _activation_range(activation: str, output: _Tensor) -> tuple[int, int]:
+    """``CalculateActivationRangeQuantized`` for an int8 output."""
+    def quantize(value: float) -> int:
+        q = np.float32(value) / np.float32(output.scale)  # float division, as TFLite's
+        return output.zero_point + int(math.floor(abs(q) + 0.5)) * (1 if q >= 0 else -1)
+
+    ranges = {"NONE": (-128, 127), "RELU": (max(-128, quantize(0.0)), 127),
+              "RELU6": (max(-128, quantize(0.0)), min(127, quantize(6.0))),
+              "RELU_N1_TO_1": (max(-128, quantize(-1.0)), min(127, quantize(1.0)))}
+    if activation not in ranges:
+        raise Unsupported(f"fused activation {activation}")
+    return ranges[activation]
+
+
+def _requantize(acc: np.ndarray, multipliers, shifts, output: _Tensor, activation: str) -> np.ndarray:
+    low, high = _activation_range(activation, output)
+    out = multiply_by_quantized_multiplier(wrap32(acc), multipliers, shifts) + output.zero_point
+    return np.clip(out, low, high).astype(np.int8)
+
+
+def _multipliers(reals) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(float(r)) for r in np.atleast_1d(reals)]
+    return (np.array([m for m, _ in pairs], dtype=np.int64), np.array([s for _, s in pairs], dtype=np.int64))
+
+
+def multiply_by_quantized_multiplier_single(x: np.ndarray, multiplier, shift) -> np.ndarray:
+    """The single-rounding ``MultiplyByQuantizedMultiplier`` (x * multiplier rounded half
+    up at bit 31 - shift, in int64), which the interpreter's FULLY_CONNECTED applies: its
+    outputs match this bit for bit where the double-rounding one gives others on ties."""
+    total = 31 - np.asarray(shift, dtype=np.int64)
+    return wrap32((x * multiplier + (np.int64(1) << (total - 1))) >> total)
+
+
+def _check_exact(filter_values: np.ndarray, input_offset_max: int, depth: int) -> None:
+    """Every partial sum of a dot product stays below 2^53, where float64 is exact."""
+    bound = int(np.abs(filter_values).max(initial=0)) * input_offset_max * depth
+    if bound >= EXACT_FLOAT64:
+        raise Unsupported(f"a dot product whose sums may reach {bound} (float64 exact below 2^53)")
+
+
+# ------------------------------------------------------------------------------- the ops
+
+Step = Callable[[dict], None]
+
+
+def _padding(size: int, stride: int, dilation: int, kernel: int, same: bool) -> tuple[int, int]:
+    """(output size, top/left pad) as TFLite's ``ComputePaddingHeightWidth``."""
+    effective = (kernel - 1) * dilation + 1
+    out = (size + stride - 1) // stride if same else (size - effective + stride) // stride
+    pad = max((out - 1) * stride + effective - size, 0) // 2 if same else 0
+    return out, pad
+
+
+def _patches(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> np.ndarray:
+    """[n, out_h, out_w, kh, kw, c] windows of x (n, h, w, c), padded taps 0 (x is already
+    offset by the input zero point, so a skipped tap and a zero tap are the same)."""
+    n, h, w, c = x.shape
+    (out_h, pad_h), (out_w, pad_w) = (_padding(h, stride[0], dilation[0], kernel[0], same),
+                                      _padding(w, stride[1], dilation[1], kernel[1], same))
+    need_h = (out_h - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1
+    need_w = (out_w - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1
+    padded = np.zeros((n, max(need_h, pad_h + h), max(need_w, pad_w + w), c), dtype=x.dtype)
+    padded[:, pad_h:pad_h + h, pad_w:pad_w + w] = x
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, ((kernel[0] - 1) * dilation[0] + 1, (kernel[1] - 1) * dilation[1] + 1), axis=(1, 2))
+    windows = windows[:, :need_h - (kernel[0] - 1) * dilation[0]:stride[0],
+                      :need_w - (kernel[1] - 1) * dilation[1]:stride[1], :, ::dilation[0], ::dilation[1]]
+    return windows.transpose(0, 1, 2, 4, 5, 3)  # [n, oh, ow, kh, kw, c]
+
+
+def _conv_step(op, tensors, options, depthwise: bool) -> Step:
+    source, weights, bias, output = _filter_operands(op, tensors)
+    stride, dilation = (options.StrideH(), options.StrideW()), (options.DilationHFactor(), options.DilationWFactor())
+    same, activation = options.Padding() == 0, op.activation
+    w = weights.values.astype(np.int64) - (weights.zero_points[:, None, None, None] if len(weights.zero_points) > 1
+                                           else weights.zero_point)
+    multipliers, shifts = _multipliers(np.float64(source.scale) * weights.scales.astype(np.float64)
+                                       / np.float64(output.scale))
+    if len(multipliers) == 1:
+        multipliers, shifts = np.repeat(multipliers, output.shape[-1]), np.repeat(shifts, output.shape[-1])
+    b = np.zeros(output.shape[-1], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
+    offset = source.zero_point
+    if depthwise:
+        multiplier = options.DepthMultiplier() or output.shape[-1] // source.shape[-1]
+        kernel = w.shape[1:3]
+        _check_exact(w, 255, kernel[0] * kernel[1])
+        filt = w[0].astype(np.float64)  # [kh, kw, out_c]
+        channels = np.repeat(np.arange(source.shape[-1]), multiplier)  # out channel -> in channel
+    else:
+        kernel = w.shape[1:3]
+        _check_exact(w, 255, w[0].size)
+        filt = w.reshape(w.shape[0], -1).T.astype(np.float64)  # [kh*kw*c, out_c]
+
+    def run(values: dict) -> None:
+        x = values[source.index].astype(np.float64) - offset
+        patches = _patches(x, kernel, stride, dilation, same)
+        if depthwise:
+            patches = patches[..., channels] if multiplier > 1 else patches
+            acc = np.einsum("nhwijc,ijc->nhwc", patches, filt, optimize=True)
+        else:
+            n, oh, ow = patches.shape[:3]
+            acc = (patches.reshape(n * oh * ow, -1) @ filt).reshape(n, oh, ow, -1)
+        values[output.index] = _requantize(acc.astype(np.int64) + b, multipliers, shifts, output, activation)
+    return run
+
+
+def _fully_connected_step(op, tensors, options) -> Step:
+    source, weights, bias, output = _filter_operands(op, tensors)
+    if options.WeightsFormat() != 0 or options.KeepNumDims():
+        raise Unsupported("a FULLY_CONNECTED with shuffled weights or kept dimensions")
+    per_channel = len(weights.scales) > 1
+    w = weights.values.astype(np.int64) - (weights.zero_points[:, None] if per_channel else weights.zero_point)
+    _check_exact(w, 255, w.shape[1])
+    filt = w.T.astype(np.float64)  # [depth, out]
+    # GetQuantizedConvolutionMultipler: the input x filter scale product in float, then double
+    multipliers, shifts = _multipliers((np.float32(source.scale) * weights.scales).astype(np.float64)
+                                       / np.float64(output.scale))
+    b = np.zeros(w.shape[0], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
+    offset, (low, high) = source.zero_point, _activation_range(op.activation, output)
+
+    def run(values: dict) -> None:
+        x = values[source.index].reshape(-1, w.shape[1]).astype(np.float64) - offset
+        acc = (x @ filt).astype(np.int64) + b
+        out = multiply_by_quantized_multiplier_single(acc, multipliers, shifts) + output.zero_point
+        values[output.index] = np.clip(out, low, high).astype(np.int8)
+    return run
+
+
+def _add_step(op, tensors, options) -> Step:
+    """``reference_integer_ops::Add``: both inputs scaled to 2 x the larger input scale
+    with 20 bits of headroom, summed, requantized."""
+    (a, b), output = [tensors[i] for i in op.inputs], tensors[op.outputs[0]]
+    twice_max = np.float64(2 * max(np.float32(a.scale), np.float32(b.scale)))
+    ma, sa = quantize_multiplier(np.float64(a.scale) / twice_max)
+    mb, sb = quantize_multiplier(np.float64(b.scale) / twice_max)
+    mo, so = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * np.float32(output.scale)))
+    if max(sa, sb, so) > 0:
+        raise Unsupported("an ADD multiplier above one")
+    low, high = _activation_range(op.activation, output)
+
+    def run(values: dict) -> None:
+        left = _operand(values, a) - a.zero_point
+        right = _operand(values, b) - b.zero_point
+        scaled = (multiply_by_quantized_multiplier(wrap32(left << 20), ma, sa)
+                  + multiply_by_quantized_multiplier(wrap32(right << 20), mb, sb))
+        out = multiply_by_quantized_multiplier(wrap32(scaled), mo, so) + output.zero_point
+        values[output.index] = np.clip(out, low, high).astype(np.int8)
+    return run
+
+
+def _mul_step(op, tensors, options) -> Step:
+    """``reference_integer_ops::Mul``: the offset inputs' product, requantized by
+    input1 x input2 / output scale (computed in float, as TFLite's Prepare)."""
+    (a, b), output = [tensors[i] for i in op.inputs], tensors[op.outputs[0]]
+    real = np.float32(np.float32(a.scale) * np.float32(b.scale)) / np.float32(output.scale)
+    multiplier, shift = quantize_multiplier(float(np.float32(real)))
+    low, high = _activation_range(op.activation, output)
+
+    def run(values: dict) -> None:
+        product = (_operand(values, a) - a.zero_point) * (_operand(values, b) - b.zero_point)
+        out = multiply_by_quantized_multiplier(wrap32(product), multiplier, shift) + output.zero_point
+        values[output.index] = np.clip(out, low, high).astype(np.int8)
+    return run
+
+
+def _reshape_step(op, tensors, options) -> Step:
+    source, output = tensors[op.inputs[0]], tensors[op.outputs[0]]
+    if (source.scale, source.zero_point) != (output.scale, output.zero_point):
+        raise Unsupported("a RESHAPE that requantizes")
+
+    def run(values: dict) -> None:
+        x = values[source.index]
+        values[output.index] = x.reshape(len(x), *output.shape[1:])
+    return run
+
+
+def _operand(values: dict, tensor: _Tensor) -> np.ndarray:
+    """An elementwise op's input as int64: a computed tensor (batch first) or a constant
+    (broadcast against the batch)."""
+    return (values[tensor.index] if tensor.values is None else tensor.values).astype(np.int64)
+
+
+def _filter_operands(op, tensors) -> tuple:
+    inputs = list(op.inputs) + [-1] * (3 - len(op.inputs))
+    source, weights = tensors[inputs[0]], tensors[inputs[1]]
+    bias = tensors[inputs[2]] if inputs[2] >= 0 else None
+    if weights.values is None or weights.type != "INT8" or (bias is not None and bias.type != "INT32"):
+        raise Unsupported(f"a {op.name} whose filter is not a constant int8 tensor or bias not int32")
+    return source, weights, bias, tensors[op.outputs[0]]
+
+
+STEPS = {"CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=False),
+         "DEPTHWISE_CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=True),
+         "FULLY_CONNECTED": _fully_connected_step, "ADD": _add_step, "MUL": _mul_step,
+         "RESHAPE": _reshape_step}
+
+
+class _Op:
+    """One operator of subgraph 0: name, input and output tensor indices, options (the
+    schema's options table, with ``activation`` its fused activation's name)."""
+
+    def __init__(self, model, op, schema, op_names: dict, activation_names: dict):
+        code = model.OperatorCodes(op.OpcodeIndex())
+        self.name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        self.inputs = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
+        self.outputs = [int(i) for i in op.OutputsAsNumpy()]
+        classes = {"CONV_2D": schema.Conv2DOptions, "DEPTHWISE_CONV_2D": schema.DepthwiseConv2DOptions,
+                   "FULLY_CONNECTED": schema.FullyConnectedOptions, "ADD": schema.AddOptions,
+                   "MUL": schema.MulOptions}
+        self.options, self.activation = None, "NONE"
+        table = op.BuiltinOptions()
+        if self.name in classes and table is not None:
+            self.options = classes[self.name]()
+            self.options.Init(table.Bytes, table.Pos)
+            self.activation = activation_names[self.options.FusedActivationFunction()]
+        elif self.name in classes:
+            raise Unsupported(f"a {self.name} without options")
+
+
+class Int8Program:
+    """The flatbuffer's subgraph 0 as numpy steps, in graph order. ``__call__`` takes the
+    int8 input tensor's values for a batch (n, *input shape without its batch dimension)
+    and returns the int8 output tensor's (n, ...). Raises ``Unsupported`` when built if
+    the graph holds anything the port does not cover (module doc)."""
+
+    def __init__(self, flatbuffer: bytes):
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+        model = schema.Model.GetRootAs(flatbuffer, 0)
+        if model.SubgraphsLength() != 1:
+            raise Unsupported(f"{model.SubgraphsLength()} subgraphs")
+        subgraph = model.Subgraphs(0)
+
+        def names(enum) -> dict:
+            return {v: k for k, v in vars(enum).items() if not k.startswith("_")}
+
+        type_names = names(schema.TensorType)
+        self.tensors = {i: _Tensor(model, subgraph, i, schema, type_names) for i in range(subgraph.TensorsLength())}
+        op_names, activations = names(schema.BuiltinOperator), names(schema.ActivationFunctionType)
+        self.ops = [_Op(model, subgraph.Operators(i), schema, op_names, activations)
+                    for i in range(subgraph.OperatorsLength())]
+        inputs, outputs = subgraph.InputsAsNumpy().tolist(), subgraph.OutputsAsNumpy().tolist()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise Unsupported(f"{len(inputs)} inputs and {len(outputs)} outputs")
+        self.input, self.output = self.tensors[inputs[0]], self.tensors[outputs[0]]
+        for op in self.ops:
+            if op.name not in SUPPORTED:
+                raise Unsupported(f"op {op.name} (the port covers {', '.join(SUPPORTED)})")
+            for index in op.inputs + op.outputs:
+                tensor = self.tensors.get(index)
+                if tensor is not None and tensor.values is None and (
+                        tensor.type != "INT8" or tensor.scales is None or not tensor.shape or tensor.shape[0] != 1):
+                    raise Unsupported(f"{op.name} on a {tensor.type} tensor of shape {tensor.shape} "
+                                      "(the port runs batch-first int8 tensors)")
+        self.steps = [STEPS[op.name](op, self.tensors, op.options) for op in self.ops]
+
+    def __call__(self, quantized: np.ndarray) -> np.ndarray:
+        values = {self.input.index: np.asarray(quantized, dtype=np.int8)}
+        for step in self.steps:
+            step(values)
+        return values[self.output.index]
