@@ -34,7 +34,6 @@ import numpy as np
 
 SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE")
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-EXACT_FLOAT64 = 2 ** 53  # integers below this add exactly in float64
 
 
 class Unsupported(ValueError):
@@ -63,27 +62,47 @@ def wrap32(x: np.ndarray) -> np.ndarray:
     return ((x + 2 ** 31) & (2 ** 32 - 1)) - 2 ** 31
 
 
-def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """gemmlowp's: the high 32 bits of 2ab, rounded, (ab + nudge) / 2^31 truncated toward 0."""
-    ab = a * b
-    nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
-    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b) -> np.ndarray:
+    """gemmlowp's: (ab + nudge) / 2^31 truncated toward zero, nudge 2^30 for ab >= 0 and
+    1 - 2^30 below, which is (ab + 2^30) >> 31 (a floor) for either sign: one add and one
+    shift (tests/test_int8_numpy.py checks it against the literal definition). b is a
+    non-negative multiplier, so gemmlowp's INT32_MIN x INT32_MIN saturation never applies."""
+    return (a * b + (1 << 30)) >> 31
 
 
-def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
-    """gemmlowp's: x / 2^exponent rounded half away from zero."""
-    mask = (np.int64(1) << exponent) - 1
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + ((x & mask) > threshold)
+def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
+    """gemmlowp's: x / 2^exponent rounded half away from zero, as
+    (x + 2^(exponent-1) - [x < 0]) >> exponent (for exponent 0: x)."""
+    exponent = np.asarray(exponent, dtype=np.int64)
+    positive = exponent > 0
+    half = np.where(positive, np.int64(1) << np.maximum(exponent - 1, 0), 0)
+    return (x + half - ((x < 0) & positive)) >> exponent
 
 
-def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier, shift) -> np.ndarray:
     """TFLite's double-rounding ``MultiplyByQuantizedMultiplier`` on int32 values (int64
     arrays); multiplier and shift broadcast (one per channel, along the last axis)."""
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    return rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(wrap32(x << left), multiplier), right)
+    return _Scaler(multiplier, shift)(x)
+
+
+class _Scaler:
+    """``MultiplyByQuantizedMultiplier`` (double rounding) with its per-channel constants
+    prepared once: x << left (wrapped to int32 when a left shift could overflow),
+    SaturatingRoundingDoublingHighMul, RoundingDivideByPOT."""
+
+    def __init__(self, multiplier, shift):
+        shift = np.asarray(shift, dtype=np.int64)
+        self.multiplier = np.asarray(multiplier, dtype=np.int64)
+        self.left = np.maximum(shift, 0) if np.any(shift > 0) else None
+        right = np.maximum(-shift, 0)
+        self.right, self.positive = right, right > 0
+        self.half = np.where(self.positive, np.int64(1) << np.maximum(right - 1, 0), 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.left is not None:  # int32 x << left wraps in C++: so here
+            x = wrap32(x << self.left)
+        high = (x * self.multiplier + (1 << 30)) >> 31
+        return (high + self.half - ((high < 0) & self.positive)) >> self.right
 
 
 # ------------------------------------------------------------------------- the flatbuffer
@@ -134,9 +153,9 @@ def _activation_range(activation: str, output: _Tensor) -> tuple[int, int]:
     return ranges[activation]
 
 
-def _requantize(acc: np.ndarray, multipliers, shifts, output: _Tensor, activation: str) -> np.ndarray:
+def _requantize(acc: np.ndarray, scaler: _Scaler, output: _Tensor, activation: str) -> np.ndarray:
     low, high = _activation_range(activation, output)
-    out = multiply_by_quantized_multiplier(wrap32(acc), multipliers, shifts) + output.zero_point
+    out = scaler(acc) + output.zero_point
     return np.clip(out, low, high).astype(np.int8)
 
 
@@ -153,11 +172,15 @@ def multiply_by_quantized_multiplier_single(x: np.ndarray, multiplier, shift) ->
     return wrap32((x * multiplier + (np.int64(1) << (total - 1))) >> total)
 
 
-def _check_exact(filter_values: np.ndarray, input_offset_max: int, depth: int) -> None:
-    """Every partial sum of a dot product stays below 2^53, where float64 is exact."""
-    bound = int(np.abs(filter_values).max(initial=0)) * input_offset_max * depth
-    if bound >= EXACT_FLOAT64:
-        raise Unsupported(f"a dot product whose sums may reach {bound} (float64 exact below 2^53)")
+def _matmul_dtype(filter_values: np.ndarray, depth: int, bias) -> type:
+    """float32 when every partial sum of a dot product, of (input - zero point) in
+    [-255, 255] and these filter values, stays below 2^24, where float32 adds integers
+    exactly in any order; float64 below 2^53; otherwise ``Unsupported``. The bound also
+    keeps the int32 accumulator from wrapping (checked: below 2^31 with the bias)."""
+    bound = int(np.abs(filter_values).max(initial=0)) * 255 * depth
+    if bound + (0 if bias is None else int(np.abs(bias.values).max(initial=0))) >= 2 ** 31:
+        raise Unsupported(f"a dot product whose int32 accumulator may wrap (bound {bound})")
+    return np.float32 if bound < 2 ** 24 else np.float64
 
 
 # ------------------------------------------------------------------------------- the ops
@@ -173,21 +196,26 @@ def _padding(size: int, stride: int, dilation: int, kernel: int, same: bool) -> 
     return out, pad
 
 
-def _patches(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> np.ndarray:
-    """[n, out_h, out_w, kh, kw, c] windows of x (n, h, w, c), padded taps 0 (x is already
-    offset by the input zero point, so a skipped tap and a zero tap are the same)."""
+def _pad(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> tuple:
+    """(x padded with zeros, (out_h, out_w)). x is already offset by the input zero point,
+    so a zero tap adds what the reference's skipped out-of-image tap adds: nothing."""
     n, h, w, c = x.shape
     (out_h, pad_h), (out_w, pad_w) = (_padding(h, stride[0], dilation[0], kernel[0], same),
                                       _padding(w, stride[1], dilation[1], kernel[1], same))
     need_h = (out_h - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1
     need_w = (out_w - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1
+    if (pad_h, pad_w) == (0, 0) and need_h <= h and need_w <= w:
+        return x, (out_h, out_w)
     padded = np.zeros((n, max(need_h, pad_h + h), max(need_w, pad_w + w), c), dtype=x.dtype)
     padded[:, pad_h:pad_h + h, pad_w:pad_w + w] = x
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded, ((kernel[0] - 1) * dilation[0] + 1, (kernel[1] - 1) * dilation[1] + 1), axis=(1, 2))
-    windows = windows[:, :need_h - (kernel[0] - 1) * dilation[0]:stride[0],
-                      :need_w - (kernel[1] - 1) * dilation[1]:stride[1], :, ::dilation[0], ::dilation[1]]
-    return windows.transpose(0, 1, 2, 4, 5, 3)  # [n, oh, ow, kh, kw, c]
+    return padded, (out_h, out_w)
+
+
+def _tap(padded: np.ndarray, i: int, j: int, out_h: int, out_w: int, stride: tuple, dilation: tuple):
+    """The inputs filter tap (i, j) meets at every output position: [n, out_h, out_w, c]."""
+    top, left = i * dilation[0], j * dilation[1]
+    return padded[:, top:top + (out_h - 1) * stride[0] + 1:stride[0],
+                  left:left + (out_w - 1) * stride[1] + 1:stride[1]]
 
 
 def _conv_step(op, tensors, options, depthwise: bool) -> Step:
@@ -200,29 +228,32 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
                                        / np.float64(output.scale))
     if len(multipliers) == 1:
         multipliers, shifts = np.repeat(multipliers, output.shape[-1]), np.repeat(shifts, output.shape[-1])
+    scaler = _Scaler(multipliers, shifts)
     b = np.zeros(output.shape[-1], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
-    offset = source.zero_point
+    offset, kernel = source.zero_point, w.shape[1:3]
     if depthwise:
         multiplier = options.DepthMultiplier() or output.shape[-1] // source.shape[-1]
-        kernel = w.shape[1:3]
-        _check_exact(w, 255, kernel[0] * kernel[1])
-        filt = w[0].astype(np.float64)  # [kh, kw, out_c]
+        dtype = _matmul_dtype(w, kernel[0] * kernel[1], bias)
+        filt = w[0].astype(dtype)  # [kh, kw, out_c]
         channels = np.repeat(np.arange(source.shape[-1]), multiplier)  # out channel -> in channel
     else:
-        kernel = w.shape[1:3]
-        _check_exact(w, 255, w[0].size)
-        filt = w.reshape(w.shape[0], -1).T.astype(np.float64)  # [kh*kw*c, out_c]
+        dtype = _matmul_dtype(w, w[0].size, bias)
+        filt = np.ascontiguousarray(w.reshape(w.shape[0], -1).T.astype(dtype))  # [kh*kw*c, out_c]
 
     def run(values: dict) -> None:
-        x = values[source.index].astype(np.float64) - offset
-        patches = _patches(x, kernel, stride, dilation, same)
-        if depthwise:
-            patches = patches[..., channels] if multiplier > 1 else patches
-            acc = np.einsum("nhwijc,ijc->nhwc", patches, filt, optimize=True)
-        else:
-            n, oh, ow = patches.shape[:3]
-            acc = (patches.reshape(n * oh * ow, -1) @ filt).reshape(n, oh, ow, -1)
-        values[output.index] = _requantize(acc.astype(np.int64) + b, multipliers, shifts, output, activation)
+        x = values[source.index].astype(dtype) - dtype(offset)
+        padded, (out_h, out_w) = _pad(x, kernel, stride, dilation, same)
+        if depthwise:  # one multiply-add per tap, all channels at once
+            padded = padded[..., channels] if multiplier > 1 else padded
+            acc = np.zeros((len(x), out_h, out_w, filt.shape[-1]), dtype=dtype)
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    acc += _tap(padded, i, j, out_h, out_w, stride, dilation) * filt[i, j]
+        else:  # im2col: the taps side by side, one matrix product
+            columns = np.concatenate([_tap(padded, i, j, out_h, out_w, stride, dilation)
+                                      for i in range(kernel[0]) for j in range(kernel[1])], axis=-1)
+            acc = (columns.reshape(-1, columns.shape[-1]) @ filt).reshape(len(x), out_h, out_w, -1)
+        values[output.index] = _requantize(acc.astype(np.int64) + b, scaler, output, activation)
     return run
 
 
@@ -232,8 +263,8 @@ def _fully_connected_step(op, tensors, options) -> Step:
         raise Unsupported("a FULLY_CONNECTED with shuffled weights or kept dimensions")
     per_channel = len(weights.scales) > 1
     w = weights.values.astype(np.int64) - (weights.zero_points[:, None] if per_channel else weights.zero_point)
-    _check_exact(w, 255, w.shape[1])
-    filt = w.T.astype(np.float64)  # [depth, out]
+    dtype = _matmul_dtype(w, w.shape[1], bias)
+    filt = np.ascontiguousarray(w.T.astype(dtype))  # [depth, out]
     # GetQuantizedConvolutionMultipler: the input x filter scale product in float, then double
     multipliers, shifts = _multipliers((np.float32(source.scale) * weights.scales).astype(np.float64)
                                        / np.float64(output.scale))
@@ -241,7 +272,7 @@ def _fully_connected_step(op, tensors, options) -> Step:
     offset, (low, high) = source.zero_point, _activation_range(op.activation, output)
 
     def run(values: dict) -> None:
-        x = values[source.index].reshape(-1, w.shape[1]).astype(np.float64) - offset
+        x = values[source.index].reshape(-1, w.shape[1]).astype(dtype) - dtype(offset)
         acc = (x @ filt).astype(np.int64) + b
         out = multiply_by_quantized_multiplier_single(acc, multipliers, shifts) + output.zero_point
         values[output.index] = np.clip(out, low, high).astype(np.int8)
@@ -258,14 +289,15 @@ def _add_step(op, tensors, options) -> Step:
     mo, so = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * np.float32(output.scale)))
     if max(sa, sb, so) > 0:
         raise Unsupported("an ADD multiplier above one")
+    scale_a, scale_b, scale_out = _Scaler(ma, sa), _Scaler(mb, sb), _Scaler(mo, so)
     low, high = _activation_range(op.activation, output)
 
     def run(values: dict) -> None:
         left = _operand(values, a) - a.zero_point
         right = _operand(values, b) - b.zero_point
-        scaled = (multiply_by_quantized_multiplier(wrap32(left << 20), ma, sa)
-                  + multiply_by_quantized_multiplier(wrap32(right << 20), mb, sb))
-        out = multiply_by_quantized_multiplier(wrap32(scaled), mo, so) + output.zero_point
+        # |input - zero point| <= 255, so the << 20 and the sum stay inside int32
+        scaled = scale_a(left << 20) + scale_b(right << 20)
+        out = scale_out(scaled) + output.zero_point
         values[output.index] = np.clip(out, low, high).astype(np.int8)
     return run
 
@@ -275,12 +307,12 @@ def _mul_step(op, tensors, options) -> Step:
     input1 x input2 / output scale (computed in float, as TFLite's Prepare)."""
     (a, b), output = [tensors[i] for i in op.inputs], tensors[op.outputs[0]]
     real = np.float32(np.float32(a.scale) * np.float32(b.scale)) / np.float32(output.scale)
-    multiplier, shift = quantize_multiplier(float(np.float32(real)))
+    scaler = _Scaler(*quantize_multiplier(float(np.float32(real))))
     low, high = _activation_range(op.activation, output)
 
     def run(values: dict) -> None:
         product = (_operand(values, a) - a.zero_point) * (_operand(values, b) - b.zero_point)
-        out = multiply_by_quantized_multiplier(wrap32(product), multiplier, shift) + output.zero_point
+        out = scaler(product) + output.zero_point  # |product| <= 255^2: no int32 wrap
         values[output.index] = np.clip(out, low, high).astype(np.int8)
     return run
 
