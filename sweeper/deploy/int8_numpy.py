@@ -97,12 +97,22 @@ class _Scaler:
         right = np.maximum(-shift, 0)
         self.right, self.positive = right, right > 0
         self.half = np.where(self.positive, np.int64(1) << np.maximum(right - 1, 0), 0)
+        self.all_positive = bool(np.all(self.positive))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The scaled values of x (int64; overwritten: in-place passes, the hot loop)."""
         if self.left is not None:  # int32 x << left wraps in C++: so here
             x = wrap32(x << self.left)
-        high = (x * self.multiplier + (1 << 30)) >> 31
-        return (high + self.half - ((high < 0) & self.positive)) >> self.right
+        x *= self.multiplier
+        x += 1 << 30
+        x >>= 31
+        negative = x < 0
+        if not self.all_positive:
+            negative &= self.positive
+        x += self.half
+        x -= negative
+        x >>= self.right
+        return x
 
 
 # ------------------------------------------------------------------------- the flatbuffer
@@ -153,10 +163,13 @@ def _activation_range(activation: str, output: _Tensor) -> tuple[int, int]:
     return ranges[activation]
 
 
-def _requantize(acc: np.ndarray, scaler: _Scaler, output: _Tensor, activation: str) -> np.ndarray:
-    low, high = _activation_range(activation, output)
-    out = scaler(acc) + output.zero_point
-    return np.clip(out, low, high).astype(np.int8)
+def _requantize(acc: np.ndarray, scaler: _Scaler, output: _Tensor, bounds: tuple[int, int]) -> np.ndarray:
+    """The int8 output of int32 accumulators (int64, overwritten): scaled, offset by the
+    output zero point, clamped to the activation's range."""
+    out = scaler(acc)
+    out += output.zero_point
+    np.clip(out, *bounds, out=out)
+    return out.astype(np.int8)
 
 
 def _multipliers(reals) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +234,7 @@ def _tap(padded: np.ndarray, i: int, j: int, out_h: int, out_w: int, stride: tup
 def _conv_step(op, tensors, options, depthwise: bool) -> Step:
     source, weights, bias, output = _filter_operands(op, tensors)
     stride, dilation = (options.StrideH(), options.StrideW()), (options.DilationHFactor(), options.DilationWFactor())
-    same, activation = options.Padding() == 0, op.activation
+    same, bounds = options.Padding() == 0, _activation_range(op.activation, output)
     w = weights.values.astype(np.int64) - (weights.zero_points[:, None, None, None] if len(weights.zero_points) > 1
                                            else weights.zero_point)
     multipliers, shifts = _multipliers(np.float64(source.scale) * weights.scales.astype(np.float64)
@@ -253,7 +266,9 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
             columns = np.concatenate([_tap(padded, i, j, out_h, out_w, stride, dilation)
                                       for i in range(kernel[0]) for j in range(kernel[1])], axis=-1)
             acc = (columns.reshape(-1, columns.shape[-1]) @ filt).reshape(len(x), out_h, out_w, -1)
-        values[output.index] = _requantize(acc.astype(np.int64) + b, scaler, output, activation)
+        acc = acc.astype(np.int64)
+        acc += b
+        values[output.index] = _requantize(acc, scaler, output, bounds)
     return run
 
 
