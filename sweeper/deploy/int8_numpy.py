@@ -168,7 +168,13 @@ def _requantize(acc: np.ndarray, scaler: _Scaler, output: _Tensor, bounds: tuple
     output zero point, clamped to the activation's range."""
     out = scaler(acc)
     out += output.zero_point
-    np.clip(out, *bounds, out=out)
+    return _clamped(out, *bounds)
+
+
+def _clamped(out: np.ndarray, low: int, high: int) -> np.ndarray:
+    """out (int64, overwritten) clamped to [low, high], as int8."""
+    np.maximum(out, low, out=out)  # ufuncs: np.clip's Python wrapper costs more than the pass
+    np.minimum(out, high, out=out)
     return out.astype(np.int8)
 
 
@@ -187,11 +193,12 @@ def multiply_by_quantized_multiplier_single(x: np.ndarray, multiplier, shift) ->
 
 def _matmul_dtype(filter_values: np.ndarray, depth: int, bias) -> type:
     """float32 when every partial sum of a dot product, of (input - zero point) in
-    [-255, 255] and these filter values, stays below 2^24, where float32 adds integers
-    exactly in any order; float64 below 2^53; otherwise ``Unsupported``. The bound also
-    keeps the int32 accumulator from wrapping (checked: below 2^31 with the bias)."""
+    [-255, 255] and these filter values, plus the bias, stays below 2^24, where float32
+    adds integers exactly in any order; float64 below 2^53 (the int32 accumulator's
+    range, checked: the reference's int32 sums never wrap); otherwise ``Unsupported``."""
     bound = int(np.abs(filter_values).max(initial=0)) * 255 * depth
-    if bound + (0 if bias is None else int(np.abs(bias.values).max(initial=0))) >= 2 ** 31:
+    bound += 0 if bias is None else int(np.abs(bias.values.astype(np.int64)).max(initial=0))
+    if bound >= 2 ** 31:
         raise Unsupported(f"a dot product whose int32 accumulator may wrap (bound {bound})")
     return np.float32 if bound < 2 ** 24 else np.float64
 
@@ -209,9 +216,9 @@ def _padding(size: int, stride: int, dilation: int, kernel: int, same: bool) -> 
     return out, pad
 
 
-def _pad(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> tuple:
-    """(x padded with zeros, (out_h, out_w)). x is already offset by the input zero point,
-    so a zero tap adds what the reference's skipped out-of-image tap adds: nothing."""
+def _pad(x: np.ndarray, zero_point: int, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> tuple:
+    """(the int8 input padded with its zero point, (out_h, out_w)): a padded tap adds
+    (zero point - zero point) x filter = 0, what the reference's skipped tap adds."""
     n, h, w, c = x.shape
     (out_h, pad_h), (out_w, pad_w) = (_padding(h, stride[0], dilation[0], kernel[0], same),
                                       _padding(w, stride[1], dilation[1], kernel[1], same))
@@ -219,7 +226,7 @@ def _pad(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple, same: boo
     need_w = (out_w - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1
     if (pad_h, pad_w) == (0, 0) and need_h <= h and need_w <= w:
         return x, (out_h, out_w)
-    padded = np.zeros((n, max(need_h, pad_h + h), max(need_w, pad_w + w), c), dtype=x.dtype)
+    padded = np.full((n, max(need_h, pad_h + h), max(need_w, pad_w + w), c), zero_point, dtype=x.dtype)
     padded[:, pad_h:pad_h + h, pad_w:pad_w + w] = x
     return padded, (out_h, out_w)
 
@@ -253,22 +260,26 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
         dtype = _matmul_dtype(w, w[0].size, bias)
         filt = np.ascontiguousarray(w.reshape(w.shape[0], -1).T.astype(dtype))  # [kh*kw*c, out_c]
 
+    taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    b_float = b.astype(dtype)  # exact: _matmul_dtype bounds the sums with the bias
+
     def run(values: dict) -> None:
-        x = values[source.index].astype(dtype) - dtype(offset)
-        padded, (out_h, out_w) = _pad(x, kernel, stride, dilation, same)
+        x = values[source.index]
+        padded, (out_h, out_w) = _pad(x, offset, kernel, stride, dilation, same)
         if depthwise:  # one multiply-add per tap, all channels at once
-            padded = padded[..., channels] if multiplier > 1 else padded
+            padded = np.subtract(padded[..., channels] if multiplier > 1 else padded, offset, dtype=dtype)
             acc = np.zeros((len(x), out_h, out_w, filt.shape[-1]), dtype=dtype)
-            for i in range(kernel[0]):
-                for j in range(kernel[1]):
-                    acc += _tap(padded, i, j, out_h, out_w, stride, dilation) * filt[i, j]
-        else:  # im2col: the taps side by side, one matrix product
-            columns = np.concatenate([_tap(padded, i, j, out_h, out_w, stride, dilation)
-                                      for i in range(kernel[0]) for j in range(kernel[1])], axis=-1)
+            for i, j in taps:
+                acc += _tap(padded, i, j, out_h, out_w, stride, dilation) * filt[i, j]
+        else:  # im2col: the taps side by side (offset and converted on the way), one product
+            c = padded.shape[-1]
+            columns = np.empty((len(x), out_h, out_w, len(taps) * c), dtype=dtype)
+            for k, (i, j) in enumerate(taps):
+                np.subtract(_tap(padded, i, j, out_h, out_w, stride, dilation), offset,
+                            out=columns[..., k * c:(k + 1) * c], dtype=dtype)
             acc = (columns.reshape(-1, columns.shape[-1]) @ filt).reshape(len(x), out_h, out_w, -1)
-        acc = acc.astype(np.int64)
-        acc += b
-        values[output.index] = _requantize(acc, scaler, output, bounds)
+        acc += b_float
+        values[output.index] = _requantize(acc.astype(np.int64), scaler, output, bounds)
     return run
 
 
@@ -285,12 +296,15 @@ def _fully_connected_step(op, tensors, options) -> Step:
                                        / np.float64(output.scale))
     b = np.zeros(w.shape[0], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
     offset, (low, high) = source.zero_point, _activation_range(op.activation, output)
+    b_float = b.astype(dtype)  # exact: _matmul_dtype bounds the sums with the bias
 
     def run(values: dict) -> None:
-        x = values[source.index].reshape(-1, w.shape[1]).astype(dtype) - dtype(offset)
-        acc = (x @ filt).astype(np.int64) + b
+        x = np.subtract(values[source.index].reshape(-1, w.shape[1]), offset, dtype=dtype)
+        acc = x @ filt
+        acc += b_float
+        acc = acc.astype(np.int64)
         out = multiply_by_quantized_multiplier_single(acc, multipliers, shifts) + output.zero_point
-        values[output.index] = np.clip(out, low, high).astype(np.int8)
+        values[output.index] = _clamped(out, low, high)
     return run
 
 
@@ -313,7 +327,7 @@ def _add_step(op, tensors, options) -> Step:
         # |input - zero point| <= 255, so the << 20 and the sum stay inside int32
         scaled = scale_a(left << 20) + scale_b(right << 20)
         out = scale_out(scaled) + output.zero_point
-        values[output.index] = np.clip(out, low, high).astype(np.int8)
+        values[output.index] = _clamped(out, low, high)
     return run
 
 
@@ -328,7 +342,7 @@ def _mul_step(op, tensors, options) -> Step:
     def run(values: dict) -> None:
         product = (_operand(values, a) - a.zero_point) * (_operand(values, b) - b.zero_point)
         out = scaler(product) + output.zero_point  # |product| <= 255^2: no int32 wrap
-        values[output.index] = np.clip(out, low, high).astype(np.int8)
+        values[output.index] = _clamped(out, low, high)
     return run
 
 
