@@ -268,9 +268,10 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
         padded, (out_h, out_w) = _pad(x, offset, kernel, stride, dilation, same)
         if depthwise:  # one multiply-add per tap, all channels at once
             padded = np.subtract(padded[..., channels] if multiplier > 1 else padded, offset, dtype=dtype)
-            acc = np.zeros((len(x), out_h, out_w, filt.shape[-1]), dtype=dtype)
-            for i, j in taps:
-                acc += _tap(padded, i, j, out_h, out_w, stride, dilation) * filt[i, j]
+            acc = _tap(padded, *taps[0], out_h, out_w, stride, dilation) * filt[taps[0]]
+            product = np.empty_like(acc)
+            for i, j in taps[1:]:
+                acc += np.multiply(_tap(padded, i, j, out_h, out_w, stride, dilation), filt[i, j], out=product)
         else:  # im2col: the taps side by side (offset and converted on the way), one product
             c = padded.shape[-1]
             columns = np.empty((len(x), out_h, out_w, len(taps) * c), dtype=dtype)
@@ -321,14 +322,11 @@ def _add_step(op, tensors, options) -> Step:
     scale_a, scale_b, scale_out = _Scaler(ma, sa), _Scaler(mb, sb), _Scaler(mo, so)
     low, high = _activation_range(op.activation, output)
 
-    def run(values: dict) -> None:
-        left = _operand(values, a) - a.zero_point
-        right = _operand(values, b) - b.zero_point
+    def add(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         # |input - zero point| <= 255, so the << 20 and the sum stay inside int32
-        scaled = scale_a(left << 20) + scale_b(right << 20)
-        out = scale_out(scaled) + output.zero_point
-        values[output.index] = _clamped(out, low, high)
-    return run
+        scaled = scale_a((left - a.zero_point) << 20) + scale_b((right - b.zero_point) << 20)
+        return _clamped(scale_out(scaled) + output.zero_point, low, high)
+    return _elementwise(add, a, b, output)
 
 
 def _mul_step(op, tensors, options) -> Step:
@@ -339,10 +337,27 @@ def _mul_step(op, tensors, options) -> Step:
     scaler = _Scaler(*quantize_multiplier(float(np.float32(real))))
     low, high = _activation_range(op.activation, output)
 
+    def mul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        product = (left - a.zero_point) * (right - b.zero_point)  # |product| <= 255^2: no wrap
+        return _clamped(scaler(product) + output.zero_point, low, high)
+    return _elementwise(mul, a, b, output)
+
+
+def _elementwise(arithmetic: Callable, a: _Tensor, b: _Tensor, output: _Tensor) -> Step:
+    """An int8 x int8 -> int8 elementwise op as a table of its 65,536 results, computed
+    once by ``arithmetic`` (the kernel's integer arithmetic on int64 arrays) and read at
+    (a + 128) x 256 + (b + 128): the same outputs as the arithmetic, in a few passes
+    instead of some thirty."""
+    grid = np.arange(-128, 128, dtype=np.int64)
+    table = arithmetic(np.repeat(grid, 256), np.tile(grid, 256))
+
     def run(values: dict) -> None:
-        product = (_operand(values, a) - a.zero_point) * (_operand(values, b) - b.zero_point)
-        out = scaler(product) + output.zero_point  # |product| <= 255^2: no int32 wrap
-        values[output.index] = _clamped(out, low, high)
+        left = values[a.index] if a.values is None else a.values
+        right = values[b.index] if b.values is None else b.values
+        index = left.astype(np.int32) << 8
+        index = index + right  # broadcasts a constant operand
+        index += 128 * 257
+        values[output.index] = table[index]
     return run
 
 
@@ -355,12 +370,6 @@ def _reshape_step(op, tensors, options) -> Step:
         x = values[source.index]
         values[output.index] = x.reshape(len(x), *output.shape[1:])
     return run
-
-
-def _operand(values: dict, tensor: _Tensor) -> np.ndarray:
-    """An elementwise op's input as int64: a computed tensor (batch first) or a constant
-    (broadcast against the batch)."""
-    return (values[tensor.index] if tensor.values is None else tensor.values).astype(np.int64)
 
 
 def _filter_operands(op, tensors) -> tuple:
