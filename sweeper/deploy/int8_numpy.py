@@ -4,22 +4,24 @@ arithmetic of ``tensorflow/lite/kernels/internal/reference/integer_ops`` (the ke
 ``OpResolverType.BUILTIN_REF`` runs and TFLM's are ported from), so that its int8 outputs
 are the interpreter's bit for bit, at a fraction of the scalar loops' time.
 
-Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (int32
-accumulation of (input - input zero point) x (filter - filter zero point), plus the int32
-bias, requantized per channel), ADD and MUL (with broadcasting), RESHAPE: the ops of every
-preset's int8 build of ``small_cnn`` and ``stq_net`` but ``stq_net``'s ``fp`` one (its
-LOGISTIC runs gemmlowp's fixed-point logistic, not ported). Any other op, type or layout
-raises ``Unsupported`` when the program is built.
+Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL and
+RESHAPE, the ops of every int8 build of ``small_cnn`` and ``stq_net`` but ``stq_net`` at
+``fp`` (its LOGISTIC, gemmlowp's fixed-point logistic, is not ported). Any other op, type
+or layout raises ``Unsupported`` when the program is built.
 
-The arithmetic, as TFLite's (double rounding: ``TFLITE_SINGLE_ROUNDING`` is not set):
-multipliers from ``QuantizeMultiplier`` on the double effective scale (``frexp``, Q31
-significand rounded half away from zero, shifts below -31 flushed to zero);
-``MultiplyByQuantizedMultiplier`` = ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(
-x * 2^left_shift, multiplier), right_shift)`` with int32 wrap-around on the shift;
-activations clamped to ``CalculateActivationRangeQuantized``'s range; SAME padding's
-top/left pad = total // 2, padded taps skipped (they add 0). Dot products run as float64
-matrix products: every partial sum of the integer terms is checked, when built, to stay
-below 2^53 in magnitude, where float64 is exact whatever BLAS's summation order.
+The arithmetic, as TFLite's: multipliers from ``QuantizeMultiplier`` on the double
+effective scale (``frexp``, Q31 significand rounded half away from zero, shifts below -31
+flushed to zero; FULLY_CONNECTED's input x filter scale product taken in float first, as
+``GetQuantizedConvolutionMultipler``); convolutions requantize with the double-rounding
+``MultiplyByQuantizedMultiplier`` (``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(
+x * 2^left_shift, multiplier), right_shift)``, int32 wrap-around on the shift), while the
+interpreter's FULLY_CONNECTED rounds once (``multiply_by_quantized_multiplier_single``:
+found by comparing each layer with the interpreter, which it matches where the double
+rounding differs on ties); activations clamped to ``CalculateActivationRangeQuantized``'s
+range; SAME padding's top/left pad = total // 2, padded taps adding 0. Dot products run as
+float32 (or float64) matrix products only where every partial sum of the integer terms,
+bias included, is bounded below 2^24 (2^53) when built, where the float sum is exact
+whatever BLAS's order. ADD and MUL read a table of their 65,536 exact results.
 
 Nothing here proves the port exact for a given build: ``sweeper.attacks.deployed`` runs it
 beside the interpreter on check inputs and uses it only when every int8 output agrees.
@@ -33,7 +35,6 @@ from collections.abc import Callable
 import numpy as np
 
 SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE")
-INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 class Unsupported(ValueError):
@@ -66,7 +67,7 @@ def saturating_rounding_doubling_high_mul(a: np.ndarray, b) -> np.ndarray:
     """gemmlowp's: (ab + nudge) / 2^31 truncated toward zero, nudge 2^30 for ab >= 0 and
     1 - 2^30 below, which is (ab + 2^30) >> 31 (a floor) for either sign: one add and one
     shift (tests/test_int8_numpy.py checks it against the literal definition). b is a
-    non-negative multiplier, so gemmlowp's INT32_MIN x INT32_MIN saturation never applies."""
+    non-negative multiplier, so gemmlowp's saturation (both INT32_MIN) never applies."""
     return (a * b + (1 << 30)) >> 31
 
 
@@ -82,7 +83,7 @@ def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
 def multiply_by_quantized_multiplier(x: np.ndarray, multiplier, shift) -> np.ndarray:
     """TFLite's double-rounding ``MultiplyByQuantizedMultiplier`` on int32 values (int64
     arrays); multiplier and shift broadcast (one per channel, along the last axis)."""
-    return _Scaler(multiplier, shift)(x)
+    return _Scaler(multiplier, shift)(np.array(x, dtype=np.int64))
 
 
 class _Scaler:
@@ -163,12 +164,6 @@ def _activation_range(activation: str, output: _Tensor) -> tuple[int, int]:
     if activation not in ranges:
         raise Unsupported(f"fused activation {activation}")
     return ranges[activation]
-
-
-def _requantize(acc: np.ndarray, scaler: _Scaler, output: _Tensor, bounds: tuple[int, int]) -> np.ndarray:
-    """The int8 output of int32 accumulators (int64, overwritten): scaled, offset by the
-    output zero point, clamped to the activation's range."""
-    return _clamped(scaler(acc), *bounds)  # the scaler adds the output zero point
 
 
 def _clamped(out: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -279,7 +274,7 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
                             out=columns[..., k * c:(k + 1) * c], dtype=dtype)
             acc = (columns.reshape(-1, columns.shape[-1]) @ filt).reshape(len(x), out_h, out_w, -1)
         acc += b_float
-        values[output.index] = _requantize(acc.astype(np.int64), scaler, output, bounds)
+        values[output.index] = _clamped(scaler(acc.astype(np.int64)), *bounds)  # the scaler adds the zero point
     return run
 
 
@@ -415,7 +410,10 @@ class Int8Program:
     the graph holds anything the port does not cover (module doc)."""
 
     def __init__(self, flatbuffer: bytes):
-        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+        try:
+            from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+        except ImportError as error:  # its wheel is Linux x86_64 only
+            raise Unsupported(f"the flatbuffer schema (tflite-micro) is not installed: {error}") from None
 
         model = schema.Model.GetRootAs(flatbuffer, 0)
         if model.SubgraphsLength() != 1:
