@@ -4,10 +4,10 @@ arithmetic of ``tensorflow/lite/kernels/internal/reference/integer_ops`` (the ke
 ``OpResolverType.BUILTIN_REF`` runs and TFLM's are ported from), so that its int8 outputs
 are the interpreter's bit for bit, at a fraction of the scalar loops' time.
 
-Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL and
-RESHAPE, the ops of every int8 build of ``small_cnn`` and ``stq_net`` but ``stq_net`` at
-``fp`` (its LOGISTIC, gemmlowp's fixed-point logistic, is not ported). Any other op, type
-or layout raises ``Unsupported`` when the program is built.
+Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL,
+RESHAPE and LOGISTIC (read from the reference kernel's own 256-entry table, int8_tables),
+the ops of every int8 build of ``small_cnn`` and ``stq_net``. Any other op, type or
+layout raises ``Unsupported`` when the program is built.
 
 The arithmetic, as TFLite's: multipliers from ``QuantizeMultiplier`` on the double
 effective scale (``frexp``, Q31 significand rounded half away from zero, shifts below -31
@@ -23,8 +23,8 @@ float32 (or float64) matrix products only where every partial sum of the integer
 bias included, is bounded below 2^24 (2^53) when built, where the float sum is exact
 whatever BLAS's order. ADD and MUL read a table of their 65,536 exact results.
 
-Nothing here proves the port exact for a given build: ``sweeper.attacks.deployed`` runs it
-beside the interpreter on check inputs and uses it only when every int8 output agrees.
+Nothing here proves the port exact for a build: ``sweeper.attacks.deployed`` uses it only
+when it agrees with the interpreter on every check input.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE")
+from sweeper.deploy.int8_tables import TABULATED, unary_step
+
+SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE", *TABULATED)
 
 
 class Unsupported(ValueError):
@@ -51,8 +53,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     q, shift = math.frexp(real)
     q_fixed = int(math.floor(abs(q) * 2 ** 31 + 0.5)) * (1 if q >= 0 else -1)  # TfLiteRound
     if q_fixed == 2 ** 31:
-        q_fixed //= 2
-        shift += 1
+        q_fixed, shift = q_fixed // 2, shift + 1
     if shift < -31:
         return 0, 0
     return q_fixed, shift
@@ -378,7 +379,7 @@ def _filter_operands(op, tensors) -> tuple:
 STEPS = {"CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=False),
          "DEPTHWISE_CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=True),
          "FULLY_CONNECTED": _fully_connected_step, "ADD": _add_step, "MUL": _mul_step,
-         "RESHAPE": _reshape_step}
+         "RESHAPE": _reshape_step, **{name: lambda op, t, o: unary_step(op, t) for name in TABULATED}}
 
 
 class _Op:
@@ -391,8 +392,7 @@ class _Op:
         self.inputs = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
         self.outputs = [int(i) for i in op.OutputsAsNumpy()]
         classes = {"CONV_2D": schema.Conv2DOptions, "DEPTHWISE_CONV_2D": schema.DepthwiseConv2DOptions,
-                   "FULLY_CONNECTED": schema.FullyConnectedOptions, "ADD": schema.AddOptions,
-                   "MUL": schema.MulOptions}
+                   "FULLY_CONNECTED": schema.FullyConnectedOptions, "ADD": schema.AddOptions, "MUL": schema.MulOptions}
         self.options, self.activation = None, "NONE"
         table = op.BuiltinOptions()
         if self.name in classes and table is not None:
