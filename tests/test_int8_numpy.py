@@ -1,8 +1,9 @@
-"""The numpy port of TFLite's reference int8 kernels (sweeper/deploy/int8_numpy.py) and
+"""The numpy port of TFLite's reference int8 kernels (sweeper/deploy/int8_*.py) and
 its use as the deployed estimator's forward: the fixed-point helpers against gemmlowp's
 literal definitions; the port's int8 outputs bit for bit those of the BUILTIN_REF
 interpreter on small_cnn and stq_net builds at fp, int8, ternary and binary (untrained:
-exactness needs no training; stq_net at fp has a LOGISTIC) on random and extreme inputs;
+exactness needs no training; stq_net at fp has a LOGISTIC) and resnet8 and dscnn builds
+(MEAN, AVERAGE_POOL_2D) on random and extreme inputs;
 an unsupported op (MAX_POOL_2D) and a port that disagrees both leave the interpreter on;
 a spot check catches a port that goes wrong after it was proven; and Square on the
 deployed build returns the same examples through the port as through the interpreter."""
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from sweeper.deploy import int8_numpy
+from sweeper.deploy import int8_arith, int8_numpy
 
 SHAPE = (8, 8, 1)
 CLIP = (0.0, 1.0)
@@ -45,26 +46,26 @@ def test_fixed_point_helpers_are_gemmlowps():
     x = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 3000), rng.integers(-5000, 5000, 3000),
                         [0, 1, -1, 2 ** 31 - 1, -(2 ** 31), 2 ** 30, -(2 ** 30), -(2 ** 30) - 1]]).astype(np.int64)
     for multiplier in (1 << 30, 1095079771, 1758569344, 2 ** 31 - 1):
-        high = int8_numpy.saturating_rounding_doubling_high_mul(x, multiplier)
+        high = int8_arith.saturating_rounding_doubling_high_mul(x, multiplier)
         assert high.tolist() == [_srdhm_literal(int(v), multiplier) for v in x]
         for exponent in (0, 1, 4, 9, 31):
-            got = int8_numpy.rounding_divide_by_pot(high, exponent)
+            got = int8_arith.rounding_divide_by_pot(high, exponent)
             assert got.tolist() == [_rdbp_literal(int(v), exponent) for v in high]
-            scaled = int8_numpy.multiply_by_quantized_multiplier(x.copy(), multiplier, -exponent)
+            scaled = int8_arith.multiply_by_quantized_multiplier(x.copy(), multiplier, -exponent)
             np.testing.assert_array_equal(scaled, got)
     # Ties: 40.5 after the high mul rounds away from zero twice (double rounding), once
     # with the single rounding FULLY_CONNECTED uses (1270 x 0.0318725 = 40.476...).
-    assert int8_numpy.multiply_by_quantized_multiplier(np.array([1270, -1270]), 1095079771, -4).tolist() == [41, -41]
-    single = int8_numpy.multiply_by_quantized_multiplier_single(np.array([1270, -1270]), 1095079771, -4)
+    assert int8_arith.multiply_by_quantized_multiplier(np.array([1270, -1270]), 1095079771, -4).tolist() == [41, -41]
+    single = int8_arith.multiply_by_quantized_multiplier_single(np.array([1270, -1270]), 1095079771, -4)
     assert single.tolist() == [40, -40]
 
 
 def test_quantize_multiplier_is_tflites():
-    assert int8_numpy.quantize_multiplier(0.0) == (0, 0)
-    assert int8_numpy.quantize_multiplier(0.5) == (1 << 30, 0)
-    assert int8_numpy.quantize_multiplier(1.0) == (1 << 30, 1)
-    assert int8_numpy.quantize_multiplier(2.0 ** -40) == (0, 0)  # shifts below -31 flush to zero
-    assert int8_numpy.quantize_multiplier(1 - 2.0 ** -40) == (1 << 30, 1)  # a significand rounding up to 2^31
+    assert int8_arith.quantize_multiplier(0.0) == (0, 0)
+    assert int8_arith.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert int8_arith.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert int8_arith.quantize_multiplier(2.0 ** -40) == (0, 0)  # shifts below -31 flush to zero
+    assert int8_arith.quantize_multiplier(1 - 2.0 ** -40) == (1 << 30, 1)  # a significand rounding up to 2^31
 
 
 # ------------------------------------------------------------------------------ the builds
@@ -124,6 +125,26 @@ def test_the_port_is_the_reference_kernels_bit_for_bit(builds, model_name, prese
     assert got.dtype == np.int8 and got.shape == (len(quantized), 10)
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want, axis=0)) > 1  # the inputs reach more than one output
+
+
+@pytest.mark.parametrize("model_name,shape", [("resnet8", (32, 32, 3)), ("dscnn", (49, 10, 1))])
+@pytest.mark.parametrize("preset", ["fp", "binary"])
+def test_the_pooling_ops_are_the_reference_kernels_bit_for_bit(model_name, shape, preset):
+    """MEAN (every quantized preset) and AVERAGE_POOL_2D (fp) end resnet8 and dscnn."""
+    import tensorflow as tf
+
+    from sweeper import deploy, models
+    from sweeper.models import quantizers
+
+    rng = np.random.default_rng(4)
+    tf.keras.utils.set_random_seed(0)
+    model = models.build(model_name, shape, 10, quantizers.QUANTIZERS.get(preset))
+    flatbuffer = deploy.convert_int8(deploy.strip(model), rng.uniform(*CLIP, (16, *shape)).astype(np.float32))
+    program = int8_numpy.Int8Program(flatbuffer)
+    assert {"fp": "AVERAGE_POOL_2D", "binary": "MEAN"}[preset] in [op.name for op in program.ops]
+    quantized = np.concatenate([rng.integers(-128, 128, (24, *shape)), np.full((1, *shape), -128),
+                                np.full((1, *shape), 127), rng.choice([-128, 127], (6, *shape))]).astype(np.int8)
+    np.testing.assert_array_equal(program(quantized), _reference(flatbuffer, quantized))
 
 
 # ---------------------------------------------------------------- the deployed estimator

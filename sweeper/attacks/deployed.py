@@ -20,7 +20,7 @@ only once proven on this build: when the estimator is built, the port and the in
 run the check inputs (the attacked samples when the caller passes them, 256 uniform int8
 tensors over the whole int8 range, the all -128 and all 127 inputs and 32 of -128/127
 noise) and every int8 output must agree bit for bit; an op the port does not cover
-(``resnet8``'s and ``dscnn``'s MEAN or AVERAGE_POOL_2D) or any disagreement leaves the interpreter on every
+(none of sweeper's four models has one) or any disagreement leaves the interpreter on every
 call, with the reason logged (``port_reason``). A spot check stays on: every
 ``SPOT_CHECK_EVERY``-th call one of its samples also runs through the interpreter, and a
 disagreement switches the estimator to the interpreter for good (warning), that call

@@ -1,15 +1,12 @@
 """A vectorised numpy port of TFLite's reference int8 kernels: ``Int8Program(flatbuffer)``
 runs an int8 ``.tflite`` on a whole batch of int8 inputs with numpy, computing the integer
-arithmetic of ``tensorflow/lite/kernels/internal/reference/integer_ops`` (the kernels
-``OpResolverType.BUILTIN_REF`` runs and TFLM's are ported from), so that its int8 outputs
-are the interpreter's bit for bit, at a fraction of the scalar loops' time.
+arithmetic of the kernels ``OpResolverType.BUILTIN_REF`` runs (TFLM's are ported from them),
+so that its int8 outputs are the interpreter's bit for bit. Ops (``SUPPORTED``): CONV_2D,
+DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL, RESHAPE, MEAN and AVERAGE_POOL_2D
+(int8_pooling), LOGISTIC (the kernel's own table, int8_tables): every op of sweeper's
+four models' builds. Any other op, type or layout raises ``Unsupported`` when built.
 
-Ops covered (``SUPPORTED``): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL,
-RESHAPE and LOGISTIC (read from the reference kernel's own 256-entry table, int8_tables),
-the ops of every int8 build of ``small_cnn`` and ``stq_net``. Any other op, type or
-layout raises ``Unsupported`` when the program is built.
-
-The arithmetic, as TFLite's: multipliers from ``QuantizeMultiplier`` on the double
+The arithmetic (int8_arith), as TFLite's: multipliers from ``QuantizeMultiplier`` on the double
 effective scale (``frexp``, Q31 significand rounded half away from zero, shifts below -31
 flushed to zero; FULLY_CONNECTED's input x filter scale product taken in float first, as
 ``GetQuantizedConvolutionMultipler``); convolutions requantize with the double-rounding
@@ -23,100 +20,22 @@ float32 (or float64) matrix products only where every partial sum of the integer
 bias included, is bounded below 2^24 (2^53) when built, where the float sum is exact
 whatever BLAS's order. ADD and MUL read a table of their 65,536 exact results.
 
-Nothing here proves the port exact for a build: ``sweeper.attacks.deployed`` uses it only
-when it agrees with the interpreter on every check input.
+Nothing here proves the port exact for a build: ``sweeper.attacks.deployed`` checks that.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
+from sweeper.deploy.int8_arith import (Scaler, Unsupported, activation_range, clamped,
+                                       multiply_by_quantized_multiplier_single, padding, quantize_multiplier)
+from sweeper.deploy.int8_pooling import average_pool_step, mean_step
 from sweeper.deploy.int8_tables import TABULATED, unary_step
 
-SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE", *TABULATED)
-
-
-class Unsupported(ValueError):
-    """The flatbuffer has an op, type or layout the port does not cover (the message says which)."""
-
-
-# ----------------------------------------------------------------- fixed-point arithmetic
-
-
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's ``QuantizeMultiplier``: (Q31 significand, shift) of a double multiplier."""
-    if real == 0.0:
-        return 0, 0
-    q, shift = math.frexp(real)
-    q_fixed = int(math.floor(abs(q) * 2 ** 31 + 0.5)) * (1 if q >= 0 else -1)  # TfLiteRound
-    if q_fixed == 2 ** 31:
-        q_fixed, shift = q_fixed // 2, shift + 1
-    if shift < -31:
-        return 0, 0
-    return q_fixed, shift
-
-
-def wrap32(x: np.ndarray) -> np.ndarray:
-    """int64 values reduced to int32 with two's-complement wrap-around (C++ int32 arithmetic)."""
-    return ((x + 2 ** 31) & (2 ** 32 - 1)) - 2 ** 31
-
-
-def saturating_rounding_doubling_high_mul(a: np.ndarray, b) -> np.ndarray:
-    """gemmlowp's: (ab + nudge) / 2^31 truncated toward zero, nudge 2^30 for ab >= 0 and
-    1 - 2^30 below, which is (ab + 2^30) >> 31 (a floor) for either sign: one add and one
-    shift (tests/test_int8_numpy.py checks it against the literal definition). b is a
-    non-negative multiplier, so gemmlowp's saturation (both INT32_MIN) never applies."""
-    return (a * b + (1 << 30)) >> 31
-
-
-def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
-    """gemmlowp's: x / 2^exponent rounded half away from zero, as
-    (x + 2^(exponent-1) - [x < 0]) >> exponent (for exponent 0: x)."""
-    exponent = np.asarray(exponent, dtype=np.int64)
-    positive = exponent > 0
-    half = np.where(positive, np.int64(1) << np.maximum(exponent - 1, 0), 0)
-    return (x + half - ((x < 0) & positive)) >> exponent
-
-
-def multiply_by_quantized_multiplier(x: np.ndarray, multiplier, shift) -> np.ndarray:
-    """TFLite's double-rounding ``MultiplyByQuantizedMultiplier`` on int32 values (int64
-    arrays); multiplier and shift broadcast (one per channel, along the last axis)."""
-    return _Scaler(multiplier, shift)(np.array(x, dtype=np.int64))
-
-
-class _Scaler:
-    """``MultiplyByQuantizedMultiplier`` (double rounding) with its per-channel constants
-    prepared once: x << left (wrapped to int32 when a left shift could overflow),
-    SaturatingRoundingDoublingHighMul, RoundingDivideByPOT, plus ``offset`` (the output
-    zero point) folded into the rounding constant: (v + offset x 2^right) >> right is
-    (v >> right) + offset, one pass fewer."""
-
-    def __init__(self, multiplier, shift, offset: int = 0):
-        shift = np.asarray(shift, dtype=np.int64)
-        self.multiplier = np.asarray(multiplier, dtype=np.int64)
-        self.left = np.maximum(shift, 0) if np.any(shift > 0) else None
-        right = np.maximum(-shift, 0)
-        self.right, self.positive = right, (right > 0).astype(np.int64)
-        self.half = np.where(self.positive, np.int64(1) << np.maximum(right - 1, 0), 0) + (offset << right)
-        self.all_positive = bool(np.all(right > 0))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The scaled values of x (int64; overwritten: in-place passes, the hot loop)."""
-        if self.left is not None:  # int32 x << left wraps in C++: so here
-            x = wrap32(x << self.left)
-        x *= self.multiplier
-        x += 1 << 30
-        x >>= 31
-        sign = x >> 63  # -1 below zero, else 0: the "- [x < 0]" without a bool cast
-        if not self.all_positive:
-            sign *= self.positive
-        x += self.half
-        x += sign
-        x >>= self.right
-        return x
+SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "RESHAPE", "MEAN", "AVERAGE_POOL_2D",
+             *TABULATED)
 
 
 # ------------------------------------------------------------------------- the flatbuffer
@@ -153,37 +72,9 @@ class _Tensor:
         return int(self.zero_points[0])
 
 
-def _activation_range(activation: str, output: _Tensor) -> tuple[int, int]:
-    """``CalculateActivationRangeQuantized`` for an int8 output."""
-    def quantize(value: float) -> int:
-        q = np.float32(value) / np.float32(output.scale)  # float division, as TFLite's
-        return output.zero_point + int(math.floor(abs(q) + 0.5)) * (1 if q >= 0 else -1)
-
-    ranges = {"NONE": (-128, 127), "RELU": (max(-128, quantize(0.0)), 127),
-              "RELU6": (max(-128, quantize(0.0)), min(127, quantize(6.0))),
-              "RELU_N1_TO_1": (max(-128, quantize(-1.0)), min(127, quantize(1.0)))}
-    if activation not in ranges:
-        raise Unsupported(f"fused activation {activation}")
-    return ranges[activation]
-
-
-def _clamped(out: np.ndarray, low: int, high: int) -> np.ndarray:
-    """out (int64, overwritten) clamped to [low, high], as int8."""
-    np.clip(out, low, high, out=out)
-    return out.astype(np.int8)
-
-
 def _multipliers(reals) -> tuple[np.ndarray, np.ndarray]:
     pairs = [quantize_multiplier(float(r)) for r in np.atleast_1d(reals)]
     return (np.array([m for m, _ in pairs], dtype=np.int64), np.array([s for _, s in pairs], dtype=np.int64))
-
-
-def multiply_by_quantized_multiplier_single(x: np.ndarray, multiplier, shift) -> np.ndarray:
-    """The single-rounding ``MultiplyByQuantizedMultiplier`` (x * multiplier rounded half
-    up at bit 31 - shift, in int64), which the interpreter's FULLY_CONNECTED applies: its
-    outputs match this bit for bit where the double-rounding one gives others on ties."""
-    total = 31 - np.asarray(shift, dtype=np.int64)
-    return wrap32((x * multiplier + (np.int64(1) << (total - 1))) >> total)
 
 
 def _matmul_dtype(filter_values: np.ndarray, depth: int, bias) -> type:
@@ -203,20 +94,12 @@ def _matmul_dtype(filter_values: np.ndarray, depth: int, bias) -> type:
 Step = Callable[[dict], None]
 
 
-def _padding(size: int, stride: int, dilation: int, kernel: int, same: bool) -> tuple[int, int]:
-    """(output size, top/left pad) as TFLite's ``ComputePaddingHeightWidth``."""
-    effective = (kernel - 1) * dilation + 1
-    out = (size + stride - 1) // stride if same else (size - effective + stride) // stride
-    pad = max((out - 1) * stride + effective - size, 0) // 2 if same else 0
-    return out, pad
-
-
 def _pad(x: np.ndarray, zero_point: int, kernel: tuple, stride: tuple, dilation: tuple, same: bool) -> tuple:
     """(the int8 input padded with its zero point, (out_h, out_w)): a padded tap adds
     (zero point - zero point) x filter = 0, what the reference's skipped tap adds."""
     n, h, w, c = x.shape
-    (out_h, pad_h), (out_w, pad_w) = (_padding(h, stride[0], dilation[0], kernel[0], same),
-                                      _padding(w, stride[1], dilation[1], kernel[1], same))
+    (out_h, pad_h), (out_w, pad_w) = (padding(h, stride[0], dilation[0], kernel[0], same),
+                                      padding(w, stride[1], dilation[1], kernel[1], same))
     need_h = (out_h - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1
     need_w = (out_w - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1
     if (pad_h, pad_w) == (0, 0) and need_h <= h and need_w <= w:
@@ -236,14 +119,14 @@ def _tap(padded: np.ndarray, i: int, j: int, out_h: int, out_w: int, stride: tup
 def _conv_step(op, tensors, options, depthwise: bool) -> Step:
     source, weights, bias, output = _filter_operands(op, tensors)
     stride, dilation = (options.StrideH(), options.StrideW()), (options.DilationHFactor(), options.DilationWFactor())
-    same, bounds = options.Padding() == 0, _activation_range(op.activation, output)
+    same, bounds = options.Padding() == 0, activation_range(op.activation, output)
     w = weights.values.astype(np.int64) - (weights.zero_points[:, None, None, None] if len(weights.zero_points) > 1
                                            else weights.zero_point)
     multipliers, shifts = _multipliers(np.float64(source.scale) * weights.scales.astype(np.float64)
                                        / np.float64(output.scale))
     if len(multipliers) == 1:
         multipliers, shifts = np.repeat(multipliers, output.shape[-1]), np.repeat(shifts, output.shape[-1])
-    scaler = _Scaler(multipliers, shifts, output.zero_point)
+    scaler = Scaler(multipliers, shifts, output.zero_point)
     b = np.zeros(output.shape[-1], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
     offset, kernel = source.zero_point, w.shape[1:3]
     if depthwise:
@@ -275,7 +158,7 @@ def _conv_step(op, tensors, options, depthwise: bool) -> Step:
                             out=columns[..., k * c:(k + 1) * c], dtype=dtype)
             acc = (columns.reshape(-1, columns.shape[-1]) @ filt).reshape(len(x), out_h, out_w, -1)
         acc += b_float
-        values[output.index] = _clamped(scaler(acc.astype(np.int64)), *bounds)  # the scaler adds the zero point
+        values[output.index] = clamped(scaler(acc.astype(np.int64)), *bounds)  # the scaler adds the zero point
     return run
 
 
@@ -291,7 +174,7 @@ def _fully_connected_step(op, tensors, options) -> Step:
     multipliers, shifts = _multipliers((np.float32(source.scale) * weights.scales).astype(np.float64)
                                        / np.float64(output.scale))
     b = np.zeros(w.shape[0], dtype=np.int64) if bias is None else bias.values.astype(np.int64)
-    offset, (low, high) = source.zero_point, _activation_range(op.activation, output)
+    offset, (low, high) = source.zero_point, activation_range(op.activation, output)
     b_float = b.astype(dtype)  # exact: _matmul_dtype bounds the sums with the bias
 
     def run(values: dict) -> None:
@@ -300,7 +183,7 @@ def _fully_connected_step(op, tensors, options) -> Step:
         acc += b_float
         acc = acc.astype(np.int64)
         out = multiply_by_quantized_multiplier_single(acc, multipliers, shifts) + output.zero_point
-        values[output.index] = _clamped(out, low, high)
+        values[output.index] = clamped(out, low, high)
     return run
 
 
@@ -314,13 +197,13 @@ def _add_step(op, tensors, options) -> Step:
     mo, so = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * np.float32(output.scale)))
     if max(sa, sb, so) > 0:
         raise Unsupported("an ADD multiplier above one")
-    scale_a, scale_b, scale_out = _Scaler(ma, sa), _Scaler(mb, sb), _Scaler(mo, so)
-    low, high = _activation_range(op.activation, output)
+    scale_a, scale_b, scale_out = Scaler(ma, sa), Scaler(mb, sb), Scaler(mo, so)
+    low, high = activation_range(op.activation, output)
 
     def add(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         # |input - zero point| <= 255, so the << 20 and the sum stay inside int32
         scaled = scale_a((left - a.zero_point) << 20) + scale_b((right - b.zero_point) << 20)
-        return _clamped(scale_out(scaled) + output.zero_point, low, high)
+        return clamped(scale_out(scaled) + output.zero_point, low, high)
     return _elementwise(add, a, b, output)
 
 
@@ -329,12 +212,12 @@ def _mul_step(op, tensors, options) -> Step:
     input1 x input2 / output scale (computed in float, as TFLite's Prepare)."""
     (a, b), output = [tensors[i] for i in op.inputs], tensors[op.outputs[0]]
     real = np.float32(np.float32(a.scale) * np.float32(b.scale)) / np.float32(output.scale)
-    scaler = _Scaler(*quantize_multiplier(float(np.float32(real))))
-    low, high = _activation_range(op.activation, output)
+    scaler = Scaler(*quantize_multiplier(float(np.float32(real))))
+    low, high = activation_range(op.activation, output)
 
     def mul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         product = (left - a.zero_point) * (right - b.zero_point)  # |product| <= 255^2: no wrap
-        return _clamped(scaler(product) + output.zero_point, low, high)
+        return clamped(scaler(product) + output.zero_point, low, high)
     return _elementwise(mul, a, b, output)
 
 
@@ -379,7 +262,8 @@ def _filter_operands(op, tensors) -> tuple:
 STEPS = {"CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=False),
          "DEPTHWISE_CONV_2D": lambda op, t, o: _conv_step(op, t, o, depthwise=True),
          "FULLY_CONNECTED": _fully_connected_step, "ADD": _add_step, "MUL": _mul_step,
-         "RESHAPE": _reshape_step, **{name: lambda op, t, o: unary_step(op, t) for name in TABULATED}}
+         "RESHAPE": _reshape_step, "MEAN": mean_step, "AVERAGE_POOL_2D": average_pool_step,
+         **{name: lambda op, t, o: unary_step(op, t) for name in TABULATED}}
 
 
 class _Op:
@@ -392,7 +276,8 @@ class _Op:
         self.inputs = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
         self.outputs = [int(i) for i in op.OutputsAsNumpy()]
         classes = {"CONV_2D": schema.Conv2DOptions, "DEPTHWISE_CONV_2D": schema.DepthwiseConv2DOptions,
-                   "FULLY_CONNECTED": schema.FullyConnectedOptions, "ADD": schema.AddOptions, "MUL": schema.MulOptions}
+                   "FULLY_CONNECTED": schema.FullyConnectedOptions, "ADD": schema.AddOptions, "MUL": schema.MulOptions,
+                   "AVERAGE_POOL_2D": schema.Pool2DOptions}
         self.options, self.activation = None, "NONE"
         table = op.BuiltinOptions()
         if self.name in classes and table is not None:
