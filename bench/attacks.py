@@ -17,11 +17,13 @@ are identical:
 Then the deployed rows (with Square in the selection): the model converted to its int8
 ``.tflite`` (``deploy.deploy``, calibrated on training images), and Square with the same
 parameters on the same ``--bb-samples`` samples run on the compiled QKeras estimator and on
-the deployed build (``attacks.make_deployed_classifier``: TFLite interpreter, reference
-kernels, batched) and on the same build one sample per invocation (what batching saves),
+the deployed build (``attacks.make_deployed_classifier``: the numpy port of the reference
+kernels when proven on the build, else the interpreter), on the same build through the
+TFLite interpreter (reference kernels, batched) and one sample per invocation,
 in ``--rounds`` interleaved rounds; it prints each run's median seconds, the ratios to the
-compiled run (issue 22's target for the batched build: at most 2x), the adversarial
-accuracies (each by its own network) and the load average.
+compiled run (issue 22's target for the deployed build: at most 2x), the adversarial
+accuracies (each by its own network), whether the port's examples are the interpreter's
+and the load average.
 
     python bench/attacks.py [--samples 100] [--cw-samples N] [--bb-samples N] [--seed 0]
                             [--model stq_net] [--preset stq] [--only square,boundary]
@@ -137,13 +139,17 @@ def compare_deployed(model, fast, x_train, x, y, rounds: int, seed: int) -> None
         print(f"deployed rows: the model does not deploy ({deployment.error})")
         return
     built = time.perf_counter()
-    deployed = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0))
-    print(f"deployed build: {deployment.flatbuffer_bytes} B .tflite, estimator built (batching checked) in "
-          f"{1e3 * (time.perf_counter() - built):.1f} ms (batched: {deployed.runner.batched})")
-    one_by_one = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0))
+    deployed = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0), check_inputs=x)
+    print(f"deployed build: {deployment.flatbuffer_bytes} B .tflite, estimator built (batching checked, port "
+          f"proven) in {1e3 * (time.perf_counter() - built):.1f} ms (batched: {deployed.runner.batched}, "
+          f"forward: {deployed.runner.forward}, port_reason: {deployed.runner.port_reason})")
+    interpreted = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0), port=False)
+    one_by_one = attacks.make_deployed_classifier(deployment.flatbuffer, 10, (8, 8, 1), (0.0, 1.0), port=False)
     one_by_one.runner.batched = False
     [(name, eps, norm, params)] = [run for run in RUNS if run[0] == "square"]
-    runs = {"compiled QKeras": fast, "deployed build": deployed, "deployed, one sample per call": one_by_one}
+    runs = {"compiled QKeras": fast, "deployed build": deployed, "deployed, interpreter": interpreted,
+            "deployed, one sample per call": one_by_one}
+    examples = {}
     times: dict[str, list[float]] = {label: [] for label in runs}
     accuracy = {}
     for _ in range(rounds):
@@ -151,13 +157,16 @@ def compare_deployed(model, fast, x_train, x, y, rounds: int, seed: int) -> None
             seconds, x_adv = timed_run(classifier, name, x, y, eps, norm, params, seed)
             times[label].append(seconds)
             accuracy[label] = np.mean(classifier.predict(x_adv).argmax(1) == y)
+            examples[label] = x_adv
     medians = {label: statistics.median(values) for label, values in times.items()}
     compiled = medians["compiled QKeras"]
     print(f"square {norm} eps {eps} {params}, {len(x)} samples, {rounds} interleaved rounds (medians), "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}:")
     for label, seconds in medians.items():
         print(f"  {label:<31} {seconds:7.3f} s  {seconds / compiled:5.2f}x compiled  adv acc {accuracy[label]:.3f}")
-    print(f"deployed / compiled = {medians['deployed build'] / compiled:.2f}x (target <= 2x)")
+    same = np.array_equal(examples["deployed build"], examples["deployed, interpreter"])
+    print(f"deployed / compiled = {medians['deployed build'] / compiled:.2f}x (target <= 2x; forward: "
+          f"{deployed.runner.forward}); the same examples as through the interpreter: {same}")
 
 
 def main() -> None:

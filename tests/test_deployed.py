@@ -83,9 +83,11 @@ def test_batched_predictions_are_one_sample_at_a_time_bit_for_bit(fp_build, monk
     invocations = []
     original = Int8Logits._invoke
     monkeypatch.setattr(Int8Logits, "_invoke", lambda self, q: invocations.append(len(q)) or original(self, q))
-    q = deployed.runner.int8(x)
+    q = deployed.runner._interpreted(deploy.quantize_input(x, deployed.runner._input))  # the port aside
     assert invocations == [DEPLOYED_CHUNK] * (len(x) // DEPLOYED_CHUNK) + [len(x) % DEPLOYED_CHUNK]
     np.testing.assert_array_equal(q, _one_at_a_time(flatbuffer, x))
+    assert deployed.runner.forward == "numpy port"
+    np.testing.assert_array_equal(deployed.runner.int8(x), q)
     # The logits are the int8 outputs dequantized; their argmax is deploy.evaluate's label.
     logits = deployed.predict(x)
     scale, zero_point = deployed.runner.output_scale, deployed.runner.output_zero_point

@@ -18,6 +18,11 @@ actually needs, and to the predictions the deployed network makes. One file per 
   fast fused-int8 liveness estimate for when conversion fails.
 - ``run.py``: ``evaluate(flatbuffer, x, y)``, the int8 ``.tflite``'s predictions (batch
   of one, as on an MCU) and accuracy; ``quantize_input``.
+- ``int8_numpy.py``: ``Int8Program(flatbuffer)``, a vectorised numpy port of TFLite's
+  reference int8 kernels for the ops sweeper's builds use (``int8_arith.py``, their
+  fixed-point arithmetic; ``int8_pooling.py``, MEAN and AVERAGE_POOL_2D; ``int8_tables.py``,
+  LOGISTIC as the reference kernel's own table), the deployed estimator's forward where it
+  is proven bit for bit (``sweeper.attacks.deployed``).
 - ``builds.py``: ``builds(int8_flatbuffer, x_check) -> [Build]``, the int8 build and its
   sub-byte variants (``FORMATS``): ``lut.py`` (TFLM's LUT compression, DECODE ops) and
   ``int4.py`` (packed INT4 filters), each measured and refused unless TFLM's interpreter

@@ -146,10 +146,13 @@ def no_build_columns(samples: Samples) -> dict[str, Any]:
     return {**empty, **deployed_columns(samples, None), "n_samples": int(len(samples.y)), "attack_s": 0.0}
 
 
-def deployed_classifier(deployed, data):
+def deployed_classifier(deployed, data, check_inputs=None):
+    """The build as an ART classifier; its numpy forward is proven on check_inputs (the
+    attacked samples) besides random and extreme inputs (attacks.deployed)."""
     from sweeper import attacks
 
-    return attacks.make_deployed_classifier(deployed.flatbuffer, data.nb_classes, data.input_shape, data.clip_values)
+    return attacks.make_deployed_classifier(deployed.flatbuffer, data.nb_classes, data.input_shape,
+                                            data.clip_values, check_inputs=check_inputs)
 
 
 def held_to_budget(cell: Cell, samples: Samples, norms: dict[str, np.ndarray], adv_pred: np.ndarray,

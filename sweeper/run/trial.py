@@ -86,7 +86,7 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     own = [cell for cell in cells if cell.eval_bits is None]
     classifier = model_classifier(model, data) if any(c.attack != NONE and c.target == MODEL_TARGET
                                                       and (c.source is None or has_controls(c)) for c in own) else None
-    build_classifier = functools.cache(lambda: deployed_classifier(deployed, data))  # built once, if needed
+    build_classifier = functools.cache(lambda: deployed_classifier(deployed, data, x))  # built once, if needed
     keep = keeper(context.adversarial, samples) if context.adversarial else None
     check = CheckInputs(x)  # what the builds are checked on: these samples and every example below
     keep = check.wrap(keep) if context.results else keep
