@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -29,6 +31,30 @@ TINY_GRID = {
     "samples": 20,
     "mcus": ["stm32h7"],
 }
+
+
+class _LazyModule:
+    """A module imported on its first attribute use (``lazy_module``)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        # pytest probes every module-level name at collection (for fixture markers:
+        # private names); those must not import the module. Tests use public names.
+        if attribute.startswith("_") or attribute == "pytestmark":
+            raise AttributeError(attribute)
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+def lazy_module(name: str):
+    """``name`` as a module-level name of a test file, imported only when a test uses it,
+    so that collecting the suite imports no TensorFlow, QKeras or Ray
+    (tests/test_architecture.py checks it). A file whose package is not installed is
+    skipped at collection, as ``pytest.importorskip`` would."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+    return _LazyModule(name)
 
 
 def write_grid(directory: Path, grid: dict, name: str = "grid.yaml") -> Path:
