@@ -16,6 +16,7 @@ def sweeper(*args, cwd=None, env=None, timeout=600):
                           text=True, cwd=cwd, env=env, timeout=timeout)
 
 
+@pytest.mark.e2e
 def test_validate_and_expand_the_demo_grid():
     validated = sweeper("validate", str(ROOT / "grids" / "demo.yaml"))
     assert validated.returncode == 0
@@ -26,6 +27,7 @@ def test_validate_and_expand_the_demo_grid():
     assert "quantizers               8" in expanded.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["validate", "expand", "launch"])
 def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_grid, command):
     tiny_grid["attacks"][0]["eps"] = [-0.5]
@@ -37,12 +39,14 @@ def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_grid, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.e2e
 def test_debug_shows_the_traceback(tmp_path):
     result = sweeper("--debug", "validate", str(tmp_path / "absent.yaml"))
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "grid file not found" in result.stderr
 
 
+@pytest.mark.e2e
 def test_missing_results_and_bad_format(tmp_path):
     missing = sweeper("query", str(tmp_path), "SELECT 1")
     assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
@@ -50,6 +54,7 @@ def test_missing_results_and_bad_format(tmp_path):
     assert bad.returncode == 2 and "unknown format 'xml'; available: table, csv, json" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_mcu_lists_profiles():
     result = sweeper("mcu")
     assert result.returncode == 0
@@ -59,6 +64,7 @@ def test_mcu_lists_profiles():
 HEAVY = ("tensorflow", "ray", "art", "qkeras", "duckdb")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args", [["--help"], ["validate", "grids/demo.yaml"],
                                   ["expand", "grids/demo.yaml", "--results", "/nonexistent/store"], ["mcu"]])
 def test_light_commands_import_no_heavy_library(args):
@@ -72,6 +78,7 @@ def test_light_commands_import_no_heavy_library(args):
     assert result.stdout.strip() == ""
 
 
+@pytest.mark.e2e
 def test_compact_merges_fragments_and_writes_the_diagnostics(tmp_path):
     from sweeper import store
     from tests.test_store import make_row
@@ -106,6 +113,7 @@ def _validate_in(directory, *args):
         os.chdir(here)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, message", [
     (["/dev/zero"], "error: /dev/zero: not a regular file (a character device); give the path of a grid file"),
     (["grid.yaml", "--set", "name='[/x] :x:'"],
@@ -122,6 +130,7 @@ def test_hostile_input_is_one_literal_line_and_exit_2(tmp_path, tiny_grid, args,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.e2e
 def test_missing_resource_names_it_and_what_the_nodes_have():
     from sweeper.run.ray_tune import missing_resource
 
@@ -136,6 +145,7 @@ def test_missing_resource_names_it_and_what_the_nodes_have():
     assert missing_resource(one_cpu_node, 2, 0) is None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid):
     """Before: Tune waited forever at "cells 0/2 (starting)"; now exit 2 once Ray is up."""
@@ -150,6 +160,7 @@ def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["grid.yaml"]
 
 
+@pytest.mark.e2e
 def test_a_local_launch_takes_no_address_and_writes_nothing(tmp_path, tiny_grid):
     result = sweeper("launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--address", "auto",
                      "--results", str(tmp_path / "r"))

@@ -45,6 +45,7 @@ def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+@pytest.mark.e2e
 def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid):
     # the store's side of a launch: in process (no Ray needed)
     path = write_grid(tmp_path, tiny_grid)
@@ -66,6 +67,7 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid)
     assert sweeper("check", str(results)).returncode == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
 def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, signum, code):
     path, results, total = _six_jobs(tmp_path, tiny_grid)
@@ -143,6 +145,7 @@ def _assert_resumed_and_complete(results: Path, path: Path, since: int, weights:
     assert not list(results.glob("checkpoints/*.npz"))  # weights cached: checkpoints removed
 
 
+@pytest.mark.e2e
 def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path, uninterrupted):
     path, job_id = _long_training(tmp_path)  # checkpoint_every: auto
     results = tmp_path / "results"
@@ -159,6 +162,8 @@ def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path,
     _assert_resumed_and_complete(results, path, k, uninterrupted)
 
 
+@pytest.mark.e2e
+@pytest.mark.serial
 def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted):
     path, job_id = _long_training(tmp_path, checkpoint_every=3)
     results = tmp_path / "results"

@@ -113,6 +113,7 @@ def test_figures_and_fits(rendered):
     assert "Pareto-optimal: small_cnn / int4 (5.0 KB, 0.897), small_cnn / fp (1500.0 KB, 0.960)." in text
 
 
+@pytest.mark.e2e
 def test_report_command(rendered, tmp_path):
     results, _, text = rendered
     done = sweeper("report", results, "--out", str(tmp_path / "again"))

@@ -20,6 +20,7 @@ from tests.test_cli import sweeper
 from tests.test_store import make_row
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -250,6 +250,7 @@ def test_a_sample_the_target_gets_wrong_unperturbed_is_not_robust_to_a_transfer(
 
 # ---------------------------------------------------------------- end to end
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_transfer_rows_line_up_source_and_target_samples(tmp_path, monkeypatch):
     from tests.test_cli import sweeper
