@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -68,6 +69,26 @@ def tiny_grid() -> dict:
     import copy
 
     return copy.deepcopy(TINY_GRID)
+
+
+def cli(*args, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """The sweeper CLI run in this process (Typer's CliRunner), answered as a subprocess
+    would be (returncode, stdout, stderr), without a new interpreter's start-up and
+    TensorFlow import (seconds each). An exception the CLI does not turn into an exit code
+    is raised here. Only signals, real exit codes and concurrent launches need a process."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    previous = os.getcwd()
+    os.chdir(cwd or previous)
+    try:
+        result = CliRunner().invoke(app, [str(arg) for arg in args])
+    finally:
+        os.chdir(previous)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def launch_until_first_fragment(grid_path: Path, results: Path) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from sweeper import store
 from sweeper.plan import expand, grid
 from sweeper.run.checkpoints import CHECKPOINT_FILE, TrainState
 from sweeper.store.rows import read_fragment
-from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
+from tests.conftest import TINY_GRID, cli, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids
 from tests.test_cli import sweeper
 
@@ -45,9 +45,9 @@ def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.mark.e2e
 def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid):
-    # the store's side of a launch: in process (no Ray needed)
+    # the store's side of a launch: in process (no Ray, no new interpreter needed)
+    sweeper = cli
     path = write_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
     assert sweeper("launch", str(path), "--results", str(results), "--local").returncode == 0

@@ -177,11 +177,10 @@ def test_the_stored_worst_case_is_read_only_while_the_rows_it_came_from_are_unch
     assert query.run(str(tmp_path), worst).to_pylist() == [{"adv_acc_mean": 0.25}]
 
 
-@pytest.mark.e2e
 def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):
     import pyarrow.parquet as pq
 
-    from tests.test_cli import sweeper
+    from tests.conftest import cli as sweeper  # in process: DuckDB's limit is the command's own
 
     out = tmp_path / "q.parquet"
     done = sweeper("query", results, "SELECT cell_id, adv_acc FROM results ORDER BY cell_id",
