@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny grids written to tmp_path, and the repository root."""
+"""Shared test helpers: tiny grids written to tmp_path, the repository root, a tiny store
+launched once per session and copied per test (``tiny_store``), the CLI run in process
+(``cli``), and heavy libraries named at module level without importing them at
+collection (``lazy_module``)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +73,32 @@ def tiny_grid() -> dict:
     import copy
 
     return copy.deepcopy(TINY_GRID)
+
+
+@pytest.fixture(scope="session")
+def tiny_store_once(tmp_path_factory) -> Path:
+    """``TINY_GRID`` launched once per session, in process (no Ray): 2 trainings, 8 cells,
+    compacted, with its cached models. Tests take a copy (``tiny_store``)."""
+    import io
+
+    from rich.console import Console
+
+    from sweeper.plan import expand, grid
+    from sweeper.run import sweep
+    from sweeper.run.runners import InProcessRunner
+
+    folder = tmp_path_factory.mktemp("tiny-store")
+    plan = expand.expand(grid.load(write_grid(folder, TINY_GRID)))
+    report = sweep.launch(plan, str(folder / "results"), runner=InProcessRunner(), console=Console(file=io.StringIO()))
+    assert report.complete and not report.failed_jobs, report
+    return folder / "results"
+
+
+@pytest.fixture
+def tiny_store(tiny_store_once, tmp_path) -> Path:
+    """A copy of the session's finished ``TINY_GRID`` store in ``tmp_path/results``, to
+    change freely."""
+    return Path(shutil.copytree(tiny_store_once, tmp_path / "results"))
 
 
 def cli(*args, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
