@@ -112,8 +112,17 @@ def test_a_builder_whose_source_does_not_pin_it_is_never_cached(cache):
 
     assert cache.key("small_cnn", closure, SHAPE, CLASSES, QUANTIZERS.get("fp")) is None
     assert cache.key("small_cnn", lambda *a: original(*a), SHAPE, CLASSES, QUANTIZERS.get("fp")) is None
+    # a module-level function outside sweeper/models/ (a plugin's): its helpers are not hashed
+    assert cache.key("small_cnn", _plugin_builder, SHAPE, CLASSES, QUANTIZERS.get("fp")) is None
+    assert cache.key("small_cnn", original, SHAPE, CLASSES, QUANTIZERS.get("fp")) is not None
     cache.put(None, "f" * 16)
     assert not cache.path().exists()
+
+
+def _plugin_builder(input_shape, nb_classes, preset):
+    from sweeper import models
+
+    return models.build("small_cnn", input_shape, nb_classes, preset)
 
 
 def test_a_plan_whose_fingerprints_are_cached_imports_no_tensorflow(cache, tmp_path, tiny_grid):

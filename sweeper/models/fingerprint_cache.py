@@ -9,15 +9,15 @@ fingerprint in a small JSON file in sweeper's per-user cache folder
 
 - the model's name, input shape and class count, and the preset's quantizer expressions;
 - the builder: its module and name, and a hash of the source of every module in
-  ``sweeper/models/`` (the builders, the quantizers) and of the builder's own module;
+  ``sweeper/models/`` (the builders, the quantizers, the layer helpers they share);
 - the full versions of the libraries that build and serialise the model (TensorFlow,
   tf-keras, QKeras) and Python's major.minor.
 
 A changed line of model or quantizer code, or another library version, is another key:
-a stale fingerprint cannot be read back. Only builders that are module-level functions
-of a module (sweeper's own, or a plugin's) are cached; anything else (a closure, a
-lambda, a callable object, whose behaviour its source does not pin) is computed every
-time. Workers still recompute the fingerprint of the model they build and refuse a job
+a stale fingerprint cannot be read back. Only sweeper's own builders, module-level
+functions of ``sweeper/models/`` whose source is hashed, are cached; anything else (a
+builder registered from elsewhere, a closure, a lambda, a callable object, which code
+outside the hashed files may change) is computed every time. Workers still recompute the fingerprint of the model they build and refuse a job
 whose fingerprint differs from the plan's (``run/training.py``).
 
 The file is an optimisation only: unreadable, damaged or unwritable, it is ignored (the
@@ -73,11 +73,13 @@ def _builder_source(builder: Callable) -> str | None:
     if module is None or "." in qualname or getattr(module, qualname, None) is not builder:
         return None
     source = getattr(module, "__file__", None)
-    return str(Path(source).resolve()) if source and source.endswith(".py") else None
+    if not source or not source.endswith(".py") or Path(source).resolve().parent != MODELS_DIR:
+        return None
+    return str(Path(source).resolve())
 
 
 def code_hash(builder_source: str) -> str:
-    """A hash of the source of every module in ``sweeper/models/`` and of the builder's."""
+    """A hash of the source of every module in ``sweeper/models/`` (the builder's among them)."""
     files = sorted({*map(str, MODELS_DIR.glob("*.py")), builder_source})
     return _hash_files(tuple(files))
 
