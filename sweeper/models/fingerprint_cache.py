@@ -72,10 +72,10 @@ def _builder_source(builder: Callable) -> str | None:
     qualname = getattr(builder, "__qualname__", "")
     if module is None or "." in qualname or getattr(module, qualname, None) is not builder:
         return None
-    source = getattr(module, "__file__", None)
-    if not source or not source.endswith(".py") or Path(source).resolve().parent != MODELS_DIR:
+    if module.__name__ != __package__:  # sweeper.models: its folder is what code_hash hashes
         return None
-    return str(Path(source).resolve())
+    source = getattr(module, "__file__", None)
+    return str(Path(source).resolve()) if source and source.endswith(".py") else None
 
 
 def code_hash(builder_source: str) -> str:
