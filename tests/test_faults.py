@@ -78,7 +78,8 @@ def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, sig
     kept = _rows(results)
     assert 0 < len(kept) < total and len(set(kept)) == len(kept)
 
-    resumed = sweeper("launch", str(path), "--results", str(results))
+    # the resume is the store's (what is done is not run again), not Ray's: in process
+    resumed = cli("launch", str(path), "--results", str(results), "--local")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"computed {total - len(kept)} cells" in resumed.stdout
     final = _rows(results)
