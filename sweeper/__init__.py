@@ -7,6 +7,7 @@ imports sweeper first (the CLI, Ray workers running sweeper code, tests) is cove
 """
 
 import os
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -18,3 +19,9 @@ WORKER_ENV = {
 }
 for _key, _value in WORKER_ENV.items():
     os.environ.setdefault(_key, _value)
+
+
+def cache_dir() -> Path:
+    """Sweeper's per-user cache folder: ``$XDG_CACHE_HOME/sweeper``, else
+    ``~/.cache/sweeper`` (downloaded datasets, model fingerprints)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sweeper"

@@ -1,7 +1,14 @@
-"""Shared fixtures: tiny grids written to tmp_path, and the repository root."""
+"""Shared test helpers: tiny grids written to tmp_path, the repository root, a tiny store
+launched once per session and copied per test (``tiny_store``), the CLI run in process
+(``cli``), and heavy libraries named at module level without importing them at
+collection (``lazy_module``)."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +38,30 @@ TINY_GRID = {
 }
 
 
+class _LazyModule:
+    """A module imported on its first attribute use (``lazy_module``)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        # pytest probes every module-level name at collection (for fixture markers:
+        # private names); those must not import the module. Tests use public names.
+        if attribute.startswith("_") or attribute == "pytestmark":
+            raise AttributeError(attribute)
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+def lazy_module(name: str):
+    """``name`` as a module-level name of a test file, imported only when a test uses it,
+    so that collecting the suite imports no TensorFlow, QKeras or Ray
+    (tests/test_architecture.py checks it). A file whose package is not installed is
+    skipped at collection, as ``pytest.importorskip`` would."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+    return _LazyModule(name)
+
+
 def write_grid(directory: Path, grid: dict, name: str = "grid.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -42,6 +73,52 @@ def tiny_grid() -> dict:
     import copy
 
     return copy.deepcopy(TINY_GRID)
+
+
+@pytest.fixture(scope="session")
+def tiny_store_once(tmp_path_factory) -> Path:
+    """``TINY_GRID`` launched once per session, in process (no Ray): 2 trainings, 8 cells,
+    compacted, with its cached models. Tests take a copy (``tiny_store``)."""
+    import io
+
+    from rich.console import Console
+
+    from sweeper.plan import expand, grid
+    from sweeper.run import sweep
+    from sweeper.run.runners import InProcessRunner
+
+    folder = tmp_path_factory.mktemp("tiny-store")
+    plan = expand.expand(grid.load(write_grid(folder, TINY_GRID)))
+    report = sweep.launch(plan, str(folder / "results"), runner=InProcessRunner(), console=Console(file=io.StringIO()))
+    assert report.complete and not report.failed_jobs, report
+    return folder / "results"
+
+
+@pytest.fixture
+def tiny_store(tiny_store_once, tmp_path) -> Path:
+    """A copy of the session's finished ``TINY_GRID`` store in ``tmp_path/results``, to
+    change freely."""
+    return Path(shutil.copytree(tiny_store_once, tmp_path / "results"))
+
+
+def cli(*args, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """The sweeper CLI run in this process (Typer's CliRunner), answered as a subprocess
+    would be (returncode, stdout, stderr), without a new interpreter's start-up and
+    TensorFlow import (seconds each). An exception the CLI does not turn into an exit code
+    is raised here. Only signals, real exit codes and concurrent launches need a process."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    previous = os.getcwd()
+    os.chdir(cwd or previous)
+    try:
+        result = CliRunner().invoke(app, [str(arg) for arg in args])
+    finally:
+        os.chdir(previous)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def launch_until_first_fragment(grid_path: Path, results: Path) -> subprocess.Popen:

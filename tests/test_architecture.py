@@ -144,3 +144,25 @@ def test_the_readme_layout_names_every_package_and_top_level_module():
     present = [f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()] + \
               [p.name for p in PACKAGE.glob("*.py") if not p.name.startswith("__")]
     assert sorted(named) == sorted(present)
+
+
+# Libraries collecting the suite never imports: test files import them inside tests and
+# fixtures, or through conftest.lazy_module (collection took 22-27 s with them, ~10 s without).
+NOT_AT_COLLECTION = ("tensorflow", "tf_keras", "keras", "qkeras", "ray", "art")
+
+
+def test_collecting_the_suite_imports_no_tensorflow_ray_or_art():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json, sys, pytest\n"
+              "code = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests'])\n"
+              f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({list(NOT_AT_COLLECTION)!r}))\n"
+              "print(json.dumps([int(code), heavy]))")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code, heavy = json.loads(run.stdout.strip().splitlines()[-1])
+    assert code == 0, run.stdout[-2000:]
+    assert heavy == [], f"collection imported {heavy}: import them inside the tests (conftest.lazy_module)"

@@ -69,6 +69,8 @@ def _alive_workers() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"]) - 1  # minus the head
 
 
+@pytest.mark.e2e
+@pytest.mark.serial
 def test_workers_are_added_for_pending_trials_and_removed_when_idle(tmp_path, tiny_grid,
                                                                    autoscaling_cluster):
     import ray

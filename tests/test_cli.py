@@ -8,24 +8,27 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, write_grid
+from tests.conftest import ROOT, cli, write_grid
 
 
 def sweeper(*args, cwd=None, env=None, timeout=600):
+    """`python -m sweeper ARGS` in a new process: for exit codes, signals, tracebacks and
+    concurrent launches; ``conftest.cli`` runs the others in process."""
     return subprocess.run([sys.executable, "-m", "sweeper", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def test_validate_and_expand_the_demo_grid():
-    validated = sweeper("validate", str(ROOT / "grids" / "demo.yaml"))
+    validated = cli("validate", str(ROOT / "grids" / "demo.yaml"))
     assert validated.returncode == 0
     assert "ok (216 cells in 24 training jobs)" in validated.stdout
-    expanded = sweeper("expand", str(ROOT / "grids" / "demo.yaml"), "--set", "folds.k=5")
+    expanded = cli("expand", str(ROOT / "grids" / "demo.yaml"), "--set", "folds.k=5")
     assert expanded.returncode == 0
     assert "grid demo: 360 cells, 40 trainings" in expanded.stdout
     assert "quantizers               8" in expanded.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["validate", "expand", "launch"])
 def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_grid, command):
     tiny_grid["attacks"][0]["eps"] = [-0.5]
@@ -37,6 +40,7 @@ def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_grid, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.e2e
 def test_debug_shows_the_traceback(tmp_path):
     result = sweeper("--debug", "validate", str(tmp_path / "absent.yaml"))
     assert result.returncode != 0
@@ -44,14 +48,14 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_missing_results_and_bad_format(tmp_path):
-    missing = sweeper("query", str(tmp_path), "SELECT 1")
+    missing = cli("query", str(tmp_path), "SELECT 1")
     assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
-    bad = sweeper("query", str(tmp_path), "SELECT 1", "--format", "xml")
+    bad = cli("query", str(tmp_path), "SELECT 1", "--format", "xml")
     assert bad.returncode == 2 and "unknown format 'xml'; available: table, csv, json" in bad.stderr
 
 
 def test_mcu_lists_profiles():
-    result = sweeper("mcu")
+    result = cli("mcu")
     assert result.returncode == 0
     assert "stm32h7" in result.stdout and "2048" in result.stdout
 
@@ -59,6 +63,7 @@ def test_mcu_lists_profiles():
 HEAVY = ("tensorflow", "ray", "art", "qkeras", "duckdb")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args", [["--help"], ["validate", "grids/demo.yaml"],
                                   ["expand", "grids/demo.yaml", "--results", "/nonexistent/store"], ["mcu"]])
 def test_light_commands_import_no_heavy_library(args):
@@ -79,12 +84,12 @@ def test_compact_merges_fragments_and_writes_the_diagnostics(tmp_path):
     location = store.locate(str(tmp_path / "r"))
     store.write_rows(location, [make_row("a", fold=0), make_row("b", fold=1)])
     store.write_rows(location, [make_row("b", fold=1), make_row("c", fold=2)])  # b twice, as after a crash
-    done = sweeper("compact", location.text)
+    done = cli("compact", location.text)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{location.text}: 2 fragments -> 1 file(s), 3 rows, 1 duplicate rows dropped"
     assert len(store.fragments(location)) == 1 and (tmp_path / "r" / "diagnostics.parquet").exists()
-    assert sweeper("check", location.text).returncode == 0
-    missing = sweeper("compact", str(tmp_path / "none"))
+    assert cli("check", location.text).returncode == 0
+    missing = cli("compact", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no sweeper results here" in missing.stderr
 
 
@@ -136,6 +141,7 @@ def test_missing_resource_names_it_and_what_the_nodes_have():
     assert missing_resource(one_cpu_node, 2, 0) is None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid):
     """Before: Tune waited forever at "cells 0/2 (starting)"; now exit 2 once Ray is up."""
@@ -151,7 +157,7 @@ def test_launch_asking_for_gpus_the_cluster_lacks_fails_fast(tmp_path, tiny_grid
 
 
 def test_a_local_launch_takes_no_address_and_writes_nothing(tmp_path, tiny_grid):
-    result = sweeper("launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--address", "auto",
+    result = cli("launch", str(write_grid(tmp_path, tiny_grid)), "--local", "--address", "auto",
                      "--results", str(tmp_path / "r"))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "error: --local: runs in this process, so it takes no --address"

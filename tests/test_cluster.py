@@ -51,6 +51,8 @@ def _six_job_grid(tmp_path, tiny_grid):
     return path, expand.expand(grid.load(path))
 
 
+@pytest.mark.e2e
+@pytest.mark.serial
 def test_sweep_on_two_nodes_uses_both(tmp_path, tiny_grid, two_nodes):
     path, plan = _six_job_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
@@ -96,6 +98,8 @@ def _nbytes(data) -> int:
     return sum(a.nbytes for a in (data.x, data.y, data.groups) if a is not None)
 
 
+@pytest.mark.e2e
+@pytest.mark.serial
 def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid, two_nodes,
                                                              monkeypatch):
     # Two datasets of very different sizes (digits ~0.46 MB, a generated CIFAR-10 ~2.9 MB),
@@ -130,6 +134,7 @@ def _trial_actor_pids() -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid):
     path, plan = _six_job_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"

@@ -10,9 +10,10 @@ import pytest
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads)
 from sweeper import deploy
 
-tf = pytest.importorskip("tensorflow")
-pytest.importorskip("qkeras")
-pytest.importorskip("tflite_micro")
+from conftest import lazy_module  # noqa: E402
+tf = lazy_module("tensorflow")  # imported when a test runs, not at collection
+lazy_module("qkeras")
+lazy_module("tflite_micro")
 
 from sweeper import models  # noqa: E402
 from sweeper.models.quantizers import QUANTIZERS  # noqa: E402

@@ -215,6 +215,7 @@ def test_zoo_moves_the_build_only_with_a_step_above_its_input_step(fp_build):
     assert fooled[1e-4] == 0 and fooled[0.01] >= 3, fooled
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_cli_refuses_it_with_exit_2(tmp_path):
     from tests.conftest import write_grid

@@ -20,7 +20,7 @@ from sweeper import store
 from sweeper.plan import expand, grid
 from sweeper.run.checkpoints import CHECKPOINT_FILE, TrainState
 from sweeper.store.rows import read_fragment
-from tests.conftest import TINY_GRID, launch_until_first_fragment, write_grid
+from tests.conftest import TINY_GRID, cli, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids
 from tests.test_cli import sweeper
 
@@ -45,11 +45,12 @@ def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid):
-    # the store's side of a launch: in process (no Ray needed)
+def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid, tiny_store):
+    # the store's side of a launch: in process (no Ray, no new interpreter needed), from a
+    # copy of the session's finished tiny store
+    sweeper = cli
     path = write_grid(tmp_path, tiny_grid)
-    results = tmp_path / "results"
-    assert sweeper("launch", str(path), "--results", str(results), "--local").returncode == 0
+    results = tiny_store
     victim = sorted(results.glob("rows/part-*.parquet"))[0]
     lost = len(read_fragment(store.locate(str(results)), str(victim), ["cell_id"]))
     victim.write_bytes(victim.read_bytes()[:300])  # a crash mid-write
@@ -66,6 +67,7 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid)
     assert sweeper("check", str(results)).returncode == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
 def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, signum, code):
     path, results, total = _six_jobs(tmp_path, tiny_grid)
@@ -76,7 +78,8 @@ def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, sig
     kept = _rows(results)
     assert 0 < len(kept) < total and len(set(kept)) == len(kept)
 
-    resumed = sweeper("launch", str(path), "--results", str(results))
+    # the resume is the store's (what is done is not run again), not Ray's: in process
+    resumed = cli("launch", str(path), "--results", str(results), "--local")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"computed {total - len(kept)} cells" in resumed.stdout
     final = _rows(results)
@@ -143,6 +146,7 @@ def _assert_resumed_and_complete(results: Path, path: Path, since: int, weights:
     assert not list(results.glob("checkpoints/*.npz"))  # weights cached: checkpoints removed
 
 
+@pytest.mark.e2e
 def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path, uninterrupted):
     path, job_id = _long_training(tmp_path)  # checkpoint_every: auto
     results = tmp_path / "results"
@@ -159,6 +163,8 @@ def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path,
     _assert_resumed_and_complete(results, path, k, uninterrupted)
 
 
+@pytest.mark.e2e
+@pytest.mark.serial
 def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted):
     path, job_id = _long_training(tmp_path, checkpoint_every=3)
     results = tmp_path / "results"

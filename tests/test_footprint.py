@@ -19,22 +19,9 @@ from sweeper.deploy.footprint import (
     weight_profile,
 )
 
-tf = pytest.importorskip("tensorflow")
-qkeras = pytest.importorskip("qkeras")
-from qkeras import (  # noqa: E402
-    QActivation,
-    QBatchNormalization,
-    QConv2D,
-    QDense,
-    QDepthwiseConv2D,
-    QSeparableConv2D,
-    binary,
-    quantized_bits,
-    quantized_relu,
-    ternary,
-)
-
-layers = tf.keras.layers
+from conftest import lazy_module  # noqa: E402
+tf = lazy_module("tensorflow")  # imported when a test runs, not at collection
+qkeras = lazy_module("qkeras")
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +38,7 @@ def no_autograph():
 
 
 def qb(bits):
-    return quantized_bits(bits, 0, alpha=1)
+    return qkeras.quantized_bits(bits, 0, alpha=1)
 
 
 def kb(bits):
@@ -75,7 +62,7 @@ def qkeras_weight_profile(model, capsys):
         suffix = next(s for s in suffix_to_weight if name.endswith(s))
         layer = name[: -len(suffix)]
         weight = suffix_to_weight[suffix]
-        if weight == "kernel" and isinstance(model.get_layer(layer), QDepthwiseConv2D):
+        if weight == "kernel" and isinstance(model.get_layer(layer), qkeras.QDepthwiseConv2D):
             weight = "depthwise_kernel"  # its only kernel
         if int(count):  # QKeras lists a bias of 0 for layers without one
             profile[(layer, weight)] = (int(count), int(bits))
@@ -86,12 +73,12 @@ def test_flash_matches_qkeras_print_qstats(capsys):
     # One input channel, depth_multiplier 1: QKeras counts depthwise weights as
     # kh*kw*c_in*c_out, which is right only when c_in == 1 (see the hand test below).
     inp = tf.keras.Input((8, 8, 1))
-    x = QDepthwiseConv2D(3, depthwise_quantizer=qb(4), bias_quantizer=qb(6), name="dw")(inp)
-    x = QConv2D(4, 3, kernel_quantizer=qb(8), bias_quantizer=qb(4), name="conv")(x)
-    x = QSeparableConv2D(6, 3, depthwise_quantizer=ternary(), pointwise_quantizer=binary(),
+    x = qkeras.QDepthwiseConv2D(3, depthwise_quantizer=qb(4), bias_quantizer=qb(6), name="dw")(inp)
+    x = qkeras.QConv2D(4, 3, kernel_quantizer=qb(8), bias_quantizer=qb(4), name="conv")(x)
+    x = qkeras.QSeparableConv2D(6, 3, depthwise_quantizer=qkeras.ternary(), pointwise_quantizer=qkeras.binary(),
                          bias_quantizer=qb(8), name="sep")(x)
-    x = layers.Flatten()(x)
-    out = QDense(10, kernel_quantizer=quantized_bits(2, 1, alpha=1), name="dense")(x)
+    x = tf.keras.layers.Flatten()(x)
+    out = qkeras.QDense(10, kernel_quantizer=qkeras.quantized_bits(2, 1, alpha=1), name="dense")(x)
     model = tf.keras.Model(inp, out)
 
     theirs = qkeras_weight_profile(model, capsys)
@@ -105,13 +92,13 @@ def test_flash_matches_qkeras_print_qstats(capsys):
 
 def test_flash_and_params_of_mixed_quantizers_by_hand():
     inp = tf.keras.Input((6, 6, 2))
-    x = QConv2D(3, 3, kernel_quantizer=qb(8), bias_quantizer=qb(4), name="conv")(inp)
-    x = QBatchNormalization(name="qbn")(x)  # default po2 quantizers: 6/5/5/6 bits
-    x = QActivation(quantized_relu(4))(x)
-    x = layers.Flatten()(x)  # 4*4*3 = 48
-    x = QDense(5, kernel_quantizer=ternary(), bias_quantizer=binary(), name="tern")(x)
-    x = layers.BatchNormalization(name="bn")(x)
-    out = layers.Dense(2, name="float")(x)
+    x = qkeras.QConv2D(3, 3, kernel_quantizer=qb(8), bias_quantizer=qb(4), name="conv")(inp)
+    x = qkeras.QBatchNormalization(name="qbn")(x)  # default po2 quantizers: 6/5/5/6 bits
+    x = qkeras.QActivation(qkeras.quantized_relu(4))(x)
+    x = tf.keras.layers.Flatten()(x)  # 4*4*3 = 48
+    x = qkeras.QDense(5, kernel_quantizer=qkeras.ternary(), bias_quantizer=qkeras.binary(), name="tern")(x)
+    x = tf.keras.layers.BatchNormalization(name="bn")(x)
+    out = tf.keras.layers.Dense(2, name="float")(x)
     model = tf.keras.Model(inp, out)
 
     expected = {
@@ -132,12 +119,12 @@ def test_flash_and_params_of_mixed_quantizers_by_hand():
 
 def test_flash_of_depthwise_and_separable_with_several_channels():
     inp = tf.keras.Input((5, 5, 3))
-    x = QDepthwiseConv2D(3, depth_multiplier=2, depthwise_quantizer=qb(4), use_bias=False,
+    x = qkeras.QDepthwiseConv2D(3, depth_multiplier=2, depthwise_quantizer=qb(4), use_bias=False,
                          name="dw")(inp)  # kernel 3*3*3*2 = 54 @ 4 bits -> (3, 3, 6)
-    x = QSeparableConv2D(4, 3, depthwise_quantizer=binary(), pointwise_quantizer=qb(8),
+    x = qkeras.QSeparableConv2D(4, 3, depthwise_quantizer=qkeras.binary(), pointwise_quantizer=qb(8),
                          bias_quantizer=None, name="sep")(x)  # 54 @ 1, 24 @ 8, bias 4 @ 32
     # Unquantized kernel: 8 @ 32 bits; bias 2 @ 8 bits.
-    out = QConv2D(2, 1, kernel_quantizer=None, bias_quantizer=qb(8), name="conv")(x)
+    out = qkeras.QConv2D(2, 1, kernel_quantizer=None, bias_quantizer=qb(8), name="conv")(x)
     model = tf.keras.Model(inp, out)
 
     fp = measure(model)
@@ -150,12 +137,12 @@ def test_flash_of_depthwise_and_separable_with_several_channels():
 
 def sequential_model(activation):
     inp = tf.keras.Input((8, 8, 1))  # 64 floats = 2048 bits
-    x = QConv2D(4, 3, padding="same", kernel_quantizer=qb(8), bias_quantizer=qb(8))(inp)
-    x = QActivation(activation)(x)  # 256 values
-    x = layers.MaxPooling2D()(x)  # 64 values, same type as its input
-    x = layers.Flatten()(x)
-    out = QDense(10, kernel_quantizer=qb(8), bias_quantizer=qb(8),
-                 activation=quantized_bits(8, 0))(x)
+    x = qkeras.QConv2D(4, 3, padding="same", kernel_quantizer=qb(8), bias_quantizer=qb(8))(inp)
+    x = qkeras.QActivation(activation)(x)  # 256 values
+    x = tf.keras.layers.MaxPooling2D()(x)  # 64 values, same type as its input
+    x = tf.keras.layers.Flatten()(x)
+    out = qkeras.QDense(10, kernel_quantizer=qb(8), bias_quantizer=qb(8),
+                 activation=qkeras.quantized_bits(8, 0))(x)
     return tf.keras.Model(inp, out)
 
 
@@ -163,14 +150,14 @@ def test_ram_sequential_peak_and_quantized_activation_shrinks_it():
     # Float relu: peak at the activation, conv output (8192) + relu output (8192).
     assert measure(sequential_model("relu")).ram_kb == kb(8192 + 8192)
     # 2-bit relu output is 512 bits, so the peak moves to the conv: input 2048 + 8192.
-    assert measure(sequential_model(quantized_relu(2))).ram_kb == kb(2048 + 8192)
+    assert measure(sequential_model(qkeras.quantized_relu(2))).ram_kb == kb(2048 + 8192)
 
 
 def test_ram_layers_that_only_move_values_keep_their_bits():
     inp = tf.keras.Input((4, 4, 1))  # 512 bits
-    x = QActivation(quantized_relu(2))(inp)  # 32 bits
-    x = layers.ZeroPadding2D(6)(x)  # 16x16 two-bit values: 512 bits, not 8192
-    out = layers.Flatten()(x)  # 512 bits
+    x = qkeras.QActivation(qkeras.quantized_relu(2))(inp)  # 32 bits
+    x = tf.keras.layers.ZeroPadding2D(6)(x)  # 16x16 two-bit values: 512 bits, not 8192
+    out = tf.keras.layers.Flatten()(x)  # 512 bits
     # Peak while Flatten runs: padded (512) + flat (512); the input is freed by then.
     assert measure(tf.keras.Model(inp, out)).ram_kb == kb(512 + 512)
 
@@ -185,10 +172,10 @@ def naive_peak_bits(model, bits=32):
 def test_ram_residual_skip_tensor_stays_live():
     # 4x4 spatial: one channel of float32 = 16 * 32 = 512 bits.
     inp = tf.keras.Input((4, 4, 8))
-    skip = QConv2D(8, 3, padding="same", kernel_quantizer=qb(8))(inp)
-    wide = QConv2D(32, 3, padding="same", kernel_quantizer=qb(8))(skip)
-    narrow = QConv2D(8, 3, padding="same", kernel_quantizer=qb(8))(wide)
-    out = layers.Add()([skip, narrow])
+    skip = qkeras.QConv2D(8, 3, padding="same", kernel_quantizer=qb(8))(inp)
+    wide = qkeras.QConv2D(32, 3, padding="same", kernel_quantizer=qb(8))(skip)
+    narrow = qkeras.QConv2D(8, 3, padding="same", kernel_quantizer=qb(8))(wide)
+    out = tf.keras.layers.Add()([skip, narrow])
     model = tf.keras.Model(inp, out)
 
     # While `narrow` runs: skip (8) + wide (32) + narrow (8) channels are live.
@@ -198,9 +185,9 @@ def test_ram_residual_skip_tensor_stays_live():
 
 def test_ram_parallel_branches_count_each_tensor_at_its_own_bits():
     inp = tf.keras.Input((4, 4, 1))  # 512 bits
-    a = QActivation(quantized_relu(4))(QConv2D(16, 1, kernel_quantizer=qb(8))(inp))
-    b = QConv2D(16, 1, kernel_quantizer=qb(8))(inp)
-    out = layers.Add()([a, b])
+    a = qkeras.QActivation(qkeras.quantized_relu(4))(qkeras.QConv2D(16, 1, kernel_quantizer=qb(8))(inp))
+    b = qkeras.QConv2D(16, 1, kernel_quantizer=qb(8))(inp)
+    out = tf.keras.layers.Add()([a, b])
     model = tf.keras.Model(inp, out)
     # Peak at the Add: 4-bit branch a (1024) + float branch b (8192) + float sum (8192);
     # counting a as float would give 3 * 8192, keeping the input live would add 512.
@@ -257,12 +244,11 @@ def test_fused_packed_liveness_stores_a_chain_at_its_last_width():
     """conv -> BN -> 2-bit activation is one tensor at 2 bits when fused, not a float32
     conv output, a float32 BN output and a 2-bit activation."""
     import tensorflow as tf
-    from qkeras import QActivation, QConv2D, quantized_bits, quantized_relu
 
     inputs = tf.keras.Input((8, 8, 1))
-    x = QConv2D(4, 3, padding="same", kernel_quantizer=quantized_bits(4, 0, 1))(inputs)
+    x = qkeras.QConv2D(4, 3, padding="same", kernel_quantizer=qkeras.quantized_bits(4, 0, 1))(inputs)
     x = tf.keras.layers.BatchNormalization()(x)
-    x = QActivation(quantized_relu(2))(x)
+    x = qkeras.QActivation(qkeras.quantized_relu(2))(x)
     model = tf.keras.Model(inputs, x)
     elements = 8 * 8 * 4
     assert peak_activation_bits(model, fused=True) == 64 * FLOAT_BITS + elements * 2

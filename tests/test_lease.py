@@ -124,6 +124,7 @@ def test_object_stores_take_the_lease_by_writing_and_reading_back(tmp_path):
     assert lease.read(location) is None
 
 
+@pytest.mark.e2e
 def test_a_second_launch_exits_2_naming_the_holder_and_writes_nothing(tmp_path, tiny_grid):
     results = tmp_path / "results"
     store.write_rows(store.locate(str(results)), [make_row("a")])
@@ -148,6 +149,7 @@ def test_a_launch_that_stops_early_leaves_no_store_behind(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_real_launches_one_runs_one_is_refused_one_waits(tmp_path, tiny_grid):
     path = write_grid(tmp_path, tiny_grid)

@@ -10,7 +10,8 @@ from sweeper import models
 from sweeper.deploy.footprint import WEIGHT_QUANTIZER_ATTR, leaf_layers, short_weight_name
 from sweeper.models.quantizers import QUANTIZERS, make
 
-tf = pytest.importorskip("tensorflow")
+from conftest import lazy_module  # noqa: E402
+tf = lazy_module("tensorflow")  # imported when a test runs, not at collection
 
 
 def _build(preset: str, model_class=None):

@@ -39,6 +39,7 @@ SHRINK = ["train.epochs=10", "train.learning_rate=0.01", "folds.only=[0]", "quan
           "attacks.square_l2.params.max_iter=100", "attacks.boundary.params.max_iter=50"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_shrunken_paper_grid_end_to_end(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=80, learnable=True)
@@ -74,6 +75,7 @@ GSC_SHRINK = ["train.epochs=40", "train.learning_rate=0.01", "folds.only=[0]", "
               "attacks.cw_l2.datasets=[gsc]", "attacks.zoo.datasets=[gsc]"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_shrunken_paper_grid_on_speech_commands(tmp_path):
     """All six attacks on 49x10 MFCCs: Square's tile once went negative on the 10-wide

@@ -156,6 +156,7 @@ def ray_with_two_gpus():
         ray.shutdown()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_assignment_a_ray_task_reads_selects_its_gpu(ray_with_two_gpus):
     ray = ray_with_two_gpus

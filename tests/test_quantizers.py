@@ -11,7 +11,8 @@ from sweeper import models
 from sweeper.models import quantizers
 from sweeper.models.quantizers import QUANTIZERS, make, make_original
 
-tf = pytest.importorskip("tensorflow")
+from conftest import lazy_module  # noqa: E402
+tf = lazy_module("tensorflow")  # imported when a test runs, not at collection
 
 # Every activation expression of the presets, plus settings the lean code must hand back
 # to QKeras (so the fallbacks are exercised too).

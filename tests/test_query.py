@@ -180,7 +180,7 @@ def test_the_stored_worst_case_is_read_only_while_the_rows_it_came_from_are_unch
 def test_parquet_output_and_memory_limit_through_the_cli(results, tmp_path):
     import pyarrow.parquet as pq
 
-    from tests.test_cli import sweeper
+    from tests.conftest import cli as sweeper  # in process: DuckDB's limit is the command's own
 
     out = tmp_path / "q.parquet"
     done = sweeper("query", results, "SELECT cell_id, adv_acc FROM results ORDER BY cell_id",

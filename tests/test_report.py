@@ -9,7 +9,7 @@ import pytest
 from sweeper import store
 from sweeper.analysis import query, report
 from sweeper.analysis.tables import SINGLE_COORDINATE_NOTE
-from tests.test_cli import sweeper
+from tests.conftest import cli
 from tests.test_store import make_row
 
 # (quantizer, flash KB); per fold: (clean test acc, fgsm 0.1, fgsm 0.2, pgd 0.1). Fit is
@@ -122,6 +122,7 @@ def test_figures_and_fits(rendered):
 
 
 def test_report_command(rendered, tmp_path):
+    sweeper = cli  # in process: a report needs no new interpreter
     results, _, text = rendered
     done = sweeper("report", results, "--out", str(tmp_path / "again"))
     assert done.returncode == 0, done.stderr

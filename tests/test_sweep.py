@@ -16,11 +16,12 @@ from sweeper import store
 from sweeper.plan import expand, grid
 from sweeper.run import sweep
 from sweeper.run.runners import InProcessRunner
-from tests.conftest import write_grid
+from tests.conftest import cli, write_grid
 from tests.test_cli import sweeper
 from tests.test_store import make_row
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -59,18 +60,18 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
     assert (tmp_path / "results" / store.DIAGNOSTICS_FILE).exists()
     # the trained models are cached in the store, not in the trials' working directories
     assert len(list((tmp_path / "results" / "models").glob("*.weights.h5"))) == len(plan.jobs)
-    rendered = sweeper("report", results, "--out", str(tmp_path / "report"), cwd=tmp_path)
+    rendered = cli("report", results, "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert rendered.returncode == 0, rendered.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| small_cnn / fp |" in text and "| small_cnn / int4 |" in text
     assert f"| {launch['started_at']} | tiny | {path} |" in text  # provenance of the launch
 
-    again = sweeper("launch", str(path), "--results", results, cwd=tmp_path)
+    again = cli("launch", str(path), "--results", results, cwd=tmp_path)  # nothing to run: no Ray
     assert again.returncode == 0, again.stderr
     assert f"{len(plan.cells)}/{len(plan.cells)} cells already done" in again.stdout
     assert store.fragments(store.locate(results)) == fragments
 
-    extended = sweeper("launch", str(path), "--results", results, "--set",
+    extended = cli("launch", str(path), "--results", results, "--set",
                        "attacks.fgsm.eps=[0.1, 0.2, 0.3]", "--local", cwd=tmp_path)
     assert extended.returncode == 0, extended.stderr
     # one new epsilon x two models; the models come from the cache, so no training

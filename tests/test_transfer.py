@@ -252,7 +252,7 @@ def test_a_sample_the_target_gets_wrong_unperturbed_is_not_robust_to_a_transfer(
 
 @pytest.mark.slow
 def test_transfer_rows_line_up_source_and_target_samples(tmp_path, monkeypatch):
-    from tests.test_cli import sweeper
+    from tests.conftest import cli as sweeper  # in process: the waves need no Ray, the CLI no new interpreter
 
     monkeypatch.chdir(tmp_path)
     raw = transfer_grid()

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sweeper import cache_dir
 from sweeper.errors import NotAvailableError
 
 # Official sources. A module-level dict so tests can point them at a dead or local address.
@@ -32,8 +33,7 @@ def resolve_data_dir(configured: str | os.PathLike | None) -> Path:
         return Path(configured).expanduser()
     if os.environ.get("SWEEPER_DATA_DIR"):
         return Path(os.environ["SWEEPER_DATA_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(cache).expanduser() / "sweeper" / "data"
+    return cache_dir() / "data"
 
 
 def _offline() -> bool:

@@ -1,7 +1,8 @@
 """Models: the networks sweeper trains. This module owns the QKeras network builders,
 registered by name, that output logits, ``QModel`` (stochastic quantizers stochastic in
 training only) and model fingerprints; ``quantizers.py`` the quantizer presets a builder
-takes; ``jacobian.py`` what a model's blocks are and its Jacobian norms.
+takes; ``jacobian.py`` what a model's blocks are and its Jacobian norms;
+``fingerprint_cache.py`` the fingerprints kept on disk between processes.
 
 Every builder takes the dataset's input shape and class count and a quantizer preset,
 and returns a ``QModel``. Outputs are logits (no softmax): softmax outputs mask
@@ -250,6 +251,20 @@ def fingerprint(name: str, input_shape: tuple, nb_classes: int, preset: Preset) 
 
 @functools.lru_cache(maxsize=None)
 def _fingerprint_cached(name: str, input_shape: tuple, nb_classes: int, preset: Preset) -> str:
+    # Kept on disk too (fingerprint_cache.py): a relaunch of a finished grid then needs
+    # no TensorFlow at all.
+    from sweeper.models import fingerprint_cache
+
+    key = fingerprint_cache.key(name, MODELS.get(name), input_shape, nb_classes, preset)
+    stored = fingerprint_cache.get(key)
+    if stored is not None:
+        return stored
+    computed = _computed_fingerprint(name, input_shape, nb_classes, preset)
+    fingerprint_cache.put(key, computed)
+    return computed
+
+
+def _computed_fingerprint(name: str, input_shape: tuple, nb_classes: int, preset: Preset) -> str:
     import warnings
 
     _import_quietly()

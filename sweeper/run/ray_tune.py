@@ -79,6 +79,20 @@ def check_resources(resources, *, local: bool, console: Console | None = None) -
         console.print(styled("warning:", "yellow", f"{missing}; the sweep waits for one to join (Ctrl-C to stop)"))
 
 
+def slots(resources) -> int:
+    """How many trials of ``resources`` the cluster's live nodes hold at once (at least 1:
+    a cluster that may grow holds one once it has)."""
+    import ray
+
+    held = 0
+    for node in (node["Resources"] for node in ray.nodes() if node.get("Alive")):
+        fits = node.get("CPU", 0) // resources.cpus  # cpus > 0 (grid.py)
+        if resources.gpus:
+            fits = min(fits, node.get("GPU", 0) // resources.gpus)
+        held += int(fits)
+    return max(1, held)
+
+
 def missing_resource(nodes: list[dict], cpus: float, gpus: float) -> str | None:
     """None if some node (Ray's resource mapping) holds ``cpus`` CPUs and ``gpus`` GPUs;
     else one line naming the missing resource and what the nodes have."""

@@ -36,12 +36,18 @@ class Runner(Protocol):
         as it comes, ``flush`` when its job ends); one line per failed job. Stops starting
         jobs once ``rows.fault`` is set (the store refused a write)."""
 
+    def slots(self, plan) -> int:
+        """After ``start``: how many jobs run at once (the progress's first estimate)."""
+
 
 class InProcessRunner:
     """Every job in this process, in order (module docstring)."""
 
     def start(self, plan, console) -> None:
         pass  # this process is the only worker: it holds whatever a trial asks for
+
+    def slots(self, plan) -> int:
+        return 1
 
     def share(self, data: dict) -> dict:
         return data
@@ -79,6 +85,11 @@ class RayTuneRunner:
 
         local = ray_tune.init_ray(self.address, self.verbose)
         ray_tune.check_resources(plan.grid.resources, local=local, console=console)
+
+    def slots(self, plan) -> int:
+        from sweeper.run import ray_tune
+
+        return ray_tune.slots(plan.grid.resources)
 
     def share(self, data: dict) -> dict:
         from sweeper.run import ray_tune

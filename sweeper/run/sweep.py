@@ -32,7 +32,7 @@ from sweeper.datasets import load_all
 from sweeper.plan import cost
 from sweeper.plan.expand import Cell, Plan, TrainingJob
 from sweeper.run.lease import Lease
-from sweeper.run.progress import CellProgress
+from sweeper.run.progress import CellProgress, Estimate
 from sweeper.run.rows import RowSink
 from sweeper.run.runners import RayTuneRunner, Runner
 from sweeper.run.trial import JobContext
@@ -128,7 +128,8 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
                          checkpoint_every=plan.grid.train.checkpoint_every,
                          adversarial=location.uri(store.ADVERSARIAL_DIR), results=location.uri(),
                          built=store.build_jobs(location))
-    with CellProgress(console, total=report.total_cells, done=report.already_done) as progress:
+    estimate = estimated(first, second, runner.slots(plan))
+    with CellProgress(console, total=report.total_cells, done=report.already_done, estimate=estimate) as progress:
         rows = RowSink(location, progress, provenance, skip=rerun, tracker=tracker)
         try:
             for wave, work in enumerate([first, second], start=1):
@@ -144,6 +145,14 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
     report.computed, report.trainings = rows.written, rows.trainings
     finish(location)
     return report
+
+
+def estimated(first: list, second: list, slots: int) -> Estimate:
+    """The cost model's wall-clock time for both waves on ``slots`` workers (each wave in
+    its order, the second after the first), and the cells of the first round of jobs."""
+    seconds = sum(cost.makespan([_expected_cost(item) for item in wave], slots) for wave in (first, second) if wave)
+    first_round = sum(len(cells) for _, cells in (first + second)[:slots])
+    return Estimate(seconds, first_round)
 
 
 def _with_sources(work, stored_arrays: set[str]) -> tuple[list, list[str]]:
