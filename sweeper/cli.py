@@ -123,10 +123,10 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
            local: bool = typer.Option(False, "--local", help="Run the trials in this process, one after "
                                       "another, without Ray (debugging: no retries, no cluster)"),
            log: Optional[str] = typer.Option(None, "--log", help="Also log each job's parameters and each "
-                                             "cell's metrics to mlflow or tensorboard (the store stays the "
-                                             "source of truth)"),
+                                             "cell's metrics to mlflow, tensorboard or wandb (offline unless "
+                                             "WANDB_MODE says otherwise; the store stays the source of truth)"),
            log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Folder for --log tensorboard's "
-                                                 "event files [default: runs/<grid name>]")):
+                                                 "or wandb's files [default: runs/<grid name>]")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
     from sweeper import store
@@ -173,10 +173,10 @@ def _tracker(log: Optional[str], log_dir: Optional[str], grid_name: str):
     """``--log``'s tracker, or None; checked before anything runs (sweeper.run.tracking)."""
     if log is None:
         if log_dir is not None:
-            raise UserError("--log-dir: only with --log tensorboard")
+            raise UserError("--log-dir: only with --log tensorboard or wandb")
         return None
-    if log_dir is not None and log != "tensorboard":
-        raise UserError("--log-dir: only with --log tensorboard")
+    if log_dir is not None and log not in ("tensorboard", "wandb"):
+        raise UserError("--log-dir: only with --log tensorboard or wandb")
     from sweeper.run import tracking
 
     return tracking.make(log, grid_name, log_dir)

@@ -73,6 +73,73 @@ def test_tensorboard_event_files_hold_each_jobs_cells(tmp_path, tiny_grid, monke
         assert read == pytest.approx(metrics), job
 
 
+def _wandb_records(path):
+    """The records of an offline W&B run file (``run-<id>.wandb``): W&B's LevelDB-style log
+    (a 7-byte header ``:W&B``, 0xBEE1, version 0; 32 KiB blocks of chunks, each a 4-byte
+    CRC-32, a 2-byte length and a type: full, first, middle, last) of protobuf ``Record``s.
+    wandb 0.31 writes it from Go and ships no Python reader, so the test reads it."""
+    import struct
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:7] == b":W&B" + struct.pack("<HB", 0xBEE1, 0), "not a W&B run file"
+    offset, pending = 7, b""
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # a block's tail too short for a chunk header is padding
+            offset += block - offset % block
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        if (checksum, length, kind) == (0, 0, 0):
+            break
+        chunk = data[offset + 7:offset + 7 + length]
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF == checksum, "damaged chunk"
+        offset += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # full, or the last of a split record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _wandb_runs(folder) -> dict[str, dict]:
+    """Per run name: its config and the metrics of its history, from the offline files."""
+    import json
+
+    runs = {}
+    for path in folder.glob("wandb/offline-run-*/run-*.wandb"):
+        name, config, metrics = None, {}, {}
+        for record in _wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                name = record.run.display_name
+                config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+            elif kind == "config":
+                config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+            elif kind == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                metrics.update({k: v for k, v in items.items() if not k.startswith("_")})  # W&B's own
+        runs[name] = {"config": config, "metrics": metrics}
+    return runs
+
+
+def test_wandb_offline_runs_hold_each_jobs_params_and_cells(tmp_path, tiny_grid, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
+    plan, results = _plan(tmp_path, tiny_grid), str(tmp_path / "r")
+    monkeypatch.setattr("sweeper.run.runners.run_job", _Jobs())
+    report = sweep.launch(plan, results, runner=InProcessRunner(),
+                          tracker=tracking.WandbTracker("tiny", str(tmp_path / "wb")))
+    assert report.tracker_failed is None
+    runs, stored = _wandb_runs(tmp_path / "wb"), _stored(results)
+    assert set(runs) == set(stored) == {job.job_id for job in plan.jobs}
+    for job in plan.jobs:
+        run = runs[job.job_id]
+        assert run["metrics"] == pytest.approx(stored[job.job_id]), job.job_id
+        assert run["config"]["quantizer"] == job.quantizer and run["config"]["config_id"] == job.config_id
+
+
 def test_metric_names_are_safe_and_one_per_cell():
     rows = [{"cell_id": c, "attack": "fgsm", "attack_label": "fgsm<-fp+none", "norm": "inf", "eps_label": "8/255",
              "adv_acc": a} for c, a in (("c1", 0.5), ("c2", 0.25))]
@@ -99,10 +166,9 @@ def test_a_failing_tracker_stops_logging_and_the_sweep_goes_on(tmp_path, tiny_gr
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--log", "wandb"], "--log wandb: not implemented yet"),
-    (["--log", "neptune"], "--log: unknown tracker 'neptune'; available: mlflow, tensorboard"),
-    (["--log-dir", "tb"], "--log-dir: only with --log tensorboard"),
-    (["--log", "mlflow", "--log-dir", "tb"], "--log-dir: only with --log tensorboard"),
+    (["--log", "neptune"], "--log: unknown tracker 'neptune'; available: mlflow, tensorboard, wandb"),
+    (["--log-dir", "tb"], "--log-dir: only with --log tensorboard or wandb"),
+    (["--log", "mlflow", "--log-dir", "tb"], "--log-dir: only with --log tensorboard or wandb"),
 ])
 def test_log_input_errors_are_one_line_and_write_nothing(tmp_path, tiny_grid, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -17,15 +17,19 @@ What is logged, per training job (one run, named by its ``job_id``):
   ``zero_grad_share`` where the row has them.
 
 The trackers: ``mlflow`` (``MlflowClient``; where to is MLflow's own ``MLFLOW_TRACKING_URI``,
-its default ``./mlruns`` otherwise; the experiment is the grid's name) and ``tensorboard``
+its default ``./mlruns`` otherwise; the experiment is the grid's name), ``tensorboard``
 (tensorboardX event files, one folder per job under ``--log-dir``, default
-``runs/<grid name>``). Each library is an extra (``pip install 'sweeper[mlflow]'``); a missing
-one is one line before anything runs.
+``runs/<grid name>``) and ``wandb`` (Weights & Biases, one run per job in the project named
+after the grid, its files under ``--log-dir``, default ``runs/<grid name>``; offline unless
+``WANDB_MODE`` says otherwise, so a launch never waits on a login or a network: ``wandb
+sync`` uploads the runs later). Each library is an extra (``pip install 'sweeper[mlflow]'``);
+a missing one is one line before anything runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -137,7 +141,34 @@ class TensorBoardTracker:
             writer.close()
 
 
-TRACKERS = ("mlflow", "tensorboard")
+class WandbTracker:
+    """One W&B run per training job (named by its ``job_id``, the parameters as its config),
+    open until the launch ends so that a retried job's later rows join its run; the
+    metrics are logged at step 0 and kept in the run's summary."""
+
+    def __init__(self, project: str, folder: str):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--log wandb: Weights & Biases is not installed; pip install 'sweeper[wandb]'") from None
+        self.wandb, self.project, self.folder, self.runs = wandb, project, Path(folder), {}
+        self.mode = os.environ.get("WANDB_MODE", "offline")
+
+    def log(self, rows: list[dict]) -> None:
+        job = rows[0]["job_id"]
+        if job not in self.runs:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.runs[job] = self.wandb.init(
+                project=self.project, name=job, dir=str(self.folder), mode=self.mode, config=params(rows[0]),
+                reinit="create_new", settings=self.wandb.Settings(silent=True, console="off"))
+        self.runs[job].log(metrics(rows), step=0)
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.finish()
+
+
+TRACKERS = ("mlflow", "tensorboard", "wandb")
 
 
 def make(name: str, grid_name: str, log_dir: str | None) -> Tracker:
@@ -148,5 +179,5 @@ def make(name: str, grid_name: str, log_dir: str | None) -> Tracker:
     if name == "tensorboard":
         return TensorBoardTracker(log_dir or str(Path("runs") / grid_name))
     if name == "wandb":
-        raise UserError("--log wandb: not implemented yet (Weights & Biases); available: mlflow, tensorboard")
+        return WandbTracker(grid_name, log_dir or str(Path("runs") / grid_name))
     raise UserError(f"--log: unknown tracker '{name}'; available: {', '.join(TRACKERS)}")
