@@ -62,6 +62,27 @@ def lazy_module(name: str):
     return _LazyModule(name)
 
 
+def digits_small_cnn(preset: str, n_train: int, epochs: int):
+    """(small_cnn trained on digits' first ``n_train`` images under ``preset`` for
+    ``epochs``, seed 0; every digit as 8x8x1 in [0, 1]; their labels): the tiny trained model
+    the deploy and attack tests share the recipe of."""
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    from sweeper import models
+    from sweeper.models import quantizers
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    y = data.target.astype(np.int64)
+    tf.keras.utils.set_random_seed(0)
+    model = models.build("small_cnn", (8, 8, 1), 10, quantizers.QUANTIZERS.get(preset))
+    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:n_train], y[:n_train], epochs=epochs, batch_size=32, verbose=0)
+    return model, x, y
+
+
 def write_grid(directory: Path, grid: dict, name: str = "grid.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(grid, sort_keys=False))

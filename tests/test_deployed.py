@@ -20,6 +20,7 @@ import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper import attacks, keys
 from sweeper.errors import UserError
 from sweeper.plan import expand, grid
+from tests.conftest import digits_small_cnn
 
 CLIP = (0.0, 1.0)
 SHAPE = (8, 8, 1)
@@ -36,19 +37,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is depreca
 def fp_build():
     """(fp small_cnn's compiled classifier, its int8 build's classifier, the .tflite,
     held-out digits, their labels): 5 epochs on digits' first 1500 images."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
+    from sweeper import deploy
 
-    from sweeper import deploy, models
-    from sweeper.models import quantizers
-
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int64)
-    tf.keras.utils.set_random_seed(0)
-    model = models.build("small_cnn", SHAPE, 10, quantizers.QUANTIZERS.get("fp"))
-    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:1500], y[:1500], epochs=5, batch_size=32, verbose=0)
+    model, x, y = digits_small_cnn("fp", 1500, 5)
     flatbuffer = deploy.convert_int8(deploy.strip(model), x[:200])
     fast = attacks.make_classifier(model, 10, SHAPE, CLIP)
     return fast, attacks.make_deployed_classifier(flatbuffer, 10, SHAPE, CLIP), flatbuffer, x[1500:], y[1500:]

@@ -17,6 +17,7 @@ import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from sweeper.deploy import int8_arith, int8_numpy
+from tests.conftest import digits_small_cnn
 
 SHAPE = (8, 8, 1)
 CLIP = (0.0, 1.0)
@@ -198,19 +199,9 @@ def test_a_port_that_disagrees_is_not_used_and_a_spot_check_catches_one_that_tur
 
 def test_square_on_the_build_finds_the_same_examples_through_the_port(builds):
     """The acceptance test of the port: an attack on the build is the same attack."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
+    from sweeper import attacks, deploy
 
-    from sweeper import attacks, deploy, models
-    from sweeper.models import quantizers
-
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int64)
-    tf.keras.utils.set_random_seed(0)
-    model = models.build("small_cnn", SHAPE, 10, quantizers.QUANTIZERS.get("int8"))
-    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:1000], y[:1000], epochs=2, batch_size=32, verbose=0)
+    model, x, y = digits_small_cnn("int8", 1000, 2)
     flatbuffer = deploy.convert_int8(deploy.strip(model), x[:200])
     xs, ys = x[1500:1530], y[1500:1530]
     ported = attacks.make_deployed_classifier(flatbuffer, 10, SHAPE, CLIP, check_inputs=xs)
