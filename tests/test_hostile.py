@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeper import keys, store
+from sweeper.run.sweep import LaunchReport
 from sweeper.store.fragments import _coerce
 from tests.conftest import write_grid
 from tests.test_store import make_row
@@ -334,8 +335,8 @@ def _fake_sweep(monkeypatch, launch) -> None:
 
 
 def _report(done: int = 0, total: int = 8):
-    return types.SimpleNamespace(damaged_fragments=(), why={}, already_done=done, computed=0, trainings=0,
-                                 total_cells=total, complete=done == total, failed_jobs=[])
+    """What the real sweep returns (its own class, so a field it gains is there too)."""
+    return LaunchReport(total_cells=total, already_done=done)
 
 
 def test_launch_says_in_one_line_that_it_took_over_a_damaged_lease(tmp_path, tiny_grid, monkeypatch):
