@@ -32,8 +32,7 @@ _KEY_FOLD = 1 << FOLD_SHIFT  # (fold, sample_index) -> fold * 2**40 + sample_ind
 def diagnose(rows: pa.Table) -> pa.Table:
     """Every judged check of every configuration in ``rows`` (the store's schema; columns
     it lacks read as null): the same table as ``diagnose_reference``, computed in DuckDB."""
-    columns = {name: rows.column(name) if name in rows.column_names
-               else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
+    columns = {name: store.column_or_null(rows, store.SCHEMA.field(name))
                for name in [*dict.fromkeys(SCALARS), *OUTCOMES]}
     columns["_order"] = arrow(np.arange(rows.num_rows, dtype=np.int64))
     connection = duck.new_connection()

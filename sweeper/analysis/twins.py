@@ -160,7 +160,7 @@ def _usable(rows: pa.Table) -> pa.Table:
         raise ValueError(f"twins.compare: rows lack column {missing[0]!r}")
     columns = {}
     for name in _NEEDED:
-        column = rows.column(name) if name in rows.column_names else pa.nulls(rows.num_rows, store.SCHEMA.field(name).type)
+        column = store.column_or_null(rows, store.SCHEMA.field(name))
         columns[name] = pc.fill_null(column, ABSENT_MEANS[name]) if name in ABSENT_MEANS else column
     table = pa.table(columns)
     attack, clean = table.column("attack"), pc.equal(table.column("attack"), NONE)

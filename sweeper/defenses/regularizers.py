@@ -84,13 +84,15 @@
 
 from __future__ import annotations
 
+import abc
+
 from sweeper.defenses.base import Defense
 from sweeper.defenses.spec import DefenseSpec, check_preset
 from sweeper.models.jacobian import block_model, projection_estimate
 from sweeper.plan.limits import positive, whole
 
 
-class Regularized(Defense):
+class Regularized(Defense, abc.ABC):
     """The step jr, jr_layer and dq share: cross-entropy on the model's logits plus
     ``weight`` times the defense's penalty of the batch (``penalized``), which is also the
     regularizer a row stores (``defense_reg``)."""
@@ -101,9 +103,9 @@ class Regularized(Defense):
         self.metric_names = (self.name,)
         self.regularizer = self.name
 
+    @abc.abstractmethod
     def penalized(self, model, x, key):
-        """(logits in training mode, the penalty) of one batch."""
-        raise NotImplementedError
+        """(logits in training mode, the penalty) of one batch: what each regularizer defines."""
 
     def gradients(self, model, loss_fn, x, y, key, step):
         import tensorflow as tf

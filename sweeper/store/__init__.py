@@ -80,6 +80,7 @@ from sweeper.store.schema import (  # noqa: F401
     SCHEMA_VERSION,
     STAGING_DIR,
     WORST_CASE_FILE,
+    column_or_null,
     projection,
     sql_type_of,
 )

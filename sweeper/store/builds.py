@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sweeper.store.files import Location, list_files, naming, write_file
-from sweeper.store.schema import read_columns
+from sweeper.store.schema import column_or_null, read_columns
 
 BUILDS_DIR = "builds"
 BUILD_COLUMNS: list[tuple[str, pa.DataType, str]] = read_columns("build_columns.yaml")
@@ -85,8 +85,7 @@ def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
     a file without job ids or formats is not one of sweeper's."""
     if "job_id" not in table.column_names or "deploy_format" not in table.column_names:
         raise ValueError("no job_id and deploy_format columns: not build records")
-    arrays = [table.column(name).cast(BUILD_SCHEMA.field(name).type) if name in table.column_names
-              else pa.nulls(table.num_rows, BUILD_SCHEMA.field(name).type) for name in columns]
+    arrays = [column_or_null(table, BUILD_SCHEMA.field(name)) for name in columns]
     return pa.Table.from_arrays(arrays, schema=pa.schema([BUILD_SCHEMA.field(name) for name in columns]))
 
 

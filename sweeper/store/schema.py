@@ -98,6 +98,14 @@ def sources(present: Iterable[str], version: int, columns: Iterable[str] | None 
     return found
 
 
+def column_or_null(table: pa.Table, field: pa.Field) -> pa.ChunkedArray | pa.Array:
+    """``table``'s column ``field.name`` cast to ``field.type``, or nulls of that type where
+    the table lacks it (rows of an older store, build records of an older launch)."""
+    if field.name in table.column_names:
+        return table.column(field.name).cast(field.type)
+    return pa.nulls(table.num_rows, field.type)
+
+
 def conform(table: pa.Table, version: int, columns: list[str]) -> pa.Table:
     """``table`` (read from a fragment of schema ``version``) with exactly ``columns``, in
     the current schema's types (``sources``)."""
