@@ -2,8 +2,8 @@
 RobustBench's (``robustbench/eval.py``: clean accuracy, robust accuracy under a named
 threat model and budget, the number of samples, the attacks run), extended with what
 sweeper measures: the worst case over the attacks run and the attacks it covers, the
-deployed int8 build's accuracies and worst case, the footprint (per build format where the
-store's query layer has a ``config_builds`` view), which MCU profiles it fits,
+deployed int8 build's accuracies and worst case, the footprint (per build format, from the
+query layer's ``config_builds`` view), which MCU profiles it fits and with which builds,
 AutoAttack's sanity checks, the fold statistics, the library versions and the config id.
 ``card.schema.json`` (shipped beside this file) is the JSON Schema of the document
 ``sweeper card`` writes, an array of cards; every field's meaning and denominator is
@@ -40,9 +40,9 @@ from sweeper.keys import CONFIG_COLUMNS, NONE
 CARD_VERSION = 1
 SCHEMA_FILE = "card.schema.json"
 VERSIONS = ("sweeper", "tensorflow", "qkeras", "art", "sklearn", "ray")  # <name>_version row columns
-# Per configuration and build format (int8, sub-byte builds): what it can ship, where the
-# store's query layer has such a view; its rows, less the configuration's columns and what
-# the card says elsewhere, are a card's footprint.builds.
+# Per configuration and build format (int8, sub-byte builds): what it can ship; its rows,
+# less the configuration's columns and what the card says elsewhere, are a card's
+# footprint.builds.
 BUILDS_VIEW = "config_builds"
 _NOT_BUILD = {*CONFIG_COLUMNS, "n_samples", "test_acc_mean", "test_acc_std", "mcu_targets"}
 
@@ -73,11 +73,10 @@ class _Reader:
             f"SELECT {', '.join(ROW)}, fold, {', '.join(f'{v}_version' for v in VERSIONS)}, "
             f"mcu_targets FROM results WHERE attack = '{NONE}'")
         self.fits = defaultdict(set)  # config_id -> MCUs it fits
-        self.formats = defaultdict(set)  # (config_id, MCU) -> the build formats that fit it, where known
+        self.formats = defaultdict(set)  # (config_id, MCU) -> the build formats that fit it
         for r in self.records("SELECT * FROM fits"):
             self.fits[r["config_id"]].add(r["mcu"])
-            if r.get("deploy_format"):
-                self.formats[r["config_id"], r["mcu"]].add(r["deploy_format"])
+            self.formats[r["config_id"], r["mcu"]].add(r["deploy_format"])
         self.mcus = [r["name"] for r in self.records("SELECT name FROM mcus ORDER BY name")]
         self.flags = defaultdict(set)
         for r in self.records("SELECT * FROM diagnostics WHERE fired"):
@@ -88,12 +87,8 @@ class _Reader:
     def records(self, sql: str) -> list[dict]:
         return query.fetch(self.db, sql).to_pylist()
 
-    def _builds(self) -> dict[str, list[dict]] | None:
-        """Per config_id, its rows of ``BUILDS_VIEW`` where the store has one (per-build
-        footprints); None where it has none."""
-        names = {r["name"] for r in self.records("SELECT table_name AS name FROM information_schema.tables")}
-        if BUILDS_VIEW not in names:
-            return None
+    def _builds(self) -> dict[str, list[dict]]:
+        """Per config_id, its rows of ``BUILDS_VIEW`` (per-build footprints)."""
         found = defaultdict(list)
         for r in self.records(f"SELECT * FROM {BUILDS_VIEW}"):
             found[r["config_id"]].append({k: _plain(v) for k, v in r.items() if k not in _NOT_BUILD})
@@ -134,11 +129,9 @@ class _Reader:
         }
 
     def _fit(self, config_id: str, mcu: str, jobs: list[dict]) -> dict:
-        fit = {"mcu": mcu, "fits": mcu in self.fits[config_id],
-               "targeted": any(mcu in (j["mcu_targets"] or []) for j in jobs)}
-        if self.builds is not None:  # per-build fits: which formats fit
-            fit["formats"] = sorted(self.formats.get((config_id, mcu), ()))
-        return fit
+        return {"mcu": mcu, "fits": mcu in self.fits[config_id],
+                "targeted": any(mcu in (j["mcu_targets"] or []) for j in jobs),
+                "formats": sorted(self.formats.get((config_id, mcu), ()))}  # which builds fit
 
     def _threats(self, key: tuple, points: list[dict]) -> list[dict]:
         threats: dict[tuple, dict] = {}
@@ -171,7 +164,7 @@ class _Reader:
                 "int8": {"flash_kb": _number(first["flash_kb"]), "ram_kb": _number(first["ram_kb"]),
                          "tflite_kb": _number(first["tflite_kb"]), "arena_kb": _number(first["arena_kb"])},
                 "packed": {"flash_kb": _number(first["flash_packed_kb"]), "ram_kb": _number(first["ram_packed_kb"])},
-                "builds": None if self.builds is None else self.builds.get(first["config_id"], [])}
+                "builds": self.builds.get(first["config_id"], [])}
 
 
 def _stat(mean, std, point: dict) -> dict:
