@@ -126,18 +126,23 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
                                              "cell's metrics to mlflow, tensorboard or wandb (offline unless "
                                              "WANDB_MODE says otherwise; the store stays the source of truth)"),
            log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Folder for --log tensorboard's "
-                                                 "or wandb's files [default: runs/<grid name>]")):
+                                                 "or wandb's files [default: runs/<grid name>]"),
+           profile: bool = typer.Option(False, "--profile", help="Print where the launch spent its time, "
+                                        "and write its timeline to RESULTS/profiles/<launch id>.trace.json")):
     """Run every cell of a grid not yet in the result store. One launch at a time writes a
     store: it holds the store's lease (RESULTS/.lease.json) until it ends."""
     from sweeper import store
     from sweeper.plan import grid
     from sweeper.run import lease
+    from sweeper.run.profile import Timeline
     from sweeper.run.runners import InProcessRunner, RayTuneRunner
 
     if local and address is not None:
         raise UserError("--local: runs in this process, so it takes no --address")
 
-    loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
+    timeline = Timeline()
+    with timeline.phase("grid: loading and expanding"):
+        loaded = _plan(grid_path, set, fingerprints=False)  # enough to name the store: no TensorFlow yet
     path = _results_path(loaded, results)
     tracker = _tracker(log, log_dir, loaded.grid.name)
     out.print(f"grid {loaded.grid.name}: {len(loaded.cells)} cells in {len(loaded.jobs)} training jobs "
@@ -148,12 +153,15 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
         with held.acquire(wait=wait, on_wait=_waiting(path)):
             if held.took_over:
                 warn(f"{path}/{lease.LEASE_FILE} was damaged ({held.took_over}); this launch took it over")
-            plan = _plan(grid_path, set)
+            with timeline.phase("grid: model fingerprints"):
+                plan = _plan(grid_path, set)
             from sweeper.run import sweep
 
             runner = InProcessRunner() if local else RayTuneRunner(address, verbose)
             report = sweep.launch(plan, path, runner=runner, console=err, provenance=provenance, held=True,
-                                  tracker=tracker)
+                                  tracker=tracker, timeline=timeline)
+            if profile:
+                _profile(timeline, path, provenance.launch_id)
     except KeyboardInterrupt:
         err.print("interrupted; cells already stored are kept: rerun the same command to resume")
         raise typer.Exit(130)
@@ -167,6 +175,17 @@ def launch(grid_path: Path = typer.Argument(..., metavar="GRID"), set: Optional[
     if report.already_done + report.computed:
         out.print(next_steps(path, loaded.grid.name))
     raise typer.Exit(code)
+
+
+def _profile(timeline, path: str, launch_id: str) -> None:
+    """--profile: the launch's breakdown on stderr, its timeline into the store."""
+    from sweeper import store
+    from sweeper.run import profile
+
+    for line in profile.lines(timeline):
+        err.print(line)
+    err.print(f"profile: timeline in {profile.save(timeline, store.locate(path), launch_id)} "
+              f"(Chrome trace format: open it in https://ui.perfetto.dev or chrome://tracing)")
 
 
 def _tracker(log: Optional[str], log_dir: Optional[str], grid_name: str):

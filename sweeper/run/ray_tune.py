@@ -21,13 +21,15 @@ from rich.console import Console
 from sweeper import WORKER_ENV
 from sweeper.console import styled
 from sweeper.errors import UserError, storage_error
-from sweeper.run import placement
+from sweeper.run import placement, profile
 from sweeper.run.checkpoints import CHECKPOINT_FILE
 from sweeper.run.rows import RowSink, failure_line
 from sweeper.run.trial import run_job
 
 # A trial's report that the store refused a write: [errno, file]
 STORAGE_FAULT = "storage_fault"
+# A trial's last report: its spans (``sweeper.run.profile.trial_payload``)
+PROFILE = "profile"
 
 
 def run_wave(plan, work, data, context, rows: RowSink, verbose: bool, wave: int) -> list[str]:
@@ -163,13 +165,17 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
     """One Tune trial: a training job. Runs on a Ray worker."""
     import ray
 
-    placement.configure(placement.current())
+    entered = time.time()
+    with profile.span("imports"):  # a new worker's first trial pays them (run_job: the rest)
+        import tensorflow  # noqa: F401  (placement configures it)
+    with profile.span("placement"):
+        placement.configure(placement.current())
     job, cells = work[config["job_index"]]
     node = ray.get_runtime_context().get_node_id()
     try:
-        run_job(job, cells, ray.get(data[job.dataset_key]), context,
-                report=lambda row: tune.report({"row": json.dumps({**row, "node": node})}),
-                hooks=_TuneCheckpoints())
+        with profile.span("data"):
+            dataset = ray.get(data[job.dataset_key])
+        run_job(job, cells, dataset, context, report=lambda row: _report_row(row, node), hooks=_TuneCheckpoints())
     except OSError as error:
         fault = storage_error(error)
         if fault is None:
@@ -177,6 +183,25 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
         # A full or read-only store fails every retry the same way: instead of failing the
         # trial (Tune would train it again), tell the driver, which stops the sweep.
         tune.report({STORAGE_FAULT: json.dumps([fault.errno, fault.filename])})
+        return
+    tune.report({PROFILE: json.dumps(profile.trial_payload(f"{node[:8]}:{os.getpid()}", entered, profile.take(),
+                                                           _first_trial_of_this_worker()))})
+
+
+def _report_row(row: dict, node: str) -> None:
+    with profile.span("reporting rows to the driver"):  # a round trip through Tune's driver loop
+        tune.report({"row": json.dumps({**row, "node": node})})
+
+
+_STARTED: list[float | None] = []  # this worker process's start, once its first trial took it
+
+
+def _first_trial_of_this_worker() -> float | None:
+    """The worker process's start time for its first trial (its start-up), None after."""
+    if _STARTED:
+        return None
+    _STARTED.append(profile.process_started())
+    return _STARTED[0]
 
 
 class _TuneCheckpoints:
@@ -198,7 +223,7 @@ class _TuneCheckpoints:
                 return file.read()
 
     def save(self, data: bytes, epoch: int) -> None:
-        with tempfile.TemporaryDirectory() as folder:
+        with profile.span("checkpoints through Tune"), tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as file:
                 file.write(data)
             # Tune copies the directory to its storage before report returns.
@@ -238,6 +263,8 @@ class _TuneRows(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if STORAGE_FAULT in result:  # a worker's write to the store failed (_trainable)
             self.rows.refused(*json.loads(result[STORAGE_FAULT]))
+        elif PROFILE in result:
+            self.rows.timeline.trial(json.loads(result[PROFILE]))
         elif "row" in result:  # else a training checkpoint, not a result row
             self.rows.add(trial.trial_id, json.loads(result["row"]))
 

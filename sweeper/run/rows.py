@@ -3,7 +3,8 @@ collects each job's rows as they are reported and writes them to the store as on
 when the job ends, so a crash loses at most the jobs in flight; a write the store refuses
 (a full disk, a read-only store), the driver's own or a worker's, is kept as ``fault`` and
 stops the sweep instead of failing the job (which a retry would train again, to fail at the
-same write). ``failure_line`` says in one line why a job failed."""
+same write). Each finished trial's spans go to ``timeline`` (``sweeper.run.profile``).
+``failure_line`` says in one line why a job failed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import defaultdict
 from sweeper import store
 from sweeper.errors import storage_error
 from sweeper.plan.expand import TrainingJob
+from sweeper.run.profile import Timeline
 from sweeper.run.progress import CellProgress
 
 
@@ -23,8 +25,9 @@ class RowSink:
     cells recomputed only for their examples), whose rows are never written again."""
 
     def __init__(self, location: store.Location, progress: CellProgress, provenance: store.Launch,
-                 skip: set[str] = frozenset(), tracker=None):
+                 skip: set[str] = frozenset(), tracker=None, timeline: Timeline | None = None):
         self.location, self.progress, self.provenance = location, progress, provenance
+        self.timeline = timeline or Timeline()  # each finished trial's spans (sweeper.run.profile)
         self.tracker, self.tracker_failed = tracker, None  # --log (sweeper.run.tracking)
         self.pending: dict[str, dict[str, dict]] = defaultdict(dict)  # attempt -> cell -> row
         # cell ids written in this launch, and those stored before, never written again

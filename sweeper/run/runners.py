@@ -16,9 +16,12 @@ node id, empty in process).
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Protocol
 
 from sweeper.errors import storage_error
+from sweeper.run import profile
 from sweeper.run.rows import RowSink, failure_line
 from sweeper.run.trial import JobContext, run_job
 
@@ -57,6 +60,7 @@ class InProcessRunner:
         for job, cells in work:
             if rows.fault is not None:
                 break
+            entered = time.time()
             try:
                 # rows travel as Ray's do, through JSON: the same values reach the store
                 run_job(job, cells, data[job.dataset_key], context,
@@ -69,6 +73,7 @@ class InProcessRunner:
                     rows.fault = rows.fault or fault
             finally:
                 rows.flush(job.job_id)  # the rows it finished are real results: keep them
+                rows.timeline.trial(profile.trial_payload(f"local:{os.getpid()}", entered, profile.take()))
         return failures
 
 

@@ -20,6 +20,7 @@ the first wave for its examples; its row is not written again.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from sweeper.datasets import load_all
 from sweeper.plan import cost
 from sweeper.plan.expand import Cell, Plan, TrainingJob
 from sweeper.run.lease import Lease
+from sweeper.run.profile import Timeline
 from sweeper.run.progress import CellProgress, Estimate
 from sweeper.run.rows import RowSink
 from sweeper.run.runners import RayTuneRunner, Runner
@@ -89,38 +91,45 @@ def _expected_cost(item: tuple[TrainingJob, list[Cell]]) -> float:
 
 
 def launch(plan: Plan, results: str, *, runner: Runner | None = None, console: Console | None = None,
-           provenance: store.Launch | None = None, held: bool = False, tracker=None) -> LaunchReport:
+           provenance: store.Launch | None = None, held: bool = False, tracker=None,
+           timeline: Timeline | None = None) -> LaunchReport:
     """Run the plan's pending cells with ``runner`` (default: ``RayTuneRunner()``, a local
     Ray instance); ``provenance`` (the grid file and overrides) is kept in the metadata of
     every file written. Ends by compacting the store. Holds the store's lease
     (``sweeper.run.lease``) throughout, raising ``LeaseHeld`` if another launch has it,
     unless ``held``: the caller holds it already. ``tracker``: where stored rows are also
-    logged (``sweeper.run.tracking``; closed when the sweep ends)."""
+    logged (``sweeper.run.tracking``; closed when the sweep ends). ``timeline``: where the
+    launch's phases and its trials' spans are recorded (``sweeper.run.profile``)."""
     if not plan.fingerprinted:
         raise ValueError("launch needs a plan expanded with model fingerprints")
     provenance = provenance or store.new_launch(plan.grid)
     runner = runner or RayTuneRunner()
+    timeline = timeline or Timeline()
     if held:
-        return _launch(plan, results, runner, console, provenance, tracker)
+        return _launch(plan, results, runner, console, provenance, tracker, timeline)
     with Lease(store.locate(results), provenance.launch_id, plan.grid.name):
-        return _launch(plan, results, runner, console, provenance, tracker)
+        return _launch(plan, results, runner, console, provenance, tracker, timeline)
 
 
-def _launch(plan: Plan, results: str, runner: Runner, console, provenance, tracker=None) -> LaunchReport:
+def _launch(plan: Plan, results: str, runner: Runner, console, provenance, tracker, timeline) -> LaunchReport:
     console = console or literal_console(stderr=True)
     location = store.locate(results)
-    existing = store.read(location, ["cell_id"])
-    done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
-    # Damaged fragments are set aside so their cells are recomputed, and reported.
-    store.set_aside(location, existing.damaged)
-    report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged, why=existing.why)
-    first, second, rerun = waves(plan, done, store.file_names(location, store.ADVERSARIAL_DIR))
+    with timeline.phase("reading the store"):
+        existing = store.read(location, ["cell_id"])
+        done = set(existing.table.column("cell_id").to_pylist()) & {c.cell_id for c in plan.cells}
+        # Damaged fragments are set aside so their cells are recomputed, and reported.
+        store.set_aside(location, existing.damaged)
+        report = LaunchReport(len(plan.cells), len(done), damaged_fragments=existing.damaged, why=existing.why)
+        first, second, rerun = waves(plan, done, store.file_names(location, store.ADVERSARIAL_DIR))
     if not first and not second:
         if done:
-            finish(location)  # e.g. a crashed launch left fragments uncompacted
+            with timeline.phase("end of launch: compaction, diagnostics, worst case"):
+                finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
-    runner.start(plan, console)  # before loading any data
-    data = runner.share(load_all(plan.grid.data_dir, [job.dataset_key for job, _ in first + second]))
+    with timeline.phase("starting the runner (Ray)"):
+        runner.start(plan, console)  # before loading any data
+    with timeline.phase("loading and sharing the data"):
+        data = runner.share(load_all(plan.grid.data_dir, [job.dataset_key for job, _ in first + second]))
     # Training checkpoints live in the store under checkpoints/<job_id>.npz: a new launch
     # resumes from them (a runner may keep its own too: Tune's, for a retried trial).
     context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
@@ -130,20 +139,24 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
                          built=store.build_jobs(location))
     estimate = estimated(first, second, runner.slots(plan))
     with CellProgress(console, total=report.total_cells, done=report.already_done, estimate=estimate) as progress:
-        rows = RowSink(location, progress, provenance, skip=rerun, tracker=tracker)
+        rows = RowSink(location, progress, provenance, skip=rerun, tracker=tracker, timeline=timeline)
         try:
             for wave, work in enumerate([first, second], start=1):
                 if wave == 2:  # only transfer cells whose source stored its examples can run
                     work, orphans = _with_sources(work, store.file_names(location, store.ADVERSARIAL_DIR))
                     report.failed_jobs += orphans
                 if work:
-                    report.failed_jobs += runner.run(plan, work, data, context, rows, wave)
+                    began = time.time()
+                    with timeline.phase(f"wave {wave}: {len(work)} jobs"):
+                        report.failed_jobs += runner.run(plan, work, data, context, rows, wave)
+                    timeline.waves.append((wave, began, time.time()))
                 if rows.fault is not None:  # the store took no more rows: stop, and say where (cli)
                     raise rows.fault
         finally:  # interrupted too: the tracker's runs end with what was stored
             report.tracker_failed = rows.close_tracker()
     report.computed, report.trainings = rows.written, rows.trainings
-    finish(location)
+    with timeline.phase("end of launch: compaction, diagnostics, worst case"):
+        finish(location)
     return report
 
 

@@ -18,6 +18,7 @@ from sweeper.plan.entries import Train
 from sweeper.plan.expand import TrainingJob
 from sweeper.run.cache import ModelCache
 from sweeper.run.checkpoints import Checkpoints, restore, saver
+from sweeper.run.profile import span
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ def train(model, settings: Train, x: np.ndarray, y: np.ndarray, nb_classes: int,
     if start < settings.epochs:
         batches = _epoch_batches(x, tf.keras.utils.to_categorical(y, nb_classes), start, settings.epochs,
                                  settings.batch_size, seed)
-        fitted.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
-                   callbacks=list(callbacks), verbose=0)
+        with span("fit"):
+            fitted.fit(batches, epochs=settings.epochs, initial_epoch=start, steps_per_epoch=steps,
+                       callbacks=list(callbacks), verbose=0)
     if defense is not None:
         defense.summary = base.read_summary(fitted)
     return start

@@ -37,6 +37,7 @@ from sweeper.run.checkpoints import CheckpointHooks, Checkpoints
 from sweeper.run.columns import cell_columns, defense_columns, footprint_columns, job_columns
 from sweeper.run.evaluate import (Samples, accuracy, attack_groups, deployed_classifier, deployed_predict, evaluate,
                                   evaluate_deployed, has_controls, model_classifier, predict)
+from sweeper.run.profile import span
 from sweeper.run.training import trained_model
 from sweeper.run.transfer import keeper, transfer
 
@@ -66,23 +67,30 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             context: JobContext, report: Callable[[dict[str, Any]], None],
             hooks: CheckpointHooks | None = None) -> JobOutcome:
     """``hooks``: where else checkpoints go and come back from (Tune's API in a sweep)."""
-    import tensorflow as tf
+    with span("imports"):  # a worker's first job pays them; later ones, nothing
+        import art  # noqa: F401
+        import qkeras  # noqa: F401
+        import tensorflow as tf
 
-    tf.keras.backend.clear_session()  # reused workers would otherwise accumulate graphs
-    train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
-    data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
-    cache = ModelCache(context.model_cache)
-    trained = trained_model(job, data, train_idx, cache,
-                            Checkpoints(context.checkpoints, job.job_id, context.checkpoint_every, hooks))
+    with span("setup"):
+        tf.keras.backend.clear_session()  # reused workers would otherwise accumulate graphs
+        train_idx, test_idx = datasets.fold_split(data.y, job.k, job.fold, job.seed, groups=data.groups)
+        data = datasets.prepare_fold(data, train_idx)  # e.g. MFCCs scaled with training-fold statistics
+        cache = ModelCache(context.model_cache)
+    with span("train"):
+        trained = trained_model(job, data, train_idx, cache,
+                                Checkpoints(context.checkpoints, job.job_id, context.checkpoint_every, hooks))
     model = trained.model
-    deployed = deploy_once(job, model, data.x[train_idx], cache)
-    subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
-    x, y = data.x[subset], data.y[subset]
-    samples = Samples(subset, x, y, predict(model, x), deployed_predict(deployed, x))
-    base = {**job_columns(job, context, data, model, test_idx, trained.trained, trained.train_s),
-            **footprint_columns(model, deployed), "resumed_from_epoch": trained.resumed,
-            **defense_columns(job, trained.defense_reg), **jacobian.measure(model, x, job.draw_seed),
-            **sanity.measure(model, x, y)}
+    with span("deploy"):
+        deployed = deploy_once(job, model, data.x[train_idx], cache)
+    with span("measure"):
+        subset = datasets.attack_subset(test_idx, cells[0].samples if cells else 0, job.seed)
+        x, y = data.x[subset], data.y[subset]
+        samples = Samples(subset, x, y, predict(model, x), deployed_predict(deployed, x))
+        base = {**job_columns(job, context, data, model, test_idx, trained.trained, trained.train_s),
+                **footprint_columns(model, deployed), "resumed_from_epoch": trained.resumed,
+                **defense_columns(job, trained.defense_reg), **jacobian.measure(model, x, job.draw_seed),
+                **sanity.measure(model, x, y)}
     own = [cell for cell in cells if cell.eval_bits is None]
     classifier = model_classifier(model, data) if any(c.attack != NONE and c.target == MODEL_TARGET
                                                       and (c.source is None or has_controls(c)) for c in own) else None
@@ -91,23 +99,28 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
     check = CheckInputs(x)  # what the builds are checked on: these samples and every example below
     keep = check.wrap(keep) if context.results else keep
     training_images = lambda: data.x[train_idx]  # noqa: E731  (copied only for the patch)
-    for group in attack_groups([cell for cell in own if cell.source is None]):
-        if group[0].target == DEPLOYED_TARGET:
-            evaluated = evaluate_deployed(group, deployed, build_classifier, samples, job.draw_seed, keep)
-        else:
-            evaluated = evaluate(group, model, deployed, classifier, samples, job.draw_seed, keep, training_images)
-        for cell, columns in evaluated:
-            report({**base, **cell_columns(cell), **columns})
+    with span("attack"):
+        for group in attack_groups([cell for cell in own if cell.source is None]):
+            if group[0].target == DEPLOYED_TARGET:
+                evaluated = evaluate_deployed(group, deployed, build_classifier, samples, job.draw_seed, keep)
+            else:
+                evaluated = evaluate(group, model, deployed, classifier, samples, job.draw_seed, keep,
+                                     training_images)
+            for cell, columns in evaluated:
+                report({**base, **cell_columns(cell), **columns})
     if context.results:  # once per trained model, after its own cells made their examples
-        record_builds(job, base, deployed, check, cache, context.results, context.built)
-    for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
-        report({**base, **cell_columns(cell), **transfer(cell, model, deployed, samples, context.adversarial,
-                                                         classifier)})
-    for width in sorted({cell.eval_bits for cell in cells} - {None}):
-        at_width = [cell for cell in cells if cell.eval_bits == width]
-        for cell, columns in evaluate_at_width(job, width, at_width, model, data, test_idx, samples,
-                                               training_images):
-            report({**base, **columns, **cell_columns(cell)})
+        with span("builds"):
+            record_builds(job, base, deployed, check, cache, context.results, context.built)
+    with span("transfer"):
+        for cell in (cell for cell in own if cell.source is not None):  # after: nothing here is their source
+            report({**base, **cell_columns(cell), **transfer(cell, model, deployed, samples, context.adversarial,
+                                                             classifier)})
+    with span("other widths"):
+        for width in sorted({cell.eval_bits for cell in cells} - {None}):
+            at_width = [cell for cell in cells if cell.eval_bits == width]
+            for cell, columns in evaluate_at_width(job, width, at_width, model, data, test_idx, samples,
+                                                   training_images):
+                report({**base, **columns, **cell_columns(cell)})
     return JobOutcome(trained=trained.trained, rows=len(cells))
 
 
