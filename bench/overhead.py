@@ -1,11 +1,15 @@
 """Benchmark: what Ray Tune costs and gains over a plain loop, on the same cells.
 
-(a) a sequential Python loop calling the trial code directly (one process, no Ray, no
-    store, no cache), and (b) ``sweeper launch`` on the same grid into a fresh store.
+(a) a sequential Python loop calling the trial code directly (one process, no Ray), each job
+    given what a launch gives it (``sweep.job_context``: a model cache, checkpoints, kept
+    adversarial examples and build records, in a fresh temporary store), its rows kept in a
+    list, and (b) ``sweeper launch --profile`` on the same grid into a fresh store.
 Prints both wall times, the speedup (a)/(b) (on 2 cores the limit is about 2.0), and
 the count of trainings against cells (trainings must equal distinct training jobs). With
 ``--repeats N`` (default 3) it runs (a) then (b) N times and prints each round's speedup and
-their median (issue 24's figure: the median of 3), with the load average before each round.
+their median (issue 24's figure: the median of 3), with the load average before each round,
+and the last launch's phase breakdown (``--profile``) with the seconds its process took to
+exit after printing it.
 (a) runs in this process, so from the second round on it pays no imports at all: the
 median is a conservative figure for sweeper.
 
@@ -22,34 +26,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper import datasets  # noqa: E402
+from sweeper import datasets, store  # noqa: E402
 from sweeper.plan import expand, grid  # noqa: E402
-from sweeper.run.trial import JobContext, run_job  # noqa: E402
+from sweeper.run import profile, sweep  # noqa: E402
+from sweeper.run.trial import run_job  # noqa: E402
 
 
 def sequential(plan) -> tuple[float, int, int]:
-    """Every job of the plan in this process; returns (seconds, trainings, rows)."""
-    started = time.perf_counter()
-    data = datasets.load_all(plan.grid.data_dir, [job.dataset_key for job in plan.jobs])
-    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=None)
-    rows: list[dict] = []
-    trainings = 0
-    for job in plan.jobs:
-        outcome = run_job(job, plan.cells_of(job.job_id), data[job.dataset_key], context,
-                          rows.append)
-        trainings += outcome.trained
-    return time.perf_counter() - started, trainings, len(rows)
+    """Every job of the plan in this process, with a launch's job context in a temporary
+    store; returns (seconds, trainings, rows)."""
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        data = datasets.load_all(plan.grid.data_dir, [job.dataset_key for job in plan.jobs])
+        context = sweep.job_context(plan, store.locate(folder), launch_id="bench")
+        rows: list[dict] = []
+        trainings = 0
+        profile.take()
+        for job in plan.jobs:
+            outcome = run_job(job, plan.cells_of(job.job_id), data[job.dataset_key], context, rows.append)
+            trainings += outcome.trained
+        seconds = time.perf_counter() - started
+    phases = defaultdict(float)
+    for name, began, ended in profile.take():
+        phases[name] += ended - began
+    print("    (a)'s job phases: " + ", ".join(f"{name} {phases[name]:.1f} s" for name in profile.JOB_PHASES
+                                                 if phases[name] >= 0.05))
+    return seconds, trainings, len(rows)
 
 
 def through_sweeper(grid_path: str, overrides: list[str]) -> tuple[float, int, int, str]:
-    """``sweeper launch`` into a fresh store; returns (seconds, trainings, cells, output)."""
+    """``sweeper launch --profile`` into a fresh store; returns (seconds, trainings, cells,
+    its profile lines)."""
     with tempfile.TemporaryDirectory() as results:
-        command = [sys.executable, "-m", "sweeper", "launch", grid_path, "--results", results]
+        command = [sys.executable, "-m", "sweeper", "launch", grid_path, "--results", results, "--profile"]
         for override in overrides:
             command += ["--set", override]
         started = time.perf_counter()
@@ -58,7 +73,12 @@ def through_sweeper(grid_path: str, overrides: list[str]) -> tuple[float, int, i
     if done.returncode != 0:
         sys.exit(f"sweeper launch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     found = re.search(r"computed (\d+) cells with (\d+) trainings", done.stdout)
-    return seconds, int(found.group(2)), int(found.group(1)), done.stdout.strip()
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("profile:", "  "))]
+    whole = re.search(r"whole launch ([0-9.]+) s", done.stderr)
+    if whole:
+        lines.append(f"  process exit after the profile was printed (Ray's shutdown): "
+                       f"{seconds - float(whole.group(1)):.1f} s")
+    return seconds, int(found.group(2)), int(found.group(1)), "\n".join(lines)
 
 
 def main() -> None:
@@ -77,7 +97,7 @@ def main() -> None:
         seq_s, seq_trainings, seq_rows = sequential(plan)
         print(f"round {round_} (load {load:.2f})")
         print(f"(a) sequential loop, no Ray : {seq_s:7.1f} s  {seq_rows} rows, {seq_trainings} trainings")
-        ray_s, ray_trainings, ray_cells, _ = through_sweeper(args.grid, args.overrides)
+        ray_s, ray_trainings, ray_cells, breakdown = through_sweeper(args.grid, args.overrides)
         print(f"(b) sweeper launch          : {ray_s:7.1f} s  {ray_cells} rows, {ray_trainings} trainings")
         ratios.append(seq_s / ray_s)
         print(f"speedup (a)/(b)             : {ratios[-1]:7.2f}x")
@@ -85,6 +105,7 @@ def main() -> None:
               f"rows / cells: {ray_cells}/{len(plan.cells)}")
         if ray_trainings != len(plan.jobs) or ray_cells != len(plan.cells):
             sys.exit("FAIL: trainings must equal training jobs and rows must equal cells")
+    print(f"the last launch's phases (sweeper launch --profile):\n{breakdown}")
     print(f"median speedup over {len(ratios)} rounds: {statistics.median(ratios):.2f}x "
           f"(rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; target >= 1.8 on 2 cores)")
 

@@ -63,10 +63,33 @@ def test_an_in_process_launch_records_its_phases_and_every_job(tmp_path, tiny_gr
     report = sweep.launch(plan, str(tmp_path / "results"), runner=InProcessRunner(), timeline=timeline)
     assert report.complete
     names = [name for name, _, _ in timeline.phases]
-    assert "reading the store" in names and names[-1].startswith("end of launch")
+    assert names[0] == "reading the store" and names[-2].startswith("end of launch")
+    assert names[-1].startswith("stopping the runner")
     assert len(timeline.trials) == len(plan.jobs)
     lines = profile.lines(timeline)
     wave = [line for line in lines if "wave 1:" in line and "slot-s" in line and profile.OF_WHICH not in line]
     assert any("train" in line for line in wave) and any("attack" in line for line in wave)
     shares = [float(line.rsplit("(", 1)[1].split("%")[0]) for line in wave]
     assert sum(shares) == pytest.approx(100.0, abs=0.5)  # the wave's slot-seconds, all accounted for
+
+
+@pytest.mark.parametrize("owned", [True, False])
+def test_the_ray_runner_shuts_down_only_a_ray_it_started(monkeypatch, owned):
+    """A launch ends its own local Ray itself (overlapping the store's compaction) and
+    leaves a cluster, or a Ray that ran before it, as it was."""
+    import sys
+    import types
+
+    from sweeper.run.runners import RayTuneRunner
+
+    calls = []
+    fake_tune_side = types.SimpleNamespace(init_ray=lambda address, verbose: owned,
+                                           check_resources=lambda *args, **kwargs: None)
+    monkeypatch.setitem(sys.modules, "sweeper.run.ray_tune", fake_tune_side)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+    monkeypatch.setattr("sweeper.run.ray_tune", fake_tune_side, raising=False)
+    runner = RayTuneRunner()
+    runner.start(types.SimpleNamespace(grid=types.SimpleNamespace(resources=None)), console=None)
+    runner.stop()
+    runner.stop()  # twice: still once
+    assert calls == (["shutdown"] if owned else [])

@@ -44,15 +44,15 @@ def take() -> list[tuple[str, float, float]]:
 
 
 def process_started(pid: int | None = None) -> float | None:
-    """When the process started (wall-clock seconds), from Linux's /proc; None elsewhere."""
+    """When the process started (wall-clock seconds), from its age on Linux's boot clock
+    (/proc: the start in ticks since boot); None elsewhere."""
     try:
         with open(f"/proc/{pid or os.getpid()}/stat") as stat:
             ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        with open("/proc/stat") as boot:
-            booted = next(int(line.split()[1]) for line in boot if line.startswith("btime"))
-        return booted + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
+    return time.time() - age
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Trial:
     left: float
     spans: list[tuple[str, float, float]]
     worker_started: float | None = None  # the worker process's start, for its first trial
+    cpu: float | None = None  # the worker process's CPU seconds when the trial ended
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Timeline:
     phases: list[tuple[str, float, float]] = field(default_factory=list)
     trials: list[Trial] = field(default_factory=list)
     waves: list[tuple[int, float, float]] = field(default_factory=list)
+    others_cpu: dict[str, float] = field(default_factory=dict)  # ``children_cpu`` before the runner stopped
 
     @contextmanager
     def phase(self, name: str):
@@ -86,7 +88,25 @@ class Timeline:
     def trial(self, payload: dict) -> None:
         """A trial's account, as ``trial_payload`` made it (possibly after JSON)."""
         self.trials.append(Trial(payload["worker"], payload["entered"], payload["left"],
-                                 [tuple(s) for s in payload["spans"]], payload.get("worker_started")))
+                                 [tuple(s) for s in payload["spans"]], payload.get("worker_started"),
+                                 payload.get("cpu")))
+
+    def note_processes(self) -> None:
+        """Keep the CPU seconds of the launch's other processes (Ray's) before they end."""
+        self.others_cpu = children_cpu(self.worker_pids())
+
+    def worker_pids(self) -> set[int]:
+        """The pids of the worker processes that ran trials (on this node or another)."""
+        return {int(trial.worker.rsplit(":", 1)[1]) for trial in self.trials}
+
+    def workers_cpu(self) -> float:
+        """The CPU seconds of the worker processes that ran trials, as their last trial
+        found them (``--local``: this process's, counted as the driver's instead)."""
+        last: dict[str, float] = {}
+        for trial in self.trials:
+            if trial.cpu is not None and not trial.worker.startswith("local:"):
+                last[trial.worker] = max(last.get(trial.worker, 0.0), trial.cpu)
+        return sum(last.values())
 
     def breakdown(self, ended: float | None = None) -> list[tuple[str, float, str]]:
         """(what, seconds, unit) rows: the driver's wall seconds from the process start,
@@ -115,9 +135,10 @@ class Timeline:
 
 
 def trial_payload(worker: str, entered: float, spans, worker_started: float | None = None) -> dict:
-    """What a runner sends the driver when a trial ends (JSON-safe)."""
+    """What a runner sends the driver when a trial ends (JSON-safe); ``cpu``: the worker
+    process's CPU seconds so far."""
     return {"worker": worker, "entered": entered, "left": time.time(), "spans": [list(s) for s in spans],
-            "worker_started": worker_started}
+            "worker_started": worker_started, "cpu": cpu_seconds()}
 
 
 def slot_seconds(trials: list[Trial], began: float, ended: float) -> dict[str, float]:
@@ -191,7 +212,11 @@ def lines(timeline: Timeline, ended: float | None = None) -> list[str]:
             total = wave_totals[name.split(":", 1)[0]]
             indent = "      " if OF_WHICH in name else "    "
             out.append(f"{indent}{name:<{60 - len(indent)}} {seconds:8.1f} slot-s ({seconds / total:6.1%} of the wave's)")
-    out.append(f"  driver CPU time (user + system, this process): {cpu_seconds():.1f} s")
+    others = timeline.others_cpu or children_cpu(timeline.worker_pids())
+    out.append(f"  CPU seconds (user + system): this driver {cpu_seconds():.1f}, the trials' worker "
+               f"processes {timeline.workers_cpu():.1f}, Ray's other processes {sum(others.values()):.1f}" +
+               (" (" + ", ".join(f"{name} {seconds:.1f}" for name, seconds in others.items() if seconds >= 0.1) + ")"
+                if others else ""))
     return out
 
 
@@ -201,3 +226,45 @@ def cpu_seconds() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu(skip: set[int] = frozenset()) -> dict[str, float]:
+    """CPU seconds (user + system) of this process's live descendants but ``skip`` (the
+    trials' workers, counted from their own reports), by name (Ray's GCS, raylet, agents,
+    idle workers, ...); from Linux's /proc, empty elsewhere. Said beside the driver's and
+    the trials' to show who holds the cores."""
+    stats = {}
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                _, rest = file.read().rsplit(")", 1)
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                command = file.read().split(b"\0")
+            fields = rest.split()
+            stats[int(entry)] = (_short_name(command), int(fields[1]), int(fields[11]) + int(fields[12]))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    mine, grown = {os.getpid()}, True
+    while grown:
+        found = {pid for pid, (_, parent, _) in stats.items() if parent in mine} - mine
+        mine |= found
+        grown = bool(found)
+    totals: dict[str, float] = defaultdict(float)
+    for pid in mine - {os.getpid()} - set(skip):
+        name, _, ticks = stats[pid]
+        totals[name] += ticks / os.sysconf("SC_CLK_TCK")
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def _short_name(command: list[bytes]) -> str:
+    """A process's name from its command line: Ray's process title (``ray::IDLE``), or
+    the program or Python script it runs."""
+    first = command[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    script = next((part.decode(errors="replace") for part in command[1:] if part.endswith(b".py")), None)
+    return os.path.basename(script or first)

@@ -42,6 +42,9 @@ class Runner(Protocol):
     def slots(self, plan) -> int:
         """After ``start``: how many jobs run at once (the progress's first estimate)."""
 
+    def stop(self) -> None:
+        """After the last wave: release what ``start`` set up for this launch alone."""
+
 
 class InProcessRunner:
     """Every job in this process, in order (module docstring)."""
@@ -51,6 +54,9 @@ class InProcessRunner:
 
     def slots(self, plan) -> int:
         return 1
+
+    def stop(self) -> None:
+        pass
 
     def share(self, data: dict) -> dict:
         return data
@@ -84,12 +90,23 @@ class RayTuneRunner:
 
     def __init__(self, address: str | None = None, verbose: bool = False):
         self.address, self.verbose = address, verbose
+        self.owned = False  # the Ray instance is this launch's own (started by ``start``)
 
     def start(self, plan, console) -> None:
         from sweeper.run import ray_tune  # Ray, only now that a launch runs
 
-        local = ray_tune.init_ray(self.address, self.verbose)
-        ray_tune.check_resources(plan.grid.resources, local=local, console=console)
+        self.owned = ray_tune.init_ray(self.address, self.verbose)
+        ray_tune.check_resources(plan.grid.resources, local=self.owned, console=console)
+
+    def stop(self) -> None:
+        # The launch's own local instance ends now (while the store is compacted), rather
+        # than in Ray's exit hook, which first sleeps half a second for logs; a cluster
+        # (or a Ray that was running before the launch) is left as it was.
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False
 
     def slots(self, plan) -> int:
         from sweeper.run import ray_tune

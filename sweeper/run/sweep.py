@@ -20,6 +20,7 @@ the first wave for its examples; its row is not written again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -126,17 +127,14 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
             with timeline.phase("end of launch: compaction, diagnostics, worst case"):
                 finish(location)  # e.g. a crashed launch left fragments uncompacted
         return report
-    with timeline.phase("starting the runner (Ray)"):
-        runner.start(plan, console)  # before loading any data
-    with timeline.phase("loading and sharing the data"):
-        data = runner.share(load_all(plan.grid.data_dir, [job.dataset_key for job, _ in first + second]))
-    # Training checkpoints live in the store under checkpoints/<job_id>.npz: a new launch
-    # resumes from them (a runner may keep its own too: Tune's, for a retried trial).
-    context = JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
-                         launch_id=provenance.launch_id, checkpoints=location.uri("checkpoints"),
-                         checkpoint_every=plan.grid.train.checkpoint_every,
-                         adversarial=location.uri(store.ADVERSARIAL_DIR), results=location.uri(),
-                         built=store.build_jobs(location))
+    # The data loads while the runner starts (Ray takes seconds to come up); a runner that
+    # refuses the sweep (no node can hold a trial) is reported at once, not after the load.
+    loading = _in_background(load_all, plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
+    with timeline.phase("starting the runner (Ray), loading the data meanwhile"):
+        runner.start(plan, console)
+    with timeline.phase("loading (what is left) and sharing the data"):
+        data = runner.share(loading())
+    context = job_context(plan, location, provenance.launch_id)
     estimate = estimated(first, second, runner.slots(plan))
     with CellProgress(console, total=report.total_cells, done=report.already_done, estimate=estimate) as progress:
         rows = RowSink(location, progress, provenance, skip=rerun, tracker=tracker, timeline=timeline)
@@ -155,9 +153,49 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
         finally:  # interrupted too: the tracker's runs end with what was stored
             report.tracker_failed = rows.close_tracker()
     report.computed, report.trainings = rows.written, rows.trainings
+    timeline.note_processes()
+    stopping = _in_background(runner.stop)  # Ray's shutdown waits on processes: meanwhile, finish
     with timeline.phase("end of launch: compaction, diagnostics, worst case"):
         finish(location)
+    with timeline.phase("stopping the runner (what is left of Ray's shutdown)"):
+        stopping()
     return report
+
+
+def _in_background(function, *args):
+    """Start ``function(*args)`` in a daemon thread (an error elsewhere never waits for it);
+    returns a call that waits for its result, or raises its error."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # handed to the waiting caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True, name="sweeper-load")
+    thread.start()
+
+    def result():
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
+
+
+def job_context(plan: Plan, location: store.Location, launch_id: str) -> JobContext:
+    """What every job of a launch into ``location`` is given: the store's model cache,
+    checkpoints, adversarial examples and builds (``bench/overhead.py``'s loop gets the
+    same, so that both do the same work)."""
+    # Training checkpoints live in the store under checkpoints/<job_id>.npz: a new launch
+    # resumes from them (a runner may keep its own too: Tune's, for a retried trial).
+    return JobContext(plan.grid.name, plan.grid.mcus, model_cache=location.uri("models"),
+                      launch_id=launch_id, checkpoints=location.uri("checkpoints"),
+                      checkpoint_every=plan.grid.train.checkpoint_every,
+                      adversarial=location.uri(store.ADVERSARIAL_DIR), results=location.uri(),
+                      built=store.build_jobs(location))
 
 
 def estimated(first: list, second: list, slots: int) -> Estimate:
