@@ -196,3 +196,26 @@ def test_stq_net_samples_while_training_only():
     x, _ = _batch(8)
     assert not np.allclose(model(x, training=True).numpy(), model(x, training=True).numpy())
     np.testing.assert_array_equal(model(x, training=False).numpy(), model(x, training=False).numpy())
+
+
+QKERAS_WITHOUT_KERAS3 = """
+import sys
+from sweeper.models import qk
+from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+assert "keras" not in sys.modules, "Keras 3 was imported with QKeras"
+assert prune_registry.base_layer is None  # the fallback tfmot takes when Keras 3 has no keras.src.engine
+import keras
+assert keras.__version__.startswith("3."), keras.__version__  # the block is lifted
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_qkeras_is_imported_without_keras_3_and_keras_still_imports_afterwards():
+    """sweeper.models.qk blocks `keras` only while QKeras imports (tfmot would import all of
+    Keras 3 to fail on a missing module): the same fallback, a second less per process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", QKERAS_WITHOUT_KERAS3], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

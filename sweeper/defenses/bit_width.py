@@ -73,7 +73,7 @@ class DynamicBitWidth(Defense):
 def switchable_quantizers(model) -> list:
     """The model's fixed-point quantizer objects (``quantized_bits``, ``quantized_relu``),
     each once, whatever layer holds it."""
-    from qkeras.quantizers import quantized_bits, quantized_relu
+    from sweeper.models.qk import quantized_bits, quantized_relu
 
     found = {}
     for layer in model.layers:

@@ -60,14 +60,14 @@ def build(name: str, input_shape: tuple, nb_classes: int, preset: Preset):
 
 
 def _qconv(preset: Preset, filters: int, kernel_size, strides=1):
-    from qkeras import QConv2D
+    from sweeper.models.qk import QConv2D
 
     return QConv2D(filters, kernel_size, strides=strides, padding="same",
                    kernel_quantizer=make(preset.kernel), bias_quantizer=make(preset.bias))
 
 
 def _qdepthwise(preset: Preset, kernel_size, strides=1):
-    from qkeras import QDepthwiseConv2D
+    from sweeper.models.qk import QDepthwiseConv2D
 
     return QDepthwiseConv2D(kernel_size, strides=strides, padding="same",
                             depthwise_quantizer=make(preset.kernel),
@@ -75,7 +75,7 @@ def _qdepthwise(preset: Preset, kernel_size, strides=1):
 
 
 def _qseparable(preset: Preset, filters: int, kernel_size, strides=1):
-    from qkeras import QSeparableConv2D
+    from sweeper.models.qk import QSeparableConv2D
 
     return QSeparableConv2D(filters, kernel_size, strides=strides, padding="same",
                             depthwise_quantizer=make(preset.kernel),
@@ -84,7 +84,7 @@ def _qseparable(preset: Preset, filters: int, kernel_size, strides=1):
 
 
 def _qdense(preset: Preset, units: int):
-    from qkeras import QDense
+    from sweeper.models.qk import QDense
 
     return QDense(units, kernel_quantizer=make(preset.kernel), bias_quantizer=make(preset.bias))
 
@@ -118,7 +118,7 @@ def _halving_strides(x) -> tuple:
 def _sigmoid(preset: Preset):
     """A sigmoid at the preset's activation bit width (QKeras ``quantized_sigmoid``:
     ternary -> 2 bits, binary -> 1 bit, i.e. a {0, 0.5} mask); float sigmoid at fp."""
-    from qkeras import QActivation
+    from sweeper.models.qk import QActivation
 
     if preset.activation == "relu":
         return QActivation("sigmoid")
@@ -288,7 +288,7 @@ def _import_quietly() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import qkeras  # noqa: F401  (imports TensorFlow)
+            from sweeper.models import qk  # noqa: F401  (imports TensorFlow and QKeras)
     finally:
         os.dup2(saved, 2)
         os.close(saved)

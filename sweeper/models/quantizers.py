@@ -78,7 +78,7 @@ def make(expression: str | None):
     formulation where one exists (see ``lean``)."""
     if expression is None:
         return None
-    from qkeras.quantizers import get_quantizer
+    from sweeper.models.qk import get_quantizer
 
     return lean(get_quantizer(expression))
 
@@ -88,7 +88,7 @@ def make_original(expression: str | None):
     tested against."""
     if expression is None:
         return None
-    from qkeras.quantizers import get_quantizer
+    from sweeper.models.qk import get_quantizer
 
     return get_quantizer(expression)
 
@@ -108,7 +108,7 @@ def _lean_classes() -> dict:
     """{QKeras class: lean subclass}. Each subclass is named like its parent, so Keras
     serialises it (and ``models.model_fingerprint`` hashes it) exactly as the original
     (name and module are the parent's: Keras writes both into layer configurations)."""
-    from qkeras import quantizers as qk
+    from sweeper.models.qk import quantizers as qk
 
     classes = {}
     for parent, call in ((qk.quantized_relu, _relu_call), (qk.ternary, _ternary_call),
@@ -166,7 +166,7 @@ def _sbinary_call(self, x):
     """stochastic_binary(alpha=<number>): while training, +-alpha drawn with
     P(+1) = sigmoid(temperature * x) (one uniform draw per element, as QKeras); binary
     otherwise. QKeras also computes a deterministic sign it then discards."""
-    from qkeras import quantizers as qk
+    from sweeper.models.qk import quantizers as qk
 
     phase = qk.K.learning_phase()  # a Python 0/1 under QModel; else QKeras's tf.cond
     if not _fixed_alpha(self) or not self.use_real_sigmoid or not isinstance(phase, int):
@@ -192,7 +192,7 @@ def _scaled(alpha, q):
 
 def activation(preset: Preset):
     """The activation a preset applies after each hidden layer (a QKeras layer)."""
-    from qkeras import QActivation
+    from sweeper.models.qk import QActivation
 
     if preset.activation == "relu":
         return QActivation("relu")

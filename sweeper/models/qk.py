@@ -1,0 +1,35 @@
+"""QKeras, imported without Keras 3: every module of sweeper takes QKeras from here.
+
+QKeras imports tensorflow_model_optimization, whose pruning registry tries
+``from keras.src.engine import base_layer``: that imports all of Keras 3 (about 1 s of CPU
+in every process, each Ray worker included) only to fail, since Keras 3 has no such module,
+and fall back. sweeper runs on tf-keras (``TF_USE_LEGACY_KERAS=1``), so ``keras`` is
+blocked for the duration of the import: the same fallback, at once. The block is lifted
+afterwards, so that a later ``import keras`` works as usual (tests/test_models.py checks
+both)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _import_qkeras() -> None:
+    if "qkeras" in sys.modules:
+        return
+    blocked = "keras" not in sys.modules
+    if blocked:
+        sys.modules["keras"] = None  # type: ignore[assignment]  # `import keras` raises ImportError
+    try:
+        import qkeras  # noqa: F401
+    finally:
+        if blocked and "keras" in sys.modules and sys.modules["keras"] is None:
+            del sys.modules["keras"]
+
+
+_import_qkeras()
+
+from qkeras import QActivation, QConv2D, QDense, QDepthwiseConv2D, QSeparableConv2D, quantizers  # noqa: E402
+from qkeras.quantizers import get_quantizer, quantized_bits, quantized_relu  # noqa: E402
+
+__all__ = ["QActivation", "QConv2D", "QDense", "QDepthwiseConv2D", "QSeparableConv2D", "get_quantizer",
+           "quantized_bits", "quantized_relu", "quantizers"]
