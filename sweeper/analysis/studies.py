@@ -75,22 +75,27 @@ def transfer_matrix(report, rows: list[dict]) -> tuple[list[dict], list[dict], l
     return sources, targets, values
 
 
+# What the "Targeted patches" section says before its tables.
+PATCH_INTRO = (
+    "A universal targeted patch succeeds when the patched sample is classified as its target. "
+    "**Target rate**: of the attacked samples the model classifies correctly clean whose true class "
+    "is not the target (`n`, summed over folds), the share classified as the target with the patch on. "
+    "**Control**: the best of a uniform-random patch and two solid ones (the input range's low and "
+    "high ends) of the same size at exactly the same places; its target rate is the highest of "
+    "them, its accuracy the lowest. Accuracy counts any wrong class (what occlusion also does), "
+    "over all attacked samples. `random` places the patch anew on every sample; `fixed` at one "
+    "place the attacker chose (`center`, or top, left). **P**: the patch is not shown to take more "
+    "samples to its target than its control (see the diagnostics). Means over folds."
+)
+
+
 def patches(report) -> str:
     """Per dataset, every targeted patch point (white-box and transferred) as a target
     rate beside its controls', per placement; the store's means over folds."""
     patches = [r for r in report.robust if r.get("target_n") is not None and r["attack"] != NONE]
     if not patches:
         return ""
-    parts = ["## Targeted patches",
-             "A universal targeted patch succeeds when the patched sample is classified as its target. "
-             "**Target rate**: of the attacked samples the model classifies correctly clean whose true class "
-             "is not the target (`n`, summed over folds), the share classified as the target with the patch on. "
-             "**Control**: the best of a uniform-random patch and two solid ones (the input range's low and "
-             "high ends) of the same size at exactly the same places; its target rate is the highest of "
-             "them, its accuracy the lowest. Accuracy counts any wrong class (what occlusion also does), "
-             "over all attacked samples. `random` places the patch anew on every sample; `fixed` at one "
-             "place the attacker chose (`center`, or top, left). **P**: the patch is not shown to take more "
-             "samples to its target than its control (see the diagnostics). Means over folds."]
+    parts = ["## Targeted patches", PATCH_INTRO]
     for dataset in report.datasets():
         mine = [r for r in patches if dataset_name(r) == dataset]
         if not mine:
