@@ -2,7 +2,8 @@
 registered by name, that output logits, ``QModel`` (stochastic quantizers stochastic in
 training only) and model fingerprints; ``quantizers.py`` the quantizer presets a builder
 takes; ``jacobian.py`` what a model's blocks are and its Jacobian norms;
-``fingerprint_cache.py`` the fingerprints kept on disk between processes.
+``fingerprint_cache.py`` the fingerprints kept on disk between processes; ``qk.py`` the
+one import of QKeras (without Keras 3).
 
 Every builder takes the dataset's input shape and class count and a quantizer preset,
 and returns a ``QModel``. Outputs are logits (no softmax): softmax outputs mask

@@ -5,7 +5,7 @@ optional experiment trackers it feeds (``tracking.py``: MLflow, TensorBoard), th
 (``trial.py``) and what it composes (``training.py``, ``cache.py``, ``checkpoints.py``,
 ``evaluate.py``, ``transfer.py``, ``columns.py``, and each job's builds: ``builds.py``),
 a trial's worker setup
-(``placement.py``), the store's lease (``lease.py``) and the progress display
-(``progress.py``). TensorFlow and Ray are imported when a job or a Ray launch runs, never
+(``placement.py``), the store's lease (``lease.py``), the progress display
+(``progress.py``) and the launch's timeline (``profile.py``: ``launch --profile``). TensorFlow and Ray are imported when a job or a Ray launch runs, never
 at import.
 """
