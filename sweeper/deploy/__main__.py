@@ -16,18 +16,12 @@ error) on stderr."""
 import os
 import sys
 
-from tflite_micro.python.tflite_micro import runtime  # noqa: F401  (once, before forking)
-
-from sweeper.deploy.arena import _search_arena
 from sweeper.deploy.common import DeployError, one_line
-from sweeper.deploy.tflm import _run_outputs
+from sweeper.deploy.server import handlers, serve
 
-HANDLERS = {"arena": lambda data: f"{_search_arena(data)}\n".encode(),
-            "outputs": _run_outputs}
+HANDLERS = handlers()
 
 if sys.argv[1:] == ["serve"]:
-    from sweeper.deploy.server import serve
-
     serve(HANDLERS)
 elif len(sys.argv) == 2 and sys.argv[1] in HANDLERS:
     answer_fd = os.dup(1)  # the interpreter's own prints go to stderr, not into the answer

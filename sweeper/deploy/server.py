@@ -42,6 +42,17 @@ class _ServerGone(Exception):
 
 # --- the server's side -------------------------------------------------------------------
 
+def handlers() -> dict[str, Callable[[bytes], bytes]]:
+    """The commands the server (and the one-shot child) answers, tflite-micro imported
+    once here, before any fork."""
+    from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+
+    from sweeper.deploy.arena import _search_arena
+    from sweeper.deploy.tflm import _run_outputs
+
+    return {"arena": lambda data: f"{_search_arena(data)}\n".encode(), "outputs": _run_outputs}
+
+
 def serve(handlers: dict[str, Callable[[bytes], bytes]]) -> None:
     """Answer requests on stdin until EOF (the parent exited or is done): each runs
     ``handlers[command](payload)`` in a forked grandchild. The answers go to the original
