@@ -24,8 +24,9 @@ lazy_module("tflite_micro")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A server answering the real commands and two test-only ones: "crash" (the grandchild
-# dies of SIGSEGV, as TFLM's interpreter may) and "hang" (it writes its pid to the file
-# named by the payload, then sleeps).
+# dies of SIGSEGV, as TFLM's interpreter may), "hang" (it writes its pid to the file named
+# by the payload, then sleeps) and "kill_server" (it adds the server's pid to the file
+# named by the payload, then kills the server).
 TEST_SERVER = [sys.executable, "-c", """
 import os, signal, time
 from sweeper.deploy.server import handlers, serve
@@ -34,7 +35,14 @@ def hang(path):
     open(path, "w").write(str(os.getpid()))
     time.sleep(600)
 
-serve({**handlers(), "crash": lambda data: os.kill(os.getpid(), signal.SIGSEGV), "hang": hang})
+def kill_server(path):
+    with open(path, "a") as log:
+        log.write(f"{os.getppid()} ")
+    os.kill(os.getppid(), signal.SIGKILL)
+    return b""
+
+serve({**handlers(), "crash": lambda data: os.kill(os.getpid(), signal.SIGSEGV), "hang": hang,
+       "kill_server": kill_server})
 """]
 
 
@@ -124,7 +132,7 @@ def test_a_timeout_kills_the_server_and_its_grandchild(flatbuffer, tmp_path):
         server.stop()
 
 
-def test_a_dead_server_is_restarted_once(flatbuffer):
+def test_a_dead_server_is_restarted_once(flatbuffer, tmp_path):
     server = Server()
     try:
         first = server.request("arena", flatbuffer, 60, "TFLM arena search")
@@ -132,6 +140,15 @@ def test_a_dead_server_is_restarted_once(flatbuffer):
         os.kill(pid, signal.SIGKILL)
         assert server.request("arena", flatbuffer, 60, "TFLM arena search") == first
         assert server.pid not in (None, pid) and _gone(pid)
+    finally:
+        server.stop()
+    server, log = Server(TEST_SERVER), tmp_path / "servers"
+    try:  # a server that dies during the request: asked again of a fresh one, once
+        with pytest.raises(DeployError, match=r"^TFLM step failed: the TFLM server exited "
+                                              r"\(killed by signal 9\)$"):
+            server.request("kill_server", str(log).encode(), 60, "TFLM step")
+        assert len(set(log.read_text().split())) == 2
+        assert server.request("arena", flatbuffer, 60, "TFLM arena search") == first
     finally:
         server.stop()
     broken = Server([sys.executable, "-c", "import sys; sys.exit('no tflite-micro here')"])
