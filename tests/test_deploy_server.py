@@ -1,4 +1,4 @@
-"""The long-lived TFLM server (``sweeper.deploy.server``) that ``common.child`` asks: the
+"""The long-lived TFLM server (``sweeper.deploy.server``) that ``server.child`` asks: the
 same answers and errors as the one-shot ``python -m sweeper.deploy arena|outputs``, a
 crash in a request that leaves the server up, timeouts and deaths that start a fresh
 server, and a forked process that never talks to its parent's server."""
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads)
-from sweeper.deploy.common import DeployError, child
-from sweeper.deploy.server import SERVER, Server
+from sweeper.deploy.common import DeployError
+from sweeper.deploy.server import SERVER, Server, child
 
 from conftest import lazy_module  # noqa: E402
 lazy_module("tensorflow")
@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # named by the payload, then kills the server).
 TEST_SERVER = [sys.executable, "-c", """
 import os, signal, time
-from sweeper.deploy.server import handlers, serve
+from sweeper.deploy.__main__ import HANDLERS
+from sweeper.deploy.server import serve
 
 def hang(path):
     open(path, "w").write(str(os.getpid()))
@@ -41,7 +42,7 @@ def kill_server(path):
     os.kill(os.getppid(), signal.SIGKILL)
     return b""
 
-serve({**handlers(), "crash": lambda data: os.kill(os.getpid(), signal.SIGSEGV), "hang": hang,
+serve({**HANDLERS, "crash": lambda data: os.kill(os.getpid(), signal.SIGSEGV), "hang": hang,
        "kill_server": kill_server})
 """]
 

@@ -35,10 +35,10 @@ actually needs, and to the predictions the deployed network makes. One file per 
   RAM at the quantized widths, the int8 estimates when conversion fails, the runtime
   allowance and arena margin); ``mcus.py``: the MCU profiles fit is judged against
   (``mcus.yaml``).
-- ``common.py``: ``DeployError``, ``one_line``, ``quiet``, ``child`` (a request to the
-  child process); ``server.py``: that child, one long-lived ``python -m sweeper.deploy
-  serve`` per process that imports tflite-micro once and runs each request in a forked
-  grandchild, so that a TFLM crash refuses a build without crashing the trial.
+- ``common.py``: ``DeployError``, ``one_line``, ``quiet``; ``server.py``: ``child``, a
+  request to this process's TFLM child process, one long-lived ``python -m
+  sweeper.deploy serve`` that imports tflite-micro once and runs each request in a
+  forked grandchild, so that a TFLM crash refuses a build without crashing the trial.
 - here: ``deploy(model, representative) -> Deployment``, all of the above for a trial,
   never raising (a failure is a one-line ``error``), and ``measure(flatbuffer)``, the
   same figures for a flatbuffer already built (a cached one). They live here, not in a

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-from sweeper.deploy.common import DeployError, child, one_line
+from sweeper.deploy.common import DeployError, one_line
+from sweeper.deploy.server import child
 
 ARENA_SEARCH_MAX = 64 * 1024 * 1024  # bytes; a model needing more is reported as failing
 
@@ -25,7 +26,7 @@ def arena_bytes(flatbuffer: bytes, timeout_s: float = 300.0) -> int:
 
     TFLM's Python interpreter crashes the process (segmentation fault) on some arena
     sizes that are too small, so the search runs as a request to this process's TFLM
-    server (``common.child``: a forked grandchild of a long-lived ``python -m
+    server (``server.child``: a forked grandchild of a long-lived ``python -m
     sweeper.deploy serve``, with this process's sweeper checkout first on its
     PYTHONPATH) and tries each size in a further fork (POSIX only)."""
     answer = child("arena", flatbuffer, timeout_s, "TFLM arena search").decode().strip()

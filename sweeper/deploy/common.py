@@ -1,9 +1,7 @@
 """What every deployment step shares: ``DeployError`` (a model that cannot be deployed),
-``one_line`` (how a failure is reported in a row), ``quiet`` (silencing the
-converter's and interpreter's output on file descriptors 1 and 2) and ``child`` (what
-``python -m sweeper.deploy COMMAND`` answers, asked of this process's long-lived TFLM
-server, ``server.py``, where TFLM's interpreter may crash without taking the trial with
-it)."""
+``one_line`` (how a failure is reported in a row), and ``quiet`` (silencing
+the converter's and interpreter's output on file descriptors 1 and 2). Running TFLM in a
+child process is ``server.child``."""
 
 from __future__ import annotations
 
@@ -45,13 +43,3 @@ def quiet():
         for fd in saved:
             os.close(fd)
 
-
-def child(command: str, data: bytes, timeout_s: float, what: str) -> bytes:
-    """The answer of ``python -m sweeper.deploy COMMAND`` to ``data``, computed by this
-    process's long-lived TFLM server (``server.py``: started on first use with this
-    process's sweeper checkout first on its PYTHONPATH; each request in a forked
-    grandchild); ``DeployError`` naming ``what`` failed, with the grandchild's last line
-    of output (or its signal) if it fails, or if no answer comes within ``timeout_s``."""
-    from sweeper.deploy.server import SERVER
-
-    return SERVER.request(command, data, timeout_s, what)

@@ -1,5 +1,6 @@
-"""The long-lived TFLM child: ``Server``, the client side that ``common.child`` sends each
-request through, and ``serve``, the loop ``python -m sweeper.deploy serve`` runs.
+"""The long-lived TFLM child: ``child(command, data, timeout_s, what)``, what ``python -m
+sweeper.deploy COMMAND`` answers, asked of this process's ``Server`` (the client side),
+and ``serve``, the loop ``python -m sweeper.deploy serve`` runs.
 
 Starting ``python -m sweeper.deploy COMMAND`` for every arena search and every TFLM run
 cost about 0.25 s of interpreter start-up and imports for 0.05 s of work, 4-5 times a
@@ -41,16 +42,6 @@ class _ServerGone(Exception):
 
 
 # --- the server's side -------------------------------------------------------------------
-
-def handlers() -> dict[str, Callable[[bytes], bytes]]:
-    """The commands the server (and the one-shot child) answers, tflite-micro imported
-    once here, before any fork."""
-    from tflite_micro.python.tflite_micro import runtime  # noqa: F401
-
-    from sweeper.deploy.arena import _search_arena
-    from sweeper.deploy.tflm import _run_outputs
-
-    return {"arena": lambda data: f"{_search_arena(data)}\n".encode(), "outputs": _run_outputs}
 
 
 def serve(handlers: dict[str, Callable[[bytes], bytes]]) -> None:
@@ -281,6 +272,16 @@ class Server:
                     stream.close()
             except OSError:
                 pass
+
+
+def child(command: str, data: bytes, timeout_s: float, what: str) -> bytes:
+    """The answer of ``python -m sweeper.deploy COMMAND`` to ``data``, computed by this
+    process's long-lived TFLM server (started on first use with this process's sweeper
+    checkout first on its PYTHONPATH; each request in a forked grandchild, where TFLM's
+    interpreter may crash without taking the trial with it); ``DeployError`` naming
+    ``what`` failed, with the grandchild's last line of output (or its signal) if it
+    fails, or if no answer comes within ``timeout_s``."""
+    return SERVER.request(command, data, timeout_s, what)
 
 
 SERVER = Server()

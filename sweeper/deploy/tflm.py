@@ -5,7 +5,7 @@ TensorFlow's TFLite interpreter (``run.py``) runs neither DECODE ops nor INT4 fi
 so the sub-byte builds are checked against the int8 build here, on one interpreter.
 
 The interpreter runs outside this process, in a forked grandchild of this process's TFLM
-server (``common.child``, ``server.py``; the ``outputs`` command of ``__main__.py``): a
+server (``server.child``, ``server.py``; the ``outputs`` command of ``__main__.py``): a
 malformed build may crash it, and a crash must become a refused build, not a crashed
 trial. tflite-micro is imported in the server only.
 """
@@ -17,7 +17,8 @@ import io
 import numpy as np
 
 from sweeper.deploy.arena import ARENA_SEARCH_MAX
-from sweeper.deploy.common import DeployError, child
+from sweeper.deploy.common import DeployError
+from sweeper.deploy.server import child
 
 
 def tflm_outputs(flatbuffer: bytes, x: np.ndarray, timeout_s: float = 600.0) -> np.ndarray:
