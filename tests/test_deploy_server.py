@@ -85,6 +85,10 @@ def _gone(pid: int, within_s: float = 5.0) -> bool:
     return False
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def test_the_server_answers_as_the_one_shot_child_and_is_reused(flatbuffer):
     arena = child("arena", flatbuffer, 60, "TFLM arena search")
     pid = SERVER.pid
@@ -129,6 +133,17 @@ def test_a_timeout_kills_the_server_and_its_grandchild(flatbuffer, tmp_path):
         assert _gone(pid) and _gone(int(path.read_text()))
         assert server.request("arena", flatbuffer, 60, "TFLM arena search").strip().isdigit()
         assert server.pid not in (None, pid)
+        # interrupted mid-request (e.g. KeyboardInterrupt): the answer still to come must
+        # not be read as the next request's
+        pid, previous = server.pid, signal.signal(signal.SIGALRM, _interrupt)
+        try:
+            signal.alarm(1)
+            with pytest.raises(KeyboardInterrupt):
+                server.request("hang", str(path).encode(), 60, "TFLM step")
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        assert _gone(pid)
+        assert server.request("arena", flatbuffer, 5, "TFLM arena search").strip().isdigit()
     finally:
         server.stop()
 

@@ -175,25 +175,33 @@ class Server:
     def request(self, command: str, data: bytes, timeout_s: float, what: str) -> bytes:
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            for attempt in (1, 2):
-                process = self._running(what)
-                try:
-                    _write_all(process.stdin.fileno(), _frame(command.encode(), data), deadline)
-                    head = _read_exactly(process.stdout.fileno(), _STATUS.size, deadline)
-                    status, length = _STATUS.unpack(head)
-                    answer = _read_exactly(process.stdout.fileno(), length, deadline)
-                    break
-                except TimeoutError:
-                    self.stop()
-                    raise DeployError(f"{what} failed: no answer within {timeout_s:g} s") from None
-                except _ServerGone:
-                    reason = self._exit_reason()
-                    self.stop()
-                    if attempt == 2:
-                        raise DeployError(f"{what} failed: the TFLM server exited ({reason})") from None
+            status, answer = self._ask(command, data, deadline, f"{what} failed: ", timeout_s)
         if status != 0:
             raise DeployError(f"{what} failed: {answer.decode(errors='replace')}")
         return answer
+
+    def _ask(self, command: str, data: bytes, deadline: float, failed: str,
+             timeout_s: float) -> tuple[int, bytes]:
+        """(status, answer), from a fresh server if this one dies during the request."""
+        for attempt in (1, 2):
+            process = self._running(failed)
+            try:
+                _write_all(process.stdin.fileno(), _frame(command.encode(), data), deadline)
+                status, length = _STATUS.unpack(
+                    _read_exactly(process.stdout.fileno(), _STATUS.size, deadline))
+                return status, _read_exactly(process.stdout.fileno(), length, deadline)
+            except TimeoutError:
+                self.stop()
+                raise DeployError(f"{failed}no answer within {timeout_s:g} s") from None
+            except _ServerGone:
+                reason = self._exit_reason()
+                self.stop()
+                if attempt == 2:
+                    raise DeployError(f"{failed}the TFLM server exited ({reason})") from None
+            except BaseException:  # e.g. KeyboardInterrupt mid-frame: the pipes are out of step
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Kill the server's process group and reap the server (nothing if none runs)."""
@@ -232,7 +240,7 @@ class Server:
     def _owned(self) -> bool:
         return self._owner == os.getpid()
 
-    def _running(self, what: str) -> subprocess.Popen:
+    def _running(self, failed: str) -> subprocess.Popen:
         if not self._owned():
             self.forget()
         if self._process is not None and self._process.poll() is not None:
@@ -247,8 +255,7 @@ class Server:
                     stderr=self._stderr, bufsize=0, start_new_session=True,
                     env={**os.environ, "PYTHONPATH": path})
             except OSError as exc:
-                raise DeployError(f"{what} failed: cannot start the TFLM server: "
-                                  f"{one_line(exc)}") from None
+                raise DeployError(f"{failed}cannot start the TFLM server: {one_line(exc)}") from None
             os.set_blocking(self._process.stdin.fileno(), False)
         return self._process
 
