@@ -197,3 +197,20 @@ def test_a_forked_process_starts_its_own_server(flatbuffer):
     assert said == "True True"
     assert child("arena", flatbuffer, 60, "TFLM arena search") == answer
     assert SERVER.pid == parent_server  # the parent's server was left alone: no restart
+
+
+def test_the_server_exits_with_its_parent():
+    """A parent killed outright (SIGKILL: no atexit) leaves EOF on the server's stdin."""
+    code = ("import sys, time\nfrom sweeper.deploy.server import SERVER, child\n"
+            "try:\n    child('arena', b'not a flatbuffer', 60, 'TFLM arena search')\n"
+            "except Exception:\n    pass\nprint(SERVER.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        server = int(parent.stdout.readline())
+        assert not _gone(server, 0.2)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    assert _gone(server)
