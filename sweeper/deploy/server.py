@@ -11,6 +11,11 @@ TFLM kills that grandchild only, comes back as the same one-line reason the one-
 child gave ("killed by signal 11", or the last line the grandchild wrote), and the server
 stays up for the next request.
 
+The server exits at EOF on its stdin, which its parent's exit gives however the parent
+dies (SIGKILL included; a forked child of the parent closes its copies of the pipes at
+once). PR_SET_PDEATHSIG is not used: it fires when the parent *thread* that started the
+server exits, which would end a server a thread pool's short-lived thread started.
+
 Frames, both ways, are length-prefixed (8-byte big-endian lengths): a request is the
 command then the payload; an answer is a status byte (0: the answer, 1: a one-line
 reason) then the answer. POSIX only (``os.fork``).
@@ -42,7 +47,6 @@ class _ServerGone(Exception):
 
 
 # --- the server's side -------------------------------------------------------------------
-
 
 def serve(handlers: dict[str, Callable[[bytes], bytes]]) -> None:
     """Answer requests on stdin until EOF (the parent exited or is done): each runs
