@@ -13,8 +13,8 @@ actually needs, and to the predictions the deployed network makes. One file per 
   flatbuffer (biases rescaled, ``float_ops`` refused); ``constant_bytes`` /
   ``weight_bytes``, its constant tensors by type (what MLPerf Tiny quotes).
 - ``arena.py``: ``arena_bytes(flatbuffer)``, the smallest TFLite Micro tensor arena that
-  allocates it (bisection with TFLM's Python interpreter in a child process, started as
-  ``python -m sweeper.deploy arena``: ``__main__.py``); ``estimate_ram_bytes(model)``, a
+  allocates it (bisection with TFLM's Python interpreter in a child process: the
+  ``arena`` command of ``__main__.py``); ``estimate_ram_bytes(model)``, a
   fast fused-int8 liveness estimate for when conversion fails.
 - ``run.py``: ``evaluate(flatbuffer, x, y)``, the int8 ``.tflite``'s predictions (batch
   of one, as on an MCU) and accuracy; ``quantize_input``.
@@ -35,7 +35,10 @@ actually needs, and to the predictions the deployed network makes. One file per 
   RAM at the quantized widths, the int8 estimates when conversion fails, the runtime
   allowance and arena margin); ``mcus.py``: the MCU profiles fit is judged against
   (``mcus.yaml``).
-- ``common.py``: ``DeployError``, ``one_line``, ``quiet``, ``child``.
+- ``common.py``: ``DeployError``, ``one_line``, ``quiet``; ``server.py``: ``child``, a
+  request to this process's TFLM child process, one long-lived ``python -m
+  sweeper.deploy serve`` that imports tflite-micro once and runs each request in a
+  forked grandchild, so that a TFLM crash refuses a build without crashing the trial.
 - here: ``deploy(model, representative) -> Deployment``, all of the above for a trial,
   never raising (a failure is a one-line ``error``), and ``measure(flatbuffer)``, the
   same figures for a flatbuffer already built (a cached one). They live here, not in a

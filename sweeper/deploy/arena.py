@@ -1,10 +1,11 @@
 """The TFLite Micro tensor arena: ``arena_bytes(flatbuffer)``, the smallest arena that
-allocates a flatbuffer (bisection with TFLM's own Python interpreter, in a child process
-whose entry point is ``sweeper/deploy/__main__.py``: a host build, reference kernels), and
+allocates a flatbuffer (bisection with TFLM's own Python interpreter, in this process's
+TFLM server, ``server.py``, whose entry point is ``sweeper/deploy/__main__.py``: a host
+build, reference kernels), and
 ``estimate_ram_bytes(model)``, a fast fused-int8 liveness estimate for when conversion
 fails.
 
-tflite-micro is imported in the child process only.
+tflite-micro is imported in the server (``python -m sweeper.deploy serve``) only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-from sweeper.deploy.common import DeployError, child, one_line
+from sweeper.deploy.common import DeployError, one_line
+from sweeper.deploy.server import child
 
 ARENA_SEARCH_MAX = 64 * 1024 * 1024  # bytes; a model needing more is reported as failing
 
@@ -23,10 +25,10 @@ def arena_bytes(flatbuffer: bytes, timeout_s: float = 300.0) -> int:
     Host build: 64-bit structs and reference kernels (no CMSIS-NN scratch buffers).
 
     TFLM's Python interpreter crashes the process (segmentation fault) on some arena
-    sizes that are too small, so the search runs in a child process that imports only
-    tflite-micro and tries each size in a forked grandchild (POSIX only): ``python -m
-    sweeper.deploy arena`` (``__main__.py``), with this process's sweeper checkout first
-    on its PYTHONPATH."""
+    sizes that are too small, so the search runs as a request to this process's TFLM
+    server (``server.child``: a forked grandchild of a long-lived ``python -m
+    sweeper.deploy serve``, with this process's sweeper checkout first on its
+    PYTHONPATH) and tries each size in a further fork (POSIX only)."""
     answer = child("arena", flatbuffer, timeout_s, "TFLM arena search").decode().strip()
     if not answer.isdigit():
         raise DeployError(f"TFLM arena search failed: {answer or 'no answer'}")
@@ -34,7 +36,8 @@ def arena_bytes(flatbuffer: bytes, timeout_s: float = 300.0) -> int:
 
 
 def _search_arena(flatbuffer: bytes) -> int:
-    """Bisection over arena sizes (runs in the child process ``arena_bytes`` starts)."""
+    """Bisection over arena sizes (runs in the server's grandchild, or in ``python -m
+    sweeper.deploy arena``)."""
     high = 4096
     while not _allocates(flatbuffer, high):
         if high >= ARENA_SEARCH_MAX:

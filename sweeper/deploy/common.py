@@ -1,8 +1,7 @@
 """What every deployment step shares: ``DeployError`` (a model that cannot be deployed),
-``one_line`` (how a failure is reported in a row), ``quiet`` (silencing the
-converter's and interpreter's output on file descriptors 1 and 2) and ``child`` (running
-``python -m sweeper.deploy COMMAND`` in a child process, where TFLM's interpreter may
-crash without taking the trial with it)."""
+``one_line`` (how a failure is reported in a row), and ``quiet`` (silencing
+the converter's and interpreter's output on file descriptors 1 and 2). Running TFLM in a
+child process is ``server.child``."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import contextlib
 import os
 import sys
 
-import sweeper
 
 
 class DeployError(ValueError):
@@ -45,21 +43,3 @@ def quiet():
         for fd in saved:
             os.close(fd)
 
-
-def child(command: str, data: bytes, timeout_s: float, what: str) -> bytes:
-    """stdout of ``python -m sweeper.deploy COMMAND`` fed ``data`` on stdin, run with this
-    process's sweeper checkout first on its PYTHONPATH; ``DeployError`` naming ``what``
-    failed, with the child's last line of stderr (or its signal), if it exits non-zero."""
-    import subprocess
-
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(sweeper.__file__)))
-    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-m", "sweeper.deploy", command], input=data,
-                          capture_output=True, timeout=timeout_s,
-                          env={**os.environ, "PYTHONPATH": path})
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        reason = lines[-1] if lines else (f"killed by signal {-done.returncode}" if done.returncode < 0
-                                          else f"exit status {done.returncode}")
-        raise DeployError(f"{what} failed: {reason}")
-    return done.stdout

@@ -4,9 +4,10 @@ x)``, the int8 output tensor for each float sample, one sample at a time as on a
 TensorFlow's TFLite interpreter (``run.py``) runs neither DECODE ops nor INT4 filters,
 so the sub-byte builds are checked against the int8 build here, on one interpreter.
 
-The interpreter runs in a child process (``python -m sweeper.deploy outputs``): a
+The interpreter runs outside this process, in a forked grandchild of this process's TFLM
+server (``server.child``, ``server.py``; the ``outputs`` command of ``__main__.py``): a
 malformed build may crash it, and a crash must become a refused build, not a crashed
-trial. tflite-micro is imported in that child only.
+trial. tflite-micro is imported in the server only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import io
 import numpy as np
 
 from sweeper.deploy.arena import ARENA_SEARCH_MAX
-from sweeper.deploy.common import DeployError, child
+from sweeper.deploy.common import DeployError
+from sweeper.deploy.server import child
 
 
 def tflm_outputs(flatbuffer: bytes, x: np.ndarray, timeout_s: float = 600.0) -> np.ndarray:
@@ -44,7 +46,8 @@ def quantize(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def _run_outputs(payload: bytes) -> bytes:
-    """The child's side: run every sample, answer the stacked outputs as .npy bytes."""
+    """The server's (or one-shot child's) side: run every sample, answer the stacked
+    outputs as .npy bytes."""
     from tflite_micro.python.tflite_micro import runtime
 
     arrays = np.load(io.BytesIO(payload))
