@@ -11,7 +11,10 @@ their median (issue 24's figure: the median of 3), with the load average before 
 and the last launch's phase breakdown (``--profile``) with the seconds its process took to
 exit after printing it.
 (a) runs in this process, so from the second round on it pays no imports at all: the
-median is a conservative figure for sweeper.
+median is a conservative figure for sweeper. (a) runs TensorFlow on one thread (``--threads 1``,
+the default), as each of (b)'s trials does, holding one CPU: (a) is then the work of one slot,
+and 2.0 the limit on 2 cores. With ``--threads 0`` (TensorFlow's default, both cores) the loop
+runs its batched predictions, attacks and conversions on both cores, and the limit is lower.
 
     python bench/overhead.py [GRID] [--set key=value ...] [--repeats N]   (default grid: grids/demo.yaml)
 """
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sweeper import datasets, store  # noqa: E402
 from sweeper.plan import expand, grid  # noqa: E402
-from sweeper.run import profile, sweep  # noqa: E402
+from sweeper.run import placement, profile, sweep  # noqa: E402
 from sweeper.run.trial import run_job  # noqa: E402
 
 
@@ -56,7 +60,7 @@ def sequential(plan) -> tuple[float, int, int]:
     for name, began, ended in profile.take():
         phases[name] += ended - began
     print("    (a)'s job phases: " + ", ".join(f"{name} {phases[name]:.1f} s" for name in profile.JOB_PHASES
-                                                 if phases[name] >= 0.05))
+                                                 if phases[name] >= 0.05) + f" (of which fit {phases['fit']:.1f} s)")
     return seconds, trainings, len(rows)
 
 
@@ -86,10 +90,17 @@ def main() -> None:
     parser.add_argument("grid", nargs="?", default=str(ROOT / "grids" / "demo.yaml"))
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (a) then (b); the median is printed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="(a)'s TensorFlow threads: 1 (default) as a trial holding one CPU, so that the "
+                             "limit of (a)/(b) on 2 cores is 2.0; 0 keeps TensorFlow's default (all cores)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*learning_phase_scope.*")  # once per job in (a): noise
+    if args.threads:  # before TensorFlow runs anything, as in a trial (sweeper.run.placement)
+        placement.configure(placement.Assignment(cpus=args.threads))
     plan = expand.expand(grid.load(args.grid, args.overrides))
     print(f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.jobs)} training jobs, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; (a) at {args.threads or 'the default'} TensorFlow thread(s), "
+          f"(b)'s trials at one each (resources.cpus)")
 
     ratios = []
     for round_ in range(1, args.repeats + 1):

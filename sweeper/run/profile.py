@@ -214,7 +214,7 @@ def lines(timeline: Timeline, ended: float | None = None) -> list[str]:
             out.append(f"{indent}{name:<{60 - len(indent)}} {seconds:8.1f} slot-s ({seconds / total:6.1%} of the wave's)")
     others = timeline.others_cpu or children_cpu(timeline.worker_pids())
     out.append(f"  CPU seconds (user + system): this driver {cpu_seconds():.1f}, the trials' worker "
-               f"processes {timeline.workers_cpu():.1f}, Ray's other processes {sum(others.values()):.1f}" +
+               f"processes {timeline.workers_cpu():.1f}, the launch's other processes {sum(others.values()):.1f}" +
                (" (" + ", ".join(f"{name} {seconds:.1f}" for name, seconds in others.items() if seconds >= 0.1) + ")"
                 if others else ""))
     return out
@@ -248,16 +248,23 @@ def children_cpu(skip: set[int] = frozenset()) -> dict[str, float]:
             stats[int(entry)] = (_short_name(command), int(fields[1]), int(fields[11]) + int(fields[12]))
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
-    mine, grown = {os.getpid()}, True
-    while grown:
-        found = {pid for pid, (_, parent, _) in stats.items() if parent in mine} - mine
-        mine |= found
-        grown = bool(found)
+    mine = _descendants(stats, {os.getpid()})
+    trials = _descendants(stats, set(skip))  # the trials' workers and what they started
     totals: dict[str, float] = defaultdict(float)
     for pid in mine - {os.getpid()} - set(skip):
         name, _, ticks = stats[pid]
-        totals[name] += ticks / os.sysconf("SC_CLK_TCK")
+        totals[f"the trials' own {name or 'children'}" if pid in trials else name] += ticks / os.sysconf("SC_CLK_TCK")
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def _descendants(stats: dict, roots: set[int]) -> set[int]:
+    """``roots`` and every process below them (``stats``: pid -> (name, parent, ticks))."""
+    found, grown = set(roots), True
+    while grown:
+        more = {pid for pid, (_, parent, _) in stats.items() if parent in found} - found
+        found |= more
+        grown = bool(more)
+    return found
 
 
 def _short_name(command: list[bytes]) -> str:
@@ -267,4 +274,6 @@ def _short_name(command: list[bytes]) -> str:
     if first.startswith("ray::"):
         return first.split()[0]
     script = next((part.decode(errors="replace") for part in command[1:] if part.endswith(b".py")), None)
+    if script is None and b"-m" in command[1:-1]:  # python -m package.module
+        script = command[command.index(b"-m") + 1].decode(errors="replace")
     return os.path.basename(script or first)
