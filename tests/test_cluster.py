@@ -48,10 +48,11 @@ def two_nodes():
         _ray("stop")
 
 
-def _three_job_grid(tmp_path, tiny_grid):
-    """One job more than the two nodes' two slots: trials run on both at once, and one is
-    still to come when the first is stored."""
-    tiny_grid.update(folds={"k": 3}, quantizers=["fp"])
+def _job_grid(tmp_path, tiny_grid, quantizers):
+    """Three folds of each quantizer: 3 jobs on fp alone (more than the two nodes' two
+    slots, so trials run on both at once), 6 on fp and int4 (trials still running when the
+    first is stored, for a test to hurt)."""
+    tiny_grid.update(folds={"k": 3}, quantizers=quantizers)
     path = write_grid(tmp_path, tiny_grid)
     return path, expand.expand(grid.load(path))
 
@@ -59,7 +60,7 @@ def _three_job_grid(tmp_path, tiny_grid):
 @pytest.mark.e2e
 @pytest.mark.serial
 def test_sweep_on_two_nodes_uses_both(tmp_path, tiny_grid, two_nodes):
-    path, plan = _three_job_grid(tmp_path, tiny_grid)
+    path, plan = _job_grid(tmp_path, tiny_grid, ["fp"])
     results = tmp_path / "results"
     _launch(path, results, two_nodes)
     rows = store.read(store.locate(str(results))).table.to_pylist()
@@ -144,7 +145,7 @@ def _trial_actor_pids() -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.serial
 def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid, two_nodes):
-    path, plan = _three_job_grid(tmp_path, tiny_grid)
+    path, plan = _job_grid(tmp_path, tiny_grid, ["fp", "int4"])
     results = tmp_path / "results"
     process = launch_until_first_fragment(path, results, "--address", two_nodes, env=RAY_ENV)
     victims = _trial_actor_pids()
