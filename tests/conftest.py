@@ -142,12 +142,13 @@ def cli(*args, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
-def launch_until_first_fragment(grid_path: Path, results: Path) -> subprocess.Popen:
-    """Start `sweeper launch` in the background and return once it has stored a fragment
-    (so a test can then hurt it mid-sweep)."""
+def launch_until_first_fragment(grid_path: Path, results: Path, *options: str,
+                                env: dict | None = None) -> subprocess.Popen:
+    """Start `sweeper launch` (with ``options``) in the background and return once it has
+    stored a fragment (so a test can then hurt it mid-sweep)."""
     process = subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(grid_path),
-                                "--results", str(results)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                                "--results", str(results), *options], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while not list(results.glob("rows/part-*.parquet")) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

@@ -1,6 +1,7 @@
 """Beyond one Ray node, on this machine: a head and a second node started as separate
-`ray start` processes, a sweep launched on them with --address, the bytes of datasets
-each node pulled, and a worker killed mid-trial. Real Ray processes throughout."""
+`ray start` processes (started once for the module's tests), sweeps launched on them with
+--address, the bytes of datasets each node pulled, and a worker killed mid-trial. Real Ray
+processes throughout."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def _ray(*args: str) -> None:
     subprocess.run(["ray", *args], env=RAY_ENV, check=True, capture_output=True, timeout=180)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes():
+    """A head and a second node, one CPU each, shared by this module's tests (each test's
+    sweep has ended before the next starts)."""
     port = _free_port()
     _ray("start", "--head", f"--port={port}", "--include-dashboard=false", *NODE_LIMITS)
     try:
@@ -45,8 +48,11 @@ def two_nodes():
         _ray("stop")
 
 
-def _six_job_grid(tmp_path, tiny_grid):
-    tiny_grid["folds"] = {"k": 3}
+def _job_grid(tmp_path, tiny_grid, quantizers):
+    """Three folds of each quantizer: 3 jobs on fp alone (more than the two nodes' two
+    slots, so trials run on both at once), 6 on fp and int4 (trials still running when the
+    first is stored, for a test to hurt)."""
+    tiny_grid.update(folds={"k": 3}, quantizers=quantizers)
     path = write_grid(tmp_path, tiny_grid)
     return path, expand.expand(grid.load(path))
 
@@ -54,7 +60,7 @@ def _six_job_grid(tmp_path, tiny_grid):
 @pytest.mark.e2e
 @pytest.mark.serial
 def test_sweep_on_two_nodes_uses_both(tmp_path, tiny_grid, two_nodes):
-    path, plan = _six_job_grid(tmp_path, tiny_grid)
+    path, plan = _job_grid(tmp_path, tiny_grid, ["fp"])
     results = tmp_path / "results"
     _launch(path, results, two_nodes)
     rows = store.read(store.locate(str(results))).table.to_pylist()
@@ -71,7 +77,7 @@ def _launch(path, results, address) -> None:
 
 def created_bytes_per_node(address: str) -> tuple[str, dict[str, int]]:
     """(the node a driver on this machine connects to, {node id: bytes created in its
-    object store since it started}). A node creates an object when a driver on it puts
+    object store since it started}); a test takes the difference across its sweep. A node creates an object when a driver on it puts
     one, and when it pulls a copy of one from another node: on a node without a driver,
     these are the bytes it pulled. Ray connects a driver to the head when several nodes
     share the host, so the sweep's driver put its datasets there."""
@@ -108,6 +114,8 @@ def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid,
     tiny_grid.update(datasets=["digits", "cifar10"], quantizers=["fp"], data_dir=str(tmp_path / "data"),
                      attacks=[{"name": "fgsm", "norm": "inf", "eps": [0.1]}])
     path = write_grid(tmp_path, tiny_grid)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _, before = created_bytes_per_node(two_nodes)  # the module's earlier sweeps created some
     _launch(path, tmp_path / "results", two_nodes)
     rows = store.read(store.locate(str(tmp_path / "results"))).table.to_pylist()
     used: dict[str, set[str]] = {}
@@ -115,8 +123,8 @@ def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid,
         used.setdefault(row["node"], set()).add(row["dataset"])
     size = {name: _nbytes(datasets.load(name, tmp_path / "data")) for name in ("digits", "cifar10")}
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    driver_node, created = created_bytes_per_node(two_nodes)
+    driver_node, after = created_bytes_per_node(two_nodes)
+    created = {node: after[node] - before.get(node, 0) for node in after}
     for node, bytes_created in created.items():  # the figures, for `pytest -s`
         print(f"\nnode {node[:8]}{' (driver)' * (node == driver_node)}: trained "
               f"{sorted(used.get(node, ()))}, {bytes_created:,} bytes created; datasets {size}")
@@ -135,10 +143,11 @@ def _trial_actor_pids() -> list[int]:
 
 
 @pytest.mark.e2e
-def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid):
-    path, plan = _six_job_grid(tmp_path, tiny_grid)
+@pytest.mark.serial
+def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid, two_nodes):
+    path, plan = _job_grid(tmp_path, tiny_grid, ["fp", "int4"])
     results = tmp_path / "results"
-    process = launch_until_first_fragment(path, results)
+    process = launch_until_first_fragment(path, results, "--address", two_nodes, env=RAY_ENV)
     victims = _trial_actor_pids()
     assert victims, "no trial actor process found"
     os.kill(victims[0], signal.SIGKILL)  # a worker dies mid-trial

@@ -27,8 +27,10 @@ from tests.test_cli import sweeper
 pytestmark = pytest.mark.slow
 
 
-def _six_jobs(tmp_path: Path, tiny_grid: dict) -> tuple[Path, Path, int]:
-    tiny_grid["folds"] = {"k": 3}
+def _three_jobs(tmp_path: Path, tiny_grid: dict) -> tuple[Path, Path, int]:
+    """One job more than a local Ray's two slots run at once: when the first fragment is
+    stored, a job is still to come."""
+    tiny_grid.update(folds={"k": 3}, quantizers=["fp"])
     path = write_grid(tmp_path, tiny_grid)
     return path, tmp_path / "results", len(expand.expand(grid.load(path)).cells)
 
@@ -37,9 +39,9 @@ def _rows(results: Path) -> list[str]:
     return store.read(store.locate(str(results)), ["cell_id"]).table.column("cell_id").to_pylist()
 
 
-def _launch_and_signal(path: Path, results: Path, signum: int) -> subprocess.CompletedProcess:
-    """Start a launch, wait for its first stored fragment, then send it a signal."""
-    process = launch_until_first_fragment(path, results)
+def _launch_and_signal(path: Path, results: Path, signum: int, *options: str) -> subprocess.CompletedProcess:
+    """Start a launch (with ``options``), wait for its first stored fragment, then send it a signal."""
+    process = launch_until_first_fragment(path, results, *options)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -67,11 +69,14 @@ def test_torn_fragment_is_reported_and_its_cells_recomputed(tmp_path, tiny_grid,
     assert sweeper("check", str(results)).returncode == 0
 
 
+# Ctrl-C on Ray (Tune has a SIGINT handler of its own); a killed driver in process
+# (--local): what it stored is the store's either way, and no orphaned local Ray is left.
 @pytest.mark.e2e
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
-def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, signum, code):
-    path, results, total = _six_jobs(tmp_path, tiny_grid)
-    stopped = _launch_and_signal(path, results, signum)
+@pytest.mark.parametrize("signum, code, options", [(signal.SIGINT, 130, ()),
+                                                   (signal.SIGKILL, -signal.SIGKILL, ("--local",))])
+def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, signum, code, options):
+    path, results, total = _three_jobs(tmp_path, tiny_grid)
+    stopped = _launch_and_signal(path, results, signum, *options)
     assert stopped.returncode == code, stopped.stderr[-2000:]
     if signum == signal.SIGINT:
         assert "rerun the same command to resume" in stopped.stderr
@@ -89,7 +94,7 @@ def test_interrupted_launch_resumes_without_recomputing(tmp_path, tiny_grid, sig
 
 # ---------------------------------------------------------------- checkpointed training
 
-EPOCHS = 40  # about 0.3 s each here: a kill lands well before the end, the test stays short
+EPOCHS = 25  # about 0.3 s each here: a kill lands well before the end (at 1-4), the test stays short
 
 
 def _long_training(directory: Path, **train) -> tuple[Path, str]:
@@ -102,20 +107,32 @@ def _long_training(directory: Path, **train) -> tuple[Path, str]:
     return path, job.job_id
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> str:
-    """The weights hash of the job trained in one go (launched the same way)."""
-    directory = tmp_path_factory.mktemp("uninterrupted")
+def _uninterrupted(directory: Path, *where: str) -> str:
+    """The weights hash of the job trained in one go, launched the same way: on Ray, or
+    in process (``--local``); a Ray trial's TensorFlow threads differ from this process's,
+    and so do its float sums."""
     path, _ = _long_training(directory)
-    run = sweeper("launch", str(path), "--results", str(directory / "results"))
+    run = (cli if "--local" in where else sweeper)("launch", str(path), "--results", str(directory / "results"),
+                                                     *where)
     assert run.returncode == 0, run.stderr[-2000:]
     [weights] = set(store.read(store.locate(str(directory / "results")), ["weights_sha256"])
                     .table.column("weights_sha256").to_pylist())
     return weights
 
 
-def _launch(path: Path, results: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(path), "--results", str(results)],
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_local(tmp_path_factory) -> str:
+    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted-local"), "--local")
+
+
+def _launch(path: Path, results: Path, *where: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeper", "launch", str(path), "--results", str(results),
+                             *where],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -164,20 +181,19 @@ def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path,
 
 
 @pytest.mark.e2e
-@pytest.mark.serial
-def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted):
+def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted_local):
+    # The store's checkpoint is the trial's own (run_job writes and reads it, under either
+    # runner): an in-process launch (--local), whose training dies with its driver, shows
+    # it without a local Ray that would live on and need a `ray stop`.
     path, job_id = _long_training(tmp_path, checkpoint_every=3)
     results = tmp_path / "results"
-    process = _launch(path, results)
+    process = _launch(path, results, "--local")
     k = _await_epoch(process, lambda: [results / "checkpoints" / f"{job_id}.npz"])
     process.kill()
     process.communicate(timeout=60)
-    # The killed driver's local Ray lives on, its trial still training: stop it, as the
-    # driver's machine going away would, or it could finish and cache the model itself.
-    subprocess.run(["ray", "stop"], capture_output=True, timeout=180, check=True)
     assert k >= 3 and not list(results.glob("rows/*.parquet"))
 
-    again = sweeper("launch", str(path), "--results", str(results))  # a new Tuner: no Tune checkpoint
+    again = cli("launch", str(path), "--results", str(results), "--local")  # a new driver: nothing but the store
     assert again.returncode == 0, again.stderr[-3000:]
     assert "computed 2 cells with 1 trainings" in again.stdout
-    _assert_resumed_and_complete(results, path, k, uninterrupted)
+    _assert_resumed_and_complete(results, path, k, uninterrupted_local)

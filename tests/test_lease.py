@@ -152,15 +152,17 @@ def test_a_launch_that_stops_early_leaves_no_store_behind(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_real_launches_one_runs_one_is_refused_one_waits(tmp_path, tiny_grid):
+    # real processes, each a launch in process (--local): the lease is the store's, the
+    # same with or without Ray
     path = write_grid(tmp_path, tiny_grid)
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "sweeper", "launch", str(path), "--results", str(results)]
+    command = [sys.executable, "-m", "sweeper", "launch", str(path), "--results", str(results), "--local"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (results / lease.LEASE_FILE).exists() and time.monotonic() < deadline:
         assert first.poll() is None, first.communicate()
         time.sleep(0.1)
-    refused = sweeper("launch", str(path), "--results", str(results))
+    refused = sweeper(*command[3:])
     assert refused.returncode == 2 and f"pid {first.pid}" in refused.stderr, refused.stderr
     waiting = subprocess.Popen([*command, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = first.communicate(timeout=600)

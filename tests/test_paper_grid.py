@@ -1,16 +1,18 @@
 """The paper's grid: its full size, and a shrunken version run end to end through the
 real CIFAR-10 loader (on generated files in the real format), all three model families'
-image members and all six attacks."""
+image members and all six attacks. The shrunken grids launch in process (`launch --local`):
+the grid's shape, loaders, models and attacks are under test here, not Ray (test_sweep,
+test_cluster and test_faults launch on Ray)."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from sweeper import store
 from sweeper.plan import expand, grid
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 from tests.data_formats import write_cifar10, write_gsc
-from tests.test_cli import sweeper
 
 PAPER = ROOT / "grids" / "paper.yaml"
 
@@ -31,15 +33,24 @@ def test_paper_grid_size():
     assert len(plan.cells) == 90 * 18 + 90 * 16 + 90 * 16
 
 
-# Fewer iterations for the paper's 10,000-query Square and 1,000-step Boundary settings:
-# the shape of the grid is under test here, not the strength of the attacks. Ten epochs
-# at a high rate, so that the models classify some attacked samples correctly.
+def _unlabelled(name: str) -> int:
+    """The index of the paper grid's attack entry ``name`` without a label: an override
+    path ``attacks.square`` names the first entry called so (square_t4), not this one."""
+    entries = yaml.safe_load(PAPER.read_text())["attacks"]
+    return next(i for i, e in enumerate(entries) if e["name"] == name and "label" not in e)
+
+
+# Few iterations for the paper's 10,000-query Square, 1,000-step Boundary and C&W/ZOO
+# settings: the shape of the grid is under test here, not the strength of the attacks.
+# Ten epochs at a high rate, so that the models classify some attacked samples correctly.
+FEW_ITERATIONS = [f"attacks.{_unlabelled('square')}.params.max_iter=20", "attacks.square_l2.params.max_iter=20",
+                  "attacks.square_t4.params.max_iter=20", "attacks.boundary.params.max_iter=10",
+                  "attacks.cw_l2.params.max_iter=3", "attacks.zoo.params.max_iter=3",
+                  "attacks.zoo.params.binary_search_steps=2"]
 SHRINK = ["train.epochs=10", "train.learning_rate=0.01", "folds.only=[0]", "quantizers=[fp,int4]", "samples=4",
-          "datasets=[{name: cifar10, grayscale: true}]", "attacks.square.params.max_iter=100",
-          "attacks.square_l2.params.max_iter=100", "attacks.boundary.params.max_iter=50"]
+          "datasets=[{name: cifar10, grayscale: true}]"] + FEW_ITERATIONS
 
 
-@pytest.mark.e2e
 @pytest.mark.slow
 def test_shrunken_paper_grid_end_to_end(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=80, learnable=True)
@@ -48,7 +59,7 @@ def test_shrunken_paper_grid_end_to_end(tmp_path):
     for override in SHRINK:
         args += ["--set", override]
     plan = expand.expand(grid.load(PAPER, SHRINK + [f"data_dir={tmp_path / 'data'}"]))
-    run = sweeper(*args, cwd=tmp_path)
+    run = cli(*args, "--local", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = store.read(store.locate(str(results))).table.to_pylist()
     assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in plan.cells)
@@ -68,14 +79,11 @@ def test_shrunken_paper_grid_end_to_end(tmp_path):
 
 
 GSC_SHRINK = ["train.epochs=40", "train.learning_rate=0.01", "folds.only=[0]", "folds.k=3",
-              "quantizers=[fp,int4]", "samples=4", "datasets=[{name: gsc, labels: paper}]",
-              "attacks.square.params.max_iter=50", "attacks.square_l2.params.max_iter=50",
-              "attacks.square_t4.params.max_iter=20", "attacks.boundary.params.max_iter=20",
+              "quantizers=[fp,int4]", "samples=4", "datasets=[{name: gsc, labels: paper}]"] + FEW_ITERATIONS + [
               # the paper runs C&W and ZOO on CIFAR-10 only; here they must meet 49x10 inputs too
               "attacks.cw_l2.datasets=[gsc]", "attacks.zoo.datasets=[gsc]"]
 
 
-@pytest.mark.e2e
 @pytest.mark.slow
 def test_shrunken_paper_grid_on_speech_commands(tmp_path):
     """All six attacks on 49x10 MFCCs: Square's tile once went negative on the 10-wide
@@ -87,7 +95,7 @@ def test_shrunken_paper_grid_on_speech_commands(tmp_path):
     for override in overrides:
         args += ["--set", override]
     plan = expand.expand(grid.load(PAPER, overrides))
-    run = sweeper(*args, cwd=tmp_path)
+    run = cli(*args, "--local", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = store.read(store.locate(str(results))).table.to_pylist()
     assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in plan.cells)

@@ -88,14 +88,15 @@ def test_launch_relaunch_and_extend(tmp_path, tiny_grid, monkeypatch):
 
 
 def _next_steps_run(stdout: str, results: str, tmp_path) -> None:
-    """The line after a launch names the store, and the commands it suggests run as pasted."""
+    """The line after a launch names the store, and the commands it suggests run as pasted
+    (their argv, through the CLI in process: a new interpreter each adds nothing here)."""
     [line] = [line for line in stdout.splitlines() if line.startswith("results in ")]
     where, commands = line.removeprefix("results in ").split("; next: ")
     assert where == results
     commands = [shlex.split(command) for command in commands.split("  |  ")]
     assert [command[:3] for command in commands] == [["sweeper", verb, results] for verb in ("report", "query", "card")]
     for command in commands:
-        done = sweeper(*command[1:], cwd=tmp_path)
+        done = cli(*command[1:], cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
     assert (tmp_path / "reports" / "tiny" / "report.md").exists()
 
