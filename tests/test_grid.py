@@ -362,3 +362,18 @@ def test_a_plan_too_large_is_refused_before_it_is_expanded(tmp_path, tiny_grid):
                                  f"makes at most 10000 trainings and 1000000 cells: split it, or run some folds "
                                  f"(folds.only)")
     assert len(grid.load(path, overrides[:-1]).folds.indices()) == 174  # 2088 trainings are fine
+
+
+def test_a_set_path_names_an_entry_by_its_label_and_refuses_to_guess_between_names():
+    """The paper grid has three Square entries: labelled square_t4, unlabelled (label
+    'square'), labelled square_l2. `attacks.square` is the one labelled square; it once
+    set the first entry called square (square_t4), silently."""
+    paper = grid.load(ROOT / "grids" / "paper.yaml", ["attacks.square.params.max_iter=7"])
+    iterations = {a.label or a.name: dict(a.params).get("max_iter") for a in paper.attacks if a.name == "square"}
+    assert iterations == {"square_t4": 100, "square": 7, "square_l2": 10000}
+    raw = {"attacks": [{"name": "square", "label": "a"}, {"name": "square", "label": "b"}]}
+    with pytest.raises(UserError, match=r"--set attacks.square: 2 entries are called 'square' \(indices and "
+                                        r"labels: 0 \('a'\), 1 \('b'\)\); name one by its label or its index"):
+        grid.apply_override(raw, "attacks.square.eps=[0.1]")
+    grid.apply_override(raw, "attacks.b.eps=[0.1]")
+    assert raw["attacks"][1]["eps"] == [0.1] and "eps" not in raw["attacks"][0]

@@ -346,9 +346,23 @@ def _list_index(items: list, part: str, path: str) -> int:
         if not -len(items) <= index < len(items):
             raise UserError(f"--set {path}: index {index} out of range (list has {len(items)})")
         return index
-    for index, item in enumerate(items):
-        if isinstance(item, dict) and part in (item.get("label"), item.get("name")):
-            return index
-        if item == part:
-            return index
+    # An entry's label, which defaults to its name, names it; a name alone only when no
+    # label matches and one entry has it: the first of several would be a silent guess
+    # (`attacks.square` once set the labelled square_t4 entry, not the one labelled square).
+    for matches in ([i for i, item in enumerate(items) if _entry_label(item) == part],
+                    [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == part]):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            labels = ", ".join(f"{i} ({preview(str(_entry_label(items[i])), 20)})" for i in matches[:6])
+            raise UserError(f"--set {path}: {len(matches)} entries are called {preview(part)} (indices and "
+                            f"labels: {labels}); name one by its label or its index")
     raise UserError(f"--set {path}: no entry named {preview(part)}")
+
+
+def _entry_label(item: Any) -> Any:
+    """What names a list entry in a --set path: a mapping's label (its name by default), or
+    the item itself (``quantizers.int8``)."""
+    if isinstance(item, dict):
+        return item.get("label") or item.get("name")
+    return item
