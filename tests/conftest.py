@@ -154,3 +154,14 @@ def launch_until_first_fragment(grid_path: Path, results: Path, *options: str,
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
     return process
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (``-n 2 --dist loadgroup``, the README's command), every test that
+    spawns sweeper processes or starts Ray (``e2e``, ``serial``) runs on one worker, one
+    after another: a ``serial`` test's `ray stop` must never meet another Ray test, and two
+    Ray launches at once would share the two cores with each other. The other tests are
+    spread over the workers."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("processes"))

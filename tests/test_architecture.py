@@ -158,7 +158,7 @@ def test_collecting_the_suite_imports_no_tensorflow_ray_or_art():
     import sys
 
     script = ("import json, sys, pytest\n"
-              "code = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests'])\n"
+              "code = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist', 'tests'])\n"
               f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({list(NOT_AT_COLLECTION)!r}))\n"
               "print(json.dumps([int(code), heavy]))")
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
