@@ -156,6 +156,7 @@ def launch_until_first_fragment(grid_path: Path, results: Path, *options: str,
     return process
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (``-n 2 --dist loadgroup``, the README's command), every test that
     spawns sweeper processes or starts Ray (``e2e``, ``serial``) runs on one worker, one
