@@ -127,6 +127,16 @@ def test_the_plan_imports_no_tensorflow_ray_or_art():
         assert heavy == set(), name
 
 
+# A library whose import has side effects sweeper works around is imported in one module.
+IMPORTED_ONLY_IN = {"qkeras": "sweeper.models.qk", "art": "sweeper.attacks.art_lib"}
+
+
+@pytest.mark.parametrize("library, home", sorted(IMPORTED_ONLY_IN.items()))
+def test_qkeras_and_art_are_imported_only_through_their_wrappers(library, home):
+    importers = {name for name in MODULES if any(t.split(".")[0] == library for t in imports(name))}
+    assert importers == {home}
+
+
 @pytest.mark.parametrize("folder", sorted({path.parent.relative_to(ROOT).as_posix() for path in MODULES.values()}))
 def test_each_package_opens_with_a_docstring_of_what_it_owns(folder):
     init = ROOT / folder / "__init__.py"  # a folder of modules without one is no package

@@ -29,7 +29,7 @@ def _build_boundary(classifier, eps, norm, params, seed):
 
 
 def _build_zoo(classifier, eps, norm, params, seed):
-    from art.attacks.evasion import ZooAttack
+    from sweeper.attacks.art_lib import ZooAttack
 
     # ZOO samples nb_parallel distinct coordinates per step: more than the input has fails.
     n_features = int(np.prod(classifier.input_shape))
@@ -38,7 +38,7 @@ def _build_zoo(classifier, eps, norm, params, seed):
 
 
 def _build_hop_skip_jump(classifier, eps, norm, params, seed):
-    from art.attacks.evasion import HopSkipJump
+    from sweeper.attacks.art_lib import HopSkipJump
 
     return HopSkipJump(classifier, norm=_art_norm(norm), **params)
 
@@ -99,8 +99,8 @@ def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
 
 @functools.cache
 def _boundary_attack_class() -> type:
-    from art.attacks.evasion import BoundaryAttack
-    from art.config import ART_NUMPY_DTYPE
+    from sweeper.attacks.art_lib import BoundaryAttack
+    from sweeper.attacks.art_lib import ART_NUMPY_DTYPE
 
     class BatchedTrialBoundaryAttack(BoundaryAttack):
         """ART 1.20's BoundaryAttack returning ART's examples exactly, with less overhead.
@@ -289,7 +289,7 @@ def stock_art_classes():
     compare sweeper's faster subclasses with."""
     from unittest import mock
 
-    from art.attacks.evasion import BoundaryAttack, SquareAttack
+    from sweeper.attacks.art_lib import BoundaryAttack, SquareAttack
 
     from sweeper.attacks import square
 

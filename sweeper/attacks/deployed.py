@@ -216,7 +216,7 @@ def _one_blas_thread() -> Any:
 
 @functools.cache
 def _deployed_classifier_class() -> type:
-    from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork
+    from sweeper.attacks.art_lib import BlackBoxClassifierNeuralNetwork
 
     class DeployedClassifier(BlackBoxClassifierNeuralNetwork):
         """ART's black-box neural-network classifier over ``Int8Logits``: channels last,

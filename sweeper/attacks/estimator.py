@@ -21,7 +21,7 @@ def make_stock_classifier(model: Any, nb_classes: int, input_shape: tuple,
                           clip_values: tuple[float, float]) -> Any:
     """ART's plain TensorFlowV2Classifier for a logits model (eager gradients: slow)."""
     import tensorflow as tf
-    from art.estimators.classification import TensorFlowV2Classifier
+    from sweeper.attacks.art_lib import TensorFlowV2Classifier
 
     return TensorFlowV2Classifier(
         model=model, nb_classes=nb_classes, input_shape=tuple(input_shape),
@@ -44,8 +44,8 @@ def make_classifier(model: Any, nb_classes: int, input_shape: tuple,
 @functools.cache
 def _fast_classifier_class() -> type:
     import tensorflow as tf
-    from art.estimators.classification import TensorFlowV2Classifier
-    from art.utils import check_and_transform_label_format
+    from sweeper.attacks.art_lib import TensorFlowV2Classifier
+    from sweeper.attacks.art_lib import check_and_transform_label_format
 
     class FastTensorFlowV2Classifier(TensorFlowV2Classifier):
         """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.

@@ -15,20 +15,20 @@ from sweeper.plan.limits import non_negative, positive, whole
 
 
 def _build_fgsm(classifier, eps, norm, params, seed):
-    from art.attacks.evasion import FastGradientMethod
+    from sweeper.attacks.art_lib import FastGradientMethod
 
     # eps_step only matters with minimal=True, which sweeper does not use.
     return FastGradientMethod(classifier, norm=_art_norm(norm), eps=eps, eps_step=eps, **params)
 
 
 def _build_pgd(classifier, eps, norm, params, seed):
-    from art.attacks.evasion import ProjectedGradientDescentNumpy
+    from sweeper.attacks.art_lib import ProjectedGradientDescentNumpy
 
     return ProjectedGradientDescentNumpy(classifier, norm=_art_norm(norm), eps=eps, **params)
 
 
 def _build_cw_l2(classifier, eps, norm, params, seed):
-    from art.attacks.evasion import CarliniL2Method
+    from sweeper.attacks.art_lib import CarliniL2Method
 
     return CarliniL2Method(classifier, **params)
 

@@ -68,7 +68,7 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             hooks: CheckpointHooks | None = None) -> JobOutcome:
     """``hooks``: where else checkpoints go and come back from (Tune's API in a sweep)."""
     with span("imports"):  # a worker's first job pays them; later ones, nothing
-        import art  # noqa: F401
+        from sweeper.attacks import art_lib  # noqa: F401  (ART)
         from sweeper.models import qk  # noqa: F401  (QKeras)
         import tensorflow as tf
 
