@@ -52,6 +52,7 @@ def autoscaling_cluster(monkeypatch):
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")  # Ray's 5 s: nodes come and go sooner
     cluster = Cluster(head_resources={"CPU": 0},
                       worker_node_types={"cpu_worker": {
                           "resources": {"CPU": 1, "object_store_memory": 200_000_000},
@@ -75,7 +76,6 @@ def test_workers_are_added_for_pending_trials_and_removed_when_idle(tmp_path, ti
                                                                    autoscaling_cluster):
     import ray
 
-    tiny_grid["folds"] = {"k": 3}
     path = write_grid(tmp_path, tiny_grid)
     plan = expand.expand(grid.load(path))
     results = tmp_path / "results"

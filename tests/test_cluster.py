@@ -49,23 +49,11 @@ def two_nodes():
 
 
 def _job_grid(tmp_path, tiny_grid, quantizers):
-    """Three folds of each quantizer: 3 jobs on fp alone (more than the two nodes' two
-    slots, so trials run on both at once), 6 on fp and int4 (trials still running when the
-    first is stored, for a test to hurt)."""
+    """Three folds of each quantizer: 6 jobs on fp and int4, more than the two nodes' two
+    slots (trials still running when the first is stored, for a test to hurt)."""
     tiny_grid.update(folds={"k": 3}, quantizers=quantizers)
     path = write_grid(tmp_path, tiny_grid)
     return path, expand.expand(grid.load(path))
-
-
-@pytest.mark.e2e
-@pytest.mark.serial
-def test_sweep_on_two_nodes_uses_both(tmp_path, tiny_grid, two_nodes):
-    path, plan = _job_grid(tmp_path, tiny_grid, ["fp"])
-    results = tmp_path / "results"
-    _launch(path, results, two_nodes)
-    rows = store.read(store.locate(str(results))).table.to_pylist()
-    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in plan.cells)
-    assert len({r["node"] for r in rows}) == 2  # both nodes trained and attacked models
 
 
 def _launch(path, results, address) -> None:
@@ -106,8 +94,8 @@ def _nbytes(data) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.serial
-def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid, two_nodes,
-                                                             monkeypatch):
+def test_a_sweep_uses_both_nodes_and_each_pulls_only_the_datasets_its_trials_train_on(
+        tmp_path, tiny_grid, two_nodes, monkeypatch):
     # Two datasets of very different sizes (digits ~0.46 MB, a generated CIFAR-10 ~2.9 MB),
     # one training job each: with one CPU per node, each node trains one of them.
     write_cifar10(tmp_path / "data", per_batch=40, learnable=True)
@@ -118,6 +106,7 @@ def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid,
     _, before = created_bytes_per_node(two_nodes)  # the module's earlier sweeps created some
     _launch(path, tmp_path / "results", two_nodes)
     rows = store.read(store.locate(str(tmp_path / "results"))).table.to_pylist()
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in expand.expand(grid.load(path)).cells)
     used: dict[str, set[str]] = {}
     for row in rows:
         used.setdefault(row["node"], set()).add(row["dataset"])
@@ -128,7 +117,7 @@ def test_a_node_pulls_only_the_datasets_its_trials_train_on(tmp_path, tiny_grid,
     for node, bytes_created in created.items():  # the figures, for `pytest -s`
         print(f"\nnode {node[:8]}{' (driver)' * (node == driver_node)}: trained "
               f"{sorted(used.get(node, ()))}, {bytes_created:,} bytes created; datasets {size}")
-    assert len(used) == 2  # both nodes trained, so each pulled for itself
+    assert len(used) == 2  # both nodes trained and attacked models, so each pulled for itself
     # The driver's node holds each dataset once, put there as one object each.
     assert sum(size.values()) <= created[driver_node] < sum(size.values()) + SLACK
     for node, bytes_created in created.items():
