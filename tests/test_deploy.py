@@ -66,6 +66,7 @@ def test_import_is_light():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_reference_models_match_mlperf_tiny(name):
     """sweeper's resnet8/dscnn at fp, converted through a SavedModel (the reference files'
@@ -104,6 +105,7 @@ def test_estimate_is_the_fused_int8_activation_peak():
     assert deploy.estimate_ram_bytes(dscnn) == 16_000
 
 
+@pytest.mark.slow
 def test_every_preset_of_small_cnn_deploys():
     sizes = {}
     for preset in QUANTIZERS.names():

@@ -133,6 +133,7 @@ def test_stq_net_has_about_the_papers_parameter_count():
     assert 0.9 * PAPER_STQ_PARAMS <= params <= 1.1 * PAPER_STQ_PARAMS
 
 
+@pytest.mark.slow
 def test_quantization_adds_no_weights():
     counts = {preset: _model("dscnn", (49, 10, 1), 12, preset).count_params()
               for preset in QUANTIZERS.names()}
