@@ -130,13 +130,17 @@ def test_square_on_an_fp_build_agrees_with_square_on_the_fp_model_within_int8_ro
     Tolerances, measured on this model: (1) logits within 2 output scales for 99% of the
     held-out logits (measured 1.1; a single outlier reached 11 scales), predictions equal on
     99% (measured 99.7%). (2) Square at L-inf 0.2 on 60 samples both classify correctly
-    (3 seeds): the build's robust count within 5 of the fp model's with its logits rounded
-    to the build's output scale (measured at most 3 apart, mean difference 0.3). Against the
-    fp model's own float logits the build reads 4 to 9 samples more robust: Square keeps a
-    step only if the margin loss falls, and a margin quantized to the output scale hides
-    small falls (score quantization, not robustness: the rounded fp model shows the same
-    gap). (3) The control: a random sign perturbation of the same budget (+-eps on every
-    input) leaves far more samples robust than Square does on the build."""
+    (3 seeds). Against the fp model's own float logits the build reads more samples robust
+    (7.5 and 8.1 more on average over 10 seeds, on the model trained here with two threads
+    and with one): Square keeps a step only if the margin loss falls, and a margin quantized
+    to the output scale hides small falls. That is score quantization, not robustness: the
+    fp model with its logits rounded to the build's output scale shows most of the same gap.
+    The check: the build's mean robust count lies less than half as far from the rounded
+    model's as from the float model's (measured over 10 seeds: 0.9 and 2.7 from the rounded model's, 7.5 and 8.1 from the
+    float model's). Single seeds are not compared: a seed's count moves by up to 7 between
+    two runs of Square that differ in a rounded logit. (3) The control: a random sign
+    perturbation of the same budget (+-eps on every input) leaves far more samples robust
+    than Square does on the build."""
     fast, deployed, _, x, y = fp_build
     scale = deployed.runner.output_scale
     float_logits, build_logits = fast.predict(x), deployed.predict(x)
@@ -151,9 +155,10 @@ def test_square_on_an_fp_build_agrees_with_square_on_the_fp_model_within_int8_ro
         for name, on, judge in (("build", deployed, deployed), ("rounded", rounded, fast), ("float", fast, fast)):
             x_adv = attacks.run("square", on, x, y, 0.2, "inf", {"max_iter": 300}, seed=seed)
             robust[name].append(int(np.sum(judge.predict(x_adv).argmax(axis=1) == y)))
-    gaps = np.subtract(robust["build"], robust["rounded"])
-    assert np.all(np.abs(gaps) <= 5) and abs(gaps.mean()) <= 3, robust
-    assert np.mean(robust["build"]) >= np.mean(robust["float"]), robust  # the quantized score, as measured
+    build, rounded_fp, float_fp = (np.mean(robust[name]) for name in ("build", "rounded", "float"))
+    assert build > float_fp, robust  # the quantized score, as measured
+    # rounding the logits explains most of it: the build sits nearer the rounded fp model
+    assert abs(build - rounded_fp) < 0.5 * (build - float_fp), robust
 
     signs = np.random.default_rng(0).choice([-1.0, 1.0], size=x.shape)
     control = np.clip(x + 0.2 * signs, *CLIP).astype(np.float32)
