@@ -19,6 +19,14 @@ import yaml
 
 import sweeper  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
 
+# One compute thread per test process (TensorFlow's two pools, OpenMP, BLAS), as a Ray trial
+# holding one CPU has (sweeper.run.placement): the suite's models are tiny, so a second
+# thread only adds synchronisation (test_defenses: 49 s against 59 s in one process on 2
+# cores), and with two xdist workers, or a worker beside a launch's trials, it oversubscribes
+# the cores. Subprocesses (launches, their Ray workers) inherit it. Set before TensorFlow loads.
+for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY_GRID = {
@@ -99,7 +107,9 @@ def tiny_grid() -> dict:
 @pytest.fixture(scope="session")
 def tiny_store_once(tmp_path_factory) -> Path:
     """``TINY_GRID`` launched once per session, in process (no Ray): 2 trainings, 8 cells,
-    compacted, with its cached models. Tests take a copy (``tiny_store``)."""
+    compacted, with its cached models. Tests take a copy (``tiny_store``). Under xdist the
+    workers share one: the first to need it launches it, the others wait and read it."""
+    import fcntl
     import io
 
     from rich.console import Console
@@ -108,10 +118,19 @@ def tiny_store_once(tmp_path_factory) -> Path:
     from sweeper.run import sweep
     from sweeper.run.runners import InProcessRunner
 
-    folder = tmp_path_factory.mktemp("tiny-store")
-    plan = expand.expand(grid.load(write_grid(folder, TINY_GRID)))
-    report = sweep.launch(plan, str(folder / "results"), runner=InProcessRunner(), console=Console(file=io.StringIO()))
-    assert report.complete and not report.failed_jobs, report
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, above each worker's
+    folder = shared / "tiny-store"
+    with open(shared / "tiny-store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "launched").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            plan = expand.expand(grid.load(write_grid(folder, TINY_GRID)))
+            report = sweep.launch(plan, str(folder / "results"), runner=InProcessRunner(),
+                                  console=Console(file=io.StringIO()))
+            assert report.complete and not report.failed_jobs, report
+            (folder / "launched").touch()
     return folder / "results"
 
 
@@ -156,13 +175,45 @@ def launch_until_first_fragment(grid_path: Path, results: Path, *options: str,
     return process
 
 
+PROCESSES = "processes"  # the xdist group of the tests that spawn processes or start Ray
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (``-n 2 --dist loadgroup``, the README's command), every test that
-    spawns sweeper processes or starts Ray (``e2e``, ``serial``) runs on one worker, one
-    after another: a ``serial`` test's `ray stop` must never meet another Ray test, and two
-    Ray launches at once would share the two cores with each other. The other tests are
-    spread over the workers."""
+    """With pytest-xdist (``-n 2 --dist loadgroup``), tests run in groups, each group on
+    one worker: every test that spawns sweeper processes or starts Ray (``e2e``,
+    ``serial``) in one group, one after another (a ``serial`` test's `ray stop` must never
+    meet another Ray test, and two Ray launches at once would share the two cores with each
+    other); every other test with the rest of its module, whose module-scoped fixtures
+    (trained models, launched stores) are then built once, not once per worker.
+
+    On an xdist worker the groups are also put in the order they are handed out (see
+    ``pytest_xdist_make_scheduler``): the processes group (the longest) first, then modules
+    by their number of ``slow`` tests, so that the last groups to run are short ones and no
+    worker waits long on the other at the end."""
+    def group(item) -> str:
+        return PROCESSES if item.get_closest_marker("e2e") or item.get_closest_marker("serial") else item.path.stem
+
     for item in items:
-        if item.get_closest_marker("e2e") or item.get_closest_marker("serial"):
-            item.add_marker(pytest.mark.xdist_group("processes"))
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    if hasattr(config, "workerinput"):
+        slow: dict[str, int] = {}
+        for item in items:
+            slow[group(item)] = slow.get(group(item), 0) + bool(item.get_closest_marker("slow"))
+        slow[PROCESSES] = len(items) + 1
+        first = {}
+        for index, item in enumerate(items):
+            first.setdefault(group(item), index)
+        items.sort(key=lambda item: (-slow[group(item)], first[group(item)]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``, handing the groups out in the order the workers collected
+    them (``pytest_collection_modifyitems``), not by their number of tests."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    config.option.loadscopereorder = False
+    return LoadGroupScheduling(config, log)
