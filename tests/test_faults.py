@@ -22,7 +22,6 @@ from sweeper.run.checkpoints import CHECKPOINT_FILE, TrainState
 from sweeper.store.rows import read_fragment
 from tests.conftest import TINY_GRID, cli, launch_until_first_fragment, write_grid
 from tests.test_cluster import _trial_actor_pids
-from tests.test_cli import sweeper
 
 pytestmark = pytest.mark.slow
 
@@ -107,27 +106,18 @@ def _long_training(directory: Path, **train) -> tuple[Path, str]:
     return path, job.job_id
 
 
-def _uninterrupted(directory: Path, *where: str) -> str:
-    """The weights hash of the job trained in one go, launched the same way: on Ray, or
-    in process (``--local``); a Ray trial's TensorFlow threads differ from this process's,
-    and so do its float sums."""
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    """The weights hash of the job trained in one go, in process (``--local``). A Ray trial
+    trains the same weights bit for bit: it computes on one thread, as this test process
+    does (tests/conftest.py), so both tests below compare with this one training."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
     path, _ = _long_training(directory)
-    run = (cli if "--local" in where else sweeper)("launch", str(path), "--results", str(directory / "results"),
-                                                     *where)
+    run = cli("launch", str(path), "--results", str(directory / "results"), "--local")
     assert run.returncode == 0, run.stderr[-2000:]
     [weights] = set(store.read(store.locate(str(directory / "results")), ["weights_sha256"])
                     .table.column("weights_sha256").to_pylist())
     return weights
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> str:
-    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_local(tmp_path_factory) -> str:
-    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted-local"), "--local")
 
 
 def _launch(path: Path, results: Path, *where: str) -> subprocess.Popen:
@@ -181,7 +171,7 @@ def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path,
 
 
 @pytest.mark.e2e
-def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted_local):
+def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp_path, uninterrupted):
     # The store's checkpoint is the trial's own (run_job writes and reads it, under either
     # runner): an in-process launch (--local), whose training dies with its driver, shows
     # it without a local Ray that would live on and need a `ray stop`.
@@ -196,4 +186,4 @@ def test_a_relaunch_after_the_driver_dies_resumes_from_the_stored_checkpoint(tmp
     again = cli("launch", str(path), "--results", str(results), "--local")  # a new driver: nothing but the store
     assert again.returncode == 0, again.stderr[-3000:]
     assert "computed 2 cells with 1 trainings" in again.stdout
-    _assert_resumed_and_complete(results, path, k, uninterrupted_local)
+    _assert_resumed_and_complete(results, path, k, uninterrupted)
