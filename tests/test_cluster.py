@@ -48,14 +48,6 @@ def two_nodes():
         _ray("stop")
 
 
-def _job_grid(tmp_path, tiny_grid, quantizers):
-    """Three folds of each quantizer: 6 jobs on fp and int4, more than the two nodes' two
-    slots (trials still running when the first is stored, for a test to hurt)."""
-    tiny_grid.update(folds={"k": 3}, quantizers=quantizers)
-    path = write_grid(tmp_path, tiny_grid)
-    return path, expand.expand(grid.load(path))
-
-
 def _launch(path, results, address) -> None:
     run = subprocess.run([sys.executable, "-m", "sweeper", "launch", str(path), "--results",
                           str(results), "--address", address], env=RAY_ENV, capture_output=True,
@@ -134,7 +126,11 @@ def _trial_actor_pids() -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.serial
 def test_a_killed_worker_is_retried_and_every_cell_stored_once(tmp_path, tiny_grid, two_nodes):
-    path, plan = _job_grid(tmp_path, tiny_grid, ["fp", "int4"])
+    # two folds of fp and int4: 4 jobs, twice the two nodes' slots, so that trials are still
+    # running when the first is stored, for the test to hurt
+    tiny_grid.update(folds={"k": 2})
+    path = write_grid(tmp_path, tiny_grid)
+    plan = expand.expand(grid.load(path))
     results = tmp_path / "results"
     process = launch_until_first_fragment(path, results, "--address", two_nodes, env=RAY_ENV)
     victims = _trial_actor_pids()
