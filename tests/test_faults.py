@@ -126,18 +126,21 @@ def _launch(path: Path, results: Path, *where: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _await_epoch(process: subprocess.Popen, files) -> int:
-    """Poll until one of ``files()`` holds a complete checkpoint; its epoch."""
+def _await_epoch(process: subprocess.Popen, files, after: int = -1) -> int:
+    """Poll until one of ``files()`` holds a complete checkpoint of an epoch past ``after``;
+    its epoch."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         for file in files():
             try:
-                return TrainState.from_bytes(file.read_bytes()).epoch
+                epoch = TrainState.from_bytes(file.read_bytes()).epoch
             except (OSError, ValueError, KeyError):
-                pass  # being copied or deleted by Tune: look again
+                continue  # being copied or deleted by Tune: look again
+            if epoch > after:
+                return epoch
         time.sleep(0.05)
-    raise AssertionError("no checkpoint within 300 s")
+    raise AssertionError(f"no checkpoint past epoch {after} within 300 s")
 
 
 def _assert_resumed_and_complete(results: Path, path: Path, since: int, weights: str) -> None:
@@ -155,10 +158,17 @@ def _assert_resumed_and_complete(results: Path, path: Path, since: int, weights:
 
 @pytest.mark.e2e
 def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path, uninterrupted):
-    path, job_id = _long_training(tmp_path)  # checkpoint_every: auto
+    # a checkpoint each epoch: "auto" saves rarely when epochs are quick, and the training
+    # could end before a second checkpoint (below) is written
+    path, job_id = _long_training(tmp_path, checkpoint_every=1)
     results = tmp_path / "results"
     process = _launch(path, results)
-    k = _await_epoch(process, lambda: sorted(results.glob(f"_tune/*/*/checkpoint_*/{CHECKPOINT_FILE}")))
+    tune_checkpoints = lambda: sorted(results.glob(f"_tune/*/*/checkpoint_*/{CHECKPOINT_FILE}"))  # noqa: E731
+    # A checkpoint on disk is Tune's to restore only once its driver has taken the report:
+    # the trial goes past one report only after that, so the next checkpoint proves it
+    # (killed at the first, a loaded machine once restarted the training from epoch 0).
+    k = _await_epoch(process, tune_checkpoints)
+    _await_epoch(process, tune_checkpoints, after=k)
     victims = _trial_actor_pids()
     assert victims, "no trial actor process found"
     os.kill(victims[0], signal.SIGKILL)  # the spot worker is reclaimed
