@@ -180,7 +180,7 @@ PROCESSES = "processes"  # the xdist group of the tests that spawn processes or 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (``-n 2 --dist loadgroup``), tests run in groups, each group on
+    """With pytest-xdist (``-n 3 --dist loadgroup``), tests run in groups, each group on
     one worker: every test that spawns sweeper processes or starts Ray (``e2e``,
     ``serial``) in one group, one after another (a ``serial`` test's `ray stop` must never
     meet another Ray test, and two Ray launches at once would share the two cores with each
@@ -191,20 +191,16 @@ def pytest_collection_modifyitems(config, items):
     ``pytest_xdist_make_scheduler``): the processes group (the longest) first, then modules
     by their number of ``slow`` tests, so that the last groups to run are short ones and no
     worker waits long on the other at the end."""
-    def group(item) -> str:
-        return PROCESSES if _processes(item) else item.path.stem
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
+    group = {item.nodeid: PROCESSES if _processes(item) else item.path.stem for item in items}
+    slow: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        item.add_marker(pytest.mark.xdist_group(group[item.nodeid]))
+        slow[group[item.nodeid]] = slow.get(group[item.nodeid], 0) + bool(item.get_closest_marker("slow"))
+        first.setdefault(group[item.nodeid], index)
     if hasattr(config, "workerinput"):
-        slow: dict[str, int] = {}
-        for item in items:
-            slow[group(item)] = slow.get(group(item), 0) + bool(item.get_closest_marker("slow"))
         slow[PROCESSES] = len(items) + 1
-        first = {}
-        for index, item in enumerate(items):
-            first.setdefault(group(item), index)
-        items.sort(key=lambda item: (-slow[group(item)], first[group(item)]))
+        items.sort(key=lambda item: (-slow[group[item.nodeid]], first[group[item.nodeid]]))
 
 
 def _processes(item) -> bool:

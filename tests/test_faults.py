@@ -163,7 +163,10 @@ def test_a_worker_killed_mid_training_resumes_from_its_tune_checkpoint(tmp_path,
     path, job_id = _long_training(tmp_path, checkpoint_every=1)
     results = tmp_path / "results"
     process = _launch(path, results)
-    tune_checkpoints = lambda: sorted(results.glob(f"_tune/*/*/checkpoint_*/{CHECKPOINT_FILE}"))  # noqa: E731
+
+    def tune_checkpoints():
+        return sorted(results.glob(f"_tune/*/*/checkpoint_*/{CHECKPOINT_FILE}"))
+
     # A checkpoint on disk is Tune's to restore only once its driver has taken the report:
     # the trial goes past one report only after that, so the next checkpoint proves it
     # (killed at the first, a loaded machine once restarted the training from epoch 0).

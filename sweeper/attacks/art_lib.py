@@ -7,7 +7,7 @@ whenever that stream is no longer ``sys.stderr``: a launch run inside a test run
 capture, or under anything that swaps ``sys.stderr`` (Typer's CliRunner), lost its
 standard error for the rest of the process. During the import, ``dictConfig`` is replaced
 by what ART's configuration does for ART itself: a NullHandler on the ``art`` logger.
-tests/test_attacks.py checks both the harm and its absence."""
+tests/test_art_lib.py checks both the harm and its absence."""
 
 from __future__ import annotations
 
@@ -42,6 +42,6 @@ from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
 from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork  # noqa: E402
 from art.utils import check_and_transform_label_format, get_labels_np_array  # noqa: E402
 
-__all__ = ["ART_NUMPY_DTYPE", "BlackBoxClassifierNeuralNetwork", "BoundaryAttack", "CarliniL2Method", "FastGradientMethod", "HopSkipJump",
-           "ProjectedGradientDescentNumpy", "SquareAttack", "TensorFlowV2Classifier", "ZooAttack",
-           "check_and_transform_label_format", "get_labels_np_array"]
+__all__ = ["ART_NUMPY_DTYPE", "BlackBoxClassifierNeuralNetwork", "BoundaryAttack", "CarliniL2Method",
+           "FastGradientMethod", "HopSkipJump", "ProjectedGradientDescentNumpy", "SquareAttack",
+           "TensorFlowV2Classifier", "ZooAttack", "check_and_transform_label_format", "get_labels_np_array"]

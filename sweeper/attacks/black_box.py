@@ -99,8 +99,7 @@ def _generate_boundary(attack, classifier, x, y, params, seed) -> np.ndarray:
 
 @functools.cache
 def _boundary_attack_class() -> type:
-    from sweeper.attacks.art_lib import BoundaryAttack
-    from sweeper.attacks.art_lib import ART_NUMPY_DTYPE
+    from sweeper.attacks.art_lib import ART_NUMPY_DTYPE, BoundaryAttack
 
     class BatchedTrialBoundaryAttack(BoundaryAttack):
         """ART 1.20's BoundaryAttack returning ART's examples exactly, with less overhead.

@@ -44,8 +44,7 @@ def make_classifier(model: Any, nb_classes: int, input_shape: tuple,
 @functools.cache
 def _fast_classifier_class() -> type:
     import tensorflow as tf
-    from sweeper.attacks.art_lib import TensorFlowV2Classifier
-    from sweeper.attacks.art_lib import check_and_transform_label_format
+    from sweeper.attacks.art_lib import TensorFlowV2Classifier, check_and_transform_label_format
 
     class FastTensorFlowV2Classifier(TensorFlowV2Classifier):
         """TensorFlowV2Classifier with predict / loss_gradient / class_gradient compiled.

@@ -91,9 +91,8 @@ def _margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _square_attack_class() -> type:
-    from sweeper.attacks.art_lib import SquareAttack
-    from sweeper.attacks.art_lib import ART_NUMPY_DTYPE
-    from sweeper.attacks.art_lib import check_and_transform_label_format, get_labels_np_array
+    from sweeper.attacks.art_lib import (ART_NUMPY_DTYPE, SquareAttack, check_and_transform_label_format,
+                                         get_labels_np_array)
 
     class AnyShapeSquareAttack(SquareAttack):
         """ART's SquareAttack (L-inf and L2) on any height x width, not only square inputs.
