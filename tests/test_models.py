@@ -220,3 +220,33 @@ def test_qkeras_is_imported_without_keras_3_and_keras_still_imports_afterwards()
 
     done = subprocess.run([sys.executable, "-c", QKERAS_WITHOUT_KERAS3], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_sweepers_pipelines_run_untuned_with_the_same_batches_and_predictions(monkeypatch):
+    """tf.data's autotuning thread is joined when an iterator dies: up to a second of idle
+    core at the end of each fit (bench/tf_data.py). Every pipeline sweeper builds turns it
+    off, and gives what the autotuned one gives."""
+    from sweeper.defenses.bit_width import accuracy_by_width
+    from sweeper.run import evaluate, training
+
+    x, y = _batch(40)
+    onehot = np.eye(10, dtype=np.float32)[y]
+    batches = training._epoch_batches(x, onehot, 0, 2, 16, seed=3)
+    assert batches.options().autotune.enabled is False
+    monkeypatch.setattr(training, "untuned", lambda dataset: dataset)
+    autotuned = training._epoch_batches(x, onehot, 0, 2, 16, seed=3)
+    assert autotuned.options().autotune.enabled is not False
+    pairs = list(zip(batches, autotuned))
+    assert len(pairs) == 6  # 2 epochs of 3 batches
+    for (x_a, y_a), (x_b, y_b) in pairs:
+        np.testing.assert_array_equal(x_a, x_b)
+        np.testing.assert_array_equal(y_a, y_b)
+
+    model = _build("int4")
+    np.testing.assert_array_equal(models.predict_logits(model, x, batch_size=16),
+                                  model.predict(x, batch_size=16, verbose=0))
+    built = []
+    monkeypatch.setattr(models, "untuned", lambda dataset: built.append(dataset) or dataset)
+    evaluate.predict(model, x)
+    accuracy_by_width(model, x, y, [4])
+    assert len(built) == 2  # the trial's predictions and each width's go through it

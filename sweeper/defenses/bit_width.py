@@ -37,6 +37,7 @@ import numpy as np
 
 from sweeper.defenses.base import Defense
 from sweeper.defenses.spec import DefenseSpec, check_preset
+from sweeper.models import predict_logits
 from sweeper.plan.limits import Limit, whole
 
 
@@ -113,7 +114,7 @@ def accuracy_by_width(model, x: np.ndarray, y: np.ndarray, bits: list[int]) -> d
     accuracies = {}
     for width in bits:
         with at_bit_width(model, width):
-            predictions = np.argmax(model.predict(x, verbose=0, batch_size=256), axis=1)
+            predictions = np.argmax(predict_logits(model, x), axis=1)
         accuracies[int(width)] = float(np.mean(predictions == y))
     return accuracies
 

@@ -45,7 +45,9 @@ def robust(clean_ok: np.ndarray, adv_pred: np.ndarray, y: np.ndarray) -> np.ndar
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
-    return np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
+    from sweeper.models import predict_logits
+
+    return np.argmax(predict_logits(model, x), axis=1)
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:

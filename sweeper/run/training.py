@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sweeper.keys import NONE
+from sweeper.models import untuned
 from sweeper.plan.entries import Train
 from sweeper.plan.expand import TrainingJob
 from sweeper.run.cache import ModelCache
@@ -125,5 +126,5 @@ def _epoch_batches(x: np.ndarray, y: np.ndarray, first: int, epochs: int, batch_
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
-    return (tf.data.Dataset.range(first, epochs).flat_map(epoch)
-            .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx))).prefetch(2))
+    return untuned(tf.data.Dataset.range(first, epochs).flat_map(epoch)
+                   .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx))).prefetch(2))
