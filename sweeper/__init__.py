@@ -11,8 +11,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The variables every process that may import TensorFlow needs; run/ray_tune.py forwards
-# the same dict to Ray workers through runtime_env.
+# The variables every process that may import TensorFlow needs; run/ray_cluster.py forwards
+# the same dict to a Ray cluster's workers through runtime_env (a local instance inherits them).
 WORKER_ENV = {
     "TF_USE_LEGACY_KERAS": "1",
     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),

@@ -128,7 +128,7 @@ def test_hostile_input_is_one_literal_line_and_exit_2(tmp_path, tiny_grid, args,
 
 
 def test_missing_resource_names_it_and_what_the_nodes_have():
-    from sweeper.run.ray_tune import missing_resource
+    from sweeper.run.ray_cluster import missing_resource
 
     one_cpu_node = [{"CPU": 2.0, "memory": 1e9}]
     assert missing_resource(one_cpu_node, 1, 2) == (

@@ -84,13 +84,15 @@ def test_the_ray_runner_shuts_down_only_a_ray_it_started(monkeypatch, owned):
     from sweeper.run.runners import RayTuneRunner
 
     calls = []
-    fake_tune_side = types.SimpleNamespace(init_ray=lambda address, verbose: owned,
-                                           check_resources=lambda *args, **kwargs: None)
-    monkeypatch.setitem(sys.modules, "sweeper.run.ray_tune", fake_tune_side)
+    fake_cluster = types.SimpleNamespace(init_ray=lambda address, verbose: owned,
+                                         check_resources=lambda *args, **kwargs: None)
+    fake_tune_side = types.SimpleNamespace(warm_imports=lambda: calls.append("tune imported"))
+    for name, fake in (("ray_cluster", fake_cluster), ("ray_tune", fake_tune_side)):
+        monkeypatch.setitem(sys.modules, f"sweeper.run.{name}", fake)
+        monkeypatch.setattr(f"sweeper.run.{name}", fake, raising=False)
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
-    monkeypatch.setattr("sweeper.run.ray_tune", fake_tune_side, raising=False)
     runner = RayTuneRunner()
     runner.start(types.SimpleNamespace(grid=types.SimpleNamespace(resources=None)), console=None)
     runner.stop()
     runner.stop()  # twice: still once
-    assert calls == (["shutdown"] if owned else [])
+    assert calls == ["tune imported"] + (["shutdown"] if owned else [])

@@ -1,26 +1,22 @@
-"""The Ray Tune runner's Ray side (``runners.RayTuneRunner`` imports it when a launch
-starts): connect to Ray or start a local instance, check that some node can hold one
-trial, put each dataset once in the object store, and run a wave of jobs as Tune trials,
-one trial per training job, with actor reuse (a reused actor keeps TensorFlow imported),
+"""The Ray Tune runner's Tune side (``runners.RayTuneRunner`` imports it in the background
+while ``ray_cluster.py`` starts Ray): run a wave of jobs as Tune trials, one trial per
+training job, with actor reuse (a reused actor keeps TensorFlow imported),
 up to two retries per trial, training checkpoints through Tune, and each trial's rows
 reported to the driver's ``RowSink`` (``_TuneRows``) as it computes them.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import logging
 import os
 import tempfile
 import time
 from typing import Any
 
 from ray import tune
-from rich.console import Console
 
-from sweeper import WORKER_ENV
-from sweeper.console import styled
-from sweeper.errors import UserError, storage_error
+from sweeper.errors import storage_error
 from sweeper.run import placement, profile
 from sweeper.run.checkpoints import CHECKPOINT_FILE
 from sweeper.run.rows import RowSink, failure_line
@@ -39,105 +35,21 @@ def run_wave(plan, work, data, context, rows: RowSink, verbose: bool, wave: int)
     return [failure_line(work[result.config["job_index"]][0], result.error) for result in results if result.error]
 
 
-def init_ray(address: str | None, verbose: bool) -> bool:
-    """Connect to Ray, or start a local instance; True when that local instance is
-    sweeper's own (a cluster of this machine alone, which never grows)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet only
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)},
-             log_to_driver=verbose, include_dashboard=False,
-             logging_level=logging.INFO if verbose else logging.ERROR)
-    if not verbose:  # failed trials are summarised in one line each by the CLI
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    return address is None and not os.environ.get("RAY_ADDRESS")
+# What Tuner.fit imports before its first trial starts: Tune's usage tagging
+# (ray.air._internal.usage.tag_callbacks) imports these integrations, and through them
+# MLflow and W&B where installed: about 1.5 s of the driver's CPU on the critical path.
+_TAGGED_INTEGRATIONS = ("ray.air.integrations.comet", "ray.air.integrations.mlflow",
+                        "ray.air.integrations.wandb", "ray.tune.logger.aim")
 
 
-def check_resources(resources, *, local: bool, console: Console | None = None) -> None:
-    """Fail fast, in one line, when no node of the Ray cluster can hold one trial
-    (``resources.cpus`` CPUs and ``resources.gpus`` GPUs on one node): Tune would wait for
-    it forever at "cells 0/N (starting)". A cluster that may add nodes is given the
-    benefit of the doubt: one whose autoscaler published its node types is checked against
-    them; on another cluster (``--address``) that may autoscale unseen, a warning says
-    what is missing and the sweep waits. Sweeper's own local cluster never grows."""
-    import ray
-
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    missing = missing_resource(nodes, resources.cpus, resources.gpus)
-    if missing is None:
-        return
-    node_types = _autoscaler_node_types()
-    if node_types is not None and not local:
-        if missing_resource(node_types, resources.cpus, resources.gpus) is None:
-            return  # the autoscaler can add a node that fits
-        raise UserError(f"{missing}, nor can the cluster's autoscaler add one "
-                        f"({_most(node_types)} on its largest node type)")
-    if local:
-        raise UserError(missing + " (sweeper's local Ray cluster; use --address for a cluster that has them)")
-    if console is not None:
-        console.print(styled("warning:", "yellow", f"{missing}; the sweep waits for one to join (Ctrl-C to stop)"))
-
-
-def slots(resources) -> int:
-    """How many trials of ``resources`` the cluster's live nodes hold at once (at least 1:
-    a cluster that may grow holds one once it has)."""
-    import ray
-
-    held = 0
-    for node in (node["Resources"] for node in ray.nodes() if node.get("Alive")):
-        fits = node.get("CPU", 0) // resources.cpus  # cpus > 0 (grid.py)
-        if resources.gpus:
-            fits = min(fits, node.get("GPU", 0) // resources.gpus)
-        held += int(fits)
-    return max(1, held)
-
-
-def missing_resource(nodes: list[dict], cpus: float, gpus: float) -> str | None:
-    """None if some node (Ray's resource mapping) holds ``cpus`` CPUs and ``gpus`` GPUs;
-    else one line naming the missing resource and what the nodes have."""
-    if any(node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus for node in nodes):
-        return None
-    if gpus > 0 and not any(node.get("GPU", 0) >= gpus for node in nodes):
-        field, asked = "resources.gpus", f"{gpus:g} GPUs"
-    elif not any(node.get("CPU", 0) >= cpus for node in nodes):
-        field, asked = "resources.cpus", f"{cpus:g} CPUs"
-    else:  # enough of each, never on one node
-        field, asked = "resources", f"{cpus:g} CPUs and {gpus:g} GPUs on one node"
-    return f"{field}: each trial asks for {asked}, but no node of the Ray cluster has them ({_most(nodes)})"
-
-
-def _most(nodes: list[dict]) -> str:
-    if not nodes:
-        return "it has no node"
-    cpus = max(node.get("CPU", 0) for node in nodes)
-    gpus = max(node.get("GPU", 0) for node in nodes)
-    return f"{len(nodes)} node{'s' * (len(nodes) != 1)}, at most {cpus:g} CPUs and {gpus:g} GPUs each"
-
-
-def _autoscaler_node_types() -> list[dict] | None:
-    """The resources of each node type an autoscaler may launch, when it published them
-    (Ray's autoscaler v2 and KubeRay do, in the GCS); None when unknown."""
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # a private API: unknown, never an error
-        return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
-
-
-def put_each(data: dict) -> dict:
-    """One object per dataset (key -> ObjectRef): a trial gets only its job's dataset, so
-    a node never pulls one that none of its trials uses (one object of all of them would
-    be pulled whole by every node)."""
-    import ray
-
-    return {key: ray.put(dataset) for key, dataset in data.items()}
+def warm_imports() -> None:
+    """Import now what ``run_wave`` would import before its first trial (the runner calls
+    this in the background while Ray starts, when the driver's core is mostly idle)."""
+    for name in _TAGGED_INTEGRATIONS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001  (one that fails here fails, unseen, in Tune's tagging too)
+            pass
 
 
 def _tuner(plan, work, data, context, rows: RowSink, verbose: bool, wave: int = 1):

@@ -3,7 +3,8 @@ and keeps the store (lease, provenance, rows, compaction); a ``Runner`` runs eac
 (job, cells) work and reports every row to the driver's ``RowSink``. Two runners:
 
 - ``RayTuneRunner``: Ray Tune trials, one per job, on a local Ray instance or a cluster
-  (``--address``), each retried up to twice; real sweeps. Its Ray side is ``ray_tune.py``,
+  (``--address``), each retried up to twice; real sweeps. Its Ray side is
+  ``ray_cluster.py`` (starting Ray, resources, the data) and ``ray_tune.py`` (the trials),
   imported when a launch starts, so the CLI and this module stay free of Ray.
 - ``InProcessRunner``: ``run_job`` in this process, one job after another in the wave's
   order, no retries: tests, and ``sweeper launch --local`` for debugging (a breakpoint or
@@ -22,6 +23,7 @@ from typing import Protocol
 
 from sweeper.errors import storage_error
 from sweeper.run import profile
+from sweeper.run.background import in_background
 from sweeper.run.rows import RowSink, failure_line
 from sweeper.run.trial import JobContext, run_job
 
@@ -84,7 +86,7 @@ class InProcessRunner:
 
 
 class RayTuneRunner:
-    """Ray Tune trials (``ray_tune.py``); ``address``: a cluster (``auto``, ``HOST:PORT``,
+    """Ray Tune trials (``ray_cluster.py``, ``ray_tune.py``); ``address``: a cluster (``auto``, ``HOST:PORT``,
     ``ray://HOST:10001``), None to start a local instance; ``verbose``: Ray's and
     TensorFlow's logs on the terminal."""
 
@@ -93,10 +95,14 @@ class RayTuneRunner:
         self.owned = False  # the Ray instance is this launch's own (started by ``start``)
 
     def start(self, plan, console) -> None:
-        from sweeper.run import ray_tune  # Ray, only now that a launch runs
+        from sweeper.run import ray_cluster  # Ray, only now that a launch runs
 
-        self.owned = ray_tune.init_ray(self.address, self.verbose)
-        ray_tune.check_resources(plan.grid.resources, local=self.owned, console=console)
+        # Tune and what its first wave imports load meanwhile: Ray's start mostly waits
+        # on the processes it spawns, and the first trials wait on both.
+        importing = in_background(_import_tune, name="sweeper-import")
+        self.owned = ray_cluster.init_ray(self.address, self.verbose)
+        ray_cluster.check_resources(plan.grid.resources, local=self.owned, console=console)
+        importing()
 
     def stop(self) -> None:
         # The launch's own local instance ends now (while the store is compacted), rather
@@ -109,16 +115,22 @@ class RayTuneRunner:
             self.owned = False
 
     def slots(self, plan) -> int:
-        from sweeper.run import ray_tune
+        from sweeper.run import ray_cluster
 
-        return ray_tune.slots(plan.grid.resources)
+        return ray_cluster.slots(plan.grid.resources)
 
     def share(self, data: dict) -> dict:
-        from sweeper.run import ray_tune
+        from sweeper.run import ray_cluster
 
-        return ray_tune.put_each(data)
+        return ray_cluster.put_each(data)
 
     def run(self, plan, work: list, data: dict, context: JobContext, rows: RowSink, wave: int) -> list[str]:
         from sweeper.run import ray_tune
 
         return ray_tune.run_wave(plan, work, data, context, rows, self.verbose, wave)
+
+
+def _import_tune() -> None:
+    from sweeper.run import ray_tune
+
+    ray_tune.warm_imports()

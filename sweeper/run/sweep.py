@@ -20,7 +20,6 @@ the first wave for its examples; its row is not written again.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from sweeper.console import console as literal_console
 from sweeper.datasets import load_all
 from sweeper.plan import cost
 from sweeper.plan.expand import Cell, Plan, TrainingJob
+from sweeper.run.background import in_background
 from sweeper.run.lease import Lease
 from sweeper.run.profile import Timeline
 from sweeper.run.progress import CellProgress, Estimate
@@ -129,7 +129,7 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
         return report
     # The data loads while the runner starts (Ray takes seconds to come up); a runner that
     # refuses the sweep (no node can hold a trial) is reported at once, not after the load.
-    loading = _in_background(load_all, plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
+    loading = in_background(load_all, plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
     with timeline.phase("starting the runner (Ray), loading the data meanwhile"):
         runner.start(plan, console)
     with timeline.phase("loading (what is left) and sharing the data"):
@@ -154,35 +154,12 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
             report.tracker_failed = rows.close_tracker()
     report.computed, report.trainings = rows.written, rows.trainings
     timeline.note_processes()
-    stopping = _in_background(runner.stop)  # Ray's shutdown waits on processes: meanwhile, finish
+    stopping = in_background(runner.stop, name="sweeper-stop")  # Ray's shutdown waits on processes: meanwhile, finish
     with timeline.phase("end of launch: compaction, diagnostics, worst case"):
         finish(location)
     with timeline.phase("stopping the runner (what is left of Ray's shutdown)"):
         stopping()
     return report
-
-
-def _in_background(function, *args):
-    """Start ``function(*args)`` in a daemon thread (an error elsewhere never waits for it);
-    returns a call that waits for its result, or raises its error."""
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as error:  # handed to the waiting caller
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, daemon=True, name="sweeper-load")
-    thread.start()
-
-    def result():
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return result
 
 
 def job_context(plan: Plan, location: store.Location, launch_id: str) -> JobContext:
