@@ -388,6 +388,14 @@ def mcu():
 
 
 def main() -> None:
+    """The ``sweeper`` command (and ``python -m sweeper``): the app, in a process of its own."""
+    import atexit
+    import gc
+
+    # At exit, after every command has closed what it wrote: spare the interpreter its last
+    # collection over Ray's, Arrow's and pandas' objects (0.6 of a launch's 0.8 s of exit).
+    # Only here, never in a process that goes on (tests call the app in process).
+    atexit.register(gc.freeze)
     app()
 
 

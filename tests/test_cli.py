@@ -162,3 +162,23 @@ def test_a_local_launch_takes_no_address_and_writes_nothing(tmp_path, tiny_grid)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "error: --local: runs in this process, so it takes no --address"
     assert not (tmp_path / "r").exists()
+
+
+def test_the_command_freezes_the_collector_at_exit_only_when_it_is_the_process(monkeypatch):
+    """``sweeper`` (cli.main) spares the interpreter its last collection at exit
+    (bench/overhead.py prints the launch's exit time); the app called in process, as
+    these tests do, leaves the collector alone."""
+    import atexit
+    import gc
+
+    from sweeper import cli as command
+
+    registered, ran = [], []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    real_app = command.app
+    monkeypatch.setattr(command, "app", lambda: ran.append("app"))
+    command.main()
+    assert registered == [gc.freeze] and ran == ["app"]
+    registered.clear()
+    monkeypatch.setattr(command, "app", real_app)
+    assert cli("mcu").returncode == 0 and registered == []
