@@ -208,6 +208,8 @@ class _ReadsItsLabel:
     So a constructed input says exactly what the target predicts on it."""
 
     def predict(self, x, **_):
+        if not isinstance(x, np.ndarray):  # the batches of a tf.data pipeline, as sweeper predicts
+            x = np.concatenate([np.asarray(batch) for batch in x])
         return np.eye(10)[np.rint(10 * x[:, 0, 0, 0]).astype(int)]
 
 
