@@ -8,8 +8,8 @@ import threading
 from typing import Any, Callable
 
 
-def in_background(function: Callable[..., Any], *args, name: str = "sweeper-load") -> Callable[[], Any]:
-    """Start ``function(*args)`` in a daemon thread (an error elsewhere never waits for it);
+def in_background(function: Callable[..., Any], *args, name: str) -> Callable[[], Any]:
+    """Start ``function(*args)`` in a daemon thread named ``name`` (an error elsewhere never waits for it);
     returns a call that waits for its result, or raises its error."""
     outcome: dict = {}
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sweeper.keys import DEPLOYED_TARGET, NONE, OUTCOME_COLUMNS
+from sweeper.models import predict_logits
 from sweeper.plan.expand import Cell
 
 @dataclass(frozen=True)
@@ -45,8 +46,6 @@ def robust(clean_ok: np.ndarray, adv_pred: np.ndarray, y: np.ndarray) -> np.ndar
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
-    from sweeper.models import predict_logits
-
     return np.argmax(predict_logits(model, x), axis=1)
 
 

@@ -1,7 +1,7 @@
 """Sweeper's Ray cluster, without Tune: connect to Ray or start a local instance, check
 that some node can hold one trial, count the trials it holds at once, and put each dataset
 once in the object store. ``runners.RayTuneRunner`` imports it when a launch starts;
-Tune (``ray_tune.py``) is imported meanwhile, in the background (``warm_tune``).
+Tune (``ray_tune.py``, with ``ray_tune.warm_imports``) is imported meanwhile, in the background.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ def init_ray(address: str | None, verbose: bool) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet only
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     own = address is None and not os.environ.get("RAY_ADDRESS")
     # A cluster's workers get WORKER_ENV through the job's runtime_env. A local instance's
     # processes inherit this process's environment, which has it (sweeper/__init__.py);

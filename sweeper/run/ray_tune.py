@@ -31,6 +31,9 @@ PROFILE = "profile"
 def run_wave(plan, work, data, context, rows: RowSink, verbose: bool, wave: int) -> list[str]:
     """Run ``work`` as Tune trials (``data``: ``put_each``'s references); one line per job
     that failed every try."""
+    # Tune reads both when it runs (not when imported), in this process.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet only
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = _tuner(plan, work, data, context, rows, verbose, wave).fit()
     return [failure_line(work[result.config["job_index"]][0], result.error) for result in results if result.error]
 

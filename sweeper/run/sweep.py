@@ -129,7 +129,8 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
         return report
     # The data loads while the runner starts (Ray takes seconds to come up); a runner that
     # refuses the sweep (no node can hold a trial) is reported at once, not after the load.
-    loading = in_background(load_all, plan.grid.data_dir, [job.dataset_key for job, _ in first + second])
+    loading = in_background(load_all, plan.grid.data_dir, [job.dataset_key for job, _ in first + second],
+                            name="sweeper-load")
     with timeline.phase("starting the runner (Ray), loading the data meanwhile"):
         runner.start(plan, console)
     with timeline.phase("loading (what is left) and sharing the data"):
