@@ -30,6 +30,7 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     # workers Ray prestarts (bench/ray_start.py).
     ray.init(address=address, runtime_env=None if own else {"env_vars": dict(WORKER_ENV)},
              log_to_driver=verbose, include_dashboard=False,
+             _system_config={"prestart_worker_first_driver": False} if own else None,
              logging_level=logging.INFO if verbose else logging.ERROR)
     if not verbose:  # failed trials are summarised in one line each by the CLI
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
