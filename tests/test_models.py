@@ -3,6 +3,8 @@ are logits, and the stochastic presets really sample while training (and only th
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -250,3 +252,58 @@ def test_sweepers_pipelines_run_untuned_with_the_same_batches_and_predictions(mo
     evaluate.predict(model, x)
     accuracy_by_width(model, x, y, [4])
     assert len(built) == 2  # the trial's predictions and each width's go through it
+
+
+@contextlib.contextmanager
+def _autograph_converted_layers():
+    """QKeras's layer calls as Keras converts them with AutoGraph by default (undoing
+    ``sweeper.models.qk``'s do_not_convert) for the duration."""
+    from sweeper.models import qk
+
+    unconverted = {layer: vars(layer)["call"] for layer in qk.UNCONVERTED_LAYERS if "call" in vars(layer)}
+    try:
+        for layer, call in unconverted.items():
+            layer.call = call.__wrapped__
+        yield
+    finally:
+        for layer, call in unconverted.items():
+            layer.call = call
+
+
+def _graph_outputs_and_gradients(model, x, y):
+    """Inference logits, training-mode (sampling) logits and their loss's gradients, in one
+    traced graph."""
+    @tf.function
+    def step(x, y):
+        inference = model(x, training=False)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return [inference, logits, *tape.gradient(loss, model.trainable_weights)]
+
+    tf.random.set_seed(7)  # the stochastic presets' draws, the same in both graphs
+    return [tensor.numpy() for tensor in step(x, y)]
+
+
+@pytest.mark.parametrize("name, preset", [*(("small_cnn", p) for p in QUANTIZERS.names()),
+                                          ("dscnn", "int4"), ("stq_net", "stq")])
+def test_qkeras_layers_without_autograph_compute_what_converted_layers_compute(name, preset):
+    # sweeper.models.qk skips AutoGraph's conversion of QKeras's layers (about 2 s of CPU
+    # per process); their graphs must be the ones Keras's converted calls trace: the same
+    # logits and gradients, bit for bit, in inference and in training (sampling) mode.
+    from sweeper.models import qk
+
+    shape = (16, 16, 1) if name == "dscnn" else (8, 8, 1)
+    x = np.random.default_rng(1).random((8, *shape), dtype=np.float32)
+    y = np.arange(8) % 10
+    model = _model(name, shape, 10, preset)
+    assert hasattr(qk.QConv2D.call, "__wrapped__")  # sweeper's do_not_convert
+    with _autograph_converted_layers():
+        assert not hasattr(qk.QConv2D.call, "__wrapped__")  # QKeras's own call, which Keras converts
+        converted = _model(name, shape, 10, preset)
+        converted.set_weights(model.get_weights())  # before a training-mode call moves BatchNorm's statistics
+        expected = _graph_outputs_and_gradients(converted, x, y)
+    got = _graph_outputs_and_gradients(model, x, y)
+    assert len(got) == len(expected) > 3
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

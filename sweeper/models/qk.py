@@ -6,7 +6,16 @@ in every process, each Ray worker included) only to fail, since Keras 3 has no s
 and fall back. sweeper runs on tf-keras (``TF_USE_LEGACY_KERAS=1``), so ``keras`` is
 blocked for the duration of the import: the same fallback, at once. The block is lifted
 afterwards, so that a later ``import keras`` works as usual (tests/test_models.py checks
-both)."""
+both).
+
+QKeras's layers run without AutoGraph. Keras converts a subclassed layer's ``call`` with
+AutoGraph (Python source rewritten into graph code, once per process and function); for
+QKeras's layers and quantizers that took about 2 s of CPU in each new process (a Ray
+worker's first model: ``bench/autograph.py``). Their control flow branches on Python
+values only (configuration, ``K.learning_phase()`` under ``QModel``), which a graph
+traces identically without conversion; a branch on a tensor would fail loudly at tracing,
+not change a result. tests/test_models.py checks every preset's outputs and gradients
+against the converted layers."""
 
 from __future__ import annotations
 
@@ -30,6 +39,22 @@ _import_qkeras()
 
 from qkeras import QActivation, QConv2D, QDense, QDepthwiseConv2D, QSeparableConv2D, quantizers  # noqa: E402
 from qkeras.quantizers import get_quantizer, quantized_bits, quantized_relu  # noqa: E402
+
+UNCONVERTED_LAYERS = (QActivation, QConv2D, QDense, QDepthwiseConv2D, QSeparableConv2D)
+
+
+def _without_autograph() -> None:
+    import tensorflow as tf
+
+    for layer in UNCONVERTED_LAYERS:
+        if "call" in vars(layer):  # a subclass inheriting its call is covered by its parent
+            call = vars(layer)["call"]
+            # make_decorator keeps call's signature visible to Keras (which passes
+            # `training` only to a call that declares it)
+            layer.call = tf.__internal__.decorator.make_decorator(call, tf.autograph.experimental.do_not_convert(call))
+
+
+_without_autograph()
 
 __all__ = ["QActivation", "QConv2D", "QDense", "QDepthwiseConv2D", "QSeparableConv2D", "get_quantizer",
            "quantized_bits", "quantized_relu", "quantizers"]
