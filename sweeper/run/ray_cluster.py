@@ -25,9 +25,10 @@ def init_ray(address: str | None, verbose: bool) -> bool:
         return False
     own = address is None and not os.environ.get("RAY_ADDRESS")
     # A cluster's workers get WORKER_ENV through the job's runtime_env. A local instance's
-    # processes inherit this process's environment, which has it (sweeper/__init__.py);
-    # a runtime_env there would only delay Ray's start and keep the trials off the
-    # workers Ray prestarts (bench/ray_start.py).
+    # processes inherit this process's environment, which has it (sweeper/__init__.py).
+    # Nor does it prestart workers for the driver: Tune gives its trial actors a
+    # runtime_env of their own, so those workers never take a trial; they only booted
+    # beside the trials' own (bench/ray_start.py).
     ray.init(address=address, runtime_env=None if own else {"env_vars": dict(WORKER_ENV)},
              log_to_driver=verbose, include_dashboard=False,
              _system_config={"prestart_worker_first_driver": False} if own else None,
