@@ -3,8 +3,6 @@ are logits, and the stochastic presets really sample while training (and only th
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -254,22 +252,6 @@ def test_sweepers_pipelines_run_untuned_with_the_same_batches_and_predictions(mo
     assert len(built) == 2  # the trial's predictions and each width's go through it
 
 
-@contextlib.contextmanager
-def _autograph_converted_layers():
-    """QKeras's layer calls as Keras converts them with AutoGraph by default (undoing
-    ``sweeper.models.qk``'s do_not_convert) for the duration."""
-    from sweeper.models import qk
-
-    unconverted = {layer: vars(layer)["call"] for layer in qk.UNCONVERTED_LAYERS if "call" in vars(layer)}
-    try:
-        for layer, call in unconverted.items():
-            layer.call = call.__wrapped__
-        yield
-    finally:
-        for layer, call in unconverted.items():
-            layer.call = call
-
-
 def _graph_outputs_and_gradients(model, x, y):
     """Inference logits, training-mode (sampling) logits and their loss's gradients, in one
     traced graph."""
@@ -298,7 +280,7 @@ def test_qkeras_layers_without_autograph_compute_what_converted_layers_compute(n
     y = np.arange(8) % 10
     model = _model(name, shape, 10, preset)
     assert hasattr(qk.QConv2D.call, "__wrapped__")  # sweeper's do_not_convert
-    with _autograph_converted_layers():
+    with qk.converted_by_autograph():
         assert not hasattr(qk.QConv2D.call, "__wrapped__")  # QKeras's own call, which Keras converts
         converted = _model(name, shape, 10, preset)
         converted.set_weights(model.get_weights())  # before a training-mode call moves BatchNorm's statistics

@@ -19,6 +19,7 @@ against the converted layers."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
@@ -47,11 +48,25 @@ def _without_autograph() -> None:
     import tensorflow as tf
 
     for layer in UNCONVERTED_LAYERS:
-        if "call" in vars(layer):  # a subclass inheriting its call is covered by its parent
-            call = vars(layer)["call"]
-            # make_decorator keeps call's signature visible to Keras (which passes
-            # `training` only to a call that declares it)
-            layer.call = tf.__internal__.decorator.make_decorator(call, tf.autograph.experimental.do_not_convert(call))
+        call = vars(layer)["call"]  # each defines its own
+        # make_decorator keeps call's signature visible to Keras (which passes
+        # `training` only to a call that declares it)
+        layer.call = tf.__internal__.decorator.make_decorator(call, tf.autograph.experimental.do_not_convert(call))
+
+
+@contextlib.contextmanager
+def converted_by_autograph():
+    """For the duration, QKeras's layers run their own ``call``, which Keras converts with
+    AutoGraph (its default): the twin that tests/test_models.py and bench/autograph.py
+    compare sweeper's layers with."""
+    wrapped = {layer: vars(layer)["call"] for layer in UNCONVERTED_LAYERS}
+    try:
+        for layer, call in wrapped.items():
+            layer.call = call.__wrapped__
+        yield
+    finally:
+        for layer, call in wrapped.items():
+            layer.call = call
 
 
 _without_autograph()
