@@ -85,12 +85,12 @@ def test_the_ray_runner_shuts_down_only_a_ray_it_started(monkeypatch, owned):
 
     calls = []
     fake_cluster = types.SimpleNamespace(init_ray=lambda address, verbose: owned,
-                                         check_resources=lambda *args, **kwargs: None)
+                                         check_resources=lambda *args, **kwargs: None,
+                                         shutdown_own=lambda: calls.append("shutdown"))
     fake_tune_side = types.SimpleNamespace(warm_imports=lambda: calls.append("tune imported"))
     for name, fake in (("ray_cluster", fake_cluster), ("ray_tune", fake_tune_side)):
         monkeypatch.setitem(sys.modules, f"sweeper.run.{name}", fake)
         monkeypatch.setattr(f"sweeper.run.{name}", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
     runner = RayTuneRunner()
     runner.start(types.SimpleNamespace(grid=types.SimpleNamespace(resources=None)), console=None)
     runner.stop()

@@ -1,6 +1,6 @@
-"""Sweeper's Ray cluster, without Tune: connect to Ray or start a local instance, check
-that some node can hold one trial, count the trials it holds at once, and put each dataset
-once in the object store. ``runners.RayTuneRunner`` imports it when a launch starts;
+"""Sweeper's Ray cluster, without Tune: connect to Ray or start a local instance (and
+stop it), check that some node can hold one trial, count the trials it holds at once, and
+put each dataset once in the object store. ``runners.RayTuneRunner`` imports it when a launch starts;
 Tune (``ray_tune.py``, with ``ray_tune.warm_imports``) is imported meanwhile, in the background.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 from rich.console import Console
 
@@ -36,6 +37,58 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     if not verbose:  # failed trials are summarised in one line each by the CLI
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     return own
+
+
+def shutdown_own() -> None:
+    """End the local Ray instance that ``init_ray`` started (``own``), its autoscaler
+    monitor first. ``ray.shutdown`` stops the GCS before the monitor, whose SIGTERM handler
+    then waits on the dead GCS until Ray kills it a second later: 1.0 s of the 1.4 s
+    (``python bench/ray_stop.py``). A local instance of one machine never scales, so the
+    monitor has nothing to finish; killed first, Ray finds it gone and goes on."""
+    import ray
+
+    stop_monitor()
+    ray.shutdown()
+
+
+def stop_monitor() -> list[int]:
+    """Kill the autoscaler monitor of the local instance this process started; returns
+    the pids killed (none where it is not this process's child)."""
+    killed = []
+    for pid in _children_running(_MONITOR_SCRIPTS):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:  # it ended meanwhile
+            pass
+    return killed
+
+
+# Ray's autoscaler monitor, as the driver starts it for a local head (v1 and v2)
+_MONITOR_SCRIPTS = (os.path.join("autoscaler", "_private", "monitor.py"), os.path.join("autoscaler", "v2", "monitor.py"))
+
+
+def _children_running(scripts: tuple[str, ...]) -> list[int]:
+    """The pids of this process's children whose command line runs one of ``scripts``
+    (read from /proc; none where there is no /proc: Ray's shutdown then waits as usual)."""
+    found = []
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                parent = int(file.read().rsplit(b")", 1)[1].split()[1])
+            if parent != os.getpid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        if any(arg.endswith(scripts) for arg in argv):
+            found.append(int(entry))
+    return found
 
 
 def check_resources(resources, *, local: bool, console: Console | None = None) -> None:

@@ -109,9 +109,9 @@ class RayTuneRunner:
         # than in Ray's exit hook, which first sleeps half a second for logs; a cluster
         # (or a Ray that was running before the launch) is left as it was.
         if self.owned:
-            import ray
+            from sweeper.run import ray_cluster
 
-            ray.shutdown()
+            ray_cluster.shutdown_own()
             self.owned = False
 
     def slots(self, plan) -> int:
