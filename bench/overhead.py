@@ -18,7 +18,8 @@ starting them to both exiting (their start-up and imports included, as (b)'s). N
 scheduler, no Ray, no retries, no rows reaching a store: what two plain processes reach on
 this machine. It prints (a)/(c), the ceiling for any two-slot runner that starts its
 processes (two TensorFlow processes slow each other: caches, memory bandwidth), and (c)/(b),
-sweeper's share of that ceiling.
+sweeper's share of that ceiling, per round and as medians, and says so when the ceiling's
+median is below the target (no runner of two processes could have reached it).
 (a) runs in this process, so from the second round on it pays no imports at all: the
 median is a conservative figure for sweeper. (a) runs TensorFlow on one thread (``--threads 1``,
 the default), as each of (b)'s trials does, holding one CPU: (a) is then the work of one slot,
@@ -150,6 +151,7 @@ def main() -> None:
 
     ratios: list[float] = []
     ceilings: list[float] = []
+    shares: list[float] = []  # (c)/(b): sweeper's share of what two plain processes reach
     for round_ in range(1, args.repeats + 1):
         load = os.getloadavg()[0]
         seq_s, seq_trainings, seq_rows = sequential(plan)
@@ -162,6 +164,7 @@ def main() -> None:
         if args.ceiling:
             two_s, loops_s, two_trainings, two_rows = two_processes(args.grid, args.overrides)
             ceilings.append(seq_s / two_s)
+            shares.append(two_s / ray_s)
             print(f"(c) two plain processes     : {two_s:7.1f} s  {two_rows} rows, {two_trainings} trainings; "
                   f"(a)/(c) {ceilings[-1]:.2f}x, (c)/(b) {two_s / ray_s:.2f}; their two loops took "
                   f"{loops_s:.1f} s together, {loops_s / seq_s:.2f}x (a)'s (the cost of running two at once)")
@@ -177,6 +180,11 @@ def main() -> None:
     if ceilings:
         print(f"median ceiling (a)/(c), two plain processes: {statistics.median(ceilings):.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}x' for r in ceilings)})")
+        print(f"median share (c)/(b), two plain processes' time over the launch's: "
+              f"{statistics.median(shares):.2f} (rounds: {', '.join(f'{r:.2f}' for r in shares)})")
+        if statistics.median(ceilings) < 1.8:
+            print("the ceiling is below the 1.8 target: on this machine, in these rounds, no runner "
+                  "that starts two processes reaches it")
 
 if __name__ == "__main__":
     main()
