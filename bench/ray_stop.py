@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sweeper  # noqa: E402,F401  (WORKER_ENV for the workers)
+from sweeper.run import processes  # noqa: E402
 
 
 class Trial:
@@ -53,20 +54,7 @@ def one_stop(own_way: bool) -> tuple[float, int]:
         ray_cluster.shutdown_own()
     else:
         ray.shutdown()
-    return time.perf_counter() - started, len(_live_children())
-
-
-def _live_children() -> list[int]:
-    live = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                fields = file.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != b"Z":
-            live.append(int(entry))
-    return live
+    return time.perf_counter() - started, len(processes.children())
 
 
 def main() -> None:

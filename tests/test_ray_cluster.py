@@ -20,7 +20,7 @@ CHILD = """
 import glob, json, os, time
 import ray
 from ray.tune.execution.class_cache import _ActorClassCache
-from sweeper.run import ray_cluster
+from sweeper.run import processes, ray_cluster
 
 assert ray_cluster.init_ray(None, verbose=False)
 time.sleep(1.5)  # a prestarted worker would be up by now
@@ -36,24 +36,13 @@ trial_pids = ray.get([actor.pid.remote() for actor in actors])
 logs = ray._private.worker._global_node.get_logs_dir_path()
 started = [int(os.path.basename(path)[:-4].rsplit("-", 1)[1]) for path in glob.glob(os.path.join(logs, "worker-*.err"))]
 
-
-def running(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None  # gone
-    return fields if fields[0] != b"Z" else None
-
-
 monitors = ray_cluster.stop_monitor()
 deadline = time.monotonic() + 5  # SIGKILL lands within milliseconds; bounded, not timed
-while any(running(pid) for pid in monitors) and time.monotonic() < deadline:
+while set(monitors) & set(processes.children()) and time.monotonic() < deadline:
     time.sleep(0.01)
-monitors_running = [pid for pid in monitors if running(pid)]
+monitors_running = sorted(set(monitors) & set(processes.children()))
 ray_cluster.shutdown_own()
-left = [int(entry) for entry in filter(str.isdigit, os.listdir("/proc"))
-        if (fields := running(entry)) is not None and int(fields[1]) == os.getpid()]
+left = sorted(processes.children())
 print(json.dumps({"trials": sorted(trial_pids), "started": sorted(started), "monitors": monitors,
                   "monitors_running": monitors_running, "left": left}))
 """

@@ -22,6 +22,8 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sweeper.run import processes
+
 # This process's spans not yet taken: (name, start, end), wall-clock seconds.
 _SPANS: list[tuple[str, float, float]] = []
 
@@ -233,21 +235,8 @@ def children_cpu(skip: set[int] = frozenset()) -> dict[str, float]:
     trials' workers, counted from their own reports), by name (Ray's GCS, raylet, agents,
     idle workers, ...); from Linux's /proc, empty elsewhere. Said beside the driver's and
     the trials' to show who holds the cores."""
-    stats = {}
-    try:
-        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
-    except OSError:
-        return {}
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                _, rest = file.read().rsplit(")", 1)
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                command = file.read().split(b"\0")
-            fields = rest.split()
-            stats[int(entry)] = (_short_name(command), int(fields[1]), int(fields[11]) + int(fields[12]))
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended meanwhile
+    stats = {pid: (_short_name(process.argv), process.parent, process.ticks)
+             for pid, process in processes.table().items()}
     mine = _descendants(stats, {os.getpid()})
     trials = _descendants(stats, set(skip))  # the trials' workers and what they started
     totals: dict[str, float] = defaultdict(float)
@@ -267,13 +256,13 @@ def _descendants(stats: dict, roots: set[int]) -> set[int]:
     return found
 
 
-def _short_name(command: list[bytes]) -> str:
+def _short_name(argv: tuple[str, ...]) -> str:
     """A process's name from its command line: Ray's process title (``ray::IDLE``), or
     the program or Python script it runs."""
-    first = command[0].decode(errors="replace")
+    first = argv[0]
     if first.startswith("ray::"):
         return first.split()[0]
-    script = next((part.decode(errors="replace") for part in command[1:] if part.endswith(b".py")), None)
-    if script is None and b"-m" in command[1:-1]:  # python -m package.module
-        script = command[command.index(b"-m") + 1].decode(errors="replace")
+    script = next((part for part in argv[1:] if part.endswith(".py")), None)
+    if script is None and "-m" in argv[1:-1]:  # python -m package.module
+        script = argv[argv.index("-m") + 1]
     return os.path.basename(script or first)

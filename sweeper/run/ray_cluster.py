@@ -15,6 +15,7 @@ from rich.console import Console
 from sweeper import WORKER_ENV
 from sweeper.console import styled
 from sweeper.errors import UserError
+from sweeper.run import processes
 
 
 def init_ray(address: str | None, verbose: bool) -> bool:
@@ -53,9 +54,12 @@ def shutdown_own() -> None:
 
 def stop_monitor() -> list[int]:
     """Kill the autoscaler monitor of the local instance this process started; returns
-    the pids killed (none where it is not this process's child)."""
+    the pids killed (none where it is not this process's child, or there is no /proc:
+    Ray's shutdown then waits as usual)."""
     killed = []
-    for pid in _children_running(_MONITOR_SCRIPTS):
+    for pid, process in processes.children().items():
+        if not any(arg.endswith(_MONITOR_SCRIPTS) for arg in process.argv):
+            continue
         try:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -66,29 +70,6 @@ def stop_monitor() -> list[int]:
 
 # Ray's autoscaler monitor, as the driver starts it for a local head (v1 and v2)
 _MONITOR_SCRIPTS = (os.path.join("autoscaler", "_private", "monitor.py"), os.path.join("autoscaler", "v2", "monitor.py"))
-
-
-def _children_running(scripts: tuple[str, ...]) -> list[int]:
-    """The pids of this process's children whose command line runs one of ``scripts``
-    (read from /proc; none where there is no /proc: Ray's shutdown then waits as usual)."""
-    found = []
-    try:
-        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
-    except OSError:
-        return found
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                parent = int(file.read().rsplit(b")", 1)[1].split()[1])
-            if parent != os.getpid():
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                argv = file.read().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):  # ended meanwhile
-            continue
-        if any(arg.endswith(scripts) for arg in argv):
-            found.append(int(entry))
-    return found
 
 
 def check_resources(resources, *, local: bool, console: Console | None = None) -> None:
