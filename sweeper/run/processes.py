@@ -38,3 +38,13 @@ def table() -> dict[int, Process]:
 def children() -> dict[int, Process]:
     """This process's children still running (zombies, ended but not yet reaped, left out)."""
     return {pid: process for pid, process in table().items() if process.parent == os.getpid() and process.state != "Z"}
+
+
+def descendants(table: dict[int, Process], roots: set[int]) -> set[int]:
+    """``roots`` and every process of ``table`` below them."""
+    found, grown = set(roots), True
+    while grown:
+        more = {pid for pid, process in table.items() if process.parent in found} - found
+        found |= more
+        grown = bool(more)
+    return found

@@ -235,25 +235,15 @@ def children_cpu(skip: set[int] = frozenset()) -> dict[str, float]:
     trials' workers, counted from their own reports), by name (Ray's GCS, raylet, agents,
     idle workers, ...); from Linux's /proc, empty elsewhere. Said beside the driver's and
     the trials' to show who holds the cores."""
-    stats = {pid: (_short_name(process.argv), process.parent, process.ticks)
-             for pid, process in processes.table().items()}
-    mine = _descendants(stats, {os.getpid()})
-    trials = _descendants(stats, set(skip))  # the trials' workers and what they started
+    table = processes.table()
+    mine = processes.descendants(table, {os.getpid()})
+    trials = processes.descendants(table, set(skip))  # the trials' workers and what they started
     totals: dict[str, float] = defaultdict(float)
     for pid in mine - {os.getpid()} - set(skip):
-        name, _, ticks = stats[pid]
-        totals[f"the trials' own {name or 'children'}" if pid in trials else name] += ticks / os.sysconf("SC_CLK_TCK")
+        name = _short_name(table[pid].argv)
+        totals[f"the trials' own {name or 'children'}" if pid in trials else name] += \
+            table[pid].ticks / os.sysconf("SC_CLK_TCK")
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
-
-
-def _descendants(stats: dict, roots: set[int]) -> set[int]:
-    """``roots`` and every process below them (``stats``: pid -> (name, parent, ticks))."""
-    found, grown = set(roots), True
-    while grown:
-        more = {pid for pid, (_, parent, _) in stats.items() if parent in found} - found
-        found |= more
-        grown = bool(more)
-    return found
 
 
 def _short_name(argv: tuple[str, ...]) -> str:
