@@ -51,12 +51,20 @@ def measure(model_name: str, x: np.ndarray, y: np.ndarray, classes: int, epochs:
 
 
 def report(label: str, epoch_s: float, save_s: float) -> None:
-    from sweeper.run.checkpoints import CHECKPOINT_SHARE, auto_interval
+    from sweeper.run.checkpoints import CHECKPOINT_MIN_S, CHECKPOINT_SHARE, CheckpointSchedule
 
-    every = auto_interval(save_s, epoch_s)
+    # the interval "auto" settles on with these epochs and saves: its schedule, run
+    schedule, saves, done = CheckpointSchedule("auto", start=0, epochs=10**9), [], 0
+    while len(saves) < 3:
+        done += 1
+        if schedule.due(done, epoch_s):
+            schedule.saved(done, save_s)
+            saves.append(done)
+    every = saves[2] - saves[1]
     print(f"{label:<34} epoch {epoch_s:8.3f} s  save {save_s * 1000:7.1f} ms  "
-          f"save/epoch {save_s / epoch_s:7.2%}  auto every {every:3d} -> {save_s / (every * epoch_s):5.2%} "
-          f"(target < {CHECKPOINT_SHARE:.0%})")
+          f"save/epoch {save_s / epoch_s:7.2%}  auto every {every:4d} ({every * epoch_s:5.0f} s of training) -> "
+          f"{save_s / (every * epoch_s):5.2%} (target < {CHECKPOINT_SHARE:.0%}, at most one save per "
+          f"{CHECKPOINT_MIN_S:.0f} s)")
 
 
 def main() -> None:

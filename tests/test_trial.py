@@ -241,15 +241,23 @@ def _saves(schedule, epochs: range, epoch_s: float, save_s: float) -> list[int]:
     return saved
 
 
-def test_the_schedule_saves_after_epoch_one_then_at_the_measured_interval():
-    from sweeper.run.checkpoints import CheckpointSchedule
+def test_auto_saves_after_a_minute_of_training_then_at_the_measured_interval():
+    from sweeper.run.checkpoints import CHECKPOINT_MIN_S, CheckpointSchedule
 
+    assert CHECKPOINT_MIN_S == 60.0
     auto = CheckpointSchedule("auto", start=0, epochs=1000)
-    # the first epoch (slow: it traces the graph) is followed by a save that measures one
-    assert _saves(auto, range(1, 2), epoch_s=2.0, save_s=0.1) == [1]
-    # then 0.1 s per save against the fastest epoch, 0.5 s: every 11 epochs
-    assert _saves(auto, range(2, 40), epoch_s=0.5, save_s=0.1) == [12, 23, 34]
-    # an integer overrides; a run resumed at epoch 7 counts from 7
+    # 2 s epochs: the first save once 60 s of training have passed; it measures one save
+    assert _saves(auto, range(1, 31), epoch_s=2.0, save_s=0.1) == [30]
+    # then 0.1 s per save against the fastest epoch, 0.5 s: 11 epochs would keep it under
+    # 2%, but 11 epochs are 5.5 s of training; a minute is 120 epochs
+    assert _saves(auto, range(31, 300), epoch_s=0.5, save_s=0.1) == [150, 270]
+    # long epochs: the first after one epoch, then the share rule binds (3 s per save
+    # against 100 s epochs: every 2)
+    long = CheckpointSchedule("auto", start=0, epochs=8)
+    assert _saves(long, range(1, 9), epoch_s=100.0, save_s=3.0) == [1, 3, 5, 7]
+    # a training shorter than a minute never saves
+    assert _saves(CheckpointSchedule("auto", start=0, epochs=120), range(1, 121), 0.05, 0.01) == []
+    # an integer overrides, with no floor; a run resumed at epoch 7 counts from 7
     assert _saves(CheckpointSchedule(5, start=7, epochs=20), range(8, 21), 1.0, 9.0) == [12, 17]
     assert _saves(CheckpointSchedule(1, start=0, epochs=3), range(1, 4), 1.0, 0.1) == [1, 2]  # not after the last
 

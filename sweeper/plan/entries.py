@@ -334,7 +334,7 @@ class Train(_Frozen):
     schedule: Literal["constant", "cosine"] = "constant"
     min_learning_rate: float = 1e-6  # floor of the cosine schedule
     # Epochs between checkpoints (weights, optimizer, epoch) of a training job, or "auto":
-    # an interval that keeps saving under 2% of training time (sweeper.run.trial). Excluded
+    # at most one save a minute, under 2% of training time (sweeper.run.checkpoints). Excluded
     # from dumps, so from job ids: resumed training ends with the same model, whatever
     # the interval, so changing it must not recompute stored cells.
     checkpoint_every: int | str = Field("auto", exclude=True)

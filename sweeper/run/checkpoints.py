@@ -1,8 +1,9 @@
 """Training checkpoints: what resuming a training needs (``TrainState``), saving it on a
-schedule that keeps saving under ``CHECKPOINT_SHARE`` of training time ("auto", or every N
-epochs), and finding the latest one again, from the store (``checkpoints/<job_id>.npz``,
-written atomically) and from the runner's hooks (Tune's checkpoint API in a Ray sweep). A
-resumed training ends with the model an uninterrupted one makes."""
+schedule ("auto": at most once per ``CHECKPOINT_MIN_S`` of training, and under
+``CHECKPOINT_SHARE`` of it; or every N epochs), and finding the latest one again, from the
+store (``checkpoints/<job_id>.npz``, written atomically) and from the runner's hooks (Tune's
+checkpoint API in a Ray sweep). A resumed training ends with the model an uninterrupted one
+makes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import numpy as np
 from sweeper import store
 
 CHECKPOINT_SHARE = 0.02  # "auto" keeps one save under this share of the epochs between saves
+# ... and saves at most once per this many seconds of training: a preempted trial loses
+# about this much at most, while a training shorter than this (redone in seconds by a
+# retry) saves nothing, where each save also makes Tune's driver snapshot the experiment.
+CHECKPOINT_MIN_S = 60.0
 CHECKPOINT_FILE = "state.npz"  # the file inside a checkpoint directory (Tune's)
 
 
@@ -117,13 +122,15 @@ def auto_interval(save_s: float, epoch_s: float, share: float = CHECKPOINT_SHARE
 
 
 class CheckpointSchedule:
-    """When to save: every ``every`` epochs, or for "auto" after the first epoch (which
-    measures a save) and then every ``auto_interval`` epochs, from the fastest epoch seen
-    (the first also traces the graph) and the latest save's time."""
+    """When to save: every ``every`` epochs, or for "auto" once both hold: at least
+    ``CHECKPOINT_MIN_S`` seconds of training since the last save (or the start), and at
+    least ``auto_interval`` epochs, from the fastest epoch seen (the first also traces the
+    graph) and the latest save's time (one epoch before the first save, which measures one)."""
 
     def __init__(self, every: int | str, start: int, epochs: int):
         self.every, self.last, self.epochs = every, start, epochs
         self.epoch_s, self.save_s = math.inf, None
+        self.since = 0.0  # seconds of training since the last save (or the start)
 
     def interval(self) -> int:
         if self.every != "auto":
@@ -134,10 +141,13 @@ class CheckpointSchedule:
         """After an epoch: whether to save now. Never after the last epoch: the final
         weights are cached at once, and that is the job's last checkpoint."""
         self.epoch_s = min(self.epoch_s, epoch_s)
-        return done < self.epochs and done - self.last >= self.interval()
+        self.since += epoch_s
+        if done >= self.epochs or done - self.last < self.interval():
+            return False
+        return self.every != "auto" or self.since >= CHECKPOINT_MIN_S
 
     def saved(self, done: int, save_s: float) -> None:
-        self.last, self.save_s = done, save_s
+        self.last, self.save_s, self.since = done, save_s, 0.0
 
 
 def saver(checkpoints: Checkpoints, model, optimizer, seed: int, start: int, epochs: int):
