@@ -26,6 +26,32 @@ def test_digits_is_scaled_nhwc_with_ten_classes():
     assert data.nb_classes == 10 and data.clip_values == (0.0, 1.0)
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    # The launch's driver loads them while Ray starts: scikit-learn's import is not paid there.
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    data, bundled = datasets.load("digits"), load_digits()
+    assert np.array_equal(data.x[..., 0], bundled.images.astype(np.float32) / 16.0)
+    assert np.array_equal(data.y, bundled.target)
+    probe = ("import sys; from sweeper import datasets; datasets.load('digits'); "
+             "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr[-2000:]
+
+
+def test_digits_come_from_scikit_learn_itself_where_its_file_is_not_found(monkeypatch):
+    import importlib.util
+
+    from sweeper.datasets import images
+
+    expected = images._bundled_digits()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert np.array_equal(images._bundled_digits(), expected)
+
+
 def test_folds_partition_the_data_stratified_and_reproducibly():
     y = datasets.load("digits").y
     tests = [datasets.fold_split(y, 3, fold, seed=7)[1] for fold in range(3)]

@@ -16,17 +16,37 @@ from sweeper.errors import UserError, preview
 
 def load_digits(data_dir: Path | None = None) -> Dataset:
     # Bundled with scikit-learn: offline, 1,797 real 8x8 images with values 0..16.
-    from sklearn.datasets import load_digits as bundled
-
-    digits = bundled()
-    x = (digits.images.astype(np.float32) / 16.0)[..., np.newaxis]
+    data = _bundled_digits()
+    x = (data[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[..., np.newaxis]
     return Dataset(
         name="digits",
         x=x,
-        y=digits.target.astype(np.int64),
+        y=data[:, -1].astype(np.int64),
         class_names=tuple(str(c) for c in range(10)),
         scaling="digits/16",
     )
+
+
+def _bundled_digits() -> np.ndarray:
+    """scikit-learn's digits file (``sklearn/datasets/data/digits.csv.gz``: 64 pixels, then
+    the label, per row), parsed as ``sklearn.datasets.load_digits`` parses it, without
+    importing scikit-learn: a launch loads the data while Ray starts, and importing it
+    there (scipy with it, about 1.3 CPU-seconds) delayed Ray's start by about a second.
+    Where the file is not found (another scikit-learn layout), scikit-learn loads it."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # a top-level spec: nothing is imported
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = Path(folder, "datasets", "data", "digits.csv.gz")
+        if path.is_file():
+            with gzip.open(path, "rt") as file:
+                return np.loadtxt(file, delimiter=",")
+    from sklearn.datasets import load_digits as bundled
+
+    flat, target = bundled(return_X_y=True)
+    return np.column_stack([flat, target]).astype(np.float64)
 
 
 # --- images: CIFAR-10 and SVHN ---------------------------------------------------------
