@@ -46,7 +46,7 @@ def _bundled_digits() -> np.ndarray:
     from sklearn.datasets import load_digits as bundled
 
     flat, target = bundled(return_X_y=True)
-    return np.column_stack([flat, target]).astype(np.float64)
+    return np.column_stack([flat, target])  # float64, as np.loadtxt gives
 
 
 # --- images: CIFAR-10 and SVHN ---------------------------------------------------------

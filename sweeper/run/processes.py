@@ -8,12 +8,15 @@ import os
 from dataclasses import dataclass
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01  # /proc counts CPU in clock ticks
+
+
 @dataclass(frozen=True)
 class Process:
     parent: int
     state: str  # "R", "S", ... "Z" for a zombie: ended, not yet reaped
     argv: tuple[str, ...]  # the command line (a NUL-terminated one ends with "")
-    ticks: int  # user + system CPU so far, in clock ticks
+    cpu_s: float  # user + system CPU so far, in seconds
 
 
 def table() -> dict[int, Process]:
@@ -29,7 +32,8 @@ def table() -> dict[int, Process]:
                 fields = file.read().rsplit(b")", 1)[1].split()
             with open(f"/proc/{entry}/cmdline", "rb") as file:
                 argv = tuple(file.read().decode(errors="replace").split("\0"))
-            found[int(entry)] = Process(int(fields[1]), fields[0].decode(), argv, int(fields[11]) + int(fields[12]))
+            cpu_s = (int(fields[11]) + int(fields[12])) * _TICK_S
+            found[int(entry)] = Process(int(fields[1]), fields[0].decode(), argv, cpu_s)
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
     return found

@@ -241,8 +241,7 @@ def children_cpu(skip: set[int] = frozenset()) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for pid in mine - {os.getpid()} - set(skip):
         name = _short_name(table[pid].argv)
-        totals[f"the trials' own {name or 'children'}" if pid in trials else name] += \
-            table[pid].ticks / os.sysconf("SC_CLK_TCK")
+        totals[f"the trials' own {name or 'children'}" if pid in trials else name] += table[pid].cpu_s
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
