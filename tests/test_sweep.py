@@ -155,6 +155,37 @@ def test_the_in_process_runner_runs_pending_jobs_longest_first_and_resumes(tmp_p
     assert store.done_cell_ids(location) == {cell.cell_id for cell in extended.cells}
 
 
+def test_the_runner_stops_after_the_waves_garbage_is_freed_and_with_the_collector_paused(tmp_path, tiny_grid,
+                                                                                          monkeypatch):
+    # Ray's shutdown runs in the background while the store is compacted. A Ray reference
+    # the collector frees meanwhile (Tune's leftovers are cycles) makes Ray exit the process
+    # with code 1 after every row was computed; freed before, it is released normally.
+    import gc
+    import weakref
+
+    monkeypatch.setattr("sweeper.run.runners.run_job", _Jobs())
+    seen: dict = {}
+
+    class Leftover:  # as a wave leaves them: cycles, holding what Ray must release
+        def __init__(self):
+            self.itself = self
+
+    class Runner(InProcessRunner):
+        def run(self, *args):
+            leftover = Leftover()
+            seen["freed"] = [False]
+            weakref.finalize(leftover, seen["freed"].__setitem__, 0, True)
+            return super().run(*args)
+
+        def stop(self):
+            seen["at stop"] = (seen["freed"][0], gc.isenabled())
+
+    report = sweep.launch(_plan(tmp_path, tiny_grid), str(tmp_path / "r"), runner=Runner())
+    assert report.complete
+    assert seen["at stop"] == (True, False)  # freed before the stop; no collection during it
+    assert gc.isenabled()
+
+
 def test_a_failed_job_is_one_line_its_finished_rows_are_kept_and_the_others_run(tmp_path, tiny_grid, monkeypatch):
     plan, results = _plan(tmp_path, tiny_grid), str(tmp_path / "r")
     broken = plan.jobs[1]

@@ -1,11 +1,14 @@
 """``in_background``: one call in a daemon thread, its result (or error) collected later.
 The launch loads its data and imports Tune while Ray starts, and stops Ray while the
-store is compacted."""
+store is compacted (``collection_paused`` around that overlap).
+"""
 
 from __future__ import annotations
 
+import gc
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 
 def in_background(function: Callable[..., Any], *args, name: str) -> Callable[[], Any]:
@@ -29,3 +32,20 @@ def in_background(function: Callable[..., Any], *args, name: str) -> Callable[[]
         return outcome["value"]
 
     return result
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Collect cyclic garbage now, then none until the block ends. While Ray shuts down in
+    another thread, a Ray object reference that this thread frees makes Ray end the whole
+    process (``The core worker has already been shutdown``, exit code 1), rows written or
+    not; Tune's leftovers from a wave are such garbage. Freed before the shutdown starts,
+    they are released; after it ends, ignored (``tests/test_ray_cluster.py``)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -32,7 +32,7 @@ from sweeper.console import console as literal_console
 from sweeper.datasets import load_all
 from sweeper.plan import cost
 from sweeper.plan.expand import Cell, Plan, TrainingJob
-from sweeper.run.background import in_background
+from sweeper.run.background import collection_paused, in_background
 from sweeper.run.lease import Lease
 from sweeper.run.profile import Timeline
 from sweeper.run.progress import CellProgress, Estimate
@@ -155,11 +155,12 @@ def _launch(plan: Plan, results: str, runner: Runner, console, provenance, track
             report.tracker_failed = rows.close_tracker()
     report.computed, report.trainings = rows.written, rows.trainings
     timeline.note_processes()
-    stopping = in_background(runner.stop, name="sweeper-stop")  # Ray's shutdown waits on processes: meanwhile, finish
-    with timeline.phase("end of launch: compaction, diagnostics, worst case"):
-        finish(location)
-    with timeline.phase("stopping the runner (what is left of Ray's shutdown)"):
-        stopping()
+    with collection_paused():  # a Ray reference freed by this thread while Ray stops ends the process
+        stopping = in_background(runner.stop, name="sweeper-stop")  # Ray's shutdown waits on processes: meanwhile, finish
+        with timeline.phase("end of launch: compaction, diagnostics, worst case"):
+            finish(location)
+        with timeline.phase("stopping the runner (what is left of Ray's shutdown)"):
+            stopping()
     return report
 
 
