@@ -40,7 +40,7 @@ def collection_paused() -> Iterator[None]:
     another thread, a Ray object reference that this thread frees makes Ray end the whole
     process (``The core worker has already been shutdown``, exit code 1), rows written or
     not; Tune's leftovers from a wave are such garbage. Freed before the shutdown starts,
-    they are released; after it ends, ignored (``tests/test_ray_cluster.py``)."""
+    they are released; after it ends, Ray ignores them (``tests/test_background.py``)."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
