@@ -21,23 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET_S = 5.0
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))
 
-
-def process_cpu(pid: int) -> float | None:
-    """user + system seconds of ``pid`` (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def machine() -> tuple[float, float]:
-    """(busy, idle) core-seconds of the whole machine since boot; idle includes iowait."""
-    ticks = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) * TICK_S, idle * TICK_S
+from sweeper.run import processes  # noqa: E402
 
 
 def main() -> None:
@@ -48,13 +34,14 @@ def main() -> None:
                        "--results", str(Path(folder) / "store"), "--set", "train.epochs=120"]
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        own, (busy, idle) = 0.0, machine()
+        own, (busy, idle) = 0.0, processes.machine_cpu()
         buckets: dict[int, list[float]] = {}
         while child.poll() is None:
             time.sleep(0.5)
-            now_own, (now_busy, now_idle) = process_cpu(child.pid), machine()
-            if now_own is None:
+            process, (now_busy, now_idle) = processes.one(child.pid), processes.machine_cpu()
+            if process is None:
                 break
+            now_own = process.cpu_s
             bucket = buckets.setdefault(int((time.perf_counter() - started) // BUCKET_S), [0.0, 0.0, 0.0])
             bucket[0] += now_own - own
             bucket[1] += now_busy - busy

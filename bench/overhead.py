@@ -151,10 +151,10 @@ def main() -> None:
                              "limit of (a)/(b) on 2 cores is 2.0; 0 keeps TensorFlow's default (all cores)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*learning_phase_scope.*")  # once per job in (a): noise
-    if args.threads:  # before TensorFlow runs anything, as in a trial (sweeper.run.placement)
-        placement.configure(placement.Assignment(cpus=args.threads))
     plan = expand.expand(grid.load(args.grid, args.overrides))
-    if args.part is not None:  # (a)'s process or one of (c)'s two
+    if args.part is not None:  # (a)'s process or one of (c)'s two; this one runs no job
+        if args.threads:  # before TensorFlow runs anything, as in a trial (sweeper.run.placement)
+            placement.configure(placement.Assignment(cpus=args.threads))
         seconds, trainings, rows, imports = sequential(plan, None if args.part == "all" else halves(plan)[int(args.part)])
         print(f"part: {trainings} trainings, {rows} rows in {seconds:.2f} s, imports {imports:.2f} s")
         return

@@ -25,18 +25,31 @@ def table() -> dict[int, Process]:
         entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
         return {}
-    found = {}
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                fields = file.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                argv = tuple(file.read().decode(errors="replace").split("\0"))
-            cpu_s = (int(fields[11]) + int(fields[12])) * _TICK_S
-            found[int(entry)] = Process(int(fields[1]), fields[0].decode(), argv, cpu_s)
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended meanwhile
-    return found
+    return {int(entry): process for entry in entries if (process := one(int(entry))) is not None}
+
+
+def one(pid: int) -> Process | None:
+    """The process ``pid`` now; None once it has ended (or where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = tuple(file.read().decode(errors="replace").split("\0"))
+        return Process(int(fields[1]), fields[0].decode(), argv, (int(fields[11]) + int(fields[12])) * _TICK_S)
+    except (OSError, ValueError, IndexError):
+        return None  # it ended meanwhile
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) core-seconds of the whole machine since boot, idle including iowait
+    (``bench/cpu_timeline.py``); (0, 0) where there is no /proc."""
+    try:
+        with open("/proc/stat", "rb") as file:
+            ticks = [int(value) for value in file.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) * _TICK_S, idle * _TICK_S
 
 
 def children() -> dict[int, Process]:
