@@ -6,10 +6,11 @@ variables as the job's ``runtime_env``. Tune gives its trial actors a ``runtime_
 their own (``PL_DISABLE_FORK``: ``ray.tune.execution.class_cache``), so a worker Ray
 prestarts without one (for the first driver, one per CPU) can never take a trial. This
 bench starts a local instance (2 CPUs) each way, ``--rounds`` times alternating: the job
-``runtime_env`` with Ray's prestart; inherited, with Ray's prestart; inherited without it
-(sweeper's local Ray). With the trials' shape (one placement group of one CPU per actor,
+``runtime_env`` with Ray's prestart; inherited, with Ray's prestart; inherited without it;
+sweeper's local Ray (``ray_cluster.OWN_SYSTEM_CONFIG``: no prestart, and the raylet retries
+its connection to the object store every 0.1 s instead of every second). With the trials' shape (one placement group of one CPU per actor,
 the actor class registered by Tune's own class cache) it prints per way the median of:
-``ray.init``'s seconds, the seconds from asking for two actors to both answering, how many
+``ray.init``'s seconds (with their mean and range: Ray's one-second retries show as steps), the seconds from asking for two actors to both answering, how many
 of them run on a worker Ray had started before the request (prestarted), the worker
 processes Ray started in all (two took the trials: the others booted for nothing), and
 whether the actors saw ``TF_USE_LEGACY_KERAS``. Between ``ray.init`` and the actors it
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sweeper  # noqa: E402,F401  (sets WORKER_ENV in this process's environment)
 from sweeper import WORKER_ENV  # noqa: E402
+from sweeper.run.ray_cluster import OWN_SYSTEM_CONFIG  # noqa: E402
 
 
 class Probe:
@@ -41,7 +43,7 @@ class Probe:
         return os.getpid(), os.environ.get("TF_USE_LEGACY_KERAS")
 
 
-def one_start(runtime_env: dict | None, prestart: bool, gap: float) -> tuple[float, float, float, int, bool]:
+def one_start(runtime_env: dict | None, system_config: dict, gap: float) -> tuple[float, float, float, int, bool]:
     import ray
     from ray.tune.execution.class_cache import _ActorClassCache
     from ray.util.placement_group import placement_group
@@ -49,7 +51,7 @@ def one_start(runtime_env: dict | None, prestart: bool, gap: float) -> tuple[flo
 
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
-             _system_config=None if prestart else {"prestart_worker_first_driver": False})
+             _system_config=system_config or None)
     init_s = time.perf_counter() - started
     time.sleep(gap)
     trial_actor = _ActorClassCache().get(Probe)  # as Tune registers a trainable: with its runtime_env
@@ -80,16 +82,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gap", type=float, default=0.5)
     args = parser.parse_args()
-    ways = {"job runtime_env, prestart": ({"env_vars": dict(WORKER_ENV)}, True),
-            "inherited, prestart": (None, True),
-            "inherited, no prestart (sweeper)": (None, False)}
+    ways = {"job runtime_env, prestart": ({"env_vars": dict(WORKER_ENV)}, {}),
+            "inherited, prestart": (None, {}),
+            "inherited, no prestart": (None, {"prestart_worker_first_driver": False}),
+            "sweeper's local Ray": (None, OWN_SYSTEM_CONFIG)}
     figures: dict[str, list[tuple]] = {name: [] for name in ways}
     for _ in range(args.rounds):
-        for name, (runtime_env, prestart) in ways.items():
-            figures[name].append(one_start(runtime_env, prestart, args.gap))
+        for name, (runtime_env, system_config) in ways.items():
+            figures[name].append(one_start(runtime_env, system_config, args.gap))
     for name, rows in figures.items():
         init_s, ready_s, prestarted, workers = (statistics.median(row[i] for row in rows) for i in range(4))
-        print(f"{name:33s}: ray.init {init_s:5.2f} s; two actors ready {ready_s:5.2f} s after asking, "
+        inits = [row[0] for row in rows]
+        spread = f"mean {statistics.mean(inits):.2f}, {min(inits):.2f}-{max(inits):.2f}"
+        print(f"{name:24s}: ray.init {init_s:5.2f} s ({spread}); two actors ready {ready_s:5.2f} s after asking, "
               f"on {prestarted:g} prestarted workers; worker processes started {workers:g}; "
               f"WORKER_ENV seen: {all(row[4] for row in rows)}")
     print(f"start to first trials (ray.init + gap + actors ready), median of {args.rounds}: " + ", ".join(

@@ -18,6 +18,20 @@ from sweeper.errors import UserError
 from sweeper.run import processes
 
 
+# What sweeper's own local instance changes in Ray's configuration (bench/ray_start.py):
+OWN_SYSTEM_CONFIG = {
+    # No workers prestarted for the driver: Tune gives its trial actors a runtime_env of
+    # their own, so those workers never take a trial; they only booted beside the trials'.
+    "prestart_worker_first_driver": False,
+    # The raylet connects to the object store it has just started, retrying every
+    # raylet_client_connect_timeout_milliseconds: 1 s by default, and in about half of the
+    # starts the first try came too early, so that ray.init took a second more. Every
+    # 0.1 s instead, with ten times the attempts: the same 10 s before giving up.
+    "raylet_client_connect_timeout_milliseconds": 100,
+    "raylet_client_num_connect_attempts": 100,
+}
+
+
 def init_ray(address: str | None, verbose: bool) -> bool:
     """Connect to Ray, or start a local instance; True when that local instance is
     sweeper's own (a cluster of this machine alone, which never grows)."""
@@ -28,12 +42,9 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     own = address is None and not os.environ.get("RAY_ADDRESS")
     # A cluster's workers get WORKER_ENV through the job's runtime_env. A local instance's
     # processes inherit this process's environment, which has it (sweeper/__init__.py).
-    # Nor does it prestart workers for the driver: Tune gives its trial actors a
-    # runtime_env of their own, so those workers never take a trial; they only booted
-    # beside the trials' own (bench/ray_start.py).
     ray.init(address=address, runtime_env=None if own else {"env_vars": dict(WORKER_ENV)},
              log_to_driver=verbose, include_dashboard=False,
-             _system_config={"prestart_worker_first_driver": False} if own else None,
+             _system_config=dict(OWN_SYSTEM_CONFIG) if own else None,
              logging_level=logging.INFO if verbose else logging.ERROR)
     if not verbose:  # failed trials are summarised in one line each by the CLI
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
