@@ -8,13 +8,15 @@ prestarts without one (for the first driver, one per CPU) can never take a trial
 bench starts a local instance (2 CPUs) each way, ``--rounds`` times alternating: the job
 ``runtime_env`` with Ray's prestart; inherited, with Ray's prestart; inherited without it;
 sweeper's local Ray (``ray_cluster.OWN_SYSTEM_CONFIG``: no prestart, and the raylet retries
-its connection to the object store every 0.1 s instead of every second). With the trials' shape (one placement group of one CPU per actor,
-the actor class registered by Tune's own class cache) it prints per way the median of:
-``ray.init``'s seconds (with their mean and range: Ray's one-second retries show as steps), the seconds from asking for two actors to both answering, how many
-of them run on a worker Ray had started before the request (prestarted), the worker
-processes Ray started in all (two took the trials: the others booted for nothing), and
-whether the actors saw ``TF_USE_LEGACY_KERAS``. Between ``ray.init`` and the actors it
-waits ``--gap`` seconds, the driver's own work before its first wave (default 0.5).
+its connection to the object store every 0.1 s instead of every second). With the trials'
+shape (one placement group of one CPU per actor, the actor class registered by Tune's own
+class cache) it prints per way the median of: ``ray.init``'s seconds (with their mean and
+range: Ray's one-second retries show as steps), the seconds from asking for two actors to
+both answering, how many of them run on a worker Ray had started before the request
+(prestarted), the worker processes Ray started in all (two took the trials: the others
+booted for nothing), and whether the actors saw ``TF_USE_LEGACY_KERAS``. Between
+``ray.init`` and the actors it waits ``--gap`` seconds, the driver's own work before its
+first wave (default 0.5).
 
     python bench/ray_start.py [--rounds 3] [--gap 0.5]
 """
@@ -85,7 +87,7 @@ def main() -> None:
     ways = {"job runtime_env, prestart": ({"env_vars": dict(WORKER_ENV)}, {}),
             "inherited, prestart": (None, {}),
             "inherited, no prestart": (None, {"prestart_worker_first_driver": False}),
-            "sweeper's local Ray": (None, OWN_SYSTEM_CONFIG)}
+            "sweeper's local Ray": (None, dict(OWN_SYSTEM_CONFIG))}
     figures: dict[str, list[tuple]] = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, (runtime_env, system_config) in ways.items():

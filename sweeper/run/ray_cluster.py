@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from types import MappingProxyType
 
 from rich.console import Console
 
@@ -19,7 +20,7 @@ from sweeper.run import processes
 
 
 # What sweeper's own local instance changes in Ray's configuration (bench/ray_start.py):
-OWN_SYSTEM_CONFIG = {
+OWN_SYSTEM_CONFIG = MappingProxyType({
     # No workers prestarted for the driver: Tune gives its trial actors a runtime_env of
     # their own, so those workers never take a trial; they only booted beside the trials'.
     "prestart_worker_first_driver": False,
@@ -29,7 +30,7 @@ OWN_SYSTEM_CONFIG = {
     # 0.1 s instead, with ten times the attempts: the same 10 s before giving up.
     "raylet_client_connect_timeout_milliseconds": 100,
     "raylet_client_num_connect_attempts": 100,
-}
+})
 
 
 def init_ray(address: str | None, verbose: bool) -> bool:
