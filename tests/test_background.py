@@ -19,21 +19,21 @@ class _Cycle:
         self.itself = self
 
 
-def _dropped_cycle() -> list[bool]:
-    """A cycle made garbage at once; the returned flag turns true when it is freed."""
+def tracked_cycle() -> tuple[_Cycle, list[bool]]:
+    """A cycle and a flag that turns true once it is freed (garbage when the caller drops
+    it; ``tests/test_sweep.py`` uses it too)."""
     freed = [False]
     cycle = _Cycle()
     weakref.finalize(cycle, freed.__setitem__, 0, True)
-    del cycle
-    return freed
+    return cycle, freed
 
 
 def test_collection_paused_frees_earlier_garbage_first_then_none_until_the_block_ends():
     assert gc.isenabled()
-    before = _dropped_cycle()
+    before = tracked_cycle()[1]  # garbage at once
     with collection_paused():
         assert before[0]  # the wave's leftovers go while Ray still runs
-        during = _dropped_cycle()
+        during = tracked_cycle()[1]
         for _ in range(200_000):  # far past the collector's thresholds: it would have run
             _Cycle()
         assert not during[0] and not gc.isenabled()

@@ -161,20 +161,15 @@ def test_the_runner_stops_after_the_waves_garbage_is_freed_and_with_the_collecto
     # the collector frees meanwhile (Tune's leftovers are cycles) makes Ray exit the process
     # with code 1 after every row was computed; freed before, it is released normally.
     import gc
-    import weakref
+
+    from tests.test_background import tracked_cycle
 
     monkeypatch.setattr("sweeper.run.runners.run_job", _Jobs())
     seen: dict = {}
 
-    class Leftover:  # as a wave leaves them: cycles, holding what Ray must release
-        def __init__(self):
-            self.itself = self
-
     class Runner(InProcessRunner):
         def run(self, *args):
-            leftover = Leftover()
-            seen["freed"] = [False]
-            weakref.finalize(leftover, seen["freed"].__setitem__, 0, True)
+            leftover, seen["freed"] = tracked_cycle()  # noqa: F841  (garbage once the wave returns, as its leftovers are)
             return super().run(*args)
 
         def stop(self):
