@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 
 from sweeper.errors import storage_error
-from sweeper.run import placement, profile
+from sweeper.run import imports, placement, profile
 from sweeper.run.checkpoints import CHECKPOINT_FILE
 from sweeper.run.rows import RowSink, failure_line
 from sweeper.run.trial import run_job
@@ -82,7 +82,7 @@ def _trainable(config: dict[str, Any], work, data, context) -> None:
 
     entered = time.time()
     with profile.span("imports"):  # a new worker's first trial pays them (run_job: the rest)
-        import tensorflow  # noqa: F401  (placement configures it)
+        imports.load(("tensorflow",))  # placement configures it before anything runs
     with profile.span("placement"):
         placement.configure(placement.current())
     job, cells = work[config["job_index"]]

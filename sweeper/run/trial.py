@@ -31,6 +31,7 @@ from sweeper import datasets
 from sweeper.keys import DEPLOYED_TARGET, MODEL_TARGET, NONE
 from sweeper.models import jacobian, sanity
 from sweeper.plan.expand import Cell, TrainingJob
+from sweeper.run import imports
 from sweeper.run.builds import CheckInputs, record_builds
 from sweeper.run.cache import ModelCache
 from sweeper.run.checkpoints import CheckpointHooks, Checkpoints
@@ -68,8 +69,7 @@ def run_job(job: TrainingJob, cells: Sequence[Cell], data: datasets.Dataset,
             hooks: CheckpointHooks | None = None) -> JobOutcome:
     """``hooks``: where else checkpoints go and come back from (Tune's API in a sweep)."""
     with span("imports"):  # a worker's first job pays them; later ones, nothing
-        from sweeper.attacks import art_lib  # noqa: F401  (ART)
-        from sweeper.models import qk  # noqa: F401  (QKeras)
+        imports.load()
         import tensorflow as tf
 
     with span("setup"):
