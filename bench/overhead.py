@@ -181,12 +181,15 @@ def main() -> None:
         if seq_trainings != len(plan.jobs) or seq_rows != len(plan.cells):
             sys.exit("FAIL: (a) must train every job and compute every cell")
         if args.ceiling:
-            two_s, loops_s, two_trainings, two_rows, _ = loops(args.grid, args.overrides, args.threads, ("0", "1"))
+            two_s, loops_s, two_trainings, two_rows, two_phases = loops(args.grid, args.overrides, args.threads,
+                                                                        ("0", "1"))
             ceilings.append(seq_s / two_s)
             shares.append(two_s / ray_s)
             print(f"(c) two plain processes     : {two_s:7.1f} s  {two_rows} rows, {two_trainings} trainings; "
                   f"(a)/(c) {ceilings[-1]:.2f}x, (c)/(b) {shares[-1]:.2f}; their two loops took "
                   f"{loops_s:.1f} s together, {loops_s / loop_s:.2f}x (a)'s (jobs alone, no imports: the cost of running two at once)")
+            for half in two_phases:
+                print(f"    (c)'s half: {half}")
             if two_trainings != len(plan.jobs) or two_rows != len(plan.cells):
                 sys.exit("FAIL: (c) must train every job and compute every cell")
         print(f"trainings / training jobs   : {ray_trainings}/{len(plan.jobs)}; "
