@@ -37,16 +37,15 @@ def child(way: str, jobs: int) -> None:
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     from sweeper.run import imports, placement
-    if way == "paused":
-        imports.load(("tensorflow",))
-    else:
-        import tensorflow  # noqa: F401
-    placement.configure(placement.Assignment(cpus=1))  # before TensorFlow runs anything, as a trial
-    if way == "paused":
-        imports.load()
-    else:
-        for name in imports.HEAVY:
+
+    def plain(modules: tuple[str, ...] = imports.HEAVY) -> None:
+        for name in modules:
             __import__(name)
+
+    load = imports.load if way == "paused" else plain
+    load(("tensorflow",))
+    placement.configure(placement.Assignment(cpus=1))  # before TensorFlow runs anything, as a trial
+    load()
     imported = time.perf_counter() - started
 
     from sweeper import datasets, store

@@ -54,7 +54,7 @@ def test_the_imports_run_with_no_collection_and_are_frozen_after(builders, colle
     assert gc.get_freeze_count() >= frozen + 60_000  # the module's lists are in the permanent generation
 
 
-def test_a_second_call_does_nothing(builders, collections):
+def test_a_second_call_does_nothing(builders):
     imports.load((builders[1],))
     frozen = gc.get_freeze_count()
     imports.load((builders[1],))

@@ -35,13 +35,16 @@ def in_background(function: Callable[..., Any], *args, name: str) -> Callable[[]
 
 
 @contextmanager
-def collection_paused() -> Iterator[None]:
-    """Collect cyclic garbage now, then none until the block ends. While Ray shuts down in
+def collection_paused(collect_first: bool = True) -> Iterator[None]:
+    """Collect cyclic garbage now (unless ``collect_first`` is false), then none until the
+    block ends; a collector the caller had paused stays paused. While Ray shuts down in
     another thread, a Ray object reference that this thread frees makes Ray end the whole
     process (``The core worker has already been shutdown``, exit code 1), rows written or
     not; Tune's leftovers from a wave are such garbage. Freed before the shutdown starts,
-    they are released; after it ends, Ray ignores them (``tests/test_background.py``)."""
-    gc.collect()
+    they are released; after it ends, Ray ignores them (``tests/test_background.py``).
+    ``sweeper.run.imports`` pauses it, without the first collection, around heavy imports."""
+    if collect_first:
+        gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -18,6 +18,8 @@ import gc
 import importlib
 import sys
 
+from sweeper.run.background import collection_paused
+
 # What a job needs, heaviest first: TensorFlow (through QKeras and ART too), ART, QKeras.
 HEAVY = ("tensorflow", "sweeper.attacks.art_lib", "sweeper.models.qk")
 
@@ -27,12 +29,8 @@ def load(modules: tuple[str, ...] = HEAVY) -> None:
     all of them are imported already (a worker's later jobs, a process that imported them)."""
     if all(name in sys.modules for name in modules):
         return
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    # Frozen before the collector is back: else its first young collection scans it all.
+    with collection_paused(collect_first=False):
         for name in modules:
             importlib.import_module(name)
-    finally:
-        if enabled:
-            gc.enable()
-    gc.freeze()
+        gc.freeze()
